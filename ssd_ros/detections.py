@@ -1,0 +1,56 @@
+"""The detection result passed between the core's parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections on one image, in that image's pixel coordinates.
+
+    Attributes:
+        boxes: (N, 4) float32 boxes ``x_min, y_min, x_max, y_max`` in original image pixels.
+        scores: (N,) float32 confidences in [0, 1].
+        labels: (N,) int64 indices into ``class_names``.
+        class_names: the class list the labels index (a model's classes, background excluded).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.scores)
+        if self.boxes.shape != (n, 4) or self.labels.shape != (n,):
+            raise ValueError(
+                f"inconsistent detections: boxes {self.boxes.shape}, scores ({n},), labels {self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def names(self) -> list[str]:
+        """The class name of each detection."""
+        return [self.class_names[i] for i in self.labels]
+
+    @classmethod
+    def empty(cls, class_names: tuple[str, ...] = ()) -> Detections:
+        """No detections."""
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), tuple(class_names))
+
+    @classmethod
+    def from_named(cls, boxes, scores, names) -> Detections:
+        """Build from per-detection class names (as they arrive in a Detection2DArray)."""
+        class_names = tuple(dict.fromkeys(names))
+        index = {name: i for i, name in enumerate(class_names)}
+        return cls(
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray(scores, np.float32).reshape(-1),
+            np.asarray([index[n] for n in names], np.int64),
+            class_names,
+        )

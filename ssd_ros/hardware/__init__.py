@@ -1,0 +1,1 @@
+"""Hardware ports: the only code touching I2C/GPIO, each with a faithful simulated device."""

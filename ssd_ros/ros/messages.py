@@ -1,0 +1,65 @@
+"""Conversions between core types and ROS messages (vision_msgs semantics, no model logic)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose, VisionClass
+
+from ssd_ros.detections import Detections
+
+
+def detections_to_msg(detections: Detections, header: Header) -> Detection2DArray:
+    """Detection2DArray whose header (and every Detection2D's) is the source image header.
+
+    Boxes become centre/size in image pixels; ``class_id`` is the class name, ``score`` in [0, 1].
+    """
+    msg = Detection2DArray(header=header)
+    for box, score, name in zip(detections.boxes.tolist(), detections.scores.tolist(), detections.names):
+        x1, y1, x2, y2 = box
+        det = Detection2D(header=header)
+        det.bbox.center.position.x = (x1 + x2) / 2.0
+        det.bbox.center.position.y = (y1 + y2) / 2.0
+        det.bbox.size_x = x2 - x1
+        det.bbox.size_y = y2 - y1
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = name
+        hypothesis.hypothesis.score = float(score)
+        det.results.append(hypothesis)
+        msg.detections.append(det)
+    return msg
+
+
+def msg_to_detections(msg: Detection2DArray) -> Detections:
+    """Detections from a Detection2DArray, one per (detection, best hypothesis).
+
+    Detections without results or with non-finite numbers are dropped: a malformed
+    message from another node must never reach the control law as NaN.
+    """
+    boxes, scores, names = [], [], []
+    for det in msg.detections:
+        if not det.results:
+            continue
+        best = max(det.results, key=lambda r: r.hypothesis.score)
+        cx, cy = det.bbox.center.position.x, det.bbox.center.position.y
+        w, h = det.bbox.size_x, det.bbox.size_y
+        values = (cx, cy, w, h, best.hypothesis.score)
+        if not all(math.isfinite(v) for v in values) or w < 0 or h < 0:
+            continue
+        boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+        scores.append(best.hypothesis.score)
+        names.append(best.hypothesis.class_id)
+    if not boxes:
+        return Detections.empty()
+    return Detections.from_named(np.array(boxes), np.array(scores), names)
+
+
+def label_info_msg(class_names: tuple[str, ...], threshold: float, header: Header) -> LabelInfo:
+    """The detector's class map: ``class_id`` = index in the checkpoint's class list."""
+    return LabelInfo(
+        header=header,
+        class_map=[VisionClass(class_id=i, class_name=name) for i, name in enumerate(class_names)],
+        threshold=float(threshold),
+    )
