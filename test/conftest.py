@@ -1,0 +1,60 @@
+"""Shared test helpers: paths, the real-data location, and running the installed node executables."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+EXECUTABLES = REPO_ROOT / "install" / "ssd_ros" / "lib" / "ssd_ros"
+
+
+def pytest_configure(config):
+    """Refuse to run ROS tests with discovery that could leave the machine."""
+    if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST":
+        raise pytest.UsageError("run the suite with scripts/test.sh (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)")
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data; skips the calling test with a reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (../shared/data is not part of a fresh clone)")
+    return path
+
+
+def ros_env(**extra: str) -> dict[str, str]:
+    """Environment for a child ROS process: local-only discovery, this run's domain id."""
+    env = dict(os.environ)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.setdefault("ROS_DOMAIN_ID", "42")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def start_executable(name: str, *ros_args: str, log_path: Path | None = None) -> subprocess.Popen:
+    """Start an installed ssd_ros executable with ``--ros-args``; output goes to ``log_path`` or a pipe."""
+    exe = EXECUTABLES / name
+    assert exe.exists(), f"{exe} missing: run make setup"
+    out = open(log_path, "w") if log_path else subprocess.PIPE  # noqa: SIM115 - closed with the process
+    cmd = [sys.executable, str(exe), "--ros-args", *ros_args] if ros_args else [sys.executable, str(exe)]
+    return subprocess.Popen(cmd, env=ros_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGINT (like Ctrl-C), then kill if it does not exit; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -1,0 +1,80 @@
+"""The package as users get it: manifest, installed executables, layering rules, linters."""
+
+import ast
+import shutil
+import subprocess
+import sys
+
+import pytest
+from catkin_pkg.package import parse_package
+from conftest import EXECUTABLES, REPO_ROOT
+
+EXPECTED_EXECUTABLES = ["detector", "follower", "follower_sim", "picar_base", "bag_eval", "make_bag"]
+
+
+def test_manifest_declares_runtime_dependencies():
+    package = parse_package(str(REPO_ROOT / "package.xml"))
+    assert package.name == "ssd_ros" and package.package_format == 3
+    declared = {dep.name for dep in package.exec_depends}
+    for key in ["rclpy", "sensor_msgs", "std_msgs", "geometry_msgs", "std_srvs", "diagnostic_msgs", "vision_msgs"]:
+        assert key in declared
+    for key in ["python3-numpy", "python3-opencv", "python3-torch", "python3-torchvision"]:
+        assert key in declared
+
+
+@pytest.mark.parametrize("name", EXPECTED_EXECUTABLES)
+def test_console_script_installed(name):
+    exe = EXECUTABLES / name
+    assert exe.is_file(), f"{exe} not installed"
+    assert exe.read_text().startswith("#!"), "console script must be directly runnable"
+
+
+def _imported_modules(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+ROS_MODULES = ("rclpy", "std_msgs", "sensor_msgs", "geometry_msgs", "vision_msgs", "diagnostic_msgs", "std_srvs")
+
+
+def _core_files():
+    for path in sorted((REPO_ROOT / "ssd_ros").rglob("*.py")):
+        relative = path.relative_to(REPO_ROOT / "ssd_ros")
+        if relative.parts[0] not in ("ros", "tools"):
+            yield path
+
+
+@pytest.mark.parametrize("path", list(_core_files()), ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_core_has_no_ros_imports(path):
+    ros = [m for m in _imported_modules(path) if m.split(".")[0] in ROS_MODULES or m.startswith("ssd_ros.ros")]
+    assert not ros, f"{path.name} is core code but imports {ros}"
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "training").glob("*.py")), ids=lambda p: p.name)
+def test_training_runs_without_ros(path):
+    ros = [m for m in _imported_modules(path) if m.split(".")[0] in ROS_MODULES or m.startswith("ssd_ros.ros")]
+    assert not ros, f"training/{path.name} imports {ros}"
+
+
+def test_ruff_lint_clean():
+    ruff = shutil.which("ruff") or pytest.fail("ruff not installed: run make setup")
+    result = subprocess.run([ruff, "check", "--no-cache", str(REPO_ROOT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_clean():
+    ruff = shutil.which("ruff") or pytest.fail("ruff not installed: run make setup")
+    result = subprocess.run([ruff, "format", "--check", "--no-cache", str(REPO_ROOT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_python_files_compile():
+    for path in REPO_ROOT.glob("**/*.py"):
+        if any(part in {".venv", "build", "install", "log"} for part in path.relative_to(REPO_ROOT).parts):
+            continue
+        compile(path.read_text(), str(path), "exec")
+    assert sys.version_info[:2] == (3, 11)
