@@ -30,6 +30,7 @@ setup(
             "picar_base = ssd_ros.ros.base_node:main",
             "bag_eval = ssd_ros.tools.bag_eval:main",
             "make_bag = ssd_ros.tools.make_bag:main",
+            "bag_play = ssd_ros.tools.bag_play:main",
         ],
     },
 )

@@ -9,7 +9,7 @@ import pytest
 from catkin_pkg.package import parse_package
 from conftest import EXECUTABLES, REPO_ROOT
 
-EXPECTED_EXECUTABLES = ["detector", "follower", "follower_sim", "picar_base", "bag_eval", "make_bag"]
+EXPECTED_EXECUTABLES = ["detector", "follower", "follower_sim", "picar_base", "bag_eval", "make_bag", "bag_play"]
 
 
 def test_manifest_declares_runtime_dependencies():
