@@ -76,9 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rate must be positive")
     rclpy.init(args=argv)
     try:
-        count = play(
-            args.bag, topics=args.topics, rate=args.rate, clock=args.clock, loop=args.loop, start_delay_s=args.start_delay
-        )
+        options = dict(topics=args.topics, rate=args.rate, clock=args.clock, loop=args.loop)
+        count = play(args.bag, start_delay_s=args.start_delay, **options)
         print(f"bag_play: published {count} messages from {args.bag}")
         return 0
     except (KeyboardInterrupt, ExternalShutdownException):
