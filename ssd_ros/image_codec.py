@@ -1,0 +1,218 @@
+"""Camera image bytes <-> RGB uint8 arrays, without cv_bridge and without ROS.
+
+The functions take the fields of ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` as plain
+values so the core, the nodes and the offline tools share one implementation (the ROS-message wrappers
+live in :mod:`ssd_ros.ros.images`). Every decoded image is a new, writable, C-contiguous
+``(height, width, 3)`` uint8 array in RGB order.
+
+Raw encodings (names as in ``sensor_msgs/image_encodings``):
+
+=============== ============== ===================================================================
+encoding        bytes / pixel  notes
+=============== ============== ===================================================================
+``rgb8``        3
+``bgr8``        3
+``rgba8``       4              alpha dropped
+``bgra8``       4              alpha dropped
+``mono8``       1              grey replicated to three channels
+``yuv422_yuy2`` 2              YUYV byte order (Y0 U Y1 V); width must be even
+``yuv422``      2              UYVY byte order (U Y0 V Y1), as ``sensor_msgs`` defines it; width even
+``mono16``      2              scaled to 8 bits (high byte); ``is_bigendian`` selects the byte order
+=============== ============== ===================================================================
+
+``is_bigendian`` only matters for encodings whose channels are wider than one byte (``mono16`` here);
+for the 8-bit encodings there is no byte order to honour, so it is accepted and ignored.
+
+``step`` is the length of one row in bytes and may include padding after the pixels
+(``step >= width * bytes_per_pixel``); the padding is dropped. ``data`` must be exactly
+``step * height`` bytes long.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "COMPRESSED_FORMATS",
+    "RAW_ENCODINGS",
+    "ImageDecodeError",
+    "decode_compressed",
+    "decode_raw",
+    "encode_compressed",
+    "encode_raw",
+]
+
+
+class ImageDecodeError(ValueError):
+    """An image message that cannot be turned into an RGB image; the message says what is wrong."""
+
+
+# encoding -> (bytes per pixel, cv2 conversion to RGB of the unpadded (H, W, C) array, or None for a copy).
+_RAW: dict[str, tuple[int, int | None]] = {
+    "rgb8": (3, None),
+    "bgr8": (3, cv2.COLOR_BGR2RGB),
+    "rgba8": (4, cv2.COLOR_RGBA2RGB),
+    "bgra8": (4, cv2.COLOR_BGRA2RGB),
+    "mono8": (1, cv2.COLOR_GRAY2RGB),
+    "yuv422_yuy2": (2, cv2.COLOR_YUV2RGB_YUY2),
+    "yuv422": (2, cv2.COLOR_YUV2RGB_UYVY),
+    "mono16": (2, cv2.COLOR_GRAY2RGB),
+}
+RAW_ENCODINGS: tuple[str, ...] = tuple(_RAW)
+"""Encodings :func:`decode_raw` accepts."""
+
+# The inverse conversions used by encode_raw (RGB -> encoding).
+_FROM_RGB: dict[str, int | None] = {
+    "rgb8": None,
+    "bgr8": cv2.COLOR_RGB2BGR,
+    "rgba8": cv2.COLOR_RGB2RGBA,
+    "bgra8": cv2.COLOR_RGB2BGRA,
+    "mono8": cv2.COLOR_RGB2GRAY,
+    "yuv422_yuy2": cv2.COLOR_RGB2YUV_YUY2,
+    "yuv422": cv2.COLOR_RGB2YUV_UYVY,
+    "mono16": cv2.COLOR_RGB2GRAY,
+}
+
+# CompressedImage codecs by the names image_transport and cameras write, -> file extension for OpenCV.
+_CODECS: dict[str, str] = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
+COMPRESSED_FORMATS: tuple[str, ...] = tuple(_CODECS)
+"""Codec names :func:`decode_compressed` accepts (also inside ``"rgb8; jpeg compressed bgr8"`` strings)."""
+
+_JPEG_START = b"\xff\xd8"
+_JPEG_END = b"\xff\xd9"
+
+
+def decode_raw(encoding: str, width: int, height: int, step: int, is_bigendian: bool, data) -> np.ndarray:
+    """RGB uint8 ``(height, width, 3)`` image from the fields of a ``sensor_msgs/Image``.
+
+    Args:
+        encoding: one of :data:`RAW_ENCODINGS`.
+        width: image width in pixels (> 0).
+        height: image height in pixels (> 0).
+        step: row length in bytes, ``>= width * bytes_per_pixel``; extra bytes per row are padding.
+        is_bigendian: byte order of multi-byte channels (only ``mono16``; ignored for 8-bit encodings).
+        data: the pixel bytes (``bytes``, ``bytearray``, ``array.array('B')``, ``memoryview``...),
+            exactly ``step * height`` long.
+
+    Raises:
+        ImageDecodeError: unknown encoding, non-positive size, odd width for a YUV 4:2:2 encoding,
+            step smaller than a row, or data of the wrong length (both lengths given).
+    """
+    if encoding not in _RAW:
+        raise ImageDecodeError(f"unknown encoding {encoding!r} (supported: {', '.join(RAW_ENCODINGS)})")
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"invalid image size {width}x{height}: width and height must be > 0")
+    bytes_per_pixel, conversion = _RAW[encoding]
+    if encoding.startswith("yuv422") and width % 2:
+        raise ImageDecodeError(f"{encoding} needs an even width (pixels come in pairs), got {width}")
+    row_bytes = width * bytes_per_pixel
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f"step {step} is smaller than one row of {encoding} ({width} px x {bytes_per_pixel} B = {row_bytes} B)"
+        )
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    expected = step * height
+    if buffer.size < expected:
+        raise ImageDecodeError(
+            f"truncated data: {buffer.size} bytes, expected step x height = {step} x {height} = {expected}"
+        )
+    if buffer.size > expected:
+        raise ImageDecodeError(
+            f"data too long: {buffer.size} bytes, expected step x height = {step} x {height} = {expected}"
+        )
+    # Strided view of the pixels without the row padding; cvtColor copies it into a fresh array.
+    rows = buffer.reshape(height, step)[:, :row_bytes]
+    if encoding == "mono16":
+        # The high byte of each sample is the 8-bit value; which byte that is depends on the byte order.
+        pixels = rows.reshape(height, width, 2)[:, :, 0 if is_bigendian else 1]
+        return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
+    channels = 2 if encoding.startswith("yuv422") else bytes_per_pixel
+    pixels = rows.reshape(height, width, channels)
+    if conversion is None:
+        # Always copy: the caller's buffer may be read-only or reused by the middleware.
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
+    return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
+
+
+def _codec(fmt: str) -> str | None:
+    """The codec named by a CompressedImage ``format`` (None when the format is empty)."""
+    text = fmt.strip().lower()
+    if not text:
+        return None
+    # image_transport writes "<raw encoding>; <codec> compressed <encoding>"; the codec follows the ';'.
+    words = text.split(";", 1)[-1].replace(",", " ").split()
+    for word in words:
+        if word in _CODECS:
+            return word
+    raise ImageDecodeError(f"unsupported compressed format {fmt!r} (supported codecs: {', '.join(COMPRESSED_FORMATS)})")
+
+
+def decode_compressed(fmt: str, data) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` image from the fields of a ``sensor_msgs/CompressedImage``.
+
+    Args:
+        fmt: ``"jpeg"``, ``"png"`` or an image_transport string such as ``"rgb8; jpeg compressed bgr8"``.
+            An empty format is accepted (some drivers leave it blank); the codec is then read from the bytes.
+        data: the compressed bytes.
+
+    Raises:
+        ImageDecodeError: unsupported format, empty data, a JPEG without its end-of-image marker
+            (truncated in transit: libjpeg would silently fill the rest with grey), or bytes OpenCV
+            cannot decode.
+    """
+    codec = _codec(fmt)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if buffer.size == 0:
+        raise ImageDecodeError(f"empty {fmt or 'compressed'} data (0 bytes)")
+    raw = buffer.tobytes()
+    if raw[:2] == _JPEG_START and not raw.rstrip(b"\x00").endswith(_JPEG_END):
+        raise ImageDecodeError(f"truncated JPEG: no end-of-image marker in {buffer.size} bytes")
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageDecodeError(f"undecodable {codec or 'compressed'} data ({buffer.size} bytes)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ValueError(f"expected an RGB uint8 (H, W, 3) array, got {got}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"empty image {rgb.shape}")
+
+
+def encode_raw(
+    rgb: np.ndarray, encoding: str = "rgb8", *, row_padding: int = 0, is_bigendian: bool = False
+) -> tuple[bytes, int]:
+    """``(data, step)`` for a ``sensor_msgs/Image`` holding ``rgb`` in ``encoding`` (for tests and tools).
+
+    ``row_padding`` extra zero bytes end each row (``step = width * bytes_per_pixel + row_padding``), the
+    layout some camera drivers produce. ``mono16`` stores grey ``g`` as ``g * 257`` (full 16-bit range) in
+    the byte order given by ``is_bigendian``.
+    """
+    _check_rgb(rgb)
+    if encoding not in _FROM_RGB:
+        raise ValueError(f"unknown encoding {encoding!r} (supported: {', '.join(RAW_ENCODINGS)})")
+    if row_padding < 0:
+        raise ValueError(f"row_padding must be >= 0, got {row_padding}")
+    conversion = _FROM_RGB[encoding]
+    pixels = np.ascontiguousarray(rgb) if conversion is None else cv2.cvtColor(np.ascontiguousarray(rgb), conversion)
+    if encoding == "mono16":
+        pixels = (pixels.astype(np.uint16) * 257).astype(">u2" if is_bigendian else "<u2")
+    height = rgb.shape[0]
+    rows = pixels.reshape(height, -1).view(np.uint8)
+    if row_padding:
+        rows = np.concatenate([rows, np.zeros((height, row_padding), np.uint8)], axis=1)
+    return rows.tobytes(), rows.shape[1]
+
+
+def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", *, jpeg_quality: int = 90) -> bytes:
+    """JPEG or PNG bytes of ``rgb`` for a ``sensor_msgs/CompressedImage`` (``fmt`` as in :func:`decode_compressed`)."""
+    _check_rgb(rgb)
+    codec = _codec(fmt) or "jpeg"
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if _CODECS[codec] == ".jpg" else []
+    ok, encoded = cv2.imencode(_CODECS[codec], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {rgb.shape} image as {codec}")
+    return encoded.tobytes()

@@ -1,0 +1,251 @@
+"""Image conversion core: every encoding, row padding, byte order, compressed formats and each error case."""
+
+from __future__ import annotations
+
+import array
+
+import cv2
+import numpy as np
+import pytest
+from conftest import shared_data
+
+from ssd_ros.image_codec import (
+    RAW_ENCODINGS,
+    ImageDecodeError,
+    decode_compressed,
+    decode_raw,
+    encode_compressed,
+    encode_raw,
+)
+
+BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "yuv422_yuy2": 2, "yuv422": 2, "mono16": 2}
+
+
+@pytest.fixture(scope="module")
+def rgb() -> np.ndarray:
+    """A 37x50 image with distinct values in every channel (odd height, non-square)."""
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, (37, 50, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def real_rgb() -> np.ndarray:
+    """A real photo (smooth regions, so chroma subsampling errors stay small)."""
+    path = next(iter(sorted(shared_data("voc2012_sample", "VOC2012", "JPEGImages").glob("*.jpg"))))
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(bgr[:, : bgr.shape[1] // 2 * 2], cv2.COLOR_BGR2RGB)
+
+
+def _pad_rows(data: bytes, height: int, step: int, padding: int, fill: int = 0xAB) -> bytes:
+    """Append ``padding`` garbage bytes to each row (a driver's aligned rows)."""
+    rows = np.frombuffer(data, np.uint8).reshape(height, step)
+    return np.concatenate([rows, np.full((height, padding), fill, np.uint8)], axis=1).tobytes()
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
+def test_colour_encodings_round_trip_exactly(rgb, encoding):
+    data, step = encode_raw(rgb, encoding)
+    assert step == rgb.shape[1] * BYTES_PER_PIXEL[encoding]
+    out = decode_raw(encoding, rgb.shape[1], rgb.shape[0], step, False, data)
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_channel_order_is_decoded_not_assumed():
+    # One pixel whose bytes are (10, 20, 30[, 40]) in each encoding's own order.
+    pixel = bytes([10, 20, 30, 40])
+    assert decode_raw("rgb8", 1, 1, 3, False, pixel[:3]).tolist() == [[[10, 20, 30]]]
+    assert decode_raw("bgr8", 1, 1, 3, False, pixel[:3]).tolist() == [[[30, 20, 10]]]
+    assert decode_raw("rgba8", 1, 1, 4, False, pixel).tolist() == [[[10, 20, 30]]]
+    assert decode_raw("bgra8", 1, 1, 4, False, pixel).tolist() == [[[30, 20, 10]]]
+    assert decode_raw("mono8", 1, 1, 1, False, pixel[:1]).tolist() == [[[10, 10, 10]]]
+
+
+def test_mono8_replicates_grey(rgb):
+    grey = np.repeat(rgb[:, :, :1], 3, axis=2)
+    data, step = encode_raw(grey, "mono8")
+    assert step == rgb.shape[1] and len(data) == rgb.shape[0] * rgb.shape[1]
+    np.testing.assert_array_equal(decode_raw("mono8", rgb.shape[1], rgb.shape[0], step, False, data), grey)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "data"),
+    [
+        # Two pixel pairs, (black, white) then (white, black), neutral chroma U = V = 128, video-range Y.
+        ("yuv422_yuy2", bytes([16, 128, 235, 128, 235, 128, 16, 128])),  # Y0 U Y1 V
+        ("yuv422", bytes([128, 16, 128, 235, 128, 235, 128, 16])),  # U Y0 V Y1
+    ],
+)
+def test_yuv422_byte_order(encoding, data):
+    out = decode_raw(encoding, 4, 1, 8, False, data)
+    assert out.shape == (1, 4, 3)
+    np.testing.assert_allclose(out[0, :, 0], [0, 255, 255, 0], atol=2)
+    assert (np.ptp(out[0], axis=1) <= 2).all(), "neutral chroma must decode to grey"
+
+
+def test_yuy2_real_image_close_to_original(real_rgb):
+    data, step = encode_raw(real_rgb, "yuv422_yuy2")
+    assert step == real_rgb.shape[1] * 2
+    out = decode_raw("yuv422_yuy2", real_rgb.shape[1], real_rgb.shape[0], step, False, data)
+    error = np.abs(out.astype(np.int16) - real_rgb.astype(np.int16))
+    # Only chroma is subsampled (2:1 horizontally): mean error is a few grey levels on a photo.
+    assert error.mean() < 6, error.mean()
+    assert np.abs(out.astype(np.float64).mean((0, 1)) - real_rgb.mean((0, 1))).max() < 3
+
+
+@pytest.mark.parametrize("encoding", sorted(RAW_ENCODINGS))
+def test_row_padding_is_skipped(rgb, encoding):
+    image = rgb[:, :50]  # even width for YUV 4:2:2
+    data, step = encode_raw(image, encoding)
+    expected = decode_raw(encoding, image.shape[1], image.shape[0], step, False, data)
+    padded = _pad_rows(data, image.shape[0], step, padding=13)
+    out = decode_raw(encoding, image.shape[1], image.shape[0], step + 13, False, padded)
+    np.testing.assert_array_equal(out, expected)
+    # encode_raw's own padding option produces the same layout (zeros instead of garbage).
+    data2, step2 = encode_raw(image, encoding, row_padding=13)
+    assert step2 == step + 13
+    np.testing.assert_array_equal(decode_raw(encoding, image.shape[1], image.shape[0], step2, False, data2), expected)
+
+
+def test_mono16_honours_byte_order():
+    # 0x12AB as big-endian bytes (12 AB) and little-endian bytes (AB 12): the 8-bit value is the high byte 0x12.
+    big = decode_raw("mono16", 1, 1, 2, True, b"\x12\xab")
+    little = decode_raw("mono16", 1, 1, 2, False, b"\xab\x12")
+    assert big.tolist() == little.tolist() == [[[0x12] * 3]]
+    # Reading the same bytes with the other order gives the other byte: the flag is really used.
+    assert decode_raw("mono16", 1, 1, 2, False, b"\x12\xab").tolist() == [[[0xAB] * 3]]
+
+
+@pytest.mark.parametrize("is_bigendian", [False, True])
+def test_mono16_round_trip(rgb, is_bigendian):
+    grey = np.repeat(rgb[:, :, 1:2], 3, axis=2)
+    data, step = encode_raw(grey, "mono16", is_bigendian=is_bigendian)
+    out = decode_raw("mono16", grey.shape[1], grey.shape[0], step, is_bigendian, data)
+    np.testing.assert_array_equal(out, grey)
+
+
+def test_is_bigendian_irrelevant_for_8bit_encodings(rgb):
+    data, step = encode_raw(rgb, "bgr8")
+    np.testing.assert_array_equal(
+        decode_raw("bgr8", rgb.shape[1], rgb.shape[0], step, True, data),
+        decode_raw("bgr8", rgb.shape[1], rgb.shape[0], step, False, data),
+    )
+
+
+@pytest.mark.parametrize("container", [bytes, bytearray, lambda b: array.array("B", b), memoryview])
+def test_accepts_message_buffers_and_returns_a_writable_copy(rgb, container):
+    data, step = encode_raw(rgb, "rgb8")
+    buffer = container(data)
+    out = decode_raw("rgb8", rgb.shape[1], rgb.shape[0], step, False, buffer)
+    assert out.flags.writeable and out.flags.c_contiguous
+    out[:] = 0  # must not write through to the message buffer
+    assert bytes(buffer) == data
+
+
+# --- raw error cases: each names what is wrong -------------------------------------------------------------------
+
+
+def test_unknown_encoding_is_named():
+    with pytest.raises(ImageDecodeError, match=r"unknown encoding '32FC1'"):
+        decode_raw("32FC1", 2, 2, 16, False, bytes(32))
+
+
+@pytest.mark.parametrize(("width", "height"), [(0, 4), (4, 0), (-1, 4)])
+def test_non_positive_size(width, height):
+    with pytest.raises(ImageDecodeError, match=rf"invalid image size {width}x{height}"):
+        decode_raw("rgb8", width, height, 12, False, bytes(48))
+
+
+def test_step_smaller_than_row():
+    with pytest.raises(ImageDecodeError, match=r"step 10 is smaller than one row of rgb8 \(4 px x 3 B = 12 B\)"):
+        decode_raw("rgb8", 4, 2, 10, False, bytes(20))
+
+
+def test_truncated_data_gives_both_lengths(rgb):
+    data, step = encode_raw(rgb, "rgb8")
+    expected = step * rgb.shape[0]
+    with pytest.raises(ImageDecodeError, match=rf"truncated data: {expected - 7} bytes, expected .* = {expected}"):
+        decode_raw("rgb8", rgb.shape[1], rgb.shape[0], step, False, data[:-7])
+
+
+def test_step_that_does_not_match_data_is_rejected(rgb):
+    # A publisher that claims padded rows but sends tight ones: the data is too short for the claimed step.
+    data, step = encode_raw(rgb, "rgb8")
+    with pytest.raises(ImageDecodeError, match=r"truncated data"):
+        decode_raw("rgb8", rgb.shape[1], rgb.shape[0], step + 4, False, data)
+    # ... or claims tight rows but sends padded ones: more bytes than step x height.
+    padded = _pad_rows(data, rgb.shape[0], step, padding=2)
+    with pytest.raises(ImageDecodeError, match=rf"data too long: {len(padded)} bytes, expected .* = {len(data)}"):
+        decode_raw("rgb8", rgb.shape[1], rgb.shape[0], step, False, padded)
+
+
+def test_odd_width_yuv():
+    with pytest.raises(ImageDecodeError, match=r"yuv422_yuy2 needs an even width"):
+        decode_raw("yuv422_yuy2", 3, 1, 6, False, bytes(6))
+
+
+# --- compressed --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["png", "PNG", "rgb8; png compressed bgr8", "bgr8; png compressed "])
+def test_png_round_trip_exact(rgb, fmt):
+    np.testing.assert_array_equal(decode_compressed(fmt, encode_compressed(rgb, "png")), rgb)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "jpg", "rgb8; jpeg compressed bgr8", ""])
+def test_jpeg_decodes_in_rgb_order(fmt):
+    # Flat colours survive JPEG well; a red/green/blue stripe image catches any BGR/RGB swap.
+    image = np.zeros((48, 96, 3), np.uint8)
+    image[:, :32, 0] = 220
+    image[:, 32:64, 1] = 220
+    image[:, 64:, 2] = 220
+    out = decode_compressed(fmt, encode_compressed(image, "jpeg", jpeg_quality=95))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    for stripe, channel in ((slice(4, 28), 0), (slice(36, 60), 1), (slice(68, 92), 2)):
+        means = out[:, stripe].reshape(-1, 3).mean(0)
+        assert means.argmax() == channel and means[channel] > 200, means
+
+
+def test_real_jpeg_file_decodes_like_opencv():
+    path = next(iter(sorted(shared_data("picar_camera", "detection", "test").glob("*.jpg"))))
+    data = path.read_bytes()
+    out = decode_compressed("jpeg", data)
+    assert out.shape == (480, 640, 3)
+    np.testing.assert_array_equal(out, cv2.imread(str(path))[:, :, ::-1])
+
+
+def test_corrupt_jpeg_is_undecodable():
+    data = encode_compressed(np.full((16, 16, 3), 100, np.uint8), "jpeg")
+    garbage = bytes(len(data))  # right size, no JPEG structure
+    with pytest.raises(ImageDecodeError, match=rf"undecodable jpeg data \({len(garbage)} bytes\)"):
+        decode_compressed("jpeg", garbage)
+
+
+def test_truncated_jpeg_is_detected():
+    data = encode_compressed(np.full((64, 64, 3), 100, np.uint8), "jpeg")
+    with pytest.raises(ImageDecodeError, match=r"truncated JPEG: no end-of-image marker"):
+        decode_compressed("jpeg", data[: len(data) // 2])
+
+
+def test_truncated_png_is_undecodable():
+    data = encode_compressed(np.full((64, 64, 3), 100, np.uint8), "png")
+    with pytest.raises(ImageDecodeError, match=r"undecodable png data"):
+        decode_compressed("png", data[: len(data) // 2])
+
+
+def test_empty_compressed_data():
+    with pytest.raises(ImageDecodeError, match=r"empty jpeg data \(0 bytes\)"):
+        decode_compressed("jpeg", b"")
+
+
+def test_unsupported_compressed_format_is_named():
+    with pytest.raises(ImageDecodeError, match=r"unsupported compressed format 'tiff'"):
+        decode_compressed("tiff", encode_compressed(np.zeros((4, 4, 3), np.uint8), "png"))
+
+
+def test_encoders_reject_non_rgb_input():
+    with pytest.raises(ValueError, match=r"expected an RGB uint8 \(H, W, 3\) array, got float32"):
+        encode_raw(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"unknown encoding 'nv12'"):
+        encode_raw(np.zeros((4, 4, 3), np.uint8), "nv12")
+    with pytest.raises(ValueError, match=r"expected an RGB uint8"):
+        encode_compressed(np.zeros((4, 4), np.uint8))
