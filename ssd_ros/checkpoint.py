@@ -1,0 +1,517 @@
+"""Self-describing checkpoints: model weights plus a :class:`ModelCard` saying what they are.
+
+File format (``torch.save`` zip, loaded with ``torch.load(weights_only=True)``, so loading a file never
+runs code from it; everything stored is a tensor or a plain container/scalar)::
+
+    {
+        "format": "ssd_ros.checkpoint",
+        "format_version": 1,
+        "card": {architecture, class_names, input_size, image_mean, image_std, default_boxes,
+                 label_map, training},
+        "state_dict": {parameter name: tensor},      # model.state_dict(), on CPU
+        "extra": {...} | None,                       # optional training state (optimizer, RNG, ...)
+    }
+
+The card is authoritative: :func:`load_checkpoint` builds the model from it with
+:func:`ssd_ros.model.build_model` (architecture, class count, default boxes, normalisation) and then
+loads the weights strictly.  Every failure raises :class:`CheckpointError` naming the file and the
+problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import ssd_ros
+from ssd_ros import model as model_lib
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointPayload",
+    "ModelCard",
+    "coco_model_card",
+    "load_checkpoint",
+    "load_coco_pretrained",
+    "read_checkpoint_payload",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "ssd_ros.checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class CheckpointError(Exception):
+    """A checkpoint file is missing, unreadable, malformed or does not fit what was expected."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"checkpoint {self.path}: {problem}")
+
+
+@dataclass
+class ModelCard:
+    """What a set of weights is, and how it was made.
+
+    Attributes:
+        architecture: one of :data:`ssd_ros.model.ARCHITECTURES`.
+        class_names: class names in label order, background excluded (model label ``i + 1`` is
+            ``class_names[i]`` unless ``label_map`` says otherwise).
+        input_size: network input ``(height, width)``.
+        image_mean, image_std: normalisation of [0, 1] RGB input, ``(x - mean) / std``.
+        default_boxes: the default-box configuration (see :func:`ssd_ros.model.default_box_config`).
+        training: how the weights were made: ``dataset``, ``iterations``, ``metric`` (e.g.
+            ``{"VOC07 mAP@0.5": 0.77}`` or None), ``code_version`` (filled in on save), anything else.
+        label_map: only for models whose output labels are not ``1..len(class_names)`` (torchvision's
+            COCO model): for each model output label, the index into ``class_names`` or -1 to drop it.
+    """
+
+    architecture: str
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    default_boxes: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+    label_map: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        model_lib._check_architecture(self.architecture)
+        self.class_names = tuple(self.class_names)
+        if not self.class_names or not all(isinstance(n, str) and n for n in self.class_names):
+            raise ValueError(f"class_names must be non-empty strings, got {self.class_names!r}")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class_names has duplicates: {self.class_names!r}")
+        if "__background__" in self.class_names:
+            raise ValueError("class_names excludes the background class")
+        self.input_size = tuple(int(v) for v in self.input_size)
+        self.image_mean = tuple(float(v) for v in self.image_mean)
+        self.image_std = tuple(float(v) for v in self.image_std)
+        if len(self.input_size) != 2 or len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError("input_size needs (height, width); image_mean and image_std need 3 values")
+        if self.input_size != model_lib.input_size(self.architecture):
+            raise ValueError(
+                f"input_size {self.input_size} does not fit {self.architecture} "
+                f"(which takes {model_lib.input_size(self.architecture)})"
+            )
+        self.default_boxes = dict(self.default_boxes)
+        self.training = dict(self.training)
+        if self.label_map is not None:
+            self.label_map = tuple(int(v) for v in self.label_map)
+            if any(v < -1 or v >= len(self.class_names) for v in self.label_map):
+                raise ValueError(f"label_map values must be -1 or index class_names, got {self.label_map!r}")
+
+    @classmethod
+    def for_architecture(
+        cls,
+        architecture: str,
+        class_names: Sequence[str],
+        *,
+        dataset: str | None = None,
+        iterations: int | None = None,
+        metric: Mapping[str, float] | None = None,
+        **training: Any,
+    ) -> ModelCard:
+        """A card with the architecture's own input size, normalisation and default boxes."""
+        mean, std = model_lib.normalization(architecture)
+        return cls(
+            architecture=architecture,
+            class_names=tuple(class_names),
+            input_size=model_lib.input_size(architecture),
+            image_mean=tuple(mean),
+            image_std=tuple(std),
+            default_boxes=model_lib.default_box_config(architecture),
+            training={
+                "dataset": dataset,
+                "iterations": iterations,
+                "metric": None if metric is None else dict(metric),
+                "code_version": ssd_ros.__version__,
+                **training,
+            },
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """Model outputs including background (``len(class_names) + 1``, or ``len(label_map)``)."""
+        return len(self.label_map) if self.label_map is not None else len(self.class_names) + 1
+
+    def build_model(self, *, pretrained_backbone: bool = False) -> nn.Module:
+        """The (randomly initialised) model this card describes.
+
+        Its random initialisation uses a forked RNG: building does not change the global torch RNG
+        (saving or loading a checkpoint mid-training leaves the training's random stream alone).
+        """
+        with torch.random.fork_rng(devices=[]):
+            return model_lib.build_model(
+                self.architecture,
+                self.num_classes,
+                pretrained_backbone=pretrained_backbone,
+                default_boxes=self.default_boxes,
+                image_mean=self.image_mean,
+                image_std=self.image_std,
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers only (what goes into the file)."""
+        return {
+            "architecture": self.architecture,
+            "class_names": list(self.class_names),
+            "input_size": list(self.input_size),
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "default_boxes": _plain_copy(self.default_boxes),
+            "training": _plain_copy(self.training),
+            "label_map": None if self.label_map is None else list(self.label_map),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
+        """Inverse of :meth:`to_dict`; raises KeyError/ValueError/TypeError on a malformed card."""
+        required = ("architecture", "class_names", "input_size", "image_mean", "image_std", "default_boxes")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise KeyError(f"model card lacks {', '.join(missing)}")
+        return cls(
+            architecture=data["architecture"],
+            class_names=tuple(data["class_names"]),
+            input_size=tuple(data["input_size"]),
+            image_mean=tuple(data["image_mean"]),
+            image_std=tuple(data["image_std"]),
+            default_boxes=dict(data["default_boxes"]),
+            training=dict(data.get("training") or {}),
+            label_map=data.get("label_map"),
+        )
+
+
+@dataclass
+class CheckpointPayload:
+    """Everything in a checkpoint file, validated but not yet turned into a model."""
+
+    path: str
+    card: ModelCard
+    state_dict: dict[str, torch.Tensor]
+    extra: dict[str, Any] | None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Saving
+
+_PLAIN_SCALARS = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.device, torch.Size)
+_PLAIN_CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set, bytearray)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise TypeError unless ``value`` is loadable with ``torch.load(weights_only=True)``."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return
+    if kind in (torch.Tensor, nn.Parameter):
+        return
+    if kind in (dict, OrderedDict, Counter):
+        for key, item in value.items():
+            _check_plain(key, f"{where} key {key!r}")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if kind in (list, tuple, set):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if kind is bytearray:
+        return
+    raise TypeError(
+        f"{where} is a {kind.__module__}.{kind.__qualname__}; checkpoints hold only tensors and plain "
+        "containers/scalars (so they load with weights_only=True): convert it (e.g. numpy -> torch.from_numpy)"
+    )
+
+
+def _plain_copy(value: Any) -> Any:
+    """Deep copy of a JSON-like structure (dicts become plain dicts)."""
+    if isinstance(value, Mapping):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_copy(v) for v in value]
+    return value
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    card: ModelCard,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights, ``card`` and optional ``extra`` state to ``path`` atomically.
+
+    The file is written to a temporary file in the same directory, fsynced, then renamed over ``path``
+    (a crash leaves either the old file or the new one, never half a file). ``card.training`` gets
+    ``code_version`` if it has none. ``extra`` (optimizer/scheduler/scaler state, RNG states as
+    ByteTensors, ...) must hold only tensors and plain containers/scalars; anything else raises
+    TypeError before anything is written.
+    """
+    path = Path(path)
+    card_dict = card.to_dict()
+    card_dict["training"].setdefault("code_version", ssd_ros.__version__)
+    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "card": card_dict,
+        "state_dict": state_dict,
+        "extra": None if extra is None else dict(extra),
+    }
+    _check_plain(card_dict, "card")
+    if extra is not None:
+        _check_plain(payload["extra"], "extra")
+    # The weights must be the architecture the card claims (catches saving the wrong card).
+    expected = {k: v.shape for k, v in card.build_model().state_dict().items()}
+    problem = _state_dict_problem(expected, state_dict, card)
+    if problem:
+        raise ValueError(f"model does not match its card: {problem}")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every OS)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _unpickling_detail(error: BaseException) -> str:
+    """The informative line of torch's weights-only error (it wraps it in generic advice)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch")
+    for line in str(error).splitlines():
+        line = line.strip()
+        if line and not line.startswith(boilerplate):
+            return line
+    return _first_line(error)
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError(path, "no such file")
+    if path.is_dir():
+        raise CheckpointError(path, "is a directory, not a checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(path, f"cannot be read ({_first_line(e)})") from e
+    if not head:
+        raise CheckpointError(path, "is empty (0 bytes)")
+    is_zip = head == _ZIP_MAGIC
+    if is_zip:
+        # A torch.save zip whose central directory is missing or damaged: cut off or corrupted.
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise CheckpointError(
+                path,
+                "is truncated or corrupted: it starts like a PyTorch zip archive but its zip directory is "
+                f"missing or damaged ({_first_line(e)})",
+            ) from e
+        if bad is not None:
+            raise CheckpointError(path, f"is corrupted (bad CRC in archive member {bad})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": we report failures ourselves
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if is_zip:
+            raise CheckpointError(
+                path,
+                "refused to load: it holds Python objects other than tensors and plain containers, and this "
+                "loader never unpickles those (weights_only=True; not an ssd_ros checkpoint, possibly "
+                f"malicious): {_unpickling_detail(e)}",
+            ) from e
+        raise CheckpointError(
+            path,
+            f"is not a checkpoint (not a PyTorch zip archive: starts with {head!r}; as a pickle of plain "
+            f"tensors: {_unpickling_detail(e)})",
+        ) from e
+    except Exception as e:  # noqa: BLE001 - torch raises many types for garbage input
+        if is_zip:
+            raise CheckpointError(path, f"is truncated or corrupted ({_first_line(e)})") from e
+        raise CheckpointError(
+            path, f"is not a checkpoint (not a PyTorch zip archive: starts with {head!r}; {_first_line(e)})"
+        ) from e
+
+
+def read_checkpoint_payload(path: str | os.PathLike) -> CheckpointPayload:
+    """Read and validate a checkpoint without building a model (for training resume and tools)."""
+    path = Path(path)
+    data = _torch_load(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"is not an ssd_ros checkpoint (holds a {type(data).__name__}, not a dict)")
+    if data.get("format") != CHECKPOINT_FORMAT:
+        hint = ""
+        if "format" not in data and all(isinstance(v, torch.Tensor) for v in data.values()):
+            hint = " (looks like a bare state_dict: save it with ssd_ros.checkpoint.save_checkpoint and a ModelCard)"
+        raise CheckpointError(path, f"is not an ssd_ros checkpoint (no 'format': {CHECKPOINT_FORMAT!r} key){hint}")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            path, f"has format_version {version!r}; this code reads up to {CHECKPOINT_FORMAT_VERSION} (update ssd_ros)"
+        )
+    missing = [key for key in ("card", "state_dict") if key not in data]
+    if missing:
+        raise CheckpointError(path, f"is missing required key(s): {', '.join(missing)}")
+    if not isinstance(data["card"], dict):
+        raise CheckpointError(path, "has a malformed model card (not a dict)")
+    state_dict = data["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(path, "has a malformed state_dict (expected a dict of tensors)")
+    try:
+        card = ModelCard.from_dict(data["card"])
+    except (KeyError, ValueError, TypeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise CheckpointError(path, f"has an invalid model card: {message}") from e
+    extra = data.get("extra")
+    if extra is not None and not isinstance(extra, dict):
+        raise CheckpointError(path, "has a malformed 'extra' entry (expected a dict)")
+    return CheckpointPayload(str(path), card, state_dict, extra)
+
+
+def _state_dict_problem(
+    expected: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor], card: ModelCard
+) -> str | None:
+    """Why ``state_dict`` cannot be loaded into the model ``card`` describes, or None if it can."""
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        return (
+            f"weights do not match architecture {card.architecture!r} named in the card "
+            f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
+        )
+    mismatched = [k for k in expected if tuple(state_dict[k].shape) != tuple(expected[k])]
+    if not mismatched:
+        return None
+    if all(k.startswith("head.classification_head.") for k in mismatched):
+        key = mismatched[0]
+        outputs_expected, outputs_found = expected[key][0], state_dict[key].shape[0]
+        found = outputs_found * card.num_classes / outputs_expected
+        found_text = str(int(found)) if math.isclose(found, round(found)) else f"{found:.2f}"
+        return (
+            f"class-count mismatch: the card lists {len(card.class_names)} classes "
+            f"({card.num_classes} outputs with background) but the weights have {found_text} outputs "
+            f"({key}: {tuple(state_dict[key].shape)} vs {tuple(expected[key])})"
+        )
+    key = mismatched[0]
+    return (
+        f"weights do not match architecture {card.architecture!r} with the card's default boxes: "
+        f"{len(mismatched)} tensor shape(s) differ, e.g. {key}: {tuple(state_dict[key].shape)} "
+        f"vs {tuple(expected[key])}"
+    )
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    expect_architecture: str | None = None,
+    expect_classes: Sequence[str] | None = None,
+) -> tuple[nn.Module, ModelCard]:
+    """Build the model a checkpoint's card describes, load its weights, return ``(model, card)``.
+
+    The model is in eval mode on ``device``. ``expect_architecture`` / ``expect_classes`` (names in
+    order) make a mismatch an error instead of a surprise (e.g. resuming training on another dataset).
+    Raises :class:`CheckpointError` for every problem with the file.
+    """
+    payload = read_checkpoint_payload(path)
+    card = payload.card
+    if expect_architecture is not None and card.architecture != expect_architecture:
+        raise CheckpointError(
+            path, f"architecture mismatch: expected {expect_architecture!r}, the checkpoint is {card.architecture!r}"
+        )
+    if expect_classes is not None and tuple(expect_classes) != card.class_names:
+        expected = tuple(expect_classes)
+        if len(expected) != len(card.class_names):
+            detail = f"expected {len(expected)} classes, the checkpoint has {len(card.class_names)}"
+        else:
+            diffs = [f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(expected, card.class_names)) if a != b]
+            detail = f"same count, different names/order at {', '.join(diffs[:5])}"
+        raise CheckpointError(path, f"class mismatch: {detail} ({list(card.class_names)})")
+    try:
+        model = card.build_model()
+    except ValueError as e:
+        raise CheckpointError(path, f"has an invalid model card: {e}") from e
+    problem = _state_dict_problem({k: v.shape for k, v in model.state_dict().items()}, payload.state_dict, card)
+    if problem:
+        raise CheckpointError(path, problem)
+    model.load_state_dict(payload.state_dict, strict=True)
+    return model.to(device).eval(), card
+
+
+# ---------------------------------------------------------------------------------------------------
+# torchvision's COCO model
+
+
+def coco_model_card() -> ModelCard:
+    """The card of torchvision's COCO-trained SSD300 (80 names, 91-output label map, COCO anchors)."""
+    mean, std = model_lib.normalization("ssd300_vgg16")
+    weights = model_lib.SSD300_VGG16_Weights.COCO_V1
+    return ModelCard(
+        architecture="ssd300_vgg16",
+        class_names=model_lib.coco_class_names(),
+        input_size=model_lib.input_size("ssd300_vgg16"),
+        image_mean=tuple(mean),
+        image_std=tuple(std),
+        default_boxes=model_lib.coco_default_box_config(),
+        label_map=model_lib.coco_label_map(),
+        training={
+            "dataset": "COCO train2017 (torchvision SSD300_VGG16_Weights.COCO_V1)",
+            "iterations": None,
+            "metric": {"COCO-val2017 box mAP": weights.meta["_metrics"]["COCO-val2017"]["box_map"]},
+            "code_version": ssd_ros.__version__,
+            "source": weights.url,
+        },
+    )
+
+
+def load_coco_pretrained(device: str | torch.device = "cpu", *, progress: bool = False) -> tuple[nn.Module, ModelCard]:
+    """Load torchvision's COCO SSD300 through its weights API, with a card: ``(model, card)``.
+
+    Needs internet once (or the file in torch's hub cache); raises
+    :class:`ssd_ros.model.WeightsUnavailableError` saying what to do otherwise. To use it offline, save
+    it once with ``save_checkpoint(path, model, card)`` and load that file.
+    """
+    model = model_lib.build_coco_model(progress=progress)
+    return model.to(device).eval(), coco_model_card()

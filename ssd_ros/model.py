@@ -1,0 +1,338 @@
+"""The one model builder shared by the node, training, evaluation and export.
+
+Two architectures, both torchvision :class:`~torchvision.models.detection.SSD` modules with the same
+interface (a list of float CHW images in [0, 1] in, a list of ``boxes``/``scores``/``labels`` dicts out):
+
+``ssd300_vgg16``
+    The SSD paper's SSD300 configured for PASCAL VOC: VGG16 with the SSD modifications (ceil-mode pool3,
+    pool5 3x3/1, atrous fc6, fc7, extra layers conv8_2..conv11_2), conv4_3 L2 norm with a learned scale,
+    and the paper's VOC default boxes (scales 0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05; steps 8, 16, 32, 64,
+    100, 300; aspect ratios [2], [2,3], [2,3], [2,3], [2], [2]) -> 8732 boxes on 38/19/10/5/3/1 maps.
+    torchvision's own ``ssd300_vgg16`` uses COCO scales (0.07, 0.15, ...); only the anchors differ.
+``ssdlite320_mobilenet_v3``
+    torchvision's SSDlite320 with a MobileNetV3-Large backbone (a Raspberry-Pi-sized option).
+
+``num_classes`` always counts the background class (index 0): VOC is 20 classes + background = 21.
+
+Also the optional COCO model: torchvision's COCO-trained ``ssd300_vgg16`` loaded through its weights
+API, with its 91-entry category list mapped to the 80 real class names.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD, SSD300_VGG16_Weights, _vgg_extractor, ssd300_vgg16
+from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
+from torchvision.models.mobilenetv3 import MobileNet_V3_Large_Weights, mobilenet_v3_large
+from torchvision.models.vgg import VGG16_Weights, make_layers, vgg16
+from torchvision.models.vgg import cfgs as vgg_cfgs
+
+__all__ = [
+    "ARCHITECTURES",
+    "VOC_CLASSES",
+    "WeightsUnavailableError",
+    "build_coco_model",
+    "build_model",
+    "coco_class_names",
+    "coco_label_map",
+    "default_box_config",
+    "input_size",
+    "normalization",
+    "num_default_boxes",
+]
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+"""The 20 PASCAL VOC classes in the official (alphabetical) order; model label i+1 is VOC_CLASSES[i]."""
+
+ARCHITECTURES: tuple[str, ...] = ("ssd300_vgg16", "ssdlite320_mobilenet_v3")
+
+# SSD300 for VOC, as in the SSD paper (Liu et al. 2016, sec. 2.2/3 and the released Caffe prototxt).
+_SSD300_VOC_BOXES: dict[str, Any] = {
+    "aspect_ratios": [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+    "scales": [0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05],
+    "steps": [8, 16, 32, 64, 100, 300],
+    "clip": True,
+}
+# torchvision's SSDlite320 anchors (scales derived from min_ratio=0.2, max_ratio=0.95, no steps).
+_SSDLITE_BOXES: dict[str, Any] = {
+    "aspect_ratios": [[2, 3] for _ in range(6)],
+    "scales": list(DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95).scales),
+    "steps": None,
+    "clip": True,
+}
+# torchvision's COCO ssd300_vgg16 anchors (differ from the VOC ones only in the scales).
+_SSD300_COCO_BOXES: dict[str, Any] = {
+    "aspect_ratios": [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+    "scales": [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+    "steps": [8, 16, 32, 64, 100, 300],
+    "clip": True,
+}
+
+# (height, width) of the network input; images of any size are resized to it by the model's transform.
+_INPUT_SIZE = {"ssd300_vgg16": (300, 300), "ssdlite320_mobilenet_v3": (320, 320)}
+
+# Normalisation applied by the model's transform to [0, 1] images: (x - mean) / std.
+# SSD300-VGG16 uses the Caffe-style VGG weights: mean pixel (123, 117, 104)/255 and std 1/255 undo the
+# [0, 1] scaling, exactly torchvision's ssd300_vgg16 defaults.  SSDlite maps [0, 1] to [-1, 1].
+_NORMALIZATION = {
+    "ssd300_vgg16": ([0.48235, 0.45882, 0.40784], [1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0]),
+    "ssdlite320_mobilenet_v3": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+}
+
+# Post-processing defaults of the SSD module (the Detector overrides them per call).
+_POSTPROCESS = {
+    "ssd300_vgg16": {"score_thresh": 0.01, "nms_thresh": 0.45, "detections_per_img": 200, "topk_candidates": 400},
+    "ssdlite320_mobilenet_v3": {
+        "score_thresh": 0.001,
+        "nms_thresh": 0.55,
+        "detections_per_img": 300,
+        "topk_candidates": 300,
+    },
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be obtained (typically: no internet and nothing cached)."""
+
+
+def _check_architecture(architecture: str) -> None:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+
+
+def default_box_config(architecture: str) -> dict[str, Any]:
+    """The default-box (anchor) configuration of ``architecture``, as plain lists (for the model card).
+
+    Keys: ``aspect_ratios`` (per feature map), ``scales`` (one more than feature maps: s_k and the
+    extra s_{k+1} used for the sqrt(s_k s_{k+1}) box), ``steps`` (pixels per cell, or None to use the
+    feature-map size), ``clip``.
+    """
+    _check_architecture(architecture)
+    config = _SSD300_VOC_BOXES if architecture == "ssd300_vgg16" else _SSDLITE_BOXES
+    return copy.deepcopy(config)
+
+
+def coco_default_box_config() -> dict[str, Any]:
+    """The default boxes of torchvision's COCO ``ssd300_vgg16`` (COCO scales 0.07, 0.15, ...)."""
+    return copy.deepcopy(_SSD300_COCO_BOXES)
+
+
+def input_size(architecture: str) -> tuple[int, int]:
+    """The network input size ``(height, width)`` of ``architecture``."""
+    _check_architecture(architecture)
+    return _INPUT_SIZE[architecture]
+
+
+def normalization(architecture: str) -> tuple[list[float], list[float]]:
+    """``(image_mean, image_std)`` the model applies to [0, 1] RGB input."""
+    _check_architecture(architecture)
+    mean, std = _NORMALIZATION[architecture]
+    return list(mean), list(std)
+
+
+def num_default_boxes(architecture: str, default_boxes: Mapping[str, Any] | None = None) -> int:
+    """Total default boxes per image (8732 for the VOC SSD300), computed from the feature-map sizes."""
+    model = build_model(architecture, 2, default_boxes=default_boxes)
+    model.eval()
+    h, w = input_size(architecture)
+    with torch.inference_mode():
+        features = model.backbone(torch.zeros(1, 3, h, w))
+    generator = model.anchor_generator
+    return sum(f.shape[-2] * f.shape[-1] * n for f, n in zip(features.values(), generator.num_anchors_per_location()))
+
+
+def _box_generator(config: Mapping[str, Any]) -> DefaultBoxGenerator:
+    try:
+        aspect_ratios = [list(r) for r in config["aspect_ratios"]]
+        scales = [float(s) for s in config["scales"]]
+        steps = None if config.get("steps") is None else [int(s) for s in config["steps"]]
+        clip = bool(config.get("clip", True))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"invalid default-box configuration {dict(config)!r}: {e}") from e
+    if len(scales) != len(aspect_ratios) + 1:
+        raise ValueError(
+            f"invalid default-box configuration: {len(aspect_ratios)} feature maps need "
+            f"{len(aspect_ratios) + 1} scales, got {len(scales)}"
+        )
+    return DefaultBoxGenerator(aspect_ratios, scales=scales, steps=steps, clip=clip)
+
+
+def build_model(
+    architecture: str,
+    num_classes: int,
+    *,
+    pretrained_backbone: bool = False,
+    default_boxes: Mapping[str, Any] | None = None,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
+) -> SSD:
+    """Build an SSD detector in eval mode.
+
+    Args:
+        architecture: one of :data:`ARCHITECTURES`.
+        num_classes: number of classes **including** background (21 for VOC).
+        pretrained_backbone: load ImageNet backbone weights through torchvision's weights API
+            (``VGG16_Weights.IMAGENET1K_FEATURES``, the Caffe-converted VGG16 the SSD paper used, or
+            ``MobileNet_V3_Large_Weights.IMAGENET1K_V1``); needs internet or torch's cache. Raises
+            :class:`WeightsUnavailableError` when they cannot be obtained.
+        default_boxes: a default-box configuration (see :func:`default_box_config`) to use instead of
+            the architecture's; for ssdlite320 the aspect ratios must stay the same (they size the head).
+        image_mean: normalisation mean override (default: :func:`normalization`).
+        image_std: normalisation std override (default: :func:`normalization`).
+
+    The head is randomly initialised (torchvision's init); nothing is downloaded unless
+    ``pretrained_backbone`` is true.
+    """
+    _check_architecture(architecture)
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be an int >= 2, got {num_classes!r}")
+    num_classes = int(num_classes)
+    mean, std = _NORMALIZATION[architecture]
+    kwargs: dict[str, Any] = {
+        "image_mean": list(mean if image_mean is None else image_mean),
+        "image_std": list(std if image_std is None else image_std),
+        **_POSTPROCESS[architecture],
+    }
+    if len(kwargs["image_mean"]) != 3 or len(kwargs["image_std"]) != 3:
+        raise ValueError("image_mean and image_std need 3 values (R, G, B)")
+    boxes = default_box_config(architecture) if default_boxes is None else dict(default_boxes)
+
+    if architecture == "ssd300_vgg16":
+        vgg = _vgg16(pretrained_backbone)
+        # trainable_layers=5: nothing frozen here; training code freezes what it wants.
+        backbone = _vgg_extractor(vgg, False, 5)
+        # conv4_3, fc7, conv8_2 .. conv11_2; given, so SSD need not find them with a dummy forward pass.
+        backbone.out_channels = [512, 1024, 512, 256, 256, 256]
+        model = SSD(backbone, _box_generator(boxes), _INPUT_SIZE[architecture], num_classes, **kwargs)
+    else:
+        generator = _box_generator(boxes)
+        if generator.aspect_ratios != _SSDLITE_BOXES["aspect_ratios"]:
+            raise ValueError(
+                f"ssdlite320_mobilenet_v3 needs aspect ratios {_SSDLITE_BOXES['aspect_ratios']}, "
+                f"got {generator.aspect_ratios}"
+            )
+        model = _build_ssdlite(num_classes, generator, pretrained_backbone, kwargs)
+    return model.eval()
+
+
+def _vgg16(pretrained: bool) -> nn.Module:
+    """VGG16 (features only are used by the SSD extractor)."""
+    if pretrained:
+        weights = VGG16_Weights.IMAGENET1K_FEATURES
+        try:
+            return vgg16(weights=weights, progress=False)
+        except Exception as e:  # download / cache failures
+            raise WeightsUnavailableError(_download_hint("VGG16 ImageNet backbone", weights, e)) from e
+    # Same layers and init as torchvision's VGG, without building (and initialising) the 120M-parameter
+    # classifier that SSD throws away: saves ~2.5 s per build on a CPU.
+    features = make_layers(vgg_cfgs["D"], batch_norm=False)
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(m.bias, 0)
+    holder = nn.Module()
+    holder.features = features
+    return holder
+
+
+def _build_ssdlite(num_classes: int, generator: DefaultBoxGenerator, pretrained_backbone: bool, kwargs) -> SSD:
+    """Build torchvision's ssdlite320_mobilenet_v3_large from its parts.
+
+    Unlike torchvision's builder, the MobileNetV3 tail is *never* reduced: torchvision halves the last
+    stage's channels when no backbone weights are given, which would make a checkpoint trained from an
+    ImageNet backbone impossible to rebuild without downloading. One structure for both cases.
+    """
+    weights = MobileNet_V3_Large_Weights.IMAGENET1K_V1 if pretrained_backbone else None
+    norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    try:
+        mobilenet = mobilenet_v3_large(weights=weights, progress=False, norm_layer=norm_layer, reduced_tail=False)
+    except Exception as e:  # download / cache failures
+        raise WeightsUnavailableError(_download_hint("MobileNetV3-Large ImageNet backbone", weights, e)) from e
+    if weights is None:
+        _normal_init(mobilenet)  # torchvision's init for a backbone trained from scratch
+    backbone = _mobilenet_extractor(mobilenet, 6, norm_layer)
+    size = _INPUT_SIZE["ssdlite320_mobilenet_v3"]
+    out_channels = det_utils.retrieve_out_channels(backbone, size)
+    head = SSDLiteHead(out_channels, generator.num_anchors_per_location(), num_classes, norm_layer)
+    return SSD(backbone, generator, size, num_classes, head=head, **kwargs)
+
+
+def _download_hint(what: str, weights: Any, error: Exception) -> str:
+    url = getattr(weights, "url", "?")
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+    return (
+        f"could not download the {what} weights from {url} ({type(error).__name__}: {error}). "
+        f"Check the internet connection, or copy {os.path.basename(url)} into {cache} "
+        f"(honours $TORCH_HOME), or pass a local ssd_ros checkpoint instead."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optional: torchvision's COCO-trained SSD300
+
+
+def _coco_categories() -> list[str]:
+    return list(SSD300_VGG16_Weights.COCO_V1.meta["categories"])
+
+
+def coco_class_names() -> tuple[str, ...]:
+    """The 80 COCO class names in torchvision's order, without ``__background__`` and the ``N/A`` holes."""
+    return tuple(c for c in _coco_categories() if c not in ("__background__", "N/A"))
+
+
+def coco_label_map() -> tuple[int, ...]:
+    """For each of the COCO model's 91 output labels, the index into :func:`coco_class_names`, or -1.
+
+    Label 0 (background) and the 10 unused ``N/A`` ids map to -1 (such detections are dropped).
+    """
+    names = coco_class_names()
+    index = {name: i for i, name in enumerate(names)}
+    return tuple(index.get(c, -1) if c not in ("__background__", "N/A") else -1 for c in _coco_categories())
+
+
+def build_coco_model(*, progress: bool = False) -> SSD:
+    """Build torchvision's ``ssd300_vgg16`` with its COCO_V1 weights (91 outputs; see :func:`coco_label_map`).
+
+    Downloads the weights once into torch's hub cache (``$TORCH_HOME/hub/checkpoints``). Raises
+    :class:`WeightsUnavailableError` with what to do when they cannot be downloaded (offline robot):
+    copy the file into the cache, or save the model with ``ssd_ros.checkpoint`` on a machine with
+    internet and pass that local checkpoint.
+    """
+    weights = SSD300_VGG16_Weights.COCO_V1
+    try:
+        model = ssd300_vgg16(weights=weights, weights_backbone=None, progress=progress)
+    except Exception as e:
+        raise WeightsUnavailableError(_download_hint("torchvision COCO SSD300", weights, e)) from e
+    # Sanity: the anchors we describe in the card are the ones torchvision used.
+    assert model.anchor_generator.scales == _SSD300_COCO_BOXES["scales"]
+    return model.eval()

@@ -1,0 +1,202 @@
+"""The model builder: the VOC SSD300 default boxes, both architectures, and the COCO option."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+import torch
+from torchvision.models.detection.ssd import SSD, SSD300_VGG16_Weights, ssd300_vgg16
+
+from ssd_ros import model as model_lib
+from ssd_ros.model import (
+    ARCHITECTURES,
+    VOC_CLASSES,
+    WeightsUnavailableError,
+    build_coco_model,
+    build_model,
+    coco_class_names,
+    coco_label_map,
+    default_box_config,
+)
+
+
+@pytest.fixture(scope="module")
+def vgg_model() -> SSD:
+    torch.manual_seed(0)
+    return build_model("ssd300_vgg16", len(VOC_CLASSES) + 1)
+
+
+@pytest.fixture(scope="module")
+def vgg_anchors(vgg_model):
+    """Feature maps and the default boxes (xyxy pixels) of one 300x300 image."""
+    from torchvision.models.detection.image_list import ImageList
+
+    with torch.inference_mode():
+        features = list(vgg_model.backbone(torch.zeros(1, 3, 300, 300)).values())
+        anchors = vgg_model.anchor_generator(ImageList(torch.zeros(1, 3, 300, 300), [(300, 300)]), features)[0]
+    return features, anchors
+
+
+def test_voc_classes():
+    assert len(VOC_CLASSES) == 20
+    assert VOC_CLASSES[0] == "aeroplane" and VOC_CLASSES[14] == "person" and VOC_CLASSES[-1] == "tvmonitor"
+    assert list(VOC_CLASSES) == sorted(VOC_CLASSES)
+
+
+def test_ssd300_has_8732_default_boxes_on_the_paper_feature_maps(vgg_model, vgg_anchors):
+    features, anchors = vgg_anchors
+    assert [tuple(f.shape[-2:]) for f in features] == [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
+    assert [f.shape[1] for f in features] == [512, 1024, 512, 256, 256, 256]
+    assert vgg_model.anchor_generator.num_anchors_per_location() == [4, 6, 6, 6, 4, 4]
+    assert anchors.shape == (8732, 4)
+    assert model_lib.num_default_boxes("ssd300_vgg16") == 8732
+    # The head predicts one box and one score vector per default box.
+    with torch.inference_mode():
+        out = vgg_model.head(features)
+    assert out["bbox_regression"].shape == (1, 8732, 4)
+    assert out["cls_logits"].shape == (1, 8732, 21)
+
+
+def test_ssd300_default_box_sizes_are_the_voc_ones(vgg_anchors):
+    _, anchors = vgg_anchors
+    wh = anchors[:, 2:] - anchors[:, :2]
+    centres = (anchors[:, 2:] + anchors[:, :2]) / 2
+    # First location of conv4_3 (38x38, step 8): centre (4, 4); boxes of scale 0.1 (30 px),
+    # sqrt(0.1 * 0.2) (sqrt(30 * 60) px) and aspect ratio 2 / 1/2 at scale 0.1.
+    first = wh[:4]
+    expected = torch.tensor(
+        [
+            [30.0, 30.0],
+            [math.sqrt(30 * 60), math.sqrt(30 * 60)],
+            [30 * math.sqrt(2), 30 / math.sqrt(2)],
+            [30 / math.sqrt(2), 30 * math.sqrt(2)],
+        ]
+    )
+    torch.testing.assert_close(first, expected, atol=1e-3, rtol=0)
+    torch.testing.assert_close(centres[:4], torch.full((4, 2), 4.0), atol=1e-4, rtol=0)
+    # Second location: one step (8 px) to the right.
+    torch.testing.assert_close(centres[4], torch.tensor([12.0, 4.0]), atol=1e-4, rtol=0)
+    # Each map's aspect-ratio-1 box has side s_k * 300 (clipped to the image for the largest).
+    starts = [0]
+    for cells, per_location in zip([38 * 38, 19 * 19, 10 * 10, 5 * 5, 3 * 3, 1], [4, 6, 6, 6, 4, 4]):
+        starts.append(starts[-1] + cells * per_location)
+    scales = [0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05]
+    for k, start in enumerate(starts[:-1]):
+        assert wh[start, 0].item() == pytest.approx(min(scales[k], 1.0) * 300, abs=1e-3)
+        assert wh[start + 1, 0].item() == pytest.approx(min(math.sqrt(scales[k] * scales[k + 1]), 1.0) * 300, abs=1e-3)
+    # conv7 (19x19, step 16) has aspect ratios 2 and 3: the 6th box is 1/3 at scale 0.2.
+    b = starts[1] + 5
+    assert wh[b].tolist() == pytest.approx([60 / math.sqrt(3), 60 * math.sqrt(3)], abs=1e-3)
+    # The 1x1 map's box is centred on the image.
+    assert centres[-1].tolist() == pytest.approx([150.0, 150.0], abs=1e-4)
+
+
+def test_default_box_config_is_plain_and_fresh():
+    config = default_box_config("ssd300_vgg16")
+    assert config == {
+        "aspect_ratios": [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+        "scales": [0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05],
+        "steps": [8, 16, 32, 64, 100, 300],
+        "clip": True,
+    }
+    config["scales"][0] = 99.0  # a copy: mutating it does not change the architecture
+    assert default_box_config("ssd300_vgg16")["scales"][0] == 0.1
+    lite = default_box_config("ssdlite320_mobilenet_v3")
+    assert lite["aspect_ratios"] == [[2, 3]] * 6 and lite["steps"] is None and len(lite["scales"]) == 7
+
+
+def test_ssd300_matches_torchvision_structure_except_the_anchors(vgg_model):
+    """Same layers and normalisation as torchvision's ssd300_vgg16 (so its weights load), VOC anchors."""
+    reference = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21)
+    ours = {k: tuple(v.shape) for k, v in vgg_model.state_dict().items()}
+    assert ours == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert vgg_model.transform.image_mean == reference.transform.image_mean == [0.48235, 0.45882, 0.40784]
+    assert vgg_model.transform.image_std == reference.transform.image_std
+    assert vgg_model.transform.fixed_size == (300, 300)
+    assert vgg_model.anchor_generator.scales == [0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05]
+    assert reference.anchor_generator.scales != vgg_model.anchor_generator.scales
+    # conv4_3 feature L2-normalised and rescaled by a learned per-channel weight initialised to 20.
+    assert torch.equal(vgg_model.backbone.scale_weight.detach(), torch.full((512,), 20.0))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_build_each_architecture_runs_on_any_image_size(architecture):
+    torch.manual_seed(0)
+    model = build_model(architecture, 4)
+    assert isinstance(model, SSD) and not model.training
+    h, w = model_lib.input_size(architecture)
+    assert model.transform.fixed_size == (w, h)
+    mean, std = model_lib.normalization(architecture)
+    assert model.transform.image_mean == mean and model.transform.image_std == std
+    with torch.inference_mode():
+        out = model([torch.rand(3, 240, 320), torch.rand(3, 100, 60)])
+    assert len(out) == 2
+    for det, (ih, iw) in zip(out, [(240, 320), (100, 60)]):
+        assert det["boxes"].shape[1] == 4
+        assert det["labels"].min() >= 1 and det["labels"].max() <= 3
+        assert (det["boxes"][:, 0] >= 0).all() and (det["boxes"][:, 2] <= iw + 1e-3).all()
+        assert (det["boxes"][:, 1] >= 0).all() and (det["boxes"][:, 3] <= ih + 1e-3).all()
+
+
+def test_ssdlite_structure_does_not_depend_on_pretrained_backbone():
+    """torchvision reduces the MobileNet tail without backbone weights; we never do (same checkpoints)."""
+    model = build_model("ssdlite320_mobilenet_v3", 21)
+    # The unreduced MobileNetV3-Large ends with 960 channels (reduced: 480).
+    assert model.backbone.features[1][-1].out_channels == 960
+    assert model_lib.num_default_boxes("ssdlite320_mobilenet_v3") == 3234
+
+
+def test_build_model_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown architecture 'yolo'"):
+        build_model("yolo", 21)
+    with pytest.raises(ValueError, match="background"):
+        build_model("ssd300_vgg16", 1)
+    bad = default_box_config("ssd300_vgg16")
+    bad["scales"] = bad["scales"][:-1]
+    with pytest.raises(ValueError, match="7 scales"):
+        build_model("ssd300_vgg16", 21, default_boxes=bad)
+    lite = default_box_config("ssdlite320_mobilenet_v3")
+    lite["aspect_ratios"] = [[2]] * 6
+    with pytest.raises(ValueError, match="aspect ratios"):
+        build_model("ssdlite320_mobilenet_v3", 21, default_boxes=lite)
+
+
+def test_coco_class_names_drop_background_and_na():
+    categories = SSD300_VGG16_Weights.COCO_V1.meta["categories"]
+    assert len(categories) == 91  # torchvision's list, with the "N/A" holes of the COCO ids
+    names = coco_class_names()
+    assert len(names) == 80 and len(set(names)) == 80
+    assert "__background__" not in names and "N/A" not in names
+    assert names[0] == "person" and names[-1] == "toothbrush"
+    label_map = coco_label_map()
+    assert len(label_map) == 91
+    assert label_map[0] == -1
+    assert sum(1 for v in label_map if v == -1) == 11  # background + 10 N/A
+    for label, index in enumerate(label_map):
+        if index >= 0:
+            assert names[index] == categories[label]
+        else:
+            assert categories[label] in ("__background__", "N/A")
+    assert names[label_map[categories.index("stop sign")]] == "stop sign"
+    assert sorted(v for v in label_map if v >= 0) == list(range(80))
+
+
+def test_coco_model_offline_raises_a_clear_error(tmp_path, monkeypatch):
+    """No internet here: the download must fail fast with an error that says what to do."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    # Never wait on DNS/a network: an unroutable local port refuses at once, like an offline robot.
+    weights = SSD300_VGG16_Weights.COCO_V1
+    monkeypatch.setattr(weights.value, "url", "http://127.0.0.1:9/ssd300_vgg16_coco-b556d3b4.pth")
+    monkeypatch.setattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", 5.0, raising=False)
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_coco_model()
+    message = str(info.value)
+    assert "could not download" in message
+    assert "ssd300_vgg16_coco-b556d3b4.pth" in message
+    assert str(tmp_path) in message  # where to put the file by hand
+    assert "local ssd_ros checkpoint" in message
+    assert isinstance(info.value, RuntimeError)
+    assert not list(tmp_path.rglob("*.pth"))  # nothing half-downloaded left in the cache
