@@ -1,0 +1,310 @@
+"""PiCar-B base driver core: velocity command -> steering servo ticks + drive motor duty, with a watchdog.
+
+No ROS here. ``BaseController`` turns ``(linear m/s, angular rad/s)`` into a ``BaseOutput`` using the shared
+Ackermann relation in :mod:`ssd_ros.ackermann`, the servo calibration (ticks at centre and at the left/right
+steering limits) and the drive calibration (speed at full duty). It rejects non-finite commands, clamps
+out-of-range ones, counts both, and falls back to "stop + centre" when commands stop arriving.
+``BaseHardware`` applies outputs to a PCA9685 steering channel and a motor port and reads them back;
+``open_hardware`` builds it for the real car or for the register-level simulation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ssd_ros.ackermann import limit_angular, steering_angle
+from ssd_ros.hardware.motor import GpioMotor, MotorPort, Pca9685Motor, SimulatedGpio, import_rpi_gpio
+from ssd_ros.hardware.pca9685 import (
+    TICKS_PER_PERIOD,
+    I2cBus,
+    Pca9685,
+    SimulatedI2cBus,
+    SimulatedPca9685,
+    open_smbus,
+    ticks_to_us,
+)
+
+# Order of the values in the driver's published state (the ROS node's Float32MultiArray).
+STATE_FIELDS = ("steering_angle_rad", "servo_ticks", "servo_pulse_us", "motor_duty")
+HARDWARE_KINDS = ("sim", "picar_b")
+MOTOR_DRIVERS = ("gpio", "pca9685")
+
+
+@dataclass(frozen=True)
+class SteeringCalibration:
+    """Servo ticks (PCA9685 counts out of 4096) at the wheel positions that were measured on the car.
+
+    ``left_ticks``/``right_ticks`` are the ticks at which the front wheels reach ``max_steering_rad`` to the
+    left/right; they may lie on either side of ``centre_ticks`` (the servo horn orientation decides). In
+    between the mapping is linear on each side, so unequal left and right travel is fine.
+    ``trim_rad`` is the wheel angle the car needs to drive straight (added to every command).
+    """
+
+    centre_ticks: int
+    left_ticks: int
+    right_ticks: int
+    max_steering_rad: float
+    trim_rad: float = 0.0
+
+    def __post_init__(self):
+        """Reject calibrations that cannot be right."""
+        for name in ("centre_ticks", "left_ticks", "right_ticks"):
+            value = getattr(self, name)
+            if not 0 < value < TICKS_PER_PERIOD:
+                raise ValueError(f"{name} must be within 1..{TICKS_PER_PERIOD - 1}, got {value}")
+        low, high = sorted((self.left_ticks, self.right_ticks))
+        if not low < self.centre_ticks < high:
+            raise ValueError(
+                f"centre_ticks ({self.centre_ticks}) must lie strictly between left_ticks ({self.left_ticks}) "
+                f"and right_ticks ({self.right_ticks})"
+            )
+        if not 0 < self.max_steering_rad < math.pi / 2:
+            raise ValueError(f"max steering angle must be within (0, 90) degrees, got {self.max_steering_rad} rad")
+        if not abs(self.trim_rad) < self.max_steering_rad:
+            raise ValueError("steering trim must be smaller than the max steering angle")
+
+    def ticks_for(self, angle_rad: float) -> int:
+        """Servo ticks for a wheel angle (positive = left), clamped to the calibrated limits."""
+        fraction = max(-1.0, min(1.0, angle_rad / self.max_steering_rad))
+        limit = self.left_ticks if fraction >= 0 else self.right_ticks
+        return round(self.centre_ticks + (limit - self.centre_ticks) * abs(fraction))
+
+    @property
+    def tick_range(self) -> tuple[int, int]:
+        """(lowest, highest) ticks the steering channel may ever be given."""
+        return min(self.left_ticks, self.right_ticks), max(self.left_ticks, self.right_ticks)
+
+
+@dataclass(frozen=True)
+class DriveCalibration:
+    """Linear speed -> signed motor duty.
+
+    ``speed_at_full_duty_mps`` is the measured speed at duty 1 (the mapping is linear through zero);
+    ``min_duty`` is the smallest duty that still turns the wheels (non-zero commands start there);
+    ``max_duty`` caps the output; ``inverted`` swaps forward and reverse for a motor wired the other way.
+    """
+
+    speed_at_full_duty_mps: float
+    max_duty: float = 1.0
+    min_duty: float = 0.0
+    inverted: bool = False
+
+    def __post_init__(self):
+        """Reject calibrations that cannot be right."""
+        if not self.speed_at_full_duty_mps > 0:
+            raise ValueError(f"speed at full duty must be positive, got {self.speed_at_full_duty_mps}")
+        if not 0 < self.max_duty <= 1:
+            raise ValueError(f"max duty must be within (0, 1], got {self.max_duty}")
+        if not 0 <= self.min_duty < self.max_duty:
+            raise ValueError(f"min duty must be within [0, max duty), got {self.min_duty}")
+
+    def duty_for(self, linear_mps: float) -> tuple[float, bool]:
+        """(signed duty, whether it had to be clamped to ``max_duty``) for a finite speed."""
+        wanted = linear_mps / self.speed_at_full_duty_mps
+        magnitude = abs(wanted)
+        if magnitude == 0.0:
+            return 0.0, False
+        clamped = magnitude > self.max_duty
+        magnitude = min(magnitude, self.max_duty)
+        # Stretch (0, max] onto [min_duty, max] so small commands still move the car.
+        magnitude = self.min_duty + (self.max_duty - self.min_duty) * magnitude / self.max_duty
+        sign = -1.0 if (wanted < 0) != self.inverted else 1.0
+        return sign * magnitude, clamped
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """Everything the controller needs: geometry, calibrations and the command timeout."""
+
+    wheelbase_m: float
+    steering: SteeringCalibration
+    drive: DriveCalibration
+    cmd_timeout_s: float = 0.5
+
+    def __post_init__(self):
+        """Reject impossible geometry or timeouts."""
+        if not self.wheelbase_m > 0:
+            raise ValueError(f"wheelbase must be positive, got {self.wheelbase_m}")
+        if not self.cmd_timeout_s > 0:
+            raise ValueError(f"command timeout must be positive, got {self.cmd_timeout_s}")
+
+
+@dataclass(frozen=True)
+class BaseOutput:
+    """What the hardware is told: wheel angle (rad, left positive), servo ticks, signed motor duty, and why."""
+
+    steering_angle_rad: float
+    servo_ticks: int
+    motor_duty: float
+    reason: str  # "command", "startup", "watchdog" or "shutdown"
+
+
+@dataclass
+class BaseCounters:
+    """Running totals reported in diagnostics."""
+
+    received: int = 0
+    applied: int = 0
+    rejected_nonfinite: int = 0
+    speed_clamped: int = 0
+    yaw_rate_limited: int = 0
+    watchdog_stops: int = 0
+    hardware_errors: int = 0
+
+
+@dataclass
+class BaseController:
+    """Command mapping plus the watchdog; time is passed in (seconds on any monotonic clock)."""
+
+    config: BaseConfig
+    counters: BaseCounters = field(default_factory=BaseCounters)
+
+    def __post_init__(self):
+        """Start stopped and centred, as if a watchdog stop had just happened."""
+        self.last_output = self.safe_output("startup")
+        self.last_command_s: float | None = None
+
+    def safe_output(self, reason: str) -> BaseOutput:
+        """Motor stopped, wheels straight (centre plus trim)."""
+        steering = self.config.steering
+        return BaseOutput(steering.trim_rad, steering.ticks_for(steering.trim_rad), 0.0, reason)
+
+    def command(self, linear_mps: float, angular_radps: float, now_s: float) -> BaseOutput | None:
+        """Map a velocity command; returns None (and counts it) for a non-finite command, which is ignored.
+
+        A rejected command does not refresh the watchdog, so a sender that only produces garbage is stopped
+        after ``cmd_timeout_s`` like a silent one.
+        """
+        self.counters.received += 1
+        if not (math.isfinite(linear_mps) and math.isfinite(angular_radps)):
+            self.counters.rejected_nonfinite += 1
+            return None
+        config = self.config
+        steering = config.steering
+        angle = steering_angle(linear_mps, angular_radps, config.wheelbase_m, steering.max_steering_rad)
+        achievable = limit_angular(linear_mps, angular_radps, config.wheelbase_m, steering.max_steering_rad)
+        if not math.isclose(achievable, angular_radps, rel_tol=1e-6, abs_tol=1e-9):
+            self.counters.yaw_rate_limited += 1
+        angle = max(-steering.max_steering_rad, min(steering.max_steering_rad, angle + steering.trim_rad))
+        duty, clamped = config.drive.duty_for(linear_mps)
+        if clamped:
+            self.counters.speed_clamped += 1
+        self.last_command_s = now_s
+        self.last_output = BaseOutput(angle, steering.ticks_for(angle), duty, "command")
+        self.counters.applied += 1
+        return self.last_output
+
+    def check_watchdog(self, now_s: float) -> BaseOutput | None:
+        """The stop output once when commands have been missing for longer than the timeout, else None."""
+        if self.last_command_s is None or now_s - self.last_command_s <= self.config.cmd_timeout_s:
+            return None
+        self.last_command_s = None
+        self.counters.watchdog_stops += 1
+        self.last_output = self.safe_output("watchdog")
+        return self.last_output
+
+
+@dataclass(frozen=True)
+class HardwareSettings:
+    """Where the PiCar-B's actuators are (defaults: Adeept PiCar-B, see docs/picar_b.md for sources)."""
+
+    kind: str = "sim"
+    i2c_bus: int = 1
+    pca9685_address: int = 0x40
+    pwm_frequency_hz: float = 50.0
+    steering_channel: int = 2
+    motor_driver: str = "gpio"
+    motor_enable_pin: int = 4
+    motor_forward_pin: int = 15
+    motor_reverse_pin: int = 14
+    motor_pwm_frequency_hz: float = 1000.0
+    motor_forward_channel: int = 15
+    motor_reverse_channel: int = 14
+
+    def __post_init__(self):
+        """Reject unknown kinds and channel clashes before touching any hardware."""
+        if self.kind not in HARDWARE_KINDS:
+            raise ValueError(f"hardware must be one of {HARDWARE_KINDS}, got {self.kind!r}")
+        if self.motor_driver not in MOTOR_DRIVERS:
+            raise ValueError(f"motor_driver must be one of {MOTOR_DRIVERS}, got {self.motor_driver!r}")
+        if self.motor_driver == "pca9685" and self.steering_channel in (
+            self.motor_forward_channel,
+            self.motor_reverse_channel,
+        ):
+            raise ValueError("the steering channel must not be one of the motor channels")
+
+
+@dataclass
+class Readback:
+    """What the actuators report: servo ticks and pulse width from the chip's registers, motor duty."""
+
+    servo_ticks: int
+    servo_pulse_us: float
+    motor_duty: float
+
+
+class BaseHardware:
+    """Steering servo on one PCA9685 channel plus a drive motor port."""
+
+    def __init__(self, pca: Pca9685, steering_channel: int, motor: MotorPort, *, simulation: Any = None):
+        """Wrap configured devices; ``simulation`` keeps the simulated chip/GPIO for inspection in sim mode."""
+        self.pca = pca
+        self.steering_channel = steering_channel
+        self.motor = motor
+        self.simulation = simulation
+
+    def apply(self, output: BaseOutput) -> None:
+        """Write the servo pulse and the motor duty."""
+        self.pca.set_pulse_ticks(self.steering_channel, output.servo_ticks)
+        self.motor.drive(output.motor_duty)
+
+    def readback(self) -> Readback:
+        """Read the actuators back (the servo from the chip registers, so a lost write shows up)."""
+        ticks = self.pca.read_channel(self.steering_channel)
+        return Readback(ticks, ticks_to_us(ticks, self.pca.frequency_hz()), self.motor.readback())
+
+    def close(self, final: BaseOutput) -> None:
+        """Apply the final (safe) output, release the motor, close the bus; the servo keeps holding centre."""
+        try:
+            self.apply(final)
+        finally:
+            self.motor.close()
+            close = getattr(self.pca.bus, "close", None)
+            if close:
+                close()
+
+
+@dataclass
+class Simulation:
+    """The simulated devices behind a ``hardware:=sim`` base."""
+
+    chip: SimulatedPca9685
+    gpio: SimulatedGpio | None
+
+
+def open_hardware(settings: HardwareSettings) -> BaseHardware:
+    """Build and initialise the actuators; real I2C/GPIO modules are imported only for ``kind='picar_b'``."""
+    simulation = None
+    if settings.kind == "sim":
+        chip = SimulatedPca9685()
+        bus: I2cBus = SimulatedI2cBus({settings.pca9685_address: chip})
+        gpio = SimulatedGpio() if settings.motor_driver == "gpio" else None
+        simulation = Simulation(chip, gpio)
+    else:
+        bus = open_smbus(settings.i2c_bus)
+        gpio = import_rpi_gpio() if settings.motor_driver == "gpio" else None
+    pca = Pca9685(bus, settings.pca9685_address)
+    pca.configure(settings.pwm_frequency_hz)
+    if gpio is not None:
+        motor: MotorPort = GpioMotor(
+            settings.motor_enable_pin,
+            settings.motor_forward_pin,
+            settings.motor_reverse_pin,
+            settings.motor_pwm_frequency_hz,
+            gpio=gpio,
+        )
+    else:
+        motor = Pca9685Motor(pca, settings.motor_forward_channel, settings.motor_reverse_channel)
+    return BaseHardware(pca, settings.steering_channel, motor, simulation=simulation)

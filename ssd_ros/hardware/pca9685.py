@@ -1,0 +1,385 @@
+"""NXP PCA9685 16-channel, 12-bit PWM controller: driver, I2C bus port, and a register-level simulated chip.
+
+The driver talks to an ``I2cBus`` (the subset of the ``smbus``/``smbus2`` API it needs). On the robot that is
+``smbus2.SMBus(1)`` (or Debian's ``python3-smbus``), opened by :func:`open_smbus`; in tests and
+``hardware:=sim`` dry runs it is a :class:`SimulatedI2cBus` with a :class:`SimulatedPca9685` attached, which
+keeps the chip's registers and enforces the datasheet rules the driver must respect (prescaler writes only
+in SLEEP, minimum prescale, the RESTART sequence, auto-increment). The same driver code runs in both cases,
+so a driver bug shows up in the simulator as a wrong output frequency or pulse, as it would on the car.
+
+Register facts (PCA9685 product data sheet, Rev. 4, sections 7.3 and 7.3.5):
+MODE1 0x00, MODE2 0x01, LEDn_ON_L/ON_H/OFF_L/OFF_H at 0x06 + 4*n, ALL_LED_* at 0xFA..0xFD, PRE_SCALE 0xFE;
+internal oscillator 25 MHz; ``prescale = round(osc / (4096 * f)) - 1`` (3..255), so the output frequency is
+``osc / (4096 * (prescale + 1))``; one PWM period is 4096 ticks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+MODE1 = 0x00
+MODE2 = 0x01
+LED0_ON_L = 0x06
+ALL_LED_ON_L = 0xFA
+ALL_LED_OFF_L = 0xFC
+PRE_SCALE = 0xFE
+
+# MODE1 bits
+MODE1_RESTART = 0x80
+MODE1_EXTCLK = 0x40
+MODE1_AI = 0x20  # register auto-increment
+MODE1_SLEEP = 0x10
+MODE1_ALLCALL = 0x01
+# MODE2 bits
+MODE2_INVRT = 0x10
+MODE2_OUTDRV = 0x04  # totem-pole outputs (servo signal lines need push-pull)
+
+LED_FULL = 0x10  # bit 4 of LEDn_ON_H / LEDn_OFF_H: full on / full off (full off wins)
+TICKS_PER_PERIOD = 4096
+CHANNELS = 16
+OSCILLATOR_HZ = 25_000_000.0
+PRESCALE_MIN = 3
+PRESCALE_MAX = 255
+OSCILLATOR_SETTLE_S = 500e-6  # SLEEP must be 0 this long before RESTART may be written
+
+# Power-on register values (data sheet table 4 / register descriptions).
+_RESET_MODE1 = MODE1_SLEEP | MODE1_ALLCALL
+_RESET_MODE2 = MODE2_OUTDRV
+_RESET_PRE_SCALE = 0x1E  # 200 Hz
+
+
+class I2cBus(Protocol):
+    """The part of the smbus/smbus2 ``SMBus`` API the driver uses."""
+
+    def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None:
+        """Write one byte to a register."""
+
+    def read_byte_data(self, i2c_addr: int, register: int) -> int:
+        """Read one byte from a register."""
+
+    def write_i2c_block_data(self, i2c_addr: int, register: int, data: Sequence[int]) -> None:
+        """Write consecutive bytes starting at a register (needs MODE1 auto-increment)."""
+
+    def read_i2c_block_data(self, i2c_addr: int, register: int, length: int) -> list[int]:
+        """Read consecutive bytes starting at a register (needs MODE1 auto-increment)."""
+
+
+def prescale_for(frequency_hz: float, oscillator_hz: float = OSCILLATOR_HZ) -> int:
+    """PRE_SCALE value for a PWM frequency, per the data sheet formula, limited to the chip's 3..255."""
+    if not frequency_hz > 0:
+        raise ValueError(f"PWM frequency must be positive, got {frequency_hz}")
+    value = round(oscillator_hz / (TICKS_PER_PERIOD * frequency_hz)) - 1
+    return max(PRESCALE_MIN, min(PRESCALE_MAX, value))
+
+
+def output_frequency_hz(prescale: int, oscillator_hz: float = OSCILLATOR_HZ) -> float:
+    """The PWM frequency the chip actually produces for a PRE_SCALE value."""
+    return oscillator_hz / (TICKS_PER_PERIOD * (prescale + 1))
+
+
+def ticks_to_us(ticks: float, frequency_hz: float) -> float:
+    """High time in microseconds of a pulse ``ticks`` long at ``frequency_hz``."""
+    return ticks * 1e6 / (frequency_hz * TICKS_PER_PERIOD)
+
+
+def us_to_ticks(pulse_us: float, frequency_hz: float) -> int:
+    """Nearest whole tick count for a pulse width in microseconds at ``frequency_hz``."""
+    return round(pulse_us * frequency_hz * TICKS_PER_PERIOD / 1e6)
+
+
+def _check_channel(channel: int) -> None:
+    if not 0 <= channel < CHANNELS:
+        raise ValueError(f"PCA9685 channel must be 0..{CHANNELS - 1}, got {channel}")
+
+
+class Pca9685:
+    """Driver for one PCA9685 on an I2C bus.
+
+    ``configure()`` puts the chip into a known state (totem-pole outputs, auto-increment, the requested PWM
+    frequency, all channels off); channels are then set with ``set_pulse_ticks`` / ``set_duty``. Every
+    setter writes the four LEDn registers in one auto-increment block so a channel never shows a
+    half-updated ON/OFF pair. ``read_channel`` and ``frequency_hz`` read the registers back, which is how
+    the base driver reports what the chip really outputs.
+    """
+
+    def __init__(
+        self,
+        bus: I2cBus,
+        address: int = 0x40,
+        *,
+        oscillator_hz: float = OSCILLATOR_HZ,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        """Bind to the chip at ``address`` on ``bus``; nothing is written until ``configure``."""
+        self.bus = bus
+        self.address = address
+        self.oscillator_hz = oscillator_hz
+        self._sleep = sleep
+
+    def configure(self, frequency_hz: float) -> float:
+        """Initialise the chip for ``frequency_hz`` with every output off; returns the actual frequency."""
+        # Asleep first (outputs stop, whatever a previous run left), with auto-increment so the block
+        # writes below reach all four registers; set_frequency then wakes and restarts the chip.
+        self.bus.write_byte_data(self.address, MODE1, MODE1_AI | MODE1_SLEEP | MODE1_ALLCALL)
+        self.all_off()
+        self.bus.write_byte_data(self.address, MODE2, MODE2_OUTDRV)
+        return self.set_frequency(frequency_hz)
+
+    def set_frequency(self, frequency_hz: float) -> float:
+        """Program the prescaler (data sheet 7.3.5 and 7.3.1.1) and return the frequency actually produced.
+
+        PRE_SCALE only accepts writes while MODE1.SLEEP is set, so: sleep, write, wake, wait for the
+        oscillator (500 us), then write RESTART so the channels resume with their held register values.
+        """
+        prescale = prescale_for(frequency_hz, self.oscillator_hz)
+        awake_mode = self.bus.read_byte_data(self.address, MODE1) & ~(MODE1_RESTART | MODE1_SLEEP) & 0xFF
+        self.bus.write_byte_data(self.address, MODE1, awake_mode | MODE1_SLEEP)
+        self.bus.write_byte_data(self.address, PRE_SCALE, prescale)
+        self.bus.write_byte_data(self.address, MODE1, awake_mode)
+        self._sleep(OSCILLATOR_SETTLE_S * 2)
+        if self.bus.read_byte_data(self.address, MODE1) & MODE1_RESTART:
+            self.bus.write_byte_data(self.address, MODE1, awake_mode | MODE1_RESTART)
+        return self.frequency_hz()
+
+    def frequency_hz(self) -> float:
+        """The output frequency from the PRE_SCALE register as the chip holds it."""
+        return output_frequency_hz(self.bus.read_byte_data(self.address, PRE_SCALE), self.oscillator_hz)
+
+    def set_pwm(self, channel: int, on_tick: int, off_tick: int) -> None:
+        """Raw LEDn registers: output goes high at ``on_tick`` and low at ``off_tick`` (0..4095 each)."""
+        _check_channel(channel)
+        if not (0 <= on_tick < TICKS_PER_PERIOD and 0 <= off_tick < TICKS_PER_PERIOD):
+            raise ValueError(f"PWM ticks must be 0..4095, got on={on_tick} off={off_tick}")
+        self._write_led(LED0_ON_L + 4 * channel, on_tick, off_tick)
+
+    def set_pulse_ticks(self, channel: int, ticks: int) -> None:
+        """High for ``ticks`` of the 4096-tick period from the start of the period; 0 = off, 4096 = always on."""
+        _check_channel(channel)
+        if not 0 <= ticks <= TICKS_PER_PERIOD:
+            raise ValueError(f"pulse ticks must be 0..4096, got {ticks}")
+        base = LED0_ON_L + 4 * channel
+        if ticks == 0:
+            self._write_led(base, 0, 0, full_off=True)
+        elif ticks == TICKS_PER_PERIOD:
+            self._write_led(base, 0, 0, full_on=True)
+        else:
+            self._write_led(base, 0, ticks)
+
+    def set_duty(self, channel: int, duty: float) -> None:
+        """Duty cycle 0..1 (rounded to the nearest tick)."""
+        if not 0.0 <= duty <= 1.0:
+            raise ValueError(f"duty must be within 0..1, got {duty}")
+        self.set_pulse_ticks(channel, round(duty * TICKS_PER_PERIOD))
+
+    def set_pulse_us(self, channel: int, pulse_us: float) -> int:
+        """Pulse width in microseconds at the chip's actual frequency; returns the ticks written."""
+        ticks = us_to_ticks(pulse_us, self.frequency_hz())
+        self.set_pulse_ticks(channel, ticks)
+        return ticks
+
+    def read_channel(self, channel: int) -> int:
+        """High ticks per period the channel is producing according to its registers (0..4096)."""
+        _check_channel(channel)
+        on_l, on_h, off_l, off_h = self.bus.read_i2c_block_data(self.address, LED0_ON_L + 4 * channel, 4)
+        return _high_ticks(on_l, on_h, off_l, off_h)
+
+    def all_off(self) -> None:
+        """Full-off on every channel at once through the ALL_LED registers."""
+        self.bus.write_i2c_block_data(self.address, ALL_LED_ON_L, [0, 0, 0, LED_FULL])
+
+    def _write_led(self, register: int, on: int, off: int, *, full_on: bool = False, full_off: bool = False):
+        data = [
+            on & 0xFF,
+            (on >> 8) | (LED_FULL if full_on else 0),
+            off & 0xFF,
+            (off >> 8) | (LED_FULL if full_off else 0),
+        ]
+        self.bus.write_i2c_block_data(self.address, register, data)
+
+
+def _high_ticks(on_l: int, on_h: int, off_l: int, off_h: int) -> int:
+    """High ticks per period for one LEDn register quadruple (full-off has priority over full-on)."""
+    if off_h & LED_FULL:
+        return 0
+    if on_h & LED_FULL:
+        return TICKS_PER_PERIOD
+    on = ((on_h & 0x0F) << 8) | on_l
+    off = ((off_h & 0x0F) << 8) | off_l
+    return (off - on) % TICKS_PER_PERIOD
+
+
+class SimulatedPca9685:
+    """Register-level model of one PCA9685 for tests and dry runs.
+
+    Models: power-on register values; MODE1 auto-increment for block access (without it every byte hits
+    the same register, as on the chip); PRE_SCALE writes ignored unless SLEEP is set and values below 3
+    read back as 3; outputs off while asleep; the RESTART flag set by sleeping with active channels and
+    cleared only by writing 1 to it at least 500 us after SLEEP was cleared; ALL_LED registers writing every
+    channel and reading back 0. Rule violations a real chip would silently ignore are counted in
+    ``ignored_writes`` so tests can assert a driver never relies on them.
+    """
+
+    def __init__(self, oscillator_hz: float = OSCILLATOR_HZ, clock: Callable[[], float] = time.monotonic):
+        """Chip in its power-on state."""
+        self.oscillator_hz = oscillator_hz
+        self._clock = clock
+        self.registers = bytearray(256)
+        self.registers[MODE1] = _RESET_MODE1
+        self.registers[MODE2] = _RESET_MODE2
+        self.registers[PRE_SCALE] = _RESET_PRE_SCALE
+        for channel in range(CHANNELS):
+            self.registers[LED0_ON_L + 4 * channel + 3] = LED_FULL
+        self._awake_since: float | None = None
+        self._running = False  # PWM counters running (awake and restarted or never slept with outputs)
+        self.ignored_writes: list[str] = []
+        self.write_count = 0
+
+    # --- bus side -------------------------------------------------------------------------------------
+    def write(self, register: int, value: int) -> None:
+        """One byte written to ``register`` over I2C."""
+        self.write_count += 1
+        value &= 0xFF
+        if register == MODE1:
+            self._write_mode1(value)
+        elif register == PRE_SCALE:
+            if self.registers[MODE1] & MODE1_SLEEP:
+                self.registers[PRE_SCALE] = max(PRESCALE_MIN, value)
+            else:
+                self.ignored_writes.append("PRE_SCALE written while awake (SLEEP=0)")
+        elif ALL_LED_ON_L <= register <= ALL_LED_ON_L + 3:
+            for channel in range(CHANNELS):
+                self.registers[LED0_ON_L + 4 * channel + register - ALL_LED_ON_L] = value
+        elif register in (MODE2,) or LED0_ON_L <= register < LED0_ON_L + 4 * CHANNELS:
+            self.registers[register] = value
+        else:
+            self.ignored_writes.append(f"write to unsupported register 0x{register:02X}")
+
+    def read(self, register: int) -> int:
+        """One byte read from ``register`` over I2C (ALL_LED registers are write-only and read 0)."""
+        if ALL_LED_ON_L <= register <= ALL_LED_ON_L + 3:
+            return 0
+        return self.registers[register]
+
+    def _write_mode1(self, value: int) -> None:
+        old = self.registers[MODE1]
+        now = self._clock()
+        going_to_sleep = value & MODE1_SLEEP and not old & MODE1_SLEEP
+        waking = old & MODE1_SLEEP and not value & MODE1_SLEEP
+        restart = old & MODE1_RESTART  # RESTART is read-only except for the write-1-to-restart action
+        if going_to_sleep:
+            if self._running and self._any_channel_active():
+                restart = MODE1_RESTART
+            self._running = False
+            self._awake_since = None
+        if waking:
+            self._awake_since = now
+            if not restart:
+                self._running = True  # nothing was held: counters start on wake-up
+        if value & MODE1_RESTART and old & MODE1_RESTART:
+            if value & MODE1_SLEEP or self._awake_since is None:
+                self.ignored_writes.append("RESTART written while asleep")
+            elif now - self._awake_since < OSCILLATOR_SETTLE_S:
+                self.ignored_writes.append("RESTART written before the oscillator settled (500 us)")
+            else:
+                restart = 0
+                self._running = True
+        self.registers[MODE1] = (value & ~MODE1_RESTART & 0xFF) | restart
+
+    def _any_channel_active(self) -> bool:
+        return any(self._register_ticks(channel) for channel in range(CHANNELS))
+
+    def _register_ticks(self, channel: int) -> int:
+        base = LED0_ON_L + 4 * channel
+        return _high_ticks(*self.registers[base : base + 4])
+
+    # --- observation side (what an oscilloscope on the pins would show) ------------------------------
+    @property
+    def sleeping(self) -> bool:
+        """MODE1.SLEEP: oscillator off."""
+        return bool(self.registers[MODE1] & MODE1_SLEEP)
+
+    @property
+    def restart_pending(self) -> bool:
+        """MODE1.RESTART: channels hold their values but stay stopped until restarted."""
+        return bool(self.registers[MODE1] & MODE1_RESTART)
+
+    def output_frequency_hz(self) -> float:
+        """PWM frequency produced from the current prescaler (0 while the oscillator is off)."""
+        if self.sleeping:
+            return 0.0
+        return output_frequency_hz(self.registers[PRE_SCALE], self.oscillator_hz)
+
+    def high_ticks(self, channel: int) -> int:
+        """High ticks per 4096-tick period on a pin, honouring sleep, pending restart and MODE2.INVRT."""
+        _check_channel(channel)
+        if self.sleeping or not self._running:
+            ticks = 0
+        else:
+            ticks = self._register_ticks(channel)
+        if self.registers[MODE2] & MODE2_INVRT:
+            ticks = TICKS_PER_PERIOD - ticks
+        return ticks
+
+    def pulse_width_us(self, channel: int) -> float:
+        """High time per period on a pin in microseconds at the actual output frequency."""
+        frequency = self.output_frequency_hz()
+        return ticks_to_us(self.high_ticks(channel), frequency) if frequency else 0.0
+
+    def duty(self, channel: int) -> float:
+        """Fraction of each period the pin is high."""
+        return self.high_ticks(channel) / TICKS_PER_PERIOD
+
+
+class SimulatedI2cBus:
+    """An ``I2cBus`` with simulated devices attached by address; unknown addresses raise ``OSError`` (NACK)."""
+
+    def __init__(self, devices: dict[int, SimulatedPca9685] | None = None):
+        """Bus with the given ``{address: device}`` map."""
+        self.devices = dict(devices or {})
+
+    def _device(self, i2c_addr: int) -> SimulatedPca9685:
+        try:
+            return self.devices[i2c_addr]
+        except KeyError:
+            raise OSError(121, f"Remote I/O error: no device at 0x{i2c_addr:02X}") from None
+
+    def write_byte_data(self, i2c_addr: int, register: int, value: int) -> None:
+        """Write one byte to a register."""
+        self._device(i2c_addr).write(register, value)
+
+    def read_byte_data(self, i2c_addr: int, register: int) -> int:
+        """Read one byte from a register."""
+        return self._device(i2c_addr).read(register)
+
+    def write_i2c_block_data(self, i2c_addr: int, register: int, data: Sequence[int]) -> None:
+        """Block write; the register pointer advances only with MODE1.AI set, as on the chip."""
+        device = self._device(i2c_addr)
+        step = 1 if device.read(MODE1) & MODE1_AI else 0
+        for offset, value in enumerate(data):
+            device.write(register + offset * step, value)
+
+    def read_i2c_block_data(self, i2c_addr: int, register: int, length: int) -> list[int]:
+        """Block read; the register pointer advances only with MODE1.AI set, as on the chip."""
+        device = self._device(i2c_addr)
+        step = 1 if device.read(MODE1) & MODE1_AI else 0
+        return [device.read(register + offset * step) for offset in range(length)]
+
+    def close(self) -> None:
+        """Nothing to release (mirrors ``SMBus.close``)."""
+
+
+def open_smbus(bus_number: int) -> I2cBus:
+    """Open the real I2C bus ``/dev/i2c-<bus_number>`` with smbus2, or Debian/Ubuntu's python3-smbus.
+
+    Imported here, lazily, so that nothing but real hardware needs either package.
+    """
+    try:
+        from smbus2 import SMBus
+    except ImportError:
+        try:
+            from smbus import SMBus
+        except ImportError as error:
+            raise RuntimeError("real I2C needs smbus2 (pip install smbus2) or python3-smbus (apt)") from error
+    return SMBus(bus_number)

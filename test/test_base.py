@@ -1,0 +1,190 @@
+"""Base driver core: calibration mapping, command handling, watchdog, and the hardware assembly in sim."""
+
+import math
+
+import pytest
+
+from ssd_ros.ackermann import steering_angle
+from ssd_ros.base import (
+    BaseConfig,
+    BaseController,
+    DriveCalibration,
+    HardwareSettings,
+    SteeringCalibration,
+    open_hardware,
+)
+from ssd_ros.hardware.motor import simulated_motor_duty
+from ssd_ros.hardware.pca9685 import output_frequency_hz, prescale_for
+
+MAX = math.radians(30)
+WHEELBASE = 0.14
+
+
+def steering(**overrides):
+    values = {"centre_ticks": 300, "left_ticks": 450, "right_ticks": 150, "max_steering_rad": MAX}
+    values.update(overrides)
+    return SteeringCalibration(**values)
+
+
+def controller(timeout=0.5, **drive):
+    drive_values = {"speed_at_full_duty_mps": 0.5}
+    drive_values.update(drive)
+    return BaseController(BaseConfig(WHEELBASE, steering(), DriveCalibration(**drive_values), timeout))
+
+
+def test_steering_ticks_at_calibration_points():
+    cal = steering()
+    assert cal.ticks_for(0.0) == 300
+    assert cal.ticks_for(MAX) == 450 and cal.ticks_for(-MAX) == 150
+    assert cal.ticks_for(MAX / 2) == 375 and cal.ticks_for(-MAX / 2) == 225
+    assert cal.ticks_for(10.0) == 450 and cal.ticks_for(-10.0) == 150, "beyond the limit is clamped"
+
+
+def test_asymmetric_and_reversed_servo_calibration():
+    # Servo horn the other way round (left = fewer ticks), and less travel to the right.
+    cal = steering(centre_ticks=370, left_ticks=280, right_ticks=500)
+    assert cal.ticks_for(MAX) == 280 and cal.ticks_for(-MAX) == 500
+    assert cal.ticks_for(MAX / 2) == 325 and cal.ticks_for(-MAX / 2) == 435
+    assert cal.tick_range == (280, 500)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"centre_ticks": 100},  # outside left/right
+        {"left_ticks": 0},
+        {"right_ticks": 4096},
+        {"max_steering_rad": 0.0},
+        {"max_steering_rad": math.radians(95)},
+        {"trim_rad": MAX},
+    ],
+)
+def test_impossible_steering_calibration_rejected(bad):
+    with pytest.raises(ValueError):
+        steering(**bad)
+
+
+def test_drive_calibration_duty():
+    drive = DriveCalibration(speed_at_full_duty_mps=0.5)
+    assert drive.duty_for(0.25) == (0.5, False)
+    assert drive.duty_for(-0.25) == (-0.5, False)
+    assert drive.duty_for(0.0) == (0.0, False)
+    assert drive.duty_for(2.0) == (1.0, True)
+    capped = DriveCalibration(speed_at_full_duty_mps=0.5, max_duty=0.6, min_duty=0.2, inverted=True)
+    assert capped.duty_for(0.5) == (-0.6, True)
+    duty, clamped = capped.duty_for(-0.15)  # 0.3 of full speed = half of the 0.6 cap -> midway 0.2..0.6
+    assert duty == pytest.approx(0.4) and not clamped
+    assert capped.duty_for(1e-6)[0] == pytest.approx(-0.2, abs=1e-4), "small commands start at min_duty"
+    for bad in ({"speed_at_full_duty_mps": 0}, {"speed_at_full_duty_mps": 1, "max_duty": 1.2}):
+        with pytest.raises(ValueError):
+            DriveCalibration(**bad)
+
+
+def test_startup_output_is_stop_and_centre():
+    base = controller()
+    assert base.last_output.servo_ticks == 300 and base.last_output.motor_duty == 0.0
+    assert base.last_output.reason == "startup"
+
+
+def test_command_maps_through_ackermann():
+    base = controller()
+    # A yaw rate needing exactly half the max steering angle at 0.25 m/s.
+    angular = 0.25 * math.tan(MAX / 2) / WHEELBASE
+    out = base.command(0.25, angular, now_s=1.0)
+    assert out.steering_angle_rad == pytest.approx(steering_angle(0.25, angular, WHEELBASE, MAX))
+    assert out.servo_ticks == 375 and out.motor_duty == pytest.approx(0.5)
+    right = base.command(0.25, -angular, now_s=1.1)
+    assert right.servo_ticks == 225
+    reverse_left_yaw = base.command(-0.25, angular, now_s=1.2)  # reversing flips the wheel angle
+    assert reverse_left_yaw.servo_ticks == 225 and reverse_left_yaw.motor_duty == pytest.approx(-0.5)
+    assert base.counters.applied == 3 and base.counters.yaw_rate_limited == 0
+
+
+def test_turn_tighter_than_possible_is_limited_and_counted():
+    base = controller()
+    out = base.command(0.2, 10.0, now_s=0.0)
+    assert out.servo_ticks == 450 and out.steering_angle_rad == pytest.approx(MAX)
+    assert base.counters.yaw_rate_limited == 1
+    spin = base.command(0.0, 1.0, now_s=0.1)  # a car cannot turn in place: wheels straight, stopped
+    assert spin.servo_ticks == 300 and spin.motor_duty == 0.0
+    assert base.counters.yaw_rate_limited == 2
+
+
+def test_trim_shifts_straight_ahead():
+    trim = math.radians(3)
+    base = BaseController(BaseConfig(WHEELBASE, steering(trim_rad=trim), DriveCalibration(0.5)))
+    straight = base.command(0.3, 0.0, now_s=0.0)
+    assert straight.servo_ticks == round(300 + 150 * trim / MAX) == 315
+    assert base.safe_output("watchdog").servo_ticks == 315
+    assert base.command(0.3, 50.0, now_s=0.1).servo_ticks == 450, "trim never exceeds the limit"
+
+
+@pytest.mark.parametrize(
+    ("linear", "angular"),
+    [(math.nan, 0.0), (0.1, math.nan), (math.inf, 0.0), (0.1, -math.inf)],
+)
+def test_non_finite_commands_are_rejected(linear, angular):
+    base = controller()
+    good = base.command(0.25, 0.0, now_s=0.0)
+    assert base.command(linear, angular, now_s=0.1) is None
+    assert base.last_output == good, "a rejected command changes nothing"
+    assert base.counters.rejected_nonfinite == 1 and base.counters.received == 2
+    # ... and does not keep the watchdog happy
+    assert base.check_watchdog(0.6).reason == "watchdog"
+
+
+@pytest.mark.parametrize(("linear", "angular"), [(1e30, 0.0), (-1e300, 1e300), (1e-300, 1e300), (5.0, -1e9)])
+def test_huge_commands_are_clamped(linear, angular):
+    base = controller()
+    out = base.command(linear, angular, now_s=0.0)
+    assert math.isfinite(out.steering_angle_rad) and -1.0 <= out.motor_duty <= 1.0
+    assert 150 <= out.servo_ticks <= 450
+    assert abs(out.motor_duty) == 1.0 or linear == 1e-300
+    assert base.counters.speed_clamped + base.counters.yaw_rate_limited >= 1
+
+
+def test_watchdog_stops_once_after_timeout():
+    base = controller(timeout=0.5)
+    assert base.check_watchdog(100.0) is None, "no command yet: already stopped, nothing to do"
+    base.command(0.4, 0.5, now_s=10.0)
+    assert base.check_watchdog(10.5) is None
+    stop = base.check_watchdog(10.51)
+    assert stop.reason == "watchdog" and stop.motor_duty == 0.0 and stop.servo_ticks == 300
+    assert base.check_watchdog(11.0) is None and base.counters.watchdog_stops == 1
+    base.command(0.4, 0.0, now_s=12.0)
+    assert base.check_watchdog(12.6).reason == "watchdog" and base.counters.watchdog_stops == 2
+
+
+def test_hardware_settings_validation():
+    with pytest.raises(ValueError):
+        HardwareSettings(kind="turbo")
+    with pytest.raises(ValueError):
+        HardwareSettings(motor_driver="pca9685", steering_channel=15)
+
+
+@pytest.mark.parametrize("motor_driver", ["gpio", "pca9685"])
+def test_sim_hardware_applies_and_reads_back(motor_driver):
+    hardware = open_hardware(HardwareSettings(kind="sim", motor_driver=motor_driver))
+    chip = hardware.simulation.chip
+    assert chip.output_frequency_hz() == pytest.approx(output_frequency_hz(prescale_for(50.0)))
+    base = controller()
+    hardware.apply(base.last_output)
+    assert chip.high_ticks(2) == 300
+    out = base.command(0.25, 0.25 * math.tan(MAX) / WHEELBASE, now_s=0.0)
+    hardware.apply(out)
+    assert chip.high_ticks(2) == 450
+    readback = hardware.readback()
+    assert readback.servo_ticks == 450
+    assert readback.servo_pulse_us == pytest.approx(450 * 1e6 / (chip.output_frequency_hz() * 4096))
+    assert readback.motor_duty == pytest.approx(0.5, abs=1 / 4096)
+    if motor_driver == "gpio":
+        assert simulated_motor_duty(hardware.simulation.gpio, hardware.motor) == pytest.approx(0.5)
+    else:
+        assert chip.duty(15) == 1.0 and chip.duty(14) == pytest.approx(0.5)
+    hardware.close(base.safe_output("shutdown"))
+    assert chip.high_ticks(2) == 300, "the servo holds centre after shutdown"
+    if motor_driver == "pca9685":
+        assert chip.duty(15) == chip.duty(14) == 0.0
+    else:
+        assert hardware.simulation.gpio.levels == {}, "GPIO pins released"
+    assert chip.ignored_writes == []

@@ -1,0 +1,257 @@
+"""PCA9685 driver against the register-level simulated chip, and the chip model against the data sheet."""
+
+import pytest
+
+from ssd_ros.hardware import pca9685 as p
+from ssd_ros.hardware.motor import GpioMotor, Pca9685Motor, SimulatedGpio, simulated_motor_duty
+
+
+class FakeClock:
+    """Manual time so the 500 us oscillator rule can be tested deterministically."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def rig():
+    clock = FakeClock()
+    chip = p.SimulatedPca9685(clock=clock)
+    bus = p.SimulatedI2cBus({0x40: chip})
+    driver = p.Pca9685(bus, 0x40, sleep=clock.sleep)
+    return clock, chip, bus, driver
+
+
+@pytest.mark.parametrize(
+    ("frequency", "prescale"),
+    [(50.0, 121), (60.0, 101), (200.0, 30), (1526.0, 3), (24.0, 253)],
+)
+def test_prescale_formula_matches_data_sheet(frequency, prescale):
+    # round(25 MHz / (4096 * f)) - 1; 200 Hz is the power-on value 0x1E, 1526 Hz the fastest (prescale 3).
+    assert p.prescale_for(frequency) == prescale
+    # The integer prescaler quantises the frequency (200 Hz really is 196.9 Hz).
+    assert abs(p.output_frequency_hz(prescale) - frequency) / frequency < 0.02
+
+
+def test_prescale_is_limited_to_chip_range():
+    assert p.prescale_for(10_000.0) == p.PRESCALE_MIN
+    assert p.prescale_for(1.0) == p.PRESCALE_MAX
+    with pytest.raises(ValueError):
+        p.prescale_for(0.0)
+
+
+def test_tick_microsecond_conversions_round_trip():
+    frequency = p.output_frequency_hz(121)  # what "50 Hz" really is: 50.03 Hz
+    assert p.ticks_to_us(4096, frequency) == pytest.approx(1e6 / frequency)
+    assert p.ticks_to_us(300, frequency) == pytest.approx(1463.9, abs=0.1)
+    for ticks in (1, 150, 300, 450, 4095):
+        assert p.us_to_ticks(p.ticks_to_us(ticks, frequency), frequency) == ticks
+
+
+def test_power_on_state_is_asleep_with_outputs_off(rig):
+    _, chip, _, _ = rig
+    assert chip.sleeping
+    assert chip.read(p.MODE1) == 0x11 and chip.read(p.MODE2) == 0x04 and chip.read(p.PRE_SCALE) == 0x1E
+    assert chip.output_frequency_hz() == 0.0
+    assert all(chip.high_ticks(channel) == 0 for channel in range(16))
+
+
+def test_configure_sets_actual_frequency_and_leaves_chip_running(rig):
+    _, chip, _, driver = rig
+    actual = driver.configure(50.0)
+    assert chip.read(p.PRE_SCALE) == 121
+    assert actual == pytest.approx(25e6 / (4096 * 122))
+    assert chip.output_frequency_hz() == pytest.approx(actual)
+    assert not chip.sleeping and not chip.restart_pending
+    assert chip.read(p.MODE1) & p.MODE1_AI
+    assert chip.read(p.MODE2) == p.MODE2_OUTDRV
+    assert chip.ignored_writes == []
+
+
+def test_servo_pulse_on_a_channel(rig):
+    _, chip, _, driver = rig
+    frequency = driver.configure(50.0)
+    driver.set_pulse_ticks(2, 300)
+    assert chip.high_ticks(2) == 300
+    assert chip.pulse_width_us(2) == pytest.approx(300 * 1e6 / (frequency * 4096))
+    assert driver.read_channel(2) == 300
+    # LED2 registers are at 0x06 + 4 * 2 = 0x0E..0x11: ON = 0, OFF = 300 = 0x012C
+    assert [chip.read(r) for r in range(0x0E, 0x12)] == [0x00, 0x00, 0x2C, 0x01]
+    assert all(chip.high_ticks(channel) == 0 for channel in range(16) if channel != 2)
+
+
+def test_set_pulse_us_uses_actual_frequency(rig):
+    _, chip, _, driver = rig
+    driver.configure(50.0)
+    ticks = driver.set_pulse_us(0, 1500.0)
+    assert ticks == round(1500.0 * chip.output_frequency_hz() * 4096 / 1e6) == 307
+    assert chip.pulse_width_us(0) == pytest.approx(1500.0, abs=p.ticks_to_us(0.5, chip.output_frequency_hz()))
+
+
+def test_full_on_full_off_and_priority(rig):
+    _, chip, bus, driver = rig
+    driver.configure(1000.0)
+    driver.set_pulse_ticks(5, 4096)
+    assert chip.high_ticks(5) == 4096 and chip.duty(5) == 1.0
+    driver.set_pulse_ticks(5, 0)
+    assert chip.high_ticks(5) == 0
+    bus.write_i2c_block_data(0x40, p.LED0_ON_L + 4 * 5, [0, p.LED_FULL, 0, p.LED_FULL])
+    assert chip.high_ticks(5) == 0, "full off has priority over full on"
+    driver.set_pwm(5, 4000, 100)  # wraps around the period end
+    assert chip.high_ticks(5) == 196
+
+
+def test_all_off_reaches_every_channel(rig):
+    _, chip, _, driver = rig
+    driver.configure(50.0)
+    for channel in range(16):
+        driver.set_pulse_ticks(channel, 100 + channel)
+    driver.all_off()
+    assert all(chip.high_ticks(channel) == 0 for channel in range(16))
+    assert chip.read(p.ALL_LED_OFF_L + 1) == 0, "ALL_LED registers are write-only"
+
+
+def test_invalid_arguments_raise(rig):
+    _, _, _, driver = rig
+    driver.configure(50.0)
+    for bad in (-1, 16):
+        with pytest.raises(ValueError):
+            driver.set_pulse_ticks(bad, 100)
+    with pytest.raises(ValueError):
+        driver.set_pulse_ticks(0, 4097)
+    with pytest.raises(ValueError):
+        driver.set_duty(0, 1.5)
+    with pytest.raises(ValueError):
+        driver.set_pwm(0, 4096, 0)
+
+
+def test_prescale_write_while_awake_is_ignored_like_the_chip(rig):
+    _, chip, bus, driver = rig
+    driver.configure(50.0)
+    bus.write_byte_data(0x40, p.PRE_SCALE, 30)
+    assert chip.read(p.PRE_SCALE) == 121
+    assert chip.ignored_writes == ["PRE_SCALE written while awake (SLEEP=0)"]
+
+
+def test_prescale_below_three_reads_three():
+    chip = p.SimulatedPca9685()
+    chip.write(p.PRE_SCALE, 0)  # power-on: asleep, so the write is accepted
+    assert chip.read(p.PRE_SCALE) == 3
+
+
+def test_block_access_without_auto_increment_hits_one_register():
+    chip = p.SimulatedPca9685()
+    bus = p.SimulatedI2cBus({0x40: chip})
+    bus.write_i2c_block_data(0x40, p.LED0_ON_L, [1, 2, 3, 4])  # MODE1.AI is 0 at power-on
+    assert chip.read(p.LED0_ON_L) == 4 and chip.read(p.LED0_ON_L + 1) == 0
+
+
+def test_sleep_with_active_outputs_needs_restart(rig):
+    clock, chip, bus, driver = rig
+    driver.configure(50.0)
+    driver.set_pulse_ticks(2, 300)
+    mode = chip.read(p.MODE1)
+    bus.write_byte_data(0x40, p.MODE1, mode | p.MODE1_SLEEP)
+    assert chip.restart_pending and chip.high_ticks(2) == 0
+    bus.write_byte_data(0x40, p.MODE1, mode)  # awake again, but the channels stay stopped
+    assert chip.restart_pending and chip.high_ticks(2) == 0
+    bus.write_byte_data(0x40, p.MODE1, mode | p.MODE1_RESTART)  # too early: oscillator not settled
+    assert chip.restart_pending
+    assert chip.ignored_writes[-1].startswith("RESTART written before the oscillator settled")
+    clock.sleep(600e-6)
+    bus.write_byte_data(0x40, p.MODE1, mode | p.MODE1_RESTART)
+    assert not chip.restart_pending and chip.high_ticks(2) == 300, "registers were held through sleep"
+
+
+def test_changing_frequency_on_a_running_chip_restarts_channels(rig):
+    _, chip, _, driver = rig
+    driver.configure(50.0)
+    driver.set_pulse_ticks(2, 300)
+    assert driver.set_frequency(60.0) == pytest.approx(p.output_frequency_hz(101))
+    assert not chip.restart_pending and not chip.sleeping
+    assert chip.high_ticks(2) == 300
+    assert chip.output_frequency_hz() == pytest.approx(p.output_frequency_hz(101))
+    assert chip.ignored_writes == []
+
+
+def test_reconfigure_after_previous_run_starts_from_all_off(rig):
+    _, chip, _, driver = rig
+    driver.configure(50.0)
+    driver.set_pulse_ticks(2, 300)
+    driver.set_pulse_ticks(15, 4096)
+    again = p.Pca9685(driver.bus, 0x40, sleep=driver._sleep)
+    again.configure(50.0)
+    assert all(chip.high_ticks(channel) == 0 for channel in range(16))
+    assert not chip.restart_pending and chip.ignored_writes == []
+
+
+def test_invert_bit_inverts_outputs(rig):
+    _, chip, bus, driver = rig
+    driver.configure(50.0)
+    driver.set_pulse_ticks(1, 1000)
+    bus.write_byte_data(0x40, p.MODE2, p.MODE2_OUTDRV | p.MODE2_INVRT)
+    assert chip.high_ticks(1) == 4096 - 1000
+
+
+def test_missing_device_is_an_oserror():
+    bus = p.SimulatedI2cBus({})
+    with pytest.raises(OSError):
+        p.Pca9685(bus, 0x40).configure(50.0)
+
+
+def test_pca9685_motor_slow_decay(rig):
+    _, chip, _, driver = rig
+    driver.configure(50.0)
+    motor = Pca9685Motor(driver, forward_channel=15, reverse_channel=14)
+    assert chip.duty(15) == 0 and chip.duty(14) == 0
+    motor.drive(0.25)
+    assert chip.duty(15) == 1.0 and chip.duty(14) == pytest.approx(0.75)
+    assert motor.readback() == pytest.approx(0.25)
+    motor.drive(-0.5)
+    assert chip.duty(14) == 1.0 and chip.duty(15) == pytest.approx(0.5)
+    assert motor.readback() == pytest.approx(-0.5)
+    motor.close()
+    assert chip.duty(15) == 0 and chip.duty(14) == 0 and motor.readback() == 0
+    with pytest.raises(ValueError):
+        motor.drive(float("nan"))
+
+
+def test_gpio_motor_on_simulated_rpi_gpio():
+    gpio = SimulatedGpio()
+    motor = GpioMotor(4, 15, 14, 1000.0, gpio=gpio)
+    assert gpio.levels == {4: 0, 15: 0, 14: 0} and gpio.pwms[4].frequency_hz == 1000.0
+    motor.drive(0.6)
+    assert (gpio.levels[15], gpio.levels[14]) == (1, 0)
+    assert simulated_motor_duty(gpio, motor) == pytest.approx(0.6) == motor.readback()
+    motor.drive(-0.3)
+    assert (gpio.levels[15], gpio.levels[14]) == (0, 1)
+    assert simulated_motor_duty(gpio, motor) == pytest.approx(-0.3) == motor.readback()
+    motor.drive(0.0)
+    assert simulated_motor_duty(gpio, motor) == 0.0 and gpio.levels[15] == gpio.levels[14] == 0
+    with pytest.raises(ValueError):
+        motor.drive(1.5)
+    motor.close()
+    assert gpio.levels == {} and gpio.pwms == {}
+
+
+def test_simulated_gpio_enforces_rpi_gpio_rules():
+    gpio = SimulatedGpio()
+    with pytest.raises(RuntimeError):
+        gpio.setup(4, gpio.OUT)
+    gpio.setmode(gpio.BCM)
+    with pytest.raises(RuntimeError):
+        gpio.output(4, 1)
+    gpio.setup(4, gpio.OUT)
+    pwm = gpio.PWM(4, 1000)
+    with pytest.raises(RuntimeError):
+        gpio.PWM(4, 1000)
+    with pytest.raises(ValueError):
+        pwm.start(101)
+    with pytest.raises(ValueError):
+        gpio.setmode(gpio.BOARD)
