@@ -1,0 +1,195 @@
+"""Rosbag2 reading and writing shared by the bag tools (no ROS graph needed).
+
+The container (MCAP or sqlite3 rosbag2) is handled by the pure-Python ``rosbags`` library, because
+``rosbag2`` itself has no wheels. Messages are (de)serialised with ``rclpy.serialization``: the tools
+then work on the very message classes the live nodes receive and publish, and reuse the nodes'
+conversions (``ssd_ros.ros.messages``) instead of re-implementing them for ``rosbags`` dataclasses.
+``rosbags``' typestore only supplies each connection's message definition and RIHS01 type hash;
+``vision_msgs`` is not in it, so its types are registered from the installed ``.msg`` files, i.e.
+exactly the definitions the messages were built from.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from rclpy.serialization import deserialize_message, serialize_message
+from rosbags.interfaces import Connection
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+
+STORAGE_PLUGINS = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
+
+
+class BagToolError(Exception):
+    """A problem with a tool's input the user must fix (message names the bag, topic or file)."""
+
+
+@functools.cache
+def typestore() -> Typestore:
+    """ROS 2 Jazzy types plus the installed ``vision_msgs`` definitions."""
+    store = get_typestore(Stores.ROS2_JAZZY)
+    try:
+        msg_dir = Path(get_package_share_directory("vision_msgs")) / "msg"
+    except PackageNotFoundError as exc:
+        raise BagToolError("vision_msgs is not installed: source the workspace (scripts/env.sh)") from exc
+    types = {}
+    for path in sorted(msg_dir.glob("*.msg")):
+        types.update(get_types_from_msg(path.read_text(), f"vision_msgs/msg/{path.stem}"))
+    store.register(types)
+    return store
+
+
+def message_class(msgtype: str) -> type:
+    """The rclpy message class for a type name such as ``sensor_msgs/msg/Image``."""
+    package, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{package}.{kind}"), name)
+
+
+def serialize(msg) -> bytes:
+    """CDR bytes of an rclpy message, as a rosbag2 recorder stores them."""
+    return serialize_message(msg)
+
+
+def deserialize(raw: bytes, msgtype: str):
+    """The rclpy message stored as CDR ``raw`` with type name ``msgtype``."""
+    return deserialize_message(bytes(raw), message_class(msgtype))
+
+
+def stamp_ns(header) -> int:
+    """A header stamp in integer nanoseconds."""
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+@contextmanager
+def open_writer(path: Path, storage: str) -> Iterator[Writer]:
+    """A rosbag2 writer (format version 9) that is closed, with its metadata, even when the caller fails.
+
+    Closing on error is deliberate: whatever was written before a fault stays a readable bag.
+    """
+    if storage not in STORAGE_PLUGINS:
+        raise BagToolError(f"unknown storage {storage!r}; choose one of {sorted(STORAGE_PLUGINS)}")
+    if path.exists():
+        raise BagToolError(f"output {path} exists already; rosbag2 bags are never overwritten")
+    writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=STORAGE_PLUGINS[storage])
+    writer.open()
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def add_topic(writer: Writer, topic: str, msgtype: str) -> Connection:
+    """Register a topic whose type is in :func:`typestore`."""
+    return writer.add_connection(topic, msgtype, typestore=typestore())
+
+
+def copy_connection(writer: Writer, source: Connection) -> Connection:
+    """Register ``source``'s topic in ``writer`` with its original definition, hash and offered QoS."""
+    if source.msgdef.data and source.digest:
+        return writer.add_connection(
+            source.topic,
+            source.msgtype,
+            msgdef=source.msgdef.data,
+            rihs01=source.digest,
+            offered_qos_profiles=source.ext.offered_qos_profiles,
+        )
+    # Older bags carry neither definition nor hash: take both from the Jazzy typestore when known.
+    return writer.add_connection(
+        source.topic, source.msgtype, typestore=typestore(), offered_qos_profiles=source.ext.offered_qos_profiles
+    )
+
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+_MCAP_DATA_END, _MCAP_FOOTER = 0x0F, 0x02
+
+
+def recover_mcap(source: Path, target: Path) -> int:
+    """Copy of an MCAP file cut short (recorder killed, copy interrupted) that ``rosbags`` can read.
+
+    The copy keeps every complete top-level record (a cut chunk is dropped whole) and ends with a
+    footer without summary, so the reader scans the records instead of needing the lost index; like
+    ``mcap recover``, but only the part the reader lacks. Returns the number of bytes kept.
+    """
+    size = source.stat().st_size
+    with source.open("rb") as src:
+        if src.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+            raise BagToolError(f"{source} is not an MCAP file (bad magic)")
+        end = len(MCAP_MAGIC)
+        while True:
+            head = src.read(9)  # opcode, uint64 little-endian content length
+            if len(head) < 9 or head[0] in (_MCAP_DATA_END, _MCAP_FOOTER):
+                break
+            length = int.from_bytes(head[1:], "little")
+            if end + 9 + length > size:
+                break
+            end += 9 + length
+            src.seek(end)
+        src.seek(0)
+        with target.open("wb") as dst:
+            remaining = end
+            while remaining:
+                block = src.read(min(remaining, 1 << 20))
+                dst.write(block)
+                remaining -= len(block)
+            # Footer record: summary start 0 (none), summary offset start 0, summary CRC 0; closing magic.
+            dst.write(bytes([_MCAP_FOOTER]) + (20).to_bytes(8, "little") + bytes(20) + MCAP_MAGIC)
+    return end
+
+
+def _single_mcap(path: Path) -> Path | None:
+    """The MCAP file a bag path stands for: the path itself, or a folder's only ``.mcap`` file."""
+    if path.is_file():
+        return path if path.suffix == ".mcap" else None
+    files = sorted(path.glob("*.mcap")) if path.is_dir() else []
+    return files[0] if len(files) == 1 else None
+
+
+@contextmanager
+def open_bag(path: Path) -> Iterator[tuple[Reader, str | None]]:
+    """An open ``rosbags`` reader for a bag folder or a single ``.mcap``/``.db3`` file, and a salvage note.
+
+    A damaged single-file MCAP bag (no footer, no metadata.yaml: the recorder died, a copy was cut) is
+    read through :func:`recover_mcap`; the note then says what was lost. Anything else unreadable
+    raises :class:`BagToolError` naming the bag and the reader's complaint.
+    """
+    if not path.exists():
+        raise BagToolError(f"input bag {path} does not exist")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as exc:  # rosbags/apsw raise assorted exception types on damaged files
+        mcap = _single_mcap(path)
+        if mcap is None:
+            raise BagToolError(f"cannot read bag {path}: {exc}") from exc
+        with TemporaryDirectory(prefix="ssd_ros_recover_") as tmp:
+            recovered = Path(tmp) / mcap.name
+            kept = recover_mcap(mcap, recovered)
+            try:
+                reader = Reader(recovered)
+                reader.open()
+            except Exception as second:  # the salvage failed too: report the original problem
+                raise BagToolError(f"cannot read bag {path}: {exc} (recovery failed: {second})") from exc
+            note = (
+                f"bag {path} is damaged ({exc}); read the complete records in its first {kept} of "
+                f"{mcap.stat().st_size} bytes, the rest is lost"
+            )
+            try:
+                yield reader, note
+            finally:
+                reader.close()
+        return
+    try:
+        yield reader, None
+    finally:
+        reader.close()
