@@ -1,0 +1,514 @@
+"""The ``picar_base`` node: ``cmd_vel`` in, PiCar-B steering servo and drive motor out.
+
+Subscribes ``cmd_vel`` (``geometry_msgs/Twist``, or ``TwistStamped`` with ``cmd_vel_stamped:=true``; uses
+``linear.x`` and ``angular.z``) and publishes
+
+* ``~/state`` (``std_msgs/Float32MultiArray``, latched: reliable, transient local, depth 1) after every
+  change of the outputs: ``[steering_angle_rad, servo_ticks, servo_pulse_us, motor_duty]`` (order in
+  ``layout.dim[0].label`` and ``ssd_ros.base.STATE_FIELDS``); ticks, pulse and duty are read back from
+  the hardware (the PCA9685 registers), the angle is the commanded wheel angle;
+* ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, ~1 Hz): counters, outputs, command age.
+
+The watchdog runs on a steady clock, not ROS time: with ``use_sim_time`` and no ``/clock`` (or a paused
+bag) it must still stop the car. Commands are judged by arrival time, not header stamps, so clock skew
+between a laptop running the follower and the Pi cannot stop or unstop the car. On Ctrl-C/SIGTERM the node
+applies stop + centre, publishes that state, and only then shuts ROS down.
+Calibration parameters can be changed at runtime (``ros2 param set``); wiring parameters need a restart.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Twist, TwistStamped
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import ParameterType as PT
+from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+
+from ssd_ros.base import (
+    HARDWARE_KINDS,
+    MOTOR_DRIVERS,
+    STATE_FIELDS,
+    BaseConfig,
+    BaseController,
+    BaseHardware,
+    BaseOutput,
+    DriveCalibration,
+    HardwareSettings,
+    SteeringCalibration,
+    open_hardware,
+)
+
+DIAGNOSTICS_PERIOD_S = 1.0
+WARNING_INTERVAL_S = 5.0
+
+
+def _descriptor(description: str, type_: int, *, read_only: bool = False, **kwargs) -> ParameterDescriptor:
+    return ParameterDescriptor(description=description, type=type_, read_only=read_only, **kwargs)
+
+
+def _int_range(low: int, high: int) -> list[IntegerRange]:
+    return [IntegerRange(from_value=low, to_value=high, step=1)]
+
+
+def _float_range(low: float, high: float) -> list[FloatingPointRange]:
+    return [FloatingPointRange(from_value=low, to_value=high)]
+
+
+# Wiring: read once at start (read-only). Defaults are the Adeept PiCar-B's; sources in docs/picar_b.md.
+WIRING: dict[str, tuple[object, ParameterDescriptor]] = {
+    "hardware": ("sim", _descriptor(f"actuators: {' | '.join(HARDWARE_KINDS)}", PT.PARAMETER_STRING, read_only=True)),
+    "cmd_vel_stamped": (
+        False,
+        _descriptor(
+            "subscribe geometry_msgs/TwistStamped instead of Twist on cmd_vel", PT.PARAMETER_BOOL, read_only=True
+        ),
+    ),
+    "i2c_bus": (1, _descriptor("I2C bus number (/dev/i2c-N)", PT.PARAMETER_INTEGER, read_only=True)),
+    "pca9685_address": (
+        0x40,
+        _descriptor(
+            "7-bit I2C address of the PCA9685 (PiCar-B 64 = 0x40; B2 95 = 0x5F)",
+            PT.PARAMETER_INTEGER,
+            read_only=True,
+            integer_range=_int_range(0x03, 0x77),
+        ),
+    ),
+    "pwm_frequency_hz": (
+        50.0,
+        _descriptor(
+            "servo PWM frequency; the chip's prescaler quantises it (50 -> 50.03 Hz)",
+            PT.PARAMETER_DOUBLE,
+            read_only=True,
+            floating_point_range=_float_range(24.0, 1526.0),
+        ),
+    ),
+    "steering_channel": (
+        2,
+        _descriptor(
+            "PCA9685 channel of the steering servo",
+            PT.PARAMETER_INTEGER,
+            read_only=True,
+            integer_range=_int_range(0, 15),
+        ),
+    ),
+    "motor_driver": (
+        "gpio",
+        _descriptor(
+            f"drive motor bridge inputs: {' | '.join(MOTOR_DRIVERS)} (gpio: PiCar-B Motor HAT; pca9685: B2)",
+            PT.PARAMETER_STRING,
+            read_only=True,
+        ),
+    ),
+    "motor_enable_pin": (
+        4,
+        _descriptor(
+            "gpio driver: BCM pin of the bridge enable (PWM)",
+            PT.PARAMETER_INTEGER,
+            read_only=True,
+            integer_range=_int_range(0, 27),
+        ),
+    ),
+    "motor_forward_pin": (
+        15,
+        _descriptor(
+            "gpio driver: BCM pin driven high to go forward",
+            PT.PARAMETER_INTEGER,
+            read_only=True,
+            integer_range=_int_range(0, 27),
+        ),
+    ),
+    "motor_reverse_pin": (
+        14,
+        _descriptor(
+            "gpio driver: BCM pin driven high to reverse",
+            PT.PARAMETER_INTEGER,
+            read_only=True,
+            integer_range=_int_range(0, 27),
+        ),
+    ),
+    "motor_pwm_frequency_hz": (
+        1000.0,
+        _descriptor(
+            "gpio driver: software PWM frequency on the enable pin",
+            PT.PARAMETER_DOUBLE,
+            read_only=True,
+            floating_point_range=_float_range(1.0, 20000.0),
+        ),
+    ),
+    "motor_forward_channel": (
+        15,
+        _descriptor(
+            "pca9685 driver: channel held high to go forward (B2 M1: 15)",
+            PT.PARAMETER_INTEGER,
+            read_only=True,
+            integer_range=_int_range(0, 15),
+        ),
+    ),
+    "motor_reverse_channel": (
+        14,
+        _descriptor(
+            "pca9685 driver: channel held high to reverse (B2 M1: 14)",
+            PT.PARAMETER_INTEGER,
+            read_only=True,
+            integer_range=_int_range(0, 15),
+        ),
+    ),
+}
+
+# Calibration and limits: changeable at runtime, validated as a whole before they are used.
+CALIBRATION: dict[str, tuple[object, ParameterDescriptor]] = {
+    "servo_centre_ticks": (
+        300,
+        _descriptor(
+            "servo ticks (of 4096) with the front wheels straight",
+            PT.PARAMETER_INTEGER,
+            integer_range=_int_range(1, 4095),
+        ),
+    ),
+    "servo_left_ticks": (
+        450,
+        _descriptor(
+            "servo ticks with the wheels at max_steering_deg to the left",
+            PT.PARAMETER_INTEGER,
+            integer_range=_int_range(1, 4095),
+        ),
+    ),
+    "servo_right_ticks": (
+        150,
+        _descriptor(
+            "servo ticks with the wheels at max_steering_deg to the right",
+            PT.PARAMETER_INTEGER,
+            integer_range=_int_range(1, 4095),
+        ),
+    ),
+    "max_steering_deg": (
+        30.0,
+        _descriptor(
+            "front-wheel angle at servo_left_ticks / servo_right_ticks",
+            PT.PARAMETER_DOUBLE,
+            floating_point_range=_float_range(1.0, 60.0),
+        ),
+    ),
+    "steering_trim_deg": (
+        0.0,
+        _descriptor(
+            "wheel angle added to every command so the car drives straight (positive = left)",
+            PT.PARAMETER_DOUBLE,
+            floating_point_range=_float_range(-15.0, 15.0),
+        ),
+    ),
+    "wheelbase_m": (
+        0.14,
+        _descriptor(
+            "distance between front and rear axles (PiCar-B: measure; 0.14 is an estimate)",
+            PT.PARAMETER_DOUBLE,
+            floating_point_range=_float_range(0.01, 2.0),
+        ),
+    ),
+    "speed_at_full_duty_mps": (
+        0.5,
+        _descriptor(
+            "measured forward speed at motor duty 1 (sets the m/s -> duty scale)",
+            PT.PARAMETER_DOUBLE,
+            floating_point_range=_float_range(0.01, 20.0),
+        ),
+    ),
+    "motor_max_duty": (
+        1.0,
+        _descriptor("motor duty cap in (0, 1]", PT.PARAMETER_DOUBLE, floating_point_range=_float_range(0.01, 1.0)),
+    ),
+    "motor_min_duty": (
+        0.0,
+        _descriptor(
+            "smallest duty that moves the car; non-zero commands start here",
+            PT.PARAMETER_DOUBLE,
+            floating_point_range=_float_range(0.0, 0.99),
+        ),
+    ),
+    "motor_inverted": (
+        False,
+        _descriptor("swap forward and reverse (motor wired the other way round)", PT.PARAMETER_BOOL),
+    ),
+    "cmd_timeout_s": (
+        0.5,
+        _descriptor(
+            "no valid cmd_vel for this long -> motor stop and steering centre",
+            PT.PARAMETER_DOUBLE,
+            floating_point_range=_float_range(0.05, 10.0),
+        ),
+    ),
+    "calibration_servo_ticks": (
+        -1,
+        _descriptor(
+            "calibration aid: >= 0 holds the servo at these ticks with the motor stopped, ignoring cmd_vel; -1 = off",
+            PT.PARAMETER_INTEGER,
+            integer_range=_int_range(-1, 4095),
+        ),
+    ),
+}
+
+PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {**WIRING, **CALIBRATION}
+
+
+def base_config(values: dict) -> BaseConfig:
+    """Build (and validate) the controller configuration from parameter values; raises ValueError."""
+    steering = SteeringCalibration(
+        centre_ticks=values["servo_centre_ticks"],
+        left_ticks=values["servo_left_ticks"],
+        right_ticks=values["servo_right_ticks"],
+        max_steering_rad=math.radians(values["max_steering_deg"]),
+        trim_rad=math.radians(values["steering_trim_deg"]),
+    )
+    drive = DriveCalibration(
+        speed_at_full_duty_mps=values["speed_at_full_duty_mps"],
+        max_duty=values["motor_max_duty"],
+        min_duty=values["motor_min_duty"],
+        inverted=values["motor_inverted"],
+    )
+    return BaseConfig(values["wheelbase_m"], steering, drive, values["cmd_timeout_s"])
+
+
+def hardware_settings(values: dict) -> HardwareSettings:
+    """Hardware wiring from parameter values; raises ValueError for unknown kinds or clashing channels."""
+    return HardwareSettings(
+        kind=values["hardware"],
+        i2c_bus=values["i2c_bus"],
+        pca9685_address=values["pca9685_address"],
+        pwm_frequency_hz=values["pwm_frequency_hz"],
+        steering_channel=values["steering_channel"],
+        motor_driver=values["motor_driver"],
+        motor_enable_pin=values["motor_enable_pin"],
+        motor_forward_pin=values["motor_forward_pin"],
+        motor_reverse_pin=values["motor_reverse_pin"],
+        motor_pwm_frequency_hz=values["motor_pwm_frequency_hz"],
+        motor_forward_channel=values["motor_forward_channel"],
+        motor_reverse_channel=values["motor_reverse_channel"],
+    )
+
+
+class StartupError(Exception):
+    """The node cannot start (bad parameter, hardware missing); the message says why."""
+
+
+class BaseNode(Node):
+    """Maps cmd_vel to the PiCar-B steering servo and drive motor, with a watchdog and diagnostics."""
+
+    def __init__(self) -> None:
+        super().__init__("picar_base")
+        for name, (default, descriptor) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        self._values = {name: self.get_parameter(name).value for name in PARAMETERS}
+        try:
+            settings = hardware_settings(self._values)
+            self._controller = BaseController(base_config(self._values))
+        except ValueError as error:
+            raise StartupError(str(error)) from error
+        try:
+            self._hardware: BaseHardware | None = open_hardware(settings)
+        except (OSError, RuntimeError) as error:
+            raise StartupError(f"cannot open {settings.kind} hardware: {error}") from error
+        self._settings = settings
+        self._frequency_hz = self._hardware.pca.frequency_hz()
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._warned_at: dict[str, float] = {}
+        self._last_error = ""
+        self._errors_at_last_diagnostics = 0
+
+        latched = QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
+        self._state_pub = self.create_publisher(Float32MultiArray, "~/state", latched)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._apply(self._controller.last_output)
+
+        # Best effort matches every publisher (reliable teleop, best-effort remote followers); depth 1: only
+        # the newest command matters.
+        commands = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        if self._values["cmd_vel_stamped"]:
+            self.create_subscription(TwistStamped, "cmd_vel", lambda msg: self._on_command(msg.twist), commands)
+        else:
+            self.create_subscription(Twist, "cmd_vel", self._on_command, commands)
+        period = min(0.05, self._values["cmd_timeout_s"] / 4)
+        self._watchdog_timer = self.create_timer(period, self._on_watchdog, clock=self._steady)
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, clock=self._steady)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.get_logger().info(
+            f"{settings.kind} base ready: PCA9685 0x{settings.pca9685_address:02X} on bus {settings.i2c_bus} at "
+            f"{self._frequency_hz:.2f} Hz, steering channel {settings.steering_channel}, "
+            f"motor via {settings.motor_driver}; watchdog {self._values['cmd_timeout_s']} s"
+        )
+
+    # --- commands and watchdog ---------------------------------------------------------------------------
+    def _now_s(self) -> float:
+        return self._steady.now().nanoseconds * 1e-9
+
+    def _on_command(self, twist: Twist) -> None:
+        if self._values["calibration_servo_ticks"] >= 0:
+            self._controller.counters.received += 1
+            return
+        output = self._controller.command(twist.linear.x, twist.angular.z, self._now_s())
+        if output is None:
+            self._warn(
+                "nonfinite",
+                f"rejected cmd_vel with non-finite values (linear.x={twist.linear.x}, angular.z={twist.angular.z})",
+            )
+            return
+        if output != self._last_applied:
+            self._apply(output)
+
+    def _on_watchdog(self) -> None:
+        output = self._controller.check_watchdog(self._now_s())
+        if output is not None:
+            self.get_logger().info(f"no cmd_vel for {self._values['cmd_timeout_s']} s: stop and centre")
+            self._apply(output)
+
+    def _apply(self, output: BaseOutput) -> None:
+        self._last_applied = output
+        try:
+            self._hardware.apply(output)
+            readback = self._hardware.readback()
+        except (OSError, ValueError) as error:
+            self._controller.counters.hardware_errors += 1
+            self._last_error = f"{type(error).__name__}: {error}"
+            self._warn("hardware", f"could not drive the actuators ({output.reason}): {self._last_error}")
+            return
+        self._readback = readback
+        message = Float32MultiArray()
+        message.layout.dim = [
+            MultiArrayDimension(label=",".join(STATE_FIELDS), size=len(STATE_FIELDS), stride=len(STATE_FIELDS))
+        ]
+        message.data = [
+            float(output.steering_angle_rad),
+            float(readback.servo_ticks),
+            float(readback.servo_pulse_us),
+            float(readback.motor_duty),
+        ]
+        self._state_pub.publish(message)
+
+    def _warn(self, kind: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at.get(kind, -math.inf) >= WARNING_INTERVAL_S:
+            self._warned_at[kind] = now
+            self.get_logger().warning(text)
+
+    # --- parameters --------------------------------------------------------------------------------------
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        values = dict(self._values)
+        values.update({parameter.name: parameter.value for parameter in parameters})
+        try:
+            config = base_config(values)
+        except ValueError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        self._values = values
+        self._controller.config = config
+        self._watchdog_timer.timer_period_ns = int(min(0.05, config.cmd_timeout_s / 4) * 1e9)
+        ticks = values["calibration_servo_ticks"]
+        if ticks >= 0:
+            self._controller.last_command_s = None
+            self._apply(BaseOutput(math.nan, ticks, 0.0, "calibration"))
+        elif self._controller.last_command_s is None:
+            self._apply(self._controller.safe_output("calibration"))
+        return SetParametersResult(successful=True)
+
+    # --- diagnostics -------------------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        counters = self._controller.counters
+        output = self._last_applied
+        readback = getattr(self, "_readback", None)
+        new_errors = counters.hardware_errors - self._errors_at_last_diagnostics
+        self._errors_at_last_diagnostics = counters.hardware_errors
+        last_command = self._controller.last_command_s
+        if new_errors:
+            level, message = DiagnosticStatus.ERROR, f"{new_errors} hardware errors: {self._last_error}"
+        elif self._values["calibration_servo_ticks"] >= 0:
+            level, message = DiagnosticStatus.WARN, "calibration mode: cmd_vel ignored"
+        else:
+            level, message = (
+                DiagnosticStatus.OK,
+                "driving" if last_command is not None else "stopped (no recent cmd_vel)",
+            )
+        values = {
+            "hardware": self._settings.kind,
+            "motor_driver": self._settings.motor_driver,
+            "pwm_frequency_hz": f"{self._frequency_hz:.3f}",
+            "last_output_reason": output.reason,
+            "steering_angle_deg": f"{math.degrees(output.steering_angle_rad):.2f}",
+            "servo_ticks": str(readback.servo_ticks if readback else output.servo_ticks),
+            "servo_pulse_us": f"{readback.servo_pulse_us:.1f}" if readback else "n/a",
+            "motor_duty": f"{readback.motor_duty:.3f}" if readback else "n/a",
+            "command_age_s": f"{self._now_s() - last_command:.3f}" if last_command is not None else "n/a",
+            "cmd_timeout_s": str(self._values["cmd_timeout_s"]),
+        }
+        values.update({f"count_{name}": str(value) for name, value in vars(counters).items()})
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_name()}: PiCar-B base",
+            message=message,
+            hardware_id=f"pca9685@0x{self._settings.pca9685_address:02X} i2c-{self._settings.i2c_bus}",
+            values=[KeyValue(key=key, value=value) for key, value in values.items()],
+        )
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+    # --- shutdown ----------------------------------------------------------------------------------------
+    def stop_safely(self) -> None:
+        """Stop + centre, release the hardware, and make sure subscribers got the final state."""
+        if self._hardware is None:
+            return
+        final = self._controller.safe_output("shutdown")
+        self._apply(final)
+        try:
+            self._hardware.close(final)
+        except (OSError, ValueError) as error:
+            self.get_logger().error(f"final stop may not have reached the hardware: {error}")
+        self._hardware = None
+        self._state_pub.wait_for_all_acked(Duration(seconds=1.0))
+        self.get_logger().info("stopped: motor off, steering centred")
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(args=None) -> int:
+    """Run the base driver until Ctrl-C/SIGTERM; always end with stop + centre. Exit code 1 if it cannot start."""
+    # rclpy's own handlers would shut the context down before we publish the final state, so Python's
+    # KeyboardInterrupt (and SIGTERM mapped onto it) is what ends spinning here.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    node = None
+    try:
+        node = BaseNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (
+        StartupError,
+        rclpy.exceptions.InvalidParameterTypeException,
+        rclpy.exceptions.InvalidParameterValueException,
+    ) as error:
+        rclpy.logging.get_logger("picar_base").fatal(f"cannot start: {error}")
+        return 1
+    finally:
+        if node is not None:
+            node.stop_safely()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The real ``picar_base`` executable on simulated hardware, driven over real ROS 2 topics."""
+
+import math
+import time
+
+import pytest
+import rclpy
+from conftest import REPO_ROOT, start_executable, stop_process
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Twist, TwistStamped
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Float32MultiArray
+
+from ssd_ros.base import STATE_FIELDS
+from ssd_ros.hardware.pca9685 import output_frequency_hz, prescale_for
+
+CONFIG = REPO_ROOT / "config" / "picar_base.yaml"
+MAX = math.radians(30.0)  # config/picar_base.yaml
+WHEELBASE = 0.14
+FULL_SPEED = 0.5
+TIMEOUT_S = 0.5
+TICK_US = 1e6 / (output_frequency_hz(prescale_for(50.0)) * 4096)
+
+
+class Harness:
+    """Test-side node: publishes cmd_vel, records the driver's state and diagnostics."""
+
+    def __init__(self, stamped=False):
+        self.node = rclpy.create_node("base_node_test")
+        self.stamped = stamped
+        self.cmd = self.node.create_publisher(TwistStamped if stamped else Twist, "cmd_vel", 10)
+        latched = QoSProfile(
+            depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
+        self.states = []  # (receive time, dict)
+        self.node.create_subscription(Float32MultiArray, "/picar_base/state", self._on_state, latched)
+        self.diagnostics = []
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.set_parameters = self.node.create_client(SetParameters, "/picar_base/set_parameters")
+
+    def _on_state(self, msg):
+        assert msg.layout.dim[0].label == ",".join(STATE_FIELDS)
+        self.states.append((time.monotonic(), dict(zip(STATE_FIELDS, msg.data))))
+
+    def spin(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            rclpy.spin_once(self.node, timeout_sec=0.02)
+
+    def wait_for(self, predicate, timeout=10.0, what="condition"):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            rclpy.spin_once(self.node, timeout_sec=0.02)
+            if predicate():
+                return
+        raise AssertionError(f"timed out waiting for {what}; last state: {self.last}")
+
+    @property
+    def last(self):
+        return self.states[-1][1] if self.states else None
+
+    def send(self, linear, angular):
+        twist = Twist()
+        twist.linear.x = float(linear)
+        twist.angular.z = float(angular)
+        if self.stamped:
+            msg = TwistStamped()
+            msg.header.stamp = self.node.get_clock().now().to_msg()
+            msg.header.frame_id = "base_link"
+            msg.twist = twist
+            self.cmd.publish(msg)
+        else:
+            self.cmd.publish(twist)
+
+    def drive(self, linear, angular, seconds=0.6, rate_hz=20.0):
+        """Stream a command like a follower does (faster than the watchdog timeout)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.send(linear, angular)
+            self.spin(1.0 / rate_hz)
+
+    def counter(self, name):
+        for array in reversed(self.diagnostics):
+            for status in array.status:
+                if status.name.startswith("picar_base"):
+                    return int({kv.key: kv.value for kv in status.values}[f"count_{name}"])
+        return None
+
+    def set_parameter(self, name, value):
+        assert self.set_parameters.wait_for_service(timeout_sec=5.0)
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        future = self.set_parameters.call_async(request)
+        rclpy.spin_until_future_complete(self.node, future, timeout_sec=5.0)
+        return future.result().results[0]
+
+
+@pytest.fixture
+def ros():
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+def start_base(tmp_path, *params):
+    args = ["--params-file", str(CONFIG), "-p", "hardware:=sim"]
+    for param in params:
+        args += ["-p", param]
+    return start_executable("picar_base", *args, log_path=tmp_path / "picar_base.log")
+
+
+def ticks_for_angle(angle):
+    """Expected ticks from the calibration in config/picar_base.yaml (centre 300, left 450, right 150)."""
+    fraction = max(-1.0, min(1.0, angle / MAX))
+    return round(300 + 150 * fraction)
+
+
+def angular_for(linear, angle):
+    """Yaw rate that needs front-wheel ``angle`` at ``linear`` on the bicycle model."""
+    return linear * math.tan(angle) / WHEELBASE
+
+
+def assert_stop_and_centre(state):
+    assert state["servo_ticks"] == 300 and state["motor_duty"] == 0.0, state
+    assert state["servo_pulse_us"] == pytest.approx(300 * TICK_US, abs=0.01)
+
+
+def test_twist_to_servo_and_motor_with_watchdog_bad_input_and_sigint(ros, tmp_path):
+    proc = start_base(tmp_path, f"cmd_timeout_s:={TIMEOUT_S}")
+    harness = Harness()
+    try:
+        harness.wait_for(lambda: harness.last is not None, what="startup state")
+        assert_stop_and_centre(harness.last)
+
+        # Half of the steering range to the left at half speed.
+        harness.drive(0.25, angular_for(0.25, MAX / 2))
+        state = harness.last
+        assert state["servo_ticks"] == 375
+        assert state["servo_pulse_us"] == pytest.approx(375 * TICK_US, abs=0.01)
+        assert state["motor_duty"] == pytest.approx(0.25 / FULL_SPEED, abs=1e-6)
+        assert state["steering_angle_rad"] == pytest.approx(MAX / 2, abs=1e-6)
+
+        # Reversing slowly with the wheels a third of the way to the right.
+        harness.drive(-0.1, angular_for(-0.1, -MAX / 3))
+        assert harness.last["servo_ticks"] == ticks_for_angle(-MAX / 3) == 250
+        assert harness.last["motor_duty"] == pytest.approx(-0.2, abs=1e-6)
+
+        # Tighter than the car can turn and faster than it can go: clamped to the calibrated limits.
+        harness.drive(3.0, -50.0)
+        assert harness.last["servo_ticks"] == 150 and harness.last["motor_duty"] == 1.0
+
+        # Watchdog: silence -> stop + centre within the timeout (plus one watchdog period and transport).
+        harness.send(0.3, 0.0)
+        harness.wait_for(lambda: harness.last["motor_duty"] > 0, what="moving")
+        last_command = time.monotonic()
+        harness.wait_for(lambda: harness.last["motor_duty"] == 0.0, timeout=3.0, what="watchdog stop")
+        stopped_after = harness.states[-1][0] - last_command
+        assert TIMEOUT_S - 0.05 <= stopped_after <= TIMEOUT_S + 0.3, stopped_after
+        assert_stop_and_centre(harness.last)
+
+        # Non-finite commands are rejected (and do not feed the watchdog); the node keeps running.
+        harness.drive(0.2, 0.0, seconds=0.3)
+        assert harness.last["motor_duty"] == pytest.approx(0.4, abs=1e-6)
+        for _ in range(10):
+            harness.send(math.nan, 0.0)
+            harness.spin(0.05)
+            harness.send(0.2, math.inf)
+            harness.spin(0.05)
+        assert_stop_and_centre(harness.last)  # watchdog stopped it while only garbage arrived
+        harness.spin(1.2)  # one more diagnostics period
+        harness.wait_for(lambda: (harness.counter("rejected_nonfinite") or 0) >= 15, timeout=3.0, what="counter")
+        assert harness.counter("watchdog_stops") == 2
+        assert harness.counter("speed_clamped") >= 1 and harness.counter("yaw_rate_limited") >= 1
+        assert proc.poll() is None, "bad input must not kill the node"
+
+        # Huge finite values are clamped.
+        harness.drive(-1e30, 0.0, seconds=0.3)
+        assert harness.last["servo_ticks"] == 300 and harness.last["motor_duty"] == -1.0
+        harness.drive(0.3, 1e30, seconds=0.3)
+        assert harness.last["servo_ticks"] == 450 and harness.last["motor_duty"] == pytest.approx(0.6, abs=1e-6)
+
+        # Ctrl-C while driving: the last state is stop + centre and the process exits cleanly.
+        harness.drive(0.4, angular_for(0.4, MAX), seconds=0.3)
+        assert harness.last["servo_ticks"] == 450 and harness.last["motor_duty"] > 0
+        count = len(harness.states)
+        assert stop_process(proc) == 0
+        harness.spin(0.5)
+        assert len(harness.states) > count, "final state was published before exiting"
+        assert_stop_and_centre(harness.last)
+    finally:
+        stop_process(proc)
+        harness.node.destroy_node()
+    log = (tmp_path / "picar_base.log").read_text()
+    assert "rejected cmd_vel with non-finite values" in log
+    assert "Traceback" not in log
+
+
+def test_twist_stamped_b2_motor_on_pca9685_and_runtime_calibration(ros, tmp_path):
+    proc = start_base(tmp_path, "cmd_vel_stamped:=true", "motor_driver:=pca9685", "cmd_timeout_s:=1.0")
+    harness = Harness(stamped=True)
+    try:
+        harness.wait_for(lambda: harness.last is not None, what="startup state")
+        harness.drive(-0.3, angular_for(-0.3, MAX / 2))
+        # Reversing with the wheels half left; duty quantised to the PCA9685's 12 bits.
+        assert harness.last["servo_ticks"] == 375
+        assert harness.last["motor_duty"] == pytest.approx(-0.6, abs=1 / 4096)
+
+        # Calibration: a new centre takes effect at once when stopped; inconsistent values are refused.
+        harness.wait_for(lambda: harness.last["motor_duty"] == 0.0, timeout=3.0, what="watchdog stop")
+        assert harness.set_parameter("servo_centre_ticks", 310).successful
+        harness.wait_for(lambda: harness.last["servo_ticks"] == 310, timeout=3.0, what="new centre")
+        refused = harness.set_parameter("servo_centre_ticks", 500)  # beyond the left limit (450)
+        assert not refused.successful and "centre_ticks" in refused.reason
+        assert not harness.set_parameter("i2c_bus", 3).successful, "wiring is read-only"
+
+        # Calibration aid: hold the servo at given ticks, cmd_vel ignored, motor stopped.
+        assert harness.set_parameter("calibration_servo_ticks", 420).successful
+        harness.wait_for(lambda: harness.last["servo_ticks"] == 420, timeout=3.0, what="calibration ticks")
+        harness.drive(0.5, 0.0, seconds=0.3)
+        assert harness.last["servo_ticks"] == 420 and harness.last["motor_duty"] == 0.0
+        assert harness.set_parameter("calibration_servo_ticks", -1).successful
+        harness.wait_for(lambda: harness.last["servo_ticks"] == 310, timeout=3.0, what="back to centre")
+
+        harness.drive(0.5, 0.0, seconds=0.3)
+        assert harness.last["motor_duty"] == 1.0 and harness.last["servo_ticks"] == 310
+        assert stop_process(proc) == 0
+        harness.spin(0.5)
+        assert harness.last["servo_ticks"] == 310 and harness.last["motor_duty"] == 0.0
+    finally:
+        stop_process(proc)
+        harness.node.destroy_node()
+
+
+def test_bad_configuration_fails_fast_with_a_reason(tmp_path):
+    proc = start_base(tmp_path, "servo_centre_ticks:=100")
+    try:
+        assert proc.wait(timeout=20) == 1
+    finally:
+        stop_process(proc)
+    log = (tmp_path / "picar_base.log").read_text()
+    assert "cannot start" in log and "centre_ticks" in log
