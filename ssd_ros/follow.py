@@ -1,0 +1,437 @@
+"""Follow-the-object control law for a car-like (Ackermann) rover: detections in, (linear, angular) out.
+
+The controller is called from a fixed-rate timer with the newest unconsumed detections (or ``None``
+when no new frame arrived), so it decides on every tick, including the ones where the detector is
+silent. Pipeline of one tick:
+
+1. Frame intake: stale or out-of-order frames are ignored; the configured classes above the score
+   threshold with finite, non-degenerate boxes are candidates.
+2. Target selection: with no track, acquire the largest (or best-scoring) candidate; with a track,
+   keep the *same* object by associating on IoU / centre distance with a box-size gate, so a second
+   person crossing in front (bigger box) is not taken over. A new target is acquired only after the
+   old one has been gone for ``lost_timeout_s``.
+3. Errors: bearing from the box centre through a pinhole model of the camera's horizontal field of
+   view, corrected for the yaw the rover has turned since the image was taken (latency compensation);
+   relative distance from the box height against ``desired_height_fraction`` (height ~ 1 / distance).
+4. Command: soft dead-bands, proportional laws, first-order smoothing, acceleration limits, and a
+   steering *angle* state with a rate limit. The yaw rate is always derived from the speed and that
+   steering angle through the bicycle model, so it respects the minimum turning radius and is zero
+   at zero speed: the car never spins in place.
+5. Safety: no target -> brake to zero; ``lost_timeout_s`` after the last sighting -> exact zero (or a
+   slow search arc, never a spin); anything non-finite -> zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from ssd_ros.ackermann import steering_angle, yaw_rate
+from ssd_ros.detections import Detections
+
+STATES = ("disabled", "searching", "tracking", "lost")
+SEARCH_MODES = ("stop", "arc")
+ACQUIRE_MODES = ("largest", "score")
+
+
+@dataclass(frozen=True)
+class FollowParams:
+    """Tuning of :class:`FollowController`. Units are in the names; angles in degrees for humans.
+
+    Geometry defaults describe the Adeept PiCar-B: Raspberry Pi camera v2 at 640x480 (about 62 deg
+    horizontal field of view), wheelbase about 0.14 m between the rear axle and the steered front
+    axle, steering servo travel about +-30 deg at the wheels.
+    """
+
+    target_classes: tuple[str, ...] = ("person",)
+    min_score: float = 0.5
+    acquire: str = "largest"  # "largest" box area or best "score" among candidates
+    camera_hfov_deg: float = 62.0
+    image_width: int = 640
+    image_height: int = 480
+    desired_height_fraction: float = 0.5  # box height / image height at the following distance
+    # Proportional laws. Yaw rate per radian of bearing error; speed per unit of relative distance
+    # error (distance / desired - 1, estimated as desired_height_fraction / height_fraction - 1).
+    bearing_gain_per_s: float = 1.5
+    speed_gain_mps: float = 1.2
+    bearing_deadband_deg: float = 1.0
+    # A car cannot turn on the spot: when the distance loop says "stop" but the bearing is off, creep
+    # forward (up to this speed, proportional to the bearing error) while not closer than
+    # turn_creep_min_distance x desired, to turn towards the target on a tight arc.
+    turn_creep_mps: float = 0.06
+    turn_creep_min_distance: float = 0.85
+    distance_deadband: float = 0.04  # relative distance error treated as zero
+    smoothing_time_constant_s: float = 0.15  # first-order filter on the desired speed and yaw rate
+    max_linear_accel_mps2: float = 0.6
+    max_linear_decel_mps2: float = 1.2  # braking (towards zero) may be harder than speeding up
+    max_steering_rate_degps: float = 180.0
+    max_linear_mps: float = 0.35
+    max_reverse_mps: float = 0.15
+    allow_reverse: bool = False
+    wheelbase_m: float = 0.14
+    max_steering_deg: float = 30.0
+    compensate_yaw: bool = True  # subtract the yaw turned since the image stamp from the bearing
+    max_detection_age_s: float = 0.5  # older frames are ignored; a track older than this is not steered on
+    lost_timeout_s: float = 1.0  # after this long without the target: stop (or search) and forget it
+    search: str = "stop"  # "stop" or "arc": slow arc towards the side the target was last seen
+    search_speed_mps: float = 0.08
+    search_steering_deg: float = 20.0
+    search_timeout_s: float = 10.0  # an arc search gives up (stops) after this long
+    association_min_iou: float = 0.2
+    association_max_shift: float = 0.15  # centre shift (fraction of image width) still counted as the same object
+    association_max_size_ratio: float = 1.5  # box width or height ratio beyond which a candidate is another object
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be finite, got {value}")
+        positive = (
+            "camera_hfov_deg", "image_width", "image_height", "desired_height_fraction", "max_linear_accel_mps2",
+            "max_linear_decel_mps2", "max_steering_rate_degps", "wheelbase_m", "max_steering_deg",
+            "max_detection_age_s", "lost_timeout_s", "association_max_shift",
+        )
+        non_negative = (
+            "bearing_gain_per_s", "speed_gain_mps", "bearing_deadband_deg", "distance_deadband",
+            "smoothing_time_constant_s", "max_linear_mps", "turn_creep_mps", "turn_creep_min_distance",
+            "max_reverse_mps", "search_speed_mps",
+            "search_steering_deg", "search_timeout_s", "association_min_iou",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in non_negative:
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        checks = [
+            (len(self.target_classes) > 0 and all(self.target_classes), "target_classes must be non-empty names"),
+            (0.0 <= self.min_score <= 1.0, "min_score must be in [0, 1]"),
+            (self.camera_hfov_deg < 180.0, "camera_hfov_deg must be < 180"),
+            (self.desired_height_fraction <= 1.0, "desired_height_fraction must be <= 1"),
+            (self.max_steering_deg < 90.0, "max_steering_deg must be < 90"),
+            (self.search_steering_deg <= self.max_steering_deg, "search_steering_deg must be <= max_steering_deg"),
+            (self.association_min_iou <= 1.0, "association_min_iou must be <= 1"),
+            (self.association_max_size_ratio >= 1.0, "association_max_size_ratio must be >= 1"),
+            (self.search in SEARCH_MODES, f"search must be one of {SEARCH_MODES}, got {self.search!r}"),
+            (self.acquire in ACQUIRE_MODES, f"acquire must be one of {ACQUIRE_MODES}, got {self.acquire!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def focal_px(self) -> float:
+        """Pinhole focal length in pixels implied by the horizontal field of view."""
+        return (self.image_width / 2.0) / math.tan(math.radians(self.camera_hfov_deg) / 2.0)
+
+    def bearing_rad(self, center_x_px: float) -> float:
+        """Bearing of an image column, radians, positive = left of the optical axis (ROS yaw convention)."""
+        return math.atan2(self.image_width / 2.0 - center_x_px, self.focal_px)
+
+
+@dataclass(frozen=True)
+class Command:
+    """Velocity command in the robot frame (geometry_msgs/Twist linear.x, angular.z)."""
+
+    linear_mps: float
+    angular_radps: float
+
+
+ZERO = Command(0.0, 0.0)
+
+
+@dataclass
+class Track:
+    """The object being followed: its last associated box and when that image was taken."""
+
+    class_name: str
+    box: np.ndarray  # xyxy pixels
+    score: float
+    stamp_s: float
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each row of ``boxes``."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+def _soft_deadband(error: float, band: float) -> float:
+    """Zero inside ``band``, continuous outside (no step when the error leaves the band)."""
+    return math.copysign(max(abs(error) - band, 0.0), error)
+
+
+def _approach(value: float, target: float, max_step: float) -> float:
+    """Move ``value`` towards ``target`` by at most ``max_step``."""
+    return value + max(-max_step, min(max_step, target - value))
+
+
+class FollowController:
+    """Class-targeted, Ackermann-aware follower. See the module docstring for the pipeline.
+
+    Attributes:
+        state: "disabled" | "searching" | "tracking" | "lost".
+        enabled: when False every update returns zero and the track is forgotten.
+        track: the followed object, or None.
+        counters: frames used / ignored as stale / candidates rejected (for diagnostics).
+    """
+
+    # Commanded speeds below this are "stopped": the wheels cannot produce a yaw rate.
+    _STOPPED_MPS = 1e-3
+    # The longest tick integrated as one step; a stalled timer must not produce a huge jump.
+    _MAX_DT_S = 0.5
+
+    def __init__(self, params: FollowParams):
+        """Create a controller; ``params`` is validated (``ValueError`` on bad values)."""
+        params.validate()
+        self.params = params
+        self.enabled = True
+        self.counters = {"frames": 0, "stale_frames": 0, "rejected_candidates": 0, "non_finite_commands": 0}
+        self.reset()
+
+    # -- public API ---------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the target and the motion state (the next command starts from standstill)."""
+        self.track: Track | None = None
+        self.state = "searching" if self.enabled else "disabled"
+        self.last_command = ZERO
+        self.steering_rad = 0.0
+        self._linear_filtered = 0.0
+        self._angular_filtered = 0.0
+        self._last_now: float | None = None
+        self._last_frame_stamp: float | None = None
+        self._lost_since: float | None = None
+        self._last_bearing = 0.0
+        self._yaw_history: deque[tuple[float, float, float]] = deque()  # (t0, t1, yaw rate)
+
+    def set_params(self, params: FollowParams) -> None:
+        """Swap in new tuning at runtime (validated first; the track and motion state are kept)."""
+        params.validate()
+        self.params = params
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Enable or disable; either transition restarts from standstill with no target."""
+        if enabled != self.enabled:
+            self.enabled = enabled
+            self.reset()
+
+    def update(self, detections: Detections | None, stamp_s: float | None, now_s: float) -> Command:
+        """One control tick.
+
+        Args:
+            detections: the newest frame's detections not yet given to the controller, or None
+                when no new frame arrived since the last tick.
+            stamp_s: when that image was taken (header stamp, seconds); None means "now".
+            now_s: the current time on the same clock as the stamps.
+        """
+        p = self.params
+        dt = 0.0 if self._last_now is None else min(max(now_s - self._last_now, 0.0), self._MAX_DT_S)
+        if self._last_now is not None and dt > 0.0:
+            self._yaw_history.append((now_s - dt, now_s, self.last_command.angular_radps))
+        self._last_now = now_s
+        while self._yaw_history and self._yaw_history[0][1] < now_s - p.max_detection_age_s - p.lost_timeout_s:
+            self._yaw_history.popleft()
+
+        if not self.enabled:
+            self.state = "disabled"
+            return self._emit(ZERO)
+        if detections is not None:
+            self._intake(detections, now_s if stamp_s is None else stamp_s, now_s)
+
+        track = self.track
+        # A sighting is steered on until it is max_detection_age_s old, so a missed frame or two coast
+        # on the (yaw-compensated) last bearing instead of braking.
+        if track is not None and now_s - track.stamp_s <= p.max_detection_age_s:
+            self.state = "tracking"
+            self._lost_since = None
+            return self._emit(self._tracking_command(track, now_s, dt))
+        if track is not None and now_s - track.stamp_s < p.lost_timeout_s:
+            self.state = "lost"
+            return self._emit(self._braking_command(dt))
+        # Gone for lost_timeout_s (or never seen): forget it so any candidate may be acquired.
+        if track is not None:
+            self._lost_since = track.stamp_s
+        self.track = None
+        self.state = "searching"
+        return self._emit(self._search_command(now_s, dt))
+
+    # -- frame intake and target selection -------------------------------------------------------------
+    def _intake(self, detections: Detections, stamp_s: float, now_s: float) -> None:
+        p = self.params
+        age = now_s - stamp_s
+        if (
+            not math.isfinite(stamp_s)
+            or abs(age) > p.max_detection_age_s
+            or (self._last_frame_stamp is not None and stamp_s <= self._last_frame_stamp)
+        ):
+            self.counters["stale_frames"] += 1
+            return
+        self.counters["frames"] += 1
+        self._last_frame_stamp = stamp_s
+        boxes, scores, names = self._candidates(detections)
+        track = self.track
+        if track is None:
+            if len(scores):
+                key = scores if p.acquire == "score" else (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+                i = int(np.argmax(key))
+                self.track = Track(names[i], boxes[i], float(scores[i]), stamp_s)
+            return
+        i = self._associate(track, boxes, names, stamp_s)
+        if i is not None:
+            self.track = Track(names[i], boxes[i], float(scores[i]), stamp_s)
+
+    def _candidates(self, detections: Detections) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Boxes / scores / names of the detections that may be followed; the rest are counted."""
+        p = self.params
+        boxes = np.asarray(detections.boxes, np.float64).reshape(-1, 4)
+        scores = np.asarray(detections.scores, np.float64).reshape(-1)
+        names = detections.names
+        keep = np.array([n in p.target_classes for n in names], dtype=bool)
+        finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+        keep &= finite & (scores >= p.min_score)
+        with np.errstate(invalid="ignore"):
+            keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        self.counters["rejected_candidates"] += int(len(keep) - keep.sum())
+        index = np.flatnonzero(keep)
+        return boxes[index], scores[index], [names[i] for i in index]
+
+    def _associate(self, track: Track, boxes: np.ndarray, names: list[str], stamp_s: float) -> int | None:
+        """Index of the candidate that is the tracked object, or None.
+
+        The reference box is the last one shifted by the image motion the rover's own turning
+        caused since then; candidates of another class, or whose height differs by more than
+        ``association_max_size_ratio`` in width or height (another object at another depth), are not the same object.
+        """
+        p = self.params
+        if not len(boxes):
+            return None
+        reference = track.box.copy()
+        if p.compensate_yaw:
+            turned = self._yaw_between(track.stamp_s, stamp_s)
+            center = (reference[0] + reference[2]) / 2.0
+            shifted = p.image_width / 2.0 - p.focal_px * math.tan(p.bearing_rad(center) - turned)
+            reference[[0, 2]] += shifted - center
+        # Width and height both: a near person's box is clipped at the image top, so its height
+        # alone can look like a far person's.
+        ref_size = reference[2:] - reference[:2]
+        sizes = boxes[:, 2:] - boxes[:, :2]
+        same_class = np.array([n == track.class_name for n in names])
+        size_ok = (np.abs(np.log(sizes / ref_size)) <= math.log(p.association_max_size_ratio)).all(axis=1)
+        ious = box_iou(reference, boxes)
+        shift = np.abs((boxes[:, 0] + boxes[:, 2]) - (reference[0] + reference[2])) / (2.0 * p.image_width)
+        close = (ious >= p.association_min_iou) | (shift <= p.association_max_shift)
+        ok = same_class & size_ok & close
+        if not ok.any():
+            return None
+        # Best overlap first; among non-overlapping candidates the nearest centre.
+        cost = np.where(ok, -ious + shift, np.inf)
+        return int(np.argmin(cost))
+
+    # -- commands ------------------------------------------------------------------------------------------
+    def _tracking_command(self, track: Track, now_s: float, dt: float) -> Command:
+        p = self.params
+        x1, y1, x2, y2 = track.box
+        bearing = p.bearing_rad((x1 + x2) / 2.0)
+        if p.compensate_yaw:
+            bearing -= self._yaw_between(track.stamp_s, now_s)
+        self._last_bearing = bearing
+        height_fraction = (y2 - y1) / p.image_height
+        distance_error = p.desired_height_fraction / height_fraction - 1.0  # > 0: too far
+        bearing_error = _soft_deadband(bearing, math.radians(p.bearing_deadband_deg))
+        linear = p.speed_gain_mps * _soft_deadband(distance_error, p.distance_deadband)
+        if distance_error > p.turn_creep_min_distance - 1.0:
+            linear = max(linear, p.turn_creep_mps * min(1.0, abs(bearing_error) / math.radians(5.0)))
+        linear = min(linear, p.max_linear_mps)
+        linear = max(linear, -p.max_reverse_mps if p.allow_reverse else 0.0)
+        angular = p.bearing_gain_per_s * bearing_error
+        alpha = dt / (p.smoothing_time_constant_s + dt) if dt > 0 else 0.0
+        self._linear_filtered += alpha * (linear - self._linear_filtered)
+        self._angular_filtered += alpha * (angular - self._angular_filtered)
+        return self._actuate(self._linear_filtered, self._angular_filtered, dt)
+
+    def _braking_command(self, dt: float) -> Command:
+        """Target not visible (yet within lost_timeout): brake to zero, keep the steering."""
+        p = self.params
+        linear = _approach(self.last_command.linear_mps, 0.0, p.max_linear_decel_mps2 * dt)
+        self._linear_filtered, self._angular_filtered = linear, 0.0
+        return Command(linear, yaw_rate(linear, self.steering_rad, p.wheelbase_m))
+
+    def _search_command(self, now_s: float, dt: float) -> Command:
+        p = self.params
+        self._linear_filtered = self._angular_filtered = 0.0
+        searching_for = None if self._lost_since is None else now_s - self._lost_since
+        if p.search == "arc" and searching_for is not None and searching_for < p.search_timeout_s:
+            # A slow arc towards where the target left the view, limited like any other motion.
+            side = math.copysign(1.0, self._last_bearing)
+            desired_angle = side * math.radians(p.search_steering_deg)
+            angular = yaw_rate(p.search_speed_mps, desired_angle, p.wheelbase_m)
+            return self._actuate(p.search_speed_mps, angular, dt)
+        self.steering_rad = 0.0
+        return ZERO
+
+    def _actuate(self, linear: float, angular: float, dt: float) -> Command:
+        """Apply acceleration and steering-rate limits; derive the yaw rate from the bicycle model."""
+        p = self.params
+        previous = self.last_command.linear_mps
+        speeding_up = abs(linear) > abs(previous) and linear * previous >= 0
+        accel = p.max_linear_accel_mps2 if speeding_up else p.max_linear_decel_mps2
+        linear = _approach(previous, linear, accel * dt)
+        max_steering = math.radians(p.max_steering_deg)
+        # Stopped wheels cannot turn the car; the base centres the servo then, so do we.
+        desired_angle = steering_angle(linear, angular, p.wheelbase_m, max_steering)
+        self.steering_rad = _approach(self.steering_rad, desired_angle, math.radians(p.max_steering_rate_degps) * dt)
+        return Command(linear, yaw_rate(linear, self.steering_rad, p.wheelbase_m))
+
+    def _emit(self, command: Command) -> Command:
+        if not (math.isfinite(command.linear_mps) and math.isfinite(command.angular_radps)):
+            self.counters["non_finite_commands"] += 1
+            self._linear_filtered = self._angular_filtered = self.steering_rad = 0.0
+            command = ZERO
+        if abs(command.linear_mps) < self._STOPPED_MPS:
+            command = ZERO
+        self.last_command = command
+        return command
+
+    def _yaw_between(self, t0: float, t1: float) -> float:
+        """Yaw (rad) the commanded rates turned the rover between ``t0`` and ``t1`` (``t0 <= t1``)."""
+        total = 0.0
+        for a, b, rate in self._yaw_history:
+            overlap = min(b, t1) - max(a, t0)
+            if overlap > 0:
+                total += rate * overlap
+        return total
+
+
+def params_from_mapping(mapping: dict, base: FollowParams = FollowParams()) -> FollowParams:
+    """Validated ``FollowParams`` from ``base`` updated with the known keys of ``mapping``.
+
+    Unknown keys (e.g. a node's own parameters in the same YAML) are ignored; sequences become
+    tuples and numbers are coerced to the field's type. Raises ``ValueError`` on invalid values.
+    """
+    kinds = {f.name: type(getattr(base, f.name)) for f in fields(base)}
+    changes = {}
+    for name, value in mapping.items():
+        if name not in kinds:
+            continue
+        kind = kinds[name]
+        if kind is tuple:
+            value = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be a bool, got {value!r}")
+        else:
+            value = kind(value)
+        changes[name] = value
+    new = replace(base, **changes)
+    new.validate()
+    return new

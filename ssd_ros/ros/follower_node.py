@@ -1,0 +1,240 @@
+"""``follower`` node: Detection2DArray in, Twist / TwistStamped on ``cmd_vel`` from a fixed-rate timer.
+
+The control law lives in :mod:`ssd_ros.follow`; this adapter declares the parameters, converts
+messages, runs the controller on its own timer (so a silent detector still stops the robot within
+``lost_timeout_s``), offers the ``enable`` service, reports ``/diagnostics`` and sends a final zero
+command on shutdown.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from dataclasses import fields
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Twist, TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from rclpy.time import Time
+from std_srvs.srv import SetBool
+from vision_msgs.msg import Detection2DArray
+
+from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping
+from ssd_ros.ros.messages import msg_to_detections
+
+# One description per control-law parameter (defaults come from FollowParams).
+FOLLOW_PARAM_DESCRIPTIONS = {
+    "target_classes": "class names that may be followed (Detection2D results[].hypothesis.class_id)",
+    "min_score": "minimum detection score of a candidate, [0, 1]",
+    "acquire": "which candidate to acquire when no target is tracked: 'largest' box or best 'score'",
+    "camera_hfov_deg": "camera horizontal field of view (deg); Pi camera v2 at 640x480 is about 62",
+    "image_width": "width (px) of the images the detections refer to",
+    "image_height": "height (px) of the images the detections refer to",
+    "desired_height_fraction": "target box height / image height at the desired following distance",
+    "bearing_gain_per_s": "yaw rate (rad/s) per rad of bearing error",
+    "speed_gain_mps": "speed (m/s) per unit relative distance error (distance / desired - 1)",
+    "bearing_deadband_deg": "bearing error treated as zero (deg)",
+    "turn_creep_mps": "creep speed used to turn towards an off-axis target when otherwise stopped (m/s)",
+    "turn_creep_min_distance": "no creeping when closer than this fraction of the desired distance",
+    "distance_deadband": "relative distance error treated as zero",
+    "smoothing_time_constant_s": "first-order smoothing of the desired speed and yaw rate (s)",
+    "max_linear_accel_mps2": "acceleration limit (m/s^2)",
+    "max_linear_decel_mps2": "braking limit (m/s^2)",
+    "max_steering_rate_degps": "steering angle rate limit (deg/s at the wheels)",
+    "max_linear_mps": "forward speed cap (m/s)",
+    "max_reverse_mps": "reverse speed cap (m/s), used only with allow_reverse",
+    "allow_reverse": "back off when closer than desired",
+    "wheelbase_m": "distance between rear axle and steered front axle (m)",
+    "max_steering_deg": "steering angle limit at the wheels (deg); minimum turning radius follows",
+    "compensate_yaw": "correct the bearing for the yaw turned since the image was taken",
+    "max_detection_age_s": "detections older than this (header stamp vs node clock) are ignored (s)",
+    "lost_timeout_s": "time without the target after which the robot stops (or searches) (s)",
+    "search": "behaviour after lost_timeout_s: 'stop' or 'arc' (slow arc, never a spin)",
+    "search_speed_mps": "speed of the search arc (m/s)",
+    "search_steering_deg": "steering angle of the search arc (deg)",
+    "search_timeout_s": "the search arc stops after this long (s)",
+    "association_min_iou": "IoU with the last box that makes a candidate the same object",
+    "association_max_shift": "centre shift (fraction of image width) still counted as the same object",
+    "association_max_size_ratio": "box width/height ratio beyond which a candidate is another object",
+}
+
+
+class FollowerNode(Node):
+    """Runs :class:`FollowController` on a fixed-rate timer and publishes velocity commands."""
+
+    def __init__(self):
+        """Declare parameters, create the controller, topics, service and timers."""
+        super().__init__("follower")
+        defaults = FollowParams()
+        for field in fields(defaults):  # every control-law field must have a description (KeyError otherwise)
+            name, default = field.name, getattr(defaults, field.name)
+            description = FOLLOW_PARAM_DESCRIPTIONS[name]
+            self.declare_parameter(name, list(default) if isinstance(default, tuple) else default,
+                                   ParameterDescriptor(description=description))
+        read_only = {
+            "rate_hz": (20.0, "control and cmd_vel publication rate (Hz)"),
+            "twist_stamped": (False, "publish geometry_msgs/TwistStamped instead of Twist"),
+            "start_enabled": (True, "follow from start-up; otherwise wait for the enable service"),
+            "diagnostics_period_s": (1.0, "period of /diagnostics messages (s)"),
+        }
+        for name, (default, description) in read_only.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
+        self.declare_parameter("cmd_frame_id", "base_link",
+                               ParameterDescriptor(description="frame_id of TwistStamped commands"))
+
+        values = {name: self.get_parameter(name).value for name in FOLLOW_PARAM_DESCRIPTIONS}
+        self.controller = FollowController(params_from_mapping(values))
+        self.controller.set_enabled(self.get_parameter("start_enabled").value)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._stamped = self.get_parameter("twist_stamped").value
+        self._pending = None  # (Detections, stamp_s) of the newest message not yet given to the controller
+        self._last_stamp_s = None
+        self.malformed_detections = 0
+        self._stale_reported = 0
+
+        self.cmd_pub = self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # Best effort accepts both reliable and best-effort detector publishers.
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self.create_subscription(Detection2DArray, "detections", self._on_detections, qos)
+        self.create_service(SetBool, "enable", self._on_enable)
+        rate_hz = self.get_parameter("rate_hz").value
+        if not rate_hz > 0:
+            raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
+        self.period_s = 1.0 / rate_hz
+        self.create_timer(self.period_s, self._on_timer)
+        self.create_timer(self.get_parameter("diagnostics_period_s").value, self._publish_diagnostics)
+        params = self.controller.params
+        self.get_logger().info(
+            f"following {list(params.target_classes)} at {rate_hz:.0f} Hz on "
+            f"{'TwistStamped' if self._stamped else 'Twist'} (enabled: {self.controller.enabled})"
+        )
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        changes = {p.name: p.value for p in parameters if p.name in FOLLOW_PARAM_DESCRIPTIONS}
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            self.controller.set_params(params_from_mapping(changes, self.controller.params))
+        except (ValueError, TypeError) as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
+
+    def _on_detections(self, msg: Detection2DArray) -> None:
+        detections = msg_to_detections(msg)
+        dropped = len(msg.detections) - len(detections)
+        if dropped:
+            self.malformed_detections += dropped
+            self.get_logger().warning(
+                f"ignored {dropped} malformed detection(s) (non-finite or negative box/score, or no results) "
+                f"on {self.resolve_topic_name('detections')}", throttle_duration_sec=5.0,
+            )
+        stamp_s = Time.from_msg(msg.header.stamp).nanoseconds / 1e9
+        self._pending = (detections, stamp_s)
+        self._last_stamp_s = stamp_s
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self.controller.set_enabled(request.data)
+        if not request.data:
+            self.publish(Command(0.0, 0.0))
+        response.success = True
+        response.message = "following enabled" if request.data else "following disabled, robot stopped"
+        self.get_logger().info(response.message)
+        return response
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds / 1e9
+
+    def _on_timer(self) -> None:
+        detections, stamp_s = self._pending if self._pending is not None else (None, None)
+        self._pending = None
+        command = self.controller.update(detections, stamp_s, self._now_s())
+        stale = self.controller.counters["stale_frames"]
+        if stale > self._stale_reported:
+            self._stale_reported = stale
+            self.get_logger().warning(
+                f"ignoring detections older than {self.controller.params.max_detection_age_s} s "
+                f"({stale} so far); check the detector's stamps and clock", throttle_duration_sec=5.0,
+            )
+        self.publish(command)
+
+    def publish(self, command: Command) -> None:
+        """Publish ``command`` as Twist or TwistStamped."""
+        twist = Twist()
+        twist.linear.x = float(command.linear_mps)
+        twist.angular.z = float(command.angular_radps)
+        if self._stamped:
+            msg = TwistStamped(twist=twist)
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.header.frame_id = self.get_parameter("cmd_frame_id").value
+        else:
+            msg = twist
+        self.cmd_pub.publish(msg)
+
+    def _publish_diagnostics(self) -> None:
+        controller = self.controller
+        command = controller.last_command
+        track = controller.track
+        age = "none" if self._last_stamp_s is None else f"{self._now_s() - self._last_stamp_s:.3f}"
+        values = {
+            "state": controller.state,
+            "enabled": str(controller.enabled),
+            "target_class": track.class_name if track else "",
+            "target_score": f"{track.score:.2f}" if track else "",
+            "last_detection_age_s": age,
+            "linear_mps": f"{command.linear_mps:.3f}",
+            "angular_radps": f"{command.angular_radps:.3f}",
+            "steering_deg": f"{math.degrees(controller.steering_rad):.1f}",
+            "malformed_detections": str(self.malformed_detections),
+            **{name: str(count) for name, count in controller.counters.items()},
+        }
+        warn = controller.state == "lost" or controller.counters["non_finite_commands"] > 0
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if warn else DiagnosticStatus.OK,
+            name=f"{self.get_name()}: follower",
+            hardware_id="picar_b",
+            message=controller.state,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+    def stop(self) -> None:
+        """Publish a final zero command (shutdown path)."""
+        self.controller.set_enabled(False)
+        self.publish(Command(0.0, 0.0))
+
+
+def raise_keyboard_interrupt(signum, frame):
+    """Signal handler turning SIGTERM into the same clean shutdown as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def main(args=None) -> None:
+    """Spin the follower; on Ctrl-C / SIGTERM publish a final zero command before shutting down."""
+    # rclpy's own signal handling would shut the context down before we could send the final zero.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    node = None
+    try:
+        node = FollowerNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            if rclpy.ok():
+                node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""``follower_sim`` node: the closed-loop simulator of :mod:`ssd_ros.sim` behind the detector's interface.
+
+Consumes ``cmd_vel`` (Twist or TwistStamped) like the base driver; publishes ``detections``
+(vision_msgs/Detection2DArray exactly as the detector node does: class names in ``class_id``,
+header = the simulated image's header with ``camera_frame_id`` and its capture stamp) and the
+ground truth on ``sim/rover_pose`` (PoseStamped, rear axle) and ``sim/target_poses`` (PoseArray,
+scenario order, removed targets included).
+
+Time: by default the simulation follows the node clock (stamps are node-clock times). With
+``publish_clock`` it owns time instead: it publishes ``/clock`` advancing ``real_time_factor`` x
+faster than the wall clock, so every node started with ``use_sim_time:=true`` runs faster than
+real time consistently (the timers of those nodes run on that clock too).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import rclpy
+from geometry_msgs.msg import Pose, PoseArray, PoseStamped, Twist, TwistStamped
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock as ClockMsg
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2DArray
+
+from ssd_ros.follow import FollowParams
+from ssd_ros.ros.follower_node import raise_keyboard_interrupt
+from ssd_ros.ros.messages import detections_to_msg
+from ssd_ros.sim import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
+
+SIM_PARAM_DESCRIPTIONS = {
+    "wheelbase_m": "rover wheelbase (m)",
+    "max_steering_deg": "steering limit at the wheels (deg)",
+    "servo_rate_degps": "steering servo slew rate (deg/s)",
+    "motor_time_constant_s": "first-order lag of wheel speed to command (s)",
+    "max_speed_mps": "rover top speed (m/s)",
+    "camera_forward_m": "camera position ahead of the rear axle (m)",
+    "camera_height_m": "camera height above ground (m)",
+    "image_width": "simulated image width (px)",
+    "image_height": "simulated image height (px)",
+    "camera_hfov_deg": "camera horizontal field of view (deg)",
+    "detection_rate_hz": "simulated detector frame rate (Hz)",
+    "latency_s": "capture-to-publication latency of the simulated detector (s)",
+    "box_noise_px": "std-dev of box edge noise (px)",
+    "miss_probability": "probability a target is missed in a frame",
+    "frame_drop_probability": "probability a whole frame yields no detections",
+    "score": "score of simulated detections",
+    "occlusion_fraction": "a target covered this much by a nearer one is not detected",
+    "min_box_px": "smallest detectable box side (px)",
+}
+
+
+def _pose(x: float, y: float, yaw: float = 0.0) -> Pose:
+    pose = Pose()
+    pose.position.x, pose.position.y = float(x), float(y)
+    pose.orientation.z, pose.orientation.w = math.sin(yaw / 2.0), math.cos(yaw / 2.0)
+    return pose
+
+
+class SimNode(Node):
+    """Steps :class:`~ssd_ros.sim.Simulator` on a steady timer and publishes its detections and poses."""
+
+    def __init__(self):
+        """Declare parameters, build the scenario and start the physics timer."""
+        super().__init__("follower_sim")
+        defaults = SimParams()
+        for name, description in SIM_PARAM_DESCRIPTIONS.items():
+            self.declare_parameter(name, getattr(defaults, name),
+                                   ParameterDescriptor(description=description, read_only=True))
+        read_only = {
+            "scenario": ("static", f"scripted scenario, one of {', '.join(SCENARIOS)}"),
+            "seed": (0, "noise seed"),
+            "desired_height_fraction": (FollowParams.desired_height_fraction,
+                                        "the follower's desired box height fraction (scales the scenario)"),
+            "target_height_m": (1.7, "height of the simulated people (m)"),
+            "physics_rate_hz": (100.0, "simulation steps per second of simulated time"),
+            "pose_rate_hz": (20.0, "rate of the ground-truth pose topics (Hz, simulated time)"),
+            "twist_stamped": (False, "subscribe geometry_msgs/TwistStamped instead of Twist"),
+            "cmd_timeout_s": (0.5, "the rover stops when cmd_vel is older than this (s), like the base driver"),
+            "publish_clock": (False, "own the time: publish /clock (use use_sim_time:=true on the other nodes)"),
+            "real_time_factor": (1.0, "with publish_clock: simulated seconds per wall-clock second"),
+            "camera_frame_id": ("sim_camera", "frame_id of the simulated image / detections"),
+            "world_frame_id": ("odom", "frame of the ground-truth poses"),
+        }
+        for name, (default, description) in read_only.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
+        self.declare_parameter("targets_visible", True, ParameterDescriptor(
+            description="false removes every target from the scene (they walked away)"))
+        self.declare_parameter("detections_enabled", True, ParameterDescriptor(
+            description="false makes the simulated detector silent (no messages)"))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        get = lambda name: self.get_parameter(name).value  # noqa: E731
+        params = SimParams(**{name: get(name) for name in SIM_PARAM_DESCRIPTIONS})
+        scenario_name = get("scenario")
+        if scenario_name not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario_name!r}")
+        distance = desired_distance_m(get("target_height_m"), get("desired_height_fraction"), params)
+        scenario = make_scenario(scenario_name, distance, params)
+        for target in scenario.targets:
+            target.height_m = get("target_height_m")
+        self.sim = Simulator(params, scenario, seed=get("seed"))
+        self._camera_frame = get("camera_frame_id")
+        self._world_frame = get("world_frame_id")
+        self._cmd_timeout_s = get("cmd_timeout_s")
+        self._command = (0.0, 0.0)
+        self._command_time_s = -math.inf
+
+        self._publish_clock = get("publish_clock")
+        self._physics_dt = 1.0 / get("physics_rate_hz")
+        wall_period = self._physics_dt
+        if self._publish_clock:
+            factor = get("real_time_factor")
+            if not factor > 0:
+                raise ValueError(f"real_time_factor must be > 0, got {factor}")
+            wall_period = self._physics_dt / factor
+            self.clock_pub = self.create_publisher(ClockMsg, "/clock", 10)
+            self._origin_s = 0.0
+        else:
+            self._origin_s = self.get_clock().now().nanoseconds / 1e9
+        self._last_step_s = self._origin_s
+        self._pose_period = 1.0 / get("pose_rate_hz")
+        self._next_pose_s = 0.0
+
+        self.detections_pub = self.create_publisher(Detection2DArray, "detections", 10)
+        self.rover_pub = self.create_publisher(PoseStamped, "sim/rover_pose", 10)
+        self.targets_pub = self.create_publisher(PoseArray, "sim/target_poses", 10)
+        twist_type = TwistStamped if get("twist_stamped") else Twist
+        self.create_subscription(twist_type, "cmd_vel", self._on_cmd_vel, 10)
+        # The physics runs on the steady clock: in publish_clock mode this node *is* the time source.
+        self.create_timer(wall_period, self._on_step, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.get_logger().info(
+            f"scenario '{scenario_name}': {scenario.description}; desired distance {distance:.2f} m; "
+            f"{'publishing /clock at x' + str(get('real_time_factor')) if self._publish_clock else 'node clock'}"
+        )
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        for parameter in parameters:
+            if parameter.name == "targets_visible":
+                for target in self.sim.targets:
+                    target.visible = bool(parameter.value)
+            elif parameter.name == "detections_enabled":
+                self.sim.detections_enabled = bool(parameter.value)
+        return SetParametersResult(successful=True)
+
+    def _sim_now_s(self) -> float:
+        return self._origin_s + self.sim.time
+
+    def _on_cmd_vel(self, msg) -> None:
+        twist = msg.twist if isinstance(msg, TwistStamped) else msg
+        self._command = (twist.linear.x, twist.angular.z)
+        self._command_time_s = self._sim_now_s()
+
+    def _on_step(self) -> None:
+        if self._publish_clock:
+            dt = self._physics_dt
+        else:
+            # Follow the node clock exactly so stamps are node-clock times despite timer jitter.
+            now_s = self.get_clock().now().nanoseconds / 1e9
+            dt, self._last_step_s = now_s - self._last_step_s, now_s
+            if dt <= 0.0:
+                return
+        while dt > 1e-9:  # sub-steps, so a late timer does not make one coarse physics step
+            step = min(dt, self._physics_dt)
+            fresh = self._sim_now_s() - self._command_time_s <= self._cmd_timeout_s
+            self.sim.step(*(self._command if fresh else (0.0, 0.0)), step)
+            dt -= step
+        now = Time(seconds=self._sim_now_s()).to_msg()
+        if self._publish_clock:
+            self.clock_pub.publish(ClockMsg(clock=now))
+        for stamp_s, detections in self.sim.poll():
+            header = Header(stamp=Time(seconds=self._origin_s + stamp_s).to_msg(), frame_id=self._camera_frame)
+            self.detections_pub.publish(detections_to_msg(detections, header))
+        if self.sim.time + 1e-9 >= self._next_pose_s:
+            self._next_pose_s += self._pose_period
+            self._publish_poses(now)
+
+    def _publish_poses(self, stamp) -> None:
+        rover = self.sim.rover
+        header = Header(stamp=stamp, frame_id=self._world_frame)
+        self.rover_pub.publish(PoseStamped(header=header, pose=_pose(rover.x, rover.y, rover.yaw)))
+        self.targets_pub.publish(PoseArray(header=header, poses=[_pose(x, y) for x, y in self.sim.target_positions()]))
+
+
+def main(args=None) -> None:
+    """Spin the simulator until Ctrl-C / SIGTERM."""
+    # As in the follower: Python-level interrupts, so a step in progress is not cut by a dead context.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    node = None
+    try:
+        node = SimNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+"""Closed-loop follower simulator core (no rclpy): rover, scripted targets, camera and detector.
+
+A kinematic bicycle model of the PiCar-B, targets on scripted paths, and a pinhole camera +
+"detector" that turns them into pixel boxes with noise, dropouts and latency.
+
+World frame: x forward / y left of the rover's start pose, z up, metres; yaw positive to the left.
+The rover's reference point is the rear-axle centre (where the bicycle model is exact); the camera
+sits ``camera_forward_m`` ahead of it, ``camera_height_m`` above ground, looking along the heading.
+
+Rendering hook: :meth:`Simulator.capture` returns the geometric view of every target (its class and
+exact pixel box); an image renderer can draw those into a 640x480 frame to put a real detector in
+the loop instead of :meth:`Simulator.detect`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ssd_ros.ackermann import steering_angle
+from ssd_ros.detections import Detections
+
+
+@dataclass(frozen=True)
+class SimParams:
+    """Rover, camera and simulated-detector parameters (defaults: PiCar-B with a Pi camera v2 at 640x480)."""
+
+    wheelbase_m: float = 0.14
+    max_steering_deg: float = 30.0
+    servo_rate_degps: float = 400.0  # steering servo slew at the wheels
+    motor_time_constant_s: float = 0.15  # first-order lag of the wheel speed to the command
+    max_speed_mps: float = 0.6
+    camera_forward_m: float = 0.1
+    camera_height_m: float = 0.12
+    image_width: int = 640
+    image_height: int = 480
+    camera_hfov_deg: float = 62.0
+    detection_rate_hz: float = 10.0
+    latency_s: float = 0.1  # image stamp -> detections available (inference time)
+    box_noise_px: float = 2.0  # std-dev of each box edge
+    miss_probability: float = 0.03  # per target and frame
+    frame_drop_probability: float = 0.02  # whole frame without output
+    score: float = 0.85
+    occlusion_fraction: float = 0.6  # a target whose box is covered this much by a nearer one is not detected
+    min_box_px: float = 4.0
+
+    @property
+    def focal_px(self) -> float:
+        """Pinhole focal length in pixels (square pixels)."""
+        return (self.image_width / 2.0) / math.tan(math.radians(self.camera_hfov_deg) / 2.0)
+
+
+class Path(Protocol):
+    """A target's scripted motion on the ground plane."""
+
+    def position(self, t: float) -> tuple[float, float]:
+        """World (x, y) at time ``t`` seconds."""
+
+
+@dataclass(frozen=True)
+class StaticPath:
+    """Standing still."""
+
+    x: float
+    y: float
+
+    def position(self, t: float) -> tuple[float, float]:  # noqa: D102
+        return self.x, self.y
+
+
+@dataclass(frozen=True)
+class LinePath:
+    """Walking in a straight line at constant velocity between ``t_start`` and ``t_end``, still otherwise."""
+
+    x: float
+    y: float
+    vx: float
+    vy: float
+    t_start: float = 0.0
+    t_end: float = math.inf
+
+    def position(self, t: float) -> tuple[float, float]:  # noqa: D102
+        moving = min(max(t, self.t_start), self.t_end) - self.t_start
+        return self.x + self.vx * moving, self.y + self.vy * moving
+
+
+@dataclass(frozen=True)
+class CirclePath:
+    """Walking a circle at constant speed (counter-clockwise for positive speed)."""
+
+    cx: float
+    cy: float
+    radius: float
+    speed_mps: float
+    phase_rad: float = 0.0
+
+    def position(self, t: float) -> tuple[float, float]:  # noqa: D102
+        angle = self.phase_rad + self.speed_mps * t / self.radius
+        return self.cx + self.radius * math.cos(angle), self.cy + self.radius * math.sin(angle)
+
+
+@dataclass(frozen=True)
+class StopAndGoPath:
+    """Walking along ``heading_rad`` for ``move_s``, standing for ``stop_s``, repeating."""
+
+    x: float
+    y: float
+    heading_rad: float
+    speed_mps: float
+    move_s: float
+    stop_s: float
+
+    def position(self, t: float) -> tuple[float, float]:  # noqa: D102
+        period = self.move_s + self.stop_s
+        cycles, phase = divmod(max(t, 0.0), period)
+        travelled = self.speed_mps * (cycles * self.move_s + min(phase, self.move_s))
+        return self.x + travelled * math.cos(self.heading_rad), self.y + travelled * math.sin(self.heading_rad)
+
+
+@dataclass
+class Target:
+    """Something the camera can see: a box-shaped object of a class standing on the ground."""
+
+    name: str
+    path: Path
+    class_name: str = "person"
+    height_m: float = 1.7
+    width_m: float = 0.5
+    visible: bool = True  # False = removed from the scene (e.g. walked out of the room)
+
+
+@dataclass
+class RoverState:
+    """Rear-axle pose and actuator state of the rover."""
+
+    x: float = 0.0
+    y: float = 0.0
+    yaw: float = 0.0
+    speed_mps: float = 0.0
+    steering_rad: float = 0.0
+
+
+@dataclass
+class Scenario:
+    """A starting pose and scripted targets; ``targets[0]`` is the one the follower should follow."""
+
+    name: str
+    description: str
+    rover: RoverState
+    targets: list[Target]
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """A target as the camera sees it: exact (unclipped-to-noise) pixel box and depth."""
+
+    name: str
+    class_name: str
+    box: np.ndarray  # xyxy pixels, clipped to the image
+    depth_m: float
+
+
+def desired_distance_m(target_height_m: float, desired_height_fraction: float, params: SimParams) -> float:
+    """Camera depth at which a target of this height fills ``desired_height_fraction`` of the image."""
+    return params.focal_px * target_height_m / (desired_height_fraction * params.image_height)
+
+
+def camera_pose(rover: RoverState, params: SimParams) -> tuple[float, float, float]:
+    """World (x, y, yaw) of the camera."""
+    return (
+        rover.x + params.camera_forward_m * math.cos(rover.yaw),
+        rover.y + params.camera_forward_m * math.sin(rover.yaw),
+        rover.yaw,
+    )
+
+
+def bearing_and_distance(rover: RoverState, point: tuple[float, float], params: SimParams) -> tuple[float, float]:
+    """Bearing (rad, positive left, wrapped to [-pi, pi)) and ground distance from the camera to ``point``."""
+    cx, cy, yaw = camera_pose(rover, params)
+    dx, dy = point[0] - cx, point[1] - cy
+    bearing = (math.atan2(dy, dx) - yaw + math.pi) % (2 * math.pi) - math.pi
+    return bearing, math.hypot(dx, dy)
+
+
+class Simulator:
+    """Steps the rover under velocity commands and produces detections like the detector node would.
+
+    Frames are taken every ``1 / detection_rate_hz`` seconds; their detections become available
+    ``latency_s`` later (:meth:`poll`) with the capture time as stamp, exactly as a detector
+    publishes the image header's stamp after inference.
+    """
+
+    def __init__(self, params: SimParams, scenario: Scenario, seed: int = 0):
+        """Start ``scenario`` at time 0 with a reproducible noise ``seed``."""
+        self.params = params
+        self.scenario = scenario
+        self.rover = RoverState(**vars(scenario.rover))
+        self.targets = scenario.targets
+        self.time = 0.0
+        self.class_names = tuple(dict.fromkeys(t.class_name for t in self.targets))
+        self._rng = np.random.default_rng(seed)
+        self._next_frame_s = 0.0
+        self._pending: deque[tuple[float, float, Detections]] = deque()
+        self.detections_enabled = True  # False = the detector went silent
+
+    def step(self, linear_mps: float, angular_radps: float, dt: float) -> None:
+        """Advance ``dt`` seconds with the given Twist command, mapped to wheels like the base driver."""
+        p, r = self.params, self.rover
+        if not (math.isfinite(linear_mps) and math.isfinite(angular_radps)):
+            linear_mps = angular_radps = 0.0
+        max_steering = math.radians(p.max_steering_deg)
+        target_steering = steering_angle(linear_mps, angular_radps, p.wheelbase_m, max_steering)
+        max_step = math.radians(p.servo_rate_degps) * dt
+        r.steering_rad += max(-max_step, min(max_step, target_steering - r.steering_rad))
+        target_speed = max(-p.max_speed_mps, min(p.max_speed_mps, linear_mps))
+        r.speed_mps += (target_speed - r.speed_mps) * (1.0 - math.exp(-dt / p.motor_time_constant_s))
+        # Exact integration of the bicycle model over dt (arc of constant curvature).
+        curvature = math.tan(r.steering_rad) / p.wheelbase_m
+        ds = r.speed_mps * dt
+        dyaw = ds * curvature
+        if abs(dyaw) < 1e-9:
+            r.x += ds * math.cos(r.yaw)
+            r.y += ds * math.sin(r.yaw)
+        else:
+            r.x += (math.sin(r.yaw + dyaw) - math.sin(r.yaw)) / curvature
+            r.y -= (math.cos(r.yaw + dyaw) - math.cos(r.yaw)) / curvature
+        r.yaw = (r.yaw + dyaw + math.pi) % (2 * math.pi) - math.pi
+        self.time += dt
+        while self.time + 1e-9 >= self._next_frame_s:
+            if self.detections_enabled:
+                self._pending.append((self.time + p.latency_s, self.time, self.detect(self.capture())))
+            self._next_frame_s += 1.0 / p.detection_rate_hz
+
+    def poll(self) -> list[tuple[float, Detections]]:
+        """(stamp, detections) of every frame whose inference finished by now, oldest first."""
+        ready = []
+        while self._pending and self._pending[0][0] <= self.time + 1e-9:
+            _, stamp, detections = self._pending.popleft()
+            ready.append((stamp, detections))
+        return ready
+
+    def target_positions(self) -> list[tuple[float, float]]:
+        """World (x, y) of every target now."""
+        return [t.path.position(self.time) for t in self.targets]
+
+    def capture(self) -> list[TargetView]:
+        """Project every visible target through the pinhole camera; nearer targets occlude farther ones."""
+        p = self.params
+        cam_x, cam_y, yaw = camera_pose(self.rover, p)
+        cos_y, sin_y = math.cos(yaw), math.sin(yaw)
+        f, u0, v0 = p.focal_px, p.image_width / 2.0, p.image_height / 2.0
+        views = []
+        for target in self.targets:
+            if not target.visible:
+                continue
+            tx, ty = target.path.position(self.time)
+            depth = (tx - cam_x) * cos_y + (ty - cam_y) * sin_y
+            lateral = -(tx - cam_x) * sin_y + (ty - cam_y) * cos_y  # positive = left
+            if depth < 0.05:
+                continue
+            u = u0 - f * lateral / depth
+            half_w = f * target.width_m / 2.0 / depth
+            top = v0 - f * (target.height_m - p.camera_height_m) / depth
+            bottom = v0 + f * p.camera_height_m / depth
+            box = np.array([u - half_w, top, u + half_w, bottom])
+            box = np.clip(box, [0, 0, 0, 0], [p.image_width, p.image_height, p.image_width, p.image_height])
+            if box[2] - box[0] < p.min_box_px or box[3] - box[1] < p.min_box_px:
+                continue
+            views.append(TargetView(target.name, target.class_name, box, depth))
+        return [v for v in views if not self._occluded(v, views)]
+
+    def _occluded(self, view: TargetView, views: list[TargetView]) -> bool:
+        area = (view.box[2] - view.box[0]) * (view.box[3] - view.box[1])
+        for other in views:
+            if other.depth_m < view.depth_m:
+                w = min(view.box[2], other.box[2]) - max(view.box[0], other.box[0])
+                h = min(view.box[3], other.box[3]) - max(view.box[1], other.box[1])
+                if w > 0 and h > 0 and w * h >= self.params.occlusion_fraction * area:
+                    return True
+        return False
+
+    def detect(self, views: list[TargetView]) -> Detections:
+        """What a detector reports for these views: edge noise, random misses and dropped frames."""
+        p = self.params
+        if self._rng.random() < p.frame_drop_probability:
+            return Detections.empty(self.class_names)
+        kept = [v for v in views if self._rng.random() >= p.miss_probability]
+        boxes = np.array([v.box for v in kept], np.float64).reshape(-1, 4)
+        boxes += self._rng.normal(0.0, p.box_noise_px, boxes.shape)
+        boxes = np.clip(boxes, 0, [p.image_width, p.image_height, p.image_width, p.image_height])
+        scores = np.full(len(kept), p.score, np.float32)
+        labels = np.array([self.class_names.index(v.class_name) for v in kept], np.int64)
+        return Detections(boxes.astype(np.float32), scores, labels, self.class_names)
+
+
+# -- scripted scenarios -------------------------------------------------------------------------------------
+def make_scenario(name: str, desired_distance: float, params: SimParams = SimParams()) -> Scenario:
+    """A named scenario scaled to the follower's desired distance (see :data:`SCENARIOS`)."""
+    d, cam = desired_distance, params.camera_forward_m
+    if name == "static":
+        bearing = math.radians(25.0)
+        return Scenario(
+            name, "standing person 25 deg off-axis at twice the desired distance", RoverState(),
+            [Target("person_a", StaticPath(cam + 2 * d * math.cos(bearing), 2 * d * math.sin(bearing)))], 40.0,
+        )
+    if name == "crossing":
+        return Scenario(
+            name, "person walking across the view at 0.25 m/s, 1.3x the desired distance ahead", RoverState(),
+            [Target("person_a", LinePath(cam + 1.3 * d, 0.4 * d, 0.0, -0.25))], 40.0,
+        )
+    if name == "circle":
+        return Scenario(
+            name, "person walking a 3 m-radius circle at 0.2 m/s, starting 1.3x the desired distance ahead",
+            RoverState(),
+            [Target("person_a", CirclePath(cam + 1.3 * d, 3.0, 3.0, 0.2, -math.pi / 2))], 60.0,
+        )
+    if name == "stop_and_go":
+        return Scenario(
+            name, "person walking away at 0.25 m/s for 4 s, standing for 4 s, repeating", RoverState(),
+            [Target("person_a", StopAndGoPath(cam + 1.2 * d, 0.0, 0.0, 0.25, 4.0, 4.0))], 40.0,
+        )
+    if name == "two_people":
+        # B starts out of view on the left and walks across in front of A (closer, so bigger and
+        # briefly occluding A), then stops in view on the right.
+        near = 0.55 * d
+        return Scenario(
+            name, "person B crosses in front of the followed person A and stays in view", RoverState(),
+            [
+                Target("person_a", StaticPath(cam + 1.2 * d, 0.0)),
+                Target("person_b", LinePath(cam + near, near * 0.9, 0.0, -1.0, 2.0, 2.0 + near * 1.2)),
+            ],
+            20.0,
+        )
+    raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+
+
+SCENARIOS = ("static", "crossing", "circle", "stop_and_go", "two_people")
+
+
+# -- closed loop and metrics --------------------------------------------------------------------------------
+@dataclass
+class Trace:
+    """Time series of a closed-loop run (bearing / distance are to ``targets[0]`` from the camera)."""
+
+    t: list[float] = field(default_factory=list)
+    rover: list[tuple[float, float, float]] = field(default_factory=list)
+    targets: list[list[tuple[float, float]]] = field(default_factory=list)
+    linear: list[float] = field(default_factory=list)
+    angular: list[float] = field(default_factory=list)
+    steering: list[float] = field(default_factory=list)
+    state: list[str] = field(default_factory=list)
+    bearing: list[float] = field(default_factory=list)
+    distance: list[float] = field(default_factory=list)
+
+
+def run_closed_loop(controller, sim: Simulator, duration_s: float, control_rate_hz: float = 20.0,
+                    physics_dt_s: float = 0.005) -> Trace:
+    """Run ``controller`` (a :class:`~ssd_ros.follow.FollowController`) against ``sim`` like the node does.
+
+    Every control tick hands the controller the newest frame that became available since the
+    previous tick (or None), then holds its command until the next tick.
+    """
+    trace = Trace()
+    steps_per_tick = max(1, round(1.0 / (control_rate_hz * physics_dt_s)))
+    command = (0.0, 0.0)
+    step = 0
+    while sim.time < duration_s - 1e-9:
+        if step % steps_per_tick == 0:
+            frames = sim.poll()
+            stamp, detections = frames[-1] if frames else (None, None)
+            out = controller.update(detections, stamp, sim.time)
+            command = (out.linear_mps, out.angular_radps)
+            bearing, distance = bearing_and_distance(sim.rover, sim.target_positions()[0], sim.params)
+            trace.t.append(sim.time)
+            trace.rover.append((sim.rover.x, sim.rover.y, sim.rover.yaw))
+            trace.targets.append(sim.target_positions())
+            trace.linear.append(command[0])
+            trace.angular.append(command[1])
+            trace.steering.append(sim.rover.steering_rad)
+            trace.state.append(controller.state)
+            trace.bearing.append(bearing)
+            trace.distance.append(distance)
+        sim.step(*command, physics_dt_s)
+        step += 1
+    return trace
+
+
+@dataclass(frozen=True)
+class PathMetrics:
+    """Follow quality of one run against the desired distance.
+
+    Attributes:
+        settle_time_s: first time after which bearing error stays within ``bearing_tol_deg`` and the
+            distance within ``distance_tol`` (relative) of desired until the end; NaN if never.
+        distance_overshoot: how far inside the desired distance the rover got, relative (0 = never closer).
+        bearing_overshoot_deg: largest bearing error on the opposite side of the initial error.
+        steady_bearing_deg / steady_distance: mean absolute errors over the last quarter of the run.
+        steering_sign_changes: sign changes of the steering (ignoring |angle| < 1 deg).
+    """
+
+    settle_time_s: float
+    distance_overshoot: float
+    bearing_overshoot_deg: float
+    steady_bearing_deg: float
+    steady_distance: float
+    steering_sign_changes: int
+
+
+def steering_sign_changes(steering_rad, threshold_deg: float = 1.0) -> int:
+    """Number of left/right reversals of a steering series, ignoring angles within ``threshold_deg``."""
+    signs = [math.copysign(1, s) for s in steering_rad if abs(s) > math.radians(threshold_deg)]
+    return sum(1 for a, b in zip(signs, signs[1:]) if a != b)
+
+
+def path_metrics(trace: Trace, desired_distance: float, bearing_tol_deg: float = 3.0,
+                 distance_tol: float = 0.10) -> PathMetrics:
+    """Settle time, overshoot, steady-state error and steering reversals of ``trace``."""
+    t = np.asarray(trace.t)
+    bearing = np.degrees(np.asarray(trace.bearing))
+    rel = np.asarray(trace.distance) / desired_distance - 1.0
+    inside = (np.abs(bearing) <= bearing_tol_deg) & (np.abs(rel) <= distance_tol)
+    outside = np.flatnonzero(~inside)
+    if not inside[-1]:
+        settle = math.nan
+    else:
+        settle = float(t[outside[-1] + 1]) if len(outside) else float(t[0])
+    initial_side = math.copysign(1.0, bearing[0])
+    tail = t >= t[-1] - 0.25 * (t[-1] - t[0])
+    return PathMetrics(
+        settle_time_s=settle,
+        distance_overshoot=float(max(0.0, -rel.min())),
+        bearing_overshoot_deg=float(max(0.0, (-initial_side * bearing).max())),
+        steady_bearing_deg=float(np.abs(bearing[tail]).mean()),
+        steady_distance=float(np.abs(rel[tail]).mean()),
+        steering_sign_changes=steering_sign_changes(trace.steering),
+    )

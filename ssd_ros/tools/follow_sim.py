@@ -1,0 +1,151 @@
+"""Offline follower tuning: run the scripted paths in the closed-loop simulator (no ROS) and report.
+
+Prints, per path, the settle time, overshoot and steady-state error of the follower against the
+desired following distance, and saves a trajectory plot. Gains come from the follower's YAML so
+what you tune here is what the node runs::
+
+    python -m ssd_ros.tools.follow_sim --params config/follower.yaml --plot docs/images/follower_sim.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import yaml
+
+from ssd_ros.follow import FollowController, FollowParams, params_from_mapping
+from ssd_ros.sim import (
+    SCENARIOS,
+    PathMetrics,
+    SimParams,
+    Simulator,
+    Trace,
+    desired_distance_m,
+    make_scenario,
+    path_metrics,
+    run_closed_loop,
+)
+
+DEFAULT_PATHS = ("static", "crossing", "circle", "stop_and_go", "two_people")
+
+
+def load_follow_params(path: Path | None) -> FollowParams:
+    """FollowParams from a ROS parameter YAML (``<node>: ros__parameters: {...}``) or a flat mapping."""
+    if path is None:
+        return FollowParams()
+    data = yaml.safe_load(path.read_text()) or {}
+    for section in data.values() if isinstance(data, dict) else ():
+        if isinstance(section, dict) and "ros__parameters" in section:
+            data = section["ros__parameters"]
+            break
+    return params_from_mapping(data)
+
+
+def simulate(names, follow_params: FollowParams, sim_params: SimParams, seed: int,
+             control_rate_hz: float) -> dict[str, tuple[Trace, PathMetrics, float]]:
+    """Run each named scenario; returns name -> (trace, metrics, desired distance)."""
+    results = {}
+    for name in names:
+        target_height = 1.7
+        distance = desired_distance_m(target_height, follow_params.desired_height_fraction, sim_params)
+        scenario = make_scenario(name, distance, sim_params)
+        sim = Simulator(sim_params, scenario, seed=seed)
+        trace = run_closed_loop(FollowController(follow_params), sim, scenario.duration_s, control_rate_hz)
+        results[name] = (trace, path_metrics(trace, distance), distance)
+    return results
+
+
+def format_table(results) -> str:
+    """Markdown table of the metrics."""
+    lines = [
+        "| path | settle time (s) | distance overshoot | bearing overshoot (deg) | steady bearing error (deg) "
+        "| steady distance error | steering reversals |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, (_, m, _) in results.items():
+        settle = "not settled" if math.isnan(m.settle_time_s) else f"{m.settle_time_s:.1f}"
+        lines.append(
+            f"| {name} | {settle} | {100 * m.distance_overshoot:.1f} % | {m.bearing_overshoot_deg:.1f} "
+            f"| {m.steady_bearing_deg:.1f} | {100 * m.steady_distance:.1f} % | {m.steering_sign_changes} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results, output: Path) -> None:
+    """Top-down trajectories (rover and targets) plus distance / bearing errors over time, one column per path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 8), squeeze=False)
+    for column, (name, (trace, _, distance)) in enumerate(results.items()):
+        top, errors = axes[0, column], axes[1, column]
+        rover = np.asarray(trace.rover)
+        targets = np.asarray(trace.targets)
+        top.plot(rover[:, 0], rover[:, 1], "b-", label="rover")
+        top.plot(rover[0, 0], rover[0, 1], "bo")
+        for k in range(targets.shape[1]):
+            top.plot(targets[:, k, 0], targets[:, k, 1], "--", color="C3" if k == 0 else "C7",
+                     label="followed person" if k == 0 else "other person")
+            top.plot(targets[0, k, 0], targets[0, k, 1], "o", color="C3" if k == 0 else "C7")
+        top.set_title(name)
+        top.set_aspect("equal", adjustable="datalim")
+        top.set_xlabel("x (m)")
+        top.set_ylabel("y (m)")
+        top.grid(True, alpha=0.3)
+        top.legend(fontsize=7)
+        t = np.asarray(trace.t)
+        errors.plot(t, 100 * (np.asarray(trace.distance) / distance - 1), "g-", label="distance error (%)")
+        errors.plot(t, np.degrees(trace.bearing), "m-", label="bearing error (deg)")
+        errors.axhspan(-10, 10, color="g", alpha=0.08)
+        errors.axhspan(-3, 3, color="m", alpha=0.12)
+        errors.set_xlabel("time (s)")
+        errors.grid(True, alpha=0.3)
+        errors.legend(fontsize=7)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=SCENARIOS,
+                        help="scripted paths to run")
+    parser.add_argument("--params", type=Path, help="follower parameter YAML (default: built-in defaults)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed")
+    parser.add_argument("--rate", type=float, default=20.0, help="control rate (Hz), as the node's rate_hz")
+    parser.add_argument("--latency", type=float, default=SimParams.latency_s, help="detector latency (s)")
+    parser.add_argument("--detection-rate", type=float, default=SimParams.detection_rate_hz,
+                        help="detector frame rate (Hz)")
+    parser.add_argument("--plot", type=Path, default=Path("follower_sim.png"), help="trajectory plot PNG")
+    args = parser.parse_args(argv)
+    try:
+        follow_params = load_follow_params(args.params)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        print(f"follow_sim: cannot use {args.params}: {error}", file=sys.stderr)
+        return 2
+    sim_params = SimParams(
+        camera_hfov_deg=follow_params.camera_hfov_deg, image_width=follow_params.image_width,
+        image_height=follow_params.image_height, wheelbase_m=follow_params.wheelbase_m,
+        max_steering_deg=follow_params.max_steering_deg, latency_s=args.latency,
+        detection_rate_hz=args.detection_rate,
+    )
+    results = simulate(args.paths, follow_params, sim_params, args.seed, args.rate)
+    distance = next(iter(results.values()))[2]
+    print(f"desired distance {distance:.2f} m (1.7 m person at {follow_params.desired_height_fraction:.2f} "
+          f"of the image height); settled = bearing within 3 deg and distance within 10 %")
+    print(format_table(results))
+    plot(results, args.plot)
+    print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
