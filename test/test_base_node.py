@@ -197,7 +197,7 @@ def test_twist_to_servo_and_motor_with_watchdog_bad_input_and_sigint(ros, tmp_pa
 
 
 def test_twist_stamped_b2_motor_on_pca9685_and_runtime_calibration(ros, tmp_path):
-    proc = start_base(tmp_path, "cmd_vel_stamped:=true", "motor_driver:=pca9685", "cmd_timeout_s:=1.0")
+    proc = start_base(tmp_path, "twist_stamped:=true", "motor_driver:=pca9685", "cmd_timeout_s:=1.0")
     harness = Harness(stamped=True)
     try:
         harness.wait_for(lambda: harness.last is not None, what="startup state")

@@ -1,6 +1,6 @@
 """The ``picar_base`` node: ``cmd_vel`` in, PiCar-B steering servo and drive motor out.
 
-Subscribes ``cmd_vel`` (``geometry_msgs/Twist``, or ``TwistStamped`` with ``cmd_vel_stamped:=true``; uses
+Subscribes ``cmd_vel`` (``geometry_msgs/Twist``, or ``TwistStamped`` with ``twist_stamped:=true``; uses
 ``linear.x`` and ``angular.z``) and publishes
 
 * ``~/state`` (``std_msgs/Float32MultiArray``, latched: reliable, transient local, depth 1) after every
@@ -69,7 +69,7 @@ def _float_range(low: float, high: float) -> list[FloatingPointRange]:
 # Wiring: read once at start (read-only). Defaults are the Adeept PiCar-B's; sources in docs/picar_b.md.
 WIRING: dict[str, tuple[object, ParameterDescriptor]] = {
     "hardware": ("sim", _descriptor(f"actuators: {' | '.join(HARDWARE_KINDS)}", PT.PARAMETER_STRING, read_only=True)),
-    "cmd_vel_stamped": (
+    "twist_stamped": (
         False,
         _descriptor(
             "subscribe geometry_msgs/TwistStamped instead of Twist on cmd_vel", PT.PARAMETER_BOOL, read_only=True
@@ -336,7 +336,7 @@ class BaseNode(Node):
         # Best effort matches every publisher (reliable teleop, best-effort remote followers); depth 1: only
         # the newest command matters.
         commands = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-        if self._values["cmd_vel_stamped"]:
+        if self._values["twist_stamped"]:
             self.create_subscription(TwistStamped, "cmd_vel", lambda msg: self._on_command(msg.twist), commands)
         else:
             self.create_subscription(Twist, "cmd_vel", self._on_command, commands)

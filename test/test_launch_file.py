@@ -1,0 +1,244 @@
+"""launch/rover.launch.py checked without a launch runtime (launch/launch_ros are not on PyPI).
+
+The file is parsed with ``ast``, never imported. Every executable it starts must be installed, every
+parameter file it names must exist, parse and hold ``ros__parameters`` for the node, every parameter in
+those files (and every override in the launch file) must be one the node declares, the RViz config must
+parse and show the detector's annotated image, and every argument must be declared, used and described.
+"""
+
+import ast
+import importlib
+import time
+
+import pytest
+import yaml
+from conftest import EXECUTABLES, REPO_ROOT, start_executable, stop_process
+
+LAUNCH = REPO_ROOT / "launch" / "rover.launch.py"
+CONFIG = REPO_ROOT / "config"
+EXTERNAL_PACKAGES = {("camera_ros", "camera_node"), ("v4l2_camera", "v4l2_camera_node"), ("rviz2", "rviz2")}
+ALLOWED_IMPORTS = ("launch", "launch_ros", "ament_index_python")
+ALWAYS_DECLARED = {"use_sim_time"}  # rclpy declares it on every node
+
+
+def _call_name(node):
+    func = node.func
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+
+
+class LaunchModel:
+    """What the launch file uses, read from its syntax tree."""
+
+    def __init__(self, path):
+        self.tree = ast.parse(path.read_text(), filename=str(path))
+        self.constants = {
+            target.id: node.value
+            for node in self.tree.body
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        calls = [node for node in ast.walk(self.tree) if isinstance(node, ast.Call)]
+        self.arguments = {}
+        for call in (c for c in calls if _call_name(c) == "DeclareLaunchArgument"):
+            keywords = {kw.arg: self.value(kw.value) for kw in call.keywords}
+            self.arguments[self.value(call.args[0])] = keywords
+        self.configurations = self._configurations(calls)
+        self.config_files = {self.value(c.args[0]) for c in calls if _call_name(c) == "_config"}
+        self.nodes = [self._node(c) for c in calls if _call_name(c) == "Node"]
+        self.imports = [
+            (n.module if isinstance(n, ast.ImportFrom) else alias.name)
+            for n in ast.walk(self.tree)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+            for alias in n.names
+        ]
+
+    def _configurations(self, calls):
+        """LaunchConfiguration names: literal ones, and literals passed to helpers that forward a parameter."""
+        names = set()
+        forwarding = {}  # helper function name -> index of the parameter it hands to LaunchConfiguration
+        for function in (n for n in ast.walk(self.tree) if isinstance(n, ast.FunctionDef)):
+            parameters = [a.arg for a in function.args.args]
+            for call in (c for c in ast.walk(function) if isinstance(c, ast.Call)):
+                if _call_name(call) == "LaunchConfiguration" and isinstance(call.args[0], ast.Name):
+                    assert call.args[0].id in parameters, f"LaunchConfiguration({call.args[0].id}) not resolvable"
+                    forwarding[function.name] = parameters.index(call.args[0].id)
+        for call in calls:
+            if _call_name(call) == "LaunchConfiguration" and isinstance(call.args[0], ast.Constant):
+                names.add(call.args[0].value)
+            elif _call_name(call) in forwarding:
+                names.add(self.value(call.args[forwarding[_call_name(call)]]))
+        return names
+
+    def value(self, node):
+        """A literal, or a module-level constant by name."""
+        if isinstance(node, ast.Name) and node.id in self.constants:
+            return self.value(self.constants[node.id])
+        return ast.literal_eval(node)
+
+    def _node(self, call):
+        keywords = {kw.arg: kw.value for kw in call.keywords}
+        node = {key: self.value(keywords[key]) for key in ("package", "executable", "name")}
+        node["params_files"], node["overrides"] = [], set()
+        for item in getattr(keywords.get("parameters"), "elts", []):
+            if isinstance(item, ast.Call) and _call_name(item) == "_config":
+                node["params_files"].append(self.value(item.args[0]))
+            elif isinstance(item, ast.Dict):
+                node["overrides"] |= {self.value(key) for key in item.keys}
+            elif isinstance(item, ast.Name):  # a dict built just above the Node call
+                assigned = [
+                    n.value
+                    for n in ast.walk(self.tree)
+                    if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == item.id for t in n.targets)
+                ]
+                assert len(assigned) == 1 and isinstance(assigned[0], ast.Dict), f"cannot follow {item.id}"
+                node["overrides"] |= {self.value(key) for key in assigned[0].keys}
+                node["overrides"] |= {
+                    n.targets[0].slice.value
+                    for n in ast.walk(self.tree)
+                    if isinstance(n, ast.Assign)
+                    and isinstance(n.targets[0], ast.Subscript)
+                    and getattr(n.targets[0].value, "id", None) == item.id
+                }
+        return node
+
+
+@pytest.fixture(scope="module")
+def launch():
+    return LaunchModel(LAUNCH)
+
+
+def _entry_points():
+    """console_scripts of setup.py: executable name -> module."""
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
+    scripts = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if isinstance(key, ast.Constant) and key.value == "console_scripts":
+                    for line in ast.literal_eval(value):
+                        name, target = (part.strip() for part in line.split("="))
+                        scripts[name] = target.split(":")[0]
+    return scripts
+
+
+def _running_node_parameters(executable, node_name, params_file, tmp_path):
+    """Parameter names a node declares, asked from the running node (for modules without a PARAMETERS table)."""
+    import rclpy
+    from rcl_interfaces.srv import ListParameters
+
+    proc = start_executable(executable, "--params-file", str(params_file), log_path=tmp_path / f"{executable}.log")
+    rclpy.init()
+    node = rclpy.create_node("launch_file_test")
+    try:
+        client = node.create_client(ListParameters, f"/{node_name}/list_parameters")
+        deadline = time.monotonic() + 30.0
+        while not client.wait_for_service(timeout_sec=0.5):
+            assert proc.poll() is None, f"{executable} exited: {(tmp_path / f'{executable}.log').read_text()}"
+            assert time.monotonic() < deadline, f"{executable} did not come up"
+        future = client.call_async(ListParameters.Request())
+        rclpy.spin_until_future_complete(node, future, timeout_sec=10.0)
+        return set(future.result().result.names)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        stop_process(proc)
+
+
+def declared_parameters(executable, node_name, params_file, tmp_path):
+    module = importlib.import_module(_entry_points()[executable])
+    table = getattr(module, "PARAMETERS", None)
+    if table is not None:
+        return set(table) | ALWAYS_DECLARED
+    return _running_node_parameters(executable, node_name, params_file, tmp_path) | ALWAYS_DECLARED
+
+
+def test_launch_file_compiles_and_imports_only_launch_packages(launch):
+    compile(LAUNCH.read_text(), str(LAUNCH), "exec")
+    assert launch.imports, "no imports found"
+    for module in launch.imports:
+        assert module.split(".")[0] in ALLOWED_IMPORTS, f"launch file imports {module}"
+    assert "generate_launch_description" in {f.name for f in launch.tree.body if isinstance(f, ast.FunctionDef)}
+
+
+def test_every_argument_is_described_defaulted_and_used(launch):
+    assert {"model_path", "device", "target_class", "image_topic", "compressed", "camera", "base", "rviz"} <= set(
+        launch.arguments
+    ) and {"namespace", "use_sim_time"} <= set(launch.arguments)
+    for name, keywords in launch.arguments.items():
+        description = keywords.get("description", "")
+        assert len(description) >= 15, f"argument {name} needs a real description, has {description!r}"
+        assert "default_value" in keywords, f"argument {name} has no default"
+    assert launch.configurations == set(launch.arguments), "LaunchConfiguration names must match the arguments"
+
+
+def test_choice_defaults_are_valid(launch):
+    assert launch.arguments["camera"]["default_value"] in ("none", *launch.value(launch.constants["CAMERAS"]))
+    assert launch.arguments["base"]["default_value"] in launch.value(launch.constants["BASES"])
+    for name in ("compressed", "rviz", "use_sim_time", "detector", "follower", "twist_stamped"):
+        assert launch.arguments[name]["default_value"] in ("true", "false"), name
+
+
+def test_every_executable_exists(launch):
+    packages = {(node["package"], node["executable"]) for node in launch.nodes}
+    ours = {executable for package, executable in packages if package == "ssd_ros"}
+    assert ours == {"detector", "follower", "picar_base"}
+    for executable in ours:
+        assert (EXECUTABLES / executable).is_file(), f"{executable} not installed in {EXECUTABLES}"
+        assert executable in _entry_points()
+    assert packages - {("ssd_ros", e) for e in ours} <= EXTERNAL_PACKAGES
+
+
+def test_config_files_exist_parse_and_are_installed(launch):
+    setup = (REPO_ROOT / "setup.py").read_text()
+    assert 'glob("config/*.yaml")' in setup and 'glob("config/*.rviz")' in setup and 'glob("launch/*.py")' in setup
+    assert launch.config_files >= {"detector.yaml", "follower.yaml", "picar_base.yaml", "rover.rviz"}
+    for name in launch.config_files:
+        path = CONFIG / name
+        assert path.is_file(), f"launch file uses config/{name}, which does not exist"
+        assert yaml.safe_load(path.read_text()), f"config/{name} is empty"
+
+
+def test_rviz_config_shows_annotated_image(launch):
+    rviz = yaml.safe_load((CONFIG / "rover.rviz").read_text())
+    manager = rviz["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"]
+    images = [d for d in manager["Displays"] if d["Class"] == "rviz_default_plugins/Image" and d["Enabled"]]
+    assert images, "no enabled Image display"
+    topic = images[0]["Topic"]
+    # detector_node publishes "image_annotated" relative to its namespace (none by default).
+    assert topic["Value"] == "/image_annotated"
+    assert topic["Reliability Policy"] in ("Best Effort", "Reliable")
+
+
+@pytest.mark.parametrize("executable", ["detector", "follower", "picar_base"])
+def test_parameter_files_match_declared_parameters(launch, executable, tmp_path):
+    [node] = [n for n in launch.nodes if n["package"] == "ssd_ros" and n["executable"] == executable]
+    assert len(node["params_files"]) == 1, f"{executable} should take one parameter file"
+    path = CONFIG / node["params_files"][0]
+    if not path.is_file():
+        pytest.fail(f"config/{path.name} missing (owned by the {executable} node)")
+    data = yaml.safe_load(path.read_text())
+    keys = [key for key in data if key in ("/**", node["name"], f"/{node['name']}")]
+    assert keys, f"config/{path.name} has no section for node {node['name']} (or /**)"
+    in_file = set()
+    for key in keys:
+        assert "ros__parameters" in data[key], f"config/{path.name}: {key} lacks ros__parameters"
+        in_file |= set(data[key]["ros__parameters"])
+    declared = declared_parameters(executable, node["name"], path, tmp_path)
+    assert in_file - declared == set(), f"config/{path.name} sets parameters {executable} does not declare"
+    assert node["overrides"] - declared == set(), f"launch file overrides undeclared parameters of {executable}"
+
+
+def test_follower_and_base_agree_on_geometry():
+    """The follower plans turns with the same wheelbase and steering limit the base driver applies."""
+    from ssd_ros.follow import FollowParams
+
+    follower_file = CONFIG / "follower.yaml"
+    if not follower_file.is_file():
+        pytest.fail("config/follower.yaml missing (owned by the follower node)")
+    follower = yaml.safe_load(follower_file.read_text())["/**"]["ros__parameters"]
+    base = yaml.safe_load((CONFIG / "picar_base.yaml").read_text())["/**"]["ros__parameters"]
+    defaults = FollowParams()
+    for name in ("wheelbase_m", "max_steering_deg"):
+        assert follower.get(name, getattr(defaults, name)) == base[name], f"{name} differs between follower and base"
