@@ -1,0 +1,245 @@
+"""training/evaluate.py end to end on the real VOC2012 sample and PiCar frames, with checkpoints made here."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, shared_data
+
+from ssd_ros.checkpoint import ModelCard, save_checkpoint
+from ssd_ros.detections import Detections
+from ssd_ros.model import VOC_CLASSES
+from ssd_ros.voc import VocSplit
+from ssd_ros.voc_metric import evaluate_detections
+from training.evaluate import main
+
+PICAR_CLASSES = ("Green Traffic Light", "Person", "Red Traffic Light", "Speed Limit 25", "Speed Limit 40", "Stop Sign")
+# The small architecture keeps the CPU runs short; evaluate.py treats both the same way.
+ARCHITECTURE = "ssdlite320_mobilenet_v3"
+
+
+def make_checkpoint(path: Path, class_names) -> Path:
+    """A randomly initialised (weights=None) model saved through the real checkpoint writer."""
+    card = ModelCard.for_architecture(ARCHITECTURE, class_names, dataset="test")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = card.build_model()
+    return save_checkpoint(path, model, card)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "voc": make_checkpoint(folder / "voc.pt", VOC_CLASSES),
+        "picar": make_checkpoint(folder / "picar.pt", PICAR_CLASSES),
+    }
+
+
+def run(*argv) -> tuple[int, str, str]:
+    """main() in-process, returning (exit status, stdout, stderr); argparse exits count as statuses."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main([str(a) for a in argv])
+        except SystemExit as exit_:
+            status = exit_.code
+    return status, out.getvalue(), err.getvalue()
+
+
+def table_rows(text: str) -> dict[str, str]:
+    """Class -> AP text of the Markdown AP table in ``text``."""
+    rows = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"\| (.+?) +\| (\d\.\d{4}|n/a) +\| +(\d+) \|", line)
+        if match:
+            rows[match[1]] = match[2]
+    return rows
+
+
+def read_detections_csv(path: Path, split, class_names) -> list[Detections]:
+    """The raw detections file, regrouped per image in split order."""
+    per_image = collections.defaultdict(list)
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            per_image[row["image_id"]].append(row)
+    index = {name: i for i, name in enumerate(class_names)}
+    found = []
+    for item in split:
+        rows = per_image.pop(item.image_id, [])
+        boxes = np.array([[float(r[k]) for k in ("x_min", "y_min", "x_max", "y_max")] for r in rows], np.float32)
+        scores = np.array([float(r["score"]) for r in rows], np.float32)
+        labels = np.array([index[r["class"]] for r in rows], np.int64)
+        found.append(Detections(boxes.reshape(-1, 4), scores, labels, tuple(class_names)))
+    assert not per_image, f"detections for images outside the split: {list(per_image)[:3]}"
+    return found
+
+
+@pytest.fixture(scope="module")
+def voc_val_run(checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "voc_val"
+    root = shared_data("voc2012_sample")
+    status, stdout, stderr = run(
+        "--checkpoint", checkpoints["voc"], "--data", root, "--split", "2012/val", "--out", out
+    )
+    return status, stdout, stderr, out, VocSplit.from_devkit(root, "2012/val")
+
+
+def test_voc_val_table_and_numbers(voc_val_run):
+    status, stdout, stderr, out, split = voc_val_run
+    assert status == 0, stderr
+    rows = table_rows(stdout)
+    assert list(rows) == [*VOC_CLASSES, "mAP"]  # a row per class in checkpoint order, then the mAP
+    present = {n for a in split.annotations() for n in a.names}
+    for name in VOC_CLASSES:
+        assert (rows[name] == "n/a") == (name not in present), name
+    assert 0.0 <= float(rows["mAP"]) <= 1.0
+    assert re.search(r"20 images in [\d.]+ s: [\d.]+ images/s on cpu", stdout)
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_images"] == 20 and results["metric"] == "11point" and results["iou_threshold"] == 0.5
+    assert results["images_per_s"] > 0 and results["dataset"] == "VOC2012/val"
+    assert results["classes_without_ground_truth"] == [n for n in VOC_CLASSES if n not in present]
+    for entry in results["classes"]:
+        assert entry["ap"] is None or 0.0 <= entry["ap"] <= 1.0
+        assert all(0.0 <= p <= 1.0 for p in entry["precision"])
+    assert results["map"] == pytest.approx(float(rows["mAP"]), abs=5e-5)
+    assert results["annotation_size_mismatches"] == []
+    assert (out / "ap_table.md").read_text().strip() in stdout
+    assert (out / "pr_curves.png").read_bytes()[:4] == b"\x89PNG"
+    ap_rows = list(csv.reader((out / "ap.csv").open()))
+    assert ap_rows[0][0] == "class" and [r[0] for r in ap_rows[1:]] == [*VOC_CLASSES, "mAP"]
+
+
+def test_voc_val_raw_detections_reproduce_the_metric(voc_val_run):
+    status, _, _, out, split = voc_val_run
+    assert status == 0
+    results = json.loads((out / "results.json").read_text())
+    found = read_detections_csv(out / "detections.csv", split, VOC_CLASSES)
+    assert sum(len(d) for d in found) == results["detections"] > 0
+    assert max(len(d) for d in found) <= 200  # --max-detections default
+    assert min(float(s) for d in found for s in d.scores) >= 0.01  # --score-threshold default
+    again = evaluate_detections(found, split.annotations(), VOC_CLASSES)
+    for entry, c in zip(results["classes"], again.classes):
+        assert entry["name"] == c.name
+        assert entry["ap"] == (None if math.isnan(c.ap) else pytest.approx(c.ap, abs=1e-12))
+        assert (entry["true_positives"], entry["false_positives"]) == (c.true_positives, c.false_positives)
+
+
+def test_folder_options_allpoint_iou_limit(checkpoints, tmp_path):
+    # The same year folder through --folder/--image-set, all-point AP at IoU 0.3 on the first 4 images.
+    year = shared_data("voc2012_sample", "VOC2012")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", checkpoints["voc"], "--folder", year, "--image-set", "val", "--metric", "allpoint"]
+    status, stdout, stderr = run(*argv, "--iou", "0.3", "--limit", "4", "--batch-size", "3", "--out", out)
+    assert status == 0, stderr
+    assert "all-point (VOC2010+) AP at IoU > 0.3 over 4 images" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert (results["metric"], results["iou_threshold"], results["num_images"]) == ("allpoint", 0.3, 4)
+    split = VocSplit.from_folder(year, "val")[:4]
+    found = read_detections_csv(out / "detections.csv", split, VOC_CLASSES)
+    again = evaluate_detections(
+        found, [i.annotation() for i in split], VOC_CLASSES, iou_threshold=0.3, metric="allpoint"
+    )
+    assert results["map"] == (None if math.isnan(again.map) else pytest.approx(again.map, abs=1e-12))
+
+
+def test_custom_classes_with_spaces(checkpoints, tmp_path):
+    folder = shared_data("picar_camera", "detection", "test")
+    argv = ["--checkpoint", checkpoints["picar"], "--folder", folder, "--limit", "3", "--out", tmp_path / "o"]
+    status, stdout, stderr = run(*argv)
+    assert status == 0, stderr
+    rows = table_rows(stdout)
+    assert list(rows) == [*PICAR_CLASSES, "mAP"]
+    assert all(v == "n/a" or 0.0 <= float(v) <= 1.0 for v in rows.values())
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["num_images"] == 3
+
+
+# --- errors: exit status 2 before any work ---------------------------------------------------------------------
+
+
+def assert_fails_before_work(tmp_path, argv, *messages):
+    out = tmp_path / "never"
+    status, stdout, stderr = run(*argv, "--out", out)
+    assert status == 2, (stdout, stderr)
+    for message in messages:
+        assert message in stderr, stderr
+    assert not out.exists()  # nothing was produced
+
+
+def test_missing_paths(checkpoints, tmp_path):
+    root = shared_data("voc2012_sample")
+    voc = ["--checkpoint", checkpoints["voc"]]
+    missing = ["--checkpoint", tmp_path / "nope.pt", "--data", root, "--split", "2012/val"]
+    assert_fails_before_work(tmp_path, missing, "nope.pt not found")
+    assert_fails_before_work(tmp_path, [*voc, "--data", tmp_path / "nodata"], "nodata: VOCdevkit folder not found")
+    assert_fails_before_work(tmp_path, [*voc, "--data", root], "VOC2007: year folder not found")
+    assert_fails_before_work(tmp_path, [*voc, "--data", root, "--split", "2012/x"], "x.txt")
+    assert_fails_before_work(tmp_path, [*voc, "--folder", tmp_path / "nofolder"], "dataset folder not found")
+
+
+def test_class_mismatch(checkpoints, tmp_path):
+    # VOC data against the PiCar checkpoint: every VOC class present in val is unknown to it.
+    root = shared_data("voc2012_sample")
+    argv = ["--checkpoint", checkpoints["picar"], "--data", root, "--split", "2012/val"]
+    assert_fails_before_work(tmp_path, argv, "classes the checkpoint does not know", "'person'", "Stop Sign")
+
+
+def test_broken_annotation_and_missing_image(checkpoints, tmp_path):
+    source = shared_data("picar_camera", "detection", "test")
+    folder = tmp_path / "data"
+    shutil.copytree(source, folder)
+    first_xml = sorted(folder.glob("*.xml"))[0]
+    first_xml.write_text(first_xml.read_text()[:-40])  # truncated file
+    argv = ["--checkpoint", checkpoints["picar"], "--folder", folder]
+    assert_fails_before_work(tmp_path, argv, f"{first_xml}: broken XML")
+    shutil.copy(source / first_xml.name, first_xml)
+    first_xml.with_suffix(".jpg").unlink()
+    assert_fails_before_work(tmp_path, argv, f"{first_xml}: no image")
+
+
+def test_bad_checkpoint_file(tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    root = shared_data("voc2012_sample")
+    assert_fails_before_work(tmp_path, ["--checkpoint", bogus, "--data", root, "--split", "2012/val"], "bogus.pt")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_unavailable(checkpoints, tmp_path):
+    root = shared_data("voc2012_sample")
+    argv = ["--checkpoint", checkpoints["voc"], "--data", root, "--split", "2012/val", "--device", "cuda"]
+    assert_fails_before_work(tmp_path, argv, "CUDA is not available")
+
+
+def test_bad_option_combinations(checkpoints, tmp_path):
+    status, _, stderr = run("--checkpoint", checkpoints["voc"], "--folder", tmp_path, "--split", "2012/val")
+    assert status == 2 and "--split applies to --data" in stderr
+    status, _, stderr = run("--checkpoint", checkpoints["voc"], "--data", tmp_path, "--folder", tmp_path)
+    assert status == 2 and "not allowed with" in stderr
+    status, _, stderr = run("--checkpoint", checkpoints["voc"], "--data", tmp_path, "--iou", "1.5")
+    assert status == 2 and "--iou" in stderr
+
+
+def test_runs_as_a_script():
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "training" / "evaluate.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--checkpoint" in result.stdout and "--metric {11point,allpoint}" in result.stdout

@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Evaluate an ssd_ros checkpoint on a VOC-format dataset with the PASCAL VOC metric.
+
+Runs the same :class:`~ssd_ros.detector.Detector` the ROS node uses over every image of a split and
+scores the result with :func:`ssd_ros.voc_metric.evaluate_detections` (the devkit's semantics)::
+
+    python training/evaluate.py --checkpoint runs/ssd300_voc0712/best.pt --data ~/data/VOCdevkit
+    python training/evaluate.py --checkpoint ck.pt --data ~/data/VOCdevkit --split 2012/val --metric allpoint
+    python training/evaluate.py --checkpoint picar.pt --folder ~/data/picar/test
+
+Prints the per-class AP table (Markdown) and images/s, and writes to ``--out``: ``results.json`` (settings,
+timing, per-class AP/precision/recall), ``ap.csv``, ``ap_table.md``, ``detections.csv`` (every raw detection,
+0-based continuous pixel edges as in :mod:`ssd_ros.voc`, exact float32 values) and ``pr_curves.png``.
+
+The defaults are the VOC evaluation setting of the SSD paper: score threshold 0.01, at most 200 detections
+per image, NMS IoU 0.45, VOC2007 11-point AP at IoU > 0.5 on VOC2007 test.
+
+Bad paths, broken annotations, an unreadable checkpoint or a dataset with classes the checkpoint does not
+know are reported before any image is processed, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ssd_ros.checkpoint import CheckpointError
+from ssd_ros.detections import Detections
+from ssd_ros.detector import Detector, resolve_device
+from ssd_ros.voc import VocItem, VocSplit, load_image_rgb
+from ssd_ros.voc_metric import METRICS, VocEvaluation, evaluate_detections, format_ap_table, plot_pr_curves
+
+__all__ = ["detect_split", "main", "parse_args"]
+
+
+class UsageError(Exception):
+    """A problem with the command line's inputs, found before any work (exit status 2)."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (see ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="PASCAL VOC AP of an ssd_ros checkpoint on a VOC-format dataset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="ssd_ros checkpoint (.pt) to evaluate")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="VOCdevkit root (holding VOC2007/, VOC2012/ ...)")
+    source.add_argument(
+        "--folder", type=Path, help="a VOC-format folder: Annotations/+JPEGImages/ or plain image+XML pairs"
+    )
+    parser.add_argument("--split", default="2007/test", help="with --data: YEAR/SET, e.g. 2007/test or 2012/val")
+    parser.add_argument(
+        "--image-set", help="with --folder holding ImageSets/Main: the list to use (default: every annotation)"
+    )
+    parser.add_argument("--metric", choices=METRICS, default="11point", help="11point = VOC2007, allpoint = VOC2010+")
+    parser.add_argument("--iou", type=float, default=0.5, help="a detection matches when IoU is strictly above this")
+    parser.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda or cuda:N")
+    parser.add_argument("--score-threshold", type=float, default=0.01, help="keep detections scoring at least this")
+    parser.add_argument("--nms-iou", type=float, default=0.45, help="per-class non-maximum suppression IoU")
+    parser.add_argument("--max-detections", type=int, default=200, help="detections kept per image")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per detector call")
+    parser.add_argument("--workers", type=int, default=2, help="image-loading threads")
+    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    parser.add_argument("--out", type=Path, help="output folder (default: eval/<checkpoint name>-<dataset>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.folder is not None and "--split" in (argv if argv is not None else sys.argv[1:]):
+        parser.error("--split applies to --data (use --image-set with --folder)")
+    if args.data is not None and args.image_set is not None:
+        parser.error("--image-set applies to --folder (use --split with --data)")
+    for name in ("batch_size", "max_detections"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.workers < 1 or args.limit < 0:
+        parser.error("--workers must be at least 1 and --limit non-negative")
+    if not 0.0 <= args.iou < 1.0:
+        parser.error("--iou must be in [0, 1)")
+    return args
+
+
+def _prefetched_images(
+    items: Sequence[VocItem], load: Callable[[VocItem], np.ndarray], workers: int, depth: int
+) -> Iterator[np.ndarray]:
+    """Images of ``items`` in order, decoded by ``workers`` threads at most ``depth`` ahead (bounded memory)."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(load, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def detect_split(
+    detector,
+    items: Sequence[VocItem],
+    *,
+    batch_size: int = 8,
+    workers: int = 2,
+    progress: bool = True,
+    load: Callable[[VocItem], np.ndarray] | None = None,
+) -> list[Detections]:
+    """Run ``detector`` (a :class:`~ssd_ros.detector.Detector`) on every item's image, in order.
+
+    Images are decoded by ``load`` (default: :func:`~ssd_ros.voc.load_image_rgb` of the item's image) in a
+    small thread pool (OpenCV releases the GIL) while the model runs.
+    """
+    if load is None:
+        load = _load_item
+    from tqdm import tqdm
+
+    detections: list[Detections] = []
+    batch: list[np.ndarray] = []
+    with tqdm(total=len(items), unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for image in _prefetched_images(items, load, workers, depth=2 * batch_size + workers):
+            batch.append(image)
+            if len(batch) == batch_size:
+                detections += detector.detect_batch(batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            detections += detector.detect_batch(batch)
+            bar.update(len(batch))
+    return detections
+
+
+def _load_item(item: VocItem) -> np.ndarray:
+    return load_image_rgb(item.image_path)
+
+
+def _load_split(args: argparse.Namespace) -> VocSplit:
+    if args.data is not None:
+        return VocSplit.from_devkit(args.data, args.split)
+    return VocSplit.from_folder(args.folder, args.image_set)
+
+
+def _default_out(args: argparse.Namespace, split: VocSplit) -> Path:
+    dataset = split.name if args.data is not None else Path(args.folder).name
+    tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset)
+    return Path("eval") / f"{args.checkpoint.stem}-{tag}"
+
+
+def _write_outputs(
+    out: Path,
+    result: VocEvaluation,
+    items: Sequence[VocItem],
+    detections: Sequence[Detections],
+    summary: dict,
+) -> dict[str, Path]:
+    """results.json, ap.csv, ap_table.md, detections.csv and pr_curves.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("results.json", "ap.csv", "ap_table.md", "detections.csv", "pr_curves.png")}
+    table = format_ap_table(result)
+    paths["ap_table.md"].write_text(table + "\n")
+    paths["results.json"].write_text(json.dumps({**summary, **result.to_dict(curves=True)}, indent=1) + "\n")
+    with paths["ap.csv"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "ap", "npos", "num_difficult", "true_positives", "false_positives", "ignored"])
+        for c in result.classes:
+            ap = "" if not c.has_ground_truth else f"{c.ap:.6f}"
+            writer.writerow([c.name, ap, c.npos, c.num_difficult, c.true_positives, c.false_positives, c.ignored])
+        writer.writerow(["mAP", "" if np.isnan(result.map) else f"{result.map:.6f}", "", "", "", "", ""])
+    with paths["detections.csv"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "class", "score", "x_min", "y_min", "x_max", "y_max"])
+        for item, found in zip(items, detections):
+            for box, score, name in zip(found.boxes, found.scores, found.names):
+                # Shortest strings that read back to the same float32: the file reproduces the metric exactly.
+                writer.writerow(
+                    [item.image_id, name, *(np.format_float_positional(v, trim="-") for v in (score, *box))]
+                )
+    plot_pr_curves(result, paths["pr_curves.png"])
+    return paths
+
+
+def _error(message: str) -> int:
+    print(f"evaluate.py: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Evaluate as the command line says; returns the exit status (0, or 2 for bad inputs)."""
+    args = parse_args(argv)
+    # Everything that can be wrong with the inputs is checked here, before any image is processed.
+    try:
+        if not args.checkpoint.is_file():
+            raise UsageError(f"checkpoint {args.checkpoint} not found")
+        split = _load_split(args)
+        items = split.items[: args.limit] if args.limit else split.items
+        annotations = [item.annotation() for item in items]
+        device = resolve_device(args.device)
+        detector = Detector.from_checkpoint(
+            args.checkpoint,
+            score_threshold=args.score_threshold,
+            nms_iou=args.nms_iou,
+            max_detections=args.max_detections,
+            device=device,
+        )
+        class_names = tuple(detector.class_names)
+        unknown = sorted({n for a in annotations for n in a.names} - set(class_names))
+        if unknown:
+            raise UsageError(
+                f"the dataset has classes the checkpoint does not know: {unknown}; "
+                f"{args.checkpoint} detects {list(class_names)}"
+            )
+    except (UsageError, CheckpointError, ValueError) as error:  # ValueError: VocFormatError, bad device/option
+        return _error(str(error))
+
+    # A detector returns boxes in the image's pixels; an annotation whose <size> disagrees with its image
+    # would be scored in the wrong frame (the metric cannot tell), so such files are reported.
+    annotated_size = {item.image_id: (a.height, a.width) for item, a in zip(items, annotations)}
+    size_mismatches: list[str] = []
+
+    def load_checked(item: VocItem) -> np.ndarray:
+        image = load_image_rgb(item.image_path)
+        if image.shape[:2] != annotated_size[item.image_id]:
+            size_mismatches.append(item.image_id)  # list.append is atomic: safe from the loader threads
+        return image
+
+    print(f"{split.name}: {len(items)} images, {sum(len(a) for a in annotations)} objects; device {device}")
+    start = time.perf_counter()
+    detections = detect_split(
+        detector,
+        items,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+        load=load_checked,
+    )
+    seconds = time.perf_counter() - start
+    images_per_s = len(items) / seconds if seconds > 0 else float("inf")
+
+    result = evaluate_detections(detections, annotations, class_names, iou_threshold=args.iou, metric=args.metric)
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "dataset": split.name,
+        "num_images": len(items),
+        "device": str(device),
+        "seconds": seconds,
+        "images_per_s": images_per_s,
+        "score_threshold": args.score_threshold,
+        "nms_iou": args.nms_iou,
+        "max_detections": args.max_detections,
+        "detections": int(sum(len(d) for d in detections)),
+        "annotation_size_mismatches": sorted(size_mismatches),
+    }
+    out = args.out if args.out is not None else _default_out(args, split)
+    _write_outputs(out, result, items, detections, summary)
+    print()
+    print(format_ap_table(result))
+    print()
+    print(f"{len(items)} images in {seconds:.1f} s: {images_per_s:.2f} images/s on {device}")
+    if size_mismatches:
+        print(
+            f"warning: {len(size_mismatches)} images differ in size from their annotation's <size> "
+            f"(their boxes are scored as annotated): {sorted(size_mismatches)[:5]}",
+            file=sys.stderr,
+        )
+    print(f"results written to {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
