@@ -32,6 +32,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -183,9 +184,8 @@ def load_image_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-@dataclass(frozen=True)
-class VocItem:
-    """One image of a split: its id (file stem), image file and annotation file."""
+class VocItem(NamedTuple):
+    """One image of a split: its id (file stem), image file and annotation file (unpacks as a tuple)."""
 
     image_id: str
     image_path: Path

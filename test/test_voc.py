@@ -96,9 +96,8 @@ def test_devkit_trainval_counts():
     from ssd_ros.model import VOC_CLASSES
 
     assert set(classes) == set(VOC_CLASSES)
-    for item in split:
-        assert item.image_path.name == f"{item.image_id}.jpg"
-        assert item.xml_path.name == f"{item.image_id}.xml"
+    for image_id, image_path, xml_path in split:
+        assert image_path.name == f"{image_id}.jpg" and xml_path.name == f"{image_id}.xml"
 
 
 def test_devkit_train_val_partition_and_concat():
