@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSD300_VGG16_Weights, _vgg_extractor, ssd300_vgg16
 from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
@@ -282,7 +281,9 @@ def _build_ssdlite(num_classes: int, generator: DefaultBoxGenerator, pretrained_
         _normal_init(mobilenet)  # torchvision's init for a backbone trained from scratch
     backbone = _mobilenet_extractor(mobilenet, 6, norm_layer)
     size = _INPUT_SIZE["ssdlite320_mobilenet_v3"]
-    out_channels = det_utils.retrieve_out_channels(backbone, size)
+    # C4 expansion, last MobileNet stage, 4 extra blocks (torchvision finds them with a dummy forward pass).
+    out_channels = [672, 960, 512, 256, 256, 128]
+    backbone.out_channels = out_channels
     head = SSDLiteHead(out_channels, generator.num_anchors_per_location(), num_classes, norm_layer)
     return SSD(backbone, generator, size, num_classes, head=head, **kwargs)
 

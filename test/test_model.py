@@ -145,6 +145,10 @@ def test_ssdlite_structure_does_not_depend_on_pretrained_backbone():
     model = build_model("ssdlite320_mobilenet_v3", 21)
     # The unreduced MobileNetV3-Large ends with 960 channels (reduced: 480).
     assert model.backbone.features[1][-1].out_channels == 960
+    # The feature channels the head was built for are the ones the backbone produces.
+    from torchvision.models.detection._utils import retrieve_out_channels
+
+    assert retrieve_out_channels(model.backbone, (320, 320)) == model.backbone.out_channels
     assert model_lib.num_default_boxes("ssdlite320_mobilenet_v3") == 3234
 
 

@@ -1,0 +1,319 @@
+"""The Detector (parity with torchvision's forward, parameters, batches) and drawing.
+
+Models are weights=None builds saved and loaded through the real checkpoint path. An untrained
+SSD300 already gives a wide spread of scores on real images; the untrained SSDlite's features vanish
+(torchvision's std-0.03 init), so its convolutions are re-initialised to give it something to say.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.models.detection.ssd import SSD300_VGG16_Weights
+from torchvision.transforms.functional import to_tensor
+
+from ssd_ros.checkpoint import CheckpointError, ModelCard, save_checkpoint
+from ssd_ros.detections import Detections
+from ssd_ros.detector import Detector, resolve_device
+from ssd_ros.drawing import class_color, draw_detections
+from ssd_ros.model import VOC_CLASSES, WeightsUnavailableError, build_model, coco_class_names, coco_label_map
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+VOC_IMAGE = DATA / "voc2012_sample" / "VOC2012" / "JPEGImages" / "2007_000027.jpg"  # 486x500
+PICAR_IMAGE = DATA / "picar_camera" / "detection" / "test" / "2019-04-16-095558.jpg"  # 640x480
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    if not path.exists():
+        pytest.skip(f"test data {path} is absent (it lives in ../shared/data next to the project)")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert bgr is not None, path
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def voc_image() -> np.ndarray:
+    return _read_rgb(VOC_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def camera_image() -> np.ndarray:
+    image = _read_rgb(PICAR_IMAGE)
+    assert image.shape == (480, 640, 3)
+    return image
+
+
+@pytest.fixture(scope="module")
+def vgg_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("ssd300_vgg16", len(VOC_CLASSES) + 1)
+    path = tmp_path_factory.mktemp("det") / "vgg.pt"
+    save_checkpoint(path, model, ModelCard.for_architecture("ssd300_vgg16", VOC_CLASSES, dataset="untrained"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def vgg(vgg_checkpoint) -> Detector:
+    return Detector.from_checkpoint(vgg_checkpoint, device="cpu")
+
+
+def _lively_ssdlite(num_classes: int = len(VOC_CLASSES) + 1) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("ssdlite320_mobilenet_v3", num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory) -> Detector:
+    path = tmp_path_factory.mktemp("det") / "lite.pt"
+    save_checkpoint(path, _lively_ssdlite(), ModelCard.for_architecture("ssdlite320_mobilenet_v3", VOC_CLASSES))
+    return Detector.from_checkpoint(path, device="cpu", warmup_runs=0)
+
+
+def _torchvision_forward(detector: Detector, rgb: np.ndarray) -> dict[str, torch.Tensor]:
+    """The reference: torchvision's own forward of the same model on the same image."""
+    model = detector.model
+    model.score_thresh = detector.score_threshold
+    model.nms_thresh = detector.nms_iou
+    model.detections_per_img = detector.max_detections
+    with torch.inference_mode():
+        return model([to_tensor(rgb).to(detector.device)])[0]
+
+
+def _assert_parity(detector: Detector, rgb: np.ndarray, minimum: int = 5) -> Detections:
+    reference = _torchvision_forward(detector, rgb)
+    ours = detector(rgb)
+    assert len(ours) >= minimum, "the test needs detections to compare"
+    assert len(ours) == len(reference["scores"])
+    np.testing.assert_allclose(ours.boxes, reference["boxes"].cpu().numpy(), atol=1.0, rtol=0)
+    np.testing.assert_allclose(ours.scores, reference["scores"].cpu().numpy(), atol=1e-3, rtol=0)
+    np.testing.assert_array_equal(ours.labels, reference["labels"].cpu().numpy() - 1)  # background excluded
+    return ours
+
+
+def _assert_valid(detections: Detections, rgb: np.ndarray, names=VOC_CLASSES) -> None:
+    height, width = rgb.shape[:2]
+    assert detections.boxes.dtype == np.float32 and detections.scores.dtype == np.float32
+    assert detections.labels.dtype == np.int64 and detections.class_names == tuple(names)
+    boxes = detections.boxes
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    assert ((detections.scores >= 0) & (detections.scores <= 1)).all()
+    assert ((detections.labels >= 0) & (detections.labels < len(names))).all()
+    assert (np.diff(detections.scores) <= 0).all()  # best first
+
+
+def test_parity_with_torchvision_forward_on_a_voc_image(vgg, voc_image):
+    vgg.score_threshold, vgg.nms_iou, vgg.max_detections = 0.3, 0.45, 100
+    ours = _assert_parity(vgg, voc_image, minimum=50)
+    _assert_valid(ours, voc_image)
+    # Boxes are in the original image's pixels, not the 300x300 network input.
+    assert ours.boxes[:, 2].max() > 300 or ours.boxes[:, 3].max() > 300
+
+
+def test_parity_on_a_640x480_camera_frame_with_other_parameters(vgg, camera_image):
+    vgg.score_threshold, vgg.nms_iou, vgg.max_detections = 0.5, 0.3, 37
+    try:
+        ours = _assert_parity(vgg, camera_image, minimum=37)
+        _assert_valid(ours, camera_image)
+        assert ours.boxes[:, 2].max() > 300  # x reaches into the 640-wide frame
+    finally:
+        vgg.score_threshold, vgg.nms_iou, vgg.max_detections = 0.3, 0.45, 100
+
+
+def test_parity_ssdlite(lite, voc_image):
+    _assert_valid(_assert_parity(lite, voc_image, minimum=50), voc_image)
+
+
+def test_batch_equals_single(lite, voc_image, camera_image):
+    small = np.ascontiguousarray(voc_image[50:250, 100:400])  # a third size, and a view made contiguous
+    images = [voc_image, camera_image, small]
+    batch = lite.detect_batch(images)
+    assert len(batch) == 3
+    for image, batched in zip(images, batch):
+        single = lite(image)
+        _assert_valid(batched, image)
+        assert len(batched) == len(single) > 0
+        np.testing.assert_allclose(batched.boxes, single.boxes, atol=1e-2)
+        np.testing.assert_allclose(batched.scores, single.scores, atol=1e-4)
+        np.testing.assert_array_equal(batched.labels, single.labels)
+    assert lite.detect_batch([]) == []
+
+
+def test_non_contiguous_and_odd_sized_input(lite, voc_image):
+    view = voc_image[::-1, ::2]  # negative and non-unit strides
+    detections = lite(view)
+    _assert_valid(detections, view)
+    _assert_valid(lite(voc_image[:1, :1].copy()), voc_image[:1, :1])
+
+
+def test_thresholds_are_applied_per_call(lite, voc_image):
+    try:
+        lite.score_threshold, lite.max_detections = 0.3, 1000
+        low = lite(voc_image)
+        lite.score_threshold = 0.8
+        high = lite(voc_image)
+        assert 0 < len(high) < len(low) and (high.scores > 0.8).all()
+        lite.max_detections = 5
+        assert len(lite(voc_image)) == 5
+        lite.score_threshold, lite.max_detections, lite.nms_iou = 0.3, 1000, 0.1
+        assert len(lite(voc_image)) < len(low)  # stricter NMS suppresses more
+    finally:
+        lite.score_threshold, lite.nms_iou, lite.max_detections = 0.3, 0.45, 100
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("score_threshold", 1.5),
+        ("score_threshold", -0.1),
+        ("score_threshold", float("nan")),
+        ("score_threshold", "high"),
+        ("nms_iou", 2.0),
+        ("max_detections", 0),
+        ("max_detections", 2.5),
+        ("max_detections", True),
+    ],
+)
+def test_invalid_parameters_are_rejected_with_a_reason(lite, name, value):
+    before = getattr(lite, name)
+    with pytest.raises(ValueError, match=name):
+        setattr(lite, name, value)
+    assert getattr(lite, name) == before
+
+
+def test_class_filter(lite, voc_image):
+    try:
+        lite.max_detections = 100
+        everything = lite(voc_image)
+        wanted = ("person", "dog", "tvmonitor")
+        lite.class_filter = list(wanted)
+        filtered = lite(voc_image)
+        assert len(filtered) > 0 and set(filtered.names) <= set(wanted)
+        # Same as keeping those classes from an unlimited result, then the top max_detections.
+        lite.class_filter, lite.max_detections = None, 10000
+        unlimited = lite(voc_image)
+        keep = np.isin(np.array(unlimited.names), wanted)
+        np.testing.assert_allclose(filtered.scores, unlimited.scores[keep][:100], atol=1e-6)
+        np.testing.assert_allclose(filtered.boxes, unlimited.boxes[keep][:100], atol=1e-4)
+        assert len(everything) == 100
+        with pytest.raises(ValueError, match=r"unknown class name\(s\) \['unicorn'\]"):
+            lite.class_filter = ["person", "unicorn"]
+        with pytest.raises(ValueError, match="not the string"):
+            lite.class_filter = "person"
+        lite.class_filter = []  # empty: no filter
+        assert lite.class_filter is None
+    finally:
+        lite.class_filter, lite.max_detections = None, 100
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((48, 64, 3), np.float32), "must be uint8"),
+        (np.zeros((48, 64), np.uint8), "3 dimensions"),
+        (np.zeros((48, 64, 4), np.uint8), "3 channels"),
+        (np.zeros((0, 64, 3), np.uint8), "empty"),
+        ([[1, 2, 3]], "numpy array"),
+    ],
+)
+def test_bad_images_raise_value_error(lite, image, message):
+    with pytest.raises(ValueError, match=message):
+        lite(image)
+
+
+def test_label_map_drops_unused_outputs_and_reports_coco_names(voc_image):
+    """The COCO wrapping: 91 outputs, 80 names; background and "N/A" ids never reach the caller."""
+    model = _lively_ssdlite(num_classes=91)
+    names, label_map = coco_class_names(), coco_label_map()
+    detector = Detector(model, names, label_map=label_map, device="cpu", warmup_runs=0, max_detections=300)
+    detections = detector(voc_image)
+    _assert_valid(detections, voc_image, names)
+    reference = _torchvision_forward(detector, voc_image)
+    categories = SSD300_VGG16_Weights.COCO_V1.meta["categories"]
+    expected = [categories[label] for label in reference["labels"].tolist() if categories[label] != "N/A"]
+    # The reference's top 300 include N/A ids; ours fills those places with the next real classes.
+    assert len(detections) == 300 and detections.names[: len(expected)] == expected
+    assert "N/A" in [categories[label] for label in reference["labels"].tolist()]  # something was dropped
+
+
+def test_constructor_checks(voc_image):
+    model = _lively_ssdlite(num_classes=4)
+    with pytest.raises(ValueError, match="4 outputs .* 20 class names"):
+        Detector(model, VOC_CLASSES, device="cpu", warmup_runs=0)
+    with pytest.raises(ValueError, match="label_map"):
+        Detector(model, ("a", "b", "c"), label_map=[0, 1], device="cpu", warmup_runs=0)
+    detector = Detector(model, ("a", "b", "c"), device="cpu", class_filter=["b"])  # warm-up runs
+    assert detector.class_filter == ("b",)
+    assert "3 classes" in repr(detector)
+
+
+def test_devices():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("CPU") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu0")
+    with pytest.raises(ValueError, match="unsupported device"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_parity_on_cuda(vgg_checkpoint, camera_image):
+    detector = Detector.from_checkpoint(vgg_checkpoint, device="cuda")
+    assert next(detector.model.parameters()).is_cuda
+    _assert_valid(_assert_parity(detector, camera_image, minimum=20), camera_image)
+
+
+def test_from_checkpoint_errors_and_expectations(vgg_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        Detector.from_checkpoint(tmp_path / "missing.pt", device="cpu")
+    with pytest.raises(CheckpointError, match="architecture mismatch"):
+        Detector.from_checkpoint(vgg_checkpoint, device="cpu", expect_architecture="ssdlite320_mobilenet_v3")
+
+
+def test_from_coco_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(SSD300_VGG16_Weights.COCO_V1.value, "url", "http://127.0.0.1:9/ssd300_vgg16_coco-b556d3b4.pth")
+    monkeypatch.setattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", 5.0, raising=False)
+    with pytest.raises(WeightsUnavailableError, match="could not download the torchvision COCO SSD300 weights"):
+        Detector.from_coco(device="cpu")
+
+
+def test_draw_detections(voc_image):
+    detections = Detections(
+        np.array([[10, 20, 200, 300], [150, 100, 480, 490], [-5, -5, 1000, 1000]], np.float32),
+        np.array([0.9, 0.6, 0.4], np.float32),
+        np.array([14, 11, 0], np.int64),
+        VOC_CLASSES,
+    )
+    original = voc_image.copy()
+    drawn = draw_detections(voc_image, detections)
+    assert np.array_equal(voc_image, original)  # input untouched
+    assert drawn.shape == voc_image.shape and drawn.dtype == np.uint8
+    assert not np.array_equal(drawn, voc_image)
+    # The box edge has the class colour; far from any box nothing changed.
+    person = class_color("person")
+    assert tuple(drawn[150, 10]) == person
+    assert np.array_equal(drawn[400:410, 50:60], voc_image[400:410, 50:60])
+    assert class_color("person") == person and class_color("dog") != person
+    custom = draw_detections(voc_image, detections, colors={"person": (1, 2, 3)})
+    assert tuple(custom[150, 10]) == (1, 2, 3)
+    # Nothing to draw: an equal copy.
+    empty = draw_detections(voc_image, Detections.empty(VOC_CLASSES))
+    assert np.array_equal(empty, voc_image) and empty is not voc_image
+    with pytest.raises(ValueError, match="RGB uint8"):
+        draw_detections(voc_image.astype(np.float32), detections)
