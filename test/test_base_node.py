@@ -1,6 +1,7 @@
 """The real ``picar_base`` executable on simulated hardware, driven over real ROS 2 topics."""
 
 import math
+import signal
 import time
 
 import pytest
@@ -151,12 +152,13 @@ def test_twist_to_servo_and_motor_with_watchdog_bad_input_and_sigint(ros, tmp_pa
         assert harness.last["servo_ticks"] == 150 and harness.last["motor_duty"] == 1.0
 
         # Watchdog: silence -> stop + centre within the timeout (plus one watchdog period and transport).
+        sent = time.monotonic()
         harness.send(0.3, 0.0)
         harness.wait_for(lambda: harness.last["motor_duty"] > 0, what="moving")
-        last_command = time.monotonic()
         harness.wait_for(lambda: harness.last["motor_duty"] == 0.0, timeout=3.0, what="watchdog stop")
-        stopped_after = harness.states[-1][0] - last_command
-        assert TIMEOUT_S - 0.05 <= stopped_after <= TIMEOUT_S + 0.3, stopped_after
+        stopped_after = harness.states[-1][0] - sent
+        # Not before the timeout; after it within one watchdog period plus generous transport/scheduling slack.
+        assert TIMEOUT_S <= stopped_after <= TIMEOUT_S + 0.5, stopped_after
         assert_stop_and_centre(harness.last)
 
         # Non-finite commands are rejected (and do not feed the watchdog); the node keeps running.
@@ -224,7 +226,8 @@ def test_twist_stamped_b2_motor_on_pca9685_and_runtime_calibration(ros, tmp_path
 
         harness.drive(0.5, 0.0, seconds=0.3)
         assert harness.last["motor_duty"] == 1.0 and harness.last["servo_ticks"] == 310
-        assert stop_process(proc) == 0
+        proc.send_signal(signal.SIGTERM)  # what launch sends when SIGINT is not enough
+        assert proc.wait(timeout=10) == 0
         harness.spin(0.5)
         assert harness.last["servo_ticks"] == 310 and harness.last["motor_duty"] == 0.0
     finally:
@@ -240,3 +243,26 @@ def test_bad_configuration_fails_fast_with_a_reason(tmp_path):
         stop_process(proc)
     log = (tmp_path / "picar_base.log").read_text()
     assert "cannot start" in log and "centre_ticks" in log
+
+
+def test_i2c_failure_is_counted_and_retried_in_process(ros):
+    """A PCA9685 that stops answering (loose cable) is an error in diagnostics, not a dead node."""
+    from ssd_ros.ros.base_node import BaseNode
+
+    node = BaseNode()  # defaults: hardware sim, GPIO motor
+    try:
+        bus = node._hardware.pca.bus
+        chip = bus.devices[0x40]
+        command = Twist()
+        command.linear.x = 0.25
+        command.angular.z = angular_for(0.25, MAX)
+        bus.devices.clear()  # the chip stops acknowledging
+        node._on_command(command)
+        assert node._controller.counters.hardware_errors == 1 and chip.high_ticks(2) == 300
+        bus.devices[0x40] = chip
+        node._on_command(command)  # the identical command is retried, not skipped
+        assert chip.high_ticks(2) == 450 and node._controller.counters.hardware_errors == 1
+    finally:
+        node.stop_safely()
+        node.destroy_node()
+    assert chip.high_ticks(2) == 300, "stop_safely centres the servo"

@@ -46,6 +46,7 @@ from ssd_ros.base import (
     BaseOutput,
     DriveCalibration,
     HardwareSettings,
+    Readback,
     SteeringCalibration,
     open_hardware,
 )
@@ -325,6 +326,8 @@ class BaseNode(Node):
         self._warned_at: dict[str, float] = {}
         self._last_error = ""
         self._errors_at_last_diagnostics = 0
+        self._last_applied: BaseOutput | None = None  # None until the hardware accepted an output
+        self._readback: Readback | None = None
 
         latched = QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
@@ -375,15 +378,17 @@ class BaseNode(Node):
             self._apply(output)
 
     def _apply(self, output: BaseOutput) -> None:
-        self._last_applied = output
         try:
             self._hardware.apply(output)
             readback = self._hardware.readback()
         except (OSError, ValueError) as error:
+            # Not remembered as applied, so the next command (even an identical one) retries.
+            self._last_applied = None
             self._controller.counters.hardware_errors += 1
             self._last_error = f"{type(error).__name__}: {error}"
             self._warn("hardware", f"could not drive the actuators ({output.reason}): {self._last_error}")
             return
+        self._last_applied = output
         self._readback = readback
         message = Float32MultiArray()
         message.layout.dim = [
@@ -425,13 +430,12 @@ class BaseNode(Node):
     # --- diagnostics -------------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         counters = self._controller.counters
-        output = self._last_applied
-        readback = getattr(self, "_readback", None)
+        output, readback = self._last_applied, self._readback
         new_errors = counters.hardware_errors - self._errors_at_last_diagnostics
         self._errors_at_last_diagnostics = counters.hardware_errors
         last_command = self._controller.last_command_s
-        if new_errors:
-            level, message = DiagnosticStatus.ERROR, f"{new_errors} hardware errors: {self._last_error}"
+        if new_errors or output is None:
+            level, message = DiagnosticStatus.ERROR, f"hardware errors ({new_errors} new): {self._last_error}"
         elif self._values["calibration_servo_ticks"] >= 0:
             level, message = DiagnosticStatus.WARN, "calibration mode: cmd_vel ignored"
         else:
@@ -443,9 +447,9 @@ class BaseNode(Node):
             "hardware": self._settings.kind,
             "motor_driver": self._settings.motor_driver,
             "pwm_frequency_hz": f"{self._frequency_hz:.3f}",
-            "last_output_reason": output.reason,
-            "steering_angle_deg": f"{math.degrees(output.steering_angle_rad):.2f}",
-            "servo_ticks": str(readback.servo_ticks if readback else output.servo_ticks),
+            "last_output_reason": output.reason if output else "last output not applied",
+            "steering_angle_deg": f"{math.degrees(output.steering_angle_rad):.2f}" if output else "n/a",
+            "servo_ticks": str(readback.servo_ticks) if readback else "n/a",
             "servo_pulse_us": f"{readback.servo_pulse_us:.1f}" if readback else "n/a",
             "motor_duty": f"{readback.motor_duty:.3f}" if readback else "n/a",
             "command_age_s": f"{self._now_s() - last_command:.3f}" if last_command is not None else "n/a",
@@ -504,6 +508,9 @@ def main(args=None) -> int:
         return 1
     finally:
         if node is not None:
+            # A second Ctrl-C or launch's SIGTERM must not cut the final stop short (SIGKILL still can).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             node.stop_safely()
             node.destroy_node()
         rclpy.try_shutdown()
