@@ -235,14 +235,23 @@ def test_twist_stamped_b2_motor_on_pca9685_and_runtime_calibration(ros, tmp_path
         harness.node.destroy_node()
 
 
-def test_bad_configuration_fails_fast_with_a_reason(tmp_path):
-    proc = start_base(tmp_path, "servo_centre_ticks:=100")
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        (["servo_centre_ticks:=100"], "centre_ticks"),
+        # No PCA9685 (and no /dev/i2c-1) on this machine: the real hardware path must say so and exit.
+        (["hardware:=picar_b", "i2c_bus:=99"], "cannot open picar_b hardware"),
+    ],
+)
+def test_bad_configuration_fails_fast_with_a_reason(tmp_path, params, reason):
+    args = ["--params-file", str(CONFIG)] + [arg for param in params for arg in ("-p", param)]
+    proc = start_executable("picar_base", *args, log_path=tmp_path / "picar_base.log")
     try:
         assert proc.wait(timeout=20) == 1
     finally:
         stop_process(proc)
     log = (tmp_path / "picar_base.log").read_text()
-    assert "cannot start" in log and "centre_ticks" in log
+    assert "cannot start" in log and reason in log and "Traceback" not in log
 
 
 def test_i2c_failure_is_counted_and_retried_in_process(ros):

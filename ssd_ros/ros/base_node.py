@@ -318,7 +318,7 @@ class BaseNode(Node):
             raise StartupError(str(error)) from error
         try:
             self._hardware: BaseHardware | None = open_hardware(settings)
-        except (OSError, RuntimeError) as error:
+        except (OSError, RuntimeError, ValueError) as error:  # no bus/chip, missing module, GPIO mode clash
             raise StartupError(f"cannot open {settings.kind} hardware: {error}") from error
         self._settings = settings
         self._frequency_hz = self._hardware.pca.frequency_hz()
