@@ -210,7 +210,7 @@ class FollowController:
         self._angular_filtered = 0.0
         self._last_now: float | None = None
         self._last_frame_stamp: float | None = None
-        self._lost_since: float | None = None
+        self._search_since: float | None = None
         self._last_bearing = 0.0
         self._yaw_history: deque[tuple[float, float, float]] = deque()  # (t0, t1, yaw rate)
 
@@ -253,14 +253,14 @@ class FollowController:
         # on the (yaw-compensated) last bearing instead of braking.
         if track is not None and now_s - track.stamp_s <= p.max_detection_age_s:
             self.state = "tracking"
-            self._lost_since = None
+            self._search_since = None
             return self._emit(self._tracking_command(track, now_s, dt))
         if track is not None and now_s - track.stamp_s < p.lost_timeout_s:
             self.state = "lost"
             return self._emit(self._braking_command(dt))
         # Gone for lost_timeout_s (or never seen): forget it so any candidate may be acquired.
         if track is not None:
-            self._lost_since = track.stamp_s
+            self._search_since = track.stamp_s + p.lost_timeout_s
         self.track = None
         self.state = "searching"
         return self._emit(self._search_command(now_s, dt))
@@ -369,7 +369,7 @@ class FollowController:
     def _search_command(self, now_s: float, dt: float) -> Command:
         p = self.params
         self._linear_filtered = self._angular_filtered = 0.0
-        searching_for = None if self._lost_since is None else now_s - self._lost_since
+        searching_for = None if self._search_since is None else now_s - self._search_since
         if p.search == "arc" and searching_for is not None and searching_for < p.search_timeout_s:
             # A slow arc towards where the target left the view, limited like any other motion.
             side = math.copysign(1.0, self._last_bearing)

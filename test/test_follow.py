@@ -1,0 +1,314 @@
+"""FollowController: closed-loop behaviour in the core simulator and the safety rules, without ROS."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ssd_ros.detections import Detections
+from ssd_ros.follow import FollowController, FollowParams, params_from_mapping
+from ssd_ros.sim import (
+    RoverState,
+    SimParams,
+    Simulator,
+    bearing_and_distance,
+    desired_distance_m,
+    make_scenario,
+    path_metrics,
+    run_closed_loop,
+    steering_sign_changes,
+)
+
+PARAMS = FollowParams()
+SIM = SimParams()
+DESIRED = desired_distance_m(1.7, PARAMS.desired_height_fraction, SIM)
+PERIOD = 1.0 / 20.0
+
+
+def person_box(bearing_deg: float, height_fraction: float, p: FollowParams = PARAMS) -> list[float]:
+    """A person-shaped box at a bearing (positive = left) filling ``height_fraction`` of the image."""
+    cx = p.image_width / 2 - p.focal_px * math.tan(math.radians(bearing_deg))
+    h = height_fraction * p.image_height
+    return [cx - 0.15 * h, 240 - h / 2, cx + 0.15 * h, 240 + h / 2]
+
+
+def frame(*items) -> Detections:
+    """Detections from (box, score, name) tuples."""
+    if not items:
+        return Detections.empty(("person",))
+    boxes, scores, names = zip(*items)
+    return Detections.from_named(np.array(boxes), np.array(scores), list(names))
+
+
+def assert_ackermann(linear, angular, p: FollowParams = PARAMS):
+    """No spin in place; no yaw rate tighter than the minimum turning radius."""
+    for v, w in zip(linear, angular):
+        assert math.isfinite(v) and math.isfinite(w)
+        assert abs(w) <= abs(v) * math.tan(math.radians(p.max_steering_deg)) / p.wheelbase_m + 1e-9
+        if v == 0.0:
+            assert w == 0.0
+
+
+def run(name, duration=None, seed=0, params=PARAMS, sim_params=SIM, on_tick=None):
+    scenario = make_scenario(name, DESIRED, sim_params)
+    sim = Simulator(sim_params, scenario, seed=seed)
+    controller = FollowController(params)
+    trace = run_closed_loop(controller, sim, duration or scenario.duration_s)
+    return trace, sim, controller
+
+
+def test_static_target_25deg_off_axis_at_twice_the_distance_converges_without_oscillation():
+    trace, _, _ = run("static", duration=30.0)
+    assert math.degrees(trace.bearing[0]) == pytest.approx(25.0, abs=0.5)
+    assert trace.distance[0] / DESIRED == pytest.approx(2.0, abs=0.01)
+    metrics = path_metrics(trace, DESIRED)
+    # Settled = bearing within 3 deg and distance within 10 % from then to the end of the run.
+    assert metrics.settle_time_s <= 20.0
+    assert metrics.steering_sign_changes <= 2
+    assert metrics.distance_overshoot < 0.05
+    assert_ackermann(trace.linear, trace.angular)
+    assert max(trace.linear[-40:]) < 0.02  # arrived: (nearly) still instead of hunting
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_convergence_holds_with_other_noise_seeds_and_more_latency(seed):
+    trace, _, _ = run("static", duration=30.0, seed=seed, sim_params=SimParams(latency_s=0.25, detection_rate_hz=6))
+    metrics = path_metrics(trace, DESIRED)
+    assert metrics.settle_time_s <= 25.0
+    assert metrics.steering_sign_changes <= 3
+
+
+def drive_until_tracking(sim, controller, t_end):
+    """Closed loop by hand (so the test can change the world mid-run); returns the commands by time."""
+    commands = []
+    command = (0.0, 0.0)
+    tick = 0
+    dt = 0.005
+    steps = round(PERIOD / dt)
+    while sim.time < t_end - 1e-9:
+        if tick % steps == 0:
+            frames = sim.poll()
+            stamp, detections = frames[-1] if frames else (None, None)
+            out = controller.update(detections, stamp, sim.time)
+            command = (out.linear_mps, out.angular_radps)
+            commands.append((sim.time, out, controller.state))
+        sim.step(*command, dt)
+        tick += 1
+    return commands
+
+
+@pytest.mark.parametrize("how", ["target_removed", "detector_silent"])
+def test_no_target_reaches_exact_zero_within_lost_timeout_plus_one_period(how):
+    sim = Simulator(SIM, make_scenario("static", DESIRED, SIM), seed=0)
+    controller = FollowController(PARAMS)
+    drive_until_tracking(sim, controller, 3.0)
+    assert controller.state == "tracking" and controller.last_command.linear_mps > 0.2
+    removed_at = sim.time
+    if how == "target_removed":
+        sim.targets[0].visible = False
+    else:
+        sim.detections_enabled = False
+    after = drive_until_tracking(sim, controller, removed_at + 3.0)
+    deadline = removed_at + PARAMS.lost_timeout_s + PERIOD
+    late = [(t, c) for t, c, _ in after if t >= deadline]
+    assert late and all(c.linear_mps == 0.0 and c.angular_radps == 0.0 for _, c in late)
+    # Braking starts well before the hard stop, and the speed never grows once the target is gone.
+    speeds = [c.linear_mps for _, c, _ in after]
+    assert all(b <= a + 1e-6 for a, b in zip(speeds, speeds[1:]))
+    assert [s for _, _, s in after][-1] == "searching"
+
+
+def test_disabled_gives_zero_and_forgets_target():
+    controller = FollowController(PARAMS)
+    far = frame((person_box(10, 0.25), 0.9, "person"))
+    for k in range(10):
+        command = controller.update(far, k * PERIOD, k * PERIOD)
+    assert command.linear_mps > 0 and controller.state == "tracking"
+    controller.set_enabled(False)
+    for k in range(10, 20):
+        command = controller.update(far, k * PERIOD, k * PERIOD)
+        assert command.linear_mps == 0.0 and command.angular_radps == 0.0
+        assert controller.state == "disabled"
+    assert controller.track is None
+    controller.set_enabled(True)
+    controller.update(far, 20 * PERIOD, 20 * PERIOD)
+    assert controller.state == "tracking"
+
+
+def test_stale_and_future_detections_are_ignored():
+    controller = FollowController(PARAMS)
+    far = frame((person_box(0, 0.25), 0.9, "person"))
+    for k in range(20):
+        now = 100.0 + k * PERIOD
+        old = controller.update(far, now - PARAMS.max_detection_age_s - 0.2, now)
+        assert old.linear_mps == 0.0 and controller.state == "searching"
+        future = controller.update(far, now + PARAMS.max_detection_age_s + 0.2, now)
+        assert future.linear_mps == 0.0
+    assert controller.counters["stale_frames"] == 40 and controller.counters["frames"] == 0
+    assert controller.update(far, 102.0, 102.0 + 0.1).linear_mps > 0  # a fresh frame is used at once
+
+
+def test_nan_boxes_foreign_classes_and_low_scores_never_become_the_target():
+    controller = FollowController(PARAMS)
+    junk = frame(
+        ([np.nan, 10, 100, 300], 0.9, "person"),
+        ([0, 0, np.inf, 400], 0.9, "person"),
+        ([100, 100, 50, 300], 0.9, "person"),  # x_max < x_min
+        ([100, 0, 600, 480], 0.99, "dog"),
+        (person_box(-20, 0.2), 0.3, "person"),  # below min_score
+    )
+    for k in range(20):
+        command = controller.update(junk, k * PERIOD, k * PERIOD)
+        assert command.linear_mps == 0.0 and command.angular_radps == 0.0
+    assert controller.track is None and controller.counters["rejected_candidates"] == 5 * 20
+    # Mixed with a real person, only the person is followed (it is to the left: positive yaw rate).
+    person = (person_box(15, 0.25), 0.8, "person")
+    mixed = frame(*[(b, s, n) for b, s, n in zip(junk.boxes, junk.scores, junk.names)], person)
+    for k in range(20, 40):
+        command = controller.update(mixed, k * PERIOD, k * PERIOD)
+        assert math.isfinite(command.linear_mps) and math.isfinite(command.angular_radps)
+    assert controller.track.class_name == "person"
+    assert command.linear_mps > 0 and command.angular_radps > 0
+
+
+def test_garbage_inputs_never_give_non_finite_commands():
+    rng = np.random.default_rng(0)
+    controller = FollowController(PARAMS)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -1e30, 1e30, 1e-30])
+    for k in range(300):
+        n = int(rng.integers(0, 4))
+        boxes = rng.uniform(-100, 800, (n, 4))
+        boxes[rng.random((n, 4)) < 0.2] = rng.choice(specials, int((rng.random((n, 4)) < 0.2).sum()) or 1)[0]
+        scores = rng.choice([0.9, np.nan, 1.0, 0.6], n)
+        dets = Detections(boxes.astype(np.float32), scores.astype(np.float32), np.zeros(n, np.int64), ("person",))
+        stamp = rng.choice([k * PERIOD, np.nan, np.inf, None])
+        command = controller.update(dets if rng.random() < 0.8 else None, stamp, k * PERIOD)
+        assert math.isfinite(command.linear_mps) and math.isfinite(command.angular_radps)
+        assert abs(command.linear_mps) <= PARAMS.max_linear_mps + 1e-9
+    assert_ackermann([controller.last_command.linear_mps], [controller.last_command.angular_radps])
+
+
+def test_keeps_the_acquired_person_when_another_crosses_in_front():
+    trace, sim, controller = run("two_people")
+    b_positions = [targets[1] for targets in trace.targets]
+    to_b = [bearing_and_distance(RoverState(x, y, yaw), b, SIM)
+            for (x, y, yaw), b in zip(trace.rover, b_positions)]
+    # B is in view, nearer (a bigger box) and partly occluding A during the crossing ...
+    crossing = [i for i, (bearing, _) in enumerate(to_b) if abs(bearing) < math.radians(5)]
+    assert crossing, "the scenario must make B pass in front of A"
+    assert all(d < trace.distance[i] for i, (_, d) in enumerate(to_b) if i in crossing)
+    # ... and ends in view on the other side, yet the rover keeps facing A.
+    assert abs(to_b[-1][0]) < math.radians(PARAMS.camera_hfov_deg / 2)
+    assert max(abs(math.degrees(b)) for b in trace.bearing) < 3.0
+    assert abs(trace.distance[-1] / DESIRED - 1) < 0.10
+    assert controller.state == "tracking"
+
+
+def test_association_prefers_the_same_object_over_a_bigger_one():
+    controller = FollowController(PARAMS)
+    a = (person_box(0, 0.4), 0.8, "person")
+    controller.update(frame(a), 0.0, 0.0)
+    # A bigger, better-scoring person appears overlapping A; A itself moved a little.
+    b = (person_box(4, 0.9), 0.99, "person")
+    a_moved = (person_box(1, 0.41), 0.7, "person")
+    controller.update(frame(b, a_moved), PERIOD, PERIOD)
+    assert controller.track.box[3] - controller.track.box[1] == pytest.approx(0.41 * 480, abs=1e-3)
+    # With A occluded (only B visible) the track is not handed over to B.
+    controller.update(frame(b), 2 * PERIOD, 2 * PERIOD)
+    assert controller.track.stamp_s == PERIOD
+    # After lost_timeout without A, any candidate may be acquired: B.
+    t = 2 * PERIOD
+    while t < PERIOD + PARAMS.lost_timeout_s + 2 * PERIOD:
+        t += PERIOD
+        controller.update(frame(b) if t > PERIOD + PARAMS.lost_timeout_s + PERIOD / 2 else None, t, t)
+    assert controller.track is not None
+    assert controller.track.box[3] - controller.track.box[1] == pytest.approx(0.9 * 480, abs=1e-3)
+
+
+def test_never_turns_in_place_and_stops_when_too_close():
+    controller = FollowController(PARAMS)
+    # 25 deg off-axis but already closer than the creep limit: must not rotate without moving.
+    close = frame((person_box(25, 0.7), 0.9, "person"))
+    for k in range(40):
+        command = controller.update(close, k * PERIOD, k * PERIOD)
+        assert command.linear_mps == 0.0 and command.angular_radps == 0.0
+    # Reversing only when allowed.
+    reverse = FollowController(params_from_mapping({"allow_reverse": True}))
+    for k in range(40):
+        command = reverse.update(close, k * PERIOD, k * PERIOD)
+    assert -PARAMS.max_reverse_mps <= command.linear_mps < -0.05
+    assert_ackermann([command.linear_mps], [command.angular_radps])
+
+
+def test_off_axis_at_the_desired_distance_creeps_on_an_arc_towards_the_target():
+    controller = FollowController(PARAMS)
+    side = frame((person_box(-20, PARAMS.desired_height_fraction), 0.9, "person"))
+    linear, angular = [], []
+    for k in range(40):
+        command = controller.update(side, k * PERIOD, k * PERIOD)
+        linear.append(command.linear_mps)
+        angular.append(command.angular_radps)
+    assert 0 < linear[-1] <= PARAMS.turn_creep_mps + 1e-9
+    assert angular[-1] < 0  # target on the right: turn right
+    assert_ackermann(linear, angular)
+
+
+def test_acceleration_and_steering_rate_limits():
+    controller = FollowController(PARAMS)
+    far_left = frame((person_box(25, 0.1), 0.9, "person"))
+    previous_v, previous_steer = 0.0, 0.0
+    steers = []
+    for k in range(60):
+        command = controller.update(far_left, k * PERIOD, k * PERIOD)
+        assert command.linear_mps - previous_v <= PARAMS.max_linear_accel_mps2 * PERIOD + 1e-9
+        max_step = math.radians(PARAMS.max_steering_rate_degps) * PERIOD
+        assert abs(controller.steering_rad - previous_steer) <= max_step + 1e-9
+        previous_v, previous_steer = command.linear_mps, controller.steering_rad
+        steers.append(controller.steering_rad)
+    assert command.linear_mps == pytest.approx(PARAMS.max_linear_mps)
+    assert steering_sign_changes(steers) == 0
+
+
+def test_search_arc_is_slow_bounded_and_times_out():
+    params = params_from_mapping({"search": "arc", "search_timeout_s": 3.0})
+    controller = FollowController(params)
+    left = frame((person_box(20, 0.3), 0.9, "person"))
+    t = 0.0
+    for _ in range(20):
+        controller.update(left, t, t)
+        t += PERIOD
+    last_seen = t - PERIOD
+    arcs = []
+    while t < last_seen + params.lost_timeout_s + params.search_timeout_s + 1.0:
+        command = controller.update(None, None, t)
+        if controller.state == "searching" and t < last_seen + params.lost_timeout_s + params.search_timeout_s - 0.1:
+            arcs.append(command)
+        t += PERIOD
+    assert arcs and all(0 < c.linear_mps <= params.search_speed_mps + 1e-9 for c in arcs[10:])
+    assert all(c.angular_radps > 0 for c in arcs[10:])  # towards the side the target was last seen (left)
+    assert_ackermann([c.linear_mps for c in arcs], [c.angular_radps for c in arcs])
+    assert command.linear_mps == 0.0 and command.angular_radps == 0.0  # gave up
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"min_score": 1.5}, "min_score"),
+        ({"camera_hfov_deg": 0.0}, "camera_hfov_deg"),
+        ({"max_linear_mps": -1.0}, "max_linear_mps"),
+        ({"wheelbase_m": float("nan")}, "wheelbase_m"),
+        ({"search": "spin"}, "search"),
+        ({"target_classes": []}, "target_classes"),
+        ({"allow_reverse": "yes"}, "allow_reverse"),
+        ({"search_steering_deg": 40.0}, "search_steering_deg"),
+    ],
+)
+def test_invalid_params_are_rejected_with_the_field_name(changes, field):
+    with pytest.raises(ValueError, match=field):
+        params_from_mapping(changes)
+
+
+def test_params_from_mapping_coerces_and_ignores_foreign_keys():
+    params = params_from_mapping({"target_classes": ["person", "dog"], "image_width": 320.0, "rate_hz": 5.0})
+    assert params.target_classes == ("person", "dog") and params.image_width == 320
+    assert isinstance(params.image_width, int)
