@@ -204,7 +204,7 @@ class Simulator:
         self.time = 0.0
         self.class_names = tuple(dict.fromkeys(t.class_name for t in self.targets))
         self._rng = np.random.default_rng(seed)
-        self._next_frame_s = 0.0
+        self._next_frame_s = 1.0 / params.detection_rate_hz
         self._pending: deque[tuple[float, float, Detections]] = deque()
         self.detections_enabled = True  # False = the detector went silent
 
