@@ -10,11 +10,10 @@ a laptop) start this file on both machines with different switches; see docs/pic
 """
 
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node, PushRosNamespace
-
-from launch import LaunchDescription
 
 PACKAGE = "ssd_ros"
 
