@@ -1,0 +1,582 @@
+"""Evaluate a detector checkpoint offline on a camera rosbag2 (MCAP or sqlite3), without a ROS graph.
+
+Every frame of the image topic goes through the live ``detector`` node's path: the same message
+decoding (:mod:`ssd_ros.ros.images`), the same :class:`~ssd_ros.detector.Detector`, the same
+``Detection2DArray`` conversion (:mod:`ssd_ros.ros.messages`) and drawing. The follower's commands are
+computed with the same :class:`~ssd_ros.follow.FollowController`, ticked at ``--control-rate-hz`` on
+bag time. Nothing is dropped and nothing depends on wall time, so a run is reproducible.
+
+The output bag holds the input's topics (the image topic untouched) plus ``/detections``
+(header = image header), ``/image_annotated`` (rgb8) and ``/cmd_vel``, all at the image's bag time,
+for replay in RViz or Foxglove. The report (Markdown on stdout, JSON in the output folder) gives
+frames, processing rate, per-frame model latency percentiles, detections per class and, with
+``--ground-truth``, the PASCAL VOC AP table. See ``docs/bags.md``.
+
+Exit status: 0 done; 1 the bag is damaged (what was read before the fault is evaluated and written);
+2 bad input (missing bag or topic, ambiguous topic, bad checkpoint or ground truth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from geometry_msgs.msg import Twist, TwistStamped
+from std_msgs.msg import Header
+from tqdm import tqdm
+
+from ssd_ros.checkpoint import CheckpointError
+from ssd_ros.detections import Detections
+from ssd_ros.detector import Detector
+from ssd_ros.drawing import draw_detections
+from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping
+from ssd_ros.image_codec import ImageDecodeError
+from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
+from ssd_ros.ros.messages import detections_to_msg
+from ssd_ros.tools.bagio import (
+    COMPRESSED_IMAGE_TYPE,
+    IMAGE_TYPES,
+    STORAGE_PLUGINS,
+    BagToolError,
+    add_topic,
+    copy_connection,
+    deserialize,
+    open_bag,
+    open_writer,
+    serialize,
+    stamp_ns,
+)
+from ssd_ros.voc import VocAnnotation, VocFormatError, parse_annotation
+from ssd_ros.voc_metric import METRICS, evaluate_detections, format_ap_table
+
+DETECTIONS_TOPIC = "/detections"
+ANNOTATED_TOPIC = "/image_annotated"
+CMD_VEL_TOPIC = "/cmd_vel"
+MAX_LISTED_BAD_FRAMES = 20
+
+
+@dataclass
+class Frame:
+    """One image message of the bag and what became of it."""
+
+    index: int  # position among the image topic's messages
+    bag_ns: int  # the bag's (receive) timestamp
+    raw: bytes
+    header: Header | None = None
+    rgb: np.ndarray | None = None
+    detections: Detections | None = None
+    error: str | None = None
+
+
+@dataclass
+class Stats:
+    """What the report counts."""
+
+    frames: int = 0
+    bad_frames: list[dict] = field(default_factory=list)
+    bad_frame_count: int = 0
+    model_s: list[float] = field(default_factory=list)
+    per_class: Counter = field(default_factory=Counter)
+    commands: list[Command] = field(default_factory=list)
+    evaluated: list[tuple[Detections, VocAnnotation]] = field(default_factory=list)
+
+
+def find_image_topic(connections, topic: str | None):
+    """The connection of ``topic``, or of the bag's only Image/CompressedImage topic."""
+    images = [c for c in connections if c.msgtype in IMAGE_TYPES]
+    listing = ", ".join(f"{c.topic} ({c.msgtype})" for c in images) or "none"
+    if topic is not None:
+        named = [c for c in connections if c.topic == topic]
+        if not named:
+            raise BagToolError(f"topic {topic!r} is not in the bag; image topics there: {listing}")
+        if named[0].msgtype not in IMAGE_TYPES:
+            raise BagToolError(f"topic {topic!r} is {named[0].msgtype}, not an image; image topics: {listing}")
+        return named[0]
+    if len({c.topic for c in images}) != 1:
+        problem = "no image topic" if not images else "several image topics"
+        raise BagToolError(f"{problem} in the bag (image topics: {listing}); name one with --topic")
+    return images[0]
+
+
+def load_ground_truth(folder: Path, match: str) -> tuple[str, dict]:
+    """``(mode, annotations)``: by frame index (mode ``index``) or by header stamp in ns (mode ``stamp``).
+
+    ``auto`` picks ``stamp`` when every XML file is named ``<integer>.xml`` (as ``make_bag --labels-out``
+    writes them), otherwise ``index``: the XML files in sorted name order are frames 0, 1, 2, ...
+    """
+    if not folder.is_dir():
+        raise BagToolError(f"ground-truth folder {folder} does not exist")
+    files = sorted(folder.glob("*.xml"))
+    if not files:
+        raise BagToolError(f"no VOC XML files in ground-truth folder {folder}")
+    if match == "auto":
+        match = "stamp" if all(p.stem.isdigit() for p in files) else "index"
+    if match == "stamp" and not all(p.stem.isdigit() for p in files):
+        bad = next(p.name for p in files if not p.stem.isdigit())
+        raise BagToolError(f"--gt-match stamp needs files named <stamp_ns>.xml; {folder} has {bad}")
+    try:
+        if match == "stamp":
+            return match, {int(p.stem): parse_annotation(p) for p in files}
+        return match, {i: parse_annotation(p) for i, p in enumerate(files)}
+    except VocFormatError as exc:
+        raise BagToolError(str(exc)) from exc
+
+
+def read_follower_config(path: Path | None) -> dict:
+    """The follower node's parameters from a ROS 2 parameters file (its first ``ros__parameters``) or a flat YAML."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise BagToolError(f"cannot read follower parameters {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BagToolError(f"follower parameters {path}: expected a YAML mapping")
+    nodes = [v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v]
+    return dict(nodes[0] if nodes else data)
+
+
+def follow_params(class_names, image_shape, config: dict, options: list[str], target_classes) -> FollowParams:
+    """The follower's tuning for the bag, in increasing precedence.
+
+    FollowParams defaults; the follower node's parameters ``config``; the bag's image size (the pixels
+    the detections refer to, whatever the robot's file says); ``--follow-classes``;
+    ``--follow-param name=value`` (values read as YAML: ``0.2``, ``true``, ``[Person, Stop Sign]``).
+    """
+    mapping = dict(config)
+    mapping.update(image_height=int(image_shape[0]), image_width=int(image_shape[1]))
+    if target_classes:
+        unknown = [c for c in target_classes if c not in class_names]
+        if unknown:
+            raise BagToolError(f"--follow-classes {unknown} are not classes of the model {list(class_names)}")
+        mapping["target_classes"] = list(target_classes)
+    known = {f.name for f in dataclasses.fields(FollowParams)}
+    for option in options:
+        name, sep, text = option.partition("=")
+        if not sep or name not in known:
+            raise BagToolError(f"--follow-param {option!r}: expected NAME=VALUE with NAME in {sorted(known)}")
+        mapping[name] = yaml.safe_load(text)
+    try:
+        return params_from_mapping(mapping)
+    except (TypeError, ValueError) as exc:
+        raise BagToolError(f"follower parameters: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class FollowerOptions:
+    """How the follower node would run: its parameters file, timer rate and command type."""
+
+    config: dict
+    rate_hz: float
+    twist_stamped: bool
+    frame_id: str
+
+
+class Evaluation:
+    """Streams the bag through decode -> detector -> outputs; holds the writer connections and state."""
+
+    def __init__(self, args, follower: FollowerOptions, reader, writer, detector: Detector, image_conn, ground_truth):
+        self.args = args
+        self.follower = follower
+        self.detector = detector
+        self.writer = writer
+        self.image_conn = image_conn
+        self.gt_mode, self.gt = ground_truth
+        self.stats = Stats()
+        self.follow_options = (follower.config, args.follow_param, args.follow_classes)
+        self.decode = compressed_msg_to_rgb if image_conn.msgtype == COMPRESSED_IMAGE_TYPE else image_msg_to_rgb
+        outputs = {DETECTIONS_TOPIC, CMD_VEL_TOPIC} | ({ANNOTATED_TOPIC} if args.annotated else set())
+        # Recorded topics named like our outputs (a bag from the robot) would mix two sources: drop them.
+        self.replaced = sorted({c.topic for c in reader.connections if c.topic in outputs})
+        self.copies = {
+            c.id: copy_connection(writer, c) for c in reader.connections if c.topic not in outputs or c is image_conn
+        }
+        self.detections_conn = add_topic(writer, DETECTIONS_TOPIC, "vision_msgs/msg/Detection2DArray")
+        self.annotated_conn = add_topic(writer, ANNOTATED_TOPIC, "sensor_msgs/msg/Image") if args.annotated else None
+        cmd_type = "geometry_msgs/msg/TwistStamped" if follower.twist_stamped else "geometry_msgs/msg/Twist"
+        self.cmd_conn = add_topic(writer, CMD_VEL_TOPIC, cmd_type)
+        self.controller: FollowController | None = None  # made at the first good frame (needs the image size)
+        self.pending_detections: tuple[Detections, float] | None = None  # newest frame not yet given to it
+        self.next_tick_ns: int | None = None
+        self.last_image_ns: int | None = None
+
+    # -- per message ---------------------------------------------------------------------------------
+    def flush(self, buffered: list) -> None:
+        """Process the buffered images as one batch, then write everything buffered in bag order."""
+        frames = [item for item in buffered if isinstance(item, Frame)]
+        for frame in frames:
+            self._decode(frame)
+        good = [f for f in frames if f.error is None]
+        if good:
+            start = time.perf_counter()
+            results = (
+                self.detector.detect_batch([f.rgb for f in good]) if len(good) > 1 else [self.detector(good[0].rgb)]
+            )
+            per_frame = (time.perf_counter() - start) / len(good)
+            for frame, detections in zip(good, results):
+                frame.detections = detections
+                self.stats.model_s.append(per_frame)
+        for item in buffered:
+            if isinstance(item, Frame):
+                self._write_frame(item)
+            else:
+                connection, bag_ns, raw = item
+                self._ticks_before(bag_ns)
+                self.writer.write(self.copies[connection.id], bag_ns, raw)
+
+    def _decode(self, frame: Frame) -> None:
+        self.stats.frames += 1
+        try:
+            msg = deserialize(frame.raw, self.image_conn.msgtype)
+            frame.header = msg.header
+            frame.rgb = self.decode(msg)
+        except ImageDecodeError as exc:
+            frame.error = str(exc)
+        except Exception as exc:  # rclpy raises assorted types on malformed CDR; one bad frame must not stop the run
+            frame.error = f"cannot deserialize {self.image_conn.msgtype}: {exc}"
+        if frame.error is not None:
+            self.stats.bad_frame_count += 1
+            if len(self.stats.bad_frames) < MAX_LISTED_BAD_FRAMES:
+                self.stats.bad_frames.append({"index": frame.index, "bag_ns": frame.bag_ns, "error": frame.error})
+
+    def _write_frame(self, frame: Frame) -> None:
+        self._ticks_before(frame.bag_ns)
+        self.writer.write(self.copies[self.image_conn.id], frame.bag_ns, frame.raw)
+        self.last_image_ns = frame.bag_ns
+        if frame.detections is None:  # a bad frame: the live node drops it, so no outputs
+            return
+        detections = frame.detections
+        self.stats.per_class.update(detections.names)
+        self.writer.write(self.detections_conn, frame.bag_ns, serialize(detections_to_msg(detections, frame.header)))
+        if self.annotated_conn is not None:
+            annotated = rgb_to_image_msg(draw_detections(frame.rgb, detections), frame.header)
+            self.writer.write(self.annotated_conn, frame.bag_ns, serialize(annotated))
+        if self.controller is None:
+            params = follow_params(self.detector.class_names, frame.rgb.shape, *self.follow_options)
+            self.controller = FollowController(params)
+            self.next_tick_ns = frame.bag_ns
+        self.pending_detections = (detections, stamp_ns(frame.header) / 1e9)
+        self._ground_truth(frame)
+        frame.rgb = frame.raw = None  # keep memory flat on long bags
+
+    def _ground_truth(self, frame: Frame) -> None:
+        if self.gt is None:
+            return
+        key = frame.index if self.gt_mode == "index" else stamp_ns(frame.header)
+        annotation = self.gt.get(key)
+        if annotation is not None:
+            self.stats.evaluated.append((frame.detections, annotation))
+
+    # -- follower --------------------------------------------------------------------------------------
+    def _ticks_before(self, bag_ns: int, inclusive: bool = False) -> None:
+        """Run the follower's timer ticks due before ``bag_ns`` (bag time is the clock)."""
+        if self.controller is None:
+            return
+        period_ns = round(1e9 / self.follower.rate_hz)
+        while self.next_tick_ns < bag_ns or (inclusive and self.next_tick_ns == bag_ns):
+            now_ns = self.next_tick_ns
+            detections, stamp_s = self.pending_detections or (None, None)
+            self.pending_detections = None
+            command = self.controller.update(detections, stamp_s, now_ns / 1e9)
+            self.stats.commands.append(command)
+            self.writer.write(self.cmd_conn, now_ns, serialize(self._twist(command, now_ns)))
+            self.next_tick_ns += period_ns
+
+    def finish(self) -> None:
+        """Ticks up to and including the last image's time."""
+        if self.last_image_ns is not None:
+            self._ticks_before(self.last_image_ns, inclusive=True)
+
+    def _twist(self, command: Command, now_ns: int):
+        twist = Twist()
+        twist.linear.x, twist.angular.z = float(command.linear_mps), float(command.angular_radps)
+        if not self.follower.twist_stamped:
+            return twist
+        header = Header(frame_id=self.follower.frame_id)
+        header.stamp.sec, header.stamp.nanosec = divmod(now_ns, 1_000_000_000)
+        return TwistStamped(header=header, twist=twist)
+
+
+def run(args) -> tuple[dict, int]:
+    """Evaluate ``args.bag``; returns the JSON report and the exit status."""
+    try:
+        detector = Detector.from_checkpoint(
+            args.checkpoint,
+            score_threshold=args.score_threshold,
+            nms_iou=args.nms_iou,
+            max_detections=args.max_detections,
+            device=args.device,
+        )
+    except CheckpointError as exc:
+        raise BagToolError(str(exc)) from exc
+    try:
+        detector.class_filter = args.class_filter
+    except ValueError as exc:
+        raise BagToolError(f"--class-filter: {exc}") from exc
+    config = read_follower_config(args.follow_config)
+    follower = FollowerOptions(
+        config=config,
+        rate_hz=args.control_rate_hz or float(config.get("rate_hz", 20.0)),
+        twist_stamped=args.twist_stamped or bool(config.get("twist_stamped", False)),
+        frame_id=str(config.get("cmd_frame_id", "base_link")),
+    )
+    if not follower.rate_hz > 0:
+        raise BagToolError(f"the follower's rate must be > 0 Hz, got {follower.rate_hz}")
+    # Bad follower options fail before any work (the real image size is known at the first frame).
+    follow_params(detector.class_names, (480, 640), config, args.follow_param, args.follow_classes)
+    ground_truth = load_ground_truth(args.ground_truth, args.gt_match) if args.ground_truth else (None, None)
+    out = args.out or args.bag.with_name(args.bag.stem + "_eval")
+    fault = None
+    with open_bag(args.bag) as (reader, salvage_note):
+        image_conn = find_image_topic(reader.connections, args.topic)
+        # A salvaged bag's count is what survived, not what the annotations were made for.
+        if (
+            ground_truth[0] == "index"
+            and not salvage_note
+            and image_conn.msgcount
+            and image_conn.msgcount != len(ground_truth[1])
+        ):
+            raise BagToolError(
+                f"{len(ground_truth[1])} annotations in {args.ground_truth} for {image_conn.msgcount} frames on "
+                f"{image_conn.topic}: index matching needs one XML per frame (or name them <stamp_ns>.xml)"
+            )
+        total = image_conn.msgcount or None
+        if args.max_frames:
+            total = min(total or args.max_frames, args.max_frames)
+        with open_writer(out, args.storage) as writer:
+            detector.warmup()  # one-time set-up cost stays out of the latency figures
+            evaluation = Evaluation(args, follower, reader, writer, detector, image_conn, ground_truth)
+            progress = tqdm(total=total, unit="frame", desc="bag_eval", disable=args.quiet)
+            start = time.perf_counter()
+            messages = reader.messages(connections=[c for c in reader.connections if c.id in evaluation.copies])
+            buffered, images = [], 0
+            while True:
+                try:
+                    connection, bag_ns, raw = next(messages)
+                except StopIteration:
+                    break
+                except Exception as exc:  # rosbags/apsw raise assorted types on damaged data mid-file
+                    fault = f"bag {args.bag} is damaged after {images} frames: {type(exc).__name__}: {exc}"
+                    break
+                if connection.id == image_conn.id:
+                    if args.max_frames and images >= args.max_frames:
+                        break
+                    buffered.append(Frame(images, bag_ns, raw))
+                    images += 1
+                    progress.update()
+                    if images % args.batch_size == 0:
+                        evaluation.flush(buffered)
+                        buffered = []
+                else:
+                    buffered.append((connection, bag_ns, raw))
+            evaluation.flush(buffered)
+            evaluation.finish()
+            wall_s = time.perf_counter() - start
+            progress.close()
+    fault = salvage_note if fault is None else fault
+    report = make_report(args, out, detector, image_conn, evaluation, wall_s, fault)
+    return report, 1 if fault else 0
+
+
+def _percentiles_ms(values: list[float]) -> dict:
+    if not values:
+        return {}
+    ms = np.asarray(values) * 1e3
+    return {
+        "mean": float(ms.mean()),
+        "p50": float(np.percentile(ms, 50)),
+        "p90": float(np.percentile(ms, 90)),
+        "p99": float(np.percentile(ms, 99)),
+        "max": float(ms.max()),
+    }
+
+
+def make_report(args, out: Path, detector: Detector, image_conn, evaluation: Evaluation, wall_s: float, fault):
+    """The JSON-ready report of a run."""
+    stats = evaluation.stats
+    commands = stats.commands
+    report = {
+        "bag": str(args.bag),
+        "output_bag": str(out),
+        "image_topic": image_conn.topic,
+        "image_type": image_conn.msgtype,
+        "checkpoint": str(args.checkpoint),
+        "architecture": detector.card.architecture,
+        "device": str(detector.device),
+        "class_names": list(detector.class_names),
+        "score_threshold": detector.score_threshold,
+        "batch_size": args.batch_size,
+        "frames": stats.frames,
+        "processed_frames": stats.frames - stats.bad_frame_count,
+        "bad_frames": stats.bad_frame_count,
+        "bad_frame_examples": stats.bad_frames,
+        "wall_s": wall_s,
+        "frames_per_s": stats.frames / wall_s if wall_s > 0 else None,
+        "model_latency_ms": _percentiles_ms(stats.model_s),
+        "model_frames_per_s": len(stats.model_s) / sum(stats.model_s) if stats.model_s else None,
+        "detections": sum(stats.per_class.values()),
+        "detections_per_class": {name: stats.per_class.get(name, 0) for name in detector.class_names},
+        "cmd_vel": {
+            "messages": len(commands),
+            "control_rate_hz": evaluation.follower.rate_hz,
+            "type": evaluation.cmd_conn.msgtype,
+            "moving": sum(1 for c in commands if c.linear_mps != 0.0 or c.angular_radps != 0.0),
+            "max_abs_linear_mps": max((abs(c.linear_mps) for c in commands), default=0.0),
+            "max_abs_angular_radps": max((abs(c.angular_radps) for c in commands), default=0.0),
+            "follower_counters": dict(evaluation.controller.counters) if evaluation.controller else {},
+        },
+        "replaced_topics": evaluation.replaced,
+        "ground_truth": None,
+        "fault": fault,
+    }
+    if args.ground_truth:
+        pairs = stats.evaluated
+        result = evaluate_detections(
+            [d for d, _ in pairs],
+            [a for _, a in pairs],
+            detector.class_names,
+            iou_threshold=args.iou,
+            metric=args.metric,
+        )
+        report["ground_truth"] = {
+            "folder": str(args.ground_truth),
+            "match": evaluation.gt_mode,
+            "annotations": len(evaluation.gt),
+            "frames_evaluated": len(pairs),
+            **result.to_dict(),
+        }
+        report["ap_table"] = format_ap_table(result)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The report as Markdown."""
+
+    def number(value, fmt=".1f"):
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+    latency = report["model_latency_ms"]
+    lines = [
+        f"# bag_eval: {report['bag']}",
+        "",
+        f"- image topic: `{report['image_topic']}` ({report['image_type']})",
+        f"- model: {report['architecture']} from `{report['checkpoint']}` on {report['device']}, "
+        f"score threshold {report['score_threshold']:g}, batch {report['batch_size']}",
+        f"- output bag: `{report['output_bag']}`",
+        f"- frames: {report['frames']} ({report['processed_frames']} processed, {report['bad_frames']} bad)",
+        f"- processing rate: {number(report['frames_per_s'])} frames/s overall "
+        f"(model alone {number(report['model_frames_per_s'])} frames/s) in {report['wall_s']:.2f} s",
+    ]
+    if latency:
+        lines.append(
+            "- model latency per frame (ms): "
+            + ", ".join(f"{k} {latency[k]:.1f}" for k in ("mean", "p50", "p90", "p99", "max"))
+        )
+    cmd = report["cmd_vel"]
+    lines.append(
+        f"- /cmd_vel: {cmd['messages']} commands at {cmd['control_rate_hz']:g} Hz, {cmd['moving']} non-zero, "
+        f"max |linear| {cmd['max_abs_linear_mps']:.3f} m/s, max |angular| {cmd['max_abs_angular_radps']:.3f} rad/s"
+    )
+    if report["replaced_topics"]:
+        lines.append(f"- recorded topics replaced by this evaluation: {', '.join(report['replaced_topics'])}")
+    for bad in report["bad_frame_examples"]:
+        lines.append(f"- bad frame {bad['index']} (bag time {bad['bag_ns']} ns): {bad['error']}")
+    if report["fault"]:
+        lines += ["", f"**Error:** {report['fault']}"]
+    lines += [
+        "",
+        f"## Detections per class ({report['detections']} in total)",
+        "",
+        "| Class | Detections |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {count} |" for name, count in report["detections_per_class"].items()]
+    if report["ground_truth"] is not None:
+        gt = report["ground_truth"]
+        lines += [
+            "",
+            f"## VOC AP ({gt['frames_evaluated']} frames with ground truth, matched by {gt['match']})",
+            "",
+            report["ap_table"],
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line of ``bag_eval``."""
+    parser = argparse.ArgumentParser(prog="bag_eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("bag", type=Path, help="input rosbag2 folder, or a single .mcap / .db3 file")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="SSD checkpoint (.pt)")
+    parser.add_argument("--topic", help="image topic (default: the bag's only Image/CompressedImage topic)")
+    parser.add_argument("--out", type=Path, help="output bag folder, must not exist (default: <bag>_eval)")
+    parser.add_argument("--storage", choices=sorted(STORAGE_PLUGINS), default="mcap", help="output storage format")
+    parser.add_argument("--report", type=Path, help="JSON report path (default: <out>/bag_eval_report.json)")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="as the detector node (default 0.3)")
+    parser.add_argument("--nms-iou", type=float, default=0.45, help="as the detector node (default 0.45)")
+    parser.add_argument("--max-detections", type=int, default=100, help="as the detector node (default 100)")
+    parser.add_argument("--class-filter", nargs="+", help="report only these classes")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="frames per model call (1 = exactly the node's per-frame call)"
+    )
+    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    parser.add_argument("--no-annotated", dest="annotated", action="store_false", help=f"skip {ANNOTATED_TOPIC}")
+    parser.add_argument(
+        "--control-rate-hz", type=float, help="follower timer rate on bag time (default: rate_hz of the config, or 20)"
+    )
+    parser.add_argument(
+        "--follow-config", type=Path, help="the follower node's parameters file, e.g. config/follower.yaml"
+    )
+    parser.add_argument("--follow-classes", nargs="+", help="classes the follower follows (default: FollowParams)")
+    parser.add_argument(
+        "--follow-param", action="append", default=[], metavar="NAME=VALUE", help="override a FollowParams field"
+    )
+    parser.add_argument(
+        "--twist-stamped", action="store_true", help="write TwistStamped (default: twist_stamped of the config)"
+    )
+    parser.add_argument("--ground-truth", type=Path, help="folder of VOC XML annotations, one per frame")
+    parser.add_argument(
+        "--gt-match",
+        choices=["auto", "index", "stamp"],
+        default="auto",
+        help="index: sorted XML files are frames 0, 1, ...; stamp: <stamp_ns>.xml; auto: stamp if all are numbers",
+    )
+    parser.add_argument("--metric", choices=METRICS, default="11point", help="VOC AP interpolation")
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold of a true positive")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.max_frames is not None and args.max_frames <= 0:
+        parser.error("--max-frames must be > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bag_eval`` executable; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        report, status = run(args)
+    except BagToolError as exc:
+        print(f"bag_eval: error: {exc}", file=sys.stderr)
+        return 2
+    report_path = args.report or Path(report["output_bag"]) / "bag_eval_report.json"
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(report))
+    print(f"\nreport: {report_path}")
+    if report["fault"]:
+        print(f"bag_eval: error: {report['fault']}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""bag_eval end to end: camera bags in both storage formats, raw and JPEG, evaluated with a real checkpoint.
+
+The output bags are read back with rosbags and deserialised with rclpy into the real message classes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ament_index_python.packages import get_package_share_directory
+from conftest import shared_data
+from geometry_msgs.msg import Twist, TwistStamped
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2DArray
+
+from ssd_ros.checkpoint import ModelCard, save_checkpoint
+from ssd_ros.detector import Detector
+from ssd_ros.follow import FollowController, params_from_mapping
+from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
+from ssd_ros.ros.messages import msg_to_detections
+from ssd_ros.tools import bag_eval, make_bag
+from ssd_ros.tools.bagio import add_topic, open_writer, serialize
+from ssd_ros.voc import load_image_rgb, parse_annotation
+from ssd_ros.voc_metric import evaluate_detections
+
+PICAR_CLASSES = ("Person", "Stop Sign", "Red Traffic Light", "Speed Limit 25", "Green Traffic Light", "Speed Limit 40")
+FRAMES = 8
+START_S = 1_700_000_000.0
+# An untrained model's scores are about 1 / (classes + 1): a low threshold gives detections to check.
+DETECTOR_ARGS = ["--score-threshold", "0.1", "--max-detections", "5", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a small shared CI machine, OpenMP threads spinning against each other make
+    each frame an order of magnitude slower (measured: 36 ms vs 670 ms CPU per frame on 2 busy cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    card = ModelCard.for_architecture("ssdlite320_mobilenet_v3", PICAR_CLASSES, dataset="test")
+    path = tmp_path_factory.mktemp("model") / "picar_lite.pt"
+    save_checkpoint(path, card.build_model(), card)
+    return path
+
+
+@pytest.fixture(scope="module")
+def camera_bags(tmp_path_factory):
+    """lane_drive.avi as raw and JPEG bags in both storage formats."""
+    video = shared_data("picar_camera", "video", "lane_drive.avi")
+    root = tmp_path_factory.mktemp("bags")
+    bags = {}
+    for storage in ("mcap", "sqlite3"):
+        for kind in ("raw", "jpeg"):
+            out = root / f"{kind}_{storage}"
+            argv = ["--video", str(video), "--out", str(out), "--storage", storage, "--max-frames", str(FRAMES)]
+            argv += ["--start-time-s", str(START_S)] + (["--compressed"] if kind == "jpeg" else [])
+            assert make_bag.main(argv) == 0
+            bags[kind, storage] = out
+    return bags
+
+
+def read_bag(path):
+    with Reader(path) as reader:
+        connections = {c.topic: c for c in reader.connections}
+        messages = {}
+        for connection, bag_ns, raw in reader.messages():
+            messages.setdefault(connection.topic, []).append((bag_ns, bytes(raw)))
+    return connections, messages
+
+
+def run_eval(argv, capsys):
+    status = bag_eval.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize("kind", ["raw", "jpeg"])
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_output_bag_reads_back_with_rclpy(tmp_path, camera_bags, checkpoint, kind, storage, capsys):
+    source = camera_bags[kind, storage]
+    out = tmp_path / "eval"
+    argv = [source, "--checkpoint", checkpoint, "--out", out, "--storage", storage, *DETECTOR_ARGS]
+    argv += ["--follow-classes", *PICAR_CLASSES, "--follow-param", "min_score=0.0"]
+    status, stdout, _ = run_eval(argv, capsys)
+    assert status == 0
+
+    image_topic = "/camera/image_raw/compressed" if kind == "jpeg" else "/camera/image_raw"
+    connections, messages = read_bag(out)
+    assert set(connections) == {image_topic, "/detections", "/image_annotated", "/cmd_vel"}
+    _, source_messages = read_bag(source)
+    # The original images are copied byte for byte, at their bag times.
+    assert messages[image_topic] == source_messages[image_topic]
+
+    # The output's vision_msgs type hash is the installed package's: a ROS 2 install can play it.
+    share = Path(get_package_share_directory("vision_msgs"))
+    hashes = json.loads((share / "msg" / "Detection2DArray.json").read_text())["type_hashes"]
+    assert connections["/detections"].digest == hashes[0]["hash_string"]
+
+    image_class = CompressedImage if kind == "jpeg" else Image
+    decode = compressed_msg_to_rgb if kind == "jpeg" else image_msg_to_rgb
+    detector = Detector.from_checkpoint(checkpoint, score_threshold=0.1, max_detections=5, device="cpu")
+    detections = messages["/detections"]
+    assert len(detections) == len(messages["/image_annotated"]) == FRAMES
+    total = 0
+    for (image_ns, image_raw), (det_ns, det_raw), (ann_ns, ann_raw) in zip(
+        messages[image_topic], detections, messages["/image_annotated"]
+    ):
+        image = deserialize_message(image_raw, image_class)
+        array = deserialize_message(det_raw, Detection2DArray)
+        annotated = deserialize_message(ann_raw, Image)
+        assert det_ns == ann_ns == image_ns
+        assert array.header == image.header and annotated.header == image.header
+        for det in array.detections:
+            assert det.header == image.header
+            assert det.results[0].hypothesis.class_id in PICAR_CLASSES
+        # The same decoding and Detector as the live node, frame by frame.
+        rgb = decode(image)
+        expected = detector(rgb)
+        got = msg_to_detections(array)
+        assert got.names == expected.names
+        np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-3)
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-6)
+        total += len(got)
+        assert (annotated.encoding, annotated.height, annotated.width) == ("rgb8", rgb.shape[0], rgb.shape[1])
+        drawn = np.frombuffer(annotated.data, np.uint8).reshape(rgb.shape)
+        assert (len(got) > 0) == (not np.array_equal(drawn, rgb))
+    assert total > 0, "the test model should detect something at this threshold"
+
+    # The follower ticks at 20 Hz on bag time from the first to the last frame; the video is 20 fps, so
+    # tick k gets frame k's detections. Replaying them through a FollowController gives the same commands
+    # (to float32 precision: the boxes went through the message's centre/size form).
+    commands = messages["/cmd_vel"]
+    assert [t for t, _ in commands] == [t for t, _ in messages[image_topic]]
+    params = {"image_width": 320, "image_height": 240, "target_classes": list(PICAR_CLASSES), "min_score": 0.0}
+    controller = FollowController(params_from_mapping(params))
+    moving = 0
+    for (tick_ns, cmd_raw), (_, det_raw) in zip(commands, detections, strict=True):
+        array = deserialize_message(det_raw, Detection2DArray)
+        stamp_s = array.header.stamp.sec + array.header.stamp.nanosec * 1e-9
+        expected = controller.update(msg_to_detections(array), stamp_s, tick_ns / 1e9)
+        twist = deserialize_message(cmd_raw, Twist)
+        assert math.isfinite(twist.linear.x) and math.isfinite(twist.angular.z)
+        assert twist.linear.x == pytest.approx(expected.linear_mps, rel=1e-5, abs=1e-9)
+        assert twist.angular.z == pytest.approx(expected.angular_radps, rel=1e-5, abs=1e-9)
+        assert twist.linear.y == twist.linear.z == twist.angular.x == twist.angular.y == 0.0
+        moving += twist.linear.x != 0.0
+    assert moving > 0, "following every class at min_score 0, the rover should have moved"
+
+    report = json.loads((out / "bag_eval_report.json").read_text())
+    assert report["frames"] == report["processed_frames"] == FRAMES and report["bad_frames"] == 0
+    assert report["detections"] == total == sum(report["detections_per_class"].values())
+    assert report["cmd_vel"]["messages"] == len(commands)
+    assert report["model_latency_ms"]["p50"] > 0 and report["frames_per_s"] > 0
+    assert report["fault"] is None
+    assert f"frames: {FRAMES} ({FRAMES} processed, 0 bad)" in stdout
+
+
+def test_batched_run_and_the_follower_config_file(tmp_path, camera_bags, checkpoint, capsys):
+    source = camera_bags["raw", "mcap"]
+    single, batched = tmp_path / "single", tmp_path / "batched"
+    assert run_eval([source, "--checkpoint", checkpoint, "--out", single, *DETECTOR_ARGS], capsys)[0] == 0
+    config = tmp_path / "follower.yaml"
+    config.write_text(
+        "/**:\n  ros__parameters:\n    rate_hz: 10.0\n    twist_stamped: true\n    cmd_frame_id: chassis\n"
+        "    target_classes: [Person]\n    image_width: 640\n"
+    )
+    argv = [source, "--checkpoint", checkpoint, "--out", batched, "--batch-size", "4", "--follow-config", config]
+    assert run_eval([*argv, "--no-annotated", *DETECTOR_ARGS], capsys)[0] == 0
+    connections, messages = read_bag(batched)
+    assert "/image_annotated" not in connections
+
+    # The follower node's file sets the command type, frame and timer rate (ticks every 100 ms).
+    assert connections["/cmd_vel"].msgtype == "geometry_msgs/msg/TwistStamped"
+    first, last = messages["/camera/image_raw"][0][0], messages["/camera/image_raw"][-1][0]
+    assert [t for t, _ in messages["/cmd_vel"]] == list(range(first, last + 1, 100_000_000))
+    for bag_ns, raw in messages["/cmd_vel"]:
+        command = deserialize_message(raw, TwistStamped)
+        assert command.header.frame_id == "chassis"
+        assert command.header.stamp.sec * 10**9 + command.header.stamp.nanosec == bag_ns
+        assert math.isfinite(command.twist.linear.x) and math.isfinite(command.twist.angular.z)
+
+    # Batches of 4 give the per-frame results (up to float noise of a different batch shape).
+    _, reference = read_bag(single)
+    for (_, a), (_, b) in zip(reference["/detections"], messages["/detections"], strict=True):
+        x = msg_to_detections(deserialize_message(a, Detection2DArray))
+        y = msg_to_detections(deserialize_message(b, Detection2DArray))
+        assert x.names == y.names
+        np.testing.assert_allclose(x.boxes, y.boxes, atol=1e-2)
+
+
+def test_ground_truth_ap_by_stamp_and_by_index(tmp_path, checkpoint, capsys):
+    folder = shared_data("picar_camera", "detection", "test")
+    bag, labels = tmp_path / "bag", tmp_path / "labels"
+    argv = ["--images", str(folder), "--out", str(bag), "--labels-out", str(labels), "--start-time-s", "10"]
+    assert make_bag.main(argv) == 0
+    common = [bag, "--checkpoint", checkpoint, *DETECTOR_ARGS, "--score-threshold", "0.01", "--max-detections", "50"]
+    status, stdout, _ = run_eval([*common, "--out", tmp_path / "by_stamp", "--ground-truth", labels], capsys)
+    assert status == 0
+    by_stamp = json.loads((tmp_path / "by_stamp" / "bag_eval_report.json").read_text())["ground_truth"]
+    status, _, _ = run_eval([*common, "--out", tmp_path / "by_index", "--ground-truth", folder], capsys)
+    assert status == 0
+    by_index = json.loads((tmp_path / "by_index" / "bag_eval_report.json").read_text())["ground_truth"]
+    assert (by_stamp["match"], by_index["match"]) == ("stamp", "index")
+
+    # The raw bag holds the JPEGs' exact pixels: the AP equals the detector run on the files themselves.
+    jpgs = sorted(folder.glob("*.jpg"))
+    annotations = [parse_annotation(p.with_suffix(".xml")) for p in jpgs]
+    detector = Detector.from_checkpoint(checkpoint, score_threshold=0.01, max_detections=50, device="cpu")
+    expected = evaluate_detections([detector(load_image_rgb(p)) for p in jpgs], annotations, PICAR_CLASSES)
+    for result in (by_stamp, by_index):
+        assert result["frames_evaluated"] == len(jpgs)
+        assert result["map"] == pytest.approx(expected.map, abs=1e-6)
+        for got, want in zip(result["classes"], expected.classes, strict=True):
+            assert got["name"] == want.name
+            assert (got["npos"], got["true_positives"], got["false_positives"]) == (
+                want.npos,
+                want.true_positives,
+                want.false_positives,
+            )
+            assert got["ap"] == (None if math.isnan(want.ap) else pytest.approx(want.ap, abs=1e-6))
+    assert "| mAP" in stdout and "VOC AP (5 frames with ground truth, matched by stamp)" in stdout
+
+
+def test_ground_truth_by_stamp_evaluates_only_the_labelled_frames(tmp_path, checkpoint, capsys):
+    folder = shared_data("picar_camera", "detection", "test")
+    bag, labels = tmp_path / "bag", tmp_path / "labels"
+    argv = ["--images", str(folder), "--out", str(bag), "--labels-out", str(labels), "--start-time-s", "10"]
+    assert make_bag.main(argv) == 0
+    # Frames are 100 ms apart from t = 10 s: drop the labels of frames 1 and 3.
+    for index in (1, 3):
+        (labels / f"{10 * 10**9 + index * 100_000_000}.xml").unlink()
+    status, _, _ = run_eval(
+        [bag, "--checkpoint", checkpoint, "--out", tmp_path / "eval", "--ground-truth", labels, *DETECTOR_ARGS], capsys
+    )
+    assert status == 0
+    result = json.loads((tmp_path / "eval" / "bag_eval_report.json").read_text())["ground_truth"]
+    assert (result["match"], result["annotations"], result["frames_evaluated"]) == ("stamp", 3, 3)
+    jpgs = sorted(folder.glob("*.jpg"))
+    kept = [parse_annotation(jpgs[i].with_suffix(".xml")) for i in (0, 2, 4)]
+    npos = {
+        name: sum(n == name and not d for a in kept for n, d in zip(a.names, a.difficult)) for name in PICAR_CLASSES
+    }
+    assert {c["name"]: c["npos"] for c in result["classes"]} == npos
+
+
+def test_truncated_mcap_keeps_frames_before_the_cut(tmp_path, checkpoint, capsys):
+    video = shared_data("picar_camera", "video", "lane_drive.avi")
+    bag = tmp_path / "bag"
+    assert make_bag.main(["--video", str(video), "--out", str(bag), "--max-frames", "24", "--start-time-s", "5"]) == 0
+    mcap = bag / "bag.mcap"
+    with mcap.open("r+b") as f:
+        f.truncate(mcap.stat().st_size // 2)
+    out = tmp_path / "eval"
+    status, stdout, stderr = run_eval([bag, "--checkpoint", checkpoint, "--out", out, *DETECTOR_ARGS], capsys)
+    assert status == 1
+    assert "damaged" in stderr and str(bag) in stderr and "**Error:**" in stdout
+    _, messages = read_bag(out)  # closed properly: a normal, readable bag
+    kept = len(messages["/camera/image_raw"])
+    assert 0 < kept < 24
+    assert len(messages["/detections"]) == kept
+    report = json.loads((out / "bag_eval_report.json").read_text())
+    assert report["frames"] == kept and "damaged" in report["fault"]
+
+
+def test_truncated_sqlite3_is_a_clear_error(tmp_path, camera_bags, checkpoint, capsys):
+    bag = tmp_path / "cut"
+    source = camera_bags["jpeg", "sqlite3"]
+    bag.mkdir()
+    for path in source.iterdir():
+        data = path.read_bytes()
+        (bag / path.name).write_bytes(data[: len(data) // 2] if path.suffix == ".db3" else data)
+    status, _, stderr = run_eval([bag, "--checkpoint", checkpoint, "--out", tmp_path / "eval", "--quiet"], capsys)
+    assert status == 2
+    assert f"cannot read bag {bag}" in stderr and "malformed" in stderr
+
+
+def test_missing_and_ambiguous_topics(tmp_path, camera_bags, checkpoint, capsys):
+    source = camera_bags["raw", "mcap"]
+    argv = [source, "--checkpoint", checkpoint, "--out", tmp_path / "a", "--quiet"]
+    status, _, stderr = run_eval([*argv, "--topic", "/front/image_raw"], capsys)
+    assert status == 2 and "'/front/image_raw' is not in the bag" in stderr and "/camera/image_raw" in stderr
+    assert not (tmp_path / "a").exists()
+
+    two = tmp_path / "two"
+    with open_writer(two, "mcap") as writer:
+        for topic in ("/left/image_raw", "/right/image_raw"):
+            msg = rgb_to_image_msg(np.zeros((48, 64, 3), np.uint8), Header(frame_id="cam"))
+            writer.write(add_topic(writer, topic, "sensor_msgs/msg/Image"), 1, serialize(msg))
+    status, _, stderr = run_eval([two, "--checkpoint", checkpoint, "--out", tmp_path / "b", "--quiet"], capsys)
+    assert status == 2 and "several image topics" in stderr and "/left/image_raw" in stderr
+    status, _, _ = run_eval(
+        [two, "--checkpoint", checkpoint, "--out", tmp_path / "c", "--topic", "/right/image_raw"], capsys
+    )
+    assert status == 0
+
+
+def test_unknown_encoding_frame_is_counted_and_skipped(tmp_path, checkpoint, capsys):
+    bag = tmp_path / "bag"
+    rng = np.random.default_rng(0)
+    with open_writer(bag, "sqlite3") as writer:
+        connection = add_topic(writer, "/cam/image_raw", "sensor_msgs/msg/Image")
+        for i in range(4):
+            header = Header(frame_id="cam")
+            header.stamp.sec = 100 + i
+            msg = rgb_to_image_msg(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), header)
+            if i == 2:
+                msg.encoding = "bayer_xyz99"
+            writer.write(connection, (100 + i) * 10**9, serialize(msg))
+    out = tmp_path / "eval"
+    status, stdout, _ = run_eval([bag, "--checkpoint", checkpoint, "--out", out, *DETECTOR_ARGS], capsys)
+    assert status == 0
+    report = json.loads((out / "bag_eval_report.json").read_text())
+    assert (report["frames"], report["processed_frames"], report["bad_frames"]) == (4, 3, 1)
+    assert report["bad_frame_examples"][0]["index"] == 2
+    assert "bayer_xyz99" in report["bad_frame_examples"][0]["error"] and "bayer_xyz99" in stdout
+    _, messages = read_bag(out)
+    assert len(messages["/cam/image_raw"]) == 4 and len(messages["/detections"]) == 3
+    stamps = [deserialize_message(raw, Detection2DArray).header.stamp.sec for _, raw in messages["/detections"]]
+    assert stamps == [100, 101, 103]
+
+
+def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, capsys):
+    source = camera_bags["raw", "mcap"]
+    out = tmp_path / "eval"
+    base = [source, "--checkpoint", checkpoint, "--out", out, "--quiet"]
+    cases = [
+        (["--follow-param", "no_such=1"], "--follow-param"),
+        (["--follow-classes", "Unicorn"], "Unicorn"),
+        (["--ground-truth", tmp_path / "nowhere"], "does not exist"),
+        (["--class-filter", "Unicorn"], "Unicorn"),
+    ]
+    for extra, message in cases:
+        status, _, stderr = run_eval([*base, *extra], capsys)
+        assert status == 2 and message in stderr
+        assert not out.exists()
+    status, _, stderr = run_eval([source, "--checkpoint", tmp_path / "none.pt", "--out", out], capsys)
+    assert status == 2 and "none.pt" in stderr
+    out.mkdir()
+    status, _, stderr = run_eval(base, capsys)
+    assert status == 2 and "exists already" in stderr
