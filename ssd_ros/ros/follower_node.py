@@ -225,7 +225,10 @@ def main(args=None) -> None:
     node = None
     try:
         node = FollowerNode()
-        rclpy.spin(node)
+        # Wake at least every 0.1 s: with use_sim_time and a silent /clock no timer fires, and a wait
+        # that never returns would never let Python handle Ctrl-C.
+        while rclpy.ok():
+            rclpy.spin_once(node, timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
