@@ -10,7 +10,6 @@ judge message age against bag time, exactly as with ``ros2 bag play --clock``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -18,14 +17,9 @@ from pathlib import Path
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
-from rosbags.rosbag2 import Reader
 from rosgraph_msgs.msg import Clock
 
-
-def message_class(msgtype: str):
-    """The rclpy message class for a type name such as ``sensor_msgs/msg/Image``."""
-    package, kind, name = msgtype.split("/")
-    return getattr(importlib.import_module(f"{package}.{kind}"), name)
+from ssd_ros.tools.bagio import message_class, open_bag
 
 
 def play(bag: Path, *, topics: list[str] | None, rate: float, clock: bool, loop: bool, start_delay_s: float) -> int:
@@ -33,7 +27,9 @@ def play(bag: Path, *, topics: list[str] | None, rate: float, clock: bool, loop:
     node = rclpy.create_node("bag_player")
     published = 0
     try:
-        with Reader(bag) as reader:
+        with open_bag(bag) as (reader, salvage_note):
+            if salvage_note:
+                node.get_logger().warning(salvage_note)
             connections = [c for c in reader.connections if not topics or c.topic in topics]
             if not connections:
                 available = sorted({c.topic for c in reader.connections})
