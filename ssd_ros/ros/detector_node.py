@@ -1,0 +1,429 @@
+"""The ``detector`` node: camera images in, ``vision_msgs/Detection2DArray`` out.
+
+Subscribes ``<image_topic>`` (``sensor_msgs/Image``) or ``<image_topic>/compressed``
+(``sensor_msgs/CompressedImage``) and publishes
+
+* ``detections`` (``vision_msgs/Detection2DArray``, header = the source image header),
+* ``label_info`` (``vision_msgs/LabelInfo``, latched: transient local, reliable, depth 1),
+* ``image_annotated`` (``sensor_msgs/Image`` rgb8, drawn only while someone subscribes),
+* ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, ~1 Hz).
+
+Inference never queues frames: the subscription callback decodes the image and keeps only the newest
+one (a frame replaced before the worker took it counts as dropped); a worker thread runs the model on
+whatever is newest when it becomes free. See ``docs/detector_node.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import ParameterType as PT
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2DArray, LabelInfo
+
+from ssd_ros.checkpoint import CheckpointError
+from ssd_ros.detector import Detector
+from ssd_ros.drawing import draw_detections
+from ssd_ros.image_codec import ImageDecodeError
+from ssd_ros.model import WeightsUnavailableError
+from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
+from ssd_ros.ros.messages import detections_to_msg, label_info_msg
+
+# Parameters that define the model and the wiring; they are read once at start.
+RESTART_REQUIRED = (
+    "model_path",
+    "use_coco_weights",
+    "device",
+    "image_topic",
+    "compressed",
+    "qos_reliability",
+    "qos_depth",
+)
+# Parameters applied while running; the first four are Detector attributes of the same name.
+DETECTOR_SETTINGS = ("score_threshold", "nms_iou", "max_detections", "class_filter")
+RUNTIME = (*DETECTOR_SETTINGS, "publish_annotated")
+
+WARNING_INTERVAL_S = 5.0  # per kind of bad input
+DIAGNOSTICS_PERIOD_S = 1.0
+STATS_WINDOW = 100  # inference times / image ages kept for the percentiles
+
+
+def _descriptor(description: str, type_: int, **kwargs) -> ParameterDescriptor:
+    return ParameterDescriptor(description=description, type=type_, **kwargs)
+
+
+PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
+    "model_path": ("", _descriptor("SSD checkpoint (.pt) to load (restart required to change)", PT.PARAMETER_STRING)),
+    "use_coco_weights": (
+        False,
+        _descriptor(
+            "ignore model_path and use torchvision's COCO-trained SSD300 (needs internet once or torch's cache; "
+            "restart required)",
+            PT.PARAMETER_BOOL,
+        ),
+    ),
+    "device": (
+        "auto",
+        _descriptor("inference device: auto | cpu | cuda | cuda:N (restart required)", PT.PARAMETER_STRING),
+    ),
+    "score_threshold": (
+        0.3,
+        _descriptor(
+            "minimum detection score in [0, 1]",
+            PT.PARAMETER_DOUBLE,
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)],
+        ),
+    ),
+    "nms_iou": (
+        0.45,
+        _descriptor(
+            "IoU above which same-class boxes are suppressed, in [0, 1]",
+            PT.PARAMETER_DOUBLE,
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)],
+        ),
+    ),
+    "max_detections": (
+        100,
+        _descriptor(
+            "most detections per image (>= 1)",
+            PT.PARAMETER_INTEGER,
+            integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)],
+        ),
+    ),
+    # An empty default would be declared as a byte array; a typed, unset parameter means "no filter".
+    "class_filter": (
+        Parameter.Type.STRING_ARRAY,
+        _descriptor("class names to report (empty: all classes of the model)", PT.PARAMETER_STRING_ARRAY),
+    ),
+    "image_topic": (
+        "image_raw",
+        _descriptor(
+            "input image topic; with compressed=true the node subscribes <image_topic>/compressed (restart required)",
+            PT.PARAMETER_STRING,
+        ),
+    ),
+    "compressed": (
+        False,
+        _descriptor(
+            "subscribe sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed (restart required)",
+            PT.PARAMETER_BOOL,
+        ),
+    ),
+    "qos_reliability": (
+        "best_effort",
+        _descriptor(
+            "input subscription reliability: best_effort (matches every camera) | reliable (restart required)",
+            PT.PARAMETER_STRING,
+        ),
+    ),
+    "qos_depth": (
+        1,
+        _descriptor(
+            "input subscription queue depth (restart required)",
+            PT.PARAMETER_INTEGER,
+            integer_range=[IntegerRange(from_value=1, to_value=100, step=1)],
+        ),
+    ),
+    "publish_annotated": (
+        True,
+        _descriptor("draw detections on image_annotated (only while it has subscribers)", PT.PARAMETER_BOOL),
+    ),
+}
+
+_RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+
+
+class StartupError(Exception):
+    """The node cannot start (bad checkpoint, bad parameter); the message says why."""
+
+
+@dataclass
+class _Frame:
+    header: Header
+    rgb: np.ndarray
+
+
+def _percentile_ms(values, q: float) -> str:
+    return f"{np.percentile(np.asarray(values), q) * 1e3:.1f}" if values else "n/a"
+
+
+class DetectorNode(Node):
+    """Runs the SSD detector on the newest camera frame and publishes detections and diagnostics."""
+
+    def __init__(self) -> None:
+        super().__init__("detector")
+        values = {
+            name: self.declare_parameter(name, default, descriptor).value
+            for name, (default, descriptor) in PARAMETERS.items()
+        }
+        values["class_filter"] = values["class_filter"] or []  # unset: no filter
+        reliability = values["qos_reliability"]
+        if reliability not in _RELIABILITY:
+            raise StartupError(f"qos_reliability must be one of {', '.join(_RELIABILITY)}, got {reliability!r}")
+
+        self._detector, self._model_name = self._load_detector(values)
+        self._publish_annotated = values["publish_annotated"]
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        # Newest decoded frame and the counters shared between the callback, the worker and diagnostics.
+        self._lock = threading.Condition()
+        self._pending: _Frame | None = None
+        self._stopping = False
+        self._received = self._processed = self._dropped = self._bad = 0
+        self._inference_s: deque[float] = deque(maxlen=STATS_WINDOW)
+        self._age_s: deque[float] = deque(maxlen=STATS_WINDOW)
+        self._last_problem = ""
+        self._warned_at: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._window = (time.monotonic(), 0, 0)  # (start, received, processed) of the current rate window
+
+        self._detections_pub = self.create_publisher(Detection2DArray, "detections", 10)
+        self._annotated_pub = self.create_publisher(Image, "image_annotated", 1)
+        latched = QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
+        self._label_info_pub = self.create_publisher(LabelInfo, "label_info", latched)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._publish_label_info()
+
+        qos = QoSProfile(depth=values["qos_depth"], reliability=_RELIABILITY[reliability])
+        topic = values["image_topic"]
+        if values["compressed"]:
+            topic = topic.rstrip("/") + "/compressed"
+            self._subscription = self.create_subscription(
+                CompressedImage, topic, lambda msg: self._on_image(msg, compressed_msg_to_rgb), qos
+            )
+        else:
+            self._subscription = self.create_subscription(
+                Image, topic, lambda msg: self._on_image(msg, image_msg_to_rgb), qos
+            )
+
+        # Diagnostics run on the steady clock: with use_sim_time and a paused bag they still report.
+        self._diagnostics_timer = self.create_timer(
+            DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
+        )
+        self._worker = threading.Thread(target=self._run_worker, name="detector-worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"{self._model_name} on {self._detector.device}: {self.resolve_topic_name(topic)} "
+            f"({'CompressedImage' if values['compressed'] else 'Image'}, {reliability}, depth {values['qos_depth']}) "
+            f"-> {self.resolve_topic_name('detections')}, {len(self._detector.class_names)} classes, "
+            f"score_threshold {self._detector.score_threshold}"
+        )
+
+    # --- model and parameters -------------------------------------------------------------------------------
+
+    def _load_detector(self, values: dict) -> tuple[Detector, str]:
+        settings = {name: values[name] for name in ("score_threshold", "nms_iou", "max_detections")}
+        settings["class_filter"] = values["class_filter"]
+        try:
+            if values["use_coco_weights"]:
+                detector = Detector.from_coco(device=values["device"], **settings)
+                return detector, "torchvision COCO ssd300_vgg16"
+            path = values["model_path"]
+            if not path:
+                raise StartupError("no model: set model_path to a checkpoint (or use_coco_weights:=true)")
+            detector = Detector.from_checkpoint(path, device=values["device"], **settings)
+        except (CheckpointError, WeightsUnavailableError) as error:
+            raise StartupError(str(error)) from error
+        except ValueError as error:  # a device that does not exist here, an out-of-range setting, a wrong class
+            raise StartupError(str(error)) from error
+        return detector, f"{detector.card.architecture} ({path})"
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Apply runtime changes all together or not at all; the Detector's setters validate the values."""
+        restart = [p.name for p in parameters if p.name in RESTART_REQUIRED]
+        if restart:
+            return SetParametersResult(
+                successful=False, reason=f"{', '.join(restart)} cannot change at runtime: restart required"
+            )
+        changes = {p.name: p.value for p in parameters if p.name in RUNTIME}
+        before = {name: getattr(self._detector, name) for name in DETECTOR_SETTINGS}
+        try:
+            for name, value in changes.items():
+                if name in DETECTOR_SETTINGS:
+                    # An empty string array means no filter.
+                    setattr(self._detector, name, value if name != "class_filter" else (value or None))
+        except ValueError as error:
+            for name, value in before.items():
+                setattr(self._detector, name, value)
+            return SetParametersResult(successful=False, reason=str(error))
+        if "publish_annotated" in changes:
+            self._publish_annotated = bool(changes["publish_annotated"])
+        if changes:
+            self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+        if "score_threshold" in changes:
+            self._publish_label_info()
+        return SetParametersResult(successful=True)
+
+    def _publish_label_info(self) -> None:
+        header = Header(stamp=self.get_clock().now().to_msg())
+        self._label_info_pub.publish(
+            label_info_msg(tuple(self._detector.class_names), self._detector.score_threshold, header)
+        )
+
+    # --- input ------------------------------------------------------------------------------------------
+
+    def _on_image(self, msg, decode) -> None:
+        """Decode and keep only the newest frame; the worker picks it up."""
+        try:
+            rgb = decode(msg)
+        except ImageDecodeError as error:
+            with self._lock:
+                self._received += 1
+                self._bad += 1
+                self._last_problem = str(error)
+            self._warn_bad_input(str(error), msg.header.frame_id)
+            return
+        with self._lock:
+            self._received += 1
+            if self._pending is not None:
+                self._dropped += 1
+            self._pending = _Frame(msg.header, rgb)
+            self._lock.notify()
+
+    def _warn_bad_input(self, problem: str, frame_id: str) -> None:
+        """Warn once per WARNING_INTERVAL_S for each kind of problem (the text before its first ':')."""
+        kind = problem.split(":", 1)[0].split(" (", 1)[0]
+        now = time.monotonic()
+        if now - self._warned_at.get(kind, -WARNING_INTERVAL_S) < WARNING_INTERVAL_S:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        suppressed = self._suppressed.pop(kind, 0)
+        self._warned_at[kind] = now
+        more = f" ({suppressed} more like it suppressed)" if suppressed else ""
+        self.get_logger().warning(f"bad image in frame {frame_id!r} dropped: {problem}{more}")
+
+    # --- worker -----------------------------------------------------------------------------------------
+
+    def _run_worker(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                frame, self._pending = self._pending, None
+            try:
+                self._process(frame)
+            except Exception as error:  # noqa: BLE001 - the node must outlive any single frame
+                if self._stopping or not rclpy.ok(context=self.context):
+                    return
+                self.get_logger().error(
+                    f"inference failed: {type(error).__name__}: {error}", throttle_duration_sec=WARNING_INTERVAL_S
+                )
+
+    def _process(self, frame: _Frame) -> None:
+        start = time.perf_counter()
+        detections = self._detector(frame.rgb)
+        inference_s = time.perf_counter() - start
+        self._detections_pub.publish(detections_to_msg(detections, frame.header))
+        age_s = (self.get_clock().now() - Time.from_msg(frame.header.stamp)).nanoseconds * 1e-9
+        if self._publish_annotated and self._annotated_pub.get_subscription_count() > 0:
+            self._annotated_pub.publish(rgb_to_image_msg(draw_detections(frame.rgb, detections), frame.header))
+        with self._lock:
+            self._processed += 1
+            self._inference_s.append(inference_s)
+            self._age_s.append(age_s)
+
+    # --- diagnostics ------------------------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            start, received, processed = self._window
+            elapsed = max(now - start, 1e-6)
+            input_hz = (self._received - received) / elapsed
+            processed_hz = (self._processed - processed) / elapsed
+            self._window = (now, self._received, self._processed)
+            inference, ages = list(self._inference_s), list(self._age_s)
+            counters = {
+                "received": self._received,
+                "processed": self._processed,
+                "dropped_frames": self._dropped,
+                "bad_frames": self._bad,
+            }
+            last_problem = self._last_problem
+        status = DiagnosticStatus(
+            name=f"{self.get_fully_qualified_name()}: inference", hardware_id=str(self._detector.device)
+        )
+        if input_hz == 0.0:
+            status.level, status.message = DiagnosticStatus.WARN, "no input images"
+        elif processed_hz == 0.0 and not inference:
+            status.level, status.message = DiagnosticStatus.WARN, "images arrive but none was processed yet"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "running"
+        values = {
+            "input_rate_hz": f"{input_hz:.2f}",
+            "processed_rate_hz": f"{processed_hz:.2f}",
+            "inference_time_p50_ms": _percentile_ms(inference, 50),
+            "inference_time_p95_ms": _percentile_ms(inference, 95),
+            "image_age_at_publish_mean_ms": f"{np.mean(ages) * 1e3:.1f}" if ages else "n/a",
+            "image_age_at_publish_p95_ms": _percentile_ms(ages, 95),
+            **{name: str(count) for name, count in counters.items()},
+            "last_bad_frame": last_problem,
+            "device": str(self._detector.device),
+            "model": self._model_name,
+            "score_threshold": f"{self._detector.score_threshold:g}",
+        }
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        self._diagnostics_pub.publish(
+            DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
+        )
+
+    # --- shutdown ---------------------------------------------------------------------------------------
+
+    def stop_worker(self, timeout_s: float = 10.0) -> None:
+        """Ask the worker to finish (after its current frame) and wait for it."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self._worker.join(timeout_s)
+
+    def destroy_node(self) -> None:
+        """Stop the worker before the publishers it uses go away."""
+        if hasattr(self, "_worker"):
+            self.stop_worker()
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    """Run the detector node until Ctrl-C; exit code 1 (with the reason, no traceback) if it cannot start."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = DetectorNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (
+        StartupError,
+        rclpy.exceptions.InvalidParameterTypeException,
+        rclpy.exceptions.InvalidParameterValueException,
+    ) as error:
+        rclpy.logging.get_logger("detector").fatal(f"cannot start: {error}")
+        return 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
