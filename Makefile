@@ -1,7 +1,11 @@
-.PHONY: setup test demo bench lint
+.PHONY: setup test demo lint bench
 setup:  ## install and build everything (venv, ROS 2 Jazzy wheels, vision_msgs, ssd_ros)
 	scripts/setup.sh
-test:   ## run the whole test suite
+test:   ## run the whole test suite (local-only DDS, own ROS_DOMAIN_ID)
 	scripts/test.sh
+demo:   ## closed-loop rover demo without hardware; add CHECKPOINT=best.pt to run the SSD on camera video
+	scripts/run.sh python -m ssd_ros.tools.demo $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+bench:  ## all benchmarks (minutes; results in docs/benchmarks/)
+	for b in benchmarks/bench_*.py; do scripts/run.sh python $$b || exit 1; done
