@@ -33,7 +33,7 @@ from ssd_ros.checkpoint import ModelCard, save_checkpoint
 from ssd_ros.detector import Detector
 from ssd_ros.image_codec import decode_compressed, encode_compressed
 from ssd_ros.model import VOC_CLASSES, build_model
-from ssd_ros.ros.images import rgb_to_compressed_msg, rgb_to_image_msg
+from ssd_ros.ros.images import image_msg_to_rgb, rgb_to_compressed_msg, rgb_to_image_msg
 from ssd_ros.ros.messages import msg_to_detections
 
 PARAMS_FILE = REPO_ROOT / "config" / "detector.yaml"
@@ -394,6 +394,31 @@ def test_diagnostics_report_rates_times_and_device(raw):
     # Every good frame that arrived was either processed or replaced by a newer one.
     received, processed = int(idle["received"]), int(idle["processed"])
     assert received == processed + int(idle["dropped_frames"]) + int(idle["bad_frames"])
+
+
+def test_annotated_image_only_while_enabled(raw, ros_node):
+    annotated = []
+    sub = ros_node.create_subscription(Image, "/raw/image_annotated", annotated.append, 10)
+    try:
+        wait_for(lambda: sub.get_publisher_count() > 0, "the image_annotated publisher")
+        time.sleep(0.5)  # the node must see this subscriber before it decides to draw
+        rgb = test_image(8)
+        header = raw.header("annotated_frame")
+        raw.answer(raw.send(rgb_to_image_msg(rgb, header)))
+        wait_for(lambda: annotated, "an annotated image")
+        msg = annotated[-1]
+        assert msg.header == header and msg.encoding == "rgb8" and (msg.width, msg.height) == (WIDTH, HEIGHT)
+        drawn = image_msg_to_rgb(msg)
+        changed = (drawn != rgb).any(axis=2)
+        assert 0.001 < changed.mean() < 0.9  # boxes and labels drawn over the unchanged picture
+        assert all(r.successful for r in raw.set(publish_annotated=False))
+        count = len(annotated)
+        raw.answer(raw.send(rgb_to_image_msg(rgb, raw.header())))
+        time.sleep(0.5)
+        assert len(annotated) == count
+    finally:
+        assert all(r.successful for r in raw.set(publish_annotated=True))
+        ros_node.destroy_subscription(sub)
 
 
 def test_label_info_is_latched_for_late_subscribers(raw, ros_node):
