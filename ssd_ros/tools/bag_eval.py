@@ -237,12 +237,14 @@ class Evaluation:
         self.stats.frames += 1
         try:
             msg = deserialize(frame.raw, self.image_conn.msgtype)
-            frame.header = msg.header
-            frame.rgb = self.decode(msg)
-        except ImageDecodeError as exc:
-            frame.error = str(exc)
         except Exception as exc:  # rclpy raises assorted types on malformed CDR; one bad frame must not stop the run
             frame.error = f"cannot deserialize {self.image_conn.msgtype}: {exc}"
+        else:
+            frame.header = msg.header
+            try:
+                frame.rgb = self.decode(msg)
+            except ImageDecodeError as exc:
+                frame.error = str(exc)
         if frame.error is not None:
             self.stats.bad_frame_count += 1
             if len(self.stats.bad_frames) < MAX_LISTED_BAD_FRAMES:
@@ -382,7 +384,7 @@ def run(args) -> tuple[dict, int]:
             evaluation.finish()
             wall_s = time.perf_counter() - start
             progress.close()
-    fault = salvage_note if fault is None else fault
+    fault = "; ".join(note for note in (salvage_note, fault) if note) or None
     report = make_report(args, out, detector, image_conn, evaluation, wall_s, fault)
     return report, 1 if fault else 0
 
