@@ -1,0 +1,257 @@
+"""training/train.py on CPU with real data: learning, resume equivalence, crash-safe checkpoints, guards, options."""
+
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, shared_data
+
+from ssd_ros.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload
+from ssd_ros.detector import Detector
+from ssd_ros.model import build_model
+from ssd_ros.voc import VocSplit, load_image_rgb
+from ssd_ros.voc_metric import evaluate_detections
+from training import engine, train
+
+# The 8 picar frames used by the small runs (sorted stems: the first 8 of detection/train).
+SMALL_SET = 8
+
+
+@pytest.fixture(scope="module")
+def picar_small(tmp_path_factory):
+    """A VOC-format folder with a few real rover frames (class names with spaces)."""
+    source = shared_data("picar_camera", "detection", "train")
+    folder = tmp_path_factory.mktemp("picar_small")
+    for xml in sorted(source.glob("*.xml"))[:SMALL_SET]:
+        shutil.copy(xml, folder / xml.name)
+        shutil.copy(xml.with_suffix(".jpg"), folder / xml.with_suffix(".jpg").name)
+    return folder
+
+
+def _args(folder, output_dir, *extra):
+    return train.parse_args(
+        [
+            "--train-folder",
+            str(folder),
+            "--architecture",
+            "ssdlite320_mobilenet_v3",
+            "--no-pretrained",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--output-dir",
+            str(output_dir),
+            *extra,
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Options
+
+
+def test_help_documents_every_option():
+    script = REPO_ROOT / "training" / "train.py"
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for action in train.build_parser()._actions:
+        for option in action.option_strings:
+            assert option in result.stdout
+        assert action.help, f"{action.option_strings} has no help"
+    for option in ("--train-sets", "--val-set", "--train-folder", "--resume", "--amp", "--seed", "--no-pretrained"):
+        assert option in result.stdout
+
+
+def test_yaml_config_with_cli_override(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("data-root: /data/VOCdevkit\nlr: 0.002\nbatch_size: 8\nclasses: [Stop Sign, Person]\n")
+    args = train.parse_args(["--config", str(config), "--lr", "0.01"])
+    assert args.lr == 0.01 and args.batch_size == 8 and args.classes == ["Stop Sign", "Person"]
+    assert str(args.data_root) == "/data/VOCdevkit"
+    assert args.train_sets == ["2007/trainval", "2012/trainval"] and args.val_set == "2007/test"
+    assert args.iterations == 120_000 and args.lr_steps == [80_000, 100_000] and args.weight_decay == 5e-4
+    config.write_text("data-root: /d\nlearning_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--config", str(config)])
+
+
+def test_shipped_configs_parse():
+    configs = REPO_ROOT / "training" / "configs"
+    voc = train.parse_args(["--config", str(configs / "ssd300_voc0712.yaml"), "--data-root", "x"])
+    assert (voc.architecture, voc.batch_size, voc.lr, voc.iterations) == ("ssd300_vgg16", 32, 1e-3, 120_000)
+    picar = train.parse_args(["--config", str(configs / "picar_custom.yaml")])
+    assert picar.architecture == "ssdlite320_mobilenet_v3" and picar.train_folder
+
+
+def test_validation_never_on_training_images(picar_small, tmp_path):
+    args = _args(picar_small, tmp_path, "--val-folder", str(picar_small))
+    with pytest.raises(ValueError, match="must not run on training images"):
+        train.build_splits(args)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loop pieces
+
+
+def test_lr_schedule_warmup_and_steps():
+    kwargs = {"warmup_iterations": 100, "warmup_factor": 0.001, "milestones": (80_000, 100_000), "gamma": 0.1}
+    assert engine.lr_factor(0, **kwargs) == pytest.approx(0.001)
+    assert engine.lr_factor(50, **kwargs) == pytest.approx(0.5005)
+    assert engine.lr_factor(100, **kwargs) == 1.0 and engine.lr_factor(79_999, **kwargs) == 1.0
+    assert engine.lr_factor(80_000, **kwargs) == pytest.approx(0.1)
+    assert engine.lr_factor(100_000, **kwargs) == pytest.approx(0.01)
+
+
+def test_infinite_sampler_shards_and_resumes():
+    full = engine.InfiniteSampler(10, seed=3)
+    stream = [next(it) for it in [iter(full)] for _ in range(35)]
+    for epoch in range(3):  # every pass is a permutation
+        assert sorted(i for i, _ in stream[10 * epoch : 10 * epoch + 10]) == list(range(10))
+    resumed = iter(engine.InfiniteSampler(10, seed=3, start=17))
+    assert [next(resumed) for _ in range(18)] == stream[17:]
+    ranks = [iter(engine.InfiniteSampler(10, seed=3, rank=r, world_size=2)) for r in range(2)]
+    shards = [[next(it)[0] for _ in range(5)] for it in ranks]
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+    assert len({seed for _, seed in stream}) == len(stream)
+
+
+class _LossModel(torch.nn.Module):
+    """Returns a loss from a queue, so the guard sees chosen values."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.values = list(values)
+
+    def forward(self, images, targets):
+        return {"classification": self.weight.sum() * self.values.pop(0)}
+
+
+def test_nonfinite_loss_skips_step_then_aborts():
+    model = _LossModel([1.0, math.nan, math.inf, 2.0, math.nan, math.nan, math.nan])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    guard = engine.NonFiniteLossGuard(max_consecutive=3, max_total=10)
+    images = [torch.zeros(3, 4, 4)]
+    assert engine.train_step(model, images, [{}], optimizer, scaler, guard, 0) == {"loss": 1.0, "classification": 1.0}
+    weight = model.weight.item()
+    assert engine.train_step(model, images, [{}], optimizer, scaler, guard, 1) is None
+    assert engine.train_step(model, images, [{}], optimizer, scaler, guard, 2) is None
+    assert model.weight.item() == weight and guard.total == 2  # skipped: no update
+    assert engine.train_step(model, images, [{}], optimizer, scaler, guard, 3) is not None
+    assert guard.consecutive == 0
+    engine.train_step(model, images, [{}], optimizer, scaler, guard, 4)
+    engine.train_step(model, images, [{}], optimizer, scaler, guard, 5)
+    with pytest.raises(engine.NonFiniteLossError, match=r"iteration 6 .*3 in a row, 5 in total"):
+        engine.train_step(model, images, [{}], optimizer, scaler, guard, 6)
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    state = engine.capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    engine.restore_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole runs
+
+
+def test_resume_gives_the_same_loss_trajectory(picar_small, tmp_path):
+    common = ["--batch-size", "2", "--lr", "0.01", "--warmup-iterations", "2", "--log-every", "1", "--seed", "5"]
+    straight = train.train(_args(picar_small, tmp_path / "straight", "--iterations", "6", *common))
+    first = train.train(_args(picar_small, tmp_path / "split", "--iterations", "3", *common))
+    last = tmp_path / "split" / "last.pt"
+    resumed = train.train(_args(picar_small, tmp_path / "split", "--iterations", "6", "--resume", str(last), *common))
+    losses = [h["loss"] for h in straight["history"]]
+    split_losses = [h["loss"] for h in first["history"] + resumed["history"]]
+    assert len(losses) == len(split_losses) == 6
+    assert losses[0] != losses[3]  # different batches, so equality below is not trivial
+    torch.testing.assert_close(torch.tensor(split_losses), torch.tensor(losses), rtol=1e-4, atol=1e-4)
+    # The logs of the resumed run continue the first one's.
+    rows = (tmp_path / "split" / "train_log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5, 6]
+    state = read_checkpoint_payload(tmp_path / "split" / "last.pt").extra["training_state"]
+    assert state["iteration"] == 6 and state["scheduler"]["last_epoch"] == 6
+    assert set(state["rng"][0]) >= {"python", "numpy", "torch"}
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(picar_small, tmp_path, monkeypatch):
+    common = ["--batch-size", "2", "--checkpoint-every", "2", "--log-every", "1"]
+    train.train(_args(picar_small, tmp_path, "--iterations", "2", *common))
+    last = tmp_path / "last.pt"
+    good = read_checkpoint_payload(last)
+    assert good.extra["training_state"]["iteration"] == 2
+
+    real_save = torch.save
+
+    def save_then_crash(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.seek(f.tell() // 2)  # half of the file written when the "power goes out"
+        f.truncate()
+        raise OSError("simulated crash during checkpoint write")
+
+    monkeypatch.setattr(torch, "save", save_then_crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        train.train(_args(picar_small, tmp_path, "--iterations", "4", "--resume", str(last), *common))
+    monkeypatch.undo()
+    payload = read_checkpoint_payload(last)
+    assert payload.extra["training_state"]["iteration"] == 2
+    for name, tensor in good.state_dict.items():
+        assert torch.equal(payload.state_dict[name], tensor)
+    model, card = load_checkpoint(last)
+    assert card.class_names == good.card.class_names and card.training["iterations"] == 2
+    assert not list(tmp_path.glob(".last.pt.*")), "temporary file left behind"
+    with pytest.raises(CheckpointError):
+        read_checkpoint_payload(tmp_path / "missing.pt")
+
+
+def _recall_and_map(detector, split):
+    annotations = split.annotations()
+    detections = detector.detect_batch([load_image_rgb(item.image_path) for item in split])
+    result = evaluate_detections(detections, annotations, detector.class_names, metric="allpoint")
+    recall = sum(c.true_positives for c in result.classes) / sum(c.npos for c in result.classes)
+    return recall, result.map
+
+
+def test_short_run_learns_the_training_objects(picar_small, tmp_path):
+    """A few real frames, from scratch: the loss falls and the checkpoint finds the objects (numbers: docs)."""
+    args = _args(
+        picar_small,
+        tmp_path,
+        *("--iterations", "100", "--batch-size", "4", "--lr", "0.01", "--warmup-iterations", "10"),
+        *("--no-augment", "--precise-bn-batches", "4", "--log-every", "10", "--checkpoint-every", "1000"),
+    )
+    summary = train.train(args)
+    losses = [h["loss"] for h in summary["history"]]
+    assert len(losses) == 100 and summary["skipped_steps"] == 0
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+
+    split = VocSplit.from_folder(picar_small)
+    trained = Detector.from_checkpoint(tmp_path / "last.pt", score_threshold=0.01, max_detections=200, device="cpu")
+    assert trained.card.training["iterations"] == 100 and trained.card.training["dataset"] == str(picar_small)
+    torch.manual_seed(0)
+    untrained = Detector(
+        build_model("ssdlite320_mobilenet_v3", len(trained.class_names) + 1),
+        trained.class_names,
+        score_threshold=0.01,
+        max_detections=200,
+        device="cpu",
+    )
+    trained_recall, trained_map = _recall_and_map(trained, split)
+    untrained_recall, untrained_map = _recall_and_map(untrained, split)
+    print(f"trained: recall {trained_recall:.3f} mAP {trained_map:.3f}")
+    print(f"untrained: recall {untrained_recall:.3f} mAP {untrained_map:.3f}")
+    assert trained_map > 0.3 and trained_map > 5 * max(untrained_map, 0.01)
+    assert trained_recall > 0.5 and trained_recall > 2 * untrained_recall
+    assert (tmp_path / "training_curves.png").stat().st_size > 10_000

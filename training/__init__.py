@@ -1,0 +1,1 @@
+"""Workstation-side training of the ssd_ros detector (imports the core, never the ROS adapters)."""

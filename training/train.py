@@ -1,0 +1,579 @@
+#!/usr/bin/env python3
+r"""Train the ssd_ros SSD detector: SSD300 on VOC07+12 with the paper's recipe, or any VOC-format dataset.
+
+Examples::
+
+    # The paper's SSD300 on VOC07+12 trainval, evaluated on VOC2007 test every 5000 iterations:
+    python training/train.py --config training/configs/ssd300_voc0712.yaml --data-root ~/data/VOCdevkit
+
+    # 4 GPUs (the batch of 32 is split over the processes), mixed precision:
+    torchrun --nproc_per_node=4 training/train.py --config training/configs/ssd300_voc0712.yaml \\
+        --data-root ~/data/VOCdevkit --amp
+
+    # The rover's own labelled frames (class names read from the XML files, spaces allowed):
+    python training/train.py --config training/configs/picar_custom.yaml
+
+    # Continue an interrupted run exactly where its last checkpoint left it:
+    python training/train.py --config ... --resume runs/ssd300_voc0712/last.pt
+
+Options come from the YAML ``--config`` file (keys are the long option names, with ``-`` or ``_``) and the
+command line; the command line wins. Outputs in ``--output-dir``: ``last.pt`` (full training state, written
+atomically every ``--checkpoint-every`` iterations), ``best.pt`` (highest validation mAP), ``train_log.csv``,
+``val_log.csv``, ``training_curves.png``, ``val_ap.md`` and TensorBoard events under ``tensorboard/``. The
+checkpoints are ssd_ros checkpoints (weights + model card): the detector node and evaluate.py load them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository (ssd_ros, training) importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ssd_ros.checkpoint import CheckpointError, ModelCard, read_checkpoint_payload, save_checkpoint
+from ssd_ros.detector import Detector
+from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, build_model, input_size
+from ssd_ros.voc import VocFormatError, VocSplit, discover_classes, load_image_rgb
+from ssd_ros.voc_metric import METRICS, evaluate_detections, format_ap_table
+from training import engine
+from training.dataset import VocDetectionDataset, collate_detection
+from training.distributed import DistributedContext, barrier, init_distributed
+from training.presets import SSDEvalPreset, SSDTrainPreset
+
+TRAIN_LOG_FIELDS = ("iteration", "loss", "bbox_regression", "classification", "lr", "images_per_s", "skipped")
+VAL_LOG_FIELDS = ("iteration", "map", "metric", "images", "seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every option of the script, with the paper's SSD300/VOC recipe as defaults."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="YAML file of option defaults (long option names as keys)")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", type=Path, help="VOCdevkit folder (holding VOC2007/, VOC2012/)")
+    data.add_argument(
+        "--train-sets",
+        nargs="+",
+        default=["2007/trainval", "2012/trainval"],
+        metavar="YEAR/SET",
+        help="VOCdevkit splits to train on (concatenated)",
+    )
+    data.add_argument(
+        "--val-set",
+        default="2007/test",
+        metavar="YEAR/SET",
+        help="VOCdevkit split for periodic evaluation ('none': no evaluation); never a training image",
+    )
+    data.add_argument(
+        "--train-folder",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="VOC-format folder(s) to train on instead of --data-root/--train-sets (Annotations/+JPEGImages/, "
+        "or images with XML files beside them)",
+    )
+    data.add_argument("--val-folder", type=Path, metavar="DIR", help="VOC-format folder for periodic evaluation")
+    data.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="NAME",
+        help="class names in label order (quote names with spaces); default: the 20 VOC classes with "
+        "--data-root, the sorted names found in the --train-folder annotations otherwise",
+    )
+    data.add_argument(
+        "--skip-difficult",
+        action="store_true",
+        help="leave objects flagged difficult out of the training targets (ssd.pytorch); default: train on "
+        "them, as the released Caffe SSD does (they never count in the VOC metric either way)",
+    )
+    data.add_argument("--workers", type=int, default=4, help="data loading processes per training process")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--architecture", choices=ARCHITECTURES, default="ssd300_vgg16", help="detector to train")
+    model.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start from ImageNet backbone weights (torchvision weights API; downloads once); "
+        "--no-pretrained trains from scratch",
+    )
+
+    optim = parser.add_argument_group("optimisation (SSD paper, sec. 3: SGD, 120k iterations, x0.1 at 80k/100k)")
+    optim.add_argument("--iterations", type=int, default=120_000, help="training iterations (optimizer steps)")
+    optim.add_argument(
+        "--batch-size", type=int, default=32, help="images per iteration over all processes (split over GPUs)"
+    )
+    optim.add_argument("--lr", type=float, default=1e-3, help="base learning rate")
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    optim.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    optim.add_argument(
+        "--lr-steps", type=int, nargs="*", default=[80_000, 100_000], help="iterations where the lr is multiplied"
+    )
+    optim.add_argument("--lr-gamma", type=float, default=0.1, help="lr multiplier at each --lr-steps iteration")
+    optim.add_argument(
+        "--warmup-iterations", type=int, default=500, help="linear lr warm-up length (0: none, as in the paper)"
+    )
+    optim.add_argument("--warmup-factor", type=float, default=0.001, help="lr multiplier at iteration 0 of warm-up")
+    optim.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
+    optim.add_argument(
+        "--max-nonfinite-consecutive", type=int, default=10, help="abort after this many NaN/inf losses in a row"
+    )
+    optim.add_argument(
+        "--max-nonfinite-total", type=int, default=100, help="abort after this many NaN/inf losses in total"
+    )
+
+    augment = parser.add_argument_group("augmentation (torchvision transforms v2, see training/presets.py)")
+    augment.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="SSD augmentation; --no-augment only resizes (for overfitting checks on a few images)",
+    )
+    augment.add_argument("--hflip-prob", type=float, default=0.5, help="horizontal flip probability")
+    augment.add_argument("--zoom-out-prob", type=float, default=0.5, help="zoom-out (expand) probability")
+    augment.add_argument("--zoom-out-max", type=float, default=4.0, help="largest zoom-out factor")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", type=Path, default=Path("runs/ssd300_voc0712"), help="where outputs go")
+    run.add_argument("--resume", type=Path, metavar="CHECKPOINT", help="continue from a last.pt (full state)")
+    run.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
+    run.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and augmentation")
+    run.add_argument("--checkpoint-every", type=int, default=5000, help="write last.pt every N iterations")
+    run.add_argument("--val-every", type=int, default=5000, help="evaluate on the validation set every N iterations")
+    run.add_argument(
+        "--val-max-images", type=int, default=0, help="evaluate on this many evenly spaced images (0: all)"
+    )
+    run.add_argument("--val-metric", choices=METRICS, default="11point", help="VOC AP flavour (11point: VOC2007)")
+    run.add_argument("--val-batch-size", type=int, default=16, help="images per detector call during evaluation")
+    run.add_argument(
+        "--precise-bn-batches",
+        type=int,
+        default=0,
+        help="before each evaluation/checkpoint, recompute BatchNorm statistics over this many training batches "
+        "(PreciseBN; matters for ssdlite320 on short runs, no-op for ssd300_vgg16)",
+    )
+    run.add_argument("--log-every", type=int, default=20, help="write the loss to the CSV/TensorBoard every N")
+    run.add_argument("--no-progress", action="store_true", help="no tqdm progress bar (e.g. in batch jobs)")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options from ``--config`` (if given) overridden by the command line."""
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        try:
+            config = yaml.safe_load(known.config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            parser.error(f"cannot read --config {known.config}: {error}")
+        if not isinstance(config, dict):
+            parser.error(f"--config {known.config}: expected a mapping of option names to values")
+        destinations = {action.dest for action in parser._actions}
+        defaults = {}
+        for key, value in config.items():
+            dest = str(key).replace("-", "_")
+            if dest not in destinations or dest in ("help", "config"):
+                parser.error(f"--config {known.config}: unknown option {key!r}")
+            defaults[dest] = value
+        parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    for name in ("data_root", "output_dir", "resume", "val_folder"):
+        if getattr(args, name) is not None:
+            setattr(args, name, Path(getattr(args, name)).expanduser())
+    if args.train_folder is not None:
+        args.train_folder = [Path(p).expanduser() for p in args.train_folder]
+    if args.train_folder is None and args.data_root is None:
+        parser.error("give --data-root (a VOCdevkit) or --train-folder (VOC-format folders)")
+    if args.iterations <= 0 or args.batch_size <= 0:
+        parser.error("--iterations and --batch-size must be positive")
+    return args
+
+
+def build_splits(args: argparse.Namespace) -> tuple[VocSplit, VocSplit | None, tuple[str, ...]]:
+    """Training split, validation split (or None) and the class list."""
+    if args.train_folder:
+        train = VocSplit.concat(VocSplit.from_folder(folder) for folder in args.train_folder)
+        val = VocSplit.from_folder(args.val_folder) if args.val_folder else None
+        classes = tuple(args.classes) if args.classes else discover_classes(train)
+    else:
+        train = VocSplit.concat(VocSplit.from_devkit(args.data_root, s) for s in args.train_sets)
+        val = None
+        if args.val_folder:
+            val = VocSplit.from_folder(args.val_folder)
+        elif args.val_set and str(args.val_set).lower() != "none":
+            val = VocSplit.from_devkit(args.data_root, args.val_set)
+        classes = tuple(args.classes) if args.classes else VOC_CLASSES
+    if val is not None:
+        overlap = {item.image_path.resolve() for item in train} & {item.image_path.resolve() for item in val}
+        if overlap:
+            raise VocFormatError(
+                f"validation split {val.name} shares {len(overlap)} images with the training data "
+                f"(e.g. {sorted(overlap)[0]}): evaluation must not run on training images"
+            )
+    return train, val, classes
+
+
+def resolve_device(name: str, context: DistributedContext) -> torch.device:
+    """The device of this process (one GPU per process under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and context.distributed:
+        device = torch.device("cuda", context.local_rank)
+    return device
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: VocDetectionDataset,
+    device: torch.device,
+    *,
+    metric: str = "11point",
+    batch_size: int = 16,
+    max_images: int = 0,
+):
+    """VOC AP of ``model`` on ``dataset`` through the product's own Detector and metric (as evaluate.py).
+
+    The Detector keeps every detection down to score 0.01 (up to 200 per image, NMS 0.45), the SSD
+    paper's evaluation setting. Returns the :class:`~ssd_ros.voc_metric.VocEvaluation`.
+    """
+    indices = list(range(len(dataset)))
+    if 0 < max_images < len(indices):  # evenly spaced, first and last included
+        step = (len(dataset) - 1) / max(max_images - 1, 1)
+        indices = sorted({round(i * step) for i in range(max_images)})
+    detector = Detector(
+        model,
+        dataset.class_names,
+        score_threshold=0.01,
+        nms_iou=0.45,
+        max_detections=200,
+        device=device,
+        warmup_runs=0,
+    )
+    detections = []
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        detections += detector.detect_batch([load_image_rgb(dataset.split[i].image_path) for i in chunk])
+    annotations = [dataset.annotations[i] for i in indices]
+    return evaluate_detections(detections, annotations, dataset.class_names, metric=metric)
+
+
+def model_card(args, class_names, train: VocSplit, val: VocSplit | None, iteration: int, val_map: float | None):
+    """The card written into checkpoints: what the model is and how it was trained."""
+    metric = None
+    if val is not None and val_map is not None:
+        metric = {f"{val.name} mAP@0.5 ({args.val_metric})": val_map}
+    return ModelCard.for_architecture(
+        args.architecture,
+        class_names,
+        dataset=train.name,
+        iterations=iteration,
+        metric=metric,
+        val_dataset=None if val is None else val.name,
+        train_images=len(train),
+        pretrained_backbone=bool(args.pretrained),
+        skip_difficult=bool(args.skip_difficult),
+        recipe={
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "momentum": args.momentum,
+            "weight_decay": args.weight_decay,
+            "lr_steps": list(args.lr_steps),
+            "lr_gamma": args.lr_gamma,
+            "warmup_iterations": args.warmup_iterations,
+            "iterations_planned": args.iterations,
+            "amp": bool(args.amp),
+            "seed": args.seed,
+        },
+    )
+
+
+def _to_device(batch, device: torch.device):
+    """A collated ``(images, targets)`` batch on ``device``."""
+    images, targets = batch
+    images = [image.to(device, non_blocking=True) for image in images]
+    targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+def gather_rng_states(context: DistributedContext) -> list[dict[str, Any]]:
+    """Every rank's RNG states (rank order), collected on all ranks."""
+    state = engine.capture_rng_state()
+    if not context.distributed:
+        return [state]
+    states: list[Any] = [None] * context.world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the training described by ``args``; returns a summary (final losses, best mAP, paths)."""
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _train(args)
+    finally:
+        torch.set_num_threads(threads)  # callers (tests, notebooks) keep their own setting
+
+
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    context = init_distributed("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device, context)
+    if args.batch_size % context.world_size:
+        raise ValueError(f"--batch-size {args.batch_size} is not divisible by {context.world_size} processes")
+    batch_per_rank = args.batch_size // context.world_size
+    torch.manual_seed(args.seed)
+    output_dir = args.output_dir
+    if context.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    train_split, val_split, class_names = build_splits(args)
+    model = build_model(args.architecture, len(class_names) + 1, pretrained_backbone=args.pretrained)
+    # Zoom-out canvas = the model's mean colour, so it normalises to zero as in Caffe's expand.
+    fill = [255.0 * m for m in model.transform.image_mean]
+    size = input_size(args.architecture)
+    preset = SSDTrainPreset(
+        size, fill=fill, hflip_prob=args.hflip_prob, zoom_out_prob=args.zoom_out_prob, zoom_out_max=args.zoom_out_max
+    )
+    if not args.augment:
+        preset = SSDEvalPreset(size)
+    train_set = VocDetectionDataset(train_split, class_names, transforms=preset, skip_difficult=args.skip_difficult)
+    val_set = VocDetectionDataset(val_split, class_names) if val_split is not None and context.is_main else None
+
+    # The whole network is trained (torchvision's builder freezes nothing here). Caffe SSD gives biases
+    # twice the lr and no decay; one group for all, as ssd.pytorch and torchvision's references do.
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scheduler = engine.build_lr_scheduler(
+        optimizer,
+        warmup_iterations=args.warmup_iterations,
+        warmup_factor=args.warmup_factor,
+        milestones=args.lr_steps,
+        gamma=args.lr_gamma,
+    )
+    amp_dtype = None
+    if args.amp:
+        amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    guard = engine.NonFiniteLossGuard(args.max_nonfinite_consecutive, args.max_nonfinite_total)
+
+    start_iteration, best_map, rng_states = 0, -math.inf, None
+    if args.resume is not None:
+        payload = read_checkpoint_payload(args.resume)
+        state = (payload.extra or {}).get("training_state")
+        if state is None:
+            raise CheckpointError(args.resume, "holds no training state (resume needs a last.pt written by train.py)")
+        if payload.card.architecture != args.architecture or payload.card.class_names != class_names:
+            raise CheckpointError(
+                args.resume,
+                f"was trained as {payload.card.architecture} on {list(payload.card.class_names)}, "
+                f"not {args.architecture} on {list(class_names)}",
+            )
+        model.load_state_dict(payload.state_dict)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        guard.load_state_dict(state["guard"])
+        start_iteration, best_map = int(state["iteration"]), float(state["best_map"])
+        rng_states = state["rng"]
+
+    model_without_ddp = model
+    if context.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    sampler = engine.InfiniteSampler(
+        len(train_set),
+        seed=args.seed,
+        rank=context.rank,
+        world_size=context.world_size,
+        start=start_iteration * batch_per_rank,
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=batch_per_rank,
+        sampler=sampler,
+        num_workers=args.workers,
+        collate_fn=collate_detection,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+        prefetch_factor=4 if args.workers > 0 else None,
+    )
+    batches = iter(loader)
+    # After the loader drew its worker base seed: the state continues exactly where the checkpoint was.
+    if rng_states is not None:
+        engine.restore_rng_state(rng_states[min(context.rank, len(rng_states) - 1)])
+
+    train_log = val_log = writer = None
+    if context.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        train_log = engine.CsvLog(output_dir / "train_log.csv", TRAIN_LOG_FIELDS)
+        val_log = engine.CsvLog(output_dir / "val_log.csv", VAL_LOG_FIELDS)
+        train_log.truncate_after(start_iteration)
+        val_log.truncate_after(start_iteration)
+        # purge_step drops events a crashed run logged after the checkpoint we resume from.
+        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_iteration if start_iteration else None)
+        print(
+            f"training {args.architecture} on {train_split.name}: {len(train_set)} images, "
+            f"{train_set.num_objects()} objects, {len(class_names)} classes; "
+            f"validation: {val_split.name if val_split is not None else 'none'}; "
+            f"{context.world_size} process(es) x {batch_per_rank} images on {device}",
+            flush=True,
+        )
+
+    def save_last(iteration: int, val_map: float | None) -> None:
+        rng = gather_rng_states(context)
+        if not context.is_main:
+            return
+        state = {
+            "iteration": iteration,
+            "best_map": best_map,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "guard": guard.state_dict(),
+            "rng": rng,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "train_folder"},
+        }
+        card = model_card(args, class_names, train_split, val_split, iteration, val_map)
+        save_checkpoint(output_dir / "last.pt", model_without_ddp, card, extra={"training_state": state})
+
+    progress = tqdm(
+        total=args.iterations,
+        initial=start_iteration,
+        disable=not context.is_main or args.no_progress,
+        dynamic_ncols=True,
+        desc="train",
+    )
+    history: list[dict[str, float]] = []
+    last_val_map: float | None = None
+    images_per_s = 0.0
+    tick = time.perf_counter()
+    for iteration in range(start_iteration, args.iterations):
+        images, targets = _to_device(next(batches), device)
+        lr = optimizer.param_groups[0]["lr"]
+        losses = engine.train_step(model, images, targets, optimizer, scaler, guard, iteration, amp_dtype=amp_dtype)
+        scheduler.step()
+        done = iteration + 1
+        now = time.perf_counter()
+        rate = args.batch_size / max(now - tick, 1e-9)
+        images_per_s = rate if images_per_s == 0.0 else 0.9 * images_per_s + 0.1 * rate
+        tick = now
+        if losses is not None:
+            history.append({"iteration": done, **losses})
+        if context.is_main:
+            progress.update(1)
+            if losses is not None:
+                progress.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
+            if done % args.log_every == 0 or done == args.iterations:
+                row = {"iteration": done, "lr": lr, "images_per_s": images_per_s, "skipped": guard.total}
+                if losses is not None:
+                    row.update(losses)
+                    for key, value in losses.items():
+                        writer.add_scalar(f"train/{key}", value, done)
+                writer.add_scalar("train/lr", lr, done)
+                writer.add_scalar("train/images_per_s", images_per_s, done)
+                train_log.write(row)
+
+        validate = val_split is not None and (done % args.val_every == 0 or done == args.iterations)
+        checkpoint = done % args.checkpoint_every == 0 or done == args.iterations
+        if (validate or checkpoint) and args.precise_bn_batches > 0:
+            # A separate seeded stream: the training stream and the global RNG are left untouched.
+            bn_keys = iter(engine.InfiniteSampler(len(train_set), seed=args.seed + done, rank=context.rank))
+            bn_batches = (
+                _to_device(collate_detection([train_set[next(bn_keys)] for _ in range(batch_per_rank)]), device)
+                for _ in range(args.precise_bn_batches)
+            )
+            engine.recompute_bn_statistics(model_without_ddp, bn_batches)
+        if validate and context.is_main:
+            started = time.perf_counter()
+            result = evaluate(
+                model_without_ddp,
+                val_set,
+                device,
+                metric=args.val_metric,
+                batch_size=args.val_batch_size,
+                max_images=args.val_max_images,
+            )
+            model_without_ddp.train()
+            last_val_map = result.map
+            seconds = time.perf_counter() - started
+            val_log.write(
+                {"iteration": done, "map": last_val_map, "metric": args.val_metric, "images": result.num_images}
+                | {"seconds": round(seconds, 1)}
+            )
+            writer.add_scalar("val/mAP", last_val_map, done)
+            (output_dir / "val_ap.md").write_text(f"Iteration {done}\n\n{format_ap_table(result)}\n")
+            tqdm.write(f"iteration {done}: {val_split.name} mAP {100 * last_val_map:.2f} ({seconds:.0f} s)")
+            if last_val_map > best_map:
+                best_map = last_val_map
+                card = model_card(args, class_names, train_split, val_split, done, last_val_map)
+                save_checkpoint(output_dir / "best.pt", model_without_ddp, card)
+            engine.plot_training_curves(
+                output_dir / "train_log.csv", output_dir / "val_log.csv", output_dir / "training_curves.png"
+            )
+            tick = time.perf_counter()  # evaluation time is not training throughput
+        if checkpoint:
+            save_last(done, last_val_map)
+            barrier()
+            tick = time.perf_counter()
+    progress.close()
+    if context.is_main:
+        engine.plot_training_curves(
+            output_dir / "train_log.csv",
+            output_dir / "val_log.csv",
+            output_dir / "training_curves.png",
+            title=f"{args.architecture} on {train_split.name}",
+        )
+        writer.close()
+    if context.distributed:
+        torch.distributed.destroy_process_group()
+    return {
+        "history": history,
+        "best_map": None if best_map == -math.inf else best_map,
+        "skipped_steps": guard.total,
+        "output_dir": output_dir,
+        "class_names": class_names,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    args = parse_args(argv)
+    try:
+        summary = train(args)
+    except (VocFormatError, CheckpointError, engine.NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: resume with --resume <output-dir>/last.pt", file=sys.stderr)
+        return 130
+    if summary["best_map"] is not None:
+        print(f"best validation mAP {100 * summary['best_map']:.2f}; checkpoints in {summary['output_dir']}")
+    else:
+        print(f"done; checkpoints in {summary['output_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
