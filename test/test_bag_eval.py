@@ -326,29 +326,33 @@ def test_missing_and_ambiguous_topics(tmp_path, camera_bags, checkpoint, capsys)
     assert status == 0
 
 
-def test_unknown_encoding_frame_is_counted_and_skipped(tmp_path, checkpoint, capsys):
+def test_bad_frames_are_counted_and_skipped(tmp_path, checkpoint, capsys):
     bag = tmp_path / "bag"
     rng = np.random.default_rng(0)
     with open_writer(bag, "sqlite3") as writer:
         connection = add_topic(writer, "/cam/image_raw", "sensor_msgs/msg/Image")
-        for i in range(4):
+        for i in range(5):
             header = Header(frame_id="cam")
             header.stamp.sec = 100 + i
             msg = rgb_to_image_msg(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), header)
             if i == 2:
                 msg.encoding = "bayer_xyz99"
-            writer.write(connection, (100 + i) * 10**9, serialize(msg))
+            raw = serialize(msg)
+            if i == 3:
+                raw = raw[:40]  # a message cut inside its CDR: rclpy cannot deserialise it
+            writer.write(connection, (100 + i) * 10**9, raw)
     out = tmp_path / "eval"
     status, stdout, _ = run_eval([bag, "--checkpoint", checkpoint, "--out", out, *DETECTOR_ARGS], capsys)
     assert status == 0
     report = json.loads((out / "bag_eval_report.json").read_text())
-    assert (report["frames"], report["processed_frames"], report["bad_frames"]) == (4, 3, 1)
-    assert report["bad_frame_examples"][0]["index"] == 2
-    assert "bayer_xyz99" in report["bad_frame_examples"][0]["error"] and "bayer_xyz99" in stdout
+    assert (report["frames"], report["processed_frames"], report["bad_frames"]) == (5, 3, 2)
+    unknown, cut = report["bad_frame_examples"]
+    assert unknown["index"] == 2 and "bayer_xyz99" in unknown["error"] and "bayer_xyz99" in stdout
+    assert cut["index"] == 3 and "cannot deserialize sensor_msgs/msg/Image" in cut["error"]
     _, messages = read_bag(out)
-    assert len(messages["/cam/image_raw"]) == 4 and len(messages["/detections"]) == 3
+    assert len(messages["/cam/image_raw"]) == 5 and len(messages["/detections"]) == 3
     stamps = [deserialize_message(raw, Detection2DArray).header.stamp.sec for _, raw in messages["/detections"]]
-    assert stamps == [100, 101, 103]
+    assert stamps == [100, 101, 104]
 
 
 def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, capsys):
