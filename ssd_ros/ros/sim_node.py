@@ -94,6 +94,8 @@ class SimNode(Node):
             description="false removes every target from the scene (they walked away)"))
         self.declare_parameter("detections_enabled", True, ParameterDescriptor(
             description="false makes the simulated detector silent (no messages)"))
+        self.declare_parameter("paused", False, ParameterDescriptor(
+            description="true freezes the simulation (e.g. start paused until every node is connected)"))
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         get = lambda name: self.get_parameter(name).value  # noqa: E731
@@ -111,6 +113,7 @@ class SimNode(Node):
         self._cmd_timeout_s = get("cmd_timeout_s")
         self._command = (0.0, 0.0)
         self._command_time_s = -math.inf
+        self._paused = get("paused")
 
         self._publish_clock = get("publish_clock")
         self._physics_dt = 1.0 / get("physics_rate_hz")
@@ -147,6 +150,8 @@ class SimNode(Node):
                     target.visible = bool(parameter.value)
             elif parameter.name == "detections_enabled":
                 self.sim.detections_enabled = bool(parameter.value)
+            elif parameter.name == "paused":
+                self._paused = bool(parameter.value)
         return SetParametersResult(successful=True)
 
     def _sim_now_s(self) -> float:
@@ -159,12 +164,15 @@ class SimNode(Node):
 
     def _on_step(self) -> None:
         if self._publish_clock:
-            dt = self._physics_dt
+            dt = 0.0 if self._paused else self._physics_dt
         else:
             # Follow the node clock exactly so stamps are node-clock times despite timer jitter.
             now_s = self.get_clock().now().nanoseconds / 1e9
             dt, self._last_step_s = now_s - self._last_step_s, now_s
             if dt <= 0.0:
+                return
+            if self._paused:
+                self._origin_s += dt  # simulated time stands still; stamps stay node-clock times
                 return
         while dt > 1e-9:  # sub-steps, so a late timer does not make one coarse physics step
             step = min(dt, self._physics_dt)

@@ -1,0 +1,324 @@
+"""Follower and simulator nodes as separate processes (installed executables), observed over real rclpy/DDS.
+
+Closed-loop runs use the simulator's /clock (use_sim_time) at a few times real time; the timing
+tests (lost target, silent detector, enable service) run on the wall clock and compare the
+command stamps (TwistStamped, the follower's clock) with the moment the test changed the world.
+"""
+
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # never multicast off the machine
+os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
+
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import PoseArray, PoseStamped, Twist, TwistStamped  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.time import Time  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
+from vision_msgs.msg import Detection2DArray  # noqa: E402
+
+from ssd_ros.detections import Detections  # noqa: E402
+from ssd_ros.follow import FollowParams  # noqa: E402
+from ssd_ros.ros.messages import detections_to_msg  # noqa: E402
+from ssd_ros.sim import RoverState, SimParams, bearing_and_distance, desired_distance_m  # noqa: E402
+
+EXECUTABLES = Path(__file__).resolve().parents[1] / "install" / "ssd_ros" / "lib" / "ssd_ros"
+FOLLOW = FollowParams()
+SIM = SimParams()
+DESIRED = desired_distance_m(1.7, FOLLOW.desired_height_fraction, SIM)
+PERIOD = 1.0 / 20.0
+SPEEDUP = 3.0
+# OS scheduling of the follower's timer on a loaded 2-core machine; the bound itself is lost_timeout + period.
+SCHEDULING_SLACK_S = 0.05
+
+
+@pytest.fixture(scope="module")
+def ros_context():
+    if not (EXECUTABLES / "follower").exists():
+        pytest.fail(f"{EXECUTABLES / 'follower'} missing: build the workspace (colcon build --symlink-install)")
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+@pytest.fixture
+def probe(ros_context):
+    """A fresh observer node per test (its subscriptions' types differ between tests)."""
+    node = rclpy.create_node("follower_test_probe")
+    yield node
+    node.destroy_node()
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Start installed executables with ``-p name:=value`` parameters; stopped (SIGINT, then kill) afterwards."""
+    processes = []
+
+    def start(executable, **params):
+        args = [str(EXECUTABLES / executable), "--ros-args"]
+        for name, value in params.items():
+            value = str(value).lower() if isinstance(value, bool) else value
+            args += ["-p", f"{name}:={value}"]
+        log = open(tmp_path / f"{executable}.log", "w")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        processes.append((process, log))
+        return process
+
+    yield start
+    for process, log in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+    for path in sorted(tmp_path.glob("*.log")):
+        print(f"--- {path.name}\n{path.read_text()[-3000:]}")
+
+
+class Recorder:
+    """Keeps every message of a topic with its arrival (wall) time."""
+
+    def __init__(self, node, msg_type, topic, qos=50):
+        self.messages = []
+        self._sub = node.create_subscription(msg_type, topic, lambda m: self.messages.append((time.time(), m)), qos)
+
+
+def spin_until(node, predicate, timeout_s, what):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.02)
+        if predicate():
+            return
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def spin_for(node, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.02)
+
+
+def call(node, srv_type, name, request, timeout_s=10.0):
+    client = node.create_client(srv_type, name)
+    try:
+        spin_until(node, client.service_is_ready, timeout_s, f"service {name}")
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout_s)
+        assert future.done(), f"no reply from {name}"
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
+def set_params(node, target, **values):
+    request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+    return call(node, SetParameters, f"/{target}/set_parameters", request).results
+
+
+def stamp_s(msg) -> float:
+    return Time.from_msg(msg.header.stamp).nanoseconds / 1e9
+
+
+def poses(rover_rec, targets_rec):
+    """(sim time, rover state, target positions) for each rover pose, with the latest target poses."""
+    out = []
+    targets = sorted(((stamp_s(m), [(p.position.x, p.position.y) for p in m.poses]) for _, m in targets_rec.messages))
+    for _, m in rover_rec.messages:
+        t = stamp_s(m)
+        latest = [pts for ts, pts in targets if ts <= t]
+        if latest:
+            q = m.pose.orientation
+            yaw = 2 * math.atan2(q.z, q.w)
+            out.append((t, RoverState(m.pose.position.x, m.pose.position.y, yaw), latest[-1]))
+    return out
+
+
+def steering_reversals(commands, threshold_deg=1.0):
+    """Left/right reversals of the steering angle the commands imply (bicycle model)."""
+    signs = []
+    for v, w in commands:
+        if v > 0.01:
+            angle = math.atan(FOLLOW.wheelbase_m * w / v)
+            if abs(angle) > math.radians(threshold_deg):
+                signs.append(math.copysign(1, angle))
+    return sum(1 for a, b in zip(signs, signs[1:]) if a != b)
+
+
+def closed_loop(probe, launch, scenario, sim_seconds):
+    """Run sim + follower on the sim's /clock until ``sim_seconds``; returns (poses, commands)."""
+    rover = Recorder(probe, PoseStamped, "sim/rover_pose")
+    targets = Recorder(probe, PoseArray, "sim/target_poses")
+    commands = Recorder(probe, Twist, "cmd_vel")
+    launch("follower", use_sim_time=True)
+    launch("follower_sim", scenario=scenario, publish_clock=True, real_time_factor=SPEEDUP, paused=True)
+    # Start the simulated world only once every node (and this probe) is connected.
+    spin_until(probe, lambda: probe.count_publishers("cmd_vel") and probe.count_subscribers("cmd_vel")
+               and probe.count_subscribers("detections") and probe.count_publishers("sim/rover_pose"),
+               20.0, "the follower and the simulator")
+    spin_for(probe, 0.5)
+    assert set_params(probe, "follower_sim", paused=False)[0].successful
+    spin_until(probe, lambda: rover.messages and stamp_s(rover.messages[-1][1]) >= sim_seconds,
+               sim_seconds / SPEEDUP * 3 + 20, f"{sim_seconds} s of simulated time")
+    return poses(rover, targets), [(m.linear.x, m.angular.z) for _, m in commands.messages]
+
+
+def test_converges_from_25deg_off_axis_at_twice_the_distance(probe, launch):
+    track, commands = closed_loop(probe, launch, "static", 30.0)
+    errors = [(t, *bearing_and_distance(rover, pts[0], SIM)) for t, rover, pts in track]
+    # The start (the probe may discover the sim's topics after it began): rover at the origin.
+    bearing0, distance0 = bearing_and_distance(RoverState(), track[0][2][0], SIM)
+    assert math.degrees(bearing0) == pytest.approx(25.0, abs=0.1) and distance0 / DESIRED == pytest.approx(2.0, 0.01)
+    settled = [(t, b, d) for t, b, d in errors if t >= 25.0]
+    assert len(settled) >= 50  # pose stream at 20 Hz of sim time
+    worst_bearing = max(abs(math.degrees(b)) for _, b, _ in settled)
+    worst_distance = max(abs(d / DESIRED - 1) for _, _, d in settled)
+    assert worst_bearing <= 3.0 and worst_distance <= 0.10, (worst_bearing, worst_distance)
+    final = track[-1][1]
+    assert math.hypot(final.x, final.y) > 0.8 * DESIRED  # it really drove there
+    assert steering_reversals(commands) <= 3
+
+
+def test_keeps_the_acquired_person_while_another_crosses(probe, launch):
+    track, _ = closed_loop(probe, launch, "two_people", 16.0)
+    to_a = [bearing_and_distance(rover, pts[0], SIM) for _, rover, pts in track]
+    to_b = [bearing_and_distance(rover, pts[1], SIM) for _, rover, pts in track]
+    # B really crossed in front of A (nearer, through the line of sight) and stays in view afterwards ...
+    assert any(abs(b) < math.radians(3) and d_b < d_a for (b, d_b), (_, d_a) in zip(to_b, to_a))
+    assert abs(to_b[-1][0]) < math.radians(FOLLOW.camera_hfov_deg / 2) - 0.05
+    # ... but the rover never turned towards B and ends at A.
+    assert max(abs(math.degrees(b)) for b, _ in to_a) <= 3.0
+    assert to_a[-1][1] / DESIRED == pytest.approx(1.0, abs=0.10)
+
+
+def start_moving(probe, launch, commands):
+    """Follower + simulator on the wall clock with TwistStamped; returns once the rover drives."""
+    processes = launch("follower", twist_stamped=True), launch("follower_sim", scenario="static", twist_stamped=True)
+    spin_until(probe, lambda: commands.messages and commands.messages[-1][1].twist.linear.x > 0.2, 30.0,
+               "the follower to drive towards the simulated person")
+    return processes
+
+
+@pytest.mark.parametrize("change", ["targets_visible", "detections_enabled"])
+def test_target_removed_or_detector_silent_stops_within_lost_timeout_plus_one_period(probe, launch, change):
+    commands = Recorder(probe, TwistStamped, "cmd_vel")
+    diagnostics = Recorder(probe, DiagnosticArray, "/diagnostics")
+    start_moving(probe, launch, commands)
+    changed_before = time.time()  # the sim applies the change after this instant
+    assert all(r.successful for r in set_params(probe, "follower_sim", **{change: False}))
+    spin_for(probe, FOLLOW.lost_timeout_s + 1.5)
+    after = [(stamp_s(m), m.twist) for _, m in commands.messages if stamp_s(m) >= changed_before]
+    moving = [t for t, tw in after if tw.linear.x != 0.0 or tw.angular.z != 0.0]
+    stopped_at = max(moving, default=changed_before)
+    bound = FOLLOW.lost_timeout_s + PERIOD + SCHEDULING_SLACK_S
+    assert stopped_at - changed_before <= bound, stopped_at - changed_before
+    # The timer keeps publishing (zeros) at its rate although no detection arrives.
+    zeros = [t for t, _ in after if t > stopped_at]
+    assert len(zeros) >= 0.8 * (after[-1][0] - stopped_at) / PERIOD >= 15
+    states = [kv.value for _, m in diagnostics.messages for s in m.status for kv in s.values if kv.key == "state"]
+    assert states[-1] == "searching"
+
+
+def test_enable_service_stops_and_resumes(probe, launch):
+    commands = Recorder(probe, TwistStamped, "cmd_vel")
+    rover = Recorder(probe, PoseStamped, "sim/rover_pose")
+    start_moving(probe, launch, commands)
+    spin_until(probe, lambda: rover.messages, 10.0, "the simulator's rover pose")
+    reply = call(probe, SetBool, "/enable", SetBool.Request(data=False))
+    replied = time.time()
+    assert reply.success
+    spin_for(probe, 1.5)
+    after = [m.twist for _, m in commands.messages if stamp_s(m) >= replied]
+    assert len(after) >= 20 and all(t.linear.x == 0.0 and t.angular.z == 0.0 for t in after)
+    positions = [(m.pose.position.x, m.pose.position.y) for arrival, m in rover.messages if arrival > replied + 1.0]
+    assert np.ptp(np.array(positions), axis=0).max() < 0.01  # the simulated rover stands still
+    assert call(probe, SetBool, "/enable", SetBool.Request(data=True)).success
+    spin_until(probe, lambda: commands.messages[-1][1].twist.linear.x > 0.1, 5.0, "motion after re-enabling")
+
+
+def test_final_zero_on_shutdown(probe, launch):
+    commands = Recorder(probe, TwistStamped, "cmd_vel")
+    follower, _ = start_moving(probe, launch, commands)
+    follower.send_signal(signal.SIGINT)
+    assert follower.wait(timeout=10) == 0
+    spin_for(probe, 0.5)
+    last, before = commands.messages[-1][1].twist, commands.messages[-2][1].twist
+    assert before.linear.x > 0.2  # it was driving when stopped ...
+    assert last.linear.x == 0.0 and last.angular.z == 0.0  # ... and its last word is zero
+
+
+def publish_for(probe, publisher, make_msg, seconds, rate_hz=10.0):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        publisher.publish(make_msg())
+        spin_for(probe, 1.0 / rate_hz)
+
+
+def detections_msg(probe, items, age_s=0.0):
+    boxes, scores, names = zip(*items)
+    header = Header(frame_id="camera")
+    header.stamp = Time(nanoseconds=probe.get_clock().now().nanoseconds - int(age_s * 1e9)).to_msg()
+    return detections_to_msg(Detections.from_named(np.array(boxes), np.array(scores), list(names)), header)
+
+
+def latest_diagnostics(diagnostics):
+    return {kv.key: kv.value for kv in diagnostics.messages[-1][1].status[0].values}
+
+
+def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(probe, launch):
+    commands = Recorder(probe, Twist, "cmd_vel")
+    diagnostics = Recorder(probe, DiagnosticArray, "/diagnostics")
+    publisher = probe.create_publisher(Detection2DArray, "detections", 10)
+    launch("follower")
+    spin_until(probe, lambda: len(commands.messages) > 5, 20.0, "the follower's timer")
+    far_person = ([300.0, 180.0, 340.0, 300.0], 0.9, "person")  # centred, a quarter of the image high: drive
+
+    def zero_since(t0):
+        after = [m for arrival, m in commands.messages if arrival > t0]
+        return len(after) >= 15 and all(m.linear.x == 0.0 and m.angular.z == 0.0 for m in after)
+
+    t0 = time.time()
+    publish_for(probe, publisher, lambda: detections_msg(probe, [far_person], age_s=2.0), 1.5)
+    assert zero_since(t0)
+    t0 = time.time()
+    junk = [
+        ([float("nan"), 100.0, 380.0, 400.0], 0.9, "person"),
+        ([100.0, 50.0, 600.0, 470.0], 0.99, "dog"),
+        ([300.0, 180.0, 340.0, 300.0], 0.2, "person"),  # below min_score
+    ]
+    publish_for(probe, publisher, lambda: detections_msg(probe, junk), 1.5)
+    assert zero_since(t0)
+
+    def counted():  # diagnostics (1 Hz) have caught up with what was sent
+        report = latest_diagnostics(diagnostics) if diagnostics.messages else {}
+        return (int(report.get("stale_frames", 0)) >= 10 and int(report.get("malformed_detections", 0)) >= 10
+                and int(report.get("rejected_candidates", 0)) >= 20)
+
+    spin_until(probe, counted, 3.0, "diagnostics counting stale frames, malformed and rejected detections")
+    assert latest_diagnostics(diagnostics)["state"] == "searching"
+    # The same follower, alive, drives as soon as a fresh valid person arrives.
+    t0 = time.time()
+    publish_for(probe, publisher, lambda: detections_msg(probe, [far_person]), 1.5)
+    assert max(m.linear.x for arrival, m in commands.messages if arrival > t0) > 0.2
+
+    rejected = set_params(probe, "follower", min_score=1.5)
+    assert not rejected[0].successful and "min_score" in rejected[0].reason
+    assert not set_params(probe, "follower", rate_hz=5.0)[0].successful  # read-only
+    assert set_params(probe, "follower", max_linear_mps=0.1)[0].successful
+    t0 = time.time()
+    publish_for(probe, publisher, lambda: detections_msg(probe, [far_person]), 1.5)
+    late = [m.linear.x for arrival, m in commands.messages if arrival > t0 + 0.7]
+    assert late and max(late) == pytest.approx(0.1, abs=1e-6)
