@@ -48,7 +48,7 @@ def plain_step(model, images, targets, optimizer) -> float:
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return loss.detach().item()
 
 
 def bench_steps(model, batch, device, steps: int, amp_dtype=None) -> tuple[float, float]:

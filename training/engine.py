@@ -301,8 +301,9 @@ def plot_training_curves(train_csv: str | Path, val_csv: str | Path, png_path: s
     if losses:
         loss_axis.plot(iterations, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss")
         window = max(1, len(losses) // 50)
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        loss_axis.plot(iterations[window - 1 :], smooth, color="tab:blue", label=f"loss (mean of {window})")
+        if window > 1:
+            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+            loss_axis.plot(iterations[window - 1 :], smooth, color="tab:blue", label=f"loss (mean of {window})")
     loss_axis.set_xlabel("iteration")
     loss_axis.set_ylabel("training loss (loc + conf)", color="tab:blue")
     loss_axis.grid(alpha=0.3)
