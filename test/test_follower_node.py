@@ -112,10 +112,13 @@ def spin_for(node, seconds):
         rclpy.spin_once(node, timeout_sec=0.02)
 
 
-def call(node, srv_type, name, request, timeout_s=10.0):
+def call(node, srv_type, name, request, timeout_s=10.0, sent=None):
+    """Call a service once it is discovered; ``sent`` (a list) receives the wall time of the request."""
     client = node.create_client(srv_type, name)
     try:
         spin_until(node, client.service_is_ready, timeout_s, f"service {name}")
+        if sent is not None:
+            sent.append(time.time())
         future = client.call_async(request)
         rclpy.spin_until_future_complete(node, future, timeout_sec=timeout_s)
         assert future.done(), f"no reply from {name}"
@@ -124,9 +127,9 @@ def call(node, srv_type, name, request, timeout_s=10.0):
         node.destroy_client(client)
 
 
-def set_params(node, target, **values):
+def set_params(node, target, sent=None, **values):
     request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-    return call(node, SetParameters, f"/{target}/set_parameters", request).results
+    return call(node, SetParameters, f"/{target}/set_parameters", request, sent=sent).results
 
 
 def stamp_s(msg) -> float:
@@ -217,8 +220,9 @@ def test_target_removed_or_detector_silent_stops_within_lost_timeout_plus_one_pe
     commands = Recorder(probe, TwistStamped, "cmd_vel")
     diagnostics = Recorder(probe, DiagnosticArray, "/diagnostics")
     start_moving(probe, launch, commands)
-    changed_before = time.time()  # the sim applies the change after this instant
-    assert all(r.successful for r in set_params(probe, "follower_sim", **{change: False}))
+    sent = []
+    assert all(r.successful for r in set_params(probe, "follower_sim", sent=sent, **{change: False}))
+    changed_before = sent[0]  # the sim applies the change after this instant
     spin_for(probe, FOLLOW.lost_timeout_s + 1.5)
     after = [(stamp_s(m), m.twist) for _, m in commands.messages if stamp_s(m) >= changed_before]
     moving = [t for t, tw in after if tw.linear.x != 0.0 or tw.angular.z != 0.0]
