@@ -326,3 +326,15 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
     publish_for(probe, publisher, lambda: detections_msg(probe, [far_person]), 1.5)
     late = [m.linear.x for arrival, m in commands.messages if arrival > t0 + 0.7]
     assert late and max(late) == pytest.approx(0.1, abs=1e-6)
+
+
+@pytest.mark.parametrize("executable, params, message", [
+    ("follower", {"min_score": 1.5}, "min_score must be in [0, 1]"),
+    ("follower", {"search": "spin"}, "search must be one of"),
+    ("follower_sim", {"scenario": "zigzag"}, "scenario must be one of"),
+])
+def test_invalid_startup_parameters_exit_with_a_clear_message(executable, params, message):
+    args = [str(EXECUTABLES / executable), "--ros-args"] + [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=30, env=dict(os.environ))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr

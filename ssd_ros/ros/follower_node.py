@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 from dataclasses import fields
 
 import rclpy
@@ -217,14 +218,21 @@ def raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(args=None) -> None:
-    """Spin the follower; on Ctrl-C / SIGTERM publish a final zero command before shutting down."""
+def main(args=None) -> int:
+    """Spin the follower; on Ctrl-C / SIGTERM publish a final zero command before shutting down.
+
+    Returns 2 (after a clear message) when the start-up parameters are invalid.
+    """
     # rclpy's own signal handling would shut the context down before we could send the final zero.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    node = None
     try:
         node = FollowerNode()
+    except ValueError as error:
+        print(f"follower: invalid parameters: {error}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
         # Wake at least every 0.1 s: with use_sim_time and a silent /clock no timer fires, and a wait
         # that never returns would never let Python handle Ctrl-C.
         while rclpy.ok():
@@ -232,12 +240,12 @@ def main(args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            if rclpy.ok():
-                node.stop()
-            node.destroy_node()
+        if rclpy.ok():
+            node.stop()
+        node.destroy_node()
         rclpy.try_shutdown()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

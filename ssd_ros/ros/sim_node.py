@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 
 import rclpy
 from geometry_msgs.msg import Pose, PoseArray, PoseStamped, Twist, TwistStamped
@@ -196,22 +197,26 @@ class SimNode(Node):
         self.targets_pub.publish(PoseArray(header=header, poses=[_pose(x, y) for x, y in self.sim.target_positions()]))
 
 
-def main(args=None) -> None:
-    """Spin the simulator until Ctrl-C / SIGTERM."""
+def main(args=None) -> int:
+    """Spin the simulator until Ctrl-C / SIGTERM; returns 2 on invalid start-up parameters."""
     # As in the follower: Python-level interrupts, so a step in progress is not cut by a dead context.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    node = None
     try:
         node = SimNode()
+    except ValueError as error:
+        print(f"follower_sim: invalid parameters: {error}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            node.destroy_node()
+        node.destroy_node()
         rclpy.try_shutdown()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
