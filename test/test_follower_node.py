@@ -317,6 +317,10 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
     t0 = time.time()
     publish_for(probe, publisher, lambda: detections_msg(probe, [far_person]), 1.5)
     assert max(m.linear.x for arrival, m in commands.messages if arrival > t0) > 0.2
+    reports = [{kv.key: kv.value for kv in m.status[0].values} for arrival, m in diagnostics.messages if arrival > t0]
+    tracking = [r for r in reports if r["state"] == "tracking"]
+    assert tracking, reports
+    assert tracking[-1]["target_class"] == "person" and float(tracking[-1]["last_detection_age_s"]) < 0.5
 
     rejected = set_params(probe, "follower", min_score=1.5)
     assert not rejected[0].successful and "min_score" in rejected[0].reason
