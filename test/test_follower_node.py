@@ -239,8 +239,17 @@ def test_target_removed_or_detector_silent_stops_within_lost_timeout_plus_one_pe
 def test_enable_service_stops_and_resumes(probe, launch):
     commands = Recorder(probe, TwistStamped, "cmd_vel")
     rover = Recorder(probe, PoseStamped, "sim/rover_pose")
+    detections = Recorder(probe, Detection2DArray, "detections")
     start_moving(probe, launch, commands)
-    spin_until(probe, lambda: rover.messages, 10.0, "the simulator's rover pose")
+    spin_until(probe, lambda: rover.messages and len(detections.messages) >= 5, 10.0, "the simulator's topics")
+    # The simulator publishes like the detector: image header (sim camera frame, capture stamp on the
+    # node clock, here the wall clock), class names, scores in [0, 1].
+    for arrival, msg in detections.messages:
+        assert msg.header.frame_id == "sim_camera"
+        assert 0.0 <= arrival - stamp_s(msg) < SIM.latency_s + 0.1
+        for det in msg.detections:
+            assert det.header == msg.header and det.results[0].hypothesis.class_id == "person"
+            assert 0.0 <= det.results[0].hypothesis.score <= 1.0 and det.bbox.size_y > 0
     reply = call(probe, SetBool, "/enable", SetBool.Request(data=False))
     replied = time.time()
     assert reply.success
