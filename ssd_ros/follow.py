@@ -91,15 +91,33 @@ class FollowParams:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{f.name} must be finite, got {value}")
         positive = (
-            "camera_hfov_deg", "image_width", "image_height", "desired_height_fraction", "max_linear_accel_mps2",
-            "max_linear_decel_mps2", "max_steering_rate_degps", "wheelbase_m", "max_steering_deg",
-            "max_detection_age_s", "lost_timeout_s", "association_max_shift",
+            "camera_hfov_deg",
+            "image_width",
+            "image_height",
+            "desired_height_fraction",
+            "max_linear_accel_mps2",
+            "max_linear_decel_mps2",
+            "max_steering_rate_degps",
+            "wheelbase_m",
+            "max_steering_deg",
+            "max_detection_age_s",
+            "lost_timeout_s",
+            "association_max_shift",
         )
         non_negative = (
-            "bearing_gain_per_s", "speed_gain_mps", "bearing_deadband_deg", "distance_deadband",
-            "smoothing_time_constant_s", "max_linear_mps", "turn_creep_mps", "turn_creep_min_distance",
-            "max_reverse_mps", "search_speed_mps",
-            "search_steering_deg", "search_timeout_s", "association_min_iou",
+            "bearing_gain_per_s",
+            "speed_gain_mps",
+            "bearing_deadband_deg",
+            "distance_deadband",
+            "smoothing_time_constant_s",
+            "max_linear_mps",
+            "turn_creep_mps",
+            "turn_creep_min_distance",
+            "max_reverse_mps",
+            "search_speed_mps",
+            "search_steering_deg",
+            "search_timeout_s",
+            "association_min_iou",
         )
         for name in positive:
             if not getattr(self, name) > 0:

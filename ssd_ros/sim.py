@@ -305,31 +305,44 @@ def make_scenario(name: str, desired_distance: float, params: SimParams = SimPar
     if name == "static":
         bearing = math.radians(25.0)
         return Scenario(
-            name, "standing person 25 deg off-axis at twice the desired distance", RoverState(),
-            [Target("person_a", StaticPath(cam + 2 * d * math.cos(bearing), 2 * d * math.sin(bearing)))], 40.0,
+            name,
+            "standing person 25 deg off-axis at twice the desired distance",
+            RoverState(),
+            [Target("person_a", StaticPath(cam + 2 * d * math.cos(bearing), 2 * d * math.sin(bearing)))],
+            40.0,
         )
     if name == "crossing":
         return Scenario(
-            name, "person walking across the view at 0.25 m/s, 1.3x the desired distance ahead", RoverState(),
-            [Target("person_a", LinePath(cam + 1.3 * d, 0.4 * d, 0.0, -0.25))], 40.0,
+            name,
+            "person walking across the view at 0.25 m/s, 1.3x the desired distance ahead",
+            RoverState(),
+            [Target("person_a", LinePath(cam + 1.3 * d, 0.4 * d, 0.0, -0.25))],
+            40.0,
         )
     if name == "circle":
         return Scenario(
-            name, "person walking a 3 m-radius circle at 0.2 m/s, starting 1.3x the desired distance ahead",
+            name,
+            "person walking a 3 m-radius circle at 0.2 m/s, starting 1.3x the desired distance ahead",
             RoverState(),
-            [Target("person_a", CirclePath(cam + 1.3 * d, 3.0, 3.0, 0.2, -math.pi / 2))], 60.0,
+            [Target("person_a", CirclePath(cam + 1.3 * d, 3.0, 3.0, 0.2, -math.pi / 2))],
+            60.0,
         )
     if name == "stop_and_go":
         return Scenario(
-            name, "person walking away at 0.25 m/s for 4 s, standing for 4 s, repeating", RoverState(),
-            [Target("person_a", StopAndGoPath(cam + 1.2 * d, 0.0, 0.0, 0.25, 4.0, 4.0))], 40.0,
+            name,
+            "person walking away at 0.25 m/s for 4 s, standing for 4 s, repeating",
+            RoverState(),
+            [Target("person_a", StopAndGoPath(cam + 1.2 * d, 0.0, 0.0, 0.25, 4.0, 4.0))],
+            40.0,
         )
     if name == "two_people":
         # B starts out of view on the left and walks across in front of A (closer, so bigger and
         # briefly occluding A), then stops in view on the right.
         near = 0.55 * d
         return Scenario(
-            name, "person B crosses in front of the followed person A and stays in view", RoverState(),
+            name,
+            "person B crosses in front of the followed person A and stays in view",
+            RoverState(),
             [
                 Target("person_a", StaticPath(cam + 1.2 * d, 0.0)),
                 Target("person_b", LinePath(cam + near, near * 0.9, 0.0, -1.0, 2.0, 2.0 + near * 1.2)),
@@ -358,8 +371,9 @@ class Trace:
     distance: list[float] = field(default_factory=list)
 
 
-def run_closed_loop(controller, sim: Simulator, duration_s: float, control_rate_hz: float = 20.0,
-                    physics_dt_s: float = 0.005) -> Trace:
+def run_closed_loop(
+    controller, sim: Simulator, duration_s: float, control_rate_hz: float = 20.0, physics_dt_s: float = 0.005
+) -> Trace:
     """Run ``controller`` (a :class:`~ssd_ros.follow.FollowController`) against ``sim`` like the node does.
 
     Every control tick hands the controller the newest frame that became available since the
@@ -417,8 +431,9 @@ def steering_sign_changes(steering_rad, threshold_deg: float = 1.0) -> int:
     return sum(1 for a, b in zip(signs, signs[1:]) if a != b)
 
 
-def path_metrics(trace: Trace, desired_distance: float, bearing_tol_deg: float = 3.0,
-                 distance_tol: float = 0.10) -> PathMetrics:
+def path_metrics(
+    trace: Trace, desired_distance: float, bearing_tol_deg: float = 3.0, distance_tol: float = 0.10
+) -> PathMetrics:
     """Settle time, overshoot, steady-state error and steering reversals of ``trace``."""
     t = np.asarray(trace.t)
     bearing = np.degrees(np.asarray(trace.bearing))

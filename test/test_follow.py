@@ -191,8 +191,7 @@ def test_garbage_inputs_never_give_non_finite_commands():
 def test_keeps_the_acquired_person_when_another_crosses_in_front():
     trace, sim, controller = run("two_people")
     b_positions = [targets[1] for targets in trace.targets]
-    to_b = [bearing_and_distance(RoverState(x, y, yaw), b, SIM)
-            for (x, y, yaw), b in zip(trace.rover, b_positions)]
+    to_b = [bearing_and_distance(RoverState(x, y, yaw), b, SIM) for (x, y, yaw), b in zip(trace.rover, b_positions)]
     # B is in view, nearer (a bigger box) and partly occluding A during the crossing ...
     crossing = [i for i, (bearing, _) in enumerate(to_b) if abs(bearing) < math.radians(5)]
     assert crossing, "the scenario must make B pass in front of A"

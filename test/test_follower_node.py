@@ -169,13 +169,25 @@ def closed_loop(probe, launch, scenario, sim_seconds):
     launch("follower", use_sim_time=True)
     launch("follower_sim", scenario=scenario, publish_clock=True, real_time_factor=SPEEDUP, paused=True)
     # Start the simulated world only once every node (and this probe) is connected.
-    spin_until(probe, lambda: probe.count_publishers("cmd_vel") and probe.count_subscribers("cmd_vel")
-               and probe.count_subscribers("detections") and probe.count_publishers("sim/rover_pose"),
-               20.0, "the follower and the simulator")
+    spin_until(
+        probe,
+        lambda: (
+            probe.count_publishers("cmd_vel")
+            and probe.count_subscribers("cmd_vel")
+            and probe.count_subscribers("detections")
+            and probe.count_publishers("sim/rover_pose")
+        ),
+        20.0,
+        "the follower and the simulator",
+    )
     spin_for(probe, 0.5)
     assert set_params(probe, "follower_sim", paused=False)[0].successful
-    spin_until(probe, lambda: rover.messages and stamp_s(rover.messages[-1][1]) >= sim_seconds,
-               sim_seconds / SPEEDUP * 3 + 20, f"{sim_seconds} s of simulated time")
+    spin_until(
+        probe,
+        lambda: rover.messages and stamp_s(rover.messages[-1][1]) >= sim_seconds,
+        sim_seconds / SPEEDUP * 3 + 20,
+        f"{sim_seconds} s of simulated time",
+    )
     return poses(rover, targets), [(m.linear.x, m.angular.z) for _, m in commands.messages]
 
 
@@ -210,8 +222,12 @@ def test_keeps_the_acquired_person_while_another_crosses(probe, launch):
 def start_moving(probe, launch, commands):
     """Follower + simulator on the wall clock with TwistStamped; returns once the rover drives."""
     processes = launch("follower", twist_stamped=True), launch("follower_sim", scenario="static", twist_stamped=True)
-    spin_until(probe, lambda: commands.messages and commands.messages[-1][1].twist.linear.x > 0.2, 30.0,
-               "the follower to drive towards the simulated person")
+    spin_until(
+        probe,
+        lambda: commands.messages and commands.messages[-1][1].twist.linear.x > 0.2,
+        30.0,
+        "the follower to drive towards the simulated person",
+    )
     return processes
 
 
@@ -317,8 +333,11 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
 
     def counted():  # diagnostics (1 Hz) have caught up with what was sent
         report = latest_diagnostics(diagnostics) if diagnostics.messages else {}
-        return (int(report.get("stale_frames", 0)) >= 10 and int(report.get("malformed_detections", 0)) >= 10
-                and int(report.get("rejected_candidates", 0)) >= 20)
+        return (
+            int(report.get("stale_frames", 0)) >= 10
+            and int(report.get("malformed_detections", 0)) >= 10
+            and int(report.get("rejected_candidates", 0)) >= 20
+        )
 
     spin_until(probe, counted, 3.0, "diagnostics counting stale frames, malformed and rejected detections")
     assert latest_diagnostics(diagnostics)["state"] == "searching"
@@ -341,11 +360,14 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
     assert late and max(late) == pytest.approx(0.1, abs=1e-6)
 
 
-@pytest.mark.parametrize("executable, params, message", [
-    ("follower", {"min_score": 1.5}, "min_score must be in [0, 1]"),
-    ("follower", {"search": "spin"}, "search must be one of"),
-    ("follower_sim", {"scenario": "zigzag"}, "scenario must be one of"),
-])
+@pytest.mark.parametrize(
+    "executable, params, message",
+    [
+        ("follower", {"min_score": 1.5}, "min_score must be in [0, 1]"),
+        ("follower", {"search": "spin"}, "search must be one of"),
+        ("follower_sim", {"scenario": "zigzag"}, "scenario must be one of"),
+    ],
+)
 def test_invalid_startup_parameters_exit_with_a_clear_message(executable, params, message):
     args = [str(EXECUTABLES / executable), "--ros-args"] + [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
     result = subprocess.run(args, capture_output=True, text=True, timeout=30, env=dict(os.environ))

@@ -74,8 +74,9 @@ def test_bicycle_model_turns_on_the_ackermann_radius_and_never_in_place():
 
 
 def test_detections_arrive_after_the_latency_with_the_capture_stamp_at_the_frame_rate():
-    p = SimParams(latency_s=0.15, detection_rate_hz=10, box_noise_px=0.0, miss_probability=0.0,
-                  frame_drop_probability=0.0)
+    p = SimParams(
+        latency_s=0.15, detection_rate_hz=10, box_noise_px=0.0, miss_probability=0.0, frame_drop_probability=0.0
+    )
     sim = sim_with([Target("a", StaticPath(3.0, 0.0))], p)
     arrivals = []
     for _ in range(300):
@@ -107,8 +108,11 @@ def test_noise_misses_and_dropped_frames():
 
 
 def test_nearer_target_occludes_farther_one():
-    targets = [Target("far", StaticPath(5.0, 0.0)), Target("near", StaticPath(2.0, 0.05)),
-               Target("dog", StaticPath(4.0, -1.5), class_name="dog", height_m=0.5)]
+    targets = [
+        Target("far", StaticPath(5.0, 0.0)),
+        Target("near", StaticPath(2.0, 0.05)),
+        Target("dog", StaticPath(4.0, -1.5), class_name="dog", height_m=0.5),
+    ]
     sim = sim_with(targets)
     assert [v.name for v in sim.capture()] == ["near", "dog"]
     dets = sim.detect(sim.capture())
@@ -139,8 +143,12 @@ def test_scenarios_start_with_the_followed_target_in_view():
 
 def test_path_metrics_on_a_synthetic_trace():
     t = np.arange(0, 10, 0.1)
-    trace = Trace(t=list(t), bearing=list(np.radians(np.where(t < 4, 20 - 5 * t, -1.0))),
-                  distance=list(np.where(t < 6, 2.0 - t / 6 * 1.1, 0.95) * 3.0), steering=[0.1, -0.1, 0.1, 0.0])
+    trace = Trace(
+        t=list(t),
+        bearing=list(np.radians(np.where(t < 4, 20 - 5 * t, -1.0))),
+        distance=list(np.where(t < 6, 2.0 - t / 6 * 1.1, 0.95) * 3.0),
+        steering=[0.1, -0.1, 0.1, 0.0],
+    )
     m = path_metrics(trace, 3.0)
     assert m.settle_time_s == pytest.approx(5.0)  # distance enters the 10 % band at 4.91 s: first sample 5.0
     assert m.distance_overshoot == pytest.approx(0.1, abs=0.02)

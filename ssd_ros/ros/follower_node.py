@@ -75,8 +75,11 @@ class FollowerNode(Node):
         for field in fields(defaults):  # every control-law field must have a description (KeyError otherwise)
             name, default = field.name, getattr(defaults, field.name)
             description = FOLLOW_PARAM_DESCRIPTIONS[name]
-            self.declare_parameter(name, list(default) if isinstance(default, tuple) else default,
-                                   ParameterDescriptor(description=description))
+            self.declare_parameter(
+                name,
+                list(default) if isinstance(default, tuple) else default,
+                ParameterDescriptor(description=description),
+            )
         read_only = {
             "rate_hz": (20.0, "control and cmd_vel publication rate (Hz)"),
             "twist_stamped": (False, "publish geometry_msgs/TwistStamped instead of Twist"),
@@ -85,8 +88,9 @@ class FollowerNode(Node):
         }
         for name, (default, description) in read_only.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
-        self.declare_parameter("cmd_frame_id", "base_link",
-                               ParameterDescriptor(description="frame_id of TwistStamped commands"))
+        self.declare_parameter(
+            "cmd_frame_id", "base_link", ParameterDescriptor(description="frame_id of TwistStamped commands")
+        )
 
         values = {name: self.get_parameter(name).value for name in FOLLOW_PARAM_DESCRIPTIONS}
         self.controller = FollowController(params_from_mapping(values))
@@ -134,7 +138,8 @@ class FollowerNode(Node):
             self.malformed_detections += dropped
             self.get_logger().warning(
                 f"ignored {dropped} malformed detection(s) (non-finite or negative box/score, or no results) "
-                f"on {self.resolve_topic_name('detections')}", throttle_duration_sec=5.0,
+                f"on {self.resolve_topic_name('detections')}",
+                throttle_duration_sec=5.0,
             )
         stamp_s = Time.from_msg(msg.header.stamp).nanoseconds / 1e9
         self._pending = (detections, stamp_s)
@@ -161,7 +166,8 @@ class FollowerNode(Node):
             self._stale_reported = stale
             self.get_logger().warning(
                 f"ignoring detections older than {self.controller.params.max_detection_age_s} s "
-                f"({stale} so far); check the detector's stamps and clock", throttle_duration_sec=5.0,
+                f"({stale} so far); check the detector's stamps and clock",
+                throttle_duration_sec=5.0,
             )
         self.publish(command)
 

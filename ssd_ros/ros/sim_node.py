@@ -72,13 +72,16 @@ class SimNode(Node):
         super().__init__("follower_sim")
         defaults = SimParams()
         for name, description in SIM_PARAM_DESCRIPTIONS.items():
-            self.declare_parameter(name, getattr(defaults, name),
-                                   ParameterDescriptor(description=description, read_only=True))
+            self.declare_parameter(
+                name, getattr(defaults, name), ParameterDescriptor(description=description, read_only=True)
+            )
         read_only = {
             "scenario": ("static", f"scripted scenario, one of {', '.join(SCENARIOS)}"),
             "seed": (0, "noise seed"),
-            "desired_height_fraction": (FollowParams.desired_height_fraction,
-                                        "the follower's desired box height fraction (scales the scenario)"),
+            "desired_height_fraction": (
+                FollowParams.desired_height_fraction,
+                "the follower's desired box height fraction (scales the scenario)",
+            ),
             "target_height_m": (1.7, "height of the simulated people (m)"),
             "physics_rate_hz": (100.0, "simulation steps per second of simulated time"),
             "pose_rate_hz": (20.0, "rate of the ground-truth pose topics (Hz, simulated time)"),
@@ -91,12 +94,23 @@ class SimNode(Node):
         }
         for name, (default, description) in read_only.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
-        self.declare_parameter("targets_visible", True, ParameterDescriptor(
-            description="false removes every target from the scene (they walked away)"))
-        self.declare_parameter("detections_enabled", True, ParameterDescriptor(
-            description="false makes the simulated detector silent (no messages)"))
-        self.declare_parameter("paused", False, ParameterDescriptor(
-            description="true freezes the simulation (e.g. start paused until every node is connected)"))
+        self.declare_parameter(
+            "targets_visible",
+            True,
+            ParameterDescriptor(description="false removes every target from the scene (they walked away)"),
+        )
+        self.declare_parameter(
+            "detections_enabled",
+            True,
+            ParameterDescriptor(description="false makes the simulated detector silent (no messages)"),
+        )
+        self.declare_parameter(
+            "paused",
+            False,
+            ParameterDescriptor(
+                description="true freezes the simulation (e.g. start paused until every node is connected)"
+            ),
+        )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         get = lambda name: self.get_parameter(name).value  # noqa: E731

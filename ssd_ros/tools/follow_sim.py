@@ -44,8 +44,9 @@ def load_follow_params(path: Path | None) -> FollowParams:
     return params_from_mapping(data)
 
 
-def simulate(names, follow_params: FollowParams, sim_params: SimParams, seed: int,
-             control_rate_hz: float) -> dict[str, tuple[Trace, PathMetrics, float]]:
+def simulate(
+    names, follow_params: FollowParams, sim_params: SimParams, seed: int, control_rate_hz: float
+) -> dict[str, tuple[Trace, PathMetrics, float]]:
     """Run each named scenario; returns name -> (trace, metrics, desired distance)."""
     results = {}
     for name in names:
@@ -90,8 +91,13 @@ def plot(results, output: Path) -> None:
         top.plot(rover[:, 0], rover[:, 1], "b-", label="rover")
         top.plot(rover[0, 0], rover[0, 1], "bo")
         for k in range(targets.shape[1]):
-            top.plot(targets[:, k, 0], targets[:, k, 1], "--", color="C3" if k == 0 else "C7",
-                     label="followed person" if k == 0 else "other person")
+            top.plot(
+                targets[:, k, 0],
+                targets[:, k, 1],
+                "--",
+                color="C3" if k == 0 else "C7",
+                label="followed person" if k == 0 else "other person",
+            )
             top.plot(targets[0, k, 0], targets[0, k, 1], "o", color="C3" if k == 0 else "C7")
         top.set_title(name)
         top.set_aspect("equal", adjustable="datalim")
@@ -116,14 +122,16 @@ def plot(results, output: Path) -> None:
 def main(argv=None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=SCENARIOS,
-                        help="scripted paths to run")
+    parser.add_argument(
+        "--paths", nargs="+", default=list(DEFAULT_PATHS), choices=SCENARIOS, help="scripted paths to run"
+    )
     parser.add_argument("--params", type=Path, help="follower parameter YAML (default: built-in defaults)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--rate", type=float, default=20.0, help="control rate (Hz), as the node's rate_hz")
     parser.add_argument("--latency", type=float, default=SimParams.latency_s, help="detector latency (s)")
-    parser.add_argument("--detection-rate", type=float, default=SimParams.detection_rate_hz,
-                        help="detector frame rate (Hz)")
+    parser.add_argument(
+        "--detection-rate", type=float, default=SimParams.detection_rate_hz, help="detector frame rate (Hz)"
+    )
     parser.add_argument("--plot", type=Path, default=Path("follower_sim.png"), help="trajectory plot PNG")
     args = parser.parse_args(argv)
     try:
@@ -132,15 +140,20 @@ def main(argv=None) -> int:
         print(f"follow_sim: cannot use {args.params}: {error}", file=sys.stderr)
         return 2
     sim_params = SimParams(
-        camera_hfov_deg=follow_params.camera_hfov_deg, image_width=follow_params.image_width,
-        image_height=follow_params.image_height, wheelbase_m=follow_params.wheelbase_m,
-        max_steering_deg=follow_params.max_steering_deg, latency_s=args.latency,
+        camera_hfov_deg=follow_params.camera_hfov_deg,
+        image_width=follow_params.image_width,
+        image_height=follow_params.image_height,
+        wheelbase_m=follow_params.wheelbase_m,
+        max_steering_deg=follow_params.max_steering_deg,
+        latency_s=args.latency,
         detection_rate_hz=args.detection_rate,
     )
     results = simulate(args.paths, follow_params, sim_params, args.seed, args.rate)
     distance = next(iter(results.values()))[2]
-    print(f"desired distance {distance:.2f} m (1.7 m person at {follow_params.desired_height_fraction:.2f} "
-          f"of the image height); settled = bearing within 3 deg and distance within 10 %")
+    print(
+        f"desired distance {distance:.2f} m (1.7 m person at {follow_params.desired_height_fraction:.2f} "
+        f"of the image height); settled = bearing within 3 deg and distance within 10 %"
+    )
     print(format_table(results))
     plot(results, args.plot)
     print(f"plot: {args.plot}")
