@@ -1,13 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite in the workspace with local-only DDS and a per-run domain id.
+# Runs the whole test suite, or exactly the pytest arguments given (files, -k, ...), through run.sh.
 set -eo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck disable=SC1091
-. scripts/env.sh
-export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-# A per-run domain (1..101) so parallel runs on one machine do not cross-talk.
-export ROS_DOMAIN_ID=${SSD_ROS_TEST_DOMAIN_ID:-$(( ($$ % 100) + 1 ))}
-echo "ROS_DOMAIN_ID=$ROS_DOMAIN_ID ROS_AUTOMATIC_DISCOVERY_RANGE=$ROS_AUTOMATIC_DISCOVERY_RANGE"
-# No arguments: the whole suite; otherwise exactly what was asked for (files, -k, ...).
+# Tests never join the shell's own domain (a robot may live there); SSD_ROS_TEST_DOMAIN_ID picks one.
+if [ -n "$SSD_ROS_TEST_DOMAIN_ID" ]; then export ROS_DOMAIN_ID=$SSD_ROS_TEST_DOMAIN_ID; else unset ROS_DOMAIN_ID; fi
 if [ $# -eq 0 ]; then set -- test; fi
-exec python -m pytest "$@"
+exec scripts/run.sh python -m pytest "$@"

@@ -12,6 +12,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The rover frames' classes (shared/data/picar_camera), in the sorted order class discovery gives.
+PICAR_CLASSES = ("Green Traffic Light", "Person", "Red Traffic Light", "Speed Limit 25", "Speed Limit 40", "Stop Sign")
 EXECUTABLES = REPO_ROOT / "install" / "ssd_ros" / "lib" / "ssd_ros"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, shared_data
+from conftest import PICAR_CLASSES, REPO_ROOT, shared_data
 
 from ssd_ros.checkpoint import ModelCard, save_checkpoint
 from ssd_ros.detections import Detections
@@ -26,7 +26,6 @@ from ssd_ros.voc import VocSplit
 from ssd_ros.voc_metric import evaluate_detections
 from training.evaluate import main
 
-PICAR_CLASSES = ("Green Traffic Light", "Person", "Red Traffic Light", "Speed Limit 25", "Speed Limit 40", "Stop Sign")
 # The small architecture keeps the CPU runs short; evaluate.py treats both the same way.
 ARCHITECTURE = "ssdlite320_mobilenet_v3"
 

@@ -5,13 +5,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data
+from conftest import PICAR_CLASSES, shared_data
 
 from ssd_ros.model import VOC_CLASSES
 from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
 from training.dataset import VocDetectionDataset, collate_detection
-
-PICAR_CLASSES = ("Green Traffic Light", "Person", "Red Traffic Light", "Speed Limit 25", "Speed Limit 40", "Stop Sign")
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +68,7 @@ def test_voc_sample_covers_all_classes(voc_dataset):
 def test_custom_folder_classes_with_spaces():
     split = VocSplit.from_folder(shared_data("picar_camera", "detection", "train"))
     classes = discover_classes(split)
-    assert classes == (
-        "Green Traffic Light",
-        "Person",
-        "Red Traffic Light",
-        "Speed Limit 25",
-        "Speed Limit 40",
-        "Stop Sign",
-    )
+    assert classes == PICAR_CLASSES
     dataset = VocDetectionDataset(split, classes)
     index = next(i for i, item in enumerate(split) if item.image_id == "2019-04-16-095702")
     image, target = dataset[index]

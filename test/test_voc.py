@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data
+from conftest import PICAR_CLASSES, shared_data
 
 from ssd_ros.voc import VocFormatError, VocSplit, discover_classes, load_image_rgb, parse_annotation
 
@@ -137,14 +137,7 @@ def test_picar_custom_classes_with_spaces():
     assert (len(train), len(test)) == (43, 5)
     assert train[0].image_path.suffix == ".jpg" and train[0].image_path.stem == train[0].xml_path.stem
     classes = discover_classes([train, test])
-    assert classes == (
-        "Green Traffic Light",
-        "Person",
-        "Red Traffic Light",
-        "Speed Limit 25",
-        "Speed Limit 40",
-        "Stop Sign",
-    )
+    assert classes == PICAR_CLASSES
     # Per-class box counts from the data README (train + test).
     counts = collections.Counter(n for a in VocSplit.concat([train, test]).annotations() for n in a.names)
     assert counts == {

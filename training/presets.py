@@ -26,6 +26,19 @@ def _labels_and_difficult(inputs):
     return target["labels"], target["difficult"]
 
 
+def _resize_and_sanitise(size: Sequence[int]) -> list:
+    """The common tail of both presets: warp to the input size, drop degenerate boxes, scale to [0, 1]."""
+    return [
+        # Caffe picks one of five interpolations at random; bilinear (antialiased) throughout here.
+        T.Resize(tuple(size), antialias=True),
+        # Drops boxes cropped away or squeezed under 1 px by the warp (with their labels and difficult
+        # flags), so every target the loss sees has positive width and height.
+        T.ClampBoundingBoxes(),
+        T.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_and_difficult),
+        T.ToDtype(torch.float32, scale=True),
+    ]
+
+
 class SSDTrainPreset:
     """The SSD training augmentation: photometric distortion, zoom out, IoU crop, flip, sanitise, resize.
 
@@ -66,13 +79,7 @@ class SSDTrainPreset:
                 # the faithful one. An image without boxes always ends up uncropped.
                 T.RandomIoUCrop(),
                 T.RandomHorizontalFlip(p=hflip_prob),
-                # Caffe picks one of five interpolations at random; bilinear (antialiased) throughout here.
-                T.Resize(tuple(size), antialias=True),
-                # Drops boxes cropped away or squeezed under 1 px by the warp (with their labels and
-                # difficult flags), so every target the loss sees has positive width and height.
-                T.ClampBoundingBoxes(),
-                T.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_and_difficult),
-                T.ToDtype(torch.float32, scale=True),
+                *_resize_and_sanitise(size),
             ]
         )
 
@@ -85,14 +92,7 @@ class SSDEvalPreset:
     """Deterministic resize to the input size and conversion to float, for loss evaluation."""
 
     def __init__(self, size: Sequence[int] = (300, 300)) -> None:
-        self.transforms = T.Compose(
-            [
-                T.Resize(tuple(size), antialias=True),
-                T.ClampBoundingBoxes(),
-                T.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_and_difficult),
-                T.ToDtype(torch.float32, scale=True),
-            ]
-        )
+        self.transforms = T.Compose(_resize_and_sanitise(size))
 
     def __call__(self, image: tv_tensors.Image, target: dict) -> tuple[torch.Tensor, dict]:
         """Resize one sample."""

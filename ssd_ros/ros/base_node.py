@@ -19,21 +19,17 @@ Calibration parameters can be changed at runtime (``ros2 param set``); wiring pa
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rcl_interfaces.msg import ParameterType as PT
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from ssd_ros.base import (
@@ -50,6 +46,7 @@ from ssd_ros.base import (
     SteeringCalibration,
     open_hardware,
 )
+from ssd_ros.ros.runner import StartupError, run_node
 
 DIAGNOSTICS_PERIOD_S = 1.0
 WARNING_INTERVAL_S = 5.0
@@ -299,10 +296,6 @@ def hardware_settings(values: dict) -> HardwareSettings:
     )
 
 
-class StartupError(Exception):
-    """The node cannot start (bad parameter, hardware missing); the message says why."""
-
-
 class BaseNode(Node):
     """Maps cmd_vel to the PiCar-B steering servo and drive motor, with a watchdog and diagnostics."""
 
@@ -483,38 +476,9 @@ class BaseNode(Node):
         self.get_logger().info("stopped: motor off, steering centred")
 
 
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def main(args=None) -> int:
     """Run the base driver until Ctrl-C/SIGTERM; always end with stop + centre. Exit code 1 if it cannot start."""
-    # rclpy's own handlers would shut the context down before we publish the final state, so Python's
-    # KeyboardInterrupt (and SIGTERM mapped onto it) is what ends spinning here.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    node = None
-    try:
-        node = BaseNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (
-        StartupError,
-        rclpy.exceptions.InvalidParameterTypeException,
-        rclpy.exceptions.InvalidParameterValueException,
-    ) as error:
-        rclpy.logging.get_logger("picar_base").fatal(f"cannot start: {error}")
-        return 1
-    finally:
-        if node is not None:
-            # A second Ctrl-C or launch's SIGTERM must not cut the final stop short (SIGKILL still can).
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            node.stop_safely()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("picar_base", BaseNode, on_stop=BaseNode.stop_safely, args=args)
 
 
 if __name__ == "__main__":

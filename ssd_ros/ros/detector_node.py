@@ -27,7 +27,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rcl_interfaces.msg import ParameterType as PT
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -43,6 +42,7 @@ from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.model import WeightsUnavailableError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import detections_to_msg, label_info_msg
+from ssd_ros.ros.runner import StartupError, run_node
 
 # Parameters that define the model and the wiring; they are read once at start.
 RESTART_REQUIRED = (
@@ -146,10 +146,6 @@ PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
 }
 
 _RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
-
-
-class StartupError(Exception):
-    """The node cannot start (bad checkpoint, bad parameter); the message says why."""
 
 
 @dataclass
@@ -404,25 +400,7 @@ class DetectorNode(Node):
 
 def main(args=None) -> int:
     """Run the detector node until Ctrl-C; exit code 1 (with the reason, no traceback) if it cannot start."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = DetectorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (
-        StartupError,
-        rclpy.exceptions.InvalidParameterTypeException,
-        rclpy.exceptions.InvalidParameterValueException,
-    ) as error:
-        rclpy.logging.get_logger("detector").fatal(f"cannot start: {error}")
-        return 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("detector", DetectorNode, args=args)
 
 
 if __name__ == "__main__":

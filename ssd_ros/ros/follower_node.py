@@ -9,24 +9,21 @@ command on shutdown.
 from __future__ import annotations
 
 import math
-import signal
 import sys
 from dataclasses import fields
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping
 from ssd_ros.ros.messages import msg_to_detections
+from ssd_ros.ros.runner import run_node
 
 # One description per control-law parameter (defaults come from FollowParams).
 FOLLOW_PARAM_DESCRIPTIONS = {
@@ -216,41 +213,14 @@ class FollowerNode(Node):
     def stop(self) -> None:
         """Publish a final zero command (shutdown path)."""
         self.controller.set_enabled(False)
+        if not self.context.ok():
+            return
         self.publish(Command(0.0, 0.0))
 
 
-def raise_keyboard_interrupt(signum, frame):
-    """Signal handler turning SIGTERM into the same clean shutdown as Ctrl-C."""
-    raise KeyboardInterrupt
-
-
 def main(args=None) -> int:
-    """Spin the follower; on Ctrl-C / SIGTERM publish a final zero command before shutting down.
-
-    Returns 2 (after a clear message) when the start-up parameters are invalid.
-    """
-    # rclpy's own signal handling would shut the context down before we could send the final zero.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    try:
-        node = FollowerNode()
-    except ValueError as error:
-        print(f"follower: invalid parameters: {error}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        # Wake at least every 0.1 s: with use_sim_time and a silent /clock no timer fires, and a wait
-        # that never returns would never let Python handle Ctrl-C.
-        while rclpy.ok():
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if rclpy.ok():
-            node.stop()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Spin the follower; on Ctrl-C / SIGTERM publish a final zero command. Exit code 1 on invalid parameters."""
+    return run_node("follower", FollowerNode, on_stop=FollowerNode.stop, args=args)
 
 
 if __name__ == "__main__":

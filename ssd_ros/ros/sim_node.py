@@ -15,24 +15,20 @@ real time consistently (the timers of those nodes run on that clock too).
 from __future__ import annotations
 
 import math
-import signal
 import sys
 
-import rclpy
 from geometry_msgs.msg import Pose, PoseArray, PoseStamped, Twist, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from rosgraph_msgs.msg import Clock as ClockMsg
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import FollowParams
-from ssd_ros.ros.follower_node import raise_keyboard_interrupt
 from ssd_ros.ros.messages import detections_to_msg
+from ssd_ros.ros.runner import run_node
 from ssd_ros.sim import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
 
 SIM_PARAM_DESCRIPTIONS = {
@@ -212,24 +208,8 @@ class SimNode(Node):
 
 
 def main(args=None) -> int:
-    """Spin the simulator until Ctrl-C / SIGTERM; returns 2 on invalid start-up parameters."""
-    # As in the follower: Python-level interrupts, so a step in progress is not cut by a dead context.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    try:
-        node = SimNode()
-    except ValueError as error:
-        print(f"follower_sim: invalid parameters: {error}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Spin the simulator until Ctrl-C / SIGTERM; exit code 1 on invalid start-up parameters."""
+    return run_node("follower_sim", SimNode, args=args)
 
 
 if __name__ == "__main__":
