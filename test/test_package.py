@@ -30,6 +30,14 @@ def test_console_script_installed(name):
     assert exe.read_text().startswith("#!"), "console script must be directly runnable"
 
 
+def test_env_sh_puts_the_executables_on_path():
+    """The docs run ``make_bag``, ``bag_eval``, ... by name after ``. scripts/env.sh`` (no ``ros2 run`` here)."""
+    script = ". scripts/env.sh && command -v " + " ".join(EXPECTED_EXECUTABLES)
+    result = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, env={})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == [str(EXECUTABLES / name) for name in EXPECTED_EXECUTABLES]
+
+
 def _imported_modules(path):
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):
