@@ -24,8 +24,7 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rcl_interfaces.msg import ParameterType as PT
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.node import Node
@@ -46,218 +45,76 @@ from ssd_ros.base import (
     SteeringCalibration,
     open_hardware,
 )
+from ssd_ros.ros.params import ParameterTable, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
 
 DIAGNOSTICS_PERIOD_S = 1.0
 WARNING_INTERVAL_S = 5.0
 
 
-def _descriptor(description: str, type_: int, *, read_only: bool = False, **kwargs) -> ParameterDescriptor:
-    return ParameterDescriptor(description=description, type=type_, read_only=read_only, **kwargs)
-
-
-def _int_range(low: int, high: int) -> list[IntegerRange]:
-    return [IntegerRange(from_value=low, to_value=high, step=1)]
-
-
-def _float_range(low: float, high: float) -> list[FloatingPointRange]:
-    return [FloatingPointRange(from_value=low, to_value=high)]
-
-
 # Wiring: read once at start (read-only). Defaults are the Adeept PiCar-B's; sources in docs/picar_b.md.
-WIRING: dict[str, tuple[object, ParameterDescriptor]] = {
-    "hardware": ("sim", _descriptor(f"actuators: {' | '.join(HARDWARE_KINDS)}", PT.PARAMETER_STRING, read_only=True)),
-    "twist_stamped": (
-        False,
-        _descriptor(
-            "subscribe geometry_msgs/TwistStamped instead of Twist on cmd_vel", PT.PARAMETER_BOOL, read_only=True
-        ),
+WIRING: ParameterTable = {
+    "hardware": param("sim", f"actuators: {' | '.join(HARDWARE_KINDS)}", read_only=True),
+    "twist_stamped": param(False, "subscribe geometry_msgs/TwistStamped instead of Twist on cmd_vel", read_only=True),
+    "i2c_bus": param(1, "I2C bus number (/dev/i2c-N)", read_only=True),
+    "pca9685_address": param(
+        0x40, "7-bit I2C address of the PCA9685 (PiCar-B 64 = 0x40; B2 95 = 0x5F)", limits=(0x03, 0x77), read_only=True
     ),
-    "i2c_bus": (1, _descriptor("I2C bus number (/dev/i2c-N)", PT.PARAMETER_INTEGER, read_only=True)),
-    "pca9685_address": (
-        0x40,
-        _descriptor(
-            "7-bit I2C address of the PCA9685 (PiCar-B 64 = 0x40; B2 95 = 0x5F)",
-            PT.PARAMETER_INTEGER,
-            read_only=True,
-            integer_range=_int_range(0x03, 0x77),
-        ),
-    ),
-    "pwm_frequency_hz": (
+    "pwm_frequency_hz": param(
         50.0,
-        _descriptor(
-            "servo PWM frequency; the chip's prescaler quantises it (50 -> 50.03 Hz)",
-            PT.PARAMETER_DOUBLE,
-            read_only=True,
-            floating_point_range=_float_range(24.0, 1526.0),
-        ),
+        "servo PWM frequency; the chip's prescaler quantises it (50 -> 50.03 Hz)",
+        limits=(24.0, 1526.0),
+        read_only=True,
     ),
-    "steering_channel": (
-        2,
-        _descriptor(
-            "PCA9685 channel of the steering servo",
-            PT.PARAMETER_INTEGER,
-            read_only=True,
-            integer_range=_int_range(0, 15),
-        ),
-    ),
-    "motor_driver": (
+    "steering_channel": param(2, "PCA9685 channel of the steering servo", limits=(0, 15), read_only=True),
+    "motor_driver": param(
         "gpio",
-        _descriptor(
-            f"drive motor bridge inputs: {' | '.join(MOTOR_DRIVERS)} (gpio: PiCar-B Motor HAT; pca9685: B2)",
-            PT.PARAMETER_STRING,
-            read_only=True,
-        ),
+        f"drive motor bridge inputs: {' | '.join(MOTOR_DRIVERS)} (gpio: PiCar-B Motor HAT; pca9685: B2)",
+        read_only=True,
     ),
-    "motor_enable_pin": (
-        4,
-        _descriptor(
-            "gpio driver: BCM pin of the bridge enable (PWM)",
-            PT.PARAMETER_INTEGER,
-            read_only=True,
-            integer_range=_int_range(0, 27),
-        ),
+    "motor_enable_pin": param(4, "gpio driver: BCM pin of the bridge enable (PWM)", limits=(0, 27), read_only=True),
+    "motor_forward_pin": param(15, "gpio driver: BCM pin driven high to go forward", limits=(0, 27), read_only=True),
+    "motor_reverse_pin": param(14, "gpio driver: BCM pin driven high to reverse", limits=(0, 27), read_only=True),
+    "motor_pwm_frequency_hz": param(
+        1000.0, "gpio driver: software PWM frequency on the enable pin", limits=(1.0, 20000.0), read_only=True
     ),
-    "motor_forward_pin": (
-        15,
-        _descriptor(
-            "gpio driver: BCM pin driven high to go forward",
-            PT.PARAMETER_INTEGER,
-            read_only=True,
-            integer_range=_int_range(0, 27),
-        ),
+    "motor_forward_channel": param(
+        15, "pca9685 driver: channel held high to go forward (B2 M1: 15)", limits=(0, 15), read_only=True
     ),
-    "motor_reverse_pin": (
-        14,
-        _descriptor(
-            "gpio driver: BCM pin driven high to reverse",
-            PT.PARAMETER_INTEGER,
-            read_only=True,
-            integer_range=_int_range(0, 27),
-        ),
-    ),
-    "motor_pwm_frequency_hz": (
-        1000.0,
-        _descriptor(
-            "gpio driver: software PWM frequency on the enable pin",
-            PT.PARAMETER_DOUBLE,
-            read_only=True,
-            floating_point_range=_float_range(1.0, 20000.0),
-        ),
-    ),
-    "motor_forward_channel": (
-        15,
-        _descriptor(
-            "pca9685 driver: channel held high to go forward (B2 M1: 15)",
-            PT.PARAMETER_INTEGER,
-            read_only=True,
-            integer_range=_int_range(0, 15),
-        ),
-    ),
-    "motor_reverse_channel": (
-        14,
-        _descriptor(
-            "pca9685 driver: channel held high to reverse (B2 M1: 14)",
-            PT.PARAMETER_INTEGER,
-            read_only=True,
-            integer_range=_int_range(0, 15),
-        ),
+    "motor_reverse_channel": param(
+        14, "pca9685 driver: channel held high to reverse (B2 M1: 14)", limits=(0, 15), read_only=True
     ),
 }
 
 # Calibration and limits: changeable at runtime, validated as a whole before they are used.
-CALIBRATION: dict[str, tuple[object, ParameterDescriptor]] = {
-    "servo_centre_ticks": (
-        300,
-        _descriptor(
-            "servo ticks (of 4096) with the front wheels straight",
-            PT.PARAMETER_INTEGER,
-            integer_range=_int_range(1, 4095),
-        ),
+CALIBRATION: ParameterTable = {
+    "servo_centre_ticks": param(300, "servo ticks (of 4096) with the front wheels straight", limits=(1, 4095)),
+    "servo_left_ticks": param(450, "servo ticks with the wheels at max_steering_deg to the left", limits=(1, 4095)),
+    "servo_right_ticks": param(150, "servo ticks with the wheels at max_steering_deg to the right", limits=(1, 4095)),
+    "max_steering_deg": param(30.0, "front-wheel angle at servo_left_ticks / servo_right_ticks", limits=(1.0, 60.0)),
+    "steering_trim_deg": param(
+        0.0, "wheel angle added to every command so the car drives straight (positive = left)", limits=(-15.0, 15.0)
     ),
-    "servo_left_ticks": (
-        450,
-        _descriptor(
-            "servo ticks with the wheels at max_steering_deg to the left",
-            PT.PARAMETER_INTEGER,
-            integer_range=_int_range(1, 4095),
-        ),
+    "wheelbase_m": param(
+        0.14, "distance between front and rear axles (PiCar-B: measure; 0.14 is an estimate)", limits=(0.01, 2.0)
     ),
-    "servo_right_ticks": (
-        150,
-        _descriptor(
-            "servo ticks with the wheels at max_steering_deg to the right",
-            PT.PARAMETER_INTEGER,
-            integer_range=_int_range(1, 4095),
-        ),
+    "speed_at_full_duty_mps": param(
+        0.5, "measured forward speed at motor duty 1 (sets the m/s -> duty scale)", limits=(0.01, 20.0)
     ),
-    "max_steering_deg": (
-        30.0,
-        _descriptor(
-            "front-wheel angle at servo_left_ticks / servo_right_ticks",
-            PT.PARAMETER_DOUBLE,
-            floating_point_range=_float_range(1.0, 60.0),
-        ),
+    "motor_max_duty": param(1.0, "motor duty cap in (0, 1]", limits=(0.01, 1.0)),
+    "motor_min_duty": param(0.0, "smallest duty that moves the car; non-zero commands start here", limits=(0.0, 0.99)),
+    "motor_inverted": param(False, "swap forward and reverse (motor wired the other way round)"),
+    "cmd_timeout_s": param(
+        0.5, "no valid cmd_vel for this long -> motor stop and steering centre", limits=(0.05, 10.0)
     ),
-    "steering_trim_deg": (
-        0.0,
-        _descriptor(
-            "wheel angle added to every command so the car drives straight (positive = left)",
-            PT.PARAMETER_DOUBLE,
-            floating_point_range=_float_range(-15.0, 15.0),
-        ),
-    ),
-    "wheelbase_m": (
-        0.14,
-        _descriptor(
-            "distance between front and rear axles (PiCar-B: measure; 0.14 is an estimate)",
-            PT.PARAMETER_DOUBLE,
-            floating_point_range=_float_range(0.01, 2.0),
-        ),
-    ),
-    "speed_at_full_duty_mps": (
-        0.5,
-        _descriptor(
-            "measured forward speed at motor duty 1 (sets the m/s -> duty scale)",
-            PT.PARAMETER_DOUBLE,
-            floating_point_range=_float_range(0.01, 20.0),
-        ),
-    ),
-    "motor_max_duty": (
-        1.0,
-        _descriptor("motor duty cap in (0, 1]", PT.PARAMETER_DOUBLE, floating_point_range=_float_range(0.01, 1.0)),
-    ),
-    "motor_min_duty": (
-        0.0,
-        _descriptor(
-            "smallest duty that moves the car; non-zero commands start here",
-            PT.PARAMETER_DOUBLE,
-            floating_point_range=_float_range(0.0, 0.99),
-        ),
-    ),
-    "motor_inverted": (
-        False,
-        _descriptor("swap forward and reverse (motor wired the other way round)", PT.PARAMETER_BOOL),
-    ),
-    "cmd_timeout_s": (
-        0.5,
-        _descriptor(
-            "no valid cmd_vel for this long -> motor stop and steering centre",
-            PT.PARAMETER_DOUBLE,
-            floating_point_range=_float_range(0.05, 10.0),
-        ),
-    ),
-    "calibration_servo_ticks": (
+    "calibration_servo_ticks": param(
         -1,
-        _descriptor(
-            "calibration aid: >= 0 holds the servo at these ticks with the motor stopped, ignoring cmd_vel; -1 = off",
-            PT.PARAMETER_INTEGER,
-            integer_range=_int_range(-1, 4095),
-        ),
+        "calibration aid: >= 0 holds the servo at these ticks with the motor stopped, ignoring cmd_vel; -1 = off",
+        limits=(-1, 4095),
     ),
 }
 
-PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {**WIRING, **CALIBRATION}
+PARAMETERS: ParameterTable = {**WIRING, **CALIBRATION}
 
 
 def base_config(values: dict) -> BaseConfig:
@@ -301,9 +158,7 @@ class BaseNode(Node):
 
     def __init__(self) -> None:
         super().__init__("picar_base")
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
-        self._values = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self._values = declare_all(self, PARAMETERS)
         try:
             settings = hardware_settings(self._values)
             self._controller = BaseController(base_config(self._values))

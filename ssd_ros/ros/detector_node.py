@@ -24,11 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rcl_interfaces.msg import ParameterType as PT
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
@@ -42,6 +40,7 @@ from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.model import WeightsUnavailableError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import detections_to_msg, label_info_msg
+from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
 
 # Parameters that define the model and the wiring; they are read once at start.
@@ -63,86 +62,31 @@ DIAGNOSTICS_PERIOD_S = 1.0
 STATS_WINDOW = 100  # inference times / image ages kept for the percentiles
 
 
-def _descriptor(description: str, type_: int, **kwargs) -> ParameterDescriptor:
-    return ParameterDescriptor(description=description, type=type_, **kwargs)
-
-
-PARAMETERS: dict[str, tuple[object, ParameterDescriptor]] = {
-    "model_path": ("", _descriptor("SSD checkpoint (.pt) to load (restart required to change)", PT.PARAMETER_STRING)),
-    "use_coco_weights": (
+PARAMETERS: ParameterTable = {
+    "model_path": param("", "SSD checkpoint (.pt) to load (restart required to change)"),
+    "use_coco_weights": param(
         False,
-        _descriptor(
-            "ignore model_path and use torchvision's COCO-trained SSD300 (needs internet once or torch's cache; "
-            "restart required)",
-            PT.PARAMETER_BOOL,
-        ),
+        "ignore model_path and use torchvision's COCO-trained SSD300 (needs internet once or torch's cache; "
+        "restart required)",
     ),
-    "device": (
-        "auto",
-        _descriptor("inference device: auto | cpu | cuda | cuda:N (restart required)", PT.PARAMETER_STRING),
-    ),
-    "score_threshold": (
-        0.3,
-        _descriptor(
-            "minimum detection score in [0, 1]",
-            PT.PARAMETER_DOUBLE,
-            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)],
-        ),
-    ),
-    "nms_iou": (
-        0.45,
-        _descriptor(
-            "IoU above which same-class boxes are suppressed, in [0, 1]",
-            PT.PARAMETER_DOUBLE,
-            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)],
-        ),
-    ),
-    "max_detections": (
-        100,
-        _descriptor(
-            "most detections per image (>= 1)",
-            PT.PARAMETER_INTEGER,
-            integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)],
-        ),
-    ),
-    # An empty default would be declared as a byte array; a typed, unset parameter means "no filter".
-    "class_filter": (
-        Parameter.Type.STRING_ARRAY,
-        _descriptor("class names to report (empty: all classes of the model)", PT.PARAMETER_STRING_ARRAY),
-    ),
-    "image_topic": (
+    "device": param("auto", "inference device: auto | cpu | cuda | cuda:N (restart required)"),
+    "score_threshold": param(0.3, "minimum detection score in [0, 1]", limits=(0.0, 1.0)),
+    "nms_iou": param(0.45, "IoU above which same-class boxes are suppressed, in [0, 1]", limits=(0.0, 1.0)),
+    "max_detections": param(100, "most detections per image (>= 1)", limits=(1, 10000)),
+    "class_filter": param(STRING_ARRAY, "class names to report (empty: all classes of the model)"),
+    "image_topic": param(
         "image_raw",
-        _descriptor(
-            "input image topic; with compressed=true the node subscribes <image_topic>/compressed (restart required)",
-            PT.PARAMETER_STRING,
-        ),
+        "input image topic; with compressed=true the node subscribes <image_topic>/compressed (restart required)",
     ),
-    "compressed": (
-        False,
-        _descriptor(
-            "subscribe sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed (restart required)",
-            PT.PARAMETER_BOOL,
-        ),
+    "compressed": param(
+        False, "subscribe sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed (restart required)"
     ),
-    "qos_reliability": (
+    "qos_reliability": param(
         "best_effort",
-        _descriptor(
-            "input subscription reliability: best_effort (matches every camera) | reliable (restart required)",
-            PT.PARAMETER_STRING,
-        ),
+        "input subscription reliability: best_effort (matches every camera) | reliable (restart required)",
     ),
-    "qos_depth": (
-        1,
-        _descriptor(
-            "input subscription queue depth (restart required)",
-            PT.PARAMETER_INTEGER,
-            integer_range=[IntegerRange(from_value=1, to_value=100, step=1)],
-        ),
-    ),
-    "publish_annotated": (
-        True,
-        _descriptor("draw detections on image_annotated (only while it has subscribers)", PT.PARAMETER_BOOL),
-    ),
+    "qos_depth": param(1, "input subscription queue depth (restart required)", limits=(1, 100)),
+    "publish_annotated": param(True, "draw detections on image_annotated (only while it has subscribers)"),
 }
 
 _RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
@@ -163,10 +107,7 @@ class DetectorNode(Node):
 
     def __init__(self) -> None:
         super().__init__("detector")
-        values = {
-            name: self.declare_parameter(name, default, descriptor).value
-            for name, (default, descriptor) in PARAMETERS.items()
-        }
+        values = declare_all(self, PARAMETERS)
         values["class_filter"] = values["class_filter"] or []  # unset: no filter
         reliability = values["qos_reliability"]
         if reliability not in _RELIABILITY:

@@ -14,7 +14,7 @@ from dataclasses import fields
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
@@ -23,6 +23,7 @@ from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping
 from ssd_ros.ros.messages import msg_to_detections
+from ssd_ros.ros.params import ParameterTable, declare_all, param
 from ssd_ros.ros.runner import run_node
 
 # One description per control-law parameter (defaults come from FollowParams).
@@ -62,39 +63,32 @@ FOLLOW_PARAM_DESCRIPTIONS = {
 }
 
 
+PARAMETERS: ParameterTable = {
+    # Every control-law field must have a description (KeyError otherwise).
+    **{
+        field.name: param(getattr(FollowParams(), field.name), FOLLOW_PARAM_DESCRIPTIONS[field.name])
+        for field in fields(FollowParams)
+    },
+    "rate_hz": param(20.0, "control and cmd_vel publication rate (Hz)", read_only=True),
+    "twist_stamped": param(False, "publish geometry_msgs/TwistStamped instead of Twist", read_only=True),
+    "start_enabled": param(True, "follow from start-up; otherwise wait for the enable service", read_only=True),
+    "diagnostics_period_s": param(1.0, "period of /diagnostics messages (s)", read_only=True),
+    "cmd_frame_id": param("base_link", "frame_id of TwistStamped commands"),
+}
+
+
 class FollowerNode(Node):
     """Runs :class:`FollowController` on a fixed-rate timer and publishes velocity commands."""
 
     def __init__(self):
         """Declare parameters, create the controller, topics, service and timers."""
         super().__init__("follower")
-        defaults = FollowParams()
-        for field in fields(defaults):  # every control-law field must have a description (KeyError otherwise)
-            name, default = field.name, getattr(defaults, field.name)
-            description = FOLLOW_PARAM_DESCRIPTIONS[name]
-            self.declare_parameter(
-                name,
-                list(default) if isinstance(default, tuple) else default,
-                ParameterDescriptor(description=description),
-            )
-        read_only = {
-            "rate_hz": (20.0, "control and cmd_vel publication rate (Hz)"),
-            "twist_stamped": (False, "publish geometry_msgs/TwistStamped instead of Twist"),
-            "start_enabled": (True, "follow from start-up; otherwise wait for the enable service"),
-            "diagnostics_period_s": (1.0, "period of /diagnostics messages (s)"),
-        }
-        for name, (default, description) in read_only.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
-        self.declare_parameter(
-            "cmd_frame_id", "base_link", ParameterDescriptor(description="frame_id of TwistStamped commands")
-        )
-
-        values = {name: self.get_parameter(name).value for name in FOLLOW_PARAM_DESCRIPTIONS}
-        self.controller = FollowController(params_from_mapping(values))
-        self.controller.set_enabled(self.get_parameter("start_enabled").value)
+        values = declare_all(self, PARAMETERS)
+        self.controller = FollowController(params_from_mapping(values))  # ignores the node's own parameters
+        self.controller.set_enabled(values["start_enabled"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._stamped = self.get_parameter("twist_stamped").value
+        self._stamped = values["twist_stamped"]
         self._pending = None  # (Detections, stamp_s) of the newest message not yet given to the controller
         self._last_stamp_s = None
         self.malformed_detections = 0
@@ -106,12 +100,12 @@ class FollowerNode(Node):
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
         self.create_subscription(Detection2DArray, "detections", self._on_detections, qos)
         self.create_service(SetBool, "enable", self._on_enable)
-        rate_hz = self.get_parameter("rate_hz").value
+        rate_hz = values["rate_hz"]
         if not rate_hz > 0:
             raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
         self.period_s = 1.0 / rate_hz
         self.create_timer(self.period_s, self._on_timer)
-        self.create_timer(self.get_parameter("diagnostics_period_s").value, self._publish_diagnostics)
+        self.create_timer(values["diagnostics_period_s"], self._publish_diagnostics)
         params = self.controller.params
         self.get_logger().info(
             f"following {list(params.target_classes)} at {rate_hz:.0f} Hz on "

@@ -18,7 +18,7 @@ import math
 import sys
 
 from geometry_msgs.msg import Pose, PoseArray, PoseStamped, Twist, TwistStamped
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.time import Time
@@ -28,6 +28,7 @@ from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import FollowParams
 from ssd_ros.ros.messages import detections_to_msg
+from ssd_ros.ros.params import ParameterTable, declare_all, param
 from ssd_ros.ros.runner import run_node
 from ssd_ros.sim import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
 
@@ -53,6 +54,37 @@ SIM_PARAM_DESCRIPTIONS = {
 }
 
 
+PARAMETERS: ParameterTable = {
+    **{
+        name: param(getattr(SimParams(), name), description, read_only=True)
+        for name, description in SIM_PARAM_DESCRIPTIONS.items()
+    },
+    "scenario": param("static", f"scripted scenario, one of {', '.join(SCENARIOS)}", read_only=True),
+    "seed": param(0, "noise seed", read_only=True),
+    "desired_height_fraction": param(
+        FollowParams.desired_height_fraction,
+        "the follower's desired box height fraction (scales the scenario)",
+        read_only=True,
+    ),
+    "target_height_m": param(1.7, "height of the simulated people (m)", read_only=True),
+    "physics_rate_hz": param(100.0, "simulation steps per second of simulated time", read_only=True),
+    "pose_rate_hz": param(20.0, "rate of the ground-truth pose topics (Hz, simulated time)", read_only=True),
+    "twist_stamped": param(False, "subscribe geometry_msgs/TwistStamped instead of Twist", read_only=True),
+    "cmd_timeout_s": param(
+        0.5, "the rover stops when cmd_vel is older than this (s), like the base driver", read_only=True
+    ),
+    "publish_clock": param(
+        False, "own the time: publish /clock (use use_sim_time:=true on the other nodes)", read_only=True
+    ),
+    "real_time_factor": param(1.0, "with publish_clock: simulated seconds per wall-clock second", read_only=True),
+    "camera_frame_id": param("sim_camera", "frame_id of the simulated image / detections", read_only=True),
+    "world_frame_id": param("odom", "frame of the ground-truth poses", read_only=True),
+    "targets_visible": param(True, "false removes every target from the scene (they walked away)"),
+    "detections_enabled": param(True, "false makes the simulated detector silent (no messages)"),
+    "paused": param(False, "true freezes the simulation (e.g. start paused until every node is connected)"),
+}
+
+
 def _pose(x: float, y: float, yaw: float = 0.0) -> Pose:
     pose = Pose()
     pose.position.x, pose.position.y = float(x), float(y)
@@ -66,47 +98,7 @@ class SimNode(Node):
     def __init__(self):
         """Declare parameters, build the scenario and start the physics timer."""
         super().__init__("follower_sim")
-        defaults = SimParams()
-        for name, description in SIM_PARAM_DESCRIPTIONS.items():
-            self.declare_parameter(
-                name, getattr(defaults, name), ParameterDescriptor(description=description, read_only=True)
-            )
-        read_only = {
-            "scenario": ("static", f"scripted scenario, one of {', '.join(SCENARIOS)}"),
-            "seed": (0, "noise seed"),
-            "desired_height_fraction": (
-                FollowParams.desired_height_fraction,
-                "the follower's desired box height fraction (scales the scenario)",
-            ),
-            "target_height_m": (1.7, "height of the simulated people (m)"),
-            "physics_rate_hz": (100.0, "simulation steps per second of simulated time"),
-            "pose_rate_hz": (20.0, "rate of the ground-truth pose topics (Hz, simulated time)"),
-            "twist_stamped": (False, "subscribe geometry_msgs/TwistStamped instead of Twist"),
-            "cmd_timeout_s": (0.5, "the rover stops when cmd_vel is older than this (s), like the base driver"),
-            "publish_clock": (False, "own the time: publish /clock (use use_sim_time:=true on the other nodes)"),
-            "real_time_factor": (1.0, "with publish_clock: simulated seconds per wall-clock second"),
-            "camera_frame_id": ("sim_camera", "frame_id of the simulated image / detections"),
-            "world_frame_id": ("odom", "frame of the ground-truth poses"),
-        }
-        for name, (default, description) in read_only.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=True))
-        self.declare_parameter(
-            "targets_visible",
-            True,
-            ParameterDescriptor(description="false removes every target from the scene (they walked away)"),
-        )
-        self.declare_parameter(
-            "detections_enabled",
-            True,
-            ParameterDescriptor(description="false makes the simulated detector silent (no messages)"),
-        )
-        self.declare_parameter(
-            "paused",
-            False,
-            ParameterDescriptor(
-                description="true freezes the simulation (e.g. start paused until every node is connected)"
-            ),
-        )
+        declare_all(self, PARAMETERS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         get = lambda name: self.get_parameter(name).value  # noqa: E731
