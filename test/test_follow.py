@@ -78,44 +78,25 @@ def test_convergence_holds_with_other_noise_seeds_and_more_latency(seed):
     assert metrics.steering_sign_changes <= 3
 
 
-def drive_until_tracking(sim, controller, t_end):
-    """Closed loop by hand (so the test can change the world mid-run); returns the commands by time."""
-    commands = []
-    command = (0.0, 0.0)
-    tick = 0
-    dt = 0.005
-    steps = round(PERIOD / dt)
-    while sim.time < t_end - 1e-9:
-        if tick % steps == 0:
-            frames = sim.poll()
-            stamp, detections = frames[-1] if frames else (None, None)
-            out = controller.update(detections, stamp, sim.time)
-            command = (out.linear_mps, out.angular_radps)
-            commands.append((sim.time, out, controller.state))
-        sim.step(*command, dt)
-        tick += 1
-    return commands
-
-
 @pytest.mark.parametrize("how", ["target_removed", "detector_silent"])
 def test_no_target_reaches_exact_zero_within_lost_timeout_plus_one_period(how):
     sim = Simulator(SIM, make_scenario("static", DESIRED, SIM), seed=0)
     controller = FollowController(PARAMS)
-    drive_until_tracking(sim, controller, 3.0)
+    run_closed_loop(controller, sim, 3.0, control_rate_hz=1.0 / PERIOD)
     assert controller.state == "tracking" and controller.last_command.linear_mps > 0.2
     removed_at = sim.time
     if how == "target_removed":
         sim.targets[0].visible = False
     else:
         sim.detections_enabled = False
-    after = drive_until_tracking(sim, controller, removed_at + 3.0)
+    # The world changed mid-run: the same closed loop continues from here.
+    after = run_closed_loop(controller, sim, removed_at + 3.0, control_rate_hz=1.0 / PERIOD)
     deadline = removed_at + PARAMS.lost_timeout_s + PERIOD
-    late = [(t, c) for t, c, _ in after if t >= deadline]
-    assert late and all(c.linear_mps == 0.0 and c.angular_radps == 0.0 for _, c in late)
+    late = [(v, w) for t, v, w in zip(after.t, after.linear, after.angular) if t >= deadline]
+    assert late and all(v == 0.0 and w == 0.0 for v, w in late)
     # Braking starts well before the hard stop, and the speed never grows once the target is gone.
-    speeds = [c.linear_mps for _, c, _ in after]
-    assert all(b <= a + 1e-6 for a, b in zip(speeds, speeds[1:]))
-    assert [s for _, _, s in after][-1] == "searching"
+    assert all(b <= a + 1e-6 for a, b in zip(after.linear, after.linear[1:]))
+    assert after.state[-1] == "searching"
 
 
 def test_disabled_gives_zero_and_forgets_target():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import fields
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
@@ -52,37 +53,58 @@ DIAGNOSTICS_PERIOD_S = 1.0
 WARNING_INTERVAL_S = 5.0
 
 
-# Wiring: read once at start (read-only). Defaults are the Adeept PiCar-B's; sources in docs/picar_b.md.
+# Wiring: read once at start (read-only). Defaults are the Adeept PiCar-B's (HardwareSettings; docs/picar_b.md).
+_WIRING = HardwareSettings()
 WIRING: ParameterTable = {
-    "hardware": param("sim", f"actuators: {' | '.join(HARDWARE_KINDS)}", read_only=True),
+    "hardware": param(_WIRING.kind, f"actuators: {' | '.join(HARDWARE_KINDS)}", read_only=True),
     "twist_stamped": param(False, "subscribe geometry_msgs/TwistStamped instead of Twist on cmd_vel", read_only=True),
-    "i2c_bus": param(1, "I2C bus number (/dev/i2c-N)", read_only=True),
+    "i2c_bus": param(_WIRING.i2c_bus, "I2C bus number (/dev/i2c-N)", read_only=True),
     "pca9685_address": param(
-        0x40, "7-bit I2C address of the PCA9685 (PiCar-B 64 = 0x40; B2 95 = 0x5F)", limits=(0x03, 0x77), read_only=True
+        _WIRING.pca9685_address,
+        "7-bit I2C address of the PCA9685 (PiCar-B 64 = 0x40; B2 95 = 0x5F)",
+        limits=(0x03, 0x77),
+        read_only=True,
     ),
     "pwm_frequency_hz": param(
-        50.0,
+        _WIRING.pwm_frequency_hz,
         "servo PWM frequency; the chip's prescaler quantises it (50 -> 50.03 Hz)",
         limits=(24.0, 1526.0),
         read_only=True,
     ),
-    "steering_channel": param(2, "PCA9685 channel of the steering servo", limits=(0, 15), read_only=True),
+    "steering_channel": param(
+        _WIRING.steering_channel, "PCA9685 channel of the steering servo", limits=(0, 15), read_only=True
+    ),
     "motor_driver": param(
-        "gpio",
+        _WIRING.motor_driver,
         f"drive motor bridge inputs: {' | '.join(MOTOR_DRIVERS)} (gpio: PiCar-B Motor HAT; pca9685: B2)",
         read_only=True,
     ),
-    "motor_enable_pin": param(4, "gpio driver: BCM pin of the bridge enable (PWM)", limits=(0, 27), read_only=True),
-    "motor_forward_pin": param(15, "gpio driver: BCM pin driven high to go forward", limits=(0, 27), read_only=True),
-    "motor_reverse_pin": param(14, "gpio driver: BCM pin driven high to reverse", limits=(0, 27), read_only=True),
+    "motor_enable_pin": param(
+        _WIRING.motor_enable_pin, "gpio driver: BCM pin of the bridge enable (PWM)", limits=(0, 27), read_only=True
+    ),
+    "motor_forward_pin": param(
+        _WIRING.motor_forward_pin, "gpio driver: BCM pin driven high to go forward", limits=(0, 27), read_only=True
+    ),
+    "motor_reverse_pin": param(
+        _WIRING.motor_reverse_pin, "gpio driver: BCM pin driven high to reverse", limits=(0, 27), read_only=True
+    ),
     "motor_pwm_frequency_hz": param(
-        1000.0, "gpio driver: software PWM frequency on the enable pin", limits=(1.0, 20000.0), read_only=True
+        _WIRING.motor_pwm_frequency_hz,
+        "gpio driver: software PWM frequency on the enable pin",
+        limits=(1.0, 20000.0),
+        read_only=True,
     ),
     "motor_forward_channel": param(
-        15, "pca9685 driver: channel held high to go forward (B2 M1: 15)", limits=(0, 15), read_only=True
+        _WIRING.motor_forward_channel,
+        "pca9685 driver: channel held high to go forward (B2 M1: 15)",
+        limits=(0, 15),
+        read_only=True,
     ),
     "motor_reverse_channel": param(
-        14, "pca9685 driver: channel held high to reverse (B2 M1: 14)", limits=(0, 15), read_only=True
+        _WIRING.motor_reverse_channel,
+        "pca9685 driver: channel held high to reverse (B2 M1: 14)",
+        limits=(0, 15),
+        read_only=True,
     ),
 }
 
@@ -137,20 +159,8 @@ def base_config(values: dict) -> BaseConfig:
 
 def hardware_settings(values: dict) -> HardwareSettings:
     """Hardware wiring from parameter values; raises ValueError for unknown kinds or clashing channels."""
-    return HardwareSettings(
-        kind=values["hardware"],
-        i2c_bus=values["i2c_bus"],
-        pca9685_address=values["pca9685_address"],
-        pwm_frequency_hz=values["pwm_frequency_hz"],
-        steering_channel=values["steering_channel"],
-        motor_driver=values["motor_driver"],
-        motor_enable_pin=values["motor_enable_pin"],
-        motor_forward_pin=values["motor_forward_pin"],
-        motor_reverse_pin=values["motor_reverse_pin"],
-        motor_pwm_frequency_hz=values["motor_pwm_frequency_hz"],
-        motor_forward_channel=values["motor_forward_channel"],
-        motor_reverse_channel=values["motor_reverse_channel"],
-    )
+    wiring = {field.name: values[field.name] for field in fields(HardwareSettings) if field.name != "kind"}
+    return HardwareSettings(kind=values["hardware"], **wiring)
 
 
 class BaseNode(Node):
