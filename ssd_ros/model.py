@@ -294,7 +294,7 @@ def _download_hint(what: str, weights: Any, error: Exception) -> str:
     return (
         f"could not download the {what} weights from {url} ({type(error).__name__}: {error}). "
         f"Check the internet connection, or copy {os.path.basename(url)} into {cache} "
-        f"(honours $TORCH_HOME), or pass a local ssd_ros checkpoint instead."
+        f"(honours $TORCH_HOME)."
     )
 
 

@@ -1,6 +1,7 @@
 """training/train.py on CPU with real data: learning, resume equivalence, crash-safe checkpoints, guards, options."""
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,27 @@ def test_validation_never_on_training_images(picar_small, tmp_path):
         train.build_splits(args)
 
 
+def test_image_sets_split_one_voc_folder(picar_small, tmp_path):
+    """A VOC-year-like folder with ImageSets/Main/{train,val}.txt trains on one list and validates on the other."""
+    root = tmp_path / "picar_voc"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    stems = sorted(xml.stem for xml in picar_small.glob("*.xml"))
+    for stem in stems:
+        shutil.copy(picar_small / f"{stem}.xml", root / "Annotations")
+        shutil.copy(picar_small / f"{stem}.jpg", root / "JPEGImages")
+    (root / "ImageSets/Main/train.txt").write_text("\n".join(stems[:6]) + "\n")
+    (root / "ImageSets/Main/val.txt").write_text("\n".join(stems[6:]) + "\n")
+    args = _args(
+        root, tmp_path / "out", "--train-image-set", "train", "--val-folder", str(root), "--val-image-set", "val"
+    )
+    training, validation, _ = train.build_splits(args)
+    assert [item.image_id for item in training] == stems[:6]
+    assert [item.image_id for item in validation] == stems[6:]
+    with pytest.raises(SystemExit):  # an image set needs the folder it selects from
+        _args(root, tmp_path / "out", "--val-image-set", "val")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loop pieces
 
@@ -118,6 +140,14 @@ def test_infinite_sampler_shards_and_resumes():
     shards = [[next(it)[0] for _ in range(5)] for it in ranks]
     assert sorted(shards[0] + shards[1]) == list(range(10))
     assert len({seed for _, seed in stream}) == len(stream)
+
+
+def test_sampler_ranks_stay_on_the_same_pass_when_the_data_does_not_divide():
+    """10 images on 4 ranks: each pass gives every rank 3 (2 padded), so shards stay disjoint pass after pass."""
+    ranks = [iter(engine.InfiniteSampler(10, seed=3, rank=r, world_size=4)) for r in range(4)]
+    for _ in range(5):
+        window = [next(it)[0] for it in ranks for _ in range(3)]
+        assert set(window) == set(range(10)) and len(window) == 12
 
 
 class _LossModel(torch.nn.Module):
@@ -183,6 +213,23 @@ def test_resume_gives_the_same_loss_trajectory(picar_small, tmp_path):
     state = read_checkpoint_payload(tmp_path / "split" / "last.pt").extra["training_state"]
     assert state["iteration"] == 6 and state["scheduler"]["last_epoch"] == 6
     assert set(state["rng"][0]) >= {"python", "numpy", "torch"}
+
+
+def test_two_process_ddp_run_with_precise_bn(picar_small, tmp_path):
+    """torchrun with 2 CPU processes (Gloo): one log, one checkpoint holding both ranks' RNG states."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += [str(REPO_ROOT / "training" / "train.py"), "--train-folder", str(picar_small), "--no-pretrained"]
+    command += ["--architecture", "ssdlite320_mobilenet_v3", "--device", "cpu", "--workers", "0", "--threads", "1"]
+    command += ["--iterations", "2", "--batch-size", "4", "--checkpoint-every", "1", "--precise-bn-batches", "1"]
+    command += ["--log-every", "1", "--no-progress", "--output-dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("done; checkpoints in") == 1, result.stdout
+    state = read_checkpoint_payload(out / "last.pt").extra["training_state"]
+    assert state["iteration"] == 2 and len(state["rng"]) == 2
+    assert [row.split(",")[0] for row in (out / "train_log.csv").read_text().splitlines()[1:]] == ["1", "2"]
 
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(picar_small, tmp_path, monkeypatch):

@@ -41,8 +41,9 @@ class InfiniteSampler(Sampler):
     """An endless stream of ``(index, augmentation seed)``: a fresh permutation every pass over the data.
 
     Iteration-based training (the SSD recipe counts iterations, not epochs) needs no epoch boundary. The
-    permutation of pass ``e`` comes from ``seed + e`` and is the same on every rank; rank ``r`` of ``w``
-    takes every ``w``-th index from ``r`` (disjoint shards, like DistributedSampler). Each item carries a
+    permutation of pass ``e`` comes from ``seed + e`` and is the same on every rank, padded with its own head
+    to a multiple of ``w`` ranks; rank ``r`` takes every ``w``-th index from ``r`` (equal, disjoint shards apart
+    from the padding, like DistributedSampler, so the ranks stay on the same pass). Each item carries a
     seed derived from ``(seed, rank, position)`` for its augmentation, so the stream, and therefore the
     training, is reproducible whatever the number of data workers. ``start`` skips that many items of this
     rank's stream (``iteration * batch_size`` when resuming).
@@ -57,8 +58,7 @@ class InfiniteSampler(Sampler):
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
         self.start, self.shuffle = start, shuffle
-        # Every rank needs at least one item per pass.
-        self.per_pass = len(range(rank, max(size, world_size), world_size))
+        self.per_pass = math.ceil(size / world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         pass_index, offset = divmod(self.start, self.per_pass)
@@ -68,8 +68,9 @@ class InfiniteSampler(Sampler):
                 order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + pass_index))
             else:
                 order = torch.arange(self.size)
-            if self.size < self.world_size:  # tiny data, many ranks: repeat so every rank gets an item
-                order = order.repeat(math.ceil(self.world_size / self.size))[: self.world_size]
+            padded = self.per_pass * self.world_size
+            if padded > self.size:
+                order = order.repeat(math.ceil(padded / self.size))[:padded]
             for index in order[self.rank :: self.world_size][offset:].tolist():
                 sample_seed = int(np.random.SeedSequence([self.seed, self.rank, position]).generate_state(1)[0])
                 yield index, sample_seed

@@ -29,8 +29,10 @@ def _labels_and_difficult(inputs):
 def _resize_and_sanitise(size: Sequence[int]) -> list:
     """The common tail of both presets: warp to the input size, drop degenerate boxes, scale to [0, 1]."""
     return [
-        # Caffe picks one of five interpolations at random; bilinear (antialiased) throughout here.
-        T.Resize(tuple(size), antialias=True),
+        # Caffe picks one of five interpolations at random. Here: the filter the model itself resizes with at
+        # inference (GeneralizedRCNNTransform: bilinear, no antialiasing), so training and test images share
+        # their sharpness; antialiased training images carried ~0.7x the high-frequency energy of test ones.
+        T.Resize(tuple(size), antialias=False),
         # Drops boxes cropped away or squeezed under 1 px by the warp (with their labels and difficult
         # flags), so every target the loss sees has positive width and height.
         T.ClampBoundingBoxes(),

@@ -42,12 +42,12 @@ from tqdm import tqdm
 
 from ssd_ros.checkpoint import CheckpointError, ModelCard, read_checkpoint_payload, save_checkpoint
 from ssd_ros.detector import Detector
-from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, build_model, input_size
+from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, WeightsUnavailableError, build_model, input_size
 from ssd_ros.voc import VocFormatError, VocSplit, discover_classes, load_image_rgb
 from ssd_ros.voc_metric import METRICS, evaluate_detections, format_ap_table
 from training import engine
 from training.dataset import VocDetectionDataset, collate_detection
-from training.distributed import DistributedContext, barrier, init_distributed
+from training.distributed import DistributedContext, barrier, init_distributed, is_main_process
 from training.presets import SSDEvalPreset, SSDTrainPreset
 
 TRAIN_LOG_FIELDS = ("iteration", "loss", "bbox_regression", "classification", "lr", "images_per_s", "skipped")
@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         "or images with XML files beside them)",
     )
     data.add_argument("--val-folder", type=Path, metavar="DIR", help="VOC-format folder for periodic evaluation")
+    data.add_argument(
+        "--train-image-set",
+        metavar="NAME",
+        help="with --train-folder holding ImageSets/Main: the list to train on, e.g. train (default: every annotation)",
+    )
+    data.add_argument(
+        "--val-image-set", metavar="NAME", help="with --val-folder holding ImageSets/Main: the list to evaluate on"
+    )
     data.add_argument(
         "--classes",
         nargs="+",
@@ -200,6 +208,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.train_folder = [Path(p).expanduser() for p in args.train_folder]
     if args.train_folder is None and args.data_root is None:
         parser.error("give --data-root (a VOCdevkit) or --train-folder (VOC-format folders)")
+    if args.train_image_set is not None and args.train_folder is None:
+        parser.error("--train-image-set applies to --train-folder (use --train-sets with --data-root)")
+    if args.val_image_set is not None and args.val_folder is None:
+        parser.error("--val-image-set applies to --val-folder (use --val-set with --data-root)")
     if args.iterations <= 0 or args.batch_size <= 0:
         parser.error("--iterations and --batch-size must be positive")
     return args
@@ -208,14 +220,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_splits(args: argparse.Namespace) -> tuple[VocSplit, VocSplit | None, tuple[str, ...]]:
     """Training split, validation split (or None) and the class list."""
     if args.train_folder:
-        train = VocSplit.concat(VocSplit.from_folder(folder) for folder in args.train_folder)
-        val = VocSplit.from_folder(args.val_folder) if args.val_folder else None
+        train = VocSplit.concat(VocSplit.from_folder(folder, args.train_image_set) for folder in args.train_folder)
+        val = VocSplit.from_folder(args.val_folder, args.val_image_set) if args.val_folder else None
         classes = tuple(args.classes) if args.classes else discover_classes(train)
     else:
         train = VocSplit.concat(VocSplit.from_devkit(args.data_root, s) for s in args.train_sets)
         val = None
         if args.val_folder:
-            val = VocSplit.from_folder(args.val_folder)
+            val = VocSplit.from_folder(args.val_folder, args.val_image_set)
         elif args.val_set and str(args.val_set).lower() != "none":
             val = VocSplit.from_devkit(args.data_root, args.val_set)
         classes = tuple(args.classes) if args.classes else VOC_CLASSES
@@ -390,7 +402,11 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         model.load_state_dict(payload.state_dict)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if scaler.is_enabled() and not state["scaler"]:
+            # The run was saved without float16 AMP: a fresh scaler calibrates itself in a few steps.
+            print("note: resuming a run without --amp with --amp: starting a fresh gradient scaler", file=sys.stderr)
+        else:
+            scaler.load_state_dict(state["scaler"])
         guard.load_state_dict(state["guard"])
         start_iteration, best_map = int(state["iteration"]), float(state["best_map"])
         rng_states = state["rng"]
@@ -499,7 +515,11 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint = done % args.checkpoint_every == 0 or done == args.iterations
         if (validate or checkpoint) and args.precise_bn_batches > 0:
             # A separate seeded stream: the training stream and the global RNG are left untouched.
-            bn_keys = iter(engine.InfiniteSampler(len(train_set), seed=args.seed + done, rank=context.rank))
+            bn_keys = iter(
+                engine.InfiniteSampler(
+                    len(train_set), seed=args.seed + done, rank=context.rank, world_size=context.world_size
+                )
+            )
             bn_batches = (
                 _to_device(collate_detection([train_set[next(bn_keys)] for _ in range(batch_per_rank)]), device)
                 for _ in range(args.precise_bn_batches)
@@ -565,9 +585,15 @@ def main(argv: list[str] | None = None) -> int:
     except (VocFormatError, CheckpointError, engine.NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except WeightsUnavailableError as error:
+        print(f"error: {error} Or train from scratch with --no-pretrained.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("interrupted: resume with --resume <output-dir>/last.pt", file=sys.stderr)
+        if is_main_process():
+            print("interrupted: resume with --resume <output-dir>/last.pt", file=sys.stderr)
         return 130
+    if not is_main_process():  # under torchrun: rank 0 reports
+        return 0
     if summary["best_map"] is not None:
         print(f"best validation mAP {100 * summary['best_map']:.2f}; checkpoints in {summary['output_dir']}")
     else:
