@@ -30,12 +30,16 @@ for the 8-bit encodings there is no byte order to honour, so it is accepted and 
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "COMPRESSED_FORMATS",
     "RAW_ENCODINGS",
+    "MAX_PIXELS",
     "ImageDecodeError",
     "decode_compressed",
     "decode_raw",
@@ -46,6 +50,28 @@ __all__ = [
 
 class ImageDecodeError(ValueError):
     """An image message that cannot be turned into an RGB image; the message says what is wrong."""
+
+
+# Larger than any camera this package meets (8K is 33 MP). A forged header may ask for more: decoding it
+# would take gigabytes (OOM on a Pi) or make OpenCV raise past its own limit, so it is refused up front.
+MAX_PIXELS = 50_000_000
+
+
+def _check_pixel_count(width: int, height: int, what: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageDecodeError(f"{what} of {width}x{height} exceeds the {MAX_PIXELS:,}-pixel limit")
+
+
+def _check_header_size(raw: bytes, what: str) -> None:
+    """Refuse an image whose header asks for too many pixels; Pillow reads only the header, not the pixels."""
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            size = image.size
+    except Image.DecompressionBombError as error:  # beyond Pillow's own limit, which is above ours
+        raise ImageDecodeError(f"{what} exceeds the {MAX_PIXELS:,}-pixel limit ({error})") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # unknown or broken header: cv2 decides
+        return
+    _check_pixel_count(*size, what)
 
 
 # encoding -> (bytes per pixel, cv2 conversion to RGB of the unpadded (H, W, C) array, or None for a copy).
@@ -103,6 +129,7 @@ def decode_raw(encoding: str, width: int, height: int, step: int, is_bigendian: 
         raise ImageDecodeError(f"unknown encoding {encoding!r} (supported: {', '.join(RAW_ENCODINGS)})")
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"invalid image size {width}x{height}: width and height must be > 0")
+    _check_pixel_count(width, height, "image")
     bytes_per_pixel, conversion = _RAW[encoding]
     if encoding.startswith("yuv422") and width % 2:
         raise ImageDecodeError(f"{encoding} needs an even width (pixels come in pairs), got {width}")
@@ -168,7 +195,11 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     raw = buffer.tobytes()
     if raw[:2] == _JPEG_START and not raw.rstrip(b"\x00").endswith(_JPEG_END):
         raise ImageDecodeError(f"truncated JPEG: no end-of-image marker in {buffer.size} bytes")
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    _check_header_size(raw, f"{codec or 'compressed'} image header")
+    try:
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as error:  # e.g. a header beyond OpenCV's own size limit in a format Pillow cannot read
+        raise ImageDecodeError(f"undecodable {codec or 'compressed'} data ({buffer.size} bytes): {error}") from error
     if bgr is None:
         raise ImageDecodeError(f"undecodable {codec or 'compressed'} data ({buffer.size} bytes)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

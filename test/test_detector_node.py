@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import rclpy
 import torch
-from conftest import REPO_ROOT, start_executable, stop_process
+from conftest import REPO_ROOT, forged_png, start_executable, stop_process
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -336,10 +336,13 @@ def _bad_compressed_images(rgb: np.ndarray, header_for) -> list[tuple[str, Compr
     truncated.data = jpeg[: len(jpeg) // 2]
     unknown = CompressedImage(header=header_for(), format="bmp")
     unknown.data = jpeg
+    forged = CompressedImage(header=header_for(), format="png")  # ~100 bytes claiming 70000x70000 pixels
+    forged.data = forged_png(70000, 70000)
     return [
         ("undecodable jpeg data (2052 bytes)", corrupt),
         ("truncated JPEG: no end-of-image marker", truncated),
         ("unsupported compressed format 'bmp'", unknown),
+        ("png image header exceeds the 50,000,000-pixel limit", forged),
     ]
 
 
@@ -367,6 +370,19 @@ def test_each_bad_input_is_counted_and_the_next_good_frame_answered(nodes, which
     final = probe.fresh_diagnostics()
     assert int(final["bad_frames"]) == baseline + len(cases)
     assert final["last_bad_frame"].startswith(cases[-1][0])
+
+
+def test_negative_stamp_is_processed_not_failed(raw):
+    """A broken driver's negative stamp still gets detections; nothing counts as failed."""
+    rgb = test_image(7)
+    before = raw.fresh_diagnostics()
+    odd = rgb_to_image_msg(rgb, raw.header())
+    odd.header.stamp.sec = -5
+    answer = raw.answer(raw.send(odd))
+    assert len(answer.detections) == 100
+    after = raw.fresh_diagnostics(lambda d: int(d["processed"]) > int(before["processed"]))
+    assert after["failed_frames"] == before["failed_frames"] == "0"
+    assert raw.proc.poll() is None
 
 
 def test_diagnostics_report_rates_times_and_device(raw):

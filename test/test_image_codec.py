@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import array
+import struct
 
 import cv2
 import numpy as np
 import pytest
-from conftest import shared_data
+from conftest import forged_png, shared_data
 
 from ssd_ros.image_codec import (
+    MAX_PIXELS,
     RAW_ENCODINGS,
     ImageDecodeError,
     decode_compressed,
@@ -230,6 +232,36 @@ def test_truncated_png_is_undecodable():
     data = encode_compressed(np.full((64, 64, 3), 100, np.uint8), "png")
     with pytest.raises(ImageDecodeError, match=r"undecodable png data"):
         decode_compressed("png", data[: len(data) // 2])
+
+
+def _forged_jpeg(width: int, height: int) -> bytes:
+    """A real 16x16 JPEG whose frame header (SOF0) is patched to claim ``width`` x ``height``."""
+    data = bytearray(encode_compressed(np.full((16, 16, 3), 100, np.uint8), "jpeg"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data", "size"),
+    [
+        ("png", forged_png(70000, 70000), "4900000000 pixels"),  # beyond OpenCV's own limit: cv2.error before
+        ("jpeg", _forged_jpeg(65500, 65500), "4290250000 pixels"),
+        ("jpeg", _forged_jpeg(20000, 20000), "400000000 pixels"),  # under OpenCV's limit: 1.2 GB of grey before
+        ("jpeg", _forged_jpeg(8000, 8000), "8000x8000"),
+        ("png", forged_png(10000, 6000), "10000x6000"),
+    ],
+)
+def test_forged_huge_headers_are_refused_before_decoding(fmt, data, size):
+    with pytest.raises(ImageDecodeError, match=f"{fmt} image header.* exceeds the 50,000,000-pixel limit") as info:
+        decode_compressed(fmt, data)
+    assert size in str(info.value)
+
+
+def test_raw_size_beyond_the_limit_is_refused():
+    width, height = 10_000, MAX_PIXELS // 10_000 + 1
+    with pytest.raises(ImageDecodeError, match="exceeds the 50,000,000-pixel limit"):
+        decode_raw("mono8", width, height, width, False, bytes(1))
 
 
 def test_empty_compressed_data():

@@ -28,7 +28,6 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -121,13 +120,14 @@ class DetectorNode(Node):
         self._lock = threading.Condition()
         self._pending: _Frame | None = None
         self._stopping = False
-        self._received = self._processed = self._dropped = self._bad = 0
+        self._received = self._processed = self._dropped = self._bad = self._failed = 0
         self._inference_s: deque[float] = deque(maxlen=STATS_WINDOW)
         self._age_s: deque[float] = deque(maxlen=STATS_WINDOW)
         self._last_problem = ""
         self._warned_at: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
-        self._window = (time.monotonic(), 0, 0)  # (start, received, processed) of the current rate window
+        # (start, received, processed, bad, failed) at the start of the current rate window
+        self._window = (time.monotonic(), 0, 0, 0, 0)
 
         self._detections_pub = self.create_publisher(Detection2DArray, "detections", 10)
         self._annotated_pub = self.create_publisher(Image, "image_annotated", 1)
@@ -222,12 +222,13 @@ class DetectorNode(Node):
         """Decode and keep only the newest frame; the worker picks it up."""
         try:
             rgb = decode(msg)
-        except ImageDecodeError as error:
+        except Exception as error:  # noqa: BLE001 - any message that does not decode is a bad frame, never a dead node
+            problem = str(error) if isinstance(error, ImageDecodeError) else f"{type(error).__name__}: {error}"
             with self._lock:
                 self._received += 1
                 self._bad += 1
-                self._last_problem = str(error)
-            self._warn_bad_input(str(error), msg.header.frame_id)
+                self._last_problem = problem
+            self._warn_bad_input(problem, msg.header.frame_id)
             return
         with self._lock:
             self._received += 1
@@ -263,16 +264,20 @@ class DetectorNode(Node):
             except Exception as error:  # noqa: BLE001 - the node must outlive any single frame
                 if self._stopping or not rclpy.ok(context=self.context):
                     return
-                self.get_logger().error(
-                    f"inference failed: {type(error).__name__}: {error}", throttle_duration_sec=WARNING_INTERVAL_S
-                )
+                problem = f"processing failed: {type(error).__name__}: {error}"
+                with self._lock:
+                    self._failed += 1
+                    self._last_problem = problem
+                self.get_logger().error(problem, throttle_duration_sec=WARNING_INTERVAL_S)
 
     def _process(self, frame: _Frame) -> None:
         start = time.perf_counter()
         detections = self._detector(frame.rgb)
         inference_s = time.perf_counter() - start
         self._detections_pub.publish(detections_to_msg(detections, frame.header))
-        age_s = (self.get_clock().now() - Time.from_msg(frame.header.stamp)).nanoseconds * 1e-9
+        # Plain arithmetic: rclpy's Time refuses negative stamps, which a broken camera driver can send.
+        stamp_ns = frame.header.stamp.sec * 1_000_000_000 + frame.header.stamp.nanosec
+        age_s = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
         if self._publish_annotated and self._annotated_pub.get_subscription_count() > 0:
             self._annotated_pub.publish(rgb_to_image_msg(draw_detections(frame.rgb, detections), frame.header))
         with self._lock:
@@ -285,23 +290,29 @@ class DetectorNode(Node):
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
         with self._lock:
-            start, received, processed = self._window
+            start, received, processed, bad, failed = self._window
             elapsed = max(now - start, 1e-6)
             input_hz = (self._received - received) / elapsed
             processed_hz = (self._processed - processed) / elapsed
-            self._window = (now, self._received, self._processed)
+            new_bad, new_failed = self._bad - bad, self._failed - failed
+            self._window = (now, self._received, self._processed, self._bad, self._failed)
             inference, ages = list(self._inference_s), list(self._age_s)
             counters = {
                 "received": self._received,
                 "processed": self._processed,
                 "dropped_frames": self._dropped,
                 "bad_frames": self._bad,
+                "failed_frames": self._failed,
             }
             last_problem = self._last_problem
         status = DiagnosticStatus(
             name=f"{self.get_fully_qualified_name()}: inference", hardware_id=str(self._detector.device)
         )
-        if input_hz == 0.0:
+        if new_failed:
+            status.level, status.message = DiagnosticStatus.ERROR, f"{new_failed} frame(s) failed in processing"
+        elif new_bad and processed_hz == 0.0:
+            status.level, status.message = DiagnosticStatus.WARN, f"{new_bad} bad frame(s) and none processed"
+        elif input_hz == 0.0:
             status.level, status.message = DiagnosticStatus.WARN, "no input images"
         elif processed_hz == 0.0 and not inference:
             status.level, status.message = DiagnosticStatus.WARN, "images arrive but none was processed yet"
