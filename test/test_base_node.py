@@ -198,6 +198,24 @@ def test_twist_to_servo_and_motor_with_watchdog_bad_input_and_sigint(ros, tmp_pa
     assert "Traceback" not in log
 
 
+def test_dropped_ssh_session_sighup_stops_and_centres(ros, tmp_path):
+    """SIGHUP (the terminal went away) must end like Ctrl-C: motor off, wheels straight, exit 0."""
+    proc = start_base(tmp_path, f"cmd_timeout_s:={TIMEOUT_S}")
+    harness = Harness()
+    try:
+        harness.wait_for(lambda: harness.last is not None, what="startup state")
+        harness.drive(0.4, angular_for(0.4, MAX), seconds=0.3)
+        assert harness.last["motor_duty"] > 0
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=10) == 0
+        harness.spin(0.5)
+        assert_stop_and_centre(harness.last)
+    finally:
+        stop_process(proc)
+        harness.node.destroy_node()
+    assert "stopped: motor off, steering centred" in (tmp_path / "picar_base.log").read_text()
+
+
 def test_twist_stamped_b2_motor_on_pca9685_and_runtime_calibration(ros, tmp_path):
     proc = start_base(tmp_path, "twist_stamped:=true", "motor_driver:=pca9685", "cmd_timeout_s:=1.0")
     harness = Harness(stamped=True)

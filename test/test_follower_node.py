@@ -278,10 +278,12 @@ def test_enable_service_stops_and_resumes(probe, launch):
     spin_until(probe, lambda: commands.messages[-1][1].twist.linear.x > 0.1, 5.0, "motion after re-enabling")
 
 
-def test_final_zero_on_shutdown(probe, launch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_final_zero_on_shutdown(probe, launch, signum):
+    """Ctrl-C, launch's SIGTERM and a dropped SSH session (SIGHUP) all end with a zero command."""
     commands = Recorder(probe, TwistStamped, "cmd_vel")
     follower, _ = start_moving(probe, launch, commands)
-    follower.send_signal(signal.SIGINT)
+    follower.send_signal(signum)
     assert follower.wait(timeout=10) == 0
     spin_for(probe, 0.5)
     last, before = commands.messages[-1][1].twist, commands.messages[-2][1].twist
@@ -311,7 +313,7 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
     commands = Recorder(probe, Twist, "cmd_vel")
     diagnostics = Recorder(probe, DiagnosticArray, "/diagnostics")
     publisher = probe.create_publisher(Detection2DArray, "detections", 10)
-    launch("follower")
+    follower = launch("follower")
     spin_until(probe, lambda: len(commands.messages) > 5, 20.0, "the follower's timer")
     far_person = ([300.0, 180.0, 340.0, 300.0], 0.9, "person")  # centred, a quarter of the image high: drive
 
@@ -330,6 +332,15 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
     ]
     publish_for(probe, publisher, lambda: detections_msg(probe, junk), 1.5)
     assert zero_since(t0)
+
+    def negative_stamp():  # a broken clock upstream: rclpy's Time would refuse it; the node must not
+        msg = detections_msg(probe, [far_person])
+        msg.header.stamp.sec = -1
+        return msg
+
+    t0 = time.time()
+    publish_for(probe, publisher, negative_stamp, 1.0)
+    assert zero_since(t0) and follower.poll() is None
 
     def counted():  # diagnostics (1 Hz) have caught up with what was sent
         report = latest_diagnostics(diagnostics) if diagnostics.messages else {}

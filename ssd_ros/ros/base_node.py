@@ -239,7 +239,8 @@ class BaseNode(Node):
         try:
             self._hardware.apply(output)
             readback = self._hardware.readback()
-        except (OSError, ValueError) as error:
+        # Any driver error (smbus: OSError, RPi.GPIO: RuntimeError, lgpio: lgpio.error) is counted and retried.
+        except Exception as error:  # noqa: BLE001
             # Not remembered as applied, so the next command (even an identical one) retries.
             self._last_applied = None
             self._controller.counters.hardware_errors += 1
@@ -334,7 +335,7 @@ class BaseNode(Node):
         self._apply(final)
         try:
             self._hardware.close(final)
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - as in _apply: whatever the driver raises
             self.get_logger().error(f"final stop may not have reached the hardware: {error}")
         self._hardware = None
         self._state_pub.wait_for_all_acked(Duration(seconds=1.0))

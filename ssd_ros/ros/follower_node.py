@@ -17,7 +17,6 @@ from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rclpy.time import Time
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
@@ -132,7 +131,8 @@ class FollowerNode(Node):
                 f"on {self.resolve_topic_name('detections')}",
                 throttle_duration_sec=5.0,
             )
-        stamp_s = Time.from_msg(msg.header.stamp).nanoseconds / 1e9
+        # Plain arithmetic: rclpy's Time refuses negative stamps; the controller discards implausible ones.
+        stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         self._pending = (detections, stamp_s)
         self._last_stamp_s = stamp_s
 

@@ -23,6 +23,11 @@ class StartupError(Exception):
     """The node cannot start (bad parameter, checkpoint or hardware); the message says why."""
 
 
+# Every signal that usually ends a process: Ctrl-C, launch/systemd (SIGTERM), a dropped SSH session (SIGHUP)
+# and Ctrl-\\ (SIGQUIT). Each must end in ``on_stop`` (motor off), never in a process that just vanishes.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
 def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -33,38 +38,55 @@ def run_node(
     on_stop: Callable[[NodeT], None] | None = None,
     args: list[str] | None = None,
 ) -> int:
-    """Build the node with ``factory`` and spin it until Ctrl-C or SIGTERM.
+    """Build the node with ``factory`` and spin it until a stop signal (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT).
 
-    ``on_stop`` runs once after spinning ends (a final zero command, stop + centre) with SIGINT and
-    SIGTERM ignored, so a second Ctrl-C or launch's follow-up SIGTERM cannot cut it short.
+    ``on_stop`` runs once after spinning ends (a final zero command, stop + centre) with further stop
+    signals ignored, so a second Ctrl-C or launch's follow-up SIGTERM cannot cut it short. An exception
+    escaping a callback (a bug, or input nobody foresaw) is logged and the node keeps running.
 
     Returns:
         0 after a clean stop; 1 when the node cannot start (``StartupError``, ``ValueError`` or an invalid
         parameter), after one ``cannot start: <reason>`` log line and no traceback.
     """
-    # rclpy's own signal handlers would shut the context down before ``on_stop`` could publish, so Python's
-    # KeyboardInterrupt (with SIGTERM mapped onto it) is what ends spinning.
+    # rclpy's own signal handlers would shut the context down before ``on_stop`` could publish.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    logger = rclpy.logging.get_logger(name)
+    for signum in STOP_SIGNALS:  # while building (loading a model can take seconds): a plain interrupt
+        signal.signal(signum, _raise_keyboard_interrupt)
     try:
         node = factory()
     except (StartupError, ValueError, InvalidParameterTypeException, InvalidParameterValueException) as error:
-        rclpy.logging.get_logger(name).fatal(f"cannot start: {error}")
+        logger.fatal(f"cannot start: {error}")
         rclpy.try_shutdown()
         return 1
-    except KeyboardInterrupt:  # Ctrl-C while loading a model
+    except KeyboardInterrupt:
         rclpy.try_shutdown()
         return 0
+
+    # While spinning, a signal only raises a flag: an exception injected into rclpy's C++ bindings (in the
+    # middle of taking a message) would surface there as an unrelated RuntimeError and a traceback.
+    stop = []
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda signum, frame: stop.append(signum))
     try:
-        while rclpy.ok():
-            rclpy.spin_once(node, timeout_sec=SPIN_PERIOD_S)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        while rclpy.ok() and not stop:
+            try:
+                rclpy.spin_once(node, timeout_sec=SPIN_PERIOD_S)
+            except ExternalShutdownException:
+                break
+            except Exception as error:  # noqa: BLE001 - one bad callback must not take the node down
+                logger.error(
+                    f"callback failed, node keeps running: {type(error).__name__}: {error}",
+                    throttle_duration_sec=5.0,
+                )
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         if on_stop is not None:
-            on_stop(node)
+            try:
+                on_stop(node)
+            except Exception as error:  # noqa: BLE001 - still release the node and the context
+                logger.error(f"final safe action failed: {type(error).__name__}: {error}")
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
