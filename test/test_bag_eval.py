@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -359,7 +360,11 @@ def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, c
     source = camera_bags["raw", "mcap"]
     out = tmp_path / "eval"
     base = [source, "--checkpoint", checkpoint, "--out", out, "--quiet"]
+    voc_labels = tmp_path / "voc_labels"  # VOC classes ("person", ...) against the picar checkpoint
+    voc_labels.mkdir()
+    shutil.copy(shared_data("voc2012_sample", "VOC2012", "Annotations", "2007_000129.xml"), voc_labels)
     cases = [
+        (["--ground-truth", voc_labels], "ground-truth classes ['bicycle', 'person'] in"),
         (["--follow-param", "no_such=1"], "--follow-param"),
         (["--follow-classes", "Unicorn"], "Unicorn"),
         (["--ground-truth", tmp_path / "nowhere"], "does not exist"),

@@ -336,6 +336,13 @@ def run(args) -> tuple[dict, int]:
     # Bad follower options fail before any work (the real image size is known at the first frame).
     follow_params(detector.class_names, (480, 640), config, args.follow_param, args.follow_classes)
     ground_truth = load_ground_truth(args.ground_truth, args.gt_match) if args.ground_truth else (None, None)
+    if ground_truth[1]:
+        unknown = sorted({name for ann in ground_truth[1].values() for name in ann.names} - set(detector.class_names))
+        if unknown:
+            raise BagToolError(
+                f"ground-truth classes {unknown} in {args.ground_truth} are not classes of the checkpoint "
+                f"{list(detector.class_names)}"
+            )
     out = args.out or args.bag.with_name(args.bag.stem + "_eval")
     fault = None
     with open_bag(args.bag) as (reader, salvage_note):
