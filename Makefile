@@ -3,8 +3,8 @@ setup:  ## install and build everything (venv, ROS 2 Jazzy wheels, vision_msgs, 
 	scripts/setup.sh
 test:   ## run the whole test suite (local-only DDS, own ROS_DOMAIN_ID)
 	scripts/test.sh
-demo:   ## closed-loop rover demo without hardware; add CHECKPOINT=best.pt to run the SSD on camera video
-	scripts/run.sh python -m ssd_ros.tools.demo $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+demo:   ## closed-loop rover demo without hardware; CHECKPOINT=best.pt [VIDEO=drive.mp4] also runs the SSD on video
+	scripts/run.sh python -m ssd_ros.tools.demo $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(VIDEO),--video $(VIDEO))
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 bench:  ## all benchmarks (minutes; results in docs/benchmarks/)

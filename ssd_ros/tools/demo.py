@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -67,7 +68,7 @@ def record_closed_loop(scenario: str, duration_s: float, out: Path) -> dict:
         _start(
             "follower_sim",
             "follower_sim.yaml",
-            [f"scenario:={scenario}", "publish_clock:=true"],
+            [f"scenario:={scenario}", "publish_clock:=true", "paused:=true"],
             env,
             out / "follower_sim.log",
         ),
@@ -98,6 +99,7 @@ def record_closed_loop(scenario: str, duration_s: float, out: Path) -> dict:
         Float32MultiArray, "/picar_base/state", lambda m: rec["state"].append(list(m.data)), latched
     )
     try:
+        _start_when_connected(node, processes)
         wall_deadline = time.monotonic() + 60 + 4 * duration_s
         while time.monotonic() < wall_deadline and (not rec["rover"] or rec["rover"][-1][0] < duration_s):
             rclpy.spin_once(node, timeout_sec=0.05)
@@ -116,6 +118,35 @@ def record_closed_loop(scenario: str, duration_s: float, out: Path) -> dict:
         rclpy.shutdown()
     rec["exit_codes"] = [proc.returncode for proc in processes]
     return rec
+
+
+def _start_when_connected(node, processes, timeout_s: float = 60.0) -> None:
+    """Unpause the simulator once every node sees the others, so each run records the same closed loop."""
+    import rclpy
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    def connected() -> bool:  # detections: follower + recorder; cmd_vel: base + recorder; its publisher
+        return (
+            node.count_subscribers("/detections") >= 2
+            and node.count_subscribers("/cmd_vel") >= 2
+            and node.count_publishers("/cmd_vel") >= 1
+        )
+
+    deadline = time.monotonic() + timeout_s
+    while not connected():
+        if time.monotonic() > deadline or any(proc.poll() is not None for proc in processes):
+            raise SystemExit("demo: the nodes did not come up; see the logs in the output folder")
+        rclpy.spin_once(node, timeout_sec=0.1)
+    client = node.create_client(SetParameters, "/follower_sim/set_parameters")
+    if not client.wait_for_service(timeout_sec=timeout_s):
+        raise SystemExit("demo: follower_sim offers no parameter service")
+    request = SetParameters.Request(parameters=[Parameter("paused", value=False).to_parameter_msg()])
+    future = client.call_async(request)
+    rclpy.spin_until_future_complete(node, future, timeout_sec=timeout_s)
+    if future.result() is None or not future.result().results[0].successful:
+        raise SystemExit("demo: could not start the simulation (paused:=false refused)")
+    node.destroy_client(client)
 
 
 def write_camera_gif(detections, path: Path, every: int = 3) -> int:
@@ -188,6 +219,8 @@ def run_detector_on_video(checkpoint: Path, video: Path, out: Path, max_frames: 
     from ssd_ros.tools.make_bag import main as make_bag
 
     bag, evaluated = out / "camera_bag", out / "camera_bag_eval"
+    for previous in (bag, evaluated):  # the demo's own output of an earlier run (bags are never overwritten)
+        shutil.rmtree(previous, ignore_errors=True)
     if make_bag(["--video", str(video), "--out", str(bag), "--max-frames", str(max_frames)]) != 0:
         raise SystemExit("demo: make_bag failed")
     if bag_eval([str(bag), "--checkpoint", str(checkpoint), "--out", str(evaluated)]) != 0:
@@ -235,32 +268,38 @@ def main(argv: list[str] | None = None) -> int:
     final = dict(zip(STATE_FIELDS, rec["state"][-1])) if rec["state"] else {}
     t, x, y, yaw = rec["rover"][-1]
     tx, ty = rec["targets"][-1][0]
-    print("\n## ssd_ros demo summary")
-    print(
+    lines = ["## ssd_ros demo summary"]
+    lines.append(
         f"- simulated time {t:.1f} s, {len(rec['detections'])} detection messages (SIMULATED: the simulator's "
         f"projected boxes, not an SSD), {len(rec['cmd_vel'])} cmd_vel"
     )
-    print(
+    lines.append(
         f"- final distance to the person {math.hypot(tx - x, ty - y):.2f} m (desired {desired:.2f} m at the camera), "
         f"bearing {math.degrees((math.atan2(ty - y, tx - x) - yaw + math.pi) % (2 * math.pi) - math.pi):+.1f} deg"
     )
     if ticks:
-        print(
+        lines.append(
             f"- steering servo ticks {min(ticks):.0f}..{max(ticks):.0f} (limits 150..450); after stop: "
             f"motor duty {final.get('motor_duty')}, servo {final.get('servo_ticks'):.0f} ticks"
         )
-    print(f"- process exit codes {rec['exit_codes']}")
-    print(f"- wrote {args.out / 'trajectory.png'} and {args.out / 'camera.gif'} ({gif_frames} frames)")
+    lines.append(f"- process exit codes {rec['exit_codes']}")
+    lines.append(f"- wrote {args.out / 'trajectory.png'} and {args.out / 'camera.gif'} ({gif_frames} frames)")
     if args.checkpoint is None:
-        print(
+        lines.append(
             "- no trained detector weights were given (--checkpoint), and none ship with the repository: "
             "the SSD part of the pipeline was not run on camera video. Train one with training/train.py."
         )
     elif not args.video.exists():
-        print(f"- video {args.video} not found: SSD part skipped")
+        lines.append(f"- video {args.video} not found: SSD part skipped (give one with --video / make demo VIDEO=...)")
     else:
         video = run_detector_on_video(args.checkpoint, args.video, args.out, args.max_frames)
-        print(f"- SSD on {args.video.name}: annotated frames in {video}")
+        lines.append(f"- SSD on {args.video.name}: annotated frames in {video}")
+    summary = "\n".join(lines) + "\n"
+    (args.out / "summary.md").write_text(summary)
+    print("\n" + summary, end="")
+    if any(code != 0 for code in rec["exit_codes"]):
+        print(f"demo: a node did not stop cleanly; see the logs in {args.out}", file=sys.stderr)
+        return 1
     return 0
 
 
