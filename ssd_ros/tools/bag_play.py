@@ -35,7 +35,20 @@ def play(bag: Path, *, topics: list[str] | None, rate: float, clock: bool, loop:
                 available = sorted({c.topic for c in reader.connections})
                 raise SystemExit(f"bag_play: none of {topics} in {bag}; topics there: {available}")
             qos = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
-            publishers = {c.id: node.create_publisher(message_class(c.msgtype), c.topic, qos) for c in connections}
+            publishers = {}
+            for connection in connections:
+                try:
+                    msg_class = message_class(connection.msgtype)
+                except (ImportError, AttributeError, ValueError) as error:
+                    # Robot bags often hold custom types: play the rest rather than nothing.
+                    node.get_logger().warning(
+                        f"skipping {connection.topic}: its type {connection.msgtype} is not installed ({error})"
+                    )
+                    continue
+                publishers[connection.id] = node.create_publisher(msg_class, connection.topic, qos)
+            if not publishers:
+                raise SystemExit(f"bag_play: no topic of {bag} has an installed message type")
+            connections = [c for c in connections if c.id in publishers]
             clock_pub = node.create_publisher(Clock, "/clock", 10) if clock else None
             time.sleep(start_delay_s)  # let subscribers discover the publishers before the first message
             while True:
