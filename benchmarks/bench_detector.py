@@ -53,7 +53,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, help="torch/OpenMP threads in this process and the node (default: torch's choice)"
     )
-    parser.add_argument("--domain-id", default=str(os.getpid() % 100 + 101), help="ROS_DOMAIN_ID for this run")
+    parser.add_argument(
+        "--domain-id",
+        default=os.environ.get("ROS_DOMAIN_ID", str(os.getpid() % 100 + 101)),
+        help="ROS_DOMAIN_ID for this run (default: $ROS_DOMAIN_ID, as scripts/run.sh sets it)",
+    )
     return parser.parse_args()
 
 

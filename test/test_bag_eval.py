@@ -379,3 +379,5 @@ def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, c
     out.mkdir()
     status, _, stderr = run_eval(base, capsys)
     assert status == 2 and "exists already" in stderr
+    # The follower's default target "person" is not a picar class ("Person"): said, not silently idle.
+    assert "target classes ['person'] are not classes of the checkpoint" in stderr

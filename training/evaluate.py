@@ -46,12 +46,19 @@ class UsageError(Exception):
     """A problem with the command line's inputs, found before any work (exit status 2)."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` (the help text says what an absent option means)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (see ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
         description="PASCAL VOC AP of an ssd_ros checkpoint on a VOC-format dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="ssd_ros checkpoint (.pt) to evaluate")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -61,7 +68,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--split", default="2007/test", help="with --data: YEAR/SET, e.g. 2007/test or 2012/val")
     parser.add_argument(
-        "--image-set", help="with --folder holding ImageSets/Main: the list to use (default: every annotation)"
+        "--image-set",
+        help="with --folder holding ImageSets/Main: the list to use (default: every annotation)",
     )
     parser.add_argument("--metric", choices=METRICS, default="11point", help="11point = VOC2007, allpoint = VOC2010+")
     parser.add_argument("--iou", type=float, default=0.5, help="a detection matches when IoU is strictly above this")

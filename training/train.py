@@ -544,7 +544,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             )
             writer.add_scalar("val/mAP", last_val_map, done)
             (output_dir / "val_ap.md").write_text(f"Iteration {done}\n\n{format_ap_table(result)}\n")
-            tqdm.write(f"iteration {done}: {val_split.name} mAP {100 * last_val_map:.2f} ({seconds:.0f} s)")
+            tqdm.write(f"iteration {done}: {val_split.name} mAP {100 * last_val_map:.2f} % ({seconds:.0f} s)")
             if last_val_map > best_map:
                 best_map = last_val_map
                 card = model_card(args, class_names, train_split, val_split, done, last_val_map)
@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
     if summary["best_map"] is not None:
-        print(f"best validation mAP {100 * summary['best_map']:.2f}; checkpoints in {summary['output_dir']}")
+        print(f"best validation mAP {100 * summary['best_map']:.2f} %; checkpoints in {summary['output_dir']}")
     else:
         print(f"done; checkpoints in {summary['output_dir']}")
     return 0

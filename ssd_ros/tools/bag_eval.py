@@ -334,7 +334,13 @@ def run(args) -> tuple[dict, int]:
     if not follower.rate_hz > 0:
         raise BagToolError(f"the follower's rate must be > 0 Hz, got {follower.rate_hz}")
     # Bad follower options fail before any work (the real image size is known at the first frame).
-    follow_params(detector.class_names, (480, 640), config, args.follow_param, args.follow_classes)
+    targets = follow_params(detector.class_names, (480, 640), config, args.follow_param, args.follow_classes)
+    if not set(targets.target_classes) & set(detector.class_names):
+        print(
+            f"bag_eval: warning: the follower's target classes {list(targets.target_classes)} are not classes of "
+            f"the checkpoint {list(detector.class_names)}, so it will never move; choose with --follow-classes",
+            file=sys.stderr,
+        )
     ground_truth = load_ground_truth(args.ground_truth, args.gt_match) if args.ground_truth else (None, None)
     if ground_truth[1]:
         unknown = sorted({name for ann in ground_truth[1].values() for name in ann.names} - set(detector.class_names))
