@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -119,3 +121,19 @@ def test_recover_truncated_mcap(tmp_path):
     with open_bag(out) as (reader, note):
         assert "damaged" in note and str(out) in note
         assert sum(1 for _ in reader.messages()) == len(stamps)
+
+
+def test_a_truncated_image_stops_with_its_name_and_keeps_the_frames_before_it(tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    jpgs = sorted(shared_data("picar_camera", "detection", "train").glob("*.jpg"))[:3]
+    for jpg in jpgs[:2]:
+        shutil.copy(jpg, folder / jpg.name)
+    broken = folder / jpgs[2].name
+    broken.write_bytes(jpgs[2].read_bytes()[:5000])  # cut in transfer: libjpeg alone would fill it with grey
+    out = tmp_path / "bag"
+    assert make_bag.main(["--images", str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read image {broken}: truncated JPEG" in err and f"the 2 frames before it are in {out}" in err
+    with open_bag(out) as (reader, salvage_note):
+        assert salvage_note is None and sum(1 for _ in reader.messages()) == 2

@@ -27,6 +27,7 @@ import numpy as np
 from std_msgs.msg import Header
 from tqdm import tqdm
 
+from ssd_ros.image_codec import ImageDecodeError, decode_compressed
 from ssd_ros.ros.images import rgb_to_compressed_msg, rgb_to_image_msg
 from ssd_ros.tools.bagio import (
     COMPRESSED_IMAGE_TYPE,
@@ -74,11 +75,11 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 image from a file."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise BagToolError(f"cannot read image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    """RGB uint8 image from a file, through the detector node's decoder (same checks: truncated JPEG, size)."""
+    try:
+        return decode_compressed("", path.read_bytes())
+    except (OSError, ImageDecodeError) as error:
+        raise BagToolError(f"cannot read image {path}: {error}") from error
 
 
 def make_bag(
@@ -103,14 +104,17 @@ def make_bag(
             connection = add_topic(writer, topic.rstrip("/") + "/compressed", COMPRESSED_IMAGE_TYPE)
         else:
             connection = add_topic(writer, topic, IMAGE_TYPE)
-        for index, rgb in enumerate(tqdm(frames, total=total, unit="frame", desc=f"writing {out.name}")):
-            # Integer nanoseconds from the index (not accumulated floats): stamps never drift.
-            stamp = start_ns + round(index * 1e9 / rate_hz)
-            header = Header(frame_id=frame_id)
-            header.stamp.sec, header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-            msg = rgb_to_compressed_msg(rgb, header) if compressed else rgb_to_image_msg(rgb, header, encoding)
-            writer.write(connection, stamp, serialize(msg))
-            stamps.append(stamp)
+        try:
+            for index, rgb in enumerate(tqdm(frames, total=total, unit="frame", desc=f"writing {out.name}")):
+                # Integer nanoseconds from the index (not accumulated floats): stamps never drift.
+                stamp = start_ns + round(index * 1e9 / rate_hz)
+                header = Header(frame_id=frame_id)
+                header.stamp.sec, header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+                msg = rgb_to_compressed_msg(rgb, header) if compressed else rgb_to_image_msg(rgb, header, encoding)
+                writer.write(connection, stamp, serialize(msg))
+                stamps.append(stamp)
+        except BagToolError as error:
+            raise BagToolError(f"{error} (the {len(stamps)} frames before it are in {out}, a readable bag)") from error
     return stamps
 
 
@@ -190,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_bag: error: {exc}", file=sys.stderr)
         return 2
     print(f"make_bag: wrote {len(stamps)} frames at {rate_hz:g} Hz to {args.out} ({args.storage})")
+    if args.video and count and len(stamps) < count:
+        print(
+            f"make_bag: warning: {args.video} states {count} frames but only {len(stamps)} could be read "
+            "(truncated or damaged?)",
+            file=sys.stderr,
+        )
     if args.labels_out:
         print(f"make_bag: copied {labels} VOC annotations to {args.labels_out}")
     return 0
