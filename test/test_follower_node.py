@@ -384,3 +384,17 @@ def test_invalid_startup_parameters_exit_with_a_clear_message(executable, params
     result = subprocess.run(args, capture_output=True, text=True, timeout=30, env=dict(os.environ))
     assert result.returncode == 1, result.stderr
     assert "cannot start" in result.stderr and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("ros_args", "message"),
+    [
+        (["-r", "detections:=bad topic"], "Couldn't parse remap rule"),  # rejected by rcl itself
+        (["-p", "cmd_frame_id:=base_link", "-r", "__ns:=/bad ns"], "cannot start"),
+    ],
+)
+def test_malformed_command_line_exits_with_a_clear_message(ros_args, message):
+    args = [str(EXECUTABLES / "follower"), "--ros-args", *ros_args]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=30, env=dict(os.environ))
+    assert result.returncode == 1, result.stderr
+    assert "cannot start" in result.stderr and message in result.stderr and "Traceback" not in result.stderr

@@ -32,11 +32,16 @@ def detections_to_msg(detections: Detections, header: Header) -> Detection2DArra
     return msg
 
 
+# Far beyond any image, far below float32's range.
+MAX_COORDINATE_PX = 1e7
+
+
 def msg_to_detections(msg: Detection2DArray) -> Detections:
     """Detections from a Detection2DArray, one per (detection, best hypothesis).
 
-    Detections without results or with non-finite numbers are dropped: a malformed
-    message from another node must never reach the control law as NaN.
+    Detections without results, with non-finite or absurd numbers (a score outside [0, 1], a negative
+    size, a coordinate beyond ``MAX_COORDINATE_PX``) are dropped: a malformed message from another node
+    must never reach the control law as NaN, inf or a certainty above 1.
     """
     boxes, scores, names = [], [], []
     for det in msg.detections:
@@ -45,8 +50,11 @@ def msg_to_detections(msg: Detection2DArray) -> Detections:
         best = max(det.results, key=lambda r: r.hypothesis.score)
         cx, cy = det.bbox.center.position.x, det.bbox.center.position.y
         w, h = det.bbox.size_x, det.bbox.size_y
-        values = (cx, cy, w, h, best.hypothesis.score)
-        if not all(math.isfinite(v) for v in values) or w < 0 or h < 0:
+        score = best.hypothesis.score
+        values = (cx, cy, w, h, score)
+        if not all(math.isfinite(v) for v in values) or w < 0 or h < 0 or not 0.0 <= score <= 1.0:
+            continue
+        if max(abs(cx), abs(cy), w, h) > MAX_COORDINATE_PX:  # would overflow the float32 boxes
             continue
         boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
         scores.append(best.hypothesis.score)

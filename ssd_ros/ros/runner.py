@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import rclpy
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, NameValidationException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -49,13 +49,23 @@ def run_node(
         parameter), after one ``cannot start: <reason>`` log line and no traceback.
     """
     # rclpy's own signal handlers would shut the context down before ``on_stop`` could publish.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     logger = rclpy.logging.get_logger(name)
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as error:  # noqa: BLE001 - rclpy's (private) RCLError, e.g. a malformed --ros-args rule
+        logger.fatal(f"cannot start: {error}")
+        return 1
     for signum in STOP_SIGNALS:  # while building (loading a model can take seconds): a plain interrupt
         signal.signal(signum, _raise_keyboard_interrupt)
     try:
         node = factory()
-    except (StartupError, ValueError, InvalidParameterTypeException, InvalidParameterValueException) as error:
+    except (
+        StartupError,
+        ValueError,
+        InvalidParameterTypeException,
+        InvalidParameterValueException,
+        NameValidationException,  # e.g. image_topic:="bad topic!"
+    ) as error:
         logger.fatal(f"cannot start: {error}")
         rclpy.try_shutdown()
         return 1
