@@ -15,6 +15,7 @@ from dataclasses import fields
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool
@@ -210,6 +211,9 @@ class FollowerNode(Node):
         if not self.context.ok():
             return
         self.publish(Command(0.0, 0.0))
+        # Deleting the writer right after publishing can drop the sample: let reliable readers have it first
+        # (best-effort readers, like the base driver, fall back on their own command watchdog).
+        self.cmd_pub.wait_for_all_acked(Duration(seconds=1.0))
 
 
 def main(args=None) -> int:
