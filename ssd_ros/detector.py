@@ -185,10 +185,7 @@ class Detector:
 
     @score_threshold.setter
     def score_threshold(self, value: float) -> None:
-        value = _as_float(value, "score_threshold")
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {value}")
-        self._score_threshold = value
+        self._score_threshold = _unit_interval(value, "score_threshold")
 
     @property
     def nms_iou(self) -> float:
@@ -197,10 +194,7 @@ class Detector:
 
     @nms_iou.setter
     def nms_iou(self, value: float) -> None:
-        value = _as_float(value, "nms_iou")
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"nms_iou must be in [0, 1], got {value}")
-        self._nms_iou = value
+        self._nms_iou = _unit_interval(value, "nms_iou")
 
     @property
     def max_detections(self) -> int:
@@ -316,13 +310,14 @@ class Detector:
         )
 
 
-def _as_float(value: Any, name: str) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+def _unit_interval(value: Any, name: str) -> float:
+    """``value`` as a float in [0, 1]; ``ValueError`` naming ``name`` otherwise (bools and NaN included)."""
     try:
+        if isinstance(value, bool):
+            raise TypeError
         result = float(value)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name} must be a number, got {value!r}") from e
-    if result != result:  # NaN
-        raise ValueError(f"{name} must be a number, got NaN")
+    if not 0.0 <= result <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {result}")
     return result

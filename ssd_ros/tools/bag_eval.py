@@ -52,6 +52,7 @@ from ssd_ros.tools.bagio import (
     deserialize,
     open_bag,
     open_writer,
+    positive_int,
     serialize,
     stamp_ns,
 )
@@ -541,9 +542,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--class-filter", nargs="+", help="report only these classes")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument(
-        "--batch-size", type=int, default=1, help="frames per model call (1 = exactly the node's per-frame call)"
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        help="frames per model call (1 = exactly the node's per-frame call)",
     )
-    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
     parser.add_argument("--no-annotated", dest="annotated", action="store_false", help=f"skip {ANNOTATED_TOPIC}")
     parser.add_argument(
         "--control-rate-hz", type=float, help="follower timer rate on bag time (default: rate_hz of the config, or 20)"
@@ -569,10 +573,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold of a true positive")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
-    if args.max_frames is not None and args.max_frames <= 0:
-        parser.error("--max-frames must be > 0")
     return args
 
 

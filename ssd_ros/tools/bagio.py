@@ -11,6 +11,7 @@ exactly the definitions the messages were built from.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib
 from collections.abc import Iterator
@@ -36,6 +37,17 @@ class BagToolError(Exception):
 
 
 @functools.cache
+def positive_int(text: str) -> int:
+    """Argparse type of the tools' counts (``--max-frames``, ``--batch-size``): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def typestore() -> Typestore:
     """ROS 2 Jazzy types plus the installed ``vision_msgs`` definitions."""
     store = get_typestore(Stores.ROS2_JAZZY)

@@ -36,6 +36,7 @@ from ssd_ros.tools.bagio import (
     BagToolError,
     add_topic,
     open_writer,
+    positive_int,
     serialize,
 )
 
@@ -140,15 +141,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--start-time-s", type=float, help="stamp of the first frame, seconds since the epoch (default: now)"
     )
     parser.add_argument("--frame-id", default="camera_link", help="header frame_id (default: %(default)s)")
-    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
     parser.add_argument(
         "--labels-out", type=Path, help="with --images: copy each image's VOC XML to DIR/<stamp_ns>.xml"
     )
     args = parser.parse_args(argv)
     if args.labels_out and not args.images:
         parser.error("--labels-out needs --images (videos carry no labels)")
-    if args.max_frames is not None and args.max_frames <= 0:
-        parser.error("--max-frames must be > 0")
     return args
 
 
