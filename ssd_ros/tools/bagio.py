@@ -36,7 +36,6 @@ class BagToolError(Exception):
     """A problem with a tool's input the user must fix (message names the bag, topic or file)."""
 
 
-@functools.cache
 def positive_int(text: str) -> int:
     """Argparse type of the tools' counts (``--max-frames``, ``--batch-size``): an integer >= 1."""
     try:
@@ -48,6 +47,7 @@ def positive_int(text: str) -> int:
     return value
 
 
+@functools.cache
 def typestore() -> Typestore:
     """ROS 2 Jazzy types plus the installed ``vision_msgs`` definitions."""
     store = get_typestore(Stores.ROS2_JAZZY)
