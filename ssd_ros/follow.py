@@ -26,8 +26,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ssd_ros.ackermann import steering_angle, yaw_rate
 from ssd_ros.detections import Detections
@@ -430,6 +432,21 @@ class FollowController:
             if overlap > 0:
                 total += rate * overlap
         return total
+
+
+def read_params_file(path: Path) -> dict:
+    """The follower node's parameters from a ROS 2 parameters file (its first ``ros__parameters``) or a flat YAML.
+
+    Raises ``ValueError`` (naming the file) when it cannot be read or holds no mapping.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read follower parameters {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"follower parameters {path}: expected a YAML mapping")
+    nodes = [v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v]
+    return dict(nodes[0] if nodes else data)
 
 
 def params_from_mapping(mapping: dict, base: FollowParams = FollowParams()) -> FollowParams:

@@ -168,3 +168,6 @@ def test_follow_sim_tool_prints_metrics_and_saves_a_plot(tmp_path, capsys):
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     params.write_text("follower:\n  ros__parameters:\n    min_score: 3.0\n")
     assert follow_sim.main(["--params", str(params), "--plot", str(plot)]) == 2
+    params.write_text("- not\n- a mapping\n")
+    assert follow_sim.main(["--params", str(params), "--plot", str(plot)]) == 2
+    assert "expected a YAML mapping" in capsys.readouterr().err

@@ -38,7 +38,7 @@ from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector
 from ssd_ros.drawing import draw_detections
-from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping
+from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping, read_params_file
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import detections_to_msg
@@ -133,17 +133,13 @@ def load_ground_truth(folder: Path, match: str) -> tuple[str, dict]:
 
 
 def read_follower_config(path: Path | None) -> dict:
-    """The follower node's parameters from a ROS 2 parameters file (its first ``ros__parameters``) or a flat YAML."""
+    """The follower node's parameters from ``path`` (none: an empty mapping); see :func:`read_params_file`."""
     if path is None:
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise BagToolError(f"cannot read follower parameters {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BagToolError(f"follower parameters {path}: expected a YAML mapping")
-    nodes = [v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v]
-    return dict(nodes[0] if nodes else data)
+        return read_params_file(path)
+    except ValueError as exc:
+        raise BagToolError(str(exc)) from exc
 
 
 def follow_params(class_names, image_shape, config: dict, options: list[str], target_classes) -> FollowParams:

@@ -14,14 +14,13 @@ import math
 import sys
 from pathlib import Path
 
-import yaml
-
-from ssd_ros.follow import FollowController, FollowParams, params_from_mapping
+from ssd_ros.follow import FollowController, FollowParams, params_from_mapping, read_params_file
 from ssd_ros.sim import (
     SCENARIOS,
     PathMetrics,
     SimParams,
     Simulator,
+    Target,
     Trace,
     desired_distance_m,
     make_scenario,
@@ -32,26 +31,13 @@ from ssd_ros.sim import (
 DEFAULT_PATHS = ("static", "crossing", "circle", "stop_and_go", "two_people")
 
 
-def load_follow_params(path: Path | None) -> FollowParams:
-    """FollowParams from a ROS parameter YAML (``<node>: ros__parameters: {...}``) or a flat mapping."""
-    if path is None:
-        return FollowParams()
-    data = yaml.safe_load(path.read_text()) or {}
-    for section in data.values() if isinstance(data, dict) else ():
-        if isinstance(section, dict) and "ros__parameters" in section:
-            data = section["ros__parameters"]
-            break
-    return params_from_mapping(data)
-
-
 def simulate(
     names, follow_params: FollowParams, sim_params: SimParams, seed: int, control_rate_hz: float
 ) -> dict[str, tuple[Trace, PathMetrics, float]]:
     """Run each named scenario; returns name -> (trace, metrics, desired distance)."""
     results = {}
+    distance = desired_distance_m(Target.height_m, follow_params.desired_height_fraction, sim_params)
     for name in names:
-        target_height = 1.7
-        distance = desired_distance_m(target_height, follow_params.desired_height_fraction, sim_params)
         scenario = make_scenario(name, distance, sim_params)
         sim = Simulator(sim_params, scenario, seed=seed)
         trace = run_closed_loop(FollowController(follow_params), sim, scenario.duration_s, control_rate_hz)
@@ -127,7 +113,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--params", type=Path, help="follower parameter YAML (default: built-in defaults)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
-    parser.add_argument("--rate", type=float, default=20.0, help="control rate (Hz), as the node's rate_hz")
+    parser.add_argument("--rate", type=float, help="control rate (Hz; default: the file's rate_hz, else 20)")
     parser.add_argument("--latency", type=float, default=SimParams.latency_s, help="detector latency (s)")
     parser.add_argument(
         "--detection-rate", type=float, default=SimParams.detection_rate_hz, help="detector frame rate (Hz)"
@@ -135,8 +121,10 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", type=Path, default=Path("follower_sim.png"), help="trajectory plot PNG")
     args = parser.parse_args(argv)
     try:
-        follow_params = load_follow_params(args.params)
-    except (OSError, ValueError, yaml.YAMLError) as error:
+        config = read_params_file(args.params) if args.params else {}
+        follow_params = params_from_mapping(config)
+        rate_hz = float(args.rate or config.get("rate_hz", 20.0))
+    except (TypeError, ValueError) as error:
         print(f"follow_sim: cannot use {args.params}: {error}", file=sys.stderr)
         return 2
     sim_params = SimParams(
@@ -148,11 +136,12 @@ def main(argv=None) -> int:
         latency_s=args.latency,
         detection_rate_hz=args.detection_rate,
     )
-    results = simulate(args.paths, follow_params, sim_params, args.seed, args.rate)
+    results = simulate(args.paths, follow_params, sim_params, args.seed, rate_hz)
     distance = next(iter(results.values()))[2]
     print(
-        f"desired distance {distance:.2f} m (1.7 m person at {follow_params.desired_height_fraction:.2f} "
-        f"of the image height); settled = bearing within 3 deg and distance within 10 %"
+        f"desired distance {distance:.2f} m ({Target.height_m:g} m person at "
+        f"{follow_params.desired_height_fraction:.2f} of the image height); "
+        "settled = bearing within 3 deg and distance within 10 %"
     )
     print(format_table(results))
     plot(results, args.plot)
