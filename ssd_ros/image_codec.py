@@ -31,6 +31,7 @@ for the 8-bit encodings there is no byte order to honour, so it is accepted and 
 from __future__ import annotations
 
 import io
+import warnings
 
 import cv2
 import numpy as np
@@ -65,7 +66,9 @@ def _check_pixel_count(width: int, height: int, what: str) -> None:
 def _check_header_size(raw: bytes, what: str) -> None:
     """Refuse an image whose header asks for too many pixels; Pillow reads only the header, not the pixels."""
     try:
-        with Image.open(io.BytesIO(raw)) as image:
+        # Pillow warns between its two limits; ours is lower and says it once per frame as an error instead.
+        with warnings.catch_warnings(), Image.open(io.BytesIO(raw)) as image:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             size = image.size
     except Image.DecompressionBombError as error:  # beyond Pillow's own limit, which is above ours
         raise ImageDecodeError(f"{what} exceeds the {MAX_PIXELS:,}-pixel limit ({error})") from error

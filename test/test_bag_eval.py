@@ -27,7 +27,7 @@ from ssd_ros.detector import Detector
 from ssd_ros.follow import FollowController, params_from_mapping
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import msg_to_detections
-from ssd_ros.tools import bag_eval, make_bag
+from ssd_ros.tools import bag_eval, bagio, make_bag
 from ssd_ros.tools.bagio import add_topic, open_writer, serialize
 from ssd_ros.voc import load_image_rgb, parse_annotation
 from ssd_ros.voc_metric import evaluate_detections
@@ -381,3 +381,9 @@ def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, c
     assert status == 2 and "exists already" in stderr
     # The follower's default target "person" is not a picar class ("Person"): said, not silently idle.
     assert "target classes ['person'] are not classes of the checkpoint" in stderr
+
+
+def test_the_typestore_is_built_once():
+    """It parses every vision_msgs definition: once per process, not per topic written."""
+    assert bagio.typestore() is bagio.typestore()
+

@@ -99,6 +99,7 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "exists already" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         make_bag.main(["--video", str(video), "--out", str(tmp_path / "c"), "--labels-out", str(tmp_path / "l")])
+    assert "--labels-out needs --images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         make_bag.main(["--video", str(video), "--out", str(tmp_path / "d"), "--max-frames", "0"])
     assert "--max-frames: must be >= 1, got 0" in capsys.readouterr().err

@@ -83,9 +83,6 @@ def test_ruff_format_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_python_files_compile():
-    for path in REPO_ROOT.glob("**/*.py"):
-        if any(part in {".venv", "build", "install", "log"} for part in path.relative_to(REPO_ROOT).parts):
-            continue
-        compile(path.read_text(), str(path), "exec")
+def test_python_matches_the_ros_wheels():
+    """The ROS 2 Jazzy wheels in requirements/workspace.txt are built for CPython 3.11 (syntax: ruff above)."""
     assert sys.version_info[:2] == (3, 11)

@@ -204,6 +204,7 @@ class Evaluation:
         self.controller: FollowController | None = None  # made at the first good frame (needs the image size)
         self.pending_detections: tuple[Detections, float] | None = None  # newest frame not yet given to it
         self.next_tick_ns: int | None = None
+        self.period_ns = round(1e9 / follower.rate_hz)  # the follower node's timer period
         self.last_image_ns: int | None = None
 
     # -- per message ---------------------------------------------------------------------------------
@@ -265,7 +266,6 @@ class Evaluation:
             self.next_tick_ns = frame.bag_ns
         self.pending_detections = (detections, stamp_ns(frame.header) / 1e9)
         self._ground_truth(frame)
-        frame.rgb = frame.raw = None  # keep memory flat on long bags
 
     def _ground_truth(self, frame: Frame) -> None:
         if self.gt is None:
@@ -280,7 +280,6 @@ class Evaluation:
         """Run the follower's timer ticks due before ``bag_ns`` (bag time is the clock)."""
         if self.controller is None:
             return
-        period_ns = round(1e9 / self.follower.rate_hz)
         while self.next_tick_ns < bag_ns or (inclusive and self.next_tick_ns == bag_ns):
             now_ns = self.next_tick_ns
             detections, stamp_s = self.pending_detections or (None, None)
@@ -288,7 +287,7 @@ class Evaluation:
             command = self.controller.update(detections, stamp_s, now_ns / 1e9)
             self.stats.commands.append(command)
             self.writer.write(self.cmd_conn, now_ns, serialize(self._twist(command, now_ns)))
-            self.next_tick_ns += period_ns
+            self.next_tick_ns += self.period_ns
 
     def finish(self) -> None:
         """Ticks up to and including the last image's time."""

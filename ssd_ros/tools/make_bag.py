@@ -91,7 +91,7 @@ def make_bag(
     topic: str = "/camera/image_raw",
     compressed: bool = False,
     encoding: str = "rgb8",
-    rate_hz: float = 10.0,
+    rate_hz: float = DEFAULT_IMAGE_RATE_HZ,
     start_ns: int = 0,
     frame_id: str = "camera_link",
     total: int | None = None,
