@@ -34,7 +34,6 @@ import yaml
 from ssd_ros.ackermann import steering_angle, yaw_rate
 from ssd_ros.detections import Detections
 
-STATES = ("disabled", "searching", "tracking", "lost")
 SEARCH_MODES = ("stop", "arc")
 ACQUIRE_MODES = ("largest", "score")
 

@@ -288,13 +288,13 @@ def _build_ssdlite(num_classes: int, generator: DefaultBoxGenerator, pretrained_
     return SSD(backbone, generator, size, num_classes, head=head, **kwargs)
 
 
-def _download_hint(what: str, weights: Any, error: Exception) -> str:
+def _download_hint(what: str, weights: Any, error: Exception, alternative: str = "") -> str:
     url = getattr(weights, "url", "?")
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
     return (
         f"could not download the {what} weights from {url} ({type(error).__name__}: {error}). "
         f"Check the internet connection, or copy {os.path.basename(url)} into {cache} "
-        f"(honours $TORCH_HOME)."
+        f"(honours $TORCH_HOME){alternative}."
     )
 
 
@@ -333,7 +333,9 @@ def build_coco_model(*, progress: bool = False) -> SSD:
     try:
         model = ssd300_vgg16(weights=weights, weights_backbone=None, progress=progress)
     except Exception as e:
-        raise WeightsUnavailableError(_download_hint("torchvision COCO SSD300", weights, e)) from e
+        raise WeightsUnavailableError(
+            _download_hint("torchvision COCO SSD300", weights, e, ", or use a local ssd_ros checkpoint instead")
+        ) from e
     # Sanity: the anchors we describe in the card are the ones torchvision used.
     assert model.anchor_generator.scales == _SSD300_COCO_BOXES["scales"]
     return model.eval()

@@ -386,4 +386,3 @@ def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, c
 def test_the_typestore_is_built_once():
     """It parses every vision_msgs definition: once per process, not per topic written."""
     assert bagio.typestore() is bagio.typestore()
-

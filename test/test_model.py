@@ -201,5 +201,6 @@ def test_coco_model_offline_raises_a_clear_error(tmp_path, monkeypatch):
     assert "could not download" in message
     assert "ssd300_vgg16_coco-b556d3b4.pth" in message
     assert str(tmp_path) in message  # where to put the file by hand
+    assert "local ssd_ros checkpoint" in message
     assert isinstance(info.value, RuntimeError)
     assert not list(tmp_path.rglob("*.pth"))  # nothing half-downloaded left in the cache

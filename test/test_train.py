@@ -81,6 +81,11 @@ def test_yaml_config_with_cli_override(tmp_path):
         train.parse_args(["--config", str(config)])
 
 
+def test_unknown_device_is_one_line_before_any_work(capsys):
+    assert train.main(["--train-folder", "/nonexistent", "--device", "tpu"]) == 2
+    assert "--device: unknown device 'tpu'" in capsys.readouterr().err
+
+
 def test_shipped_configs_parse():
     configs = REPO_ROOT / "training" / "configs"
     voc = train.parse_args(["--config", str(configs / "ssd300_voc0712.yaml"), "--data-root", "x"])

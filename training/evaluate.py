@@ -74,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metric", choices=METRICS, default="11point", help="11point = VOC2007, allpoint = VOC2010+")
     parser.add_argument("--iou", type=float, default=0.5, help="a detection matches when IoU is strictly above this")
     parser.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda or cuda:N")
-    parser.add_argument("--score-threshold", type=float, default=0.01, help="keep detections scoring at least this")
+    parser.add_argument("--score-threshold", type=float, default=0.01, help="keep detections scoring above this")
     parser.add_argument("--nms-iou", type=float, default=0.45, help="per-class non-maximum suppression IoU")
     parser.add_argument("--max-detections", type=int, default=200, help="detections kept per image")
     parser.add_argument("--batch-size", type=int, default=8, help="images per detector call")

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ssd_ros.checkpoint import CheckpointError, ModelCard, read_checkpoint_payload, save_checkpoint
-from ssd_ros.detector import Detector
+from ssd_ros.detector import Detector, resolve_device
 from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, WeightsUnavailableError, build_model, input_size
 from ssd_ros.voc import VocFormatError, VocSplit, discover_classes, load_image_rgb
 from ssd_ros.voc_metric import METRICS, evaluate_detections, format_ap_table
@@ -241,16 +241,6 @@ def build_splits(args: argparse.Namespace) -> tuple[VocSplit, VocSplit | None, t
     return train, val, classes
 
 
-def resolve_device(name: str, context: DistributedContext) -> torch.device:
-    """The device of this process (one GPU per process under torchrun)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and context.distributed:
-        device = torch.device("cuda", context.local_rank)
-    return device
-
-
 def evaluate(
     model: torch.nn.Module,
     dataset: VocDetectionDataset,
@@ -346,8 +336,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
-    context = init_distributed("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    device = resolve_device(args.device, context)
+    device = resolve_device(args.device)  # the detector core's checks: a clear error for a device not here
+    context = init_distributed(device.type)
+    if device.type == "cuda" and context.distributed:  # one GPU per process under torchrun
+        device = torch.device("cuda", context.local_rank)
     if args.batch_size % context.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by {context.world_size} processes")
     batch_per_rank = args.batch_size // context.world_size
@@ -580,6 +572,11 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
+    try:
+        resolve_device(args.device)  # before any data is read: "cuda" on a machine without it, a typo
+    except ValueError as error:
+        print(f"error: --device: {error}", file=sys.stderr)
+        return 2
     try:
         summary = train(args)
     except (VocFormatError, CheckpointError, engine.NonFiniteLossError) as error:

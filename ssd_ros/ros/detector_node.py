@@ -176,10 +176,8 @@ class DetectorNode(Node):
             if not path:
                 raise StartupError("no model: set model_path to a checkpoint (or use_coco_weights:=true)")
             detector = Detector.from_checkpoint(path, device=values["device"], **settings)
-        except CheckpointError as error:
+        except (CheckpointError, WeightsUnavailableError) as error:
             raise StartupError(str(error)) from error
-        except WeightsUnavailableError as error:
-            raise StartupError(f"{error} Or set model_path to a local ssd_ros checkpoint.") from error
         except ValueError as error:  # a device that does not exist here, an out-of-range setting, a wrong class
             raise StartupError(str(error)) from error
         return detector, f"{detector.card.architecture} ({path})"
