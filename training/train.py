@@ -43,11 +43,12 @@ from tqdm import tqdm
 from ssd_ros.checkpoint import CheckpointError, ModelCard, read_checkpoint_payload, save_checkpoint
 from ssd_ros.detector import Detector, resolve_device
 from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, WeightsUnavailableError, build_model, input_size
-from ssd_ros.voc import VocFormatError, VocSplit, discover_classes, load_image_rgb
+from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
 from ssd_ros.voc_metric import METRICS, evaluate_detections, format_ap_table
 from training import engine
 from training.dataset import VocDetectionDataset, collate_detection
 from training.distributed import DistributedContext, barrier, init_distributed, is_main_process
+from training.evaluate import detect_split
 from training.presets import SSDEvalPreset, SSDTrainPreset
 
 TRAIN_LOG_FIELDS = ("iteration", "loss", "bbox_regression", "classification", "lr", "images_per_s", "skipped")
@@ -268,10 +269,8 @@ def evaluate(
         device=device,
         warmup_runs=0,
     )
-    detections = []
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start : start + batch_size]
-        detections += detector.detect_batch([load_image_rgb(dataset.split[i].image_path) for i in chunk])
+    # evaluate.py's loop: images decode in threads while the model runs.
+    detections = detect_split(detector, [dataset.split[i] for i in indices], batch_size=batch_size, progress=False)
     annotations = [dataset.annotations[i] for i in indices]
     return evaluate_detections(detections, annotations, dataset.class_names, metric=metric)
 
