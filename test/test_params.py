@@ -19,15 +19,30 @@ def ros_node():
     rclpy.shutdown(context=context)
 
 
-def test_types_follow_the_defaults():
-    assert param(True, "b")[1].type == PT.PARAMETER_BOOL  # not an integer, although bool is an int
-    assert param(3, "i")[1].type == PT.PARAMETER_INTEGER
-    assert param(0.5, "d")[1].type == PT.PARAMETER_DOUBLE
-    assert param("x", "s")[1].type == PT.PARAMETER_STRING
-    assert param(("person",), "a") == (["person"], param(["person"], "a")[1])
-    assert param(STRING_ARRAY, "a")[1].type == PT.PARAMETER_STRING_ARRAY
+def test_types_follow_the_defaults(ros_node):
+    table = {
+        "flag": param(True, "b"),  # not an integer, although bool is an int
+        "count": param(3, "i"),
+        "rate": param(0.5, "d"),
+        "name": param("x", "s"),
+        "classes": param(("person",), "a"),
+        "filter": param(STRING_ARRAY, "unset string array"),
+    }
+    declare_all(ros_node, table)
+    types = {name: ros_node.describe_parameter(name).type for name in table}
+    assert types == {
+        "flag": PT.PARAMETER_BOOL,
+        "count": PT.PARAMETER_INTEGER,
+        "rate": PT.PARAMETER_DOUBLE,
+        "name": PT.PARAMETER_STRING,
+        "classes": PT.PARAMETER_STRING_ARRAY,
+        "filter": PT.PARAMETER_STRING_ARRAY,
+    }
+    assert ros_node.get_parameter("classes").value == ["person"]
     with pytest.raises(TypeError, match="limits need an int or float"):
         param("x", "s", limits=(0, 1))
+    with pytest.raises(TypeError, match="limits need an int or float"):
+        param(True, "b", limits=(0, 1))
 
 
 def test_declared_ranges_are_enforced_by_rclpy(ros_node):

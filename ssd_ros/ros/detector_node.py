@@ -38,7 +38,7 @@ from ssd_ros.drawing import draw_detections
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.model import WeightsUnavailableError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
-from ssd_ros.ros.messages import detections_to_msg, label_info_msg
+from ssd_ros.ros.messages import detections_to_msg, label_info_msg, stamp_ns
 from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
 
@@ -273,9 +273,7 @@ class DetectorNode(Node):
         detections = self._detector(frame.rgb)
         inference_s = time.perf_counter() - start
         self._detections_pub.publish(detections_to_msg(detections, frame.header))
-        # Plain arithmetic: rclpy's Time refuses negative stamps, which a broken camera driver can send.
-        stamp_ns = frame.header.stamp.sec * 1_000_000_000 + frame.header.stamp.nanosec
-        age_s = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
+        age_s = (self.get_clock().now().nanoseconds - stamp_ns(frame.header)) * 1e-9
         if self._publish_annotated and self._annotated_pub.get_subscription_count() > 0:
             self._annotated_pub.publish(rgb_to_image_msg(draw_detections(frame.rgb, detections), frame.header))
         with self._lock:

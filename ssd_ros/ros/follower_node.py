@@ -22,7 +22,7 @@ from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping
-from ssd_ros.ros.messages import msg_to_detections
+from ssd_ros.ros.messages import msg_to_detections, stamp_ns
 from ssd_ros.ros.params import ParameterTable, declare_all, param
 from ssd_ros.ros.runner import run_node
 
@@ -132,8 +132,7 @@ class FollowerNode(Node):
                 f"on {self.resolve_topic_name('detections')}",
                 throttle_duration_sec=5.0,
             )
-        # Plain arithmetic: rclpy's Time refuses negative stamps; the controller discards implausible ones.
-        stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stamp_s = stamp_ns(msg.header) / 1e9  # the controller discards implausible stamps
         self._pending = (detections, stamp_s)
         self._last_stamp_s = stamp_s
 

@@ -32,6 +32,11 @@ def detections_to_msg(detections: Detections, header: Header) -> Detection2DArra
     return msg
 
 
+def stamp_ns(header) -> int:
+    """A header stamp in integer nanoseconds (plain arithmetic: rclpy's ``Time`` refuses negative stamps)."""
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
 # Far beyond any image, far below float32's range.
 MAX_COORDINATE_PX = 1e7
 

@@ -41,7 +41,7 @@ from ssd_ros.drawing import draw_detections
 from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping, read_params_file
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
-from ssd_ros.ros.messages import detections_to_msg
+from ssd_ros.ros.messages import detections_to_msg, stamp_ns
 from ssd_ros.tools.bagio import (
     COMPRESSED_IMAGE_TYPE,
     IMAGE_TYPES,
@@ -54,7 +54,6 @@ from ssd_ros.tools.bagio import (
     open_writer,
     positive_int,
     serialize,
-    stamp_ns,
 )
 from ssd_ros.voc import VocAnnotation, VocFormatError, parse_annotation
 from ssd_ros.voc_metric import METRICS, evaluate_detections, format_ap_table

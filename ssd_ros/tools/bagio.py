@@ -78,11 +78,6 @@ def deserialize(raw: bytes, msgtype: str):
     return deserialize_message(bytes(raw), message_class(msgtype))
 
 
-def stamp_ns(header) -> int:
-    """A header stamp in integer nanoseconds."""
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-
-
 @contextmanager
 def open_writer(path: Path, storage: str) -> Iterator[Writer]:
     """A rosbag2 writer (format version 9) that is closed, with its metadata, even when the caller fails.

@@ -61,6 +61,8 @@ def record_closed_loop(scenario: str, duration_s: float, out: Path) -> dict:
     from std_msgs.msg import Float32MultiArray
     from vision_msgs.msg import Detection2DArray
 
+    from ssd_ros.ros.messages import stamp_ns
+
     env = _ros_env()
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")})
     sim_time = "use_sim_time:=true"
@@ -80,7 +82,7 @@ def record_closed_loop(scenario: str, duration_s: float, out: Path) -> dict:
     node = rclpy.create_node("demo_recorder")
 
     def on_rover(msg):
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec / 1e9
+        stamp = stamp_ns(msg.header) / 1e9
         rec["rover"].append((stamp, msg.pose.position.x, msg.pose.position.y, _yaw(msg.pose.orientation)))
 
     node.create_subscription(PoseStamped, "/sim/rover_pose", on_rover, 50)
@@ -155,13 +157,13 @@ def write_camera_gif(detections, path: Path, every: int = 3) -> int:
     from PIL import Image
 
     from ssd_ros.drawing import draw_detections
-    from ssd_ros.ros.messages import msg_to_detections
+    from ssd_ros.ros.messages import msg_to_detections, stamp_ns
 
     frames = []
     for msg in detections[::every]:
         canvas = np.full((480, 640, 3), 60, np.uint8)
         canvas = draw_detections(canvas, msg_to_detections(msg))
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec / 1e9
+        stamp = stamp_ns(msg.header) / 1e9
         cv2.putText(
             canvas,
             f"SIMULATED detections (no trained weights)  t={stamp:5.1f}s",
