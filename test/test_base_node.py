@@ -85,7 +85,7 @@ class Harness:
     def counter(self, name):
         for array in reversed(self.diagnostics):
             for status in array.status:
-                if status.name.startswith("picar_base"):
+                if status.name == "/picar_base: PiCar-B base":  # fully qualified: namespaced cars differ
                     return int({kv.key: kv.value for kv in status.values}[f"count_{name}"])
         return None
 

@@ -352,6 +352,7 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
 
     spin_until(probe, counted, 3.0, "diagnostics counting stale frames, malformed and rejected detections")
     assert latest_diagnostics(diagnostics)["state"] == "searching"
+    assert diagnostics.messages[-1][1].status[0].name == "/follower: follower"  # fully qualified node name
     # The same follower, alive, drives as soon as a fresh valid person arrives.
     t0 = time.time()
     publish_for(probe, publisher, lambda: detections_msg(probe, [far_person]), 1.5)

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import fields
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
@@ -46,6 +46,7 @@ from ssd_ros.base import (
     SteeringCalibration,
     open_hardware,
 )
+from ssd_ros.ros.messages import diagnostics_msg
 from ssd_ros.ros.params import ParameterTable, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
 
@@ -315,16 +316,8 @@ class BaseNode(Node):
             "cmd_timeout_s": str(self._values["cmd_timeout_s"]),
         }
         values.update({f"count_{name}": str(value) for name, value in vars(counters).items()})
-        status = DiagnosticStatus(
-            level=level,
-            name=f"{self.get_name()}: PiCar-B base",
-            message=message,
-            hardware_id=f"pca9685@0x{self._settings.pca9685_address:02X} i2c-{self._settings.i2c_bus}",
-            values=[KeyValue(key=key, value=value) for key, value in values.items()],
-        )
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(array)
+        hardware_id = f"pca9685@0x{self._settings.pca9685_address:02X} i2c-{self._settings.i2c_bus}"
+        self._diagnostics_pub.publish(diagnostics_msg(self, "PiCar-B base", level, message, hardware_id, values))
 
     # --- shutdown ----------------------------------------------------------------------------------------
     def stop_safely(self) -> None:

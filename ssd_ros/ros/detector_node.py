@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -38,7 +38,7 @@ from ssd_ros.drawing import draw_detections
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.model import WeightsUnavailableError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
-from ssd_ros.ros.messages import detections_to_msg, label_info_msg, stamp_ns
+from ssd_ros.ros.messages import detections_to_msg, diagnostics_msg, label_info_msg, stamp_ns
 from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
 
@@ -301,19 +301,16 @@ class DetectorNode(Node):
                 "failed_frames": self._failed,
             }
             last_problem = self._last_problem
-        status = DiagnosticStatus(
-            name=f"{self.get_fully_qualified_name()}: inference", hardware_id=str(self._detector.device)
-        )
         if new_failed:
-            status.level, status.message = DiagnosticStatus.ERROR, f"{new_failed} frame(s) failed in processing"
+            level, message = DiagnosticStatus.ERROR, f"{new_failed} frame(s) failed in processing"
         elif new_bad and processed_hz == 0.0:
-            status.level, status.message = DiagnosticStatus.WARN, f"{new_bad} bad frame(s) and none processed"
+            level, message = DiagnosticStatus.WARN, f"{new_bad} bad frame(s) and none processed"
         elif input_hz == 0.0:
-            status.level, status.message = DiagnosticStatus.WARN, "no input images"
+            level, message = DiagnosticStatus.WARN, "no input images"
         elif processed_hz == 0.0 and not inference:
-            status.level, status.message = DiagnosticStatus.WARN, "images arrive but none was processed yet"
+            level, message = DiagnosticStatus.WARN, "images arrive but none was processed yet"
         else:
-            status.level, status.message = DiagnosticStatus.OK, "running"
+            level, message = DiagnosticStatus.OK, "running"
         values = {
             "input_rate_hz": f"{input_hz:.2f}",
             "processed_rate_hz": f"{processed_hz:.2f}",
@@ -327,10 +324,8 @@ class DetectorNode(Node):
             "model": self._model_name,
             "score_threshold": f"{self._detector.score_threshold:g}",
         }
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        self._diagnostics_pub.publish(
-            DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
-        )
+        device = str(self._detector.device)
+        self._diagnostics_pub.publish(diagnostics_msg(self, "inference", level, message, device, values))
 
     # --- shutdown ---------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import math
 import sys
 from dataclasses import fields
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.duration import Duration
@@ -22,7 +22,7 @@ from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping
-from ssd_ros.ros.messages import msg_to_detections, stamp_ns
+from ssd_ros.ros.messages import diagnostics_msg, msg_to_detections, stamp_ns
 from ssd_ros.ros.params import ParameterTable, declare_all, param
 from ssd_ros.ros.runner import run_node
 
@@ -193,16 +193,8 @@ class FollowerNode(Node):
             **{name: str(count) for name, count in controller.counters.items()},
         }
         warn = controller.state == "lost" or controller.counters["non_finite_commands"] > 0
-        status = DiagnosticStatus(
-            level=DiagnosticStatus.WARN if warn else DiagnosticStatus.OK,
-            name=f"{self.get_name()}: follower",
-            hardware_id="picar_b",
-            message=controller.state,
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
-        )
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(msg)
+        level = DiagnosticStatus.WARN if warn else DiagnosticStatus.OK
+        self.diag_pub.publish(diagnostics_msg(self, "follower", level, controller.state, "picar_b", values))
 
     def stop(self) -> None:
         """Publish a final zero command (shutdown path)."""

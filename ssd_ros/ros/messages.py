@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose, VisionClass
 
@@ -76,3 +77,22 @@ def label_info_msg(class_names: tuple[str, ...], threshold: float, header: Heade
         class_map=[VisionClass(class_id=i, class_name=name) for i, name in enumerate(class_names)],
         threshold=float(threshold),
     )
+
+
+def diagnostics_msg(
+    node, what: str, level: bytes, message: str, hardware_id: str, values: dict[str, str]
+) -> DiagnosticArray:
+    """One node's ``/diagnostics`` report, named ``<fully qualified node name>: <what>``.
+
+    The fully qualified name keeps the statuses of two namespaced cars apart on the shared topic.
+    """
+    status = DiagnosticStatus(
+        level=level,
+        name=f"{node.get_fully_qualified_name()}: {what}",
+        message=message,
+        hardware_id=hardware_id,
+        values=[KeyValue(key=key, value=value) for key, value in values.items()],
+    )
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = node.get_clock().now().to_msg()
+    return array
