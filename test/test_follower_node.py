@@ -378,6 +378,10 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
         ("follower", {"min_score": 1.5}, "min_score must be in [0, 1]"),
         ("follower", {"search": "spin"}, "search must be one of"),
         ("follower_sim", {"scenario": "zigzag"}, "scenario must be one of"),
+        # Out of the declared ranges: refused by rclpy at declaration, never a division by zero later.
+        ("follower", {"rate_hz": 0.0}, "rate_hz"),
+        ("follower_sim", {"physics_rate_hz": 0.0}, "physics_rate_hz"),
+        ("follower_sim", {"motor_time_constant_s": 0.0}, "motor_time_constant_s"),
     ],
 )
 def test_invalid_startup_parameters_exit_with_a_clear_message(executable, params, message):

@@ -69,10 +69,10 @@ PARAMETERS: ParameterTable = {
         field.name: param(getattr(FollowParams(), field.name), FOLLOW_PARAM_DESCRIPTIONS[field.name])
         for field in fields(FollowParams)
     },
-    "rate_hz": param(20.0, "control and cmd_vel publication rate (Hz)", read_only=True),
+    "rate_hz": param(20.0, "control and cmd_vel publication rate (Hz)", limits=(0.1, 1000.0), read_only=True),
     "twist_stamped": param(False, "publish geometry_msgs/TwistStamped instead of Twist", read_only=True),
     "start_enabled": param(True, "follow from start-up; otherwise wait for the enable service", read_only=True),
-    "diagnostics_period_s": param(1.0, "period of /diagnostics messages (s)", read_only=True),
+    "diagnostics_period_s": param(1.0, "period of /diagnostics messages (s)", limits=(0.05, 60.0), read_only=True),
     "cmd_frame_id": param("base_link", "frame_id of TwistStamped commands"),
 }
 
@@ -101,8 +101,6 @@ class FollowerNode(Node):
         self.create_subscription(Detection2DArray, "detections", self._on_detections, qos)
         self.create_service(SetBool, "enable", self._on_enable)
         rate_hz = values["rate_hz"]
-        if not rate_hz > 0:
-            raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
         self.period_s = 1.0 / rate_hz
         self.create_timer(self.period_s, self._on_timer)
         self.create_timer(values["diagnostics_period_s"], self._publish_diagnostics)

@@ -53,10 +53,29 @@ SIM_PARAM_DESCRIPTIONS = {
     "min_box_px": "smallest detectable box side (px)",
 }
 
+# Ranges that keep the physics meaningful (rates and time constants divide; probabilities are probabilities).
+SIM_PARAM_LIMITS = {
+    "wheelbase_m": (0.01, 5.0),
+    "max_steering_deg": (1.0, 60.0),
+    "servo_rate_degps": (1.0, 10000.0),
+    "motor_time_constant_s": (0.001, 10.0),
+    "max_speed_mps": (0.01, 20.0),
+    "image_width": (1, 10000),
+    "image_height": (1, 10000),
+    "camera_hfov_deg": (1.0, 179.0),
+    "detection_rate_hz": (0.1, 1000.0),
+    "latency_s": (0.0, 10.0),
+    "box_noise_px": (0.0, 1000.0),
+    "miss_probability": (0.0, 1.0),
+    "frame_drop_probability": (0.0, 1.0),
+    "score": (0.0, 1.0),
+    "occlusion_fraction": (0.0, 1.0),
+    "min_box_px": (0.0, 10000.0),
+}
 
 PARAMETERS: ParameterTable = {
     **{
-        name: param(getattr(SimParams(), name), description, read_only=True)
+        name: param(getattr(SimParams(), name), description, limits=SIM_PARAM_LIMITS.get(name), read_only=True)
         for name, description in SIM_PARAM_DESCRIPTIONS.items()
     },
     "scenario": param("static", f"scripted scenario, one of {', '.join(SCENARIOS)}", read_only=True),
@@ -64,19 +83,29 @@ PARAMETERS: ParameterTable = {
     "desired_height_fraction": param(
         FollowParams.desired_height_fraction,
         "the follower's desired box height fraction (scales the scenario)",
+        limits=(0.01, 1.0),
         read_only=True,
     ),
-    "target_height_m": param(1.7, "height of the simulated people (m)", read_only=True),
-    "physics_rate_hz": param(100.0, "simulation steps per second of simulated time", read_only=True),
-    "pose_rate_hz": param(20.0, "rate of the ground-truth pose topics (Hz, simulated time)", read_only=True),
+    "target_height_m": param(1.7, "height of the simulated people (m)", limits=(0.1, 10.0), read_only=True),
+    "physics_rate_hz": param(
+        100.0, "simulation steps per second of simulated time", limits=(1.0, 10000.0), read_only=True
+    ),
+    "pose_rate_hz": param(
+        20.0, "rate of the ground-truth pose topics (Hz, simulated time)", limits=(0.1, 1000.0), read_only=True
+    ),
     "twist_stamped": param(False, "subscribe geometry_msgs/TwistStamped instead of Twist", read_only=True),
     "cmd_timeout_s": param(
-        0.5, "the rover stops when cmd_vel is older than this (s), like the base driver", read_only=True
+        0.5,
+        "the rover stops when cmd_vel is older than this (s), like the base driver",
+        limits=(0.01, 60.0),
+        read_only=True,
     ),
     "publish_clock": param(
         False, "own the time: publish /clock (use use_sim_time:=true on the other nodes)", read_only=True
     ),
-    "real_time_factor": param(1.0, "with publish_clock: simulated seconds per wall-clock second", read_only=True),
+    "real_time_factor": param(
+        1.0, "with publish_clock: simulated seconds per wall-clock second", limits=(0.01, 1000.0), read_only=True
+    ),
     "camera_frame_id": param("sim_camera", "frame_id of the simulated image / detections", read_only=True),
     "world_frame_id": param("odom", "frame of the ground-truth poses", read_only=True),
     "targets_visible": param(True, "false removes every target from the scene (they walked away)"),
@@ -98,10 +127,9 @@ class SimNode(Node):
     def __init__(self):
         """Declare parameters, build the scenario and start the physics timer."""
         super().__init__("follower_sim")
-        declare_all(self, PARAMETERS)
+        get = declare_all(self, PARAMETERS).__getitem__  # start-up values
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        get = lambda name: self.get_parameter(name).value  # noqa: E731
         params = SimParams(**{name: get(name) for name in SIM_PARAM_DESCRIPTIONS})
         scenario_name = get("scenario")
         if scenario_name not in SCENARIOS:
@@ -122,10 +150,7 @@ class SimNode(Node):
         self._physics_dt = 1.0 / get("physics_rate_hz")
         wall_period = self._physics_dt
         if self._publish_clock:
-            factor = get("real_time_factor")
-            if not factor > 0:
-                raise ValueError(f"real_time_factor must be > 0, got {factor}")
-            wall_period = self._physics_dt / factor
+            wall_period = self._physics_dt / get("real_time_factor")
             self.clock_pub = self.create_publisher(ClockMsg, "/clock", 10)
             self._origin_s = 0.0
         else:
