@@ -42,17 +42,8 @@ from ssd_ros.ros.messages import detections_to_msg, diagnostics_msg, label_info_
 from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
 
-# Parameters that define the model and the wiring; they are read once at start.
-RESTART_REQUIRED = (
-    "model_path",
-    "use_coco_weights",
-    "device",
-    "image_topic",
-    "compressed",
-    "qos_reliability",
-    "qos_depth",
-)
-# Parameters applied while running; the first four are Detector attributes of the same name.
+# Parameters applied while running (the others are read-only: restart to change them); the first four are
+# Detector attributes of the same name.
 DETECTOR_SETTINGS = ("score_threshold", "nms_iou", "max_detections", "class_filter")
 RUNTIME = (*DETECTOR_SETTINGS, "publish_annotated")
 
@@ -62,13 +53,14 @@ STATS_WINDOW = 100  # inference times / image ages kept for the percentiles
 
 
 PARAMETERS: ParameterTable = {
-    "model_path": param("", "SSD checkpoint (.pt) to load (restart required to change)"),
+    "model_path": param("", "SSD checkpoint (.pt) to load (restart required to change)", read_only=True),
     "use_coco_weights": param(
         False,
         "ignore model_path and use torchvision's COCO-trained SSD300 (needs internet once or torch's cache; "
         "restart required)",
+        read_only=True,
     ),
-    "device": param("auto", "inference device: auto | cpu | cuda | cuda:N (restart required)"),
+    "device": param("auto", "inference device: auto | cpu | cuda | cuda:N (restart required)", read_only=True),
     "score_threshold": param(0.3, "minimum detection score in [0, 1]", limits=(0.0, 1.0)),
     "nms_iou": param(0.45, "IoU above which same-class boxes are suppressed, in [0, 1]", limits=(0.0, 1.0)),
     "max_detections": param(100, "most detections per image (>= 1)", limits=(1, 10000)),
@@ -76,15 +68,19 @@ PARAMETERS: ParameterTable = {
     "image_topic": param(
         "image_raw",
         "input image topic; with compressed=true the node subscribes <image_topic>/compressed (restart required)",
+        read_only=True,
     ),
     "compressed": param(
-        False, "subscribe sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed (restart required)"
+        False,
+        "subscribe sensor_msgs/CompressedImage (jpeg/png) on <image_topic>/compressed (restart required)",
+        read_only=True,
     ),
     "qos_reliability": param(
         "best_effort",
         "input subscription reliability: best_effort (matches every camera) | reliable (restart required)",
+        read_only=True,
     ),
-    "qos_depth": param(1, "input subscription queue depth (restart required)", limits=(1, 100)),
+    "qos_depth": param(1, "input subscription queue depth (restart required)", limits=(1, 100), read_only=True),
     "publish_annotated": param(True, "draw detections on image_annotated (only while it has subscribers)"),
 }
 
@@ -107,7 +103,6 @@ class DetectorNode(Node):
     def __init__(self) -> None:
         super().__init__("detector")
         values = declare_all(self, PARAMETERS)
-        values["class_filter"] = values["class_filter"] or []  # unset: no filter
         reliability = values["qos_reliability"]
         if reliability not in _RELIABILITY:
             raise StartupError(f"qos_reliability must be one of {', '.join(_RELIABILITY)}, got {reliability!r}")
@@ -166,8 +161,7 @@ class DetectorNode(Node):
     # --- model and parameters -------------------------------------------------------------------------------
 
     def _load_detector(self, values: dict) -> tuple[Detector, str]:
-        settings = {name: values[name] for name in ("score_threshold", "nms_iou", "max_detections")}
-        settings["class_filter"] = values["class_filter"]
+        settings = {name: values[name] for name in DETECTOR_SETTINGS}  # class_filter unset (None): all classes
         try:
             if values["use_coco_weights"]:
                 detector = Detector.from_coco(device=values["device"], **settings)
@@ -184,18 +178,12 @@ class DetectorNode(Node):
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         """Apply runtime changes all together or not at all; the Detector's setters validate the values."""
-        restart = [p.name for p in parameters if p.name in RESTART_REQUIRED]
-        if restart:
-            return SetParametersResult(
-                successful=False, reason=f"{', '.join(restart)} cannot change at runtime: restart required"
-            )
         changes = {p.name: p.value for p in parameters if p.name in RUNTIME}
         before = {name: getattr(self._detector, name) for name in DETECTOR_SETTINGS}
         try:
             for name, value in changes.items():
                 if name in DETECTOR_SETTINGS:
-                    # An empty string array means no filter.
-                    setattr(self._detector, name, value if name != "class_filter" else (value or None))
+                    setattr(self._detector, name, value)  # an empty class_filter means no filter
         except ValueError as error:
             for name, value in before.items():
                 setattr(self._detector, name, value)
