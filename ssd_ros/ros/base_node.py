@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from dataclasses import fields
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -182,7 +181,6 @@ class BaseNode(Node):
         self._settings = settings
         self._frequency_hz = self._hardware.pca.frequency_hz()
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self._warned_at: dict[str, float] = {}
         self._last_error = ""
         self._errors_at_last_diagnostics = 0
         self._last_applied: BaseOutput | None = None  # None until the hardware accepted an output
@@ -222,9 +220,9 @@ class BaseNode(Node):
             return
         output = self._controller.command(twist.linear.x, twist.angular.z, self._now_s())
         if output is None:
-            self._warn(
-                "nonfinite",
+            self.get_logger().warning(
                 f"rejected cmd_vel with non-finite values (linear.x={twist.linear.x}, angular.z={twist.angular.z})",
+                throttle_duration_sec=WARNING_INTERVAL_S,
             )
             return
         if output != self._last_applied:
@@ -246,7 +244,10 @@ class BaseNode(Node):
             self._last_applied = None
             self._controller.counters.hardware_errors += 1
             self._last_error = f"{type(error).__name__}: {error}"
-            self._warn("hardware", f"could not drive the actuators ({output.reason}): {self._last_error}")
+            self.get_logger().warning(
+                f"could not drive the actuators ({output.reason}): {self._last_error}",
+                throttle_duration_sec=WARNING_INTERVAL_S,
+            )
             return
         self._last_applied = output
         self._readback = readback
@@ -261,12 +262,6 @@ class BaseNode(Node):
             float(readback.motor_duty),
         ]
         self._state_pub.publish(message)
-
-    def _warn(self, kind: str, text: str) -> None:
-        now = time.monotonic()
-        if now - self._warned_at.get(kind, -math.inf) >= WARNING_INTERVAL_S:
-            self._warned_at[kind] = now
-            self.get_logger().warning(text)
 
     # --- parameters --------------------------------------------------------------------------------------
     def _on_set_parameters(self, parameters) -> SetParametersResult:

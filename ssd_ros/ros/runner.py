@@ -28,10 +28,6 @@ class StartupError(Exception):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run_node(
     name: str,
     factory: Callable[[], NodeT],
@@ -56,7 +52,7 @@ def run_node(
         logger.fatal(f"cannot start: {error}")
         return 1
     for signum in STOP_SIGNALS:  # while building (loading a model can take seconds): a plain interrupt
-        signal.signal(signum, _raise_keyboard_interrupt)
+        signal.signal(signum, signal.default_int_handler)
     try:
         node = factory()
     except (
