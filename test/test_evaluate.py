@@ -226,6 +226,8 @@ def test_cuda_unavailable(checkpoints, tmp_path):
 def test_bad_option_combinations(checkpoints, tmp_path):
     status, _, stderr = run("--checkpoint", checkpoints["voc"], "--folder", tmp_path, "--split", "2012/val")
     assert status == 2 and "--split applies to --data" in stderr
+    status, _, stderr = run("--checkpoint", checkpoints["voc"], "--folder", tmp_path, "--split=2012/val")
+    assert status == 2 and "--split applies to --data" in stderr
     status, _, stderr = run("--checkpoint", checkpoints["voc"], "--data", tmp_path, "--folder", tmp_path)
     assert status == 2 and "not allowed with" in stderr
     status, _, stderr = run("--checkpoint", checkpoints["voc"], "--data", tmp_path, "--iou", "1.5")

@@ -66,7 +66,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     source.add_argument(
         "--folder", type=Path, help="a VOC-format folder: Annotations/+JPEGImages/ or plain image+XML pairs"
     )
-    parser.add_argument("--split", default="2007/test", help="with --data: YEAR/SET, e.g. 2007/test or 2012/val")
+    parser.add_argument("--split", help="with --data: YEAR/SET, e.g. 2012/val (default: 2007/test)")
     parser.add_argument(
         "--image-set",
         help="with --folder holding ImageSets/Main: the list to use (default: every annotation)",
@@ -83,8 +83,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output folder (default: eval/<checkpoint name>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.folder is not None and "--split" in (argv if argv is not None else sys.argv[1:]):
+    if args.folder is not None and args.split is not None:
         parser.error("--split applies to --data (use --image-set with --folder)")
+    if args.data is not None and args.split is None:
+        args.split = "2007/test"
     if args.data is not None and args.image_set is not None:
         parser.error("--image-set applies to --folder (use --split with --data)")
     for name in ("batch_size", "max_detections"):
