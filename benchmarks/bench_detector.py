@@ -265,8 +265,7 @@ def main() -> int:
         f"torch {torch.__version__} ({torch.get_num_threads()} thread(s)), Python {platform.python_version()}",
         f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} RGB; model: {checkpoint.name if args.checkpoint else 'random init'}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; command: `python benchmarks/{Path(__file__).name} "
-        f"{' '.join(sys.argv[1:])}`".rstrip()
-        + "",
+        f"{' '.join(sys.argv[1:])}`".rstrip(),
         "",
     ]
 

@@ -32,7 +32,8 @@ from ssd_ros.tools.bagio import add_topic, open_writer, serialize
 from ssd_ros.voc import load_image_rgb, parse_annotation
 from ssd_ros.voc_metric import evaluate_detections
 
-PICAR_CLASSES = ("Person", "Stop Sign", "Red Traffic Light", "Speed Limit 25", "Green Traffic Light", "Speed Limit 40")
+# The test checkpoint's own class order (not the sorted order of conftest.PICAR_CLASSES).
+MODEL_CLASSES = ("Person", "Stop Sign", "Red Traffic Light", "Speed Limit 25", "Green Traffic Light", "Speed Limit 40")
 FRAMES = 8
 START_S = 1_700_000_000.0
 # An untrained model's scores are about 1 / (classes + 1): a low threshold gives detections to check.
@@ -52,7 +53,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    card = ModelCard.for_architecture("ssdlite320_mobilenet_v3", PICAR_CLASSES, dataset="test")
+    card = ModelCard.for_architecture("ssdlite320_mobilenet_v3", MODEL_CLASSES, dataset="test")
     path = tmp_path_factory.mktemp("model") / "picar_lite.pt"
     save_checkpoint(path, card.build_model(), card)
     return path
@@ -95,7 +96,7 @@ def test_output_bag_reads_back_with_rclpy(tmp_path, camera_bags, checkpoint, kin
     source = camera_bags[kind, storage]
     out = tmp_path / "eval"
     argv = [source, "--checkpoint", checkpoint, "--out", out, "--storage", storage, *DETECTOR_ARGS]
-    argv += ["--follow-classes", *PICAR_CLASSES, "--follow-param", "min_score=0.0"]
+    argv += ["--follow-classes", *MODEL_CLASSES, "--follow-param", "min_score=0.0"]
     status, stdout, _ = run_eval(argv, capsys)
     assert status == 0
 
@@ -127,7 +128,7 @@ def test_output_bag_reads_back_with_rclpy(tmp_path, camera_bags, checkpoint, kin
         assert array.header == image.header and annotated.header == image.header
         for det in array.detections:
             assert det.header == image.header
-            assert det.results[0].hypothesis.class_id in PICAR_CLASSES
+            assert det.results[0].hypothesis.class_id in MODEL_CLASSES
         # The same decoding and Detector as the live node, frame by frame.
         rgb = decode(image)
         expected = detector(rgb)
@@ -146,7 +147,7 @@ def test_output_bag_reads_back_with_rclpy(tmp_path, camera_bags, checkpoint, kin
     # (to float32 precision: the boxes went through the message's centre/size form).
     commands = messages["/cmd_vel"]
     assert [t for t, _ in commands] == [t for t, _ in messages[image_topic]]
-    params = {"image_width": 320, "image_height": 240, "target_classes": list(PICAR_CLASSES), "min_score": 0.0}
+    params = {"image_width": 320, "image_height": 240, "target_classes": list(MODEL_CLASSES), "min_score": 0.0}
     controller = FollowController(params_from_mapping(params))
     moving = 0
     for (tick_ns, cmd_raw), (_, det_raw) in zip(commands, detections, strict=True):
@@ -239,7 +240,7 @@ def test_ground_truth_ap_by_stamp_and_by_index(tmp_path, checkpoint, capsys):
     jpgs = sorted(folder.glob("*.jpg"))
     annotations = [parse_annotation(p.with_suffix(".xml")) for p in jpgs]
     detector = Detector.from_checkpoint(checkpoint, score_threshold=0.01, max_detections=50, device="cpu")
-    expected = evaluate_detections([detector(load_image_rgb(p)) for p in jpgs], annotations, PICAR_CLASSES)
+    expected = evaluate_detections([detector(load_image_rgb(p)) for p in jpgs], annotations, MODEL_CLASSES)
     for result in (by_stamp, by_index):
         assert result["frames_evaluated"] == len(jpgs)
         assert result["map"] == pytest.approx(expected.map, abs=1e-6)
@@ -271,7 +272,7 @@ def test_ground_truth_by_stamp_evaluates_only_the_labelled_frames(tmp_path, chec
     jpgs = sorted(folder.glob("*.jpg"))
     kept = [parse_annotation(jpgs[i].with_suffix(".xml")) for i in (0, 2, 4)]
     npos = {
-        name: sum(n == name and not d for a in kept for n, d in zip(a.names, a.difficult)) for name in PICAR_CLASSES
+        name: sum(n == name and not d for a in kept for n, d in zip(a.names, a.difficult)) for name in MODEL_CLASSES
     }
     assert {c["name"]: c["npos"] for c in result["classes"]} == npos
 

@@ -49,25 +49,20 @@ class InfiniteSampler(Sampler):
     rank's stream (``iteration * batch_size`` when resuming).
     """
 
-    def __init__(
-        self, size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0, shuffle: bool = True
-    ) -> None:
+    def __init__(self, size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
         if size <= 0:
             raise ValueError("cannot sample from an empty dataset")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-        self.start, self.shuffle = start, shuffle
+        self.start = start
         self.per_pass = math.ceil(size / world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         pass_index, offset = divmod(self.start, self.per_pass)
         position = self.start
         while True:
-            if self.shuffle:
-                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + pass_index))
-            else:
-                order = torch.arange(self.size)
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + pass_index))
             padded = self.per_pass * self.world_size
             if padded > self.size:
                 order = order.repeat(math.ceil(padded / self.size))[:padded]

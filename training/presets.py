@@ -91,7 +91,7 @@ class SSDTrainPreset:
 
 
 class SSDEvalPreset:
-    """Deterministic resize to the input size and conversion to float, for loss evaluation."""
+    """Deterministic resize to the input size and conversion to float (training with ``--no-augment``)."""
 
     def __init__(self, size: Sequence[int] = (300, 300)) -> None:
         self.transforms = T.Compose(_resize_and_sanitise(size))
