@@ -73,6 +73,30 @@ else
     || fail "vision_msgs build" "see $ROOT/log/latest_build/vision_msgs/stdout_stderr.log"
 fi
 
+# The launch runtime (launch, launch_ros, composition_interfaces) is not on PyPI. Where ../shared/vendor
+# holds its unmodified Jazzy sources, build them so the launch tests run rover.launch.py for real; without
+# them (or with an installed launch runtime, used as it is) the launch tests skip and say why.
+VENDOR=$ROOT/../shared/vendor
+if [ -d "$VENDOR" ]; then
+  if python -c 'import launch_ros' 2>/dev/null && [ ! -d "$ROOT/install/launch_ros" ]; then
+    step "launch/launch_ros already installed in the environment: not building the vendored copies"
+  else
+    step "building the vendored launch runtime (launch, launch_ros, composition_interfaces) for the launch tests"
+    # The vendor folder is read-only (CI) and colcon writes next to ament_python sources: build from a
+    # copy under build/, refreshed only when the sources differ so a second run stays a no-op.
+    SRC=$ROOT/build/vendor_src
+    if ! diff -rq "$VENDOR" "$SRC" >/dev/null 2>&1; then
+      rm -rf "$SRC" && mkdir -p "$ROOT/build" && cp -R "$VENDOR" "$SRC" && chmod -R u+w "$SRC" \
+        || fail "vendored launch sources" "could not copy $VENDOR to $SRC"
+    fi
+    # PYTHONWARNINGS: the upstream setup.py files draw setuptools deprecation banners that are not ours to fix.
+    PYTHONWARNINGS=ignore "${COLCON[@]}" --base-paths "$SRC" --packages-select composition_interfaces launch launch_ros \
+      --event-handlers console_cohesion- summary+ \
+      --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF \
+      || fail "launch runtime build" "see $ROOT/log/latest_build/ (launch, launch_ros, composition_interfaces)"
+  fi
+fi
+
 step "building ssd_ros"
 "${COLCON[@]}" --base-paths "$ROOT" --packages-select ssd_ros --symlink-install --event-handlers summary+ \
   || fail "ssd_ros build" "see $ROOT/log/latest_build/ssd_ros/stdout_stderr.log"
