@@ -1,11 +1,14 @@
-"""Detection2DArray -> Detections: what a malformed message from another node may not smuggle in."""
+"""Message conversions: what a malformed Detection2DArray may not smuggle in; stamps and velocity commands."""
 
 import math
 
 import pytest
+from geometry_msgs.msg import Twist, TwistStamped
+from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
-from ssd_ros.ros.messages import msg_to_detections
+from ssd_ros.follow import Command
+from ssd_ros.ros.messages import msg_to_detections, stamp_msg, stamp_ns, twist_msg, twist_to_command
 
 
 def _detection(cx=320.0, cy=240.0, w=40.0, h=120.0, score=0.9, class_id="person") -> Detection2D:
@@ -38,3 +41,21 @@ def test_a_valid_detection_becomes_corner_boxes():
 def test_malformed_detections_are_dropped(bad):
     msg = Detection2DArray(detections=[_detection(**bad), _detection(class_id="dog")])
     assert msg_to_detections(msg).names == ["dog"]
+
+
+@pytest.mark.parametrize("ns", [0, 1, 1_700_000_000_123_456_789, -1, -1_500_000_000])
+def test_stamp_msg_is_the_inverse_of_stamp_ns(ns):
+    stamp = stamp_msg(ns)
+    assert 0 <= stamp.nanosec < 1_000_000_000  # the only valid layout of builtin_interfaces/Time
+    assert stamp_ns(Header(stamp=stamp)) == ns
+
+
+def test_twist_msg_carries_linear_x_and_angular_z_with_their_signs():
+    command = Command(0.25, -0.5)  # forward, turning right
+    plain = twist_msg(command)
+    assert isinstance(plain, Twist) and (plain.linear.x, plain.angular.z) == (0.25, -0.5)
+    assert plain.linear.y == plain.linear.z == plain.angular.x == plain.angular.y == 0.0
+    stamped = twist_msg(command, stamped=True, frame_id="base_link", now_ns=2_000_000_001)
+    assert isinstance(stamped, TwistStamped) and stamped.twist == plain
+    assert stamped.header.frame_id == "base_link" and stamp_ns(stamped.header) == 2_000_000_001
+    assert twist_to_command(stamped) == twist_to_command(plain) == command

@@ -22,7 +22,7 @@ from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping
-from ssd_ros.ros.messages import diagnostics_msg, msg_to_detections, stamp_ns
+from ssd_ros.ros.messages import diagnostics_msg, msg_to_detections, stamp_ns, twist_msg
 from ssd_ros.ros.params import ParameterTable, declare_all, param
 from ssd_ros.ros.runner import run_node
 
@@ -161,17 +161,9 @@ class FollowerNode(Node):
         self.publish(command)
 
     def publish(self, command: Command) -> None:
-        """Publish ``command`` as Twist or TwistStamped."""
-        twist = Twist()
-        twist.linear.x = float(command.linear_mps)
-        twist.angular.z = float(command.angular_radps)
-        if self._stamped:
-            msg = TwistStamped(twist=twist)
-            msg.header.stamp = self.get_clock().now().to_msg()
-            msg.header.frame_id = self.get_parameter("cmd_frame_id").value
-        else:
-            msg = twist
-        self.cmd_pub.publish(msg)
+        """Publish ``command`` as Twist or TwistStamped (stamped with the node clock)."""
+        now_ns = self.get_clock().now().nanoseconds
+        self.cmd_pub.publish(twist_msg(command, self._stamped, self.get_parameter("cmd_frame_id").value, now_ns))
 
     def _publish_diagnostics(self) -> None:
         controller = self.controller

@@ -5,11 +5,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Twist, TwistStamped
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose, VisionClass
 
 from ssd_ros.detections import Detections
+from ssd_ros.follow import Command
+
+# A "latched" topic (ROS 1 wording): the last message is kept for subscribers that join later, such as
+# label_info or the base's state. Publisher and subscriber must both use it to be matched.
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def detections_to_msg(detections: Detections, header: Header) -> Detection2DArray:
@@ -36,6 +44,28 @@ def detections_to_msg(detections: Detections, header: Header) -> Detection2DArra
 def stamp_ns(header) -> int:
     """A header stamp in integer nanoseconds (plain arithmetic: rclpy's ``Time`` refuses negative stamps)."""
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def stamp_msg(ns: int) -> TimeMsg:
+    """The stamp of ``ns`` integer nanoseconds; the inverse of :func:`stamp_ns`, negative times included."""
+    sec, nanosec = divmod(int(ns), 1_000_000_000)
+    return TimeMsg(sec=sec, nanosec=nanosec)
+
+
+def twist_msg(command: Command, stamped: bool = False, frame_id: str = "", now_ns: int = 0) -> Twist | TwistStamped:
+    """``command`` as a Twist, or as a TwistStamped in ``frame_id`` stamped ``now_ns``."""
+    twist = Twist()
+    twist.linear.x = float(command.linear_mps)
+    twist.angular.z = float(command.angular_radps)
+    if not stamped:
+        return twist
+    return TwistStamped(header=Header(stamp=stamp_msg(now_ns), frame_id=frame_id), twist=twist)
+
+
+def twist_to_command(msg: Twist | TwistStamped) -> Command:
+    """The (linear.x, angular.z) pair of a Twist or TwistStamped; the other components mean nothing to a car."""
+    twist = msg.twist if isinstance(msg, TwistStamped) else msg
+    return Command(twist.linear.x, twist.angular.z)
 
 
 # Far beyond any image, far below float32's range.

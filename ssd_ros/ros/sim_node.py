@@ -21,13 +21,12 @@ from geometry_msgs.msg import Pose, PoseArray, PoseStamped, Twist, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.time import Time
 from rosgraph_msgs.msg import Clock as ClockMsg
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import FollowParams
-from ssd_ros.ros.messages import detections_to_msg
+from ssd_ros.ros.messages import detections_to_msg, stamp_msg, twist_to_command
 from ssd_ros.ros.params import ParameterTable, declare_all, param
 from ssd_ros.ros.runner import run_node
 from ssd_ros.sim import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
@@ -186,8 +185,8 @@ class SimNode(Node):
         return self._origin_s + self.sim.time
 
     def _on_cmd_vel(self, msg) -> None:
-        twist = msg.twist if isinstance(msg, TwistStamped) else msg
-        self._command = (twist.linear.x, twist.angular.z)
+        command = twist_to_command(msg)
+        self._command = (command.linear_mps, command.angular_radps)
         self._command_time_s = self._sim_now_s()
 
     def _on_step(self) -> None:
@@ -207,11 +206,11 @@ class SimNode(Node):
             fresh = self._sim_now_s() - self._command_time_s <= self._cmd_timeout_s
             self.sim.step(*(self._command if fresh else (0.0, 0.0)), step)
             dt -= step
-        now = Time(seconds=self._sim_now_s()).to_msg()
+        now = stamp_msg(round(self._sim_now_s() * 1e9))
         if self._publish_clock:
             self.clock_pub.publish(ClockMsg(clock=now))
         for stamp_s, detections in self.sim.poll():
-            header = Header(stamp=Time(seconds=self._origin_s + stamp_s).to_msg(), frame_id=self._camera_frame)
+            header = Header(stamp=stamp_msg(round((self._origin_s + stamp_s) * 1e9)), frame_id=self._camera_frame)
             self.detections_pub.publish(detections_to_msg(detections, header))
         if self.sim.time + 1e-9 >= self._next_pose_s:
             self._next_pose_s += self._pose_period

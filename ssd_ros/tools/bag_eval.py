@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from geometry_msgs.msg import Twist, TwistStamped
 from std_msgs.msg import Header
 from tqdm import tqdm
 
@@ -41,7 +40,7 @@ from ssd_ros.drawing import draw_detections
 from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping, read_params_file
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
-from ssd_ros.ros.messages import detections_to_msg, stamp_ns
+from ssd_ros.ros.messages import detections_to_msg, stamp_ns, twist_msg
 from ssd_ros.tools.bagio import (
     COMPRESSED_IMAGE_TYPE,
     IMAGE_TYPES,
@@ -285,22 +284,14 @@ class Evaluation:
             self.pending_detections = None
             command = self.controller.update(detections, stamp_s, now_ns / 1e9)
             self.stats.commands.append(command)
-            self.writer.write(self.cmd_conn, now_ns, serialize(self._twist(command, now_ns)))
+            twist = twist_msg(command, self.follower.twist_stamped, self.follower.frame_id, now_ns)
+            self.writer.write(self.cmd_conn, now_ns, serialize(twist))
             self.next_tick_ns += self.period_ns
 
     def finish(self) -> None:
         """Ticks up to and including the last image's time."""
         if self.last_image_ns is not None:
             self._ticks_before(self.last_image_ns, inclusive=True)
-
-    def _twist(self, command: Command, now_ns: int):
-        twist = Twist()
-        twist.linear.x, twist.angular.z = float(command.linear_mps), float(command.angular_radps)
-        if not self.follower.twist_stamped:
-            return twist
-        header = Header(frame_id=self.follower.frame_id)
-        header.stamp.sec, header.stamp.nanosec = divmod(now_ns, 1_000_000_000)
-        return TwistStamped(header=header, twist=twist)
 
 
 def run(args) -> tuple[dict, int]:
