@@ -7,11 +7,18 @@ Every node reads its parameters from ``share/ssd_ros/config/<node>.yaml``; the a
 the few that change from run to run. The base driver runs on simulated hardware unless ``base:=picar_b``,
 so nothing moves by accident. For a split deployment (camera and base on the Pi, detector and follower on
 a laptop) start this file on both machines with different switches; see docs/picar_b.md.
+
+The launch starts all or nothing: a missing checkpoint, camera package or rviz2 is refused before any
+process starts (one error line naming the argument), and every process it starts is required: when one
+exits, the whole launch shuts down, so the motor driver never runs without the nodes that supervise it.
 """
 
+import os
+
+import yaml
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction, LogInfo, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node, PushRosNamespace
 
@@ -21,7 +28,8 @@ ARGUMENTS = [
     DeclareLaunchArgument(
         "model_path",
         default_value="",
-        description="SSD checkpoint (.pt) for the detector; empty keeps model_path from config/detector.yaml",
+        description="SSD checkpoint (.pt) for the detector; empty keeps model_path from config/detector.yaml "
+        "(the launch refuses to start a detector without a model)",
     ),
     DeclareLaunchArgument("device", default_value="auto", description="detector inference device: auto | cpu | cuda"),
     DeclareLaunchArgument(
@@ -43,7 +51,7 @@ ARGUMENTS = [
         "camera",
         default_value="none",
         description="camera driver to start: none | camera_ros (libcamera, Pi camera) | v4l2_camera (USB/V4L2); "
-        "skipped with a message when the package is not installed",
+        "publishes camera/image_raw (+ /compressed); the launch refuses a driver that is not installed",
     ),
     DeclareLaunchArgument(
         "base",
@@ -61,7 +69,11 @@ ARGUMENTS = [
         default_value="false",
         description="cmd_vel as geometry_msgs/TwistStamped instead of Twist (follower and base driver together)",
     ),
-    DeclareLaunchArgument("rviz", default_value="false", description="start RViz with config/rover.rviz"),
+    DeclareLaunchArgument(
+        "rviz",
+        default_value="false",
+        description="start RViz with config/rover.rviz (needs rviz2; closing RViz stops the launch)",
+    ),
     DeclareLaunchArgument(
         "namespace", default_value="", description="ROS namespace for every node (e.g. picar1 for several cars)"
     ),
@@ -70,9 +82,14 @@ ARGUMENTS = [
     ),
 ]
 
-# Camera drivers: the node publishes <namespace>/camera/image_raw (and .../compressed), 640x480.
-CAMERAS = ("camera_ros", "v4l2_camera")
+# Camera drivers and the apt package that provides each. Both publish camera/image_raw,
+# camera/image_raw/compressed and camera/camera_info (relative to the namespace argument), 640x480.
+CAMERAS = {"camera_ros": "ros-jazzy-camera-ros", "v4l2_camera": "ros-jazzy-v4l2-camera"}
 BASES = ("picar_b", "sim", "none")
+
+
+class LaunchRefused(RuntimeError):
+    """The arguments cannot give a working rover; raised before any process starts, with the fix."""
 
 
 def _flag(context, name: str) -> bool:
@@ -81,13 +98,13 @@ def _flag(context, name: str) -> bool:
         return True
     if text in ("false", "0", "no", "off"):
         return False
-    raise ValueError(f"launch argument {name}:={text!r} is not a boolean (true/false)")
+    raise LaunchRefused(f"launch argument {name}:={text!r} is not a boolean (true/false)")
 
 
-def _choice(context, name: str, choices: tuple[str, ...]) -> str:
+def _choice(context, name: str, choices) -> str:
     value = LaunchConfiguration(name).perform(context).strip()
     if value not in choices:
-        raise ValueError(f"launch argument {name}:={value!r} must be one of {', '.join(choices)}")
+        raise LaunchRefused(f"launch argument {name}:={value!r} must be one of {', '.join(choices)}")
     return value
 
 
@@ -103,49 +120,92 @@ def _config(name: str) -> str:
     return f"{get_package_share_directory(PACKAGE)}/config/{name}"
 
 
+def _required(**node_arguments) -> Node:
+    """A node whose exit (crash, refused start, closed window) shuts the whole launch down.
+
+    Without this, a dead detector or follower leaves the base driver running unsupervised (its watchdog
+    only stops the motor); with it, launch sends SIGINT to the others and each ends with its safe action.
+    """
+    name = node_arguments["name"]
+    return Node(on_exit=Shutdown(reason=f"{name} exited: stopping every rover process"), **node_arguments)
+
+
+def _check_model(context) -> str:
+    """The model_path override for the detector ('' keeps the file's), refusing a detector without a model."""
+    model_path = LaunchConfiguration("model_path").perform(context).strip()
+    if model_path:
+        if not os.path.isfile(os.path.expanduser(model_path)):
+            raise LaunchRefused(f"launch argument model_path:={model_path}: no such file (give an SSD checkpoint .pt)")
+        return os.path.expanduser(model_path)
+    with open(_config("detector.yaml")) as stream:
+        configured = yaml.safe_load(stream)["/**"]["ros__parameters"]
+    if not configured.get("model_path") and not configured.get("use_coco_weights"):
+        raise LaunchRefused(
+            "launch argument model_path is empty and config/detector.yaml sets none: give "
+            "model_path:=/path/to/best.pt (or detector:=false where another machine runs the detector)"
+        )
+    return ""
+
+
 def _launch_setup(context):
-    """Build the node list from the evaluated arguments (OpaqueFunction: checks installed packages)."""
+    """Check every argument and installed package first, then build the node list (all or nothing)."""
     use_sim_time = _flag(context, "use_sim_time")
     stamped = _flag(context, "twist_stamped")
     camera = _choice(context, "camera", ("none", *CAMERAS))
     base = _choice(context, "base", BASES)
-    namespace = LaunchConfiguration("namespace").perform(context).strip()
+    detector, follower, rviz = _flag(context, "detector"), _flag(context, "follower"), _flag(context, "rviz")
+    compressed = _flag(context, "compressed")
+    namespace = LaunchConfiguration("namespace").perform(context).strip().strip("/")
+    if camera != "none" and not _installed(camera):
+        raise LaunchRefused(
+            f"launch argument camera:={camera}: the {camera} package is not installed "
+            f"(sudo apt install {CAMERAS[camera]}), or camera:=none when another machine publishes the images"
+        )
+    if rviz and not _installed("rviz2"):
+        raise LaunchRefused(
+            "launch argument rviz:=true: rviz2 is not installed (a ros-base install has none; sudo apt install "
+            "ros-jazzy-rviz2), or rviz:=false and view image_annotated from another machine"
+        )
+    model_path = _check_model(context) if detector else ""
     actions = []
 
-    if camera != "none" and not _installed(camera):
-        actions.append(LogInfo(msg=f"camera:={camera} requested but the package is not installed: no camera started"))
-    elif camera == "camera_ros":
+    if camera == "camera_ros":
+        # camera_ros publishes ~/image_raw, ~/image_raw/compressed and ~/camera_info: the node name is the prefix.
         actions.append(
-            Node(
+            _required(
                 package="camera_ros",
                 executable="camera_node",
                 name="camera",
                 parameters=[{"width": 640, "height": 480, "use_sim_time": use_sim_time}],
+                output="screen",
             )
         )
     elif camera == "v4l2_camera":
+        # v4l2_camera publishes image_raw through image_transport, which expands the base name before adding
+        # the transport suffix: a remap of image_raw would move the raw topic but leave image_raw/compressed
+        # behind. A namespace moves all of them (image_raw, image_raw/compressed, camera_info) together.
         actions.append(
-            Node(
+            _required(
                 package="v4l2_camera",
                 executable="v4l2_camera_node",
-                name="camera",
+                name="v4l2_camera",
+                namespace="camera",
                 parameters=[{"image_size": [640, 480], "use_sim_time": use_sim_time}],
-                remappings=[("image_raw", "camera/image_raw"), ("camera_info", "camera/camera_info")],
+                output="screen",
             )
         )
 
-    if _flag(context, "detector"):
+    if detector:
         overrides = {
             "device": LaunchConfiguration("device").perform(context),
             "image_topic": LaunchConfiguration("image_topic").perform(context),
-            "compressed": _flag(context, "compressed"),
+            "compressed": compressed,
             "use_sim_time": use_sim_time,
         }
-        model_path = LaunchConfiguration("model_path").perform(context)
         if model_path:
             overrides["model_path"] = model_path
         actions.append(
-            Node(
+            _required(
                 package=PACKAGE,
                 executable="detector",
                 name="detector",
@@ -154,10 +214,10 @@ def _launch_setup(context):
             )
         )
 
-    if _flag(context, "follower"):
+    if follower:
         target_classes = [name.strip() for name in LaunchConfiguration("target_class").perform(context).split(",")]
         actions.append(
-            Node(
+            _required(
                 package=PACKAGE,
                 executable="follower",
                 name="follower",
@@ -175,7 +235,7 @@ def _launch_setup(context):
 
     if base != "none":
         actions.append(
-            Node(
+            _required(
                 package=PACKAGE,
                 executable="picar_base",
                 name="picar_base",
@@ -187,14 +247,17 @@ def _launch_setup(context):
             )
         )
 
-    if _flag(context, "rviz"):
+    if rviz:
+        # config/rover.rviz names the absolute /image_annotated; a remap follows the namespace instead.
         actions.append(
-            Node(
+            _required(
                 package="rviz2",
                 executable="rviz2",
                 name="rviz2",
                 arguments=["-d", _config("rover.rviz")],
                 parameters=[{"use_sim_time": use_sim_time}],
+                remappings=[("/image_annotated", f"/{namespace}/image_annotated")] if namespace else [],
+                output="screen",
             )
         )
     # A scoped group so the namespace applies to these nodes only.
@@ -202,5 +265,5 @@ def _launch_setup(context):
 
 
 def generate_launch_description():
-    """Arguments plus one OpaqueFunction that starts the selected nodes."""
+    """Arguments plus one OpaqueFunction that checks them and starts the selected nodes."""
     return LaunchDescription([*ARGUMENTS, OpaqueFunction(function=_launch_setup)])

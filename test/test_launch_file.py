@@ -1,4 +1,4 @@
-"""launch/rover.launch.py checked without a launch runtime (launch/launch_ros are not on PyPI).
+"""launch/rover.launch.py checked without a launch runtime (test_launch_run.py runs it for real).
 
 The file is parsed with ``ast``, never imported. Every executable it starts must be installed, every
 parameter file it names must exist, parse and hold ``ros__parameters`` for the node, every parameter in
@@ -17,7 +17,8 @@ from conftest import EXECUTABLES, REPO_ROOT, start_executable, stop_process
 LAUNCH = REPO_ROOT / "launch" / "rover.launch.py"
 CONFIG = REPO_ROOT / "config"
 EXTERNAL_PACKAGES = {("camera_ros", "camera_node"), ("v4l2_camera", "v4l2_camera_node"), ("rviz2", "rviz2")}
-ALLOWED_IMPORTS = ("launch", "launch_ros", "ament_index_python")
+ALLOWED_IMPORTS = ("launch", "launch_ros", "ament_index_python", "os", "yaml")
+NODE_CALLS = ("Node", "_required")  # _required(...) is the launch file's Node with on_exit=Shutdown
 ALWAYS_DECLARED = {"use_sim_time"}  # rclpy declares it on every node
 
 
@@ -45,7 +46,11 @@ class LaunchModel:
             self.arguments[self.value(call.args[0])] = keywords
         self.configurations = self._configurations(calls)
         self.config_files = {self.value(c.args[0]) for c in calls if _call_name(c) == "_config"}
-        self.nodes = [self._node(c) for c in calls if _call_name(c) == "Node"]
+        self.nodes = [
+            self._node(c)
+            for c in calls
+            if _call_name(c) in NODE_CALLS and any(keyword.arg == "package" for keyword in c.keywords)
+        ]
         self.imports = [
             (n.module if isinstance(n, ast.ImportFrom) else alias.name)
             for n in ast.walk(self.tree)
