@@ -11,6 +11,7 @@ out-of-range ones, counts both, and falls back to "stop + centre" when commands 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,11 +239,36 @@ class HardwareSettings:
 
 @dataclass
 class Readback:
-    """What the actuators report: servo ticks and pulse width from the chip's registers, motor duty."""
+    """What the actuators report: servo ticks and pulse width from the chip's registers, motor duty.
 
-    servo_ticks: int
-    servo_pulse_us: float
-    motor_duty: float
+    A part that could not be read is None, and ``errors`` says why (one entry per failed part).
+    """
+
+    servo_ticks: int | None
+    servo_pulse_us: float | None
+    motor_duty: float | None
+    errors: list[str] = field(default_factory=list)
+
+    def shows(self, output: BaseOutput) -> bool:
+        """True when the hardware reads back exactly ``output``'s servo ticks and motor duty.
+
+        Duty is compared to the PCA9685's 12-bit resolution (the B2 motor's duty is quantised to ticks); a
+        stop is exactly 0 on both motor drivers.
+        """
+        if self.servo_ticks is None or self.motor_duty is None or self.servo_ticks != output.servo_ticks:
+            return False
+        if output.motor_duty == 0.0:
+            return self.motor_duty == 0.0
+        return abs(self.motor_duty - output.motor_duty) <= 0.5 / TICKS_PER_PERIOD
+
+
+class ActuatorError(Exception):
+    """One or more actuator writes failed; ``errors`` maps "motor"/"servo" to the driver's exception."""
+
+    def __init__(self, errors: dict[str, Exception]):
+        """Keep every actuator's error, so the message names all of them."""
+        self.errors = errors
+        super().__init__("; ".join(f"{part}: {type(error).__name__}: {error}" for part, error in errors.items()))
 
 
 class BaseHardware:
@@ -256,24 +282,58 @@ class BaseHardware:
         self.simulation = simulation
 
     def apply(self, output: BaseOutput) -> None:
-        """Write the servo pulse and the motor duty."""
-        self.pca.set_pulse_ticks(self.steering_channel, output.servo_ticks)
-        self.motor.drive(output.motor_duty)
+        """Write the motor duty and the servo pulse; raises ``ActuatorError`` after trying both.
+
+        A stop goes to the motor first and never depends on the steering write: on the PiCar-B the motor is
+        on GPIO and the servo on I2C, so a dead I2C bus must not keep the motor running. A driving output
+        steers first and drives only when the steering write succeeded; otherwise the motor is stopped,
+        because a car whose steering is not where the command wants it must not move.
+        """
+        errors: dict[str, Exception] = {}
+        drives = output.motor_duty != 0.0
+        if drives:
+            _attempt(errors, "servo", lambda: self.pca.set_pulse_ticks(self.steering_channel, output.servo_ticks))
+        duty = 0.0 if errors else output.motor_duty
+        _attempt(errors, "motor", lambda: self.motor.drive(duty))
+        if not drives:
+            _attempt(errors, "servo", lambda: self.pca.set_pulse_ticks(self.steering_channel, output.servo_ticks))
+        if errors:
+            raise ActuatorError(errors)
 
     def readback(self) -> Readback:
-        """Read the actuators back (the servo from the chip registers, so a lost write shows up)."""
-        ticks = self.pca.read_channel(self.steering_channel)
-        return Readback(ticks, ticks_to_us(ticks, self.pca.frequency_hz()), self.motor.readback())
+        """Read the actuators back (the servo from the chip registers, so a lost write shows up); never raises."""
+        errors: dict[str, Exception] = {}
+        ticks = _attempt(errors, "servo", lambda: self.pca.read_channel(self.steering_channel))
+        frequency = _attempt(errors, "servo", self.pca.frequency_hz) if ticks is not None else None
+        duty = _attempt(errors, "motor", self.motor.readback)
+        pulse = ticks_to_us(ticks, frequency) if ticks is not None and frequency is not None else None
+        return Readback(
+            ticks if pulse is not None else None,
+            pulse,
+            duty,
+            [f"{part}: {type(error).__name__}: {error}" for part, error in errors.items()],
+        )
 
-    def close(self, final: BaseOutput) -> None:
-        """Apply the final (safe) output, release the motor, close the bus; the servo keeps holding centre."""
+    def close(self) -> None:
+        """Release the motor (it coasts) and close the bus; the servo keeps holding its last pulse."""
         try:
-            self.apply(final)
-        finally:
             self.motor.close()
+        finally:
             close = getattr(self.pca.bus, "close", None)
             if close:
                 close()
+
+
+def _attempt(errors: dict[str, Exception], part: str, action: Callable[[], Any]) -> Any:
+    """``action()``, or None with its error recorded under ``part``.
+
+    Any exception counts: smbus raises OSError, RPi.GPIO RuntimeError, lgpio its own ``lgpio.error``.
+    """
+    try:
+        return action()
+    except Exception as error:  # noqa: BLE001 - whatever the driver raises is an actuator fault
+        errors[part] = error
+        return None
 
 
 @dataclass

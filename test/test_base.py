@@ -6,6 +6,7 @@ import pytest
 
 from ssd_ros.ackermann import steering_angle
 from ssd_ros.base import (
+    ActuatorError,
     BaseConfig,
     BaseController,
     DriveCalibration,
@@ -181,10 +182,59 @@ def test_sim_hardware_applies_and_reads_back(motor_driver):
         assert simulated_motor_duty(hardware.simulation.gpio, hardware.motor) == pytest.approx(0.5)
     else:
         assert chip.duty(15) == 1.0 and chip.duty(14) == pytest.approx(0.5)
-    hardware.close(base.safe_output("shutdown"))
+    hardware.apply(base.safe_output("shutdown"))
+    hardware.close()
     assert chip.high_ticks(2) == 300, "the servo holds centre after shutdown"
     if motor_driver == "pca9685":
         assert chip.duty(15) == chip.duty(14) == 0.0
     else:
         assert hardware.simulation.gpio.levels == {}, "GPIO pins released"
     assert chip.ignored_writes == []
+
+
+def test_stop_reaches_the_gpio_motor_while_the_i2c_bus_is_dead():
+    """PiCar-B: motor on GPIO, servo on I2C. A dead bus must not keep the motor running."""
+    hardware = open_hardware(HardwareSettings(kind="sim", motor_driver="gpio"))
+    gpio, bus = hardware.simulation.gpio, hardware.pca.bus
+    base = controller()
+    drive = base.command(0.25, 0.25 * math.tan(MAX) / WHEELBASE, now_s=0.0)
+    hardware.apply(drive)
+    assert simulated_motor_duty(gpio, hardware.motor) == pytest.approx(0.5)
+    chip = bus.devices.pop(0x40)  # the PCA9685 stops acknowledging
+
+    with pytest.raises(ActuatorError) as failure:
+        hardware.apply(base.safe_output("watchdog"))
+    assert set(failure.value.errors) == {"servo"} and "Remote I/O error" in str(failure.value)
+    assert simulated_motor_duty(gpio, hardware.motor) == 0.0, "the motor stopped although the servo write failed"
+    readback = hardware.readback()
+    assert readback.motor_duty == 0.0 and readback.servo_ticks is None and readback.servo_pulse_us is None
+    assert len(readback.errors) == 1 and readback.errors[0].startswith("servo: OSError")
+    assert not readback.shows(base.safe_output("watchdog")), "an unreadable servo is not a confirmed output"
+    assert chip.high_ticks(2) == 450, "the servo kept its last pulse"
+
+
+@pytest.mark.parametrize("motor_driver", ["gpio", "pca9685"])
+def test_driving_output_never_drives_when_the_steering_write_fails(motor_driver):
+    hardware = open_hardware(HardwareSettings(kind="sim", motor_driver=motor_driver))
+    chip, bus = hardware.simulation.chip, hardware.pca.bus
+    base = controller()
+    bus.devices.clear()
+    with pytest.raises(ActuatorError) as failure:
+        hardware.apply(base.command(0.25, 0.0, now_s=0.0))
+    # The motor was told to stop (on the B2 that write fails too, and the chip still holds the startup stop).
+    assert set(failure.value.errors) == ({"servo"} if motor_driver == "gpio" else {"servo", "motor"})
+    if motor_driver == "gpio":
+        assert simulated_motor_duty(hardware.simulation.gpio, hardware.motor) == 0.0
+    else:
+        assert chip.duty(15) == chip.duty(14) == 0.0
+
+
+def test_readback_confirms_exact_outputs_only():
+    hardware = open_hardware(HardwareSettings(kind="sim", motor_driver="pca9685"))
+    base = controller()
+    drive = base.command(0.3, 0.0, now_s=0.0)
+    hardware.apply(drive)
+    assert hardware.readback().shows(drive), "B2 duty quantised to 1/4096 still counts as shown"
+    assert not hardware.readback().shows(base.safe_output("watchdog")), "a running motor is not a stop"
+    hardware.apply(base.safe_output("watchdog"))
+    assert hardware.readback().shows(base.safe_output("watchdog"))

@@ -6,20 +6,29 @@ Subscribes ``cmd_vel`` (``geometry_msgs/Twist``, or ``TwistStamped`` with ``twis
 * ``~/state`` (``std_msgs/Float32MultiArray``, latched: reliable, transient local, depth 1) after every
   change of the outputs: ``[steering_angle_rad, servo_ticks, servo_pulse_us, motor_duty]`` (order in
   ``layout.dim[0].label`` and ``ssd_ros.base.STATE_FIELDS``); ticks, pulse and duty are read back from
-  the hardware (the PCA9685 registers), the angle is the commanded wheel angle;
-* ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, ~1 Hz): counters, outputs, command age.
+  the hardware (the PCA9685 registers), the angle is the commanded wheel angle; a value that could not be
+  read back is NaN;
+* ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, ~1 Hz): counters, outputs, command age; ERROR
+  while the hardware does not read back the wanted output.
+
+Stops (watchdog, calibration mode, a zero command, shutdown) reach the motor first and are written again
+every watchdog period until the hardware reads the motor back as stopped, so an I2C/GPIO fault at the
+moment of a stop delays it only as long as the fault lasts.
 
 The watchdog runs on a steady clock, not ROS time: with ``use_sim_time`` and no ``/clock`` (or a paused
 bag) it must still stop the car. Commands are judged by arrival time, not header stamps, so clock skew
 between a laptop running the follower and the Pi cannot stop or unstop the car. On Ctrl-C/SIGTERM the node
 applies stop + centre, publishes that state, and only then shuts ROS down.
-Calibration parameters can be changed at runtime (``ros2 param set``); wiring parameters need a restart.
+Every parameter that bounds speed, duty, timeouts or the calibration is read-only after start (anyone on the
+DDS domain can call ``set_parameters``): restart to change them. Only ``calibration_servo_ticks``, which
+stops the motor and holds the servo, can be set at runtime.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import fields
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -35,6 +44,7 @@ from ssd_ros.base import (
     HARDWARE_KINDS,
     MOTOR_DRIVERS,
     STATE_FIELDS,
+    ActuatorError,
     BaseConfig,
     BaseController,
     BaseHardware,
@@ -51,6 +61,9 @@ from ssd_ros.ros.runner import StartupError, run_node
 
 DIAGNOSTICS_PERIOD_S = 1.0
 WARNING_INTERVAL_S = 5.0
+# How long shutdown keeps writing the final stop while the hardware does not confirm it (a loose I2C cable
+# may come back); bounded, because systemd/launch escalate to SIGKILL after their own timeouts.
+SHUTDOWN_RETRY_S = 2.0
 
 
 # Wiring: read once at start (read-only). Defaults are the Adeept PiCar-B's (HardwareSettings; docs/picar_b.md).
@@ -108,27 +121,48 @@ WIRING: ParameterTable = {
     ),
 }
 
-# Calibration and limits: changeable at runtime, validated as a whole before they are used.
+# Calibration and limits: read once at start and validated as a whole. Read-only, because each of them can
+# make the car faster or blind to a lost sender (speed_at_full_duty_mps 0.01 turns any command into full duty).
 CALIBRATION: ParameterTable = {
-    "servo_centre_ticks": param(300, "servo ticks (of 4096) with the front wheels straight", limits=(1, 4095)),
-    "servo_left_ticks": param(450, "servo ticks with the wheels at max_steering_deg to the left", limits=(1, 4095)),
-    "servo_right_ticks": param(150, "servo ticks with the wheels at max_steering_deg to the right", limits=(1, 4095)),
-    "max_steering_deg": param(30.0, "front-wheel angle at servo_left_ticks / servo_right_ticks", limits=(1.0, 60.0)),
+    "servo_centre_ticks": param(
+        300, "servo ticks (of 4096) with the front wheels straight", limits=(1, 4095), read_only=True
+    ),
+    "servo_left_ticks": param(
+        450, "servo ticks with the wheels at max_steering_deg to the left", limits=(1, 4095), read_only=True
+    ),
+    "servo_right_ticks": param(
+        150, "servo ticks with the wheels at max_steering_deg to the right", limits=(1, 4095), read_only=True
+    ),
+    "max_steering_deg": param(
+        30.0, "front-wheel angle at servo_left_ticks / servo_right_ticks", limits=(1.0, 60.0), read_only=True
+    ),
     "steering_trim_deg": param(
-        0.0, "wheel angle added to every command so the car drives straight (positive = left)", limits=(-15.0, 15.0)
+        0.0,
+        "wheel angle added to every command so the car drives straight (positive = left)",
+        limits=(-15.0, 15.0),
+        read_only=True,
     ),
     "wheelbase_m": param(
-        0.14, "distance between front and rear axles (PiCar-B: measure; 0.14 is an estimate)", limits=(0.01, 2.0)
+        0.14,
+        "distance between front and rear axles (PiCar-B: measure; 0.14 is an estimate)",
+        limits=(0.01, 2.0),
+        read_only=True,
     ),
     "speed_at_full_duty_mps": param(
-        0.5, "measured forward speed at motor duty 1 (sets the m/s -> duty scale)", limits=(0.01, 20.0)
+        0.5, "measured forward speed at motor duty 1 (sets the m/s -> duty scale)", limits=(0.01, 20.0), read_only=True
     ),
-    "motor_max_duty": param(1.0, "motor duty cap in (0, 1]", limits=(0.01, 1.0)),
-    "motor_min_duty": param(0.0, "smallest duty that moves the car; non-zero commands start here", limits=(0.0, 0.99)),
-    "motor_inverted": param(False, "swap forward and reverse (motor wired the other way round)"),
+    "motor_max_duty": param(1.0, "motor duty cap in (0, 1]", limits=(0.01, 1.0), read_only=True),
+    "motor_min_duty": param(
+        0.0, "smallest duty that moves the car; non-zero commands start here", limits=(0.0, 0.99), read_only=True
+    ),
+    "motor_inverted": param(False, "swap forward and reverse (motor wired the other way round)", read_only=True),
     "cmd_timeout_s": param(
-        0.5, "no valid cmd_vel for this long -> motor stop and steering centre", limits=(0.05, 10.0)
+        0.5, "no valid cmd_vel for this long -> motor stop and steering centre", limits=(0.05, 10.0), read_only=True
     ),
+}
+
+# The one runtime parameter: it can only stop the motor and hold the servo, never make the car move.
+RUNTIME: ParameterTable = {
     "calibration_servo_ticks": param(
         -1,
         "calibration aid: >= 0 holds the servo at these ticks with the motor stopped, ignoring cmd_vel; -1 = off",
@@ -136,7 +170,7 @@ CALIBRATION: ParameterTable = {
     ),
 }
 
-PARAMETERS: ParameterTable = {**WIRING, **CALIBRATION}
+PARAMETERS: ParameterTable = {**WIRING, **CALIBRATION, **RUNTIME}
 
 
 def base_config(values: dict) -> BaseConfig:
@@ -183,7 +217,10 @@ class BaseNode(Node):
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._last_error = ""
         self._errors_at_last_diagnostics = 0
-        self._last_applied: BaseOutput | None = None  # None until the hardware accepted an output
+        # What the hardware should show, and whether it was read back showing it. A stop that is not
+        # confirmed is written again by the watchdog timer until it is.
+        self._wanted: BaseOutput = self._controller.last_output
+        self._confirmed = False
         self._readback: Readback | None = None
 
         latched = QoSProfile(
@@ -200,8 +237,8 @@ class BaseNode(Node):
             self.create_subscription(TwistStamped, "cmd_vel", lambda msg: self._on_command(msg.twist), commands)
         else:
             self.create_subscription(Twist, "cmd_vel", self._on_command, commands)
-        period = min(0.05, self._values["cmd_timeout_s"] / 4)
-        self._watchdog_timer = self.create_timer(period, self._on_watchdog, clock=self._steady)
+        self._watchdog_period_s = min(0.05, self._values["cmd_timeout_s"] / 4)
+        self.create_timer(self._watchdog_period_s, self._on_watchdog, clock=self._steady)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, clock=self._steady)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
@@ -225,7 +262,8 @@ class BaseNode(Node):
                 throttle_duration_sec=WARNING_INTERVAL_S,
             )
             return
-        if output != self._last_applied:
+        # An identical command is written again while the last one is not confirmed (a retry after a fault).
+        if output != self._wanted or not self._confirmed:
             self._apply(output)
 
     def _on_watchdog(self) -> None:
@@ -233,48 +271,56 @@ class BaseNode(Node):
         if output is not None:
             self.get_logger().info(f"no cmd_vel for {self._values['cmd_timeout_s']} s: stop and centre")
             self._apply(output)
+        elif not self._confirmed and self._wanted.motor_duty == 0.0:
+            # A stop the hardware has not confirmed: write it again, every period, until it reads back stopped.
+            # (Driving outputs are retried by the next command, which arrives well within the timeout.)
+            self._apply(self._wanted)
 
-    def _apply(self, output: BaseOutput) -> None:
+    def _apply(self, output: BaseOutput) -> bool:
+        """Write ``output``, read the hardware back and publish the state; True when the hardware shows it."""
+        self._wanted = output
         try:
             self._hardware.apply(output)
-            readback = self._hardware.readback()
-        # Any driver error (smbus: OSError, RPi.GPIO: RuntimeError, lgpio: lgpio.error) is counted and retried.
-        except Exception as error:  # noqa: BLE001
-            # Not remembered as applied, so the next command (even an identical one) retries.
-            self._last_applied = None
+            error = ""
+        except ActuatorError as failure:
+            error = str(failure)
+        readback = self._hardware.readback()
+        self._confirmed = not error and readback.shows(output)
+        if not self._confirmed:
             self._controller.counters.hardware_errors += 1
-            self._last_error = f"{type(error).__name__}: {error}"
+            self._last_error = error or "; ".join(readback.errors) or "read back differs from the output"
             self.get_logger().warning(
-                f"could not drive the actuators ({output.reason}): {self._last_error}",
+                f"could not drive the actuators ({output.reason}): {self._last_error}; motor reads "
+                f"{readback.motor_duty}",
                 throttle_duration_sec=WARNING_INTERVAL_S,
             )
-            return
-        self._last_applied = output
-        self._readback = readback
+        if readback != self._readback or self._confirmed:
+            self._readback = readback
+            self._publish_state(output, readback)
+        return self._confirmed
+
+    def _publish_state(self, output: BaseOutput, readback: Readback) -> None:
         message = Float32MultiArray()
         message.layout.dim = [
             MultiArrayDimension(label=",".join(STATE_FIELDS), size=len(STATE_FIELDS), stride=len(STATE_FIELDS))
         ]
         message.data = [
-            float(output.steering_angle_rad),
-            float(readback.servo_ticks),
-            float(readback.servo_pulse_us),
-            float(readback.motor_duty),
+            float(value) if value is not None else math.nan
+            for value in (
+                output.steering_angle_rad,
+                readback.servo_ticks,
+                readback.servo_pulse_us,
+                readback.motor_duty,
+            )
         ]
         self._state_pub.publish(message)
 
     # --- parameters --------------------------------------------------------------------------------------
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        values = dict(self._values)
-        values.update({parameter.name: parameter.value for parameter in parameters})
-        try:
-            config = base_config(values)
-        except ValueError as error:
-            return SetParametersResult(successful=False, reason=str(error))
-        self._values = values
-        self._controller.config = config
-        self._watchdog_timer.timer_period_ns = int(min(0.05, config.cmd_timeout_s / 4) * 1e9)
-        ticks = values["calibration_servo_ticks"]
+        # rclpy refuses read-only parameters before this callback runs: only calibration_servo_ticks gets here.
+        for parameter in parameters:
+            self._values[parameter.name] = parameter.value
+        ticks = self._values["calibration_servo_ticks"]
         if ticks >= 0:
             self._controller.last_command_s = None
             self._apply(BaseOutput(math.nan, ticks, 0.0, "calibration"))
@@ -285,11 +331,17 @@ class BaseNode(Node):
     # --- diagnostics -------------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         counters = self._controller.counters
-        output, readback = self._last_applied, self._readback
+        wanted, readback = self._wanted, self._readback
         new_errors = counters.hardware_errors - self._errors_at_last_diagnostics
         self._errors_at_last_diagnostics = counters.hardware_errors
         last_command = self._controller.last_command_s
-        if new_errors or output is None:
+        if not self._confirmed:
+            what = "motor stop" if wanted.motor_duty == 0.0 else "output"
+            level, message = (
+                DiagnosticStatus.ERROR,
+                f"{what} not confirmed by the hardware, retrying ({new_errors} errors): {self._last_error}",
+            )
+        elif new_errors:
             level, message = DiagnosticStatus.ERROR, f"hardware errors ({new_errors} new): {self._last_error}"
         elif self._values["calibration_servo_ticks"] >= 0:
             level, message = DiagnosticStatus.WARN, "calibration mode: cmd_vel ignored"
@@ -298,15 +350,20 @@ class BaseNode(Node):
                 DiagnosticStatus.OK,
                 "driving" if last_command is not None else "stopped (no recent cmd_vel)",
             )
+
+        def shown(value: float | None, fmt: str) -> str:
+            return format(value, fmt) if value is not None else "n/a"
+
         values = {
             "hardware": self._settings.kind,
             "motor_driver": self._settings.motor_driver,
             "pwm_frequency_hz": f"{self._frequency_hz:.3f}",
-            "last_output_reason": output.reason if output else "last output not applied",
-            "steering_angle_deg": f"{math.degrees(output.steering_angle_rad):.2f}" if output else "n/a",
-            "servo_ticks": str(readback.servo_ticks) if readback else "n/a",
-            "servo_pulse_us": f"{readback.servo_pulse_us:.1f}" if readback else "n/a",
-            "motor_duty": f"{readback.motor_duty:.3f}" if readback else "n/a",
+            "wanted_reason": wanted.reason,
+            "confirmed": str(self._confirmed),
+            "steering_angle_deg": f"{math.degrees(wanted.steering_angle_rad):.2f}",
+            "servo_ticks": shown(readback.servo_ticks if readback else None, "d"),
+            "servo_pulse_us": shown(readback.servo_pulse_us if readback else None, ".1f"),
+            "motor_duty": shown(readback.motor_duty if readback else None, ".3f"),
             "command_age_s": f"{self._now_s() - last_command:.3f}" if last_command is not None else "n/a",
             "cmd_timeout_s": str(self._values["cmd_timeout_s"]),
         }
@@ -316,18 +373,25 @@ class BaseNode(Node):
 
     # --- shutdown ----------------------------------------------------------------------------------------
     def stop_safely(self) -> None:
-        """Stop + centre, release the hardware, and make sure subscribers got the final state."""
+        """Stop + centre (retried until the hardware confirms it, for up to a few seconds), release, publish."""
         if self._hardware is None:
             return
         final = self._controller.safe_output("shutdown")
-        self._apply(final)
+        deadline = self._now_s() + SHUTDOWN_RETRY_S
+        while not self._apply(final) and self._now_s() < deadline:
+            time.sleep(self._watchdog_period_s)
+        if not self._confirmed:
+            motor = self._readback.motor_duty if self._readback else None
+            what = "the motor stopped but the steering is not centred" if motor == 0.0 else "the motor may still run"
+            self.get_logger().error(f"final stop not confirmed after {SHUTDOWN_RETRY_S} s, {what}: {self._last_error}")
         try:
-            self._hardware.close(final)
-        except Exception as error:  # noqa: BLE001 - as in _apply: whatever the driver raises
-            self.get_logger().error(f"final stop may not have reached the hardware: {error}")
+            self._hardware.close()
+        except Exception as error:  # noqa: BLE001 - as in BaseHardware: whatever the driver raises
+            self.get_logger().error(f"could not release the hardware: {error}")
         self._hardware = None
         self._state_pub.wait_for_all_acked(Duration(seconds=1.0))
-        self.get_logger().info("stopped: motor off, steering centred")
+        if self._confirmed:
+            self.get_logger().info("stopped: motor off, steering centred")
 
 
 def main(args=None) -> int:
