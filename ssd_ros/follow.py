@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from ssd_ros.ackermann import steering_angle, yaw_rate
+from ssd_ros.camera import PinholeCamera
 from ssd_ros.detections import Detections
 
 SEARCH_MODES = ("stop", "arc")
@@ -143,13 +144,9 @@ class FollowParams:
                 raise ValueError(message)
 
     @property
-    def focal_px(self) -> float:
-        """Pinhole focal length in pixels implied by the horizontal field of view."""
-        return (self.image_width / 2.0) / math.tan(math.radians(self.camera_hfov_deg) / 2.0)
-
-    def bearing_rad(self, center_x_px: float) -> float:
-        """Bearing of an image column, radians, positive = left of the optical axis (ROS yaw convention)."""
-        return math.atan2(self.image_width / 2.0 - center_x_px, self.focal_px)
+    def camera(self) -> PinholeCamera:
+        """The camera the configured image size and horizontal field of view describe."""
+        return PinholeCamera.from_hfov(self.image_width, self.image_height, self.camera_hfov_deg)
 
 
 @dataclass(frozen=True)
@@ -214,6 +211,7 @@ class FollowController:
         """Create a controller; ``params`` is validated (``ValueError`` on bad values)."""
         params.validate()
         self.params = params
+        self.camera = params.camera
         self.enabled = True
         self.counters = {"frames": 0, "stale_frames": 0, "rejected_candidates": 0, "non_finite_commands": 0}
         self.reset()
@@ -237,6 +235,7 @@ class FollowController:
         """Swap in new tuning at runtime (validated first; the track and motion state are kept)."""
         params.validate()
         self.params = params
+        self.camera = params.camera
 
     def set_enabled(self, enabled: bool) -> None:
         """Enable or disable; either transition restarts from standstill with no target."""
@@ -331,15 +330,14 @@ class FollowController:
         caused since then; candidates of another class, or whose height differs by more than
         ``association_max_size_ratio`` in width or height (another object at another depth), are not the same object.
         """
-        p = self.params
+        p, camera = self.params, self.camera
         if not len(boxes):
             return None
         reference = track.box.copy()
         if p.compensate_yaw:
             turned = self._yaw_between(track.stamp_s, stamp_s)
             center = (reference[0] + reference[2]) / 2.0
-            shifted = p.image_width / 2.0 - p.focal_px * math.tan(p.bearing_rad(center) - turned)
-            reference[[0, 2]] += shifted - center
+            reference[[0, 2]] += camera.column_px(camera.bearing_rad(center) - turned) - center
         # Width and height both: a near person's box is clipped at the image top, so its height
         # alone can look like a far person's.
         ref_size = reference[2:] - reference[:2]
@@ -347,7 +345,7 @@ class FollowController:
         same_class = np.array([n == track.class_name for n in names])
         size_ok = (np.abs(np.log(sizes / ref_size)) <= math.log(p.association_max_size_ratio)).all(axis=1)
         ious = box_iou(reference, boxes)
-        shift = np.abs((boxes[:, 0] + boxes[:, 2]) - (reference[0] + reference[2])) / (2.0 * p.image_width)
+        shift = np.abs((boxes[:, 0] + boxes[:, 2]) - (reference[0] + reference[2])) / (2.0 * camera.width_px)
         close = (ious >= p.association_min_iou) | (shift <= p.association_max_shift)
         ok = same_class & size_ok & close
         if not ok.any():
@@ -360,11 +358,11 @@ class FollowController:
     def _tracking_command(self, track: Track, now_s: float, dt: float) -> Command:
         p = self.params
         x1, y1, x2, y2 = track.box
-        bearing = p.bearing_rad((x1 + x2) / 2.0)
+        bearing = self.camera.bearing_rad((x1 + x2) / 2.0)
         if p.compensate_yaw:
             bearing -= self._yaw_between(track.stamp_s, now_s)
         self._last_bearing = bearing
-        height_fraction = (y2 - y1) / p.image_height
+        height_fraction = (y2 - y1) / self.camera.height_px
         distance_error = p.desired_height_fraction / height_fraction - 1.0  # > 0: too far
         bearing_error = _soft_deadband(bearing, math.radians(p.bearing_deadband_deg))
         linear = p.speed_gain_mps * _soft_deadband(distance_error, p.distance_deadband)
@@ -431,6 +429,35 @@ class FollowController:
             if overlap > 0:
                 total += rate * overlap
         return total
+
+
+class FollowLoop:
+    r"""The follower's timer loop around :class:`FollowController`, whatever supplies frames and time.
+
+    The follower node, ``bag_eval`` (on bag time) and the simulator's closed loop all run it: frames are
+    given to :meth:`offer` as they arrive, and every :meth:`tick` of the fixed-rate timer hands the controller
+    the newest frame not yet given to it (or None: the controller decides on every tick, so a silent
+    detector still stops the robot). An older frame that was never ticked on is dropped, as a live
+    follower would drop it. ``offer`` is the single entry point of frames, where a tracker or a camera
+    model from CameraInfo would act on them.
+    """
+
+    def __init__(self, params: FollowParams):
+        """A loop around a new controller for ``params`` (validated: ``ValueError`` on bad values)."""
+        self.controller = FollowController(params)
+        self.last_stamp_s: float | None = None  # stamp of the newest frame offered, for the age in diagnostics
+        self._pending: tuple[Detections, float | None] | None = None
+
+    def offer(self, detections: Detections, stamp_s: float | None) -> None:
+        """A frame arrived: its detections and when the image was taken (None: now)."""
+        self._pending = (detections, stamp_s)
+        self.last_stamp_s = stamp_s
+
+    def tick(self, now_s: float) -> Command:
+        """One timer tick at ``now_s`` (the clock of the stamps): the command to publish."""
+        detections, stamp_s = self._pending if self._pending is not None else (None, None)
+        self._pending = None
+        return self.controller.update(detections, stamp_s, now_s)
 
 
 def read_params_file(path: Path) -> dict:

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from ssd_ros.ackermann import steering_angle
+from ssd_ros.camera import PinholeCamera
 from ssd_ros.detections import Detections
 
 
@@ -49,9 +50,9 @@ class SimParams:
     min_box_px: float = 4.0
 
     @property
-    def focal_px(self) -> float:
-        """Pinhole focal length in pixels (square pixels)."""
-        return (self.image_width / 2.0) / math.tan(math.radians(self.camera_hfov_deg) / 2.0)
+    def camera(self) -> PinholeCamera:
+        """The simulated camera's intrinsics."""
+        return PinholeCamera.from_hfov(self.image_width, self.image_height, self.camera_hfov_deg)
 
 
 class Path(Protocol):
@@ -167,7 +168,7 @@ class TargetView:
 
 def desired_distance_m(target_height_m: float, desired_height_fraction: float, params: SimParams) -> float:
     """Camera depth at which a target of this height fills ``desired_height_fraction`` of the image."""
-    return params.focal_px * target_height_m / (desired_height_fraction * params.image_height)
+    return params.camera.fx_px * target_height_m / (desired_height_fraction * params.image_height)
 
 
 def camera_pose(rover: RoverState, params: SimParams) -> tuple[float, float, float]:
@@ -253,7 +254,8 @@ class Simulator:
         p = self.params
         cam_x, cam_y, yaw = camera_pose(self.rover, p)
         cos_y, sin_y = math.cos(yaw), math.sin(yaw)
-        f, u0, v0 = p.focal_px, p.image_width / 2.0, p.image_height / 2.0
+        camera = p.camera
+        f, u0, v0 = camera.fx_px, camera.cx_px, p.image_height / 2.0
         views = []
         for target in self.targets:
             if not target.visible:
@@ -372,12 +374,12 @@ class Trace:
 
 
 def run_closed_loop(
-    controller, sim: Simulator, duration_s: float, control_rate_hz: float = 20.0, physics_dt_s: float = 0.005
+    loop, sim: Simulator, duration_s: float, control_rate_hz: float = 20.0, physics_dt_s: float = 0.005
 ) -> Trace:
-    """Run ``controller`` (a :class:`~ssd_ros.follow.FollowController`) against ``sim`` like the node does.
+    """Run ``loop`` (a :class:`~ssd_ros.follow.FollowLoop`) against ``sim`` until ``duration_s``, like the node.
 
-    Every control tick hands the controller the newest frame that became available since the
-    previous tick (or None), then holds its command until the next tick.
+    Frames are offered to the loop when their inference finishes; it ticks at ``control_rate_hz`` and its
+    command is held until the next tick. Calling again with the same loop and simulator continues the run.
     """
     trace = Trace()
     steps_per_tick = max(1, round(1.0 / (control_rate_hz * physics_dt_s)))
@@ -385,9 +387,9 @@ def run_closed_loop(
     step = 0
     while sim.time < duration_s - 1e-9:
         if step % steps_per_tick == 0:
-            frames = sim.poll()
-            stamp, detections = frames[-1] if frames else (None, None)
-            out = controller.update(detections, stamp, sim.time)
+            for stamp, detections in sim.poll():
+                loop.offer(detections, stamp)
+            out = loop.tick(sim.time)
             command = (out.linear_mps, out.angular_radps)
             bearing, distance = bearing_and_distance(sim.rover, sim.target_positions()[0], sim.params)
             trace.t.append(sim.time)
@@ -396,7 +398,7 @@ def run_closed_loop(
             trace.linear.append(command[0])
             trace.angular.append(command[1])
             trace.steering.append(sim.rover.steering_rad)
-            trace.state.append(controller.state)
+            trace.state.append(loop.controller.state)
             trace.bearing.append(bearing)
             trace.distance.append(distance)
         sim.step(*command, physics_dt_s)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ssd_ros.detections import Detections
-from ssd_ros.follow import FollowController, FollowParams, params_from_mapping
+from ssd_ros.follow import FollowController, FollowLoop, FollowParams, params_from_mapping
 from ssd_ros.sim import (
     RoverState,
     SimParams,
@@ -27,7 +27,7 @@ PERIOD = 1.0 / 20.0
 
 def person_box(bearing_deg: float, height_fraction: float, p: FollowParams = PARAMS) -> list[float]:
     """A person-shaped box at a bearing (positive = left) filling ``height_fraction`` of the image."""
-    cx = p.image_width / 2 - p.focal_px * math.tan(math.radians(bearing_deg))
+    cx = p.camera.column_px(math.radians(bearing_deg))
     h = height_fraction * p.image_height
     return [cx - 0.15 * h, 240 - h / 2, cx + 0.15 * h, 240 + h / 2]
 
@@ -52,9 +52,9 @@ def assert_ackermann(linear, angular, p: FollowParams = PARAMS):
 def run(name, duration=None, seed=0, params=PARAMS, sim_params=SIM, on_tick=None):
     scenario = make_scenario(name, DESIRED, sim_params)
     sim = Simulator(sim_params, scenario, seed=seed)
-    controller = FollowController(params)
-    trace = run_closed_loop(controller, sim, duration or scenario.duration_s)
-    return trace, sim, controller
+    loop = FollowLoop(params)
+    trace = run_closed_loop(loop, sim, duration or scenario.duration_s)
+    return trace, sim, loop.controller
 
 
 def test_static_target_25deg_off_axis_at_twice_the_distance_converges_without_oscillation():
@@ -81,8 +81,9 @@ def test_convergence_holds_with_other_noise_seeds_and_more_latency(seed):
 @pytest.mark.parametrize("how", ["target_removed", "detector_silent"])
 def test_no_target_reaches_exact_zero_within_lost_timeout_plus_one_period(how):
     sim = Simulator(SIM, make_scenario("static", DESIRED, SIM), seed=0)
-    controller = FollowController(PARAMS)
-    run_closed_loop(controller, sim, 3.0, control_rate_hz=1.0 / PERIOD)
+    loop = FollowLoop(PARAMS)
+    controller = loop.controller
+    run_closed_loop(loop, sim, 3.0, control_rate_hz=1.0 / PERIOD)
     assert controller.state == "tracking" and controller.last_command.linear_mps > 0.2
     removed_at = sim.time
     if how == "target_removed":
@@ -90,7 +91,7 @@ def test_no_target_reaches_exact_zero_within_lost_timeout_plus_one_period(how):
     else:
         sim.detections_enabled = False
     # The world changed mid-run: the same closed loop continues from here.
-    after = run_closed_loop(controller, sim, removed_at + 3.0, control_rate_hz=1.0 / PERIOD)
+    after = run_closed_loop(loop, sim, removed_at + 3.0, control_rate_hz=1.0 / PERIOD)
     deadline = removed_at + PARAMS.lost_timeout_s + PERIOD
     late = [(v, w) for t, v, w in zip(after.t, after.linear, after.angular) if t >= deadline]
     assert late and all(v == 0.0 and w == 0.0 for v, w in late)
@@ -292,3 +293,25 @@ def test_params_from_mapping_coerces_and_ignores_foreign_keys():
     params = params_from_mapping({"target_classes": ["person", "dog"], "image_width": 320.0, "rate_hz": 5.0})
     assert params.target_classes == ("person", "dog") and params.image_width == 320
     assert isinstance(params.image_width, int)
+
+
+def test_pinhole_bearing_is_positive_left_and_inverts():
+    camera = PARAMS.camera
+    assert camera.bearing_rad(camera.cx_px) == 0.0
+    assert camera.bearing_rad(0.0) == pytest.approx(math.radians(PARAMS.camera_hfov_deg / 2))  # image left edge
+    assert camera.bearing_rad(PARAMS.image_width) == pytest.approx(-math.radians(PARAMS.camera_hfov_deg / 2))
+    for bearing in (-0.4, 0.1, 0.5):
+        assert camera.bearing_rad(camera.column_px(bearing)) == pytest.approx(bearing)
+
+
+def test_follow_loop_hands_the_newest_frame_to_one_tick_only():
+    loop = FollowLoop(PARAMS)
+    left, right = frame((person_box(15, 0.25), 0.9, "person")), frame((person_box(-15, 0.25), 0.9, "person"))
+    loop.offer(left, 0.0)
+    loop.offer(right, 0.01)  # arrived before the tick: the older frame is never used
+    assert loop.tick(0.02) == loop.controller.last_command and loop.controller.counters["frames"] == 1
+    assert loop.controller.track.box[0] == pytest.approx(right.boxes[0][0])
+    for k in range(2, 20):  # no new frame: the controller coasts on the track, counting no frame twice
+        command = loop.tick(0.01 * k)
+    assert loop.controller.counters["frames"] == 1 and loop.last_stamp_s == 0.01
+    assert command.angular_radps < 0  # the person is on the right: turn right

@@ -36,11 +36,13 @@ def test_pinhole_projection_size_and_side():
     ahead = sim_with([Target("a", StaticPath(p.camera_forward_m + d, 0.0))]).capture()[0]
     x1, y1, x2, y2 = ahead.box
     assert (x1 + x2) / 2 == pytest.approx(p.image_width / 2)
-    assert y2 - y1 == pytest.approx(p.focal_px * 1.7 / d)
-    assert x2 - x1 == pytest.approx(p.focal_px * 0.5 / d)
+    f = p.camera.fx_px
+    assert f == pytest.approx(320 / math.tan(math.radians(31)))  # 62 deg across 640 px
+    assert y2 - y1 == pytest.approx(f * 1.7 / d)
+    assert x2 - x1 == pytest.approx(f * 0.5 / d)
     assert ahead.depth_m == pytest.approx(d)
     left = sim_with([Target("a", StaticPath(p.camera_forward_m + d, 1.0))]).capture()[0]
-    assert (left.box[0] + left.box[2]) / 2 == pytest.approx(p.image_width / 2 - p.focal_px * 1.0 / d)
+    assert (left.box[0] + left.box[2]) / 2 == pytest.approx(p.image_width / 2 - f * 1.0 / d)
     behind = sim_with([Target("a", StaticPath(-3.0, 0.0))]).capture()
     outside = sim_with([Target("a", StaticPath(1.0, 5.0))]).capture()
     assert behind == [] and outside == []

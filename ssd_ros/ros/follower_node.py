@@ -21,7 +21,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 
-from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping
+from ssd_ros.follow import Command, FollowLoop, FollowParams, params_from_mapping
 from ssd_ros.ros.messages import diagnostics_msg, msg_to_detections, stamp_ns, twist_msg
 from ssd_ros.ros.params import ParameterTable, declare_all, param
 from ssd_ros.ros.runner import run_node
@@ -84,13 +84,12 @@ class FollowerNode(Node):
         """Declare parameters, create the controller, topics, service and timers."""
         super().__init__("follower")
         values = declare_all(self, PARAMETERS)
-        self.controller = FollowController(params_from_mapping(values))  # ignores the node's own parameters
+        self.loop = FollowLoop(params_from_mapping(values))  # ignores the node's own parameters
+        self.controller = self.loop.controller
         self.controller.set_enabled(values["start_enabled"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._stamped = values["twist_stamped"]
-        self._pending = None  # (Detections, stamp_s) of the newest message not yet given to the controller
-        self._last_stamp_s = None
         self.malformed_detections = 0
         self._stale_reported = 0
 
@@ -130,9 +129,7 @@ class FollowerNode(Node):
                 f"on {self.resolve_topic_name('detections')}",
                 throttle_duration_sec=5.0,
             )
-        stamp_s = stamp_ns(msg.header) / 1e9  # the controller discards implausible stamps
-        self._pending = (detections, stamp_s)
-        self._last_stamp_s = stamp_s
+        self.loop.offer(detections, stamp_ns(msg.header) / 1e9)  # the controller discards implausible stamps
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self.controller.set_enabled(request.data)
@@ -147,9 +144,7 @@ class FollowerNode(Node):
         return self.get_clock().now().nanoseconds / 1e9
 
     def _on_timer(self) -> None:
-        detections, stamp_s = self._pending if self._pending is not None else (None, None)
-        self._pending = None
-        command = self.controller.update(detections, stamp_s, self._now_s())
+        command = self.loop.tick(self._now_s())
         stale = self.controller.counters["stale_frames"]
         if stale > self._stale_reported:
             self._stale_reported = stale
@@ -169,7 +164,8 @@ class FollowerNode(Node):
         controller = self.controller
         command = controller.last_command
         track = controller.track
-        age = "none" if self._last_stamp_s is None else f"{self._now_s() - self._last_stamp_s:.3f}"
+        last = self.loop.last_stamp_s
+        age = "none" if last is None else f"{self._now_s() - last:.3f}"
         values = {
             "state": controller.state,
             "enabled": str(controller.enabled),

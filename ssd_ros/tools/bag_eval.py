@@ -3,7 +3,7 @@
 Every frame of the image topic goes through the live ``detector`` node's path: the same message
 decoding (:mod:`ssd_ros.ros.images`), the same :class:`~ssd_ros.detector.Detector`, the same
 ``Detection2DArray`` conversion (:mod:`ssd_ros.ros.messages`) and drawing. The follower's commands are
-computed with the same :class:`~ssd_ros.follow.FollowController`, ticked at ``--control-rate-hz`` on
+computed with the same :class:`~ssd_ros.follow.FollowLoop` as the node, ticked at ``--control-rate-hz`` on
 bag time. Nothing is dropped and nothing depends on wall time, so a run is reproducible.
 
 The output bag holds the input's topics (the image topic untouched) plus ``/detections``
@@ -37,7 +37,7 @@ from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector
 from ssd_ros.drawing import draw_detections
-from ssd_ros.follow import Command, FollowController, FollowParams, params_from_mapping, read_params_file
+from ssd_ros.follow import Command, FollowLoop, FollowParams, params_from_mapping, read_params_file
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import detections_to_msg, stamp_ns, twist_msg
@@ -199,8 +199,7 @@ class Evaluation:
         self.annotated_conn = add_topic(writer, ANNOTATED_TOPIC, "sensor_msgs/msg/Image") if args.annotated else None
         cmd_type = "geometry_msgs/msg/TwistStamped" if follower.twist_stamped else "geometry_msgs/msg/Twist"
         self.cmd_conn = add_topic(writer, CMD_VEL_TOPIC, cmd_type)
-        self.controller: FollowController | None = None  # made at the first good frame (needs the image size)
-        self.pending_detections: tuple[Detections, float] | None = None  # newest frame not yet given to it
+        self.loop: FollowLoop | None = None  # made at the first good frame (needs the image size)
         self.next_tick_ns: int | None = None
         self.period_ns = round(1e9 / follower.rate_hz)  # the follower node's timer period
         self.last_image_ns: int | None = None
@@ -258,11 +257,10 @@ class Evaluation:
         if self.annotated_conn is not None:
             annotated = rgb_to_image_msg(draw_detections(frame.rgb, detections), frame.header)
             self.writer.write(self.annotated_conn, frame.bag_ns, serialize(annotated))
-        if self.controller is None:
-            params = follow_params(self.detector.class_names, frame.rgb.shape, *self.follow_options)
-            self.controller = FollowController(params)
+        if self.loop is None:
+            self.loop = FollowLoop(follow_params(self.detector.class_names, frame.rgb.shape, *self.follow_options))
             self.next_tick_ns = frame.bag_ns
-        self.pending_detections = (detections, stamp_ns(frame.header) / 1e9)
+        self.loop.offer(detections, stamp_ns(frame.header) / 1e9)
         self._ground_truth(frame)
 
     def _ground_truth(self, frame: Frame) -> None:
@@ -276,13 +274,11 @@ class Evaluation:
     # -- follower --------------------------------------------------------------------------------------
     def _ticks_before(self, bag_ns: int, inclusive: bool = False) -> None:
         """Run the follower's timer ticks due before ``bag_ns`` (bag time is the clock)."""
-        if self.controller is None:
+        if self.loop is None:
             return
         while self.next_tick_ns < bag_ns or (inclusive and self.next_tick_ns == bag_ns):
             now_ns = self.next_tick_ns
-            detections, stamp_s = self.pending_detections or (None, None)
-            self.pending_detections = None
-            command = self.controller.update(detections, stamp_s, now_ns / 1e9)
+            command = self.loop.tick(now_ns / 1e9)
             self.stats.commands.append(command)
             twist = twist_msg(command, self.follower.twist_stamped, self.follower.frame_id, now_ns)
             self.writer.write(self.cmd_conn, now_ns, serialize(twist))
@@ -433,7 +429,7 @@ def make_report(args, out: Path, detector: Detector, image_conn, evaluation: Eva
             "moving": sum(1 for c in commands if c.linear_mps != 0.0 or c.angular_radps != 0.0),
             "max_abs_linear_mps": max((abs(c.linear_mps) for c in commands), default=0.0),
             "max_abs_angular_radps": max((abs(c.angular_radps) for c in commands), default=0.0),
-            "follower_counters": dict(evaluation.controller.counters) if evaluation.controller else {},
+            "follower_counters": dict(evaluation.loop.controller.counters) if evaluation.loop else {},
         },
         "replaced_topics": evaluation.replaced,
         "ground_truth": None,

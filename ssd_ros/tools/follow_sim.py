@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from ssd_ros.follow import FollowController, FollowParams, params_from_mapping, read_params_file
+from ssd_ros.follow import FollowLoop, FollowParams, params_from_mapping, read_params_file
 from ssd_ros.sim import (
     SCENARIOS,
     PathMetrics,
@@ -40,7 +40,7 @@ def simulate(
     for name in names:
         scenario = make_scenario(name, distance, sim_params)
         sim = Simulator(sim_params, scenario, seed=seed)
-        trace = run_closed_loop(FollowController(follow_params), sim, scenario.duration_s, control_rate_hz)
+        trace = run_closed_loop(FollowLoop(follow_params), sim, scenario.duration_s, control_rate_hz)
         results[name] = (trace, path_metrics(trace, distance), distance)
     return results
 
