@@ -1,13 +1,13 @@
 """Inference: RGB images of any size in, :class:`~ssd_ros.detections.Detections` in original pixels out.
 
-The :class:`Detector` runs the model's own torchvision forward (``GeneralizedRCNNTransform``: scale to
-[0, 1], normalise, bilinear resize to the network input; SSD post-processing: softmax, per-class score
-threshold and top-k, box decoding, per-class NMS, top-N; boxes scaled back to the original image).
-Its only additions are the conversion of a uint8 HxWx3 array to the float CHW tensor torchvision
-expects (``x / 255``, as ``torchvision.transforms.functional.to_tensor``), the class filter and label
-map, and clamping boxes to the image. So its output equals ``model([to_tensor(rgb)])`` with the same
-thresholds (tested to within 1 px / 1e-3), with no pre/post-processing drift between training,
-evaluation and the robot.
+The :class:`Detector` runs the SSD network on one of three backends (:mod:`ssd_ros.backends`: ``torch``, the
+reference; ``onnxruntime``; ``openvino``) and does the rest of the frame path itself, the same for every
+backend (:mod:`ssd_ros.inference`): resize and normalise exactly as torchvision's SSD transform does, then
+torchvision's SSD post-processing (softmax, per-class score threshold and top-k, box decoding, per-class
+NMS, top-N), boxes scaled back to the original image, the class filter and label map applied before NMS,
+and boxes clamped to the image. With the torch backend its output equals ``model([to_tensor(rgb)])`` with
+the same thresholds (tested to within 1 px / 1e-3), so there is no pre/post-processing drift between
+training, evaluation and the robot; the other backends are tested against it.
 """
 
 from __future__ import annotations
@@ -15,14 +15,27 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ssd_ros.checkpoint import ModelCard, load_checkpoint, load_coco_pretrained
+from ssd_ros.backends import (
+    BACKENDS,
+    PRECISIONS,
+    OnnxRuntimeNetwork,
+    OpenVinoNetwork,
+    SSDNetwork,
+    TorchNetwork,
+    spec_of_model,
+)
+from ssd_ros.checkpoint import ModelCard, check_card, load_checkpoint, load_coco_pretrained
 from ssd_ros.detections import Detections
+from ssd_ros.inference import postprocess, preprocess
+
+EXPORTED_SUFFIXES = (".onnx", ".xml")
 
 __all__ = ["Detector", "resolve_device", "validate_image"]
 
@@ -63,40 +76,38 @@ def validate_image(image: Any, what: str = "image") -> np.ndarray:
     return image
 
 
-def _num_model_classes(model: nn.Module) -> int:
-    head = getattr(getattr(model, "head", None), "classification_head", None)
-    num = getattr(head, "num_columns", None)
-    if not isinstance(num, int):
-        raise TypeError(f"expected a torchvision SSD model (with head.classification_head), got {type(model).__name__}")
-    return num
-
-
 class Detector:
     """SSD inference on RGB uint8 images of any size.
 
     Args:
-        model: a torchvision ``SSD`` (from :func:`ssd_ros.model.build_model` or a checkpoint).
+        model: a torchvision ``SSD`` (from :func:`ssd_ros.model.build_model` or a checkpoint), run by the
+            torch backend; or a network from :mod:`ssd_ros.backends` (see :meth:`from_checkpoint`, which
+            builds either from a file).
         class_names: the class names, background excluded; model label ``i + 1`` is ``class_names[i]``
             unless ``label_map`` is given.
         score_threshold: keep detections whose score is strictly above this, in [0, 1].
         nms_iou: per-class NMS IoU threshold in [0, 1].
         max_detections: keep at most this many detections per image (highest scores first), >= 1.
         class_filter: names of the classes to report (None or empty: all). Unknown names raise ValueError.
-        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        device: for a torch ``model``: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``.
         label_map: for each model output label, the index into ``class_names`` or -1 to drop it (for
             torchvision's COCO model, whose 91 outputs include background and unused ids).
         card: the :class:`~ssd_ros.checkpoint.ModelCard` the model came with, kept as ``self.card``.
         warmup_runs: forward passes run at construction (first-call allocation, cuDNN autotuning);
             0 to skip.
+        precision: for a torch ``model``: ``fp32`` or ``bf16`` (autocast).
+        num_threads: for a torch ``model``: torch's intra-op threads (process-wide); 0 leaves torch's choice.
 
     ``score_threshold``, ``nms_iou``, ``max_detections`` and ``class_filter`` are attributes that may be
     changed at any time (from any thread); each call uses the values current when it starts. Calls are
-    serialised by a lock, so one Detector can be shared by threads.
+    serialised by a lock, so one Detector can be shared by threads. ``backend``, ``precision`` and
+    ``num_threads`` say what runs the network.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Any,
         class_names: Sequence[str],
         *,
         score_threshold: float = 0.3,
@@ -107,11 +118,20 @@ class Detector:
         label_map: Sequence[int] | None = None,
         card: ModelCard | None = None,
         warmup_runs: int = 1,
+        precision: str = "fp32",
+        num_threads: int = 0,
     ):
         self.class_names: tuple[str, ...] = tuple(class_names)
         if not self.class_names:
             raise ValueError("class_names is empty")
-        num_outputs = _num_model_classes(model)
+        if isinstance(model, nn.Module):
+            if not hasattr(getattr(model, "head", None), "classification_head"):
+                raise TypeError(
+                    f"expected a torchvision SSD model (with head.classification_head), got {type(model).__name__}"
+                )
+            model = TorchNetwork(model, device=resolve_device(device), precision=precision, num_threads=num_threads)
+        self.network = model
+        num_outputs = self.network.spec.num_outputs
         if label_map is None:
             if num_outputs != len(self.class_names) + 1:
                 raise ValueError(
@@ -126,22 +146,39 @@ class Detector:
                 "class names"
             )
         self.card = card
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
         self._label_map = torch.tensor(label_map, dtype=torch.int64)
-        self._drops_labels = any(v < 0 for v in label_map[1:])
         self._lock = threading.Lock()
         self._score_threshold = 0.0
         self._nms_iou = 0.0
         self._max_detections = 1
         self._class_filter: tuple[str, ...] | None = None
-        self._filter_mask: torch.Tensor | None = None
+        self._keep_outputs = self._label_map >= 0
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
         self.max_detections = max_detections
         self.class_filter = class_filter
         for _ in range(int(warmup_runs)):
             self.warmup()
+
+    @property
+    def backend(self) -> str:
+        """What runs the network: ``torch``, ``onnxruntime`` or ``openvino``."""
+        return self.network.name
+
+    @property
+    def precision(self) -> str:
+        """The network's arithmetic: ``fp32``, ``bf16`` or ``int8`` (what really runs, after any fallback)."""
+        return self.network.precision
+
+    @property
+    def num_threads(self) -> int:
+        """CPU threads the network uses."""
+        return self.network.num_threads
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs."""
+        return self.network.device
 
     # -- construction helpers ---------------------------------------------------------------------
 
@@ -150,31 +187,87 @@ class Detector:
         cls,
         path: str | os.PathLike,
         *,
+        backend: str = "torch",
+        precision: str = "auto",
+        num_threads: int = 0,
         expect_architecture: str | None = None,
         expect_classes: Sequence[str] | None = None,
         device: str | torch.device = "auto",
         **kwargs: Any,
     ) -> Detector:
-        """A Detector for an ssd_ros checkpoint (class names and label map from its card).
+        """A Detector for an ssd_ros checkpoint (``.pt``) or exported model (``.onnx``, OpenVINO ``.xml``).
 
-        Raises :class:`~ssd_ros.checkpoint.CheckpointError` for a missing or bad file.
+        Class names and label map come from the file's card. ``backend`` is ``torch`` (checkpoints only),
+        ``onnxruntime`` or ``openvino`` (a checkpoint is exported in memory first); ``precision`` is
+        ``auto`` (the file's: int8 for an int8 export, else fp32), ``fp32``, ``bf16`` or ``int8`` (int8
+        needs an int8 export, which carries its calibration). Raises
+        :class:`~ssd_ros.checkpoint.CheckpointError` for a missing or bad file and ValueError for a
+        combination that cannot run.
         """
-        resolved = resolve_device(device)
-        model, card = load_checkpoint(
-            path, device=resolved, expect_architecture=expect_architecture, expect_classes=expect_classes
-        )
-        return cls(model, card.class_names, device=resolved, label_map=card.label_map, card=card, **kwargs)
+        _check_choice(backend, BACKENDS, "backend")
+        _check_choice(precision, ("auto", *PRECISIONS), "precision")
+        if Path(path).suffix not in EXPORTED_SUFFIXES:
+            resolved = resolve_device(device) if backend == "torch" else _cpu_only(backend, device)
+            model, card = load_checkpoint(
+                path, device=resolved, expect_architecture=expect_architecture, expect_classes=expect_classes
+            )
+            return cls._from_model(model, card, backend, precision, num_threads, resolved, **kwargs)
+        from ssd_ros.export import read_exported
+
+        exported = read_exported(path)
+        check_card(path, exported.card, expect_architecture, expect_classes)
+        _cpu_only(backend, device)
+        if backend == "torch":
+            raise ValueError(f"{path} is an exported model: run it with backend onnxruntime or openvino")
+        if precision == "auto":
+            precision = exported.precision
+        if (precision == "int8") != (exported.precision == "int8"):
+            raise ValueError(
+                f"{path} is a {exported.precision} export; precision {precision} needs "
+                + ("an int8 export (export_model --int8)" if precision == "int8" else "the fp32 export")
+            )
+        network = _NETWORKS[backend](path, exported.spec, precision=precision, num_threads=num_threads)
+        card = exported.card
+        return cls(network, card.class_names, label_map=card.label_map, card=card, **kwargs)
 
     @classmethod
-    def from_coco(cls, *, device: str | torch.device = "auto", progress: bool = False, **kwargs: Any) -> Detector:
+    def from_coco(
+        cls,
+        *,
+        backend: str = "torch",
+        precision: str = "auto",
+        num_threads: int = 0,
+        device: str | torch.device = "auto",
+        progress: bool = False,
+        **kwargs: Any,
+    ) -> Detector:
         """A Detector for torchvision's COCO-trained SSD300 reporting the 80 COCO class names.
 
         Downloads the weights once (torch hub cache); raises
         :class:`~ssd_ros.model.WeightsUnavailableError` when offline, saying what to do.
         """
-        resolved = resolve_device(device)
+        _check_choice(backend, BACKENDS, "backend")
+        _check_choice(precision, ("auto", *PRECISIONS), "precision")
+        resolved = resolve_device(device) if backend == "torch" else _cpu_only(backend, device)
         model, card = load_coco_pretrained(resolved, progress=progress)
-        return cls(model, card.class_names, device=resolved, label_map=card.label_map, card=card, **kwargs)
+        return cls._from_model(model, card, backend, precision, num_threads, resolved, **kwargs)
+
+    @classmethod
+    def _from_model(
+        cls, model: nn.Module, card: ModelCard, backend: str, precision: str, num_threads: int, device, **kwargs
+    ) -> Detector:
+        precision = "fp32" if precision == "auto" else precision
+        common = {"label_map": card.label_map, "card": card, **kwargs}
+        if backend == "torch":
+            return cls(model, card.class_names, device=device, precision=precision, num_threads=num_threads, **common)
+        if precision == "int8":
+            raise ValueError("int8 needs a calibrated int8 export: export_model --int8 --calibration DIR, then load it")
+        from ssd_ros.export import export_onnx_bytes
+
+        onnx = export_onnx_bytes(model, card)
+        spec, _ = spec_of_model(model, SSDNetwork(model))
+        network = _NETWORKS[backend](onnx, spec, precision=precision, num_threads=num_threads)
+        return cls(network, card.class_names, **common)
 
     # -- parameters -------------------------------------------------------------------------------
 
@@ -218,16 +311,18 @@ class Detector:
             raise ValueError(f"class_filter must be a list of class names, not the string {names!r}")
         names = None if names is None else tuple(dict.fromkeys(names))
         if not names:
-            self._class_filter, self._filter_mask = None, None
+            self._class_filter, self._keep_outputs = None, self._label_map >= 0
             return
         unknown = [n for n in names if n not in self.class_names]
         if unknown:
             raise ValueError(
                 f"class_filter has unknown class name(s) {unknown}; the model's classes are {list(self.class_names)}"
             )
-        mask = torch.zeros(len(self.class_names), dtype=torch.bool)
-        mask[[self.class_names.index(n) for n in names]] = True
-        self._class_filter, self._filter_mask = names, mask
+        wanted = torch.zeros(len(self.class_names), dtype=torch.bool)
+        wanted[[self.class_names.index(n) for n in names]] = True
+        # Model outputs to keep: mapped to a class (not background or an unused id) that is wanted.
+        keep = (self._label_map >= 0) & wanted[self._label_map.clamp(min=0)]
+        self._class_filter, self._keep_outputs = names, keep
 
     # -- inference --------------------------------------------------------------------------------
 
@@ -242,24 +337,18 @@ class Detector:
         arrays = [validate_image(image, f"image {i}") for i, image in enumerate(images)]
         if not arrays:
             return []
-        with self._lock, torch.inference_mode():
-            # Snapshot the parameters: another thread may change them during the forward.
-            filter_mask, max_detections = self._filter_mask, self._max_detections
-            self.model.score_thresh = self._score_threshold
-            self.model.nms_thresh = self._nms_iou
-            filtering = filter_mask is not None or self._drops_labels
-            # With a filter, NMS must see every candidate (its top-N is taken after filtering) so the
-            # result equals filtering the classes before NMS; NMS itself is per class.
-            self.model.detections_per_img = (
-                self.model.topk_candidates * len(self._label_map) if filtering else max_detections
-            )
-            tensors = [self._to_tensor(array) for array in arrays]
-            outputs = self.model(tensors)
-            results = [
-                self._to_detections(out, array.shape, filter_mask, max_detections)
-                for out, array in zip(outputs, arrays)
-            ]
-        return results
+        with self._lock:
+            # One snapshot of the settings: another thread may change them during the forward.
+            settings = {
+                "score_threshold": self._score_threshold,
+                "nms_iou": self._nms_iou,
+                "max_detections": self._max_detections,
+                "keep_outputs": self._keep_outputs,
+            }
+            regression, logits = self.network(preprocess(arrays, self.network.spec))
+            with torch.inference_mode():
+                outputs = postprocess(regression, logits, self.network.spec, [a.shape for a in arrays], **settings)
+        return [self._to_detections(output, array.shape) for output, array in zip(outputs, arrays)]
 
     def warmup(self, size: tuple[int, int] = (480, 640)) -> None:
         """One forward pass on a blank ``size`` (height, width) image, waiting for the device."""
@@ -267,44 +356,25 @@ class Detector:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
-        # uint8 to the device first (4x less to copy), then float in [0, 1] exactly as to_tensor does.
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=False)
-        return tensor.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
-
     def _to_detections(
-        self,
-        output: dict[str, torch.Tensor],
-        shape: tuple[int, ...],
-        filter_mask: torch.Tensor | None,
-        max_detections: int,
+        self, output: tuple[torch.Tensor, torch.Tensor, torch.Tensor], shape: tuple[int, ...]
     ) -> Detections:
-        boxes = output["boxes"].float().cpu()
-        scores = output["scores"].float().cpu()
-        classes = self._label_map[output["labels"].cpu()]
-        keep = classes >= 0
-        if filter_mask is not None:
-            keep &= filter_mask[classes.clamp(min=0)]
-        boxes, scores, classes = (
-            boxes[keep][:max_detections],
-            scores[keep][:max_detections],
-            classes[keep][:max_detections],
-        )
+        boxes, scores, labels = (t.cpu() for t in output)
         height, width = shape[:2]
-        # torchvision clips to the 300x300 input then rescales; guard the float rounding at the edge.
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0.0, float(width))
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0.0, float(height))
+        # Boxes are clipped to the network input then rescaled; guard the float rounding at the edge.
+        boxes = np.clip(boxes.float().numpy(), 0.0, np.array([width, height, width, height], np.float32))
         return Detections(
-            boxes.numpy().astype(np.float32, copy=False),
-            scores.numpy().astype(np.float32, copy=False),
-            classes.numpy().astype(np.int64, copy=False),
+            boxes.astype(np.float32, copy=False),
+            scores.float().numpy().astype(np.float32, copy=False),
+            self._label_map[labels].numpy().astype(np.int64, copy=False),
             self.class_names,
         )
 
     def __repr__(self) -> str:
-        architecture = self.card.architecture if self.card is not None else type(self.model).__name__
+        architecture = self.card.architecture if self.card is not None else "SSD"
         return (
-            f"Detector({architecture}, {len(self.class_names)} classes, device={self.device}, "
+            f"Detector({architecture}, {len(self.class_names)} classes, {self.backend} {self.precision} "
+            f"x{self.num_threads} threads on {self.device}, "
             f"score_threshold={self.score_threshold}, nms_iou={self.nms_iou}, "
             f"max_detections={self.max_detections}, class_filter={self.class_filter})"
         )
@@ -321,3 +391,18 @@ def _unit_interval(value: Any, name: str) -> float:
     if not 0.0 <= result <= 1.0:  # also rejects NaN
         raise ValueError(f"{name} must be in [0, 1], got {result}")
     return result
+
+
+def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+
+
+def _cpu_only(backend: str, device: str | torch.device) -> torch.device:
+    """The CPU, for a backend that runs there only; ValueError when another device was asked for."""
+    if str(device).strip().lower() not in ("auto", "cpu"):
+        raise ValueError(f"backend {backend} runs on the CPU; device {device!r} needs backend torch")
+    return torch.device("cpu")
+
+
+_NETWORKS = {"onnxruntime": OnnxRuntimeNetwork, "openvino": OpenVinoNetwork}

@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.models.detection.ssd import SSD300_VGG16_Weights
 from torchvision.transforms.functional import to_tensor
 
-from ssd_ros.checkpoint import CheckpointError, ModelCard, save_checkpoint
+from ssd_ros.checkpoint import CheckpointError, ModelCard, load_checkpoint, save_checkpoint
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector, resolve_device
 from ssd_ros.drawing import class_color, draw_detections
@@ -58,9 +58,15 @@ def vgg_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+def _with_reference(detector: Detector, model: nn.Module) -> Detector:
+    """``detector`` carrying the torchvision model it is compared with (a separate instance, same weights)."""
+    detector.torchvision_model = model.to(detector.device).eval()
+    return detector
+
+
 @pytest.fixture(scope="module")
 def vgg(vgg_checkpoint) -> Detector:
-    return Detector.from_checkpoint(vgg_checkpoint, device="cpu")
+    return _with_reference(Detector.from_checkpoint(vgg_checkpoint, device="cpu"), load_checkpoint(vgg_checkpoint)[0])
 
 
 def _lively_ssdlite(num_classes: int = len(VOC_CLASSES) + 1) -> nn.Module:
@@ -76,12 +82,12 @@ def _lively_ssdlite(num_classes: int = len(VOC_CLASSES) + 1) -> nn.Module:
 def lite(tmp_path_factory) -> Detector:
     path = tmp_path_factory.mktemp("det") / "lite.pt"
     save_checkpoint(path, _lively_ssdlite(), ModelCard.for_architecture("ssdlite320_mobilenet_v3", VOC_CLASSES))
-    return Detector.from_checkpoint(path, device="cpu", warmup_runs=0)
+    return _with_reference(Detector.from_checkpoint(path, device="cpu", warmup_runs=0), load_checkpoint(path)[0])
 
 
 def _torchvision_forward(detector: Detector, rgb: np.ndarray) -> dict[str, torch.Tensor]:
     """The reference: torchvision's own forward of the same model on the same image."""
-    model = detector.model
+    model = detector.torchvision_model
     model.score_thresh = detector.score_threshold
     model.nms_thresh = detector.nms_iou
     model.detections_per_img = detector.max_detections
@@ -237,6 +243,7 @@ def test_label_map_drops_unused_outputs_and_reports_coco_names(voc_image):
     model = _lively_ssdlite(num_classes=91)
     names, label_map = coco_class_names(), coco_label_map()
     detector = Detector(model, names, label_map=label_map, device="cpu", warmup_runs=0, max_detections=300)
+    _with_reference(detector, model)
     detections = detector(voc_image)
     _assert_valid(detections, voc_image, names)
     reference = _torchvision_forward(detector, voc_image)
@@ -272,8 +279,10 @@ def test_devices():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_parity_on_cuda(vgg_checkpoint, camera_image):
-    detector = Detector.from_checkpoint(vgg_checkpoint, device="cuda")
-    assert next(detector.model.parameters()).is_cuda
+    detector = _with_reference(
+        Detector.from_checkpoint(vgg_checkpoint, device="cuda"), load_checkpoint(vgg_checkpoint)[0]
+    )
+    assert detector.device.type == "cuda" and next(detector.network.network.parameters()).is_cuda
     _assert_valid(_assert_parity(detector, camera_image, minimum=20), camera_image)
 
 

@@ -1,0 +1,254 @@
+"""Export the SSD network to ONNX or OpenVINO IR, fp32 or int8, carrying its model card.
+
+An exported file holds the network of :class:`~ssd_ros.backends.SSDNetwork` (normalised
+``images`` ``(N, 3, H, W)`` in, raw ``bbox_regression`` and ``cls_logits`` out) plus, in its metadata, the
+:class:`~ssd_ros.checkpoint.ModelCard` (architecture, class names, label map, default boxes, input size,
+normalisation, training provenance), the feature-map sizes the default boxes need and the precision. So an
+exported model is as self-describing as a checkpoint: :func:`read_exported` gives back everything the
+:class:`~ssd_ros.detector.Detector` needs, and pre/post-processing stay the shared ones of
+:mod:`ssd_ros.inference`.
+
+int8 is post-training static quantisation with ONNX Runtime's QDQ format (int8 weights per channel, uint8
+activations), calibrated on real images the user gives. The same QDQ file runs int8 in ONNX Runtime and in
+OpenVINO (which turns QDQ pairs into its int8 kernels), so one calibration serves both runtimes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssd_ros.backends import INPUT_NAME, OUTPUT_NAMES, SSDNetwork
+from ssd_ros.checkpoint import CheckpointError, ModelCard
+from ssd_ros.inference import NetworkSpec, preprocess
+
+__all__ = ["EXPORT_FORMATS", "ExportedModel", "export_onnx_bytes", "quantize_int8", "read_exported", "write_export"]
+
+EXPORT_FORMATS = ("onnx", "openvino")
+_METADATA_KEY = "ssd_ros"
+_METADATA_VERSION = 1
+# ONNX opset 17 is read by ONNX Runtime >= 1.11 and OpenVINO >= 2022.1, both far older than our pins.
+_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """An exported network file and what its metadata says.
+
+    Attributes:
+        path: the ``.onnx`` or ``.xml`` (OpenVINO IR) file.
+        card: the model card it was exported with.
+        feature_map_sizes: ``(height, width)`` of each feature map (for the default boxes).
+        precision: ``fp32`` or ``int8``.
+    """
+
+    path: Path
+    card: ModelCard
+    feature_map_sizes: tuple[tuple[int, int], ...]
+    precision: str
+
+    @property
+    def spec(self) -> NetworkSpec:
+        """The frame-path description of this network."""
+        return NetworkSpec.from_card(self.card, self.feature_map_sizes)
+
+
+def _metadata(card: ModelCard, feature_map_sizes: Sequence[Sequence[int]], precision: str) -> str:
+    return json.dumps(
+        {
+            "format_version": _METADATA_VERSION,
+            "card": card.to_dict(),
+            "feature_map_sizes": [list(map(int, s)) for s in feature_map_sizes],
+            "precision": precision,
+        }
+    )
+
+
+def export_onnx_bytes(model: nn.Module, card: ModelCard, *, precision: str = "fp32") -> bytes:
+    """The fp32 ONNX file (as bytes) of ``model``'s network with ``card`` in its metadata.
+
+    The batch dimension is dynamic; the image size is the network's fixed input size.
+    """
+    import onnx
+
+    network = SSDNetwork(model.cpu()).eval()
+    sizes = network.feature_map_sizes()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter on purpose: it needs no onnxscript and behaves the same on the
+        # torch the Pi gets (2.9); torch calls it legacy and warns each time.
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            network,
+            (torch.zeros(1, 3, *network.input_size),),
+            buffer,
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
+            opset_version=_OPSET,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    _set_onnx_metadata(proto, _metadata(card, sizes, precision))
+    return proto.SerializeToString()
+
+
+def _set_onnx_metadata(proto, value: str) -> None:
+    for entry in list(proto.metadata_props):
+        if entry.key == _METADATA_KEY:
+            proto.metadata_props.remove(entry)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = _METADATA_KEY, value
+    proto.producer_name = "ssd_ros"
+
+
+def _read_onnx_metadata(onnx_model: bytes | str | os.PathLike) -> dict:
+    import onnx
+
+    if isinstance(onnx_model, bytes):
+        proto = onnx.load_from_string(onnx_model)
+    else:
+        proto = onnx.load(os.fspath(onnx_model), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def quantize_int8(
+    fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], spec: NetworkSpec, *, progress: bool = True
+) -> bytes:
+    """Static int8 QDQ quantisation of an fp32 export, calibrated on RGB uint8 images; returns the ONNX bytes.
+
+    The images go through the detector's own :func:`~ssd_ros.inference.preprocess`, so the calibration sees
+    exactly the activations inference will. Weights are quantised per output channel (symmetric int8),
+    activations per tensor (uint8, min/max over the calibration set).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from tqdm import tqdm
+
+    images = list(calibration_images)
+    if not images:
+        raise ValueError("no calibration images")
+    metadata = _read_onnx_metadata(fp32_onnx)[_METADATA_KEY]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches: Iterator[np.ndarray] = iter(
+                tqdm(images, desc="int8 calibration", unit="image", disable=not progress)
+            )
+
+        def get_next(self) -> dict | None:
+            image = next(self._batches, None)
+            return None if image is None else {INPUT_NAME: preprocess([image], spec)}
+
+    with tempfile.TemporaryDirectory(prefix="ssd_ros_int8_") as tmp:
+        fp32_path, prepared_path, int8_path = (os.path.join(tmp, n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        Path(fp32_path).write_bytes(fp32_onnx)
+        # Shape inference and graph folding first, as ONNX Runtime's quantisation guide asks.
+        quant_pre_process(fp32_path, prepared_path, skip_symbolic_shape=True)
+        quantize_static(
+            prepared_path,
+            int8_path,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        import onnx
+
+        proto = onnx.load(int8_path)
+    metadata = json.loads(metadata)
+    metadata["precision"] = "int8"
+    _set_onnx_metadata(proto, json.dumps(metadata))
+    return proto.SerializeToString()
+
+
+def write_export(onnx_bytes: bytes, out: str | os.PathLike, export_format: str) -> Path:
+    """Write an export to ``out`` (``.onnx``, or ``.xml`` + ``.bin`` for OpenVINO IR) atomically.
+
+    Everything is written into a temporary folder beside ``out`` and renamed into place at the end, so a
+    failure (disk full, a bad path) leaves nothing half-written behind.
+    """
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {export_format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    suffix = ".onnx" if export_format == "onnx" else ".xml"
+    if out.suffix != suffix:
+        raise ValueError(f"a {export_format} export is written to a {suffix} file, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        staged = staging / out.name
+        if export_format == "onnx":
+            staged.write_bytes(onnx_bytes)
+            files = [staged]
+        else:
+            import openvino as ov
+
+            metadata = _read_onnx_metadata(onnx_bytes)[_METADATA_KEY]
+            model = ov.Core().read_model(onnx_bytes)
+            model.set_rt_info(metadata, [_METADATA_KEY])
+            # Weights stay fp32 in the file: the runtime precision is chosen at load, not baked in.
+            ov.save_model(model, os.fspath(staged), compress_to_fp16=False)
+            files = [staged, staged.with_suffix(".bin")]
+        for file in files:
+            os.replace(file, out.parent / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def read_exported(path: str | os.PathLike) -> ExportedModel:
+    """Read an exported ``.onnx`` or OpenVINO ``.xml`` file's metadata.
+
+    Raises :class:`~ssd_ros.checkpoint.CheckpointError` naming the file for a missing, corrupted or foreign
+    file (an ONNX model that ssd_ros did not export has no card).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such file")
+    try:
+        if path.suffix == ".xml":
+            import openvino as ov
+
+            model = ov.Core().read_model(os.fspath(path))
+            if not model.has_rt_info([_METADATA_KEY]):
+                raise CheckpointError(
+                    path, "is an OpenVINO model without an ssd_ros model card (not exported by ssd_ros)"
+                )
+            raw = model.get_rt_info([_METADATA_KEY]).astype(str)
+        else:
+            raw = _read_onnx_metadata(path).get(_METADATA_KEY)
+            if raw is None:
+                raise CheckpointError(path, "is an ONNX model without an ssd_ros model card (not exported by ssd_ros)")
+    except CheckpointError:
+        raise
+    except Exception as error:  # onnx's DecodeError, OpenVINO's RuntimeError: the file is not a model
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(
+            path, f"is not a readable {path.suffix or 'model'} file ({type(error).__name__}: {first[:200]})"
+        ) from error
+    try:
+        data = json.loads(raw)
+        if data.get("format_version") != _METADATA_VERSION:
+            raise ValueError(f"unsupported metadata version {data.get('format_version')!r}")
+        card = ModelCard.from_dict(data["card"])
+        sizes = tuple(tuple(int(v) for v in s) for s in data["feature_map_sizes"])
+        precision = data["precision"]
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"unknown precision {precision!r}")
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(path, f"has a malformed ssd_ros model card ({error})") from error
+    return ExportedModel(path, card, sizes, precision)
