@@ -443,6 +443,27 @@ def _state_dict_problem(
     )
 
 
+def check_card(
+    path: str | os.PathLike,
+    card: ModelCard,
+    expect_architecture: str | None = None,
+    expect_classes: Sequence[str] | None = None,
+) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` when ``card`` is not the expected architecture/classes."""
+    if expect_architecture is not None and card.architecture != expect_architecture:
+        raise CheckpointError(
+            path, f"architecture mismatch: expected {expect_architecture!r}, the checkpoint is {card.architecture!r}"
+        )
+    if expect_classes is not None and tuple(expect_classes) != card.class_names:
+        expected = tuple(expect_classes)
+        if len(expected) != len(card.class_names):
+            detail = f"expected {len(expected)} classes, the checkpoint has {len(card.class_names)}"
+        else:
+            diffs = [f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(expected, card.class_names)) if a != b]
+            detail = f"same count, different names/order at {', '.join(diffs[:5])}"
+        raise CheckpointError(path, f"class mismatch: {detail} ({list(card.class_names)})")
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -457,18 +478,7 @@ def load_checkpoint(
     """
     payload = read_checkpoint_payload(path)
     card = payload.card
-    if expect_architecture is not None and card.architecture != expect_architecture:
-        raise CheckpointError(
-            path, f"architecture mismatch: expected {expect_architecture!r}, the checkpoint is {card.architecture!r}"
-        )
-    if expect_classes is not None and tuple(expect_classes) != card.class_names:
-        expected = tuple(expect_classes)
-        if len(expected) != len(card.class_names):
-            detail = f"expected {len(expected)} classes, the checkpoint has {len(card.class_names)}"
-        else:
-            diffs = [f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(expected, card.class_names)) if a != b]
-            detail = f"same count, different names/order at {', '.join(diffs[:5])}"
-        raise CheckpointError(path, f"class mismatch: {detail} ({list(card.class_names)})")
+    check_card(path, card, expect_architecture, expect_classes)
     try:
         model = card.build_model()
     except ValueError as e:

@@ -40,6 +40,7 @@ __all__ = [
     "VOC_CLASSES",
     "WeightsUnavailableError",
     "build_coco_model",
+    "box_generator",
     "build_model",
     "coco_class_names",
     "coco_label_map",
@@ -47,6 +48,7 @@ __all__ = [
     "input_size",
     "normalization",
     "num_default_boxes",
+    "topk_candidates",
 ]
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -159,6 +161,12 @@ def normalization(architecture: str) -> tuple[list[float], list[float]]:
     return list(mean), list(std)
 
 
+def topk_candidates(architecture: str) -> int:
+    """Candidates per class that ``architecture``'s post-processing keeps before NMS (torchvision's value)."""
+    _check_architecture(architecture)
+    return _POSTPROCESS[architecture]["topk_candidates"]
+
+
 def num_default_boxes(architecture: str, default_boxes: Mapping[str, Any] | None = None) -> int:
     """Total default boxes per image (8732 for the VOC SSD300), computed from the feature-map sizes."""
     model = build_model(architecture, 2, default_boxes=default_boxes)
@@ -170,7 +178,8 @@ def num_default_boxes(architecture: str, default_boxes: Mapping[str, Any] | None
     return sum(f.shape[-2] * f.shape[-1] * n for f, n in zip(features.values(), generator.num_anchors_per_location()))
 
 
-def _box_generator(config: Mapping[str, Any]) -> DefaultBoxGenerator:
+def box_generator(config: Mapping[str, Any]) -> DefaultBoxGenerator:
+    """Torchvision's ``DefaultBoxGenerator`` for a default-box configuration (see :func:`default_box_config`)."""
     try:
         aspect_ratios = [list(r) for r in config["aspect_ratios"]]
         scales = [float(s) for s in config["scales"]]
@@ -232,9 +241,9 @@ def build_model(
         backbone = _vgg_extractor(vgg, False, 5)
         # conv4_3, fc7, conv8_2 .. conv11_2; given, so SSD need not find them with a dummy forward pass.
         backbone.out_channels = [512, 1024, 512, 256, 256, 256]
-        model = SSD(backbone, _box_generator(boxes), _INPUT_SIZE[architecture], num_classes, **kwargs)
+        model = SSD(backbone, box_generator(boxes), _INPUT_SIZE[architecture], num_classes, **kwargs)
     else:
-        generator = _box_generator(boxes)
+        generator = box_generator(boxes)
         if generator.aspect_ratios != _SSDLITE_BOXES["aspect_ratios"]:
             raise ValueError(
                 f"ssdlite320_mobilenet_v3 needs aspect ratios {_SSDLITE_BOXES['aspect_ratios']}, "
