@@ -21,10 +21,13 @@ API, with its 91-entry category list mapped to the 80 real class names.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -32,7 +35,7 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSD300_VGG16_Weights, _vgg_extractor, ssd300_vgg16
 from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
 from torchvision.models.mobilenetv3 import MobileNet_V3_Large_Weights, mobilenet_v3_large
-from torchvision.models.vgg import VGG16_Weights, make_layers, vgg16
+from torchvision.models.vgg import VGG16_Weights, make_layers
 from torchvision.models.vgg import cfgs as vgg_cfgs
 
 __all__ = [
@@ -46,8 +49,10 @@ __all__ = [
     "coco_label_map",
     "default_box_config",
     "input_size",
+    "load_pretrained_state_dict",
     "normalization",
     "num_default_boxes",
+    "pretrained_cache_path",
     "topk_candidates",
 ]
 
@@ -254,22 +259,23 @@ def build_model(
 
 
 def _vgg16(pretrained: bool) -> nn.Module:
-    """VGG16 (features only are used by the SSD extractor)."""
-    if pretrained:
-        weights = VGG16_Weights.IMAGENET1K_FEATURES
-        try:
-            return vgg16(weights=weights, progress=False)
-        except Exception as e:  # download / cache failures
-            raise WeightsUnavailableError(_download_hint("VGG16 ImageNet backbone", weights, e)) from e
-    # Same layers and init as torchvision's VGG, without building (and initialising) the 120M-parameter
-    # classifier that SSD throws away: saves ~2.5 s per build on a CPU.
+    """VGG16 features (all the SSD extractor uses), ImageNet-trained or with torchvision's init.
+
+    Only ``features`` is built: the 120M-parameter classifier SSD throws away would cost ~2.5 s per build on
+    a CPU (and the ImageNet file's classifier entries are not used either).
+    """
     features = make_layers(vgg_cfgs["D"], batch_norm=False)
+    holder = nn.Module()
+    holder.features = features
+    if pretrained:
+        state = load_pretrained_state_dict(VGG16_Weights.IMAGENET1K_FEATURES, what="VGG16 ImageNet backbone")
+        holder.load_state_dict({k: v for k, v in state.items() if k.startswith("features.")}, strict=True)
+        return holder
+    # Same init as torchvision's VGG.
     for m in features.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.constant_(m.bias, 0)
-    holder = nn.Module()
-    holder.features = features
     return holder
 
 
@@ -280,13 +286,12 @@ def _build_ssdlite(num_classes: int, generator: DefaultBoxGenerator, pretrained_
     stage's channels when no backbone weights are given, which would make a checkpoint trained from an
     ImageNet backbone impossible to rebuild without downloading. One structure for both cases.
     """
-    weights = MobileNet_V3_Large_Weights.IMAGENET1K_V1 if pretrained_backbone else None
     norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
-    try:
-        mobilenet = mobilenet_v3_large(weights=weights, progress=False, norm_layer=norm_layer, reduced_tail=False)
-    except Exception as e:  # download / cache failures
-        raise WeightsUnavailableError(_download_hint("MobileNetV3-Large ImageNet backbone", weights, e)) from e
-    if weights is None:
+    mobilenet = mobilenet_v3_large(weights=None, norm_layer=norm_layer, reduced_tail=False)
+    if pretrained_backbone:
+        weights = MobileNet_V3_Large_Weights.IMAGENET1K_V1
+        mobilenet.load_state_dict(load_pretrained_state_dict(weights, what="MobileNetV3-Large ImageNet backbone"))
+    else:
         _normal_init(mobilenet)  # torchvision's init for a backbone trained from scratch
     backbone = _mobilenet_extractor(mobilenet, 6, norm_layer)
     size = _INPUT_SIZE["ssdlite320_mobilenet_v3"]
@@ -297,13 +302,57 @@ def _build_ssdlite(num_classes: int, generator: DefaultBoxGenerator, pretrained_
     return SSD(backbone, generator, size, num_classes, head=head, **kwargs)
 
 
+def pretrained_cache_path(weights: Any) -> Path:
+    """Where torch's hub cache keeps a torchvision weights file (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def load_pretrained_state_dict(
+    weights: Any, *, what: str, progress: bool = False, alternative: str = ""
+) -> dict[str, torch.Tensor]:
+    """The state dict of a torchvision weights entry (``weights.url``), downloaded or cached, checked, safe.
+
+    torchvision names every file ``<name>-<sha256 prefix>.pth``. A download is verified against that prefix
+    before it is moved into the cache (torch.hub's ``download_url_to_file``); a file already in the cache is
+    verified the same way, so a file copied or planted there is refused, not trusted. Either way the file is
+    read with ``torch.load(weights_only=True)``: tensors and plain containers only, never code (the hash
+    prefix is too short to be a security boundary on its own). Raises :class:`WeightsUnavailableError` with
+    what to do.
+    """
+    path = pretrained_cache_path(weights)
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if not match or len(match.group(1)) < 8:
+        raise WeightsUnavailableError(f"{weights.url}: the file name carries no sha256 prefix to check it by")
+    prefix = match.group(1)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=prefix, progress=progress)
+        except Exception as e:  # network failures, and a download whose hash does not match (RuntimeError)
+            raise WeightsUnavailableError(_download_hint(what, weights, e, alternative)) from e
+    else:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if not digest.startswith(prefix):
+            raise WeightsUnavailableError(
+                f"the cached {what} weights {path} are not the published file (sha256 {digest[: len(prefix)]}..., "
+                f"expected {prefix}...): delete it, it is downloaded again from {weights.url}"
+            )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # an UnpicklingError for objects other than tensors, RuntimeError for a bad zip
+        raise WeightsUnavailableError(
+            f"the {what} weights {path} are not a plain weight file and were not loaded "
+            f"(torch.load with weights_only=True refused it: {type(e).__name__}); delete the file"
+        ) from e
+
+
 def _download_hint(what: str, weights: Any, error: Exception, alternative: str = "") -> str:
     url = getattr(weights, "url", "?")
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
     return (
         f"could not download the {what} weights from {url} ({type(error).__name__}: {error}). "
         f"Check the internet connection, or copy {os.path.basename(url)} into {cache} "
-        f"(honours $TORCH_HOME){alternative}."
+        f"(honours $TORCH_HOME; its sha256 is checked against the name){alternative}."
     )
 
 
@@ -339,12 +388,16 @@ def build_coco_model(*, progress: bool = False) -> SSD:
     internet and pass that local checkpoint.
     """
     weights = SSD300_VGG16_Weights.COCO_V1
-    try:
-        model = ssd300_vgg16(weights=weights, weights_backbone=None, progress=progress)
-    except Exception as e:
-        raise WeightsUnavailableError(
-            _download_hint("torchvision COCO SSD300", weights, e, ", or use a local ssd_ros checkpoint instead")
-        ) from e
+    state = load_pretrained_state_dict(
+        weights,
+        what="torchvision COCO SSD300",
+        progress=progress,
+        alternative=", or use a local ssd_ros checkpoint instead",
+    )
+    # The same model torchvision's builder makes for these weights, whose own loading would unpickle the
+    # file with weights_only=False and trust the cache unchecked.
+    model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=len(weights.meta["categories"]))
+    model.load_state_dict(state)
     # Sanity: the anchors we describe in the card are the ones torchvision used.
     assert model.anchor_generator.scales == _SSD300_COCO_BOXES["scales"]
     return model.eval()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 from torchvision.models.detection.ssd import SSD, SSD300_VGG16_Weights, ssd300_vgg16
+from torchvision.models.mobilenetv3 import MobileNet_V3_Large_Weights, mobilenet_v3_large
 
 from ssd_ros import model as model_lib
 from ssd_ros.model import (
@@ -204,3 +207,89 @@ def test_coco_model_offline_raises_a_clear_error(tmp_path, monkeypatch):
     assert "local ssd_ros checkpoint" in message
     assert isinstance(info.value, RuntimeError)
     assert not list(tmp_path.rglob("*.pth"))  # nothing half-downloaded left in the cache
+
+
+class Payload:
+    """Pickles to a call that creates ``marker``: what a malicious weight file would run when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def save_named_by_hash(obj, directory: Path, stem: str) -> Path:
+    """``torch.save`` ``obj`` as ``<stem>-<first 8 hex of its sha256>.pth``, as torchvision names its files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    scratch = directory / f"{stem}.tmp"
+    torch.save(obj, scratch)
+    digest = hashlib.sha256(scratch.read_bytes()).hexdigest()
+    return scratch.rename(directory / f"{stem}-{digest[:8]}.pth")
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torch hub cache of this test's own; nothing may reach the network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", 5.0, raising=False)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_payload_planted_in_the_cache_never_runs(tmp_path, torch_home):
+    """A file dropped into torch's cache under the COCO weights' name is refused by its hash, not unpickled."""
+    marker = tmp_path / "payload_ran"
+    torch.save(Payload(marker), tmp_path / "payload.pth")
+    torch.load(tmp_path / "payload.pth", weights_only=False)  # the payload works when code may run ...
+    assert marker.exists()
+    marker.unlink()
+    planted = torch_home / "ssd300_vgg16_coco-b556d3b4.pth"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes((tmp_path / "payload.pth").read_bytes())
+    with pytest.raises(WeightsUnavailableError, match="not the published file .*expected b556d3b4") as info:
+        build_coco_model()
+    assert not marker.exists(), "... and never ran here"
+    assert str(planted) in str(info.value) and "delete it" in str(info.value)
+
+
+def test_payload_with_a_matching_hash_prefix_is_refused_by_weights_only(tmp_path, torch_home, monkeypatch):
+    """An 8-hex-digit prefix is cheap to forge: even a file that passes the hash check must not run code."""
+    marker = tmp_path / "payload_ran"
+    forged = save_named_by_hash(Payload(marker), torch_home, "ssd300_vgg16_coco")
+    monkeypatch.setattr(SSD300_VGG16_Weights.COCO_V1.value, "url", f"http://127.0.0.1:9/{forged.name}")
+    with pytest.raises(WeightsUnavailableError, match="not a plain weight file") as info:
+        build_coco_model()
+    assert not marker.exists()
+    assert "weights_only" in str(info.value)
+
+
+def test_pretrained_backbone_is_downloaded_hash_checked_and_cached(tmp_path, torch_home, monkeypatch):
+    """The real loading path, served from a file:// URL: right weights in, wrong bytes refused, cache reused."""
+    torch.manual_seed(1)
+    reference = build_model("ssdlite320_mobilenet_v3", 3)
+    # A MobileNetV3-Large state dict with torchvision's key layout and values no init would produce.
+    mobilenet = mobilenet_v3_large(weights=None, reduced_tail=False)
+    for tensor in mobilenet.state_dict().values():
+        if tensor.is_floating_point():
+            tensor.uniform_(-0.1, 0.1)
+    served = save_named_by_hash(mobilenet.state_dict(), tmp_path / "server", "mobilenet_v3_large")
+    weights = MobileNet_V3_Large_Weights.IMAGENET1K_V1
+
+    # Bytes that do not match the name's hash are refused and leave nothing in the cache.
+    wrong = served.with_name("mobilenet_v3_large-00000000.pth")
+    wrong.write_bytes(served.read_bytes())
+    monkeypatch.setattr(weights.value, "url", wrong.as_uri())
+    with pytest.raises(WeightsUnavailableError, match="could not download .*invalid hash value"):
+        build_model("ssdlite320_mobilenet_v3", 3, pretrained_backbone=True)
+    assert not any(torch_home.iterdir())
+
+    monkeypatch.setattr(weights.value, "url", served.as_uri())
+    model = build_model("ssdlite320_mobilenet_v3", 3, pretrained_backbone=True)
+    first_conv = mobilenet.features[0][0].weight
+    assert torch.equal(model.backbone.features[0][0][0].weight, first_conv)
+    assert not torch.equal(reference.backbone.features[0][0][0].weight, first_conv)
+    assert (torch_home / served.name).read_bytes() == served.read_bytes()
+    served.unlink()  # the second build uses the verified cache
+    again = build_model("ssdlite320_mobilenet_v3", 3, pretrained_backbone=True)
+    assert torch.equal(again.backbone.features[0][0][0].weight, first_conv)
