@@ -1,22 +1,32 @@
-"""bag_play over real DDS: a topic of a type not installed here is skipped, the rest is played."""
+"""bag_play over real DDS: a topic of a type not installed here is skipped, the rest is played; a bag's type
+names never import (run) anything but installed ROS 2 interface packages."""
 
 import subprocess
+import sys
 import threading
 import time
 
+import pytest
 import rclpy
 from conftest import EXECUTABLES, ros_env
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from std_msgs.msg import String
 
-from ssd_ros.tools.bagio import add_topic, open_writer, serialize
+from ssd_ros.tools.bagio import BagToolError, add_topic, message_class, open_writer, serialize
 
 
 def test_unknown_message_types_are_skipped_and_the_rest_is_played(tmp_path):
     bag = tmp_path / "robot_bag"
     with open_writer(bag, "mcap") as writer:
         custom = writer.add_connection("/custom", "foo_msgs/msg/Bar", msgdef="int32 x", rihs01="RIHS01_" + "0" * 64)
+        # Type names that would import (and run) a non-interface module if taken at face value.
+        for topic, msgtype in [
+            ("/zen", "this/msg/Zen"),
+            ("/odd", "std_msgs/msg/String/x"),
+            ("/none", "std_msgs/msg/Nope"),
+        ]:
+            writer.add_connection(topic, msgtype, msgdef="int32 x", rihs01="RIHS01_" + "0" * 64)
         chatter = add_topic(writer, "/chatter", "std_msgs/msg/String")
         for i in range(5):
             stamp = 10**9 + i * 50_000_000
@@ -49,6 +59,36 @@ def test_unknown_message_types_are_skipped_and_the_rest_is_played(tmp_path):
         rclpy.shutdown(context=context)
         spinner.join(5)
     assert result.returncode == 0, result.stderr
-    assert "skipping /custom: its type foo_msgs/msg/Bar is not installed" in result.stderr
+    assert "skipping /custom: type foo_msgs/msg/Bar: foo_msgs is not an installed ROS 2 interface package" in (
+        result.stderr
+    )
+    assert "skipping /zen: type this/msg/Zen: this is not an installed ROS 2 interface package" in result.stderr
+    assert "skipping /odd: type 'std_msgs/msg/String/x' is not a ROS 2 message type name" in result.stderr
+    assert "skipping /none: type std_msgs/msg/Nope: std_msgs has no message Nope" in result.stderr
+    assert "Zen of Python" not in result.stdout + result.stderr, "import this must never run"
     assert "published 5 messages" in result.stdout
     assert received == [f"hello {i}" for i in range(5)]
+
+
+def test_message_class_never_imports_a_module_that_is_not_an_interface_package(tmp_path, monkeypatch):
+    """A planted package with a ``msg`` subpackage (but no rosidl type support) is refused before import."""
+    marker = tmp_path / "ran"
+    package = tmp_path / "site" / "evil_msgs"
+    (package / "msg").mkdir(parents=True)
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (package / "msg" / "__init__.py").write_text("class Bar:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for msgtype in ["evil_msgs/msg/Bar", "this/msg/Zen", "os/msg/Path", "subprocess/msg/Popen"]:
+        with pytest.raises(BagToolError, match="is not an installed ROS 2 interface package"):
+            message_class(msgtype)
+    for msgtype in ["../evil/msg/X", "sensor_msgs/msg/Image/..", "sensor_msgs.msg/Image", "sensor_msgs/srv/Image"]:
+        with pytest.raises(BagToolError, match="not a ROS 2 message type name"):
+            message_class(msgtype)
+    assert not marker.exists() and "evil_msgs" not in sys.modules and "this" not in sys.modules
+    with pytest.raises(BagToolError, match="has no message Nope"):
+        message_class("sensor_msgs/msg/Nope")
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray
+
+    assert message_class("sensor_msgs/msg/Image") is Image
+    assert message_class("vision_msgs/msg/Detection2DArray") is Detection2DArray

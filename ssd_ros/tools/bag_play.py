@@ -19,7 +19,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
-from ssd_ros.tools.bagio import message_class, open_bag
+from ssd_ros.tools.bagio import BagToolError, message_class, open_bag
 
 
 def play(bag: Path, *, topics: list[str] | None, rate: float, clock: bool, loop: bool, start_delay_s: float) -> int:
@@ -39,11 +39,9 @@ def play(bag: Path, *, topics: list[str] | None, rate: float, clock: bool, loop:
             for connection in connections:
                 try:
                     msg_class = message_class(connection.msgtype)
-                except (ImportError, AttributeError, ValueError) as error:
+                except BagToolError as error:
                     # Robot bags often hold custom types: play the rest rather than nothing.
-                    node.get_logger().warning(
-                        f"skipping {connection.topic}: its type {connection.msgtype} is not installed ({error})"
-                    )
+                    node.get_logger().warning(f"skipping {connection.topic}: {error}")
                     continue
                 publishers[connection.id] = node.create_publisher(msg_class, connection.topic, qos)
             if not publishers:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import importlib.util
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,10 +64,33 @@ def typestore() -> Typestore:
     return store
 
 
+# ROS 2 interface names (REP 144 package names, CamelCase type names); a bag's type string must be one.
+_MSGTYPE = re.compile(r"(?P<package>[a-z][a-z0-9_]*)/msg/(?P<name>[A-Z][A-Za-z0-9]*)")
+
+
 def message_class(msgtype: str) -> type:
-    """The rclpy message class for a type name such as ``sensor_msgs/msg/Image``."""
-    package, kind, name = msgtype.split("/")
-    return getattr(importlib.import_module(f"{package}.{kind}"), name)
+    """The rclpy message class for a type name such as ``sensor_msgs/msg/Image``; ``BagToolError`` otherwise.
+
+    A bag's type names are data from whoever wrote the bag: only ``pkg/msg/Type`` names of installed
+    rosidl-generated interface packages are imported. The package is recognised before anything of it is
+    imported (its ``<pkg>_s__rosidl_typesupport_c`` library and ``msg`` package, which rosidl_generator_py
+    generates), so a name like ``os/msg/X`` or ``this/msg/Zen`` never runs the module it names.
+    """
+    match = _MSGTYPE.fullmatch(msgtype)
+    if match is None:
+        raise BagToolError(f"type {msgtype!r} is not a ROS 2 message type name (package/msg/Type)")
+    package, name = match["package"], match["name"]
+    spec = importlib.util.find_spec(package)  # a top-level name: found, not executed
+    folders = [Path(folder) for folder in (spec.submodule_search_locations or [])] if spec else []
+    if not any(
+        (folder / "msg" / "__init__.py").is_file() and any(folder.glob(f"{package}_s__rosidl_typesupport_c*"))
+        for folder in folders
+    ):
+        raise BagToolError(f"type {msgtype}: {package} is not an installed ROS 2 interface package")
+    cls = getattr(importlib.import_module(f"{package}.msg"), name, None)
+    if not (isinstance(cls, type) and hasattr(cls, "get_fields_and_field_types")):
+        raise BagToolError(f"type {msgtype}: {package} has no message {name}")
+    return cls
 
 
 def serialize(msg) -> bytes:
