@@ -205,11 +205,28 @@ def _find_image(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _plain_name(name: str) -> bool:
+    """True for a name that stays inside its folder: no path separator, not ``.``/``..``, no NUL."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0"))
+
+
 def _read_image_set(list_file: Path) -> list[str]:
-    """Image ids from an ``ImageSets/Main/<set>.txt`` file (first column; per-class files have two)."""
+    """Image ids from an ``ImageSets/Main/<set>.txt`` file (first column; per-class files have two).
+
+    An id names files inside ``Annotations/`` and ``JPEGImages/``: one with a path separator (or ``..``)
+    would read files outside the dataset, so the list is refused with the offending line.
+    """
     if not list_file.is_file():
         raise VocFormatError(f"{list_file}: image set list not found")
-    return [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    ids = []
+    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]
+        if not _plain_name(image_id):
+            raise VocFormatError(f"{list_file}:{number}: image id {image_id!r} is not a plain file name")
+        ids.append(image_id)
+    return ids
 
 
 @dataclass(frozen=True)
@@ -300,6 +317,8 @@ class VocSplit(Sequence):
                 raise VocFormatError(f"{required}: folder not found")
         if image_set is None:
             ids = sorted(p.stem for p in annotations.glob("*.xml"))
+        elif not _plain_name(image_set):
+            raise VocFormatError(f"image set {image_set!r} is not a plain name (like trainval or test)")
         else:
             ids = _read_image_set(folder / "ImageSets" / "Main" / f"{image_set}.txt")
         items = []

@@ -6,6 +6,7 @@ import collections
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from conftest import PICAR_CLASSES, shared_data
@@ -292,3 +293,27 @@ def test_label_indices_rejects_unknown_class(tmp_path):
     assert ann.label_indices(["Stop Sign", "cat"]).tolist() == [1, 0]
     with pytest.raises(VocFormatError, match=r"a\.xml: classes \['Stop Sign'\] are not in the class list"):
         ann.label_indices(["cat", "dog"], source=tmp_path / "a.xml")
+
+
+@pytest.mark.parametrize(
+    "bad_id", ["../../outside/secret", "..\\..\\outside\\secret", "..", "sub/../../../outside/secret"]
+)
+def test_image_set_ids_that_leave_the_dataset_are_refused(tmp_path, bad_id):
+    """A list naming ``../../outside/secret`` would read an annotation and image outside the dataset."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write_xml(outside / "secret.xml", [("cat", (1, 1, 5, 5), 0)])
+    cv2.imwrite(str(outside / "secret.jpg"), np.zeros((8, 8, 3), np.uint8))
+    dataset = tmp_path / "ds"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (dataset / sub).mkdir(parents=True)
+    write_xml(dataset / "Annotations" / "a.xml", [("cat", (1, 1, 5, 5), 0)])
+    cv2.imwrite(str(dataset / "JPEGImages" / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (dataset / "ImageSets" / "Main" / "train.txt").write_text(f"a\n{bad_id}\n")
+    assert (dataset / "Annotations" / "../../outside/secret.xml").is_file()  # the path really leads out
+    with pytest.raises(VocFormatError, match=r"train\.txt:2: image id .* is not a plain file name"):
+        VocSplit.from_folder(dataset, "train")
+    (dataset / "ImageSets" / "Main" / "train.txt").write_text("a\n")
+    assert [item.image_id for item in VocSplit.from_folder(dataset, "train")] == ["a"]
+    with pytest.raises(VocFormatError, match="is not a plain name"):
+        VocSplit.from_folder(dataset, "../ImageSets/Main/train")
