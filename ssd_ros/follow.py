@@ -26,14 +26,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ssd_ros.ackermann import steering_angle, yaw_rate
 from ssd_ros.camera import PinholeCamera
 from ssd_ros.detections import Detections
+from ssd_ros.settings import check_settings, setting
 
 SEARCH_MODES = ("stop", "arc")
 ACQUIRE_MODES = ("largest", "score")
@@ -45,103 +44,121 @@ class FollowParams:
 
     Geometry defaults describe the Adeept PiCar-B: Raspberry Pi camera v2 at 640x480 (about 62 deg
     horizontal field of view), wheelbase about 0.14 m between the rear axle and the steered front
-    axle, steering servo travel about +-30 deg at the wheels.
+    axle, steering servo travel about +-30 deg at the wheels. ``read_only`` fields bound speed,
+    timeouts or calibration (see :func:`ssd_ros.settings.setting`); the others are tuning knobs.
     """
 
-    target_classes: tuple[str, ...] = ("person",)
-    min_score: float = 0.5
-    acquire: str = "largest"  # "largest" box area or best "score" among candidates
-    camera_hfov_deg: float = 62.0
-    image_width: int = 640
-    image_height: int = 480
-    desired_height_fraction: float = 0.5  # box height / image height at the following distance
+    target_classes: tuple[str, ...] = setting(
+        ("person",), "class names that may be followed (Detection2D results[].hypothesis.class_id)"
+    )
+    min_score: float = setting(0.5, "minimum detection score of a candidate", limits=(0.0, 1.0))
+    acquire: str = setting(
+        "largest",
+        "which candidate to acquire when no target is tracked: largest box or best score",
+        choices=ACQUIRE_MODES,
+    )
+    camera_hfov_deg: float = setting(
+        62.0,
+        "camera horizontal field of view (deg); Pi camera v2 at 640x480 is about 62",
+        limits=(1.0, 179.0),
+        read_only=True,
+    )
+    image_width: int = setting(
+        640, "width (px) of the images the detections refer to", limits=(1, 100_000), read_only=True
+    )
+    image_height: int = setting(
+        480, "height (px) of the images the detections refer to", limits=(1, 100_000), read_only=True
+    )
+    desired_height_fraction: float = setting(
+        0.5, "target box height / image height at the desired following distance", limits=(0.01, 1.0)
+    )
     # Proportional laws. Yaw rate per radian of bearing error; speed per unit of relative distance
     # error (distance / desired - 1, estimated as desired_height_fraction / height_fraction - 1).
-    bearing_gain_per_s: float = 1.5
-    speed_gain_mps: float = 1.2
-    bearing_deadband_deg: float = 1.0
+    bearing_gain_per_s: float = setting(1.5, "yaw rate (rad/s) per rad of bearing error", limits=(0.0, 100.0))
+    speed_gain_mps: float = setting(
+        1.2, "speed (m/s) per unit relative distance error (distance / desired - 1)", limits=(0.0, 100.0)
+    )
+    bearing_deadband_deg: float = setting(1.0, "bearing error treated as zero (deg)", limits=(0.0, 90.0))
     # A car cannot turn on the spot: when the distance loop says "stop" but the bearing is off, creep
     # forward (up to this speed, proportional to the bearing error) while not closer than
     # turn_creep_min_distance x desired, to turn towards the target on a tight arc.
-    turn_creep_mps: float = 0.06
-    turn_creep_min_distance: float = 0.85
-    distance_deadband: float = 0.04  # relative distance error treated as zero
-    smoothing_time_constant_s: float = 0.15  # first-order filter on the desired speed and yaw rate
-    max_linear_accel_mps2: float = 0.6
-    max_linear_decel_mps2: float = 1.2  # braking (towards zero) may be harder than speeding up
-    max_steering_rate_degps: float = 180.0
-    max_linear_mps: float = 0.35
-    max_reverse_mps: float = 0.15
-    allow_reverse: bool = False
-    wheelbase_m: float = 0.14
-    max_steering_deg: float = 30.0
-    compensate_yaw: bool = True  # subtract the yaw turned since the image stamp from the bearing
-    max_detection_age_s: float = 0.5  # older frames are ignored; a track older than this is not steered on
-    lost_timeout_s: float = 1.0  # after this long without the target: stop (or search) and forget it
-    search: str = "stop"  # "stop" or "arc": slow arc towards the side the target was last seen
-    search_speed_mps: float = 0.08
-    search_steering_deg: float = 20.0
-    search_timeout_s: float = 10.0  # an arc search gives up (stops) after this long
-    association_min_iou: float = 0.2
-    association_max_shift: float = 0.15  # centre shift (fraction of image width) still counted as the same object
-    association_max_size_ratio: float = 1.5  # box width or height ratio beyond which a candidate is another object
+    turn_creep_mps: float = setting(
+        0.06,
+        "creep speed used to turn towards an off-axis target when otherwise stopped (m/s)",
+        limits=(0.0, 10.0),
+        read_only=True,
+    )
+    turn_creep_min_distance: float = setting(
+        0.85, "no creeping when closer than this fraction of the desired distance", limits=(0.0, 10.0)
+    )
+    distance_deadband: float = setting(0.04, "relative distance error treated as zero", limits=(0.0, 10.0))
+    smoothing_time_constant_s: float = setting(
+        0.15, "first-order smoothing of the desired speed and yaw rate (s)", limits=(0.0, 10.0)
+    )
+    max_linear_accel_mps2: float = setting(0.6, "acceleration limit (m/s^2)", limits=(0.01, 100.0), read_only=True)
+    max_linear_decel_mps2: float = setting(
+        1.2, "braking limit (m/s^2); braking may be harder than speeding up", limits=(0.01, 100.0), read_only=True
+    )
+    max_steering_rate_degps: float = setting(
+        180.0, "steering angle rate limit (deg/s at the wheels)", limits=(1.0, 100_000.0), read_only=True
+    )
+    max_linear_mps: float = setting(0.35, "forward speed cap (m/s)", limits=(0.0, 10.0), read_only=True)
+    max_reverse_mps: float = setting(
+        0.15, "reverse speed cap (m/s), used only with allow_reverse", limits=(0.0, 10.0), read_only=True
+    )
+    allow_reverse: bool = setting(False, "back off when closer than desired", read_only=True)
+    wheelbase_m: float = setting(
+        0.14, "distance between rear axle and steered front axle (m)", limits=(0.01, 10.0), read_only=True
+    )
+    max_steering_deg: float = setting(
+        30.0,
+        "steering angle limit at the wheels (deg); minimum turning radius follows",
+        limits=(1.0, 89.0),
+        read_only=True,
+    )
+    compensate_yaw: bool = setting(True, "correct the bearing for the yaw turned since the image was taken")
+    max_detection_age_s: float = setting(
+        0.5,
+        "detections older than this (header stamp vs node clock) are ignored; a track older is not steered on (s)",
+        limits=(0.01, 60.0),
+        read_only=True,
+    )
+    lost_timeout_s: float = setting(
+        1.0,
+        "time without the target after which the robot stops (or searches) and forgets it (s)",
+        limits=(0.01, 60.0),
+        read_only=True,
+    )
+    search: str = setting(
+        "stop",
+        "behaviour after lost_timeout_s: stop, or a slow arc towards where the target was last seen",
+        choices=SEARCH_MODES,
+        read_only=True,
+    )
+    search_speed_mps: float = setting(0.08, "speed of the search arc (m/s)", limits=(0.0, 10.0), read_only=True)
+    search_steering_deg: float = setting(
+        20.0, "steering angle of the search arc (deg), at most max_steering_deg", limits=(0.0, 89.0)
+    )
+    search_timeout_s: float = setting(
+        10.0, "the search arc stops after this long (s)", limits=(0.0, 3600.0), read_only=True
+    )
+    association_min_iou: float = setting(
+        0.2, "IoU with the last box that makes a candidate the same object", limits=(0.0, 1.0)
+    )
+    association_max_shift: float = setting(
+        0.15, "centre shift (fraction of image width) still counted as the same object", limits=(0.001, 10.0)
+    )
+    association_max_size_ratio: float = setting(
+        1.5, "box width or height ratio beyond which a candidate is another object", limits=(1.0, 100.0)
+    )
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{f.name} must be finite, got {value}")
-        positive = (
-            "camera_hfov_deg",
-            "image_width",
-            "image_height",
-            "desired_height_fraction",
-            "max_linear_accel_mps2",
-            "max_linear_decel_mps2",
-            "max_steering_rate_degps",
-            "wheelbase_m",
-            "max_steering_deg",
-            "max_detection_age_s",
-            "lost_timeout_s",
-            "association_max_shift",
-        )
-        non_negative = (
-            "bearing_gain_per_s",
-            "speed_gain_mps",
-            "bearing_deadband_deg",
-            "distance_deadband",
-            "smoothing_time_constant_s",
-            "max_linear_mps",
-            "turn_creep_mps",
-            "turn_creep_min_distance",
-            "max_reverse_mps",
-            "search_speed_mps",
-            "search_steering_deg",
-            "search_timeout_s",
-            "association_min_iou",
-        )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in non_negative:
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        checks = [
-            (len(self.target_classes) > 0 and all(self.target_classes), "target_classes must be non-empty names"),
-            (0.0 <= self.min_score <= 1.0, "min_score must be in [0, 1]"),
-            (self.camera_hfov_deg < 180.0, "camera_hfov_deg must be < 180"),
-            (self.desired_height_fraction <= 1.0, "desired_height_fraction must be <= 1"),
-            (self.max_steering_deg < 90.0, "max_steering_deg must be < 90"),
-            (self.search_steering_deg <= self.max_steering_deg, "search_steering_deg must be <= max_steering_deg"),
-            (self.association_min_iou <= 1.0, "association_min_iou must be <= 1"),
-            (self.association_max_size_ratio >= 1.0, "association_max_size_ratio must be >= 1"),
-            (self.search in SEARCH_MODES, f"search must be one of {SEARCH_MODES}, got {self.search!r}"),
-            (self.acquire in ACQUIRE_MODES, f"acquire must be one of {ACQUIRE_MODES}, got {self.acquire!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        """Raise ``ValueError`` naming the first invalid field (field limits and choices, then cross-checks)."""
+        check_settings(self)
+        if not (self.target_classes and all(self.target_classes)):
+            raise ValueError("target_classes must be non-empty names")
+        if self.search_steering_deg > self.max_steering_deg:
+            raise ValueError("search_steering_deg must be <= max_steering_deg")
 
     @property
     def camera(self) -> PinholeCamera:
@@ -458,21 +475,6 @@ class FollowLoop:
         detections, stamp_s = self._pending if self._pending is not None else (None, None)
         self._pending = None
         return self.controller.update(detections, stamp_s, now_s)
-
-
-def read_params_file(path: Path) -> dict:
-    """The follower node's parameters from a ROS 2 parameters file (its first ``ros__parameters``) or a flat YAML.
-
-    Raises ``ValueError`` (naming the file) when it cannot be read or holds no mapping.
-    """
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read follower parameters {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"follower parameters {path}: expected a YAML mapping")
-    nodes = [v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v]
-    return dict(nodes[0] if nodes else data)
 
 
 def params_from_mapping(mapping: dict, base: FollowParams = FollowParams()) -> FollowParams:

@@ -24,30 +24,40 @@ import numpy as np
 from ssd_ros.ackermann import steering_angle
 from ssd_ros.camera import PinholeCamera
 from ssd_ros.detections import Detections
+from ssd_ros.settings import setting
 
 
 @dataclass(frozen=True)
 class SimParams:
-    """Rover, camera and simulated-detector parameters (defaults: PiCar-B with a Pi camera v2 at 640x480)."""
+    """Rover, camera and simulated-detector parameters (defaults: PiCar-B with a Pi camera v2 at 640x480).
 
-    wheelbase_m: float = 0.14
-    max_steering_deg: float = 30.0
-    servo_rate_degps: float = 400.0  # steering servo slew at the wheels
-    motor_time_constant_s: float = 0.15  # first-order lag of the wheel speed to the command
-    max_speed_mps: float = 0.6
-    camera_forward_m: float = 0.1
-    camera_height_m: float = 0.12
-    image_width: int = 640
-    image_height: int = 480
-    camera_hfov_deg: float = 62.0
-    detection_rate_hz: float = 10.0
-    latency_s: float = 0.1  # image stamp -> detections available (inference time)
-    box_noise_px: float = 2.0  # std-dev of each box edge
-    miss_probability: float = 0.03  # per target and frame
-    frame_drop_probability: float = 0.02  # whole frame without output
-    score: float = 0.85
-    occlusion_fraction: float = 0.6  # a target whose box is covered this much by a nearer one is not detected
-    min_box_px: float = 4.0
+    The limits keep the physics meaningful: rates and time constants divide, probabilities are probabilities.
+    """
+
+    wheelbase_m: float = setting(0.14, "rover wheelbase (m)", limits=(0.01, 5.0))
+    max_steering_deg: float = setting(30.0, "steering limit at the wheels (deg)", limits=(1.0, 60.0))
+    servo_rate_degps: float = setting(400.0, "steering servo slew rate at the wheels (deg/s)", limits=(1.0, 10000.0))
+    motor_time_constant_s: float = setting(
+        0.15, "first-order lag of the wheel speed to the command (s)", limits=(0.001, 10.0)
+    )
+    max_speed_mps: float = setting(0.6, "rover top speed (m/s)", limits=(0.01, 20.0))
+    camera_forward_m: float = setting(0.1, "camera position ahead of the rear axle (m)")
+    camera_height_m: float = setting(0.12, "camera height above ground (m)")
+    image_width: int = setting(640, "simulated image width (px)", limits=(1, 10000))
+    image_height: int = setting(480, "simulated image height (px)", limits=(1, 10000))
+    camera_hfov_deg: float = setting(62.0, "camera horizontal field of view (deg)", limits=(1.0, 179.0))
+    detection_rate_hz: float = setting(10.0, "simulated detector frame rate (Hz)", limits=(0.1, 1000.0))
+    latency_s: float = setting(
+        0.1, "image stamp to detections available: the simulated inference time (s)", limits=(0.0, 10.0)
+    )
+    box_noise_px: float = setting(2.0, "std-dev of each box edge (px)", limits=(0.0, 1000.0))
+    miss_probability: float = setting(0.03, "probability a target is missed in a frame", limits=(0.0, 1.0))
+    frame_drop_probability: float = setting(0.02, "probability a whole frame yields no detections", limits=(0.0, 1.0))
+    score: float = setting(0.85, "score of simulated detections", limits=(0.0, 1.0))
+    occlusion_fraction: float = setting(
+        0.6, "a target whose box is covered this much by a nearer one is not detected", limits=(0.0, 1.0)
+    )
+    min_box_px: float = setting(4.0, "smallest detectable box side (px)", limits=(0.0, 10000.0))
 
     @property
     def camera(self) -> PinholeCamera:

@@ -282,6 +282,9 @@ def test_search_arc_is_slow_bounded_and_times_out():
         ({"target_classes": []}, "target_classes"),
         ({"allow_reverse": "yes"}, "allow_reverse"),
         ({"search_steering_deg": 40.0}, "search_steering_deg"),
+        ({"max_linear_mps": 11.0}, r"max_linear_mps must be in \[0, 10\]"),  # the field's declared limits
+        ({"image_width": 0}, "image_width"),
+        ({"acquire": "nearest"}, "acquire must be one of"),
     ],
 )
 def test_invalid_params_are_rejected_with_the_field_name(changes, field):

@@ -5,6 +5,7 @@ tests (lost target, silent detector, enable service) run on the wall clock and c
 command stamps (TwistStamped, the follower's clock) with the moment the test changed the world.
 """
 
+import dataclasses
 import math
 import os
 import signal
@@ -21,7 +22,7 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseArray, PoseStamped, Twist, TwistStamped  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rcl_interfaces.srv import DescribeParameters, SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.time import Time  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
@@ -362,21 +363,45 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
     assert tracking, reports
     assert tracking[-1]["target_class"] == "person" and float(tracking[-1]["last_detection_age_s"]) < 0.5
 
+    # Runtime changes: out-of-range and inconsistent values are refused with the reason; what bounds
+    # speed, timeouts or calibration is read-only (issue 13); a tuning knob takes effect at once.
     rejected = set_params(probe, "follower", min_score=1.5)
     assert not rejected[0].successful and "min_score" in rejected[0].reason
-    assert not set_params(probe, "follower", rate_hz=5.0)[0].successful  # read-only
-    assert set_params(probe, "follower", max_linear_mps=0.1)[0].successful
+    rejected = set_params(probe, "follower", search_steering_deg=40.0)
+    assert not rejected[0].successful and "search_steering_deg must be <= max_steering_deg" in rejected[0].reason
+    for name, value in [("rate_hz", 5.0), ("max_linear_mps", 1.0), ("lost_timeout_s", 10.0), ("wheelbase_m", 0.5)]:
+        rejected = set_params(probe, "follower", **{name: value})
+        assert not rejected[0].successful and "read-only" in rejected[0].reason, name
+    assert set_params(probe, "follower", min_score=0.95)[0].successful  # the 0.9 person is no candidate now
     t0 = time.time()
-    publish_for(probe, publisher, lambda: detections_msg(probe, [far_person]), 1.5)
-    late = [m.linear.x for arrival, m in commands.messages if arrival > t0 + 0.7]
-    assert late and max(late) == pytest.approx(0.1, abs=1e-6)
+    publish_for(probe, publisher, lambda: detections_msg(probe, [far_person]), 2.5)
+    assert zero_since(t0 + FOLLOW.lost_timeout_s + 2 * PERIOD)
+
+
+def test_declarations_come_from_the_core_fields(probe, launch):
+    """Description, range and read-only of a control-law parameter, as the running node reports them."""
+    launch("follower")
+    names = ["max_linear_mps", "min_score", "search"]
+    request = DescribeParameters.Request(names=names)
+    described = dict(zip(names, call(probe, DescribeParameters, "/follower/describe_parameters", request).descriptors))
+    metadata = {f.name: f.metadata for f in dataclasses.fields(FollowParams)}
+    for name, descriptor in described.items():
+        assert descriptor.description == metadata[name]["description"], name
+        assert descriptor.read_only == metadata[name]["read_only"], name
+    speed_range = described["max_linear_mps"].floating_point_range[0]
+    assert described["max_linear_mps"].read_only and (speed_range.from_value, speed_range.to_value) == (0.0, 10.0)
+    assert not described["min_score"].read_only and described["min_score"].floating_point_range[0].to_value == 1.0
+    assert "stop, arc" in described["search"].description
 
 
 @pytest.mark.parametrize(
     "executable, params, message",
     [
-        ("follower", {"min_score": 1.5}, "min_score must be in [0, 1]"),
+        # Out of the declared range: refused by rclpy at declaration.
+        ("follower", {"min_score": 1.5}, "min_score out of range"),
+        # Checks rclpy cannot express (choices, consistency between fields): refused by FollowParams.
         ("follower", {"search": "spin"}, "search must be one of"),
+        ("follower", {"search_steering_deg": 40.0}, "search_steering_deg must be <= max_steering_deg"),
         ("follower_sim", {"scenario": "zigzag"}, "scenario must be one of"),
         # Out of the declared ranges: refused by rclpy at declaration, never a division by zero later.
         ("follower", {"rate_hz": 0.0}, "rate_hz"),

@@ -23,58 +23,19 @@ from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import Command, FollowLoop, FollowParams, params_from_mapping
 from ssd_ros.ros.messages import diagnostics_msg, msg_to_detections, stamp_ns, twist_msg
-from ssd_ros.ros.params import ParameterTable, declare_all, param
+from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
 
-# One description per control-law parameter (defaults come from FollowParams).
-FOLLOW_PARAM_DESCRIPTIONS = {
-    "target_classes": "class names that may be followed (Detection2D results[].hypothesis.class_id)",
-    "min_score": "minimum detection score of a candidate, [0, 1]",
-    "acquire": "which candidate to acquire when no target is tracked: 'largest' box or best 'score'",
-    "camera_hfov_deg": "camera horizontal field of view (deg); Pi camera v2 at 640x480 is about 62",
-    "image_width": "width (px) of the images the detections refer to",
-    "image_height": "height (px) of the images the detections refer to",
-    "desired_height_fraction": "target box height / image height at the desired following distance",
-    "bearing_gain_per_s": "yaw rate (rad/s) per rad of bearing error",
-    "speed_gain_mps": "speed (m/s) per unit relative distance error (distance / desired - 1)",
-    "bearing_deadband_deg": "bearing error treated as zero (deg)",
-    "turn_creep_mps": "creep speed used to turn towards an off-axis target when otherwise stopped (m/s)",
-    "turn_creep_min_distance": "no creeping when closer than this fraction of the desired distance",
-    "distance_deadband": "relative distance error treated as zero",
-    "smoothing_time_constant_s": "first-order smoothing of the desired speed and yaw rate (s)",
-    "max_linear_accel_mps2": "acceleration limit (m/s^2)",
-    "max_linear_decel_mps2": "braking limit (m/s^2)",
-    "max_steering_rate_degps": "steering angle rate limit (deg/s at the wheels)",
-    "max_linear_mps": "forward speed cap (m/s)",
-    "max_reverse_mps": "reverse speed cap (m/s), used only with allow_reverse",
-    "allow_reverse": "back off when closer than desired",
-    "wheelbase_m": "distance between rear axle and steered front axle (m)",
-    "max_steering_deg": "steering angle limit at the wheels (deg); minimum turning radius follows",
-    "compensate_yaw": "correct the bearing for the yaw turned since the image was taken",
-    "max_detection_age_s": "detections older than this (header stamp vs node clock) are ignored (s)",
-    "lost_timeout_s": "time without the target after which the robot stops (or searches) (s)",
-    "search": "behaviour after lost_timeout_s: 'stop' or 'arc' (slow arc, never a spin)",
-    "search_speed_mps": "speed of the search arc (m/s)",
-    "search_steering_deg": "steering angle of the search arc (deg)",
-    "search_timeout_s": "the search arc stops after this long (s)",
-    "association_min_iou": "IoU with the last box that makes a candidate the same object",
-    "association_max_shift": "centre shift (fraction of image width) still counted as the same object",
-    "association_max_size_ratio": "box width/height ratio beyond which a candidate is another object",
-}
-
-
+# The control law's parameters come from FollowParams' fields; these are the node's own.
 PARAMETERS: ParameterTable = {
-    # Every control-law field must have a description (KeyError otherwise).
-    **{
-        field.name: param(getattr(FollowParams(), field.name), FOLLOW_PARAM_DESCRIPTIONS[field.name])
-        for field in fields(FollowParams)
-    },
+    **dataclass_table(FollowParams),
     "rate_hz": param(20.0, "control and cmd_vel publication rate (Hz)", limits=(0.1, 1000.0), read_only=True),
     "twist_stamped": param(False, "publish geometry_msgs/TwistStamped instead of Twist", read_only=True),
     "start_enabled": param(True, "follow from start-up; otherwise wait for the enable service", read_only=True),
     "diagnostics_period_s": param(1.0, "period of /diagnostics messages (s)", limits=(0.05, 60.0), read_only=True),
     "cmd_frame_id": param("base_link", "frame_id of TwistStamped commands"),
 }
+FOLLOW_FIELDS = frozenset(f.name for f in fields(FollowParams))
 
 
 class FollowerNode(Node):
@@ -110,7 +71,7 @@ class FollowerNode(Node):
         )
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        changes = {p.name: p.value for p in parameters if p.name in FOLLOW_PARAM_DESCRIPTIONS}
+        changes = {p.name: p.value for p in parameters if p.name in FOLLOW_FIELDS}
         if not changes:
             return SetParametersResult(successful=True)
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import fields
 
 from geometry_msgs.msg import Pose, PoseArray, PoseStamped, Twist, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
@@ -27,56 +28,13 @@ from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import FollowParams
 from ssd_ros.ros.messages import detections_to_msg, stamp_msg, twist_to_command
-from ssd_ros.ros.params import ParameterTable, declare_all, param
+from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
 from ssd_ros.sim import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
 
-SIM_PARAM_DESCRIPTIONS = {
-    "wheelbase_m": "rover wheelbase (m)",
-    "max_steering_deg": "steering limit at the wheels (deg)",
-    "servo_rate_degps": "steering servo slew rate (deg/s)",
-    "motor_time_constant_s": "first-order lag of wheel speed to command (s)",
-    "max_speed_mps": "rover top speed (m/s)",
-    "camera_forward_m": "camera position ahead of the rear axle (m)",
-    "camera_height_m": "camera height above ground (m)",
-    "image_width": "simulated image width (px)",
-    "image_height": "simulated image height (px)",
-    "camera_hfov_deg": "camera horizontal field of view (deg)",
-    "detection_rate_hz": "simulated detector frame rate (Hz)",
-    "latency_s": "capture-to-publication latency of the simulated detector (s)",
-    "box_noise_px": "std-dev of box edge noise (px)",
-    "miss_probability": "probability a target is missed in a frame",
-    "frame_drop_probability": "probability a whole frame yields no detections",
-    "score": "score of simulated detections",
-    "occlusion_fraction": "a target covered this much by a nearer one is not detected",
-    "min_box_px": "smallest detectable box side (px)",
-}
-
-# Ranges that keep the physics meaningful (rates and time constants divide; probabilities are probabilities).
-SIM_PARAM_LIMITS = {
-    "wheelbase_m": (0.01, 5.0),
-    "max_steering_deg": (1.0, 60.0),
-    "servo_rate_degps": (1.0, 10000.0),
-    "motor_time_constant_s": (0.001, 10.0),
-    "max_speed_mps": (0.01, 20.0),
-    "image_width": (1, 10000),
-    "image_height": (1, 10000),
-    "camera_hfov_deg": (1.0, 179.0),
-    "detection_rate_hz": (0.1, 1000.0),
-    "latency_s": (0.0, 10.0),
-    "box_noise_px": (0.0, 1000.0),
-    "miss_probability": (0.0, 1.0),
-    "frame_drop_probability": (0.0, 1.0),
-    "score": (0.0, 1.0),
-    "occlusion_fraction": (0.0, 1.0),
-    "min_box_px": (0.0, 10000.0),
-}
-
+# The simulation is built at start-up: every parameter is read-only except the three runtime switches below.
 PARAMETERS: ParameterTable = {
-    **{
-        name: param(getattr(SimParams(), name), description, limits=SIM_PARAM_LIMITS.get(name), read_only=True)
-        for name, description in SIM_PARAM_DESCRIPTIONS.items()
-    },
+    **dataclass_table(SimParams, read_only=True),
     "scenario": param("static", f"scripted scenario, one of {', '.join(SCENARIOS)}", read_only=True),
     "seed": param(0, "noise seed", read_only=True),
     "desired_height_fraction": param(
@@ -129,7 +87,7 @@ class SimNode(Node):
         get = declare_all(self, PARAMETERS).__getitem__  # start-up values
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        params = SimParams(**{name: get(name) for name in SIM_PARAM_DESCRIPTIONS})
+        params = SimParams(**{f.name: get(f.name) for f in fields(SimParams)})
         scenario_name = get("scenario")
         if scenario_name not in SCENARIOS:
             raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario_name!r}")

@@ -37,10 +37,11 @@ from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector
 from ssd_ros.drawing import draw_detections
-from ssd_ros.follow import Command, FollowLoop, FollowParams, params_from_mapping, read_params_file
+from ssd_ros.follow import Command, FollowLoop, FollowParams, params_from_mapping
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import detections_to_msg, stamp_ns, twist_msg
+from ssd_ros.ros.params import read_params_file
 from ssd_ros.tools.bagio import (
     COMPRESSED_IMAGE_TYPE,
     IMAGE_TYPES,

@@ -14,7 +14,8 @@ import math
 import sys
 from pathlib import Path
 
-from ssd_ros.follow import FollowLoop, FollowParams, params_from_mapping, read_params_file
+from ssd_ros.follow import FollowLoop, FollowParams, params_from_mapping
+from ssd_ros.ros.params import read_params_file
 from ssd_ros.sim import (
     SCENARIOS,
     PathMetrics,
