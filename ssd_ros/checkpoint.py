@@ -21,10 +21,11 @@ problem.
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import pickle
-import tempfile
+import secrets
 import warnings
 import zipfile
 from collections import Counter, OrderedDict
@@ -49,6 +50,7 @@ __all__ = [
     "load_checkpoint",
     "load_coco_pretrained",
     "read_checkpoint_payload",
+    "remove_stale_temp_files",
     "save_checkpoint",
 ]
 
@@ -260,7 +262,9 @@ def save_checkpoint(
     """Write ``model``'s weights, ``card`` and optional ``extra`` state to ``path`` atomically.
 
     The file is written to a temporary file in the same directory, fsynced, then renamed over ``path``
-    (a crash leaves either the old file or the new one, never half a file). ``card.training`` gets
+    (a crash leaves either the old file or the new one, never half a file; the temp file a killed save
+    leaves is removed by the next save, see :func:`remove_stale_temp_files`). The file mode follows the
+    umask, like any file write. ``card.training`` gets
     ``code_version`` if it has none. ``extra`` (optimizer/scheduler/scaler state, RNG states as
     ByteTensors, ...) must hold only tensors and plain containers/scalars; anything else raises
     TypeError before anything is written.
@@ -286,7 +290,12 @@ def save_checkpoint(
         raise ValueError(f"model does not match its card: {problem}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temp_files(path)
+    # Our own temp name carries the writer's pid, so a later save can tell a crash leftover from a save in
+    # progress. Created by os.open with 0o666 so the umask applies, as for any file write (mkstemp's 0600
+    # would hide the checkpoint from a robot service running as another user).
+    tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -304,6 +313,35 @@ def save_checkpoint(
         finally:
             os.close(dir_fd)
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Delete the temp files a killed save of ``path`` left (``.<name>.<pid>.<hex>.tmp``); returns them.
+
+    Only files of :func:`save_checkpoint`'s own naming are touched, and only when the process that wrote
+    them is gone (``kill -9`` or power loss mid-save); a save in progress in another live process keeps its
+    file. Names of the earlier ``mkstemp`` form (``.<name>.<random>.tmp``, no pid) are always leftovers.
+    """
+    path = Path(path)
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        middle = candidate.name[len(path.name) + 2 : -len(".tmp")].split(".")
+        if len(middle) == 2 and middle[0].isdigit() and _pid_alive(int(middle[0])):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another saver cleaned it first
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------------

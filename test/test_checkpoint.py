@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -279,3 +283,61 @@ def test_coco_card_describes_torchvision_coco_model():
     rebuilt = card.build_model()
     assert rebuilt.head.classification_head.module_list[0].out_channels == 91 * 4
     assert rebuilt.anchor_generator.scales == [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_checkpoint_mode_follows_the_umask(tmp_path, umask):
+    """Like any file write (not mkstemp's 0600): a robot service running as another user must read it."""
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "model.pt", _lite_model(seed=1), ModelCard.for_architecture(LITE, NAMES))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+_KILLED_SAVER = """
+import sys, torch
+from ssd_ros.checkpoint import ModelCard, save_checkpoint
+from ssd_ros.model import build_model
+model = build_model("ssd300_vgg16", 4)  # ~100 MB: the write takes long enough to be killed in the middle
+card = ModelCard.for_architecture("ssd300_vgg16", ["a", "b", "c"])
+print("saving", flush=True)
+while True:
+    save_checkpoint(sys.argv[1], model, card)
+"""
+
+
+def kill_9_while_saving(path):
+    """Start a process that saves ``path`` in a loop and SIGKILL it once its temp file exists; its pid."""
+    saver = subprocess.Popen([sys.executable, "-c", _KILLED_SAVER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert saver.stdout.readline() == "saving\n"
+        deadline = time.monotonic() + 120
+        while not list(path.parent.glob(f".{path.name}.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        saver.kill()  # SIGKILL: no handler, no cleanup
+    finally:
+        saver.kill()
+        saver.wait()
+    return saver.pid
+
+
+def test_kill_9_during_save_leaves_a_temp_file_the_next_save_removes(tmp_path):
+    path = tmp_path / "last.pt"
+    # The kill lands mid-write unless this process was descheduled for the whole ~100 MB write: retry then.
+    for _ in range(3):
+        pid = kill_9_while_saving(path)
+        if list(tmp_path.glob(".last.pt.*.tmp")):
+            break
+    leftovers = list(tmp_path.glob(".last.pt.*.tmp"))
+    assert len(leftovers) == 1 and f".{pid}." in leftovers[0].name
+    # A temp file of a save still running in another process (this one's pid, alive) is left alone.
+    in_progress = tmp_path / f".last.pt.{os.getpid()}.0123abcd.tmp"
+    in_progress.write_bytes(b"partial")
+    legacy = tmp_path / ".last.pt.k3j2h1g0.tmp"  # the earlier mkstemp naming: always a leftover
+    legacy.write_bytes(b"partial")
+
+    save_checkpoint(path, _lite_model(seed=2), ModelCard.for_architecture(LITE, NAMES))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.pt", in_progress.name])
+    load_checkpoint(path)
