@@ -1,0 +1,384 @@
+"""rover.launch.py run for real, as ``ros2 launch ssd_ros rover.launch.py`` runs it.
+
+A real ``LaunchService`` (test/launch_runner.py) starts the installed nodes over real DDS; every verdict
+comes from the running system: the ROS graph (node names, topics, parameters), the launch's exit code,
+its output, and which processes are left in the launch's session afterwards (none may be).
+
+The detector loads a small randomly initialised SSDlite checkpoint the test writes, through the real
+checkpoint code. Camera drivers are not installable here: test/camera_stand_in.py publishes on the
+topic names the real drivers create, installed as a package of the driver's name in a temporary prefix.
+
+Needs the launch runtime (``make setup`` builds it from ../shared/vendor, or an apt ROS install has it);
+without it these tests skip and say so, except in CI, where ../shared/vendor is there and they must run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import rclpy
+import torch
+import yaml
+from conftest import REPO_ROOT, ros_env
+from rcl_interfaces.srv import GetParameters
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation
+from rclpy.parameter import parameter_value_to_python
+from vision_msgs.msg import Detection2DArray
+
+from ssd_ros.checkpoint import ModelCard, save_checkpoint
+from ssd_ros.model import VOC_CLASSES, build_model
+
+RUNNER = REPO_ROOT / "test" / "launch_runner.py"
+STAND_IN = REPO_ROOT / "test" / "camera_stand_in.py"
+CONFIG = REPO_ROOT / "config"
+VENDOR = REPO_ROOT.parent / "shared" / "vendor"
+DRIVERS = {"camera_ros": "camera_node", "v4l2_camera": "v4l2_camera_node"}  # package -> executable
+ARGUMENTS = (
+    "model_path device target_class image_topic compressed camera base detector follower twist_stamped rviz "
+    "namespace use_sim_time"
+).split()
+# Generous ceilings for a node to appear: two shared cores, torch imports; a healthy run takes a few seconds.
+START_TIMEOUT_S = 90.0
+# launch escalates SIGINT -> SIGTERM after 5 s and -> SIGKILL 5 s later (its sigterm/sigkill_timeout
+# defaults); a clean stop never reaches SIGTERM, which the tests check in the output. This only bounds the wait.
+STOP_TIMEOUT_S = 30.0
+
+
+def _launch_runtime_problem() -> str | None:
+    try:
+        import launch  # noqa: F401
+        import launch_ros  # noqa: F401
+    except ImportError as error:
+        return f"no launch runtime ({error}): make setup builds it where ../shared/vendor exists"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def launch_runtime():
+    problem = _launch_runtime_problem()
+    if problem and os.environ.get("CI") == "true" and VENDOR.is_dir():
+        pytest.fail(f"{problem}, and ../shared/vendor is present: the set-up did not build it")
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small randomly initialised VOC model (SSDlite320) saved through the real checkpoint code."""
+    architecture = "ssdlite320_mobilenet_v3"
+    torch.manual_seed(0)
+    model = build_model(architecture, len(VOC_CLASSES) + 1)
+    card = ModelCard.for_architecture(architecture, VOC_CLASSES, dataset="none (random init, test)")
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "ssdlite.pt", model, card)
+
+
+def session_processes(session: int) -> list[str]:
+    """'pid command' of every live (non-zombie) process in ``session``, read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # exited while we looked
+            continue
+        state, _ppid, _pgrp, sid = text[text.rindex(")") + 2 :].split()[:4]
+        if int(sid) == session and state != "Z":
+            found.append(f"{stat.parent.name} {text[text.index('(') + 1 : text.rindex(')')]}")
+    return found
+
+
+class RoverLaunch:
+    """``ros2 launch ssd_ros rover.launch.py <arguments>`` in a session of its own, output to a file."""
+
+    def __init__(self, log: Path, *arguments: str, prefix: Path | None = None):
+        env = ros_env()
+        if prefix is not None:  # stand-in packages found like installed ones
+            env["AMENT_PREFIX_PATH"] = f"{prefix}{os.pathsep}{env['AMENT_PREFIX_PATH']}"
+        self.log = log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(RUNNER), "ssd_ros", "rover.launch.py", *arguments],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def lines_of(self, process: str) -> list[str]:
+        """What a launched process itself printed (launch prefixes it with ``[<process>-<n>] ``)."""
+        return [line for line in self.output().splitlines() if re.match(rf"\[{process}-\d+\] ", line)]
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the launch to end by itself; returns its exit code."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"launch still running after {timeout} s:\n{self.output()}")
+
+    def interrupt(self, *, whole_group: bool = True) -> int:
+        """SIGINT as Ctrl-C in a terminal sends it (to the launch and its nodes), or to the launch alone
+        (``kill -INT <pid>``; launch then leaves SIGINT to the terminal and escalates to SIGTERM after 5 s).
+        Returns the launch's exit code."""
+        assert self.proc.poll() is None, f"launch ended early:\n{self.output()}"
+        if whole_group:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGINT)
+        return self.wait(STOP_TIMEOUT_S)
+
+    def assert_nothing_left(self):
+        assert self.proc.poll() is not None
+        left = session_processes(self.proc.pid)
+        assert not left, f"processes left running after the launch ended: {left}\n{self.output()}"
+
+    def kill(self):
+        """Test clean-up: whatever is still in the session goes."""
+        if self.proc.poll() is None or session_processes(self.proc.pid):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def rover(tmp_path):
+    """Start launches with ``rover(*arguments, prefix=...)``; anything left is killed afterwards."""
+    started = []
+
+    def start(*arguments: str, prefix: Path | None = None) -> RoverLaunch:
+        started.append(RoverLaunch(tmp_path / f"launch{len(started)}.log", *arguments, prefix=prefix))
+        return started[-1]
+
+    yield start
+    for launch in started:
+        launch.kill()
+
+
+@pytest.fixture
+def ros_node():
+    """A node of the test's own, in its own context and executor, for the graph, parameters and topics."""
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("launch_test_probe", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    yield node
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+def wait_until(node, condition, timeout: float, what: str, launch: RoverLaunch):
+    """Spin ``node`` until ``condition()`` is truthy; fails with the launch output if it ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert launch.proc.poll() is None, f"launch ended while waiting for {what}:\n{launch.output()}"
+        node.executor.spin_once(timeout_sec=0.2)
+    pytest.fail(f"no {what} within {timeout} s:\n{launch.output()}")
+
+
+def topics(node, name: str, namespace: str, kind: str) -> dict[str, list[str]]:
+    """Topics a remote node publishes or subscribes (``kind``: 'publisher' | 'subscriber') -> types."""
+    getter = getattr(node, f"get_{kind}_names_and_types_by_node")
+    try:
+        return dict(getter(name, namespace))
+    except rclpy_implementation.NodeNameNonExistentError:  # not (or no longer) in the graph
+        return {}
+
+
+def get_parameters(node, fqn: str, names: list[str]) -> dict[str, object]:
+    """Values of a remote node's parameters through its get_parameters service."""
+    client = node.create_client(GetParameters, f"{fqn}/get_parameters")
+    try:
+        assert client.wait_for_service(timeout_sec=30.0), f"{fqn} has no parameter service"
+        future = client.call_async(GetParameters.Request(names=names))
+        node.executor.spin_until_future_complete(future, timeout_sec=30.0)
+        values = future.result().values
+        assert len(values) == len(names), f"{fqn}: some of {names} not declared or unset"
+        return {name: parameter_value_to_python(value) for name, value in zip(names, values)}
+    finally:
+        node.destroy_client(client)
+
+
+def config_parameters(name: str) -> dict[str, object]:
+    """A node's parameter file, less empty lists (YAML's [] has no element type: the node keeps it unset)."""
+    parameters = yaml.safe_load((CONFIG / name).read_text())["/**"]["ros__parameters"]
+    return {key: value for key, value in parameters.items() if value != []}
+
+
+def camera_stand_in(prefix: Path, driver: str) -> Path:
+    """Install test/camera_stand_in.py under ``prefix`` as package ``driver`` with the real executable name."""
+    executable = DRIVERS[driver]
+    (prefix / "share" / "ament_index" / "resource_index" / "packages").mkdir(parents=True, exist_ok=True)
+    (prefix / "share" / "ament_index" / "resource_index" / "packages" / driver).write_text("")
+    (prefix / "share" / driver).mkdir(exist_ok=True)
+    script = prefix / "lib" / driver / executable
+    script.parent.mkdir(parents=True)
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STAND_IN}" {driver} "$@"\n')
+    script.chmod(0o755)
+    return prefix
+
+
+def test_show_args_lists_every_argument_with_description_and_default():
+    """What ``ros2 launch ssd_ros rover.launch.py --show-args`` prints, from the installed file."""
+    from ament_index_python.packages import get_package_share_directory
+    from launch.launch_description_sources import get_launch_description_from_python_launch_file
+
+    path = Path(get_package_share_directory("ssd_ros")) / "launch" / "rover.launch.py"
+    assert path.resolve() == (REPO_ROOT / "launch" / "rover.launch.py").resolve(), "installed launch file is stale"
+    arguments = get_launch_description_from_python_launch_file(str(path)).get_launch_arguments()
+    shown = {}
+    for argument in arguments:
+        assert argument.default_value is not None, f"{argument.name} has no default"
+        default = " + ".join(token.describe() for token in argument.default_value)
+        assert len(argument.description) >= 15, f"{argument.name}: {argument.description!r}"
+        shown[argument.name] = default
+    assert sorted(shown) == sorted(ARGUMENTS)
+    assert shown["base"] == "'sim'" and shown["camera"] == "'none'" and shown["rviz"] == "'false'"
+    assert shown["image_topic"] == "'camera/image_raw'"
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c", "sigint-to-launch"])
+def test_default_start_brings_up_the_rover_and_sigint_stops_every_process(rover, ros_node, checkpoint, whole_group):
+    launch = rover(f"model_path:={checkpoint}", "device:=cpu")
+    expected = {
+        "detector": ({"/camera/image_raw": ["sensor_msgs/msg/Image"]}, {"/detections", "/image_annotated"}),
+        "follower": ({"/detections": ["vision_msgs/msg/Detection2DArray"]}, {"/cmd_vel"}),
+        "picar_base": ({"/cmd_vel": ["geometry_msgs/msg/Twist"]}, set()),
+    }
+    for name, (subscribed, published) in expected.items():
+        # Subscriptions are the last thing each node creates: once they show, the node is up.
+        wait_until(
+            ros_node,
+            lambda name=name, subscribed=subscribed: topics(ros_node, name, "/", "subscriber") == subscribed,
+            START_TIMEOUT_S,
+            f"/{name} subscribing {subscribed}",
+            launch,
+        )
+        assert published <= set(topics(ros_node, name, "/", "publisher")), name
+
+    # Each node runs with its config file, plus the launch's overrides.
+    launched = {
+        "detector": {"model_path": str(checkpoint), "device": "cpu", "image_topic": "camera/image_raw"},
+        "follower": {"target_classes": ["person"], "twist_stamped": False},
+        "picar_base": {"hardware": "sim", "twist_stamped": False},
+    }
+    for name, overrides in launched.items():
+        want = {**config_parameters(f"{name}.yaml"), **overrides, "use_sim_time": False}
+        assert get_parameters(ros_node, f"/{name}", list(want)) == want, name
+
+    assert launch.interrupt(whole_group=whole_group) == 0
+    launch.assert_nothing_left()
+    output = launch.output()
+    for name in expected:
+        assert re.search(rf"\[INFO\] \[{name}-\d+\]: process has finished cleanly", output), output
+    assert "SIGKILL" not in output, output
+    if whole_group:  # each node stopped on the SIGINT itself, before launch's 5 s escalation
+        assert "SIGTERM" not in output, "a node did not stop on SIGINT:\n" + output
+    assert "stopped: motor off" in launch.lines_of("picar_base")[-1], output
+
+
+@pytest.mark.parametrize("driver", ["camera_ros", "v4l2_camera"])
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "compressed"])
+def test_camera_frames_reach_the_detector(rover, ros_node, checkpoint, tmp_path, driver, compressed):
+    """For every camera choice, raw or compressed, in a namespace: the detector answers the camera's frames."""
+    from camera_stand_in import FRAME_ID
+
+    prefix = camera_stand_in(tmp_path / "prefix", driver)
+    launch = rover(
+        f"camera:={driver}",
+        f"compressed:={str(compressed).lower()}",
+        "namespace:=picar1",
+        f"model_path:={checkpoint}",
+        "device:=cpu",
+        "follower:=false",
+        "base:=none",
+        prefix=prefix,
+    )
+    answers = []
+    ros_node.create_subscription(Detection2DArray, "/picar1/detections", answers.append, 10)
+    wait_until(
+        ros_node,
+        lambda: any(msg.header.frame_id == FRAME_ID for msg in answers),
+        START_TIMEOUT_S,
+        "detections of the camera's frames on /picar1/detections",
+        launch,
+    )
+    image = "/picar1/camera/image_raw" + ("/compressed" if compressed else "")
+    assert set(topics(ros_node, "detector", "/picar1", "subscriber")) == {image}
+    camera_topics = {"/picar1/camera/image_raw", "/picar1/camera/image_raw/compressed", "/picar1/camera/camera_info"}
+    # camera_ros: its node name is the topics' prefix; v4l2_camera: the launch's namespace "camera" is.
+    camera_node = {"camera_ros": ("camera", "/picar1"), "v4l2_camera": ("v4l2_camera", "/picar1/camera")}[driver]
+    assert camera_topics <= set(topics(ros_node, *camera_node, "publisher"))
+    # output="screen": the driver's own stdout reaches the launch output.
+    assert any("stand-in publishing" in line for line in launch.lines_of(DRIVERS[driver])), launch.output()
+
+    assert launch.interrupt() == 0
+    launch.assert_nothing_left()
+
+
+def test_a_required_process_dying_stops_the_whole_launch(rover, tmp_path):
+    """The detector refuses a file that is no checkpoint: follower and base must not stay up without it."""
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    launch = rover(f"model_path:={not_a_checkpoint}", "device:=cpu")
+    assert launch.wait(START_TIMEOUT_S) == 0  # launch's Shutdown on a required exit is an orderly end
+    launch.assert_nothing_left()
+    output = launch.output()
+    assert re.search(r"\[detector-\d+\] \[FATAL\].*cannot start", output), output
+    assert re.search(r"process\[detector-\d+\] was required: shutting down launched system", output), output
+    for name in ("follower", "picar_base"):
+        assert re.search(rf"\[INFO\] \[{name}-\d+\]: process has finished cleanly", output), output
+    if any("base ready" in line for line in launch.lines_of("picar_base")):  # it may still have been starting
+        assert "stopped: motor off" in launch.lines_of("picar_base")[-1], output
+
+
+def _installed(package: str) -> bool:
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+    try:
+        get_package_share_directory(package)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named", "absent"),
+    [
+        ([], "model_path is empty", None),
+        (["model_path:=/nonexistent/best.pt"], "model_path:=/nonexistent/best.pt: no such file", None),
+        (["rviz:=true"], "rviz:=true: rviz2 is not installed", "rviz2"),
+        (["camera:=camera_ros"], "camera:=camera_ros: the camera_ros package is not installed", "camera_ros"),
+        (["camera:=v4l2_camera"], "camera:=v4l2_camera: the v4l2_camera package is not installed", "v4l2_camera"),
+        (["base:=picar"], "base:='picar' must be one of picar_b, sim, none", None),
+        (["compressed:=maybe"], "compressed:='maybe' is not a boolean", None),
+    ],
+    ids=["no-model", "missing-model", "rviz-absent", "camera_ros-absent", "v4l2_camera-absent", "bad-base", "bad-flag"],
+)
+def test_refused_before_any_process_starts(rover, checkpoint, arguments, named, absent):
+    """One error line naming the argument, exit code 1, and not a single process started."""
+    if absent is not None and _installed(absent):
+        pytest.skip(f"{absent} is installed here")
+    gives_model = any(argument.startswith("model_path:=") for argument in arguments)
+    # A valid model for the others, so the argument under test is what is refused ("no-model" gives none).
+    model = [] if gives_model or not arguments else [f"model_path:={checkpoint}"]
+    launch = rover(*model, *arguments)
+    assert launch.wait(START_TIMEOUT_S) == 1
+    launch.assert_nothing_left()
+    output = launch.output()
+    errors = [line for line in output.splitlines() if line.startswith("[ERROR] [launch]")]
+    assert len(errors) == 1 and named in errors[0], output
+    assert "process started" not in output, output
