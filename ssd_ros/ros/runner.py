@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -10,7 +12,11 @@ import rclpy
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, NameValidationException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
+from rclpy.utilities import remove_ros_args
+
+from ssd_ros.ros.params import ParameterTable
 
 NodeT = TypeVar("NodeT", bound=Node)
 
@@ -28,22 +34,61 @@ class StartupError(Exception):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
+def _type_and_default(default: object) -> tuple[str, str]:
+    if default is Parameter.Type.STRING_ARRAY:  # typed but unset (see params.STRING_ARRAY)
+        return "string[]", "unset"
+    kinds = {bool: "bool", int: "integer", float: "double", str: "string"}
+    if isinstance(default, list):
+        element = kinds.get(type(default[0]), "") if default else ""
+        return f"{element}[]", repr(default)
+    return kinds.get(type(default), type(default).__name__), repr(default)
+
+
+def format_help(name: str, summary: str, parameters: ParameterTable) -> str:
+    """``<name> --help``: how to start the node, then every parameter with type, default and description."""
+    lines = [
+        f"usage: {name} [--help] [--ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r FROM:=TO ...]]",
+        "",
+        summary,
+        "",
+        "parameters (set with -p NAME:=VALUE or a --params-file; [read-only] ones only at start-up):",
+    ]
+    for parameter, (default, descriptor) in parameters.items():
+        kind, shown = _type_and_default(default)
+        ranges = [*descriptor.integer_range, *descriptor.floating_point_range]
+        limits = f", {ranges[0].from_value:g} to {ranges[0].to_value:g}" if ranges else ""
+        read_only = " [read-only]" if descriptor.read_only else ""
+        lines.append(f"  {parameter} ({kind}, default {shown}{limits}){read_only}")
+        lines.append(f"      {descriptor.description}")
+    return "\n".join(lines)
+
+
 def run_node(
     name: str,
     factory: Callable[[], NodeT],
     on_stop: Callable[[NodeT], None] | None = None,
     args: list[str] | None = None,
+    parameters: ParameterTable | None = None,
 ) -> int:
     """Build the node with ``factory`` and spin it until a stop signal (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT).
+
+    With ``-h``/``--help`` among the arguments outside ``--ros-args``, print :func:`format_help` for
+    ``parameters`` (the node's table; the first line of ``factory``'s docstring says what it is) and
+    return 0 without starting anything.
 
     ``on_stop`` runs once after spinning ends (a final zero command, stop + centre) with further stop
     signals ignored, so a second Ctrl-C or launch's follow-up SIGTERM cannot cut it short. An exception
     escaping a callback (a bug, or input nobody foresaw) is logged and the node keeps running.
 
     Returns:
-        0 after a clean stop; 1 when the node cannot start (``StartupError``, ``ValueError`` or an invalid
+        0 after a clean stop or ``--help``; 1 when the node cannot start (``StartupError``, ``ValueError`` or an invalid
         parameter), after one ``cannot start: <reason>`` log line and no traceback.
     """
+    user_args = remove_ros_args(sys.argv if args is None else args)[1:]
+    if parameters is not None and ("-h" in user_args or "--help" in user_args):
+        summary = re.sub(r":\w+:`~?([^`]+)`", r"\1", (factory.__doc__ or name).strip().splitlines()[0])  # Sphinx roles
+        print(format_help(name, summary, parameters))
+        return 0
     # rclpy's own signal handlers would shut the context down before ``on_stop`` could publish.
     logger = rclpy.logging.get_logger(name)
     try:
