@@ -396,7 +396,7 @@ class BaseNode(Node):
 
 def main(args=None) -> int:
     """Run the base driver until Ctrl-C/SIGTERM; always end with stop + centre. Exit code 1 if it cannot start."""
-    return run_node("picar_base", BaseNode, on_stop=BaseNode.stop_safely, args=args)
+    return run_node("picar_base", BaseNode, on_stop=BaseNode.stop_safely, args=args, parameters=PARAMETERS)
 
 
 if __name__ == "__main__":

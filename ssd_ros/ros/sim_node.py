@@ -183,7 +183,7 @@ class SimNode(Node):
 
 def main(args=None) -> int:
     """Spin the simulator until Ctrl-C / SIGTERM; exit code 1 on invalid start-up parameters."""
-    return run_node("follower_sim", SimNode, args=args)
+    return run_node("follower_sim", SimNode, args=args, parameters=PARAMETERS)
 
 
 if __name__ == "__main__":
