@@ -25,11 +25,19 @@ def pytest_configure(config):
         raise pytest.UsageError("run the suite with scripts/test.sh (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)")
 
 
+# CI (CI=true, as CI services set it) always has ../shared/data: there a missing file is a broken set-up,
+# and a skipped data test would hide it.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
 def shared_data(*parts: str) -> Path:
-    """Path under ../shared/data; skips the calling test with a reason when it is absent."""
+    """Path under ../shared/data; when it is absent: skips the calling test with a reason, fails it under CI."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real test data not found at {path} (../shared/data is not part of a fresh clone)")
+        reason = f"real test data not found at {path} (../shared/data is not part of a fresh clone)"
+        if IN_CI:
+            pytest.fail(f"{reason}; CI=true, where the data must be present", pytrace=False)
+        pytest.skip(reason)
     return path
 
 
