@@ -7,8 +7,12 @@ projections of the scripted people, never a pretend SSD result; the GIF says so 
 Writes ``camera.gif`` (what the follower saw), ``trajectory.png`` and a summary.
 
 Part 2, only with ``--checkpoint`` (trained weights; none ship with the repository): a camera bag
-made from ``--video`` is run through ``bag_eval`` (the node's decoder and Detector, the follower's
-control law) and the annotated frames are written to ``detections.mp4``.
+made from rover footage (by default the labelled rover frames in ../shared/data, which show the
+classes a rover model knows; or ``--images`` / ``--video``) is run through ``bag_eval`` (the node's
+decoder and Detector, the follower's control law); the detection count is printed and the annotated
+frames are written to ``detections.mp4``. The checkpoint and footage are checked before part 1.
+
+Exit status: 0 done, 1 a run failed (a node, make_bag or bag_eval), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_VIDEO = REPO_ROOT.parent / "shared" / "data" / "picar_camera" / "video" / "lane_drive.avi"
+# Labelled rover frames with the rover model's classes (the lane video in ../shared shows none of them).
+DEFAULT_IMAGES = REPO_ROOT.parent / "shared" / "data" / "picar_camera" / "detection" / "test"
 
 
 def _ros_env() -> dict[str, str]:
@@ -180,28 +185,52 @@ def write_camera_gif(detections, path: Path, every: int = 3) -> int:
     return len(frames)
 
 
-def plot_trajectory(rec: dict, desired_m: float, path: Path) -> None:
-    """Top-down rover and target paths, and distance/bearing to the followed person over time."""
+def seen_from_camera(rover: tuple[float, float, float], target: tuple[float, float]) -> tuple[float, float]:
+    """Bearing (deg) and ground distance (m) of ``target`` from the camera, where "desired" is measured from.
+
+    Measured from the rover's reference point (the rear axle) the rover would look camera_forward_m short.
+    """
+    from ssd_ros.sim import RoverState, SimParams, bearing_and_distance
+
+    x, y, yaw = rover
+    bearing, distance = bearing_and_distance(RoverState(x=x, y=y, yaw=yaw), target, SimParams())
+    return math.degrees(bearing), distance
+
+
+def plot_trajectory(rec: dict, desired_m: float, path: Path) -> list[str]:
+    """Top-down rover and target paths, and camera distance/bearing to the followed person over time.
+
+    A person who does not move is drawn as a marker, not a path of zero length. Returns the labels
+    of the top-down view's legend.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ssd_ros.sim import RoverState, SimParams, camera_pose
 
     rover = np.asarray(rec["rover"])
     targets = np.asarray(rec["targets"][: len(rover)])
     fig, (top, errors) = plt.subplots(1, 2, figsize=(11, 4.5))
     top.plot(rover[:, 1], rover[:, 2], "b-", label="rover (rear axle)")
     for k in range(targets.shape[1]):
-        top.plot(targets[:, k, 0], targets[:, k, 1], "--", label=f"person {k}")
+        xs, ys = targets[:, k, 0], targets[:, k, 1]
+        if np.ptp(xs) < 0.01 and np.ptp(ys) < 0.01:  # standing still: a 1 cm path would be invisible
+            top.plot(xs[0], ys[0], "*", markersize=14, label=f"person {k} (standing)")
+        else:
+            top.plot(xs, ys, "--", label=f"person {k}")
     top.set_aspect("equal", adjustable="datalim")
     top.set(xlabel="x (m)", ylabel="y (m)", title="closed loop over DDS: sim -> follower -> picar_base")
     top.legend(fontsize=8)
     top.grid(alpha=0.3)
     n = min(len(rover), len(targets))
-    dx, dy = targets[:n, 0, 0] - rover[:n, 1], targets[:n, 0, 1] - rover[:n, 2]
-    bearing = (np.arctan2(dy, dx) - rover[:n, 3] + np.pi) % (2 * np.pi) - np.pi
-    errors.plot(rover[:n, 0], np.hypot(dx, dy), "g-", label="distance to person 0 (m)")
-    errors.axhline(desired_m, color="g", ls=":", label=f"desired {desired_m:.2f} m (at the camera)")
+    # From the camera, as the desired distance is (from the rear axle it would look camera_forward_m short).
+    cameras = np.asarray([camera_pose(RoverState(x=x, y=y, yaw=yaw), SimParams()) for _, x, y, yaw in rover[:n]])
+    dx, dy = targets[:n, 0, 0] - cameras[:, 0], targets[:n, 0, 1] - cameras[:, 1]
+    bearing = (np.arctan2(dy, dx) - cameras[:, 2] + np.pi) % (2 * np.pi) - np.pi
+    errors.plot(rover[:n, 0], np.hypot(dx, dy), "g-", label="camera to person 0 (m)")
+    errors.axhline(desired_m, color="g", ls=":", label=f"desired {desired_m:.2f} m (from the camera)")
     errors.plot(rover[:n, 0], np.degrees(bearing) / 10, "m-", label="bearing (deg / 10)")
     errors.set(xlabel="simulated time (s)")
     errors.legend(fontsize=8)
@@ -209,49 +238,85 @@ def plot_trajectory(rec: dict, desired_m: float, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    return [text.get_text() for text in top.get_legend().get_texts()]
 
 
-def run_detector_on_video(checkpoint: Path, video: Path, out: Path, max_frames: int) -> Path:
-    """make_bag + bag_eval on ``video`` with ``checkpoint``; the annotated frames become an MP4."""
+def run_detector_on_footage(checkpoint: Path, footage: Path, out: Path, max_frames: int) -> tuple[Path, dict]:
+    """make_bag + bag_eval on ``footage`` (a video file or an image folder) with ``checkpoint``.
+
+    Returns the MP4 of the annotated frames and bag_eval's report (``detections``, ``frames``, ...).
+    """
+    import json
+
     import cv2
 
+    from ssd_ros.ros.images import image_msg_to_rgb
     from ssd_ros.tools.bag_eval import ANNOTATED_TOPIC
     from ssd_ros.tools.bag_eval import main as bag_eval
     from ssd_ros.tools.bagio import deserialize, open_bag
     from ssd_ros.tools.make_bag import main as make_bag
 
-    bag, evaluated = out / "camera_bag", out / "camera_bag_eval"
+    bag, evaluated, report = out / "camera_bag", out / "camera_bag_eval", out / "bag_eval_report.json"
     for previous in (bag, evaluated):  # the demo's own output of an earlier run (bags are never overwritten)
         shutil.rmtree(previous, ignore_errors=True)
-    if make_bag(["--video", str(video), "--out", str(bag), "--max-frames", str(max_frames)]) != 0:
+    source = ["--images" if footage.is_dir() else "--video", str(footage)]
+    if make_bag([*source, "--out", str(bag), "--max-frames", str(max_frames)]) != 0:
         raise SystemExit("demo: make_bag failed")
-    if bag_eval([str(bag), "--checkpoint", str(checkpoint), "--out", str(evaluated)]) != 0:
+    if bag_eval([str(bag), "--checkpoint", str(checkpoint), "--out", str(evaluated), "--report", str(report)]) != 0:
         raise SystemExit("demo: bag_eval failed")
-    from ssd_ros.ros.images import image_msg_to_rgb
 
     video_path, writer = out / "detections.mp4", None
     with open_bag(evaluated) as (reader, _):
         connections = [c for c in reader.connections if c.topic == ANNOTATED_TOPIC]
         for connection, _, raw in reader.messages(connections=connections):
             rgb = image_msg_to_rgb(deserialize(raw, connection.msgtype))
-            if writer is None:
-                writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), 10, rgb.shape[1::-1])
+            if writer is None:  # 2 frames/s: a few stills stay readable; a video plays at 10
+                fps = 2 if footage.is_dir() else 10
+                writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, rgb.shape[1::-1])
             writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if writer is not None:
         writer.release()
-    return video_path
+    return video_path, json.loads(report.read_text())
+
+
+def check_part2(checkpoint: Path, footage: Path) -> str | None:
+    """Why part 2 cannot run (checkpoint or footage), or None; checked before the minute-long part 1."""
+    from ssd_ros.checkpoint import CheckpointError
+    from ssd_ros.detector import Detector
+
+    if not footage.exists():
+        return f"footage {footage} not found (give --images DIR or --video FILE)"
+    try:
+        Detector.from_checkpoint(checkpoint, device="cpu")  # what bag_eval will load
+    except (CheckpointError, ValueError) as exc:
+        return f"--checkpoint: {exc}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m ssd_ros.tools.demo``)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ssd_ros.sim import SCENARIOS
+
+    parser = argparse.ArgumentParser(
+        prog="demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "demo", help="output folder")
-    parser.add_argument("--scenario", default="static", help="follower_sim scenario (default: static)")
+    parser.add_argument(
+        "--scenario", default="static", choices=SCENARIOS, help="follower_sim scenario (default: static)"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="simulated seconds (default 20)")
     parser.add_argument("--checkpoint", type=Path, help="trained SSD checkpoint for part 2 (optional)")
-    parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video for part 2")
-    parser.add_argument("--max-frames", type=int, default=60, help="frames of the video for part 2")
+    footage = parser.add_mutually_exclusive_group()
+    footage.add_argument("--images", type=Path, help=f"image folder for part 2 (default: {DEFAULT_IMAGES})")
+    footage.add_argument("--video", type=Path, help="video for part 2 instead of the image folder")
+    parser.add_argument("--max-frames", type=int, default=60, help="frames of the footage for part 2")
     args = parser.parse_args(argv)
+    footage = args.video or args.images or DEFAULT_IMAGES
+    if args.checkpoint is not None:
+        problem = check_part2(args.checkpoint, footage)
+        if problem:
+            print(f"demo: error: {problem}", file=sys.stderr)
+            return 2
     args.out.mkdir(parents=True, exist_ok=True)
 
     from ssd_ros.base import STATE_FIELDS
@@ -275,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         f"- simulated time {t:.1f} s, {len(rec['detections'])} detection messages (SIMULATED: the simulator's "
         f"projected boxes, not an SSD), {len(rec['cmd_vel'])} cmd_vel"
     )
+    bearing_deg, distance_m = seen_from_camera((x, y, yaw), (tx, ty))
     lines.append(
-        f"- final distance to the person {math.hypot(tx - x, ty - y):.2f} m (desired {desired:.2f} m at the camera), "
-        f"bearing {math.degrees((math.atan2(ty - y, tx - x) - yaw + math.pi) % (2 * math.pi) - math.pi):+.1f} deg"
+        f"- final distance from the camera to the person {distance_m:.2f} m (desired {desired:.2f} m), "
+        f"bearing {bearing_deg:+.1f} deg"
     )
     if ticks:
         lines.append(
@@ -289,13 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is None:
         lines.append(
             "- no trained detector weights were given (--checkpoint), and none ship with the repository: "
-            "the SSD part of the pipeline was not run on camera video. Train one with training/train.py."
+            "the SSD part of the pipeline was not run on camera footage. Train one with training/train.py."
         )
-    elif not args.video.exists():
-        lines.append(f"- video {args.video} not found: SSD part skipped (give one with --video / make demo VIDEO=...)")
     else:
-        video = run_detector_on_video(args.checkpoint, args.video, args.out, args.max_frames)
-        lines.append(f"- SSD on {args.video.name}: annotated frames in {video}")
+        video, report = run_detector_on_footage(args.checkpoint, footage, args.out, args.max_frames)
+        found = {name: count for name, count in report["detections_per_class"].items() if count}
+        lines.append(
+            f"- SSD on {footage}: {report['detections']} detections in {report['frames']} frames "
+            f"(score > {report['score_threshold']:g}; {found or 'none'}); annotated frames in {video}"
+        )
     summary = "\n".join(lines) + "\n"
     (args.out / "summary.md").write_text(summary)
     print("\n" + summary, end="")
