@@ -216,6 +216,32 @@ def test_bad_checkpoint_file(tmp_path):
     assert_fails_before_work(tmp_path, ["--checkpoint", bogus, "--data", root, "--split", "2012/val"], "bogus.pt")
 
 
+def test_checkpoint_folder_names_the_files_inside(checkpoints, tmp_path):
+    root = shared_data("voc2012_sample")
+    argv = ["--checkpoint", checkpoints["voc"].parent, "--data", root, "--split", "2012/val"]
+    assert_fails_before_work(
+        tmp_path, argv, "is a folder, not a checkpoint file; it holds picar.pt, voc.pt: give one, e.g."
+    )
+
+
+def test_devkit_and_folder_mixed_up_get_a_hint(checkpoints, tmp_path):
+    devkit, folder = shared_data("voc2012_sample"), shared_data("picar_camera", "detection", "test")
+    assert_fails_before_work(
+        tmp_path, ["--checkpoint", checkpoints["picar"], "--data", folder], f"give it as --folder {folder}"
+    )
+    assert_fails_before_work(
+        tmp_path, ["--checkpoint", checkpoints["voc"], "--folder", devkit], "is a VOCdevkit (VOC2012)", "--data"
+    )
+
+
+def test_results_that_cannot_be_written_are_a_failed_run(checkpoints, tmp_path):
+    folder = shared_data("picar_camera", "detection", "test")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should go")
+    status, _, stderr = run("--checkpoint", checkpoints["picar"], "--folder", folder, "--limit", "1", "--out", blocker)
+    assert status == 1 and f"cannot write the results to {blocker}" in stderr, stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_unavailable(checkpoints, tmp_path):
     root = shared_data("voc2012_sample")

@@ -16,7 +16,8 @@ The defaults are the VOC evaluation setting of the SSD paper: score threshold 0.
 per image, NMS IoU 0.45, VOC2007 11-point AP at IoU > 0.5 on VOC2007 test.
 
 Bad paths, broken annotations, an unreadable checkpoint or a dataset with classes the checkpoint does not
-know are reported before any image is processed, with exit status 2.
+know are reported before any image is processed, with exit status 2 (as an image found unreadable later);
+a run that fails (out of memory, a device error, results that cannot be written) exits with status 1.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector, resolve_device
-from ssd_ros.voc import VocItem, VocSplit, load_image_rgb
+from ssd_ros.voc import VocFormatError, VocItem, VocSplit, load_image_rgb
 from ssd_ros.voc_metric import METRICS, VocEvaluation, evaluate_detections, format_ap_table, plot_pr_curves
 
 __all__ = ["detect_split", "main", "parse_args"]
@@ -150,10 +151,35 @@ def _load_item(item: VocItem) -> np.ndarray:
     return load_image_rgb(item.image_path)
 
 
+def _is_devkit(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("VOC*/Annotations"))
+
+
+def _is_voc_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "Annotations").is_dir() or any(path.glob("*.xml")))
+
+
+def mixup_hint(devkit_option: str, devkit: Path | None, folder_option: str, folders: Sequence[Path]) -> str:
+    """A hint when a VOC-format folder was given as a VOCdevkit or the other way round ('' otherwise)."""
+    if devkit is not None and not _is_devkit(devkit) and _is_voc_folder(devkit):
+        return f"; {devkit} is a VOC-format folder, not a VOCdevkit: give it as {folder_option} {devkit}"
+    for folder in folders:
+        if _is_devkit(folder) and not _is_voc_folder(folder):
+            years = sorted(p.parent.name for p in folder.glob("VOC*/Annotations"))
+            return (
+                f"; {folder} is a VOCdevkit ({', '.join(years)}), not a VOC-format folder: give it as {devkit_option}"
+            )
+    return ""
+
+
 def _load_split(args: argparse.Namespace) -> VocSplit:
-    if args.data is not None:
-        return VocSplit.from_devkit(args.data, args.split)
-    return VocSplit.from_folder(args.folder, args.image_set)
+    try:
+        if args.data is not None:
+            return VocSplit.from_devkit(args.data, args.split)
+        return VocSplit.from_folder(args.folder, args.image_set)
+    except VocFormatError as error:
+        folders = [args.folder] if args.folder is not None else []
+        raise UsageError(f"{error}{mixup_hint('--data', args.data, '--folder', folders)}") from error
 
 
 def _default_out(args: argparse.Namespace, split: VocSplit) -> Path:
@@ -195,16 +221,21 @@ def _write_outputs(
     return paths
 
 
-def _error(message: str) -> int:
+def _error(message: str, status: int = 2) -> int:
+    """One ``evaluate.py: error:`` line; returns the exit status (2 usage/data, 1 a failed run)."""
     print(f"evaluate.py: error: {message}", file=sys.stderr)
-    return 2
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Evaluate as the command line says; returns the exit status (0, or 2 for bad inputs)."""
+    """Evaluate as the command line says; returns the exit status: 0, 2 bad inputs or data, 1 a failed run."""
     args = parse_args(argv)
     # Everything that can be wrong with the inputs is checked here, before any image is processed.
     try:
+        if args.checkpoint.is_dir():
+            inside = sorted(p.name for p in args.checkpoint.glob("*.pt"))
+            hint = f"; it holds {', '.join(inside)}: give one, e.g. {args.checkpoint / inside[0]}" if inside else ""
+            raise UsageError(f"--checkpoint {args.checkpoint} is a folder, not a checkpoint file{hint}")
         if not args.checkpoint.is_file():
             raise UsageError(f"checkpoint {args.checkpoint} not found")
         split = _load_split(args)
@@ -241,14 +272,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"{split.name}: {len(items)} images, {sum(len(a) for a in annotations)} objects; device {device}")
     start = time.perf_counter()
-    detections = detect_split(
-        detector,
-        items,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        progress=not args.no_progress,
-        load=load_checked,
-    )
+    try:
+        detections = detect_split(
+            detector,
+            items,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.no_progress,
+            load=load_checked,
+        )
+    except VocFormatError as error:  # an image that cannot be read: the data's fault
+        return _error(str(error))
+    except RuntimeError as error:  # the run itself failed (out of memory, a device error)
+        return _error(f"evaluation failed: {error}", status=1)
     seconds = time.perf_counter() - start
     images_per_s = len(items) / seconds if seconds > 0 else float("inf")
 
@@ -267,7 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "annotation_size_mismatches": sorted(size_mismatches),
     }
     out = args.out if args.out is not None else _default_out(args, split)
-    _write_outputs(out, result, items, detections, summary)
+    try:
+        _write_outputs(out, result, items, detections, summary)
+    except OSError as error:  # disk full, no permission, --out names a file
+        return _error(f"cannot write the results to {out}: {error}", status=1)
     print()
     print(format_ap_table(result))
     print()
