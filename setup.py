@@ -31,6 +31,7 @@ setup(
             "bag_eval = ssd_ros.tools.bag_eval:main",
             "make_bag = ssd_ros.tools.make_bag:main",
             "bag_play = ssd_ros.tools.bag_play:main",
+            "export_model = ssd_ros.tools.export_model:main",
         ],
     },
 )

@@ -219,6 +219,8 @@ class Detector:
         _cpu_only(backend, device)
         if backend == "torch":
             raise ValueError(f"{path} is an exported model: run it with backend onnxruntime or openvino")
+        if backend == "onnxruntime" and Path(path).suffix != ".onnx":
+            raise ValueError(f"{path} is OpenVINO IR: run it with backend openvino (onnxruntime reads .onnx exports)")
         if precision == "auto":
             precision = exported.precision
         if (precision == "int8") != (exported.precision == "int8"):

@@ -35,6 +35,7 @@ from ssd_ros.image_codec import decode_compressed, encode_compressed
 from ssd_ros.model import VOC_CLASSES, build_model
 from ssd_ros.ros.images import image_msg_to_rgb, rgb_to_compressed_msg, rgb_to_image_msg
 from ssd_ros.ros.messages import msg_to_detections
+from ssd_ros.tools import export_model
 
 PARAMS_FILE = REPO_ROOT / "config" / "detector.yaml"
 WIDTH, HEIGHT = 640, 480
@@ -480,7 +481,36 @@ def test_ssd300_node_and_dropped_frames(ros_node, tmp_path, reference):
     assert code == 0, (tmp_path / "ssd300.log").read_text()[-3000:]
 
 
+def test_exported_model_on_openvino_reports_its_backend(ros_node, tmp_path, ssdlite_checkpoint, reference):
+    """An exported file through a fast backend: same detections as the torch core, backend in diagnostics."""
+    exported = tmp_path / "ssdlite.onnx"
+    assert export_model.main(["--checkpoint", str(ssdlite_checkpoint), "--out", str(exported), "--quiet"]) == 0
+    proc = start_detector(
+        tmp_path / "ov.log",
+        exported,
+        "/ov",
+        "-p",
+        "backend:=openvino",
+        "-p",
+        "num_threads:=1",
+        "-p",
+        "qos_reliability:=reliable",
+    )
+    try:
+        probe = Probe(ros_node, "/ov", compressed=False)
+        probe.wait_ready()
+        rgb = test_image(3)
+        msg = probe.answer(probe.send(rgb_to_image_msg(rgb, probe.header("ov_frame"))))
+        assert_same_detections(msg, reference(rgb))
+        report = probe.fresh_diagnostics(lambda d: int(d["processed"]) >= 1)
+        assert (report["backend"], report["precision"], report["num_threads"]) == ("openvino", "fp32", "1")
+    finally:
+        code = stop_process(proc)
+    assert code == 0, (tmp_path / "ov.log").read_text()[-3000:]
+
+
 BAD_START_CASES = [
+    (["-p", "model_path:=NOT_A_CHECKPOINT", "-p", "backend:=tensorrt"], "unknown backend 'tensorrt'"),
     (["-p", "model_path:=/nonexistent/dir/missing.pt"], "checkpoint /nonexistent/dir/missing.pt: no such file"),
     (["-p", "model_path:=NOT_A_CHECKPOINT"], "checkpoint NOT_A_CHECKPOINT"),
     ([], "no model: set model_path"),  # the params file's empty default

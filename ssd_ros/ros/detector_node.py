@@ -53,7 +53,25 @@ STATS_WINDOW = 100  # inference times / image ages kept for the percentiles
 
 
 PARAMETERS: ParameterTable = {
-    "model_path": param("", "SSD checkpoint (.pt) to load (restart required to change)", read_only=True),
+    "model_path": param(
+        "",
+        "SSD checkpoint (.pt) or exported model (.onnx, OpenVINO .xml from export_model) to load (restart required)",
+        read_only=True,
+    ),
+    "backend": param(
+        "torch",
+        "what runs the network: torch (reference) | onnxruntime | openvino (restart required)",
+        read_only=True,
+    ),
+    "precision": param(
+        "auto",
+        "network arithmetic: auto (the file's: int8 for an int8 export, else fp32) | fp32 | bf16 | int8 "
+        "(restart required)",
+        read_only=True,
+    ),
+    "num_threads": param(
+        0, "CPU threads for the network (0: the backend's default, all cores)", limits=(0, 256), read_only=True
+    ),
     "use_coco_weights": param(
         False,
         "ignore model_path and use torchvision's COCO-trained SSD300 (needs internet once or torch's cache; "
@@ -152,7 +170,8 @@ class DetectorNode(Node):
         self._worker = threading.Thread(target=self._run_worker, name="detector-worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"{self._model_name} on {self._detector.device}: {self.resolve_topic_name(topic)} "
+            f"{self._model_name}, {self._detector.backend} {self._detector.precision} "
+            f"x{self._detector.num_threads} threads on {self._detector.device}: {self.resolve_topic_name(topic)} "
             f"({'CompressedImage' if values['compressed'] else 'Image'}, {reliability}, depth {values['qos_depth']}) "
             f"-> {self.resolve_topic_name('detections')}, {len(self._detector.class_names)} classes, "
             f"score_threshold {self._detector.score_threshold}"
@@ -162,14 +181,15 @@ class DetectorNode(Node):
 
     def _load_detector(self, values: dict) -> tuple[Detector, str]:
         settings = {name: values[name] for name in DETECTOR_SETTINGS}  # class_filter unset (None): all classes
+        settings.update({name: values[name] for name in ("device", "backend", "precision", "num_threads")})
         try:
             if values["use_coco_weights"]:
-                detector = Detector.from_coco(device=values["device"], **settings)
+                detector = Detector.from_coco(**settings)
                 return detector, "torchvision COCO ssd300_vgg16"
             path = values["model_path"]
             if not path:
                 raise StartupError("no model: set model_path to a checkpoint (or use_coco_weights:=true)")
-            detector = Detector.from_checkpoint(path, device=values["device"], **settings)
+            detector = Detector.from_checkpoint(path, **settings)
         except (CheckpointError, WeightsUnavailableError) as error:
             raise StartupError(str(error)) from error
         except ValueError as error:  # a device that does not exist here, an out-of-range setting, a wrong class
@@ -309,6 +329,9 @@ class DetectorNode(Node):
             **{name: str(count) for name, count in counters.items()},
             "last_bad_frame": last_problem,
             "device": str(self._detector.device),
+            "backend": self._detector.backend,
+            "precision": self._detector.precision,
+            "num_threads": str(self._detector.num_threads),
             "model": self._model_name,
             "score_threshold": f"{self._detector.score_threshold:g}",
         }

@@ -1,0 +1,116 @@
+"""``export_model``: an ssd_ros checkpoint (or torchvision's COCO SSD300) -> ONNX or OpenVINO IR, fp32 or int8.
+
+    export_model --checkpoint best.pt --format onnx --out best.onnx
+    export_model --checkpoint best.pt --format openvino --int8 --calibration frames/ --out best_int8.xml
+
+The file carries the model card in its metadata, so the detector node, ``bag_eval`` and ``evaluate.py``
+load it like a checkpoint (``backend:=onnxruntime`` or ``openvino``). int8 is calibrated on the images of
+``--calibration`` (the rover's own frames or VOC images; a few hundred are plenty). Every input is
+checked before the slow work starts; a problem is one line on stderr and exit status 2, and nothing
+half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from ssd_ros.checkpoint import CheckpointError, load_checkpoint, load_coco_pretrained
+from ssd_ros.export import EXPORT_FORMATS, export_onnx_bytes, quantize_int8, write_export
+from ssd_ros.inference import NetworkSpec
+from ssd_ros.model import WeightsUnavailableError
+from ssd_ros.tools.make_bag import BagToolError, image_files, read_image
+
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
+
+
+class ExportInputError(Exception):
+    """An input of the export that is wrong; the message says which and why."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments of ``export_model``."""
+    parser = argparse.ArgumentParser(prog="export_model", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="ssd_ros checkpoint (.pt) to export")
+    source.add_argument("--coco", action="store_true", help="torchvision's COCO SSD300 (needs internet or its cache)")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="onnx (.onnx) or openvino (.xml+.bin)")
+    parser.add_argument("--out", type=Path, required=True, help="output file (.onnx, or .xml for openvino)")
+    parser.add_argument(
+        "--int8", action="store_true", help="post-training static int8 quantisation (needs --calibration)"
+    )
+    parser.add_argument("--calibration", type=Path, help="folder of real images (.jpg/.png/.bmp) to calibrate int8 on")
+    parser.add_argument(
+        "--calibration-limit", type=int, default=300, help="use at most this many calibration images (default 300)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.int8 != (args.calibration is not None):
+        parser.error("--int8 and --calibration go together (int8 is calibrated on real images)")
+    if args.calibration_limit < 1:
+        parser.error("--calibration-limit must be >= 1")
+    return args
+
+
+def _check_output(out: Path, export_format: str) -> None:
+    suffix = SUFFIXES[export_format]
+    if out.suffix != suffix:
+        raise ExportInputError(f"--out {out}: a {export_format} export is a {suffix} file")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as error:
+        raise ExportInputError(f"--out {out}: cannot write in {parent} ({error.strerror or error})") from error
+
+
+def _calibration_images(folder: Path, limit: int) -> list[Path]:
+    try:
+        files = image_files(folder)
+    except BagToolError as error:
+        raise ExportInputError(f"--calibration: {error}") from error
+    # Spread over the whole folder (frames of a drive are sorted in time): every n-th file.
+    step = max(1, len(files) // limit)
+    return files[::step][:limit]
+
+
+def export(args: argparse.Namespace) -> Path:
+    """Run the export ``args`` describe; raises ExportInputError, CheckpointError or WeightsUnavailableError."""
+    _check_output(args.out, args.format)
+    calibration = _calibration_images(args.calibration, args.calibration_limit) if args.int8 else []
+    if args.coco:
+        model, card = load_coco_pretrained("cpu")
+    else:
+        model, card = load_checkpoint(args.checkpoint, device="cpu")
+    onnx = export_onnx_bytes(model, card)
+    if args.int8:
+        from ssd_ros.backends import SSDNetwork
+
+        spec = NetworkSpec.from_card(card, SSDNetwork(model).feature_map_sizes())
+        try:
+            images = [read_image(path) for path in calibration]
+        except BagToolError as error:
+            raise ExportInputError(f"--calibration: {error}") from error
+        onnx = quantize_int8(onnx, images, spec, progress=not args.quiet)
+    return write_export(onnx, args.out, args.format)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``export_model`` executable; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        out = export(args)
+    except (ExportInputError, CheckpointError, WeightsUnavailableError) as error:
+        print(f"export_model: error: {error}", file=sys.stderr)
+        return 2
+    size_mb = sum(p.stat().st_size for p in (out, out.with_suffix(".bin")) if p.exists()) / 1e6
+    precision = "int8" if args.int8 else "fp32"
+    print(f"export_model: wrote {out} ({args.format}, {precision}, {size_mb:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

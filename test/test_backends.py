@@ -1,0 +1,312 @@
+"""Exported models and the ONNX Runtime / OpenVINO backends against the torch reference, on real images.
+
+fp32 backends must agree with torch to the arithmetic's rounding (boxes within 0.5 px, scores within 1e-3,
+same classes) for SSD300 and SSDlite, untrained and trained. Reduced precision only means something on a
+trained model: an SSDlite is trained here from scratch on real rover frames (cached for the module), and
+int8 (calibrated on other real rover frames) and bf16 must keep its VOC AP within 1 point of fp32 and
+match >= 95% of its detections (same class, IoU >= 0.5).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import EXECUTABLES, shared_data
+from torch import nn
+from torchvision.models.detection import ssd300_vgg16
+
+from ssd_ros.backends import cpu_has_bf16
+from ssd_ros.checkpoint import CheckpointError, ModelCard, coco_model_card, save_checkpoint
+from ssd_ros.detections import Detections
+from ssd_ros.detector import Detector
+from ssd_ros.export import export_onnx_bytes, read_exported, write_export
+from ssd_ros.model import VOC_CLASSES, build_model
+from ssd_ros.tools import export_model
+from ssd_ros.voc import VocSplit, load_image_rgb
+from ssd_ros.voc_metric import evaluate_detections
+from training import train
+
+FAST = ("onnxruntime", "openvino")
+
+
+def _images() -> list[np.ndarray]:
+    voc = shared_data("voc2012_sample", "VOC2012", "JPEGImages")
+    rover = shared_data("picar_camera", "detection", "test")
+    paths = [voc / "2007_000027.jpg", voc / "2007_000032.jpg", sorted(rover.glob("*.jpg"))[0]]
+    return [load_image_rgb(p) for p in paths]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+def assert_same_detections(reference: Detections, other: Detections, *, box_px: float, score: float) -> None:
+    """Each reference detection has its own counterpart in ``other``: same class, boxes and scores close.
+
+    Matched as sets (greedy by box distance): near-equal scores may swap places between runtimes.
+    """
+    assert len(other) == len(reference), (len(other), len(reference))
+    free = np.ones(len(other), bool)
+    for box, s, label in zip(reference.boxes, reference.scores, reference.labels):
+        distance = np.abs(other.boxes - box).max(axis=1)
+        candidates = free & (other.labels == label) & (np.abs(other.scores - s) <= score) & (distance <= box_px)
+        assert candidates.any(), f"no counterpart for {label} {s:.4f} {box}"
+        best = np.flatnonzero(candidates)[np.argmin(distance[candidates])]
+        free[best] = False
+
+
+def matched_fraction(reference: list[Detections], other: list[Detections]) -> float:
+    """Fraction of reference detections with a same-class detection at IoU >= 0.5 in ``other`` (one-to-one)."""
+    matched = total = 0
+    for ref, oth in zip(reference, other):
+        total += len(ref)
+        if len(ref) and len(oth):
+            iou = _iou(ref.boxes, oth.boxes) * (ref.labels[:, None] == oth.labels[None, :])
+            free = np.ones(len(oth), bool)
+            for row in iou:
+                j = np.argmax(np.where(free, row, -1))
+                if free[j] and row[j] >= 0.5:
+                    free[j] = False
+                    matched += 1
+    return matched / max(total, 1)
+
+
+def _lively_ssdlite(num_classes: int) -> nn.Module:
+    """An untrained SSDlite with a spread of outputs (torchvision's std-0.03 init makes them vanish)."""
+    torch.manual_seed(0)
+    model = build_model("ssdlite320_mobilenet_v3", num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Untrained SSD300 and SSDlite checkpoints (real checkpoint files)."""
+    folder = tmp_path_factory.mktemp("untrained")
+    torch.manual_seed(0)
+    models = {"ssd300_vgg16": build_model("ssd300_vgg16", 21), "ssdlite320_mobilenet_v3": _lively_ssdlite(21)}
+    paths = {}
+    for architecture, model in models.items():
+        paths[architecture] = save_checkpoint(
+            folder / f"{architecture}.pt", model, ModelCard.for_architecture(architecture, VOC_CLASSES)
+        )
+    return paths
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """SSDlite trained from scratch on 8 real rover frames (the recipe of test_train's learning test)."""
+    source = shared_data("picar_camera", "detection", "train")
+    folder = tmp_path_factory.mktemp("frames")
+    for xml in sorted(source.glob("*.xml"))[:8]:
+        shutil.copy(xml, folder / xml.name)
+        shutil.copy(xml.with_suffix(".jpg"), folder / xml.with_suffix(".jpg").name)
+    output = tmp_path_factory.mktemp("run")
+    train.train(
+        train.parse_args(
+            [
+                *("--train-folder", str(folder), "--architecture", "ssdlite320_mobilenet_v3", "--no-pretrained"),
+                *("--workers", "0", "--no-progress", "--threads", "1", "--output-dir", str(output)),
+                *("--iterations", "100", "--batch-size", "4", "--lr", "0.01", "--warmup-iterations", "10"),
+                *("--no-augment", "--precise-bn-batches", "4", "--log-every", "50", "--checkpoint-every", "1000"),
+            ]
+        )
+    )
+    # Calibration frames: other frames of the same drive, not the evaluation ones.
+    calibration = tmp_path_factory.mktemp("calibration")
+    for image in sorted(source.glob("*.jpg"))[8:48]:
+        shutil.copy(image, calibration / image.name)
+    return {"checkpoint": output / "last.pt", "frames": folder, "calibration": calibration}
+
+
+# ---------------------------------------------------------------------------------------------------
+# fp32: every backend equals torch
+
+
+@pytest.mark.parametrize("architecture", ["ssd300_vgg16", "ssdlite320_mobilenet_v3"])
+@pytest.mark.parametrize("backend", FAST)
+def test_fp32_backends_equal_torch_untrained(checkpoints, architecture, backend):
+    images = _images()
+    settings = {"score_threshold": 0.3, "max_detections": 100, "device": "cpu", "warmup_runs": 0}
+    reference = Detector.from_checkpoint(checkpoints[architecture], **settings)
+    fast = Detector.from_checkpoint(checkpoints[architecture], backend=backend, **settings)
+    assert (fast.backend, fast.precision) == (backend, "fp32")
+    for image in images:
+        expected = reference(image)
+        assert len(expected) >= 20, "the comparison needs detections"
+        assert_same_detections(expected, fast(image), box_px=0.5, score=1e-3)
+
+
+@pytest.mark.parametrize("export_format", ["onnx", "openvino"])
+def test_trained_model_exported_file_equals_torch(trained, tmp_path, export_format):
+    """The exported file (not an in-memory export) on trained weights, through both runtimes."""
+    out = tmp_path / ("lite.onnx" if export_format == "onnx" else "lite.xml")
+    assert (
+        export_model.main(["--checkpoint", str(trained["checkpoint"]), "--format", export_format, "--out", str(out)])
+        == 0
+    )
+    settings = {"score_threshold": 0.05, "device": "cpu", "warmup_runs": 0}
+    reference = Detector.from_checkpoint(trained["checkpoint"], **settings)
+    frames = [load_image_rgb(p) for p in sorted(trained["frames"].glob("*.jpg"))]
+    for backend in FAST if export_format == "onnx" else ["openvino"]:
+        fast = Detector.from_checkpoint(out, backend=backend, **settings)
+        assert fast.card == reference.card
+        for frame in frames:
+            assert_same_detections(reference(frame), fast(frame), box_px=0.5, score=1e-3)
+
+
+def test_batches_through_an_exported_file(checkpoints, tmp_path):
+    out = write_export(export_onnx_bytes(*_load(checkpoints["ssdlite320_mobilenet_v3"])), tmp_path / "m.onnx", "onnx")
+    images = _images()
+    for backend in FAST:
+        detector = Detector.from_checkpoint(out, backend=backend, device="cpu", warmup_runs=0)
+        singles = [detector(image) for image in images]
+        for single, batched in zip(singles, detector.detect_batch(images)):
+            assert_same_detections(single, batched, box_px=0.01, score=1e-5)
+
+
+def _load(path: Path):
+    from ssd_ros.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reduced precision on a trained model
+
+
+def _ap_and_detections(detector: Detector, folder: Path) -> tuple[float, list[Detections]]:
+    split = VocSplit.from_folder(folder)
+    detections = detector.detect_batch([load_image_rgb(item.image_path) for item in split])
+    annotations = [item.annotation() for item in split]
+    result = evaluate_detections(detections, annotations, detector.class_names, metric="11point")
+    return result.map, detections
+
+
+def test_int8_and_bf16_keep_the_accuracy_of_fp32(trained, tmp_path, capsys):
+    int8 = tmp_path / "lite_int8.onnx"
+    argv = ["--checkpoint", str(trained["checkpoint"]), "--int8", "--calibration", str(trained["calibration"])]
+    assert export_model.main([*argv, "--out", str(int8), "--quiet"]) == 0
+    assert read_exported(int8).precision == "int8"
+    int8_nodes = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= int8_nodes
+
+    settings = {"score_threshold": 0.3, "device": "cpu", "warmup_runs": 0}
+    fp32_ap, fp32 = _ap_and_detections(Detector.from_checkpoint(trained["checkpoint"], **settings), trained["frames"])
+    assert fp32_ap > 0.9, f"the trained model should find its training objects (AP {fp32_ap:.3f})"
+    assert sum(map(len, fp32)) >= 8
+    candidates = {
+        "onnxruntime int8": Detector.from_checkpoint(int8, backend="onnxruntime", **settings),
+        "openvino int8": Detector.from_checkpoint(int8, backend="openvino", **settings),
+        "torch bf16": Detector.from_checkpoint(trained["checkpoint"], precision="bf16", **settings),
+    }
+    if cpu_has_bf16():
+        candidates["openvino bf16"] = Detector.from_checkpoint(
+            trained["checkpoint"], backend="openvino", precision="bf16", **settings
+        )
+    with capsys.disabled():
+        print(f"\nfp32 AP {fp32_ap:.4f}, {sum(map(len, fp32))} detections")
+    for name, detector in candidates.items():
+        assert detector.precision == name.split()[1]
+        ap, detections = _ap_and_detections(detector, trained["frames"])
+        fraction = matched_fraction(fp32, detections)
+        with capsys.disabled():
+            print(f"{name}: AP {ap:.4f} (fp32 {fp32_ap:.4f}), {fraction:.1%} of fp32 detections matched")
+        assert abs(ap - fp32_ap) <= 0.01, name
+        assert fraction >= 0.95, name
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exported files: card, bad files, COCO, the command
+
+
+def test_exported_file_round_trips_its_card(checkpoints, tmp_path):
+    model, card = _load(checkpoints["ssd300_vgg16"])
+    onnx_bytes = export_onnx_bytes(model, card)
+    for name, export_format in (("m.onnx", "onnx"), ("m.xml", "openvino")):
+        exported = read_exported(write_export(onnx_bytes, tmp_path / name, export_format))
+        assert exported.card == card and exported.precision == "fp32"
+        assert exported.feature_map_sizes == ((38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1))
+        assert exported.spec.anchors.shape == (8732, 4)
+    assert (tmp_path / "m.bin").exists() and not list(tmp_path.glob(".*tmp*"))
+    with pytest.raises(ValueError, match="is OpenVINO IR: run it with backend openvino"):
+        Detector.from_checkpoint(tmp_path / "m.xml", backend="onnxruntime")
+
+
+def test_corrupted_and_foreign_files_are_clear_errors(checkpoints, tmp_path):
+    good = write_export(export_onnx_bytes(*_load(checkpoints["ssdlite320_mobilenet_v3"])), tmp_path / "g.onnx", "onnx")
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.onnx: is not a readable \.onnx file"):
+        Detector.from_checkpoint(cut, backend="onnxruntime")
+    # A valid ONNX model someone else made: no card.
+    proto = onnx.load(str(good))
+    del proto.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(proto, str(foreign))
+    with pytest.raises(CheckpointError, match="foreign.onnx: is an ONNX model without an ssd_ros model card"):
+        Detector.from_checkpoint(foreign, backend="openvino")
+    with pytest.raises(CheckpointError, match="no such file"):
+        Detector.from_checkpoint(tmp_path / "missing.xml", backend="openvino")
+    with pytest.raises(ValueError, match="exported model: run it with backend onnxruntime or openvino"):
+        Detector.from_checkpoint(good, backend="torch")
+    with pytest.raises(ValueError, match="int8 needs a calibrated int8 export"):
+        Detector.from_checkpoint(checkpoints["ssdlite320_mobilenet_v3"], backend="onnxruntime", precision="int8")
+    with pytest.raises(ValueError, match="fp32 export; precision int8 needs an int8 export"):
+        Detector.from_checkpoint(good, backend="onnxruntime", precision="int8")
+    with pytest.raises(ValueError, match="no bf16 CPU path"):
+        Detector.from_checkpoint(good, backend="onnxruntime", precision="bf16")
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        Detector.from_checkpoint(good, backend="tensorrt")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Detector.from_checkpoint(good, backend="openvino", device="cuda")
+
+
+def test_coco_model_exports_with_its_label_map(tmp_path):
+    """torchvision's COCO SSD300 structure (91 outputs, N/A ids) with random weights: no download here."""
+    torch.manual_seed(0)
+    model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=91).eval()
+    card = coco_model_card()
+    out = write_export(export_onnx_bytes(model, card), tmp_path / "coco.onnx", "onnx")
+    fast = Detector.from_checkpoint(out, backend="onnxruntime", score_threshold=0.01, device="cpu", warmup_runs=0)
+    reference = Detector(model, card.class_names, label_map=card.label_map, score_threshold=0.01, device="cpu")
+    assert fast.class_names == card.class_names and len(card.class_names) == 80
+    image = _images()[0]
+    expected = reference(image)
+    assert len(expected) > 0 and "N/A" not in expected.names
+    assert_same_detections(expected, fast(image), box_px=0.5, score=1e-3)
+
+
+def test_export_command_refuses_bad_input_with_one_line(checkpoints, tmp_path, capsys):
+    not_ours = tmp_path / "random.pt"
+    not_ours.write_bytes(b"\x00" * 100)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    # Not a folder: cannot be written into, even by root (chmod would not stop root).
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    good = str(checkpoints["ssdlite320_mobilenet_v3"])
+    cases = {
+        "random.pt": ["--checkpoint", str(not_ours), "--out", str(tmp_path / "a.onnx")],
+        "no images": ["--checkpoint", good, "--int8", "--calibration", str(empty), "--out", str(tmp_path / "b.onnx")],
+        "cannot write": ["--checkpoint", good, "--out", str(blocker / "c.onnx")],
+        "is a .xml file": ["--checkpoint", good, "--format", "openvino", "--out", str(tmp_path / "d.onnx")],
+    }
+    for expected, argv in cases.items():
+        assert export_model.main(argv) == 2, expected
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err and err.startswith("export_model: error:"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "empty", "random.pt"]
+    assert (EXECUTABLES / "export_model").exists()
