@@ -457,24 +457,61 @@ class FollowLoop:
     detector still stops the robot). An older frame that was never ticked on is dropped, as a live
     follower would drop it. ``offer`` is the single entry point of frames, where a tracker or a camera
     model from CameraInfo would act on them.
+
+    It also knows why the robot may never move: :meth:`class_problem` compares the target classes
+    with the model's classes (:attr:`model_classes`, from the detector's label map) or, while those
+    are unknown, with the class names seen in the detections.
     """
 
     def __init__(self, params: FollowParams):
         """A loop around a new controller for ``params`` (validated: ``ValueError`` on bad values)."""
         self.controller = FollowController(params)
         self.last_stamp_s: float | None = None  # stamp of the newest frame offered, for the age in diagnostics
+        self.model_classes: tuple[str, ...] | None = None  # the detector's classes, once known
+        self.seen_classes: set[str] = set()
         self._pending: tuple[Detections, float | None] | None = None
 
     def offer(self, detections: Detections, stamp_s: float | None) -> None:
         """A frame arrived: its detections and when the image was taken (None: now)."""
         self._pending = (detections, stamp_s)
         self.last_stamp_s = stamp_s
+        self.seen_classes.update(detections.names)
+
+    def class_problem(self) -> str | None:
+        """Why some target classes can never be followed, or None as far as is known.
+
+        Against the model's classes every target must be one of them. Without them, the detections show
+        only the classes that occurred, so only a near miss is certain: a target that differs from a seen
+        class name by case alone (``person`` vs ``Person``).
+        """
+        targets = self.controller.params.target_classes
+        if self.model_classes is not None:
+            return class_mismatch(targets, self.model_classes, "the model's classes")
+        seen = {name.lower() for name in self.seen_classes}
+        near_misses = [c for c in targets if c not in self.seen_classes and c.lower() in seen]
+        return class_mismatch(near_misses, sorted(self.seen_classes), "the class names in the detections")
 
     def tick(self, now_s: float) -> Command:
         """One timer tick at ``now_s`` (the clock of the stamps): the command to publish."""
         detections, stamp_s = self._pending if self._pending is not None else (None, None)
         self._pending = None
         return self.controller.update(detections, stamp_s, now_s)
+
+
+def class_mismatch(target_classes, known_classes, where: str) -> str | None:
+    """Why targets are never followed: those not in ``known_classes`` (from ``where``), or None if none.
+
+    The one-line reason names both lists and suggests the case-insensitive match where there is one.
+    """
+    missing = [name for name in target_classes if name not in known_classes]
+    if not missing:
+        return None
+    by_lower = {name.lower(): name for name in known_classes}
+    hints = [f"{by_lower[name.lower()]!r} for {name!r}" for name in missing if name.lower() in by_lower]
+    message = f"target_classes {missing} are not among {where} {list(known_classes)}, so they are never followed"
+    if hints:
+        message += f"; class names are case-sensitive: did you mean {', '.join(hints)}?"
+    return message
 
 
 def params_from_mapping(mapping: dict, base: FollowParams = FollowParams()) -> FollowParams:

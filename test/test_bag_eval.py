@@ -381,7 +381,8 @@ def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, c
     status, _, stderr = run_eval(base, capsys)
     assert status == 2 and "exists already" in stderr
     # The follower's default target "person" is not a picar class ("Person"): said, not silently idle.
-    assert "target classes ['person'] are not classes of the checkpoint" in stderr
+    assert "target_classes ['person'] are not among the checkpoint's classes ['Person', " in stderr
+    assert "did you mean 'Person' for 'person'?" in stderr
 
 
 def test_the_typestore_is_built_once():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ssd_ros.detections import Detections
-from ssd_ros.follow import FollowController, FollowLoop, FollowParams, params_from_mapping
+from ssd_ros.follow import FollowController, FollowLoop, FollowParams, class_mismatch, params_from_mapping
 from ssd_ros.sim import (
     RoverState,
     SimParams,
@@ -318,3 +318,25 @@ def test_follow_loop_hands_the_newest_frame_to_one_tick_only():
         command = loop.tick(0.01 * k)
     assert loop.controller.counters["frames"] == 1 and loop.last_stamp_s == 0.01
     assert command.angular_radps < 0  # the person is on the right: turn right
+
+
+def test_class_mismatch_names_both_lists_and_suggests_the_case_insensitive_match():
+    model = ("Person", "Stop Sign")
+    assert class_mismatch(("Person",), model, "the model's classes") is None
+    message = class_mismatch(("person", "dog"), model, "the model's classes")
+    assert "['person', 'dog'] are not among the model's classes ['Person', 'Stop Sign']" in message
+    assert "did you mean 'Person' for 'person'?" in message and "for 'dog'" not in message
+    assert "did you mean" not in class_mismatch(("dog",), model, "the model's classes")
+
+
+def test_follow_loop_reports_target_classes_it_can_never_follow():
+    loop = FollowLoop(PARAMS)  # follows "person"
+    assert loop.class_problem() is None  # nothing known yet
+    loop.offer(frame(([0, 0, 10, 10], 0.9, "car")), 0.0)
+    assert loop.class_problem() is None  # the detections show only what occurred: no proof of anything
+    loop.offer(frame(([0, 0, 10, 10], 0.9, "Person")), 0.1)
+    assert "did you mean 'Person' for 'person'" in loop.class_problem()  # a near miss is certain
+    loop.model_classes = ("car", "Person")  # the detector's label map: now every target must be in it
+    assert "the model's classes ['car', 'Person']" in loop.class_problem()
+    loop.controller.set_params(params_from_mapping({"target_classes": ["Person"]}))
+    assert loop.class_problem() is None

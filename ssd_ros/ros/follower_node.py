@@ -19,10 +19,10 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool
-from vision_msgs.msg import Detection2DArray
+from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from ssd_ros.follow import Command, FollowLoop, FollowParams, params_from_mapping
-from ssd_ros.ros.messages import diagnostics_msg, msg_to_detections, stamp_ns, twist_msg
+from ssd_ros.ros.messages import LATCHED_QOS, diagnostics_msg, msg_to_detections, stamp_ns, twist_msg
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
 
@@ -53,12 +53,15 @@ class FollowerNode(Node):
         self._stamped = values["twist_stamped"]
         self.malformed_detections = 0
         self._stale_reported = 0
+        self._class_problem: str | None = None  # why the target classes are never followed, if they are not
 
         self.cmd_pub = self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # Best effort accepts both reliable and best-effort detector publishers.
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
         self.create_subscription(Detection2DArray, "detections", self._on_detections, qos)
+        # The detector's class map (latched, so it arrives whenever this node starts).
+        self.create_subscription(LabelInfo, "label_info", self._on_label_info, LATCHED_QOS)
         self.create_service(SetBool, "enable", self._on_enable)
         rate_hz = values["rate_hz"]
         self.period_s = 1.0 / rate_hz
@@ -78,7 +81,22 @@ class FollowerNode(Node):
             self.controller.set_params(params_from_mapping(changes, self.controller.params))
         except (ValueError, TypeError) as error:
             return SetParametersResult(successful=False, reason=str(error))
+        self._check_classes()
         return SetParametersResult(successful=True)
+
+    def _on_label_info(self, msg: LabelInfo) -> None:
+        self.loop.model_classes = tuple(c.class_name for c in sorted(msg.class_map, key=lambda c: c.class_id))
+        self._check_classes()
+
+    def _check_classes(self) -> None:
+        """Say, once per change, when the target classes can never be followed (and when that is mended)."""
+        problem = self.loop.class_problem()
+        if problem != self._class_problem:
+            if problem is not None:
+                self.get_logger().warning(problem)
+            else:
+                self.get_logger().info(f"target classes {list(self.controller.params.target_classes)} are known")
+            self._class_problem = problem
 
     def _on_detections(self, msg: Detection2DArray) -> None:
         detections = msg_to_detections(msg)
@@ -90,7 +108,10 @@ class FollowerNode(Node):
                 f"on {self.resolve_topic_name('detections')}",
                 throttle_duration_sec=5.0,
             )
+        seen = len(self.loop.seen_classes)
         self.loop.offer(detections, stamp_ns(msg.header) / 1e9)  # the controller discards implausible stamps
+        if len(self.loop.seen_classes) > seen:
+            self._check_classes()
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self.controller.set_enabled(request.data)
@@ -138,10 +159,15 @@ class FollowerNode(Node):
             "steering_deg": f"{math.degrees(controller.steering_rad):.1f}",
             "malformed_detections": str(self.malformed_detections),
             **{name: str(count) for name, count in controller.counters.items()},
+            "target_classes": ", ".join(controller.params.target_classes),
+            "model_classes": "unknown" if self.loop.model_classes is None else ", ".join(self.loop.model_classes),
         }
-        warn = controller.state == "lost" or controller.counters["non_finite_commands"] > 0
-        level = DiagnosticStatus.WARN if warn else DiagnosticStatus.OK
-        self.diag_pub.publish(diagnostics_msg(self, "follower", level, controller.state, "picar_b", values))
+        message, level = controller.state, DiagnosticStatus.OK
+        if controller.state == "lost" or controller.counters["non_finite_commands"] > 0:
+            level = DiagnosticStatus.WARN
+        if self._class_problem is not None:  # it will never move: that outranks any state
+            message, level = f"{controller.state}: {self._class_problem}", DiagnosticStatus.ERROR
+        self.diag_pub.publish(diagnostics_msg(self, "follower", level, message, "picar_b", values))
 
     def stop(self) -> None:
         """Publish a final zero command (shutdown path)."""
@@ -156,7 +182,7 @@ class FollowerNode(Node):
 
 def main(args=None) -> int:
     """Spin the follower; on Ctrl-C / SIGTERM publish a final zero command. Exit code 1 on invalid parameters."""
-    return run_node("follower", FollowerNode, on_stop=FollowerNode.stop, args=args)
+    return run_node("follower", FollowerNode, on_stop=FollowerNode.stop, args=args, parameters=PARAMETERS)
 
 
 if __name__ == "__main__":

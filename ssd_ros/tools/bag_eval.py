@@ -37,7 +37,7 @@ from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector
 from ssd_ros.drawing import draw_detections
-from ssd_ros.follow import Command, FollowLoop, FollowParams, params_from_mapping
+from ssd_ros.follow import Command, FollowLoop, FollowParams, class_mismatch, params_from_mapping
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import detections_to_msg, stamp_ns, twist_msg
@@ -318,12 +318,9 @@ def run(args) -> tuple[dict, int]:
         raise BagToolError(f"the follower's rate must be > 0 Hz, got {follower.rate_hz}")
     # Bad follower options fail before any work (the real image size is known at the first frame).
     targets = follow_params(detector.class_names, (480, 640), config, args.follow_param, args.follow_classes)
-    if not set(targets.target_classes) & set(detector.class_names):
-        print(
-            f"bag_eval: warning: the follower's target classes {list(targets.target_classes)} are not classes of "
-            f"the checkpoint {list(detector.class_names)}, so it will never move; choose with --follow-classes",
-            file=sys.stderr,
-        )
+    problem = class_mismatch(targets.target_classes, detector.class_names, "the checkpoint's classes")
+    if problem:
+        print(f"bag_eval: warning: follower {problem}; choose with --follow-classes", file=sys.stderr)
     ground_truth = load_ground_truth(args.ground_truth, args.gt_match) if args.ground_truth else (None, None)
     if ground_truth[1]:
         unknown = sorted({name for ann in ground_truth[1].values() for name in ann.names} - set(detector.class_names))
