@@ -84,14 +84,18 @@ def run_node(
         0 after a clean stop or ``--help``; 1 when the node cannot start (``StartupError``, ``ValueError`` or an invalid
         parameter), after one ``cannot start: <reason>`` log line and no traceback.
     """
-    user_args = remove_ros_args(sys.argv if args is None else args)[1:]
+    logger = rclpy.logging.get_logger(name)
+    try:
+        user_args = remove_ros_args(sys.argv if args is None else args)[1:]
+    except Exception as error:  # noqa: BLE001 - rclpy's (private) RCLInvalidROSArgsError: a malformed --ros-args rule
+        logger.fatal(f"cannot start: {error}")
+        return 1
     if parameters is not None and ("-h" in user_args or "--help" in user_args):
         summary = re.sub(r":\w+:`~?([^`]+)`", r"\1", (factory.__doc__ or name).strip().splitlines()[0])  # Sphinx roles
         print(format_help(name, summary, parameters))
         return 0
-    # rclpy's own signal handlers would shut the context down before ``on_stop`` could publish.
-    logger = rclpy.logging.get_logger(name)
     try:
+        # rclpy's own signal handlers would shut the context down before ``on_stop`` could publish.
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as error:  # noqa: BLE001 - rclpy's (private) RCLError, e.g. a malformed --ros-args rule
         logger.fatal(f"cannot start: {error}")
