@@ -25,6 +25,7 @@ import glob
 import math
 import os
 import pickle
+import re
 import secrets
 import warnings
 import zipfile
@@ -354,8 +355,18 @@ def _first_line(error: BaseException) -> str:
 
 
 def _unpickling_detail(error: BaseException) -> str:
-    """The informative line of torch's weights-only error (it wraps it in generic advice)."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch")
+    """The informative line of torch's weights-only error (it wraps it in generic advice).
+
+    The advice (load with weights_only=False, allowlist the class) is never passed on: it is how a
+    malicious file would run its code.
+    """
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    if found:
+        return (
+            f"it pickles the Python class {found.group(1)} (a whole model saved with torch.save(model)?); "
+            "save the weights with ssd_ros.checkpoint.save_checkpoint (as train.py does)"
+        )
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch", "(")
     for line in str(error).splitlines():
         line = line.strip()
         if line and not line.startswith(boilerplate):
