@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # never multicast off the machine
 os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
@@ -30,7 +31,8 @@ from std_srvs.srv import SetBool  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
 from ssd_ros.detections import Detections  # noqa: E402
-from ssd_ros.follow import FollowParams  # noqa: E402
+from ssd_ros.follow import FollowParams, params_from_mapping  # noqa: E402
+from ssd_ros.ros.follower_node import PARAMETERS  # noqa: E402
 from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, label_info_msg  # noqa: E402
 from ssd_ros.sim import RoverState, SimParams, bearing_and_distance, desired_distance_m  # noqa: E402
 
@@ -511,3 +513,13 @@ def test_malformed_command_line_exits_with_a_clear_message(ros_args, message):
     result = subprocess.run(args, capture_output=True, text=True, timeout=30, env=dict(os.environ))
     assert result.returncode == 1, result.stderr
     assert "cannot start" in result.stderr and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_shipped_config_sets_every_parameter_and_marks_the_read_only_ones():
+    """config/follower.yaml's "restart" comments and values agree with the declarations generated from FollowParams."""
+    text = (Path(__file__).resolve().parents[1] / "config" / "follower.yaml").read_text()
+    values = yaml.safe_load(text)["/**"]["ros__parameters"]
+    assert set(values) == set(PARAMETERS)
+    marked = {line.split(":")[0].strip() for line in text.splitlines() if "# restart" in line}
+    assert marked == {name for name, (_, descriptor) in PARAMETERS.items() if descriptor.read_only}
+    assert params_from_mapping(values) == FOLLOW  # the file documents the defaults
