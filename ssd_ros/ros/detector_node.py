@@ -356,7 +356,7 @@ class DetectorNode(Node):
 
 def main(args=None) -> int:
     """Run the detector node until Ctrl-C; exit code 1 (with the reason, no traceback) if it cannot start."""
-    return run_node("detector", DetectorNode, args=args)
+    return run_node("detector", DetectorNode, args=args, parameters=PARAMETERS)
 
 
 if __name__ == "__main__":
