@@ -21,6 +21,10 @@ command line; the command line wins. Outputs in ``--output-dir``: ``last.pt`` (f
 atomically every ``--checkpoint-every`` iterations), ``best.pt`` (highest validation mAP), ``train_log.csv``,
 ``val_log.csv``, ``training_curves.png``, ``val_ap.md`` and TensorBoard events under ``tensorboard/``. The
 checkpoints are ssd_ros checkpoints (weights + model card): the detector node and evaluate.py load them.
+
+Exit status: 0 done; 2 a usage or data error (options, ``--config``, dataset, classes, ``--resume``
+checkpoint), reported in one line before ``--output-dir`` is created; 1 a run that failed (the loss
+diverged, pretrained weights unavailable); 130 interrupted (resume with ``--resume``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 if __package__ in (None, ""):  # run as a script: make the repository (ssd_ros, training) importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,7 +52,7 @@ from ssd_ros.voc_metric import METRICS, evaluate_detections, format_ap_table
 from training import engine
 from training.dataset import VocDetectionDataset, collate_detection
 from training.distributed import DistributedContext, barrier, init_distributed, is_main_process
-from training.evaluate import detect_split
+from training.evaluate import detect_split, mixup_hint
 from training.presets import SSDEvalPreset, SSDTrainPreset
 
 TRAIN_LOG_FIELDS = ("iteration", "loss", "bbox_regression", "classification", "lr", "images_per_s", "skipped")
@@ -180,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def usage_error(message: str) -> NoReturn:
+    """Exit with status 2 and one line: for mistakes in a --config file the long usage text would bury."""
+    print(f"train.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options from ``--config`` (if given) overridden by the command line."""
     parser = build_parser()
@@ -189,16 +199,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if known.config is not None:
         try:
             config = yaml.safe_load(known.config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            parser.error(f"cannot read --config {known.config}: {error}")
+        except OSError as error:
+            usage_error(f"cannot read --config {known.config}: {error.strerror or error}")
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)  # line/column of the YAML mistake, when known
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            usage_error(f"--config {known.config}{where}: not valid YAML ({getattr(error, 'problem', None) or error})")
         if not isinstance(config, dict):
-            parser.error(f"--config {known.config}: expected a mapping of option names to values")
+            usage_error(f"--config {known.config}: expected a mapping of option names to values")
         destinations = {action.dest for action in parser._actions}
         defaults = {}
         for key, value in config.items():
             dest = str(key).replace("-", "_")
             if dest not in destinations or dest in ("help", "config"):
-                parser.error(f"--config {known.config}: unknown option {key!r}")
+                usage_error(f"--config {known.config}: unknown option {key!r}")
             defaults[dest] = value
         parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
@@ -344,8 +358,6 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     batch_per_rank = args.batch_size // context.world_size
     torch.manual_seed(args.seed)
     output_dir = args.output_dir
-    if context.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
 
     train_split, val_split, class_names = build_splits(args)
     model = build_model(args.architecture, len(class_names) + 1, pretrained_backbone=args.pretrained)
@@ -433,6 +445,9 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     train_log = val_log = writer = None
     if context.is_main:
         from torch.utils.tensorboard import SummaryWriter
+
+        # Only now: data, classes, weights and --resume are checked, so a mistake leaves no empty folder.
+        output_dir.mkdir(parents=True, exist_ok=True)
 
         train_log = engine.CsvLog(output_dir / "train_log.csv", TRAIN_LOG_FIELDS)
         val_log = engine.CsvLog(output_dir / "val_log.csv", VAL_LOG_FIELDS)
@@ -568,17 +583,29 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def train_folders(args: argparse.Namespace) -> list[Path]:
+    """The VOC-format folders the command line names (training and validation)."""
+    return [*(args.train_folder or []), *([args.val_folder] if args.val_folder else [])]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
+    """Command-line entry point; exit status 0, 2 for usage and data errors, 1 for a failed run."""
     args = parse_args(argv)
     try:
         resolve_device(args.device)  # before any data is read: "cuda" on a machine without it, a typo
     except ValueError as error:
         print(f"error: --device: {error}", file=sys.stderr)
         return 2
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        print(f"error: --output-dir {args.output_dir} is a file, not a folder", file=sys.stderr)
+        return 2
     try:
         summary = train(args)
-    except (VocFormatError, CheckpointError, engine.NonFiniteLossError) as error:
+    except (VocFormatError, CheckpointError) as error:  # the data, classes or --resume checkpoint
+        hint = mixup_hint("--data-root", args.data_root, "--train-folder", train_folders(args))
+        print(f"error: {error}{hint if isinstance(error, VocFormatError) else ''}", file=sys.stderr)
+        return 2
+    except engine.NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except WeightsUnavailableError as error:
