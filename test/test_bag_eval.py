@@ -377,6 +377,9 @@ def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, c
         assert not out.exists()
     status, _, stderr = run_eval([source, "--checkpoint", tmp_path / "none.pt", "--out", out], capsys)
     assert status == 2 and "none.pt" in stderr
+    # The bag is checked before the model is loaded: a wrong path is named, not the (also missing) checkpoint.
+    status, _, stderr = run_eval([tmp_path / "no_bag", "--checkpoint", tmp_path / "none.pt", "--out", out], capsys)
+    assert status == 2 and "no_bag does not exist" in stderr and "none.pt" not in stderr
     out.mkdir()
     status, _, stderr = run_eval(base, capsys)
     assert status == 2 and "exists already" in stderr

@@ -291,8 +291,8 @@ class Evaluation:
             self._ticks_before(self.last_image_ns, inclusive=True)
 
 
-def run(args) -> tuple[dict, int]:
-    """Evaluate ``args.bag``; returns the JSON report and the exit status."""
+def load_detector(args) -> Detector:
+    """The detector the command line describes, built as the detector node builds it (the one place bag_eval does)."""
     try:
         detector = Detector.from_checkpoint(
             args.checkpoint,
@@ -307,6 +307,11 @@ def run(args) -> tuple[dict, int]:
         detector.class_filter = args.class_filter
     except ValueError as exc:
         raise BagToolError(f"--class-filter: {exc}") from exc
+    return detector
+
+
+def follower_options(args, class_names) -> FollowerOptions:
+    """How the follower node would run, from ``--follow-config`` and the options; bad values fail here."""
     config = read_follower_config(args.follow_config)
     follower = FollowerOptions(
         config=config,
@@ -316,67 +321,84 @@ def run(args) -> tuple[dict, int]:
     )
     if not follower.rate_hz > 0:
         raise BagToolError(f"the follower's rate must be > 0 Hz, got {follower.rate_hz}")
-    # Bad follower options fail before any work (the real image size is known at the first frame).
-    targets = follow_params(detector.class_names, (480, 640), config, args.follow_param, args.follow_classes)
-    problem = class_mismatch(targets.target_classes, detector.class_names, "the checkpoint's classes")
+    # The real image size is known only at the first frame; any size checks the rest now.
+    targets = follow_params(class_names, (480, 640), config, args.follow_param, args.follow_classes)
+    problem = class_mismatch(targets.target_classes, class_names, "the checkpoint's classes")
     if problem:
         print(f"bag_eval: warning: follower {problem}; choose with --follow-classes", file=sys.stderr)
+    return follower
+
+
+def check_ground_truth(args, ground_truth, class_names, image_conn, salvaged: bool) -> None:
+    """Refuse annotations the evaluation could not use: unknown classes, or a count that cannot match by index."""
+    mode, annotations = ground_truth
+    if not annotations:
+        return
+    unknown = sorted({name for ann in annotations.values() for name in ann.names} - set(class_names))
+    if unknown:
+        raise BagToolError(
+            f"ground-truth classes {unknown} in {args.ground_truth} are not classes of the checkpoint "
+            f"{list(class_names)}"
+        )
+    # A salvaged bag's count is what survived, not what the annotations were made for.
+    if mode == "index" and not salvaged and image_conn.msgcount and image_conn.msgcount != len(annotations):
+        raise BagToolError(
+            f"{len(annotations)} annotations in {args.ground_truth} for {image_conn.msgcount} frames on "
+            f"{image_conn.topic}: index matching needs one XML per frame (or name them <stamp_ns>.xml)"
+        )
+
+
+def stream(args, evaluation: Evaluation, reader, image_conn) -> tuple[float, str | None]:
+    """Feed the bag through ``evaluation`` in batches; returns the wall time and the fault that ended it early."""
+    total = image_conn.msgcount or None
+    if args.max_frames:
+        total = min(total or args.max_frames, args.max_frames)
+    progress = tqdm(total=total, unit="frame", desc="bag_eval", disable=args.quiet)
+    start = time.perf_counter()
+    messages = reader.messages(connections=[c for c in reader.connections if c.id in evaluation.copies])
+    buffered, images, fault = [], 0, None
+    while True:
+        try:
+            connection, bag_ns, raw = next(messages)
+        except StopIteration:
+            break
+        except Exception as exc:  # rosbags/apsw raise assorted types on damaged data mid-file
+            fault = f"bag {args.bag} is damaged after {images} frames: {type(exc).__name__}: {exc}"
+            break
+        if connection.id == image_conn.id:
+            if args.max_frames and images >= args.max_frames:
+                break
+            buffered.append(Frame(images, bag_ns, raw))
+            images += 1
+            progress.update()
+            if images % args.batch_size == 0:
+                evaluation.flush(buffered)
+                buffered = []
+        else:
+            buffered.append((connection, bag_ns, raw))
+    evaluation.flush(buffered)
+    evaluation.finish()
+    progress.close()
+    return time.perf_counter() - start, fault
+
+
+def run(args) -> tuple[dict, int]:
+    """Evaluate ``args.bag``; returns the JSON report and the exit status.
+
+    Cheap checks come first (ground truth, the bag and its image topic), so a wrong path fails before
+    the model is loaded.
+    """
     ground_truth = load_ground_truth(args.ground_truth, args.gt_match) if args.ground_truth else (None, None)
-    if ground_truth[1]:
-        unknown = sorted({name for ann in ground_truth[1].values() for name in ann.names} - set(detector.class_names))
-        if unknown:
-            raise BagToolError(
-                f"ground-truth classes {unknown} in {args.ground_truth} are not classes of the checkpoint "
-                f"{list(detector.class_names)}"
-            )
     out = args.out or args.bag.with_name(args.bag.stem + "_eval")
-    fault = None
     with open_bag(args.bag) as (reader, salvage_note):
         image_conn = find_image_topic(reader.connections, args.topic)
-        # A salvaged bag's count is what survived, not what the annotations were made for.
-        if (
-            ground_truth[0] == "index"
-            and not salvage_note
-            and image_conn.msgcount
-            and image_conn.msgcount != len(ground_truth[1])
-        ):
-            raise BagToolError(
-                f"{len(ground_truth[1])} annotations in {args.ground_truth} for {image_conn.msgcount} frames on "
-                f"{image_conn.topic}: index matching needs one XML per frame (or name them <stamp_ns>.xml)"
-            )
-        total = image_conn.msgcount or None
-        if args.max_frames:
-            total = min(total or args.max_frames, args.max_frames)
+        detector = load_detector(args)
+        follower = follower_options(args, detector.class_names)
+        check_ground_truth(args, ground_truth, detector.class_names, image_conn, bool(salvage_note))
         with open_writer(out, args.storage) as writer:
             detector.warmup()  # one-time set-up cost stays out of the latency figures
             evaluation = Evaluation(args, follower, reader, writer, detector, image_conn, ground_truth)
-            progress = tqdm(total=total, unit="frame", desc="bag_eval", disable=args.quiet)
-            start = time.perf_counter()
-            messages = reader.messages(connections=[c for c in reader.connections if c.id in evaluation.copies])
-            buffered, images = [], 0
-            while True:
-                try:
-                    connection, bag_ns, raw = next(messages)
-                except StopIteration:
-                    break
-                except Exception as exc:  # rosbags/apsw raise assorted types on damaged data mid-file
-                    fault = f"bag {args.bag} is damaged after {images} frames: {type(exc).__name__}: {exc}"
-                    break
-                if connection.id == image_conn.id:
-                    if args.max_frames and images >= args.max_frames:
-                        break
-                    buffered.append(Frame(images, bag_ns, raw))
-                    images += 1
-                    progress.update()
-                    if images % args.batch_size == 0:
-                        evaluation.flush(buffered)
-                        buffered = []
-                else:
-                    buffered.append((connection, bag_ns, raw))
-            evaluation.flush(buffered)
-            evaluation.finish()
-            wall_s = time.perf_counter() - start
-            progress.close()
+            wall_s, fault = stream(args, evaluation, reader, image_conn)
     fault = "; ".join(note for note in (salvage_note, fault) if note) or None
     report = make_report(args, out, detector, image_conn, evaluation, wall_s, fault)
     return report, 1 if fault else 0
