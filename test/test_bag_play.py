@@ -92,3 +92,12 @@ def test_message_class_never_imports_a_module_that_is_not_an_interface_package(t
 
     assert message_class("sensor_msgs/msg/Image") is Image
     assert message_class("vision_msgs/msg/Detection2DArray") is Detection2DArray
+
+
+def test_a_folder_that_is_no_bag_is_named_as_such(tmp_path):
+    from ssd_ros.tools.bagio import open_bag
+
+    (tmp_path / "notes.txt").write_text("not a bag")
+    with pytest.raises(BagToolError, match=rf"^{tmp_path} is not a rosbag2 bag: the folder has no metadata.yaml"):
+        with open_bag(tmp_path):
+            pass

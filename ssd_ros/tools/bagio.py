@@ -197,6 +197,12 @@ def open_bag(path: Path) -> Iterator[tuple[Reader, str | None]]:
     """
     if not path.exists():
         raise BagToolError(f"input bag {path} does not exist")
+    if path.is_dir() and not (path / "metadata.yaml").exists() and _single_mcap(path) is None:
+        # rosbags would say "Expected metadata file ... does not exist", which reads like a damaged bag.
+        raise BagToolError(
+            f"{path} is not a rosbag2 bag: the folder has no metadata.yaml (a bag folder holds metadata.yaml "
+            "and its .mcap or .db3 files)"
+        )
     try:
         reader = Reader(path)
         reader.open()
