@@ -223,14 +223,23 @@ class FollowController:
     _STOPPED_MPS = 1e-3
     # The longest tick integrated as one step; a stalled timer must not produce a huge jump.
     _MAX_DT_S = 0.5
+    # How far (fraction of the image size) a box may reach beyond the image: detectors that do not clip
+    # report partly visible objects a little outside; far outside is a malformed box.
+    OUTSIDE_MARGIN = 0.1
 
     def __init__(self, params: FollowParams):
         """Create a controller; ``params`` is validated (``ValueError`` on bad values)."""
         params.validate()
         self.params = params
-        self.camera = params.camera
+        self.measured_camera: PinholeCamera | None = None  # from the camera's calibration (CameraInfo), if known
         self.enabled = True
-        self.counters = {"frames": 0, "stale_frames": 0, "rejected_candidates": 0, "non_finite_commands": 0}
+        self.counters = {
+            "frames": 0,
+            "stale_frames": 0,
+            "rejected_candidates": 0,
+            "outside_image": 0,
+            "non_finite_commands": 0,
+        }
         self.reset()
 
     # -- public API ---------------------------------------------------------------------------------
@@ -252,7 +261,11 @@ class FollowController:
         """Swap in new tuning at runtime (validated first; the track and motion state are kept)."""
         params.validate()
         self.params = params
-        self.camera = params.camera
+
+    @property
+    def camera(self) -> PinholeCamera:
+        """The camera the boxes are measured in: the calibrated one when known, else the configured field of view."""
+        return self.measured_camera or self.params.camera
 
     def set_enabled(self, enabled: bool) -> None:
         """Enable or disable; either transition restarts from standstill with no target."""
@@ -326,16 +339,25 @@ class FollowController:
             self.track = Track(names[i], boxes[i], float(scores[i]), stamp_s)
 
     def _candidates(self, detections: Detections) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Boxes / scores / names of the detections that may be followed; the rest are counted."""
-        p = self.params
+        """Boxes / scores / names of the detections that may be followed; the rest are counted.
+
+        A finite box far outside the image (beyond ``OUTSIDE_MARGIN`` of its size) is malformed: its
+        bearing would be nonsense (a centre at 1e7 px is full lock), so it is counted and never steers.
+        """
+        p, camera = self.params, self.camera
         boxes = np.asarray(detections.boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(detections.scores, np.float64).reshape(-1)
         names = detections.names
         keep = np.array([n in p.target_classes for n in names], dtype=bool)
         finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
         keep &= finite & (scores >= p.min_score)
+        size = np.array([camera.width_px, camera.height_px], np.float64)
+        margin = self.OUTSIDE_MARGIN * size
         with np.errstate(invalid="ignore"):
             keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            outside = finite & ((boxes[:, :2] < -margin) | (boxes[:, 2:] > size + margin)).any(axis=1)
+        self.counters["outside_image"] += int(outside.sum())
+        keep &= ~outside
         self.counters["rejected_candidates"] += int(len(keep) - keep.sum())
         index = np.flatnonzero(keep)
         return boxes[index], scores[index], [names[i] for i in index]

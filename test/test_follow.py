@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from ssd_ros.camera import PinholeCamera
 from ssd_ros.detections import Detections
-from ssd_ros.follow import FollowController, FollowLoop, FollowParams, class_mismatch, params_from_mapping
+from ssd_ros.follow import ZERO, FollowController, FollowLoop, FollowParams, class_mismatch, params_from_mapping
 from ssd_ros.sim import (
     RoverState,
     SimParams,
@@ -340,3 +341,34 @@ def test_follow_loop_reports_target_classes_it_can_never_follow():
     assert "the model's classes ['car', 'Person']" in loop.class_problem()
     loop.controller.set_params(params_from_mapping({"target_classes": ["Person"]}))
     assert loop.class_problem() is None
+
+
+def test_a_finite_box_far_outside_the_image_is_malformed_and_never_steers():
+    controller = FollowController(PARAMS)
+    far_right = frame(([9.9e6 - 20, 180, 9.9e6 + 20, 300], 0.9, "person"))  # tried in issue 12: full lock
+    slightly_outside = frame(([600.0, 180.0, 690.0, 300.0], 0.9, "person"))  # a detector that does not clip
+    for k in range(20):
+        command = controller.update(far_right, k * PERIOD, k * PERIOD)
+        assert command == ZERO and controller.track is None
+    assert controller.counters["outside_image"] == 20
+    controller.update(slightly_outside, 20 * PERIOD, 20 * PERIOD)
+    assert controller.track is not None and controller.counters["outside_image"] == 20
+
+
+def test_a_calibrated_1280x720_camera_gives_the_640x480_commands_for_the_same_scene():
+    """Bearing and distance come from the measured camera (off-centre principal point), not the configured one."""
+    measured = PinholeCamera(1280, 720, fx_px=2 * PARAMS.camera.fx_px, cx_px=655.0)
+    for bearing_deg, height_fraction in [(12.0, 0.25), (-20.0, 0.3)]:
+        reference, calibrated = FollowController(PARAMS), FollowController(PARAMS)
+        calibrated.measured_camera = measured
+        small = person_box(bearing_deg, height_fraction)
+        cx, h = measured.column_px(math.radians(bearing_deg)), height_fraction * 720
+        large = [cx - 0.15 * h, 360 - h / 2, cx + 0.15 * h, 360 + h / 2]
+        for k in range(40):
+            t = k * PERIOD
+            expected = reference.update(frame((small, 0.9, "person")), t, t)
+            got = calibrated.update(frame((large, 0.9, "person")), t, t)
+            assert got.linear_mps == pytest.approx(expected.linear_mps, abs=1e-6)
+            assert got.angular_radps == pytest.approx(expected.angular_radps, abs=1e-6)
+        assert math.copysign(1, got.angular_radps) == math.copysign(1, bearing_deg)  # turns towards it
+        assert calibrated.counters["outside_image"] == 0  # the 1280 px boxes are inside the measured image
