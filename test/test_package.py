@@ -23,6 +23,53 @@ def test_manifest_declares_runtime_dependencies():
         assert key in declared
 
 
+# Third-party modules the package imports that rosdep cannot install, and where their install is documented.
+NO_ROSDEP_KEY = {
+    "rosbags": "no rosdep key: pip (README)",
+    "RPi": "no key for Ubuntu 24.04: apt python3-rpi-lgpio (docs/picar_b.md)",
+    "smbus2": "optional: python3-smbus (declared) serves the same API",
+    "onnx": "optional export backend: pip (README)",
+    "onnxruntime": "optional inference backend: pip (README)",
+    "openvino": "optional inference backend: pip (README)",
+}
+# Import name -> rosdep key, where they differ.
+ROSDEP_KEYS = {
+    "numpy": "python3-numpy",
+    "cv2": "python3-opencv",
+    "PIL": "python3-pil",
+    "torch": "python3-torch",
+    "torchvision": "python3-torchvision",
+    "yaml": "python3-yaml",
+    "tqdm": "python3-tqdm",
+    "matplotlib": "python3-matplotlib",
+    "smbus": "python3-smbus",
+}
+
+
+def test_every_import_of_the_package_and_launch_file_is_declared():
+    """What ``rosdep install --from-paths`` installs covers every module ssd_ros and its launch file import."""
+    package = parse_package(str(REPO_ROOT / "package.xml"))
+    declared = {dep.name for dep in package.exec_depends}
+    sources = [*sorted((REPO_ROOT / "ssd_ros").rglob("*.py")), *sorted((REPO_ROOT / "launch").glob("*.py"))]
+    imported = {}
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:  # relative imports are the package's own
+                names = [node.module]
+            else:
+                continue
+            for top in (name.split(".")[0] for name in names):
+                if top not in sys.stdlib_module_names and top != "ssd_ros":
+                    imported.setdefault(top, path)
+    for module, path in sorted(imported.items()):
+        if module in NO_ROSDEP_KEY:
+            continue
+        key = ROSDEP_KEYS.get(module, module)
+        assert key in declared, f"{path.relative_to(REPO_ROOT)} imports {module}: declare {key} in package.xml"
+
+
 @pytest.mark.parametrize("name", EXPECTED_EXECUTABLES)
 def test_console_script_installed(name):
     exe = EXECUTABLES / name
