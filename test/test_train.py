@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, shared_data
+from conftest import PICAR_CLASSES, REPO_ROOT, shared_data
 
 from ssd_ros.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload
 from ssd_ros.detector import Detector
@@ -304,6 +304,64 @@ def test_short_run_learns_the_training_objects(picar_small, tmp_path):
     untrained_recall, untrained_map = _recall_and_map(untrained, split)
     print(f"trained: recall {trained_recall:.3f} mAP {trained_map:.3f}")
     print(f"untrained: recall {untrained_recall:.3f} mAP {untrained_map:.3f}")
-    assert trained_map > 0.3 and trained_map > 5 * max(untrained_map, 0.01)
-    assert trained_recall > 0.5 and trained_recall > 2 * untrained_recall
+    # The recipe reaches mAP 1.00 / recall 1.00 here (docs/training.md). The bound sits above what a broken
+    # loss still reaches on this very run: 3:1 negatives drawn at random instead of the hardest gave mAP 0.94,
+    # every negative instead of 3:1 gave 0.006 (measured with the same seed and settings).
+    assert trained_map >= 0.98 and trained_recall >= 0.98, (trained_map, trained_recall)
+    assert untrained_map < 0.05
     assert (tmp_path / "training_curves.png").stat().st_size > 10_000
+
+
+def test_hard_negative_mining_keeps_exactly_the_three_hardest_negatives_per_positive(picar_small):
+    """The loss train_step optimises (the model's own, called as in training) on real frames.
+
+    Per image, the classification loss must see the matched default boxes plus exactly the 3 x P other boxes
+    with the highest background cross-entropy, and nothing of an image without objects. Observed through the
+    gradients on the head's outputs: a box the loss does not use gets exactly zero gradient.
+    """
+    torch.manual_seed(0)
+    model = build_model("ssdlite320_mobilenet_v3", len(PICAR_CLASSES) + 1).train()
+    split = VocSplit.from_folder(picar_small)
+    item = split[0]
+    annotation = item.annotation()
+    images = [torch.from_numpy(load_image_rgb(item.image_path)).permute(2, 0, 1).float() / 255] * 2
+    targets = [
+        {
+            "boxes": torch.as_tensor(annotation.boxes),
+            "labels": torch.as_tensor(annotation.label_indices(PICAR_CLASSES) + 1),
+        },
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},  # no objects
+    ]
+    outputs = {}
+
+    def keep(_module, _inputs, head_outputs):
+        for name, tensor in head_outputs.items():
+            tensor.retain_grad()
+            outputs[name] = tensor
+
+    model.head.register_forward_hook(keep)
+    losses = model(images, targets)
+    losses["bbox_regression"].backward(retain_graph=True)
+    positives = outputs["bbox_regression"].grad[0].abs().sum(1) > 0  # only matched boxes are regressed
+    assert outputs["bbox_regression"].grad[1].abs().sum() == 0
+    count = int(positives.sum())
+    assert 0 < count and 4 * count < positives.numel()
+    outputs["cls_logits"].grad = None
+    losses["classification"].backward()
+    used = outputs["cls_logits"].grad.abs().sum(2) > 0
+
+    logits = outputs["cls_logits"].detach()[0]
+    background_loss = torch.nn.functional.cross_entropy(
+        logits, torch.zeros(len(logits), dtype=torch.int64), reduction="none"
+    )
+    background_loss[positives] = -math.inf
+    hardest = torch.zeros_like(positives)
+    hardest[background_loss.topk(3 * count).indices] = True
+    assert torch.equal(used[0], positives | hardest), "positives plus exactly the 3P hardest negatives"
+    assert not used[1].any(), "an image without objects contributes no negatives"
+    # The value: the same boxes' cross-entropy, summed, divided by the number of positives. A positive's
+    # target class is the one entry of its gradient row that is negative (softmax - one-hot).
+    labels = torch.zeros(len(logits), dtype=torch.int64)
+    labels[positives] = outputs["cls_logits"].grad[0][positives].argmin(1)
+    per_box = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert losses["classification"].item() == pytest.approx(per_box[positives | hardest].sum().item() / count, rel=1e-5)
