@@ -39,6 +39,7 @@ from ssd_ros.model import VOC_CLASSES, build_model
 
 RUNNER = REPO_ROOT / "test" / "launch_runner.py"
 STAND_IN = REPO_ROOT / "test" / "camera_stand_in.py"
+RVIZ_STAND_IN = REPO_ROOT / "test" / "rviz_stand_in.py"
 CONFIG = REPO_ROOT / "config"
 VENDOR = REPO_ROOT.parent / "shared" / "vendor"
 DRIVERS = {"camera_ros": "camera_node", "v4l2_camera": "v4l2_camera_node"}  # package -> executable
@@ -218,17 +219,21 @@ def config_parameters(name: str) -> dict[str, object]:
     return {key: value for key, value in parameters.items() if value != []}
 
 
-def camera_stand_in(prefix: Path, driver: str) -> Path:
-    """Install test/camera_stand_in.py under ``prefix`` as package ``driver`` with the real executable name."""
-    executable = DRIVERS[driver]
+def install_stand_in(prefix: Path, package: str, executable: str, *command: str) -> Path:
+    """Install ``command`` under ``prefix`` as ``package``'s ``executable``, found like an installed package."""
     (prefix / "share" / "ament_index" / "resource_index" / "packages").mkdir(parents=True, exist_ok=True)
-    (prefix / "share" / "ament_index" / "resource_index" / "packages" / driver).write_text("")
-    (prefix / "share" / driver).mkdir(exist_ok=True)
-    script = prefix / "lib" / driver / executable
+    (prefix / "share" / "ament_index" / "resource_index" / "packages" / package).write_text("")
+    (prefix / "share" / package).mkdir(exist_ok=True)
+    script = prefix / "lib" / package / executable
     script.parent.mkdir(parents=True)
-    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STAND_IN}" {driver} "$@"\n')
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" {" ".join(command)} "$@"\n')
     script.chmod(0o755)
     return prefix
+
+
+def camera_stand_in(prefix: Path, driver: str) -> Path:
+    """test/camera_stand_in.py as package ``driver`` with the real driver's executable name."""
+    return install_stand_in(prefix, driver, DRIVERS[driver], f'"{STAND_IN}"', driver)
 
 
 def test_show_args_lists_every_argument_with_description_and_default():
@@ -327,6 +332,33 @@ def test_camera_frames_reach_the_detector(rover, ros_node, checkpoint, tmp_path,
 
     assert launch.interrupt() == 0
     launch.assert_nothing_left()
+
+
+def test_rviz_follows_the_namespace_and_closing_it_stops_the_launch(rover, ros_node, tmp_path):
+    """RViz's display topic moves with the namespace; closing RViz ends the launch, base stopped."""
+    prefix = install_stand_in(tmp_path / "prefix", "rviz2", "rviz2", f'"{RVIZ_STAND_IN}"')
+    launch = rover("rviz:=true", "namespace:=picar1", "detector:=false", "follower:=false", prefix=prefix)
+    for name, namespace, topic in (
+        ("rviz2", "/picar1", "/picar1/image_annotated"),
+        ("picar_base", "/picar1", "/picar1/cmd_vel"),
+    ):
+        wait_until(
+            ros_node,
+            lambda name=name, namespace=namespace, topic=topic: (
+                topic in topics(ros_node, name, namespace, "subscriber")
+            ),
+            START_TIMEOUT_S,
+            f"{namespace}/{name} subscribing {topic}",
+            launch,
+        )
+    assert any("stand-in showing /picar1/image_annotated" in line for line in launch.lines_of("rviz2"))
+    [pid] = re.findall(r"\[rviz2-\d+\]: process started with pid \[(\d+)\]", launch.output())
+    os.kill(int(pid), signal.SIGTERM)  # what closing the RViz window does: rviz2 exits
+    assert launch.wait(STOP_TIMEOUT_S) == 0
+    launch.assert_nothing_left()
+    output = launch.output()
+    assert re.search(r"process\[rviz2-\d+\] was required: shutting down launched system", output), output
+    assert "stopped: motor off" in launch.lines_of("picar_base")[-1], output
 
 
 def test_a_required_process_dying_stops_the_whole_launch(rover, tmp_path):
