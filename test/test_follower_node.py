@@ -164,13 +164,13 @@ def steering_reversals(commands, threshold_deg=1.0):
     return sum(1 for a, b in zip(signs, signs[1:]) if a != b)
 
 
-def closed_loop(probe, launch, scenario, sim_seconds):
+def closed_loop(probe, launch, scenario, sim_seconds, **sim_params):
     """Run sim + follower on the sim's /clock until ``sim_seconds``; returns (poses, commands)."""
     rover = Recorder(probe, PoseStamped, "sim/rover_pose")
     targets = Recorder(probe, PoseArray, "sim/target_poses")
     commands = Recorder(probe, Twist, "cmd_vel")
     launch("follower", use_sim_time=True)
-    launch("follower_sim", scenario=scenario, publish_clock=True, real_time_factor=SPEEDUP, paused=True)
+    launch("follower_sim", scenario=scenario, publish_clock=True, real_time_factor=SPEEDUP, paused=True, **sim_params)
     # Start the simulated world only once every node (and this probe) is connected.
     spin_until(
         probe,
@@ -194,20 +194,33 @@ def closed_loop(probe, launch, scenario, sim_seconds):
     return poses(rover, targets), [(m.linear.x, m.angular.z) for _, m in commands.messages]
 
 
-def test_converges_from_25deg_off_axis_at_twice_the_distance(probe, launch):
-    track, commands = closed_loop(probe, launch, "static", 30.0)
-    errors = [(t, *bearing_and_distance(rover, pts[0], SIM)) for t, rover, pts in track]
+@pytest.mark.parametrize(
+    "camera",
+    [
+        {},  # the Pi camera at 640x480, as the follower is configured
+        # Another camera: only its CameraInfo tells the follower (configured for 640x480 at 62 deg).
+        {"image_width": 1280, "image_height": 720, "camera_hfov_deg": 75.0},
+    ],
+    ids=["640x480", "1280x720_camera_info"],
+)
+def test_converges_from_25deg_off_axis_at_twice_the_distance(probe, launch, tmp_path, camera):
+    track, commands = closed_loop(probe, launch, "static", 30.0, **camera)
+    sim = SimParams(**camera)
+    desired = desired_distance_m(1.7, FOLLOW.desired_height_fraction, sim)
+    errors = [(t, *bearing_and_distance(rover, pts[0], sim)) for t, rover, pts in track]
     # The start (the probe may discover the sim's topics after it began): rover at the origin.
-    bearing0, distance0 = bearing_and_distance(RoverState(), track[0][2][0], SIM)
-    assert math.degrees(bearing0) == pytest.approx(25.0, abs=0.1) and distance0 / DESIRED == pytest.approx(2.0, 0.01)
+    bearing0, distance0 = bearing_and_distance(RoverState(), track[0][2][0], sim)
+    assert math.degrees(bearing0) == pytest.approx(25.0, abs=0.1) and distance0 / desired == pytest.approx(2.0, 0.01)
     settled = [(t, b, d) for t, b, d in errors if t >= 25.0]
     assert len(settled) >= 50  # pose stream at 20 Hz of sim time
     worst_bearing = max(abs(math.degrees(b)) for _, b, _ in settled)
-    worst_distance = max(abs(d / DESIRED - 1) for _, _, d in settled)
+    worst_distance = max(abs(d / desired - 1) for _, _, d in settled)
     assert worst_bearing <= 3.0 and worst_distance <= 0.10, (worst_bearing, worst_distance)
     final = track[-1][1]
-    assert math.hypot(final.x, final.y) > 0.8 * DESIRED  # it really drove there
+    assert math.hypot(final.x, final.y) > 0.8 * desired  # it really drove there
     assert steering_reversals(commands) <= 3
+    size = f"CameraInfo: {sim.image_width}x{sim.image_height} px"
+    assert f"bearing from /camera/camera_info, {size}" in (tmp_path / "follower.log").read_text()
 
 
 def test_keeps_the_acquired_person_while_another_crosses(probe, launch):

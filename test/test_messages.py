@@ -4,11 +4,21 @@ import math
 
 import pytest
 from geometry_msgs.msg import Twist, TwistStamped
+from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
+from ssd_ros.camera import PinholeCamera
 from ssd_ros.follow import Command
-from ssd_ros.ros.messages import msg_to_detections, stamp_msg, stamp_ns, twist_msg, twist_to_command
+from ssd_ros.ros.messages import (
+    camera_from_info,
+    camera_info_msg,
+    msg_to_detections,
+    stamp_msg,
+    stamp_ns,
+    twist_msg,
+    twist_to_command,
+)
 
 
 def _detection(cx=320.0, cy=240.0, w=40.0, h=120.0, score=0.9, class_id="person") -> Detection2D:
@@ -59,3 +69,17 @@ def test_twist_msg_carries_linear_x_and_angular_z_with_their_signs():
     assert isinstance(stamped, TwistStamped) and stamped.twist == plain
     assert stamped.header.frame_id == "base_link" and stamp_ns(stamped.header) == 2_000_000_001
     assert twist_to_command(stamped) == twist_to_command(plain) == command
+
+
+def test_camera_info_round_trip_binning_roi_and_uncalibrated():
+    camera = PinholeCamera(1280, 720, fx_px=914.0, cx_px=655.5)
+    msg = camera_info_msg(camera, Header(frame_id="camera"))
+    assert (msg.k[0], msg.k[2], msg.k[4], msg.k[8]) == (914.0, 655.5, 914.0, 1.0) and msg.header.frame_id == "camera"
+    assert camera_from_info(msg) == camera
+    # 2x2 binning of a region 100 px from the left edge: a 540x360 image whose centre column moved.
+    msg.binning_x = msg.binning_y = 2
+    msg.roi.x_offset, msg.roi.width, msg.roi.height = 100, 1080, 720
+    assert camera_from_info(msg) == PinholeCamera(540, 360, fx_px=457.0, cx_px=277.75)
+    uncalibrated = CameraInfo(width=640, height=480)  # what an uncalibrated driver publishes: K all zero
+    with pytest.raises(ValueError, match="without a calibration"):
+        camera_from_info(uncalibrated)

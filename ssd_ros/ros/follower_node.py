@@ -18,11 +18,19 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from ssd_ros.follow import Command, FollowLoop, FollowParams, params_from_mapping
-from ssd_ros.ros.messages import LATCHED_QOS, diagnostics_msg, msg_to_detections, stamp_ns, twist_msg
+from ssd_ros.ros.messages import (
+    LATCHED_QOS,
+    camera_from_info,
+    diagnostics_msg,
+    msg_to_detections,
+    stamp_ns,
+    twist_msg,
+)
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
 
@@ -34,7 +42,16 @@ PARAMETERS: ParameterTable = {
     "start_enabled": param(True, "follow from start-up; otherwise wait for the enable service", read_only=True),
     "diagnostics_period_s": param(1.0, "period of /diagnostics messages (s)", limits=(0.05, 60.0), read_only=True),
     "cmd_frame_id": param("base_link", "frame_id of TwistStamped commands"),
+    "camera_info_topic": param(
+        "camera/camera_info",
+        "sensor_msgs/CameraInfo of the camera the detector sees: bearing and distance from its intrinsics and image "
+        "size; without one, camera_hfov_deg, image_width and image_height are used (with one warning)",
+        read_only=True,
+    ),
 }
+# Detection messages that may arrive before the camera's calibration does (discovery, start-up order)
+# before the configured field of view is reported as the fallback in use.
+CAMERA_INFO_GRACE_MESSAGES = 10
 FOLLOW_FIELDS = frozenset(f.name for f in fields(FollowParams))
 
 
@@ -54,6 +71,9 @@ class FollowerNode(Node):
         self.malformed_detections = 0
         self._stale_reported = 0
         self._class_problem: str | None = None  # why the target classes are never followed, if they are not
+        self._outside_reported = 0
+        self._detection_messages = 0
+        self._camera_info_topic = self.resolve_topic_name(values["camera_info_topic"])
 
         self.cmd_pub = self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -62,6 +82,9 @@ class FollowerNode(Node):
         self.create_subscription(Detection2DArray, "detections", self._on_detections, qos)
         # The detector's class map (latched, so it arrives whenever this node starts).
         self.create_subscription(LabelInfo, "label_info", self._on_label_info, LATCHED_QOS)
+        # Best effort, newest only: cameras publish it with every frame, reliable or not.
+        latest = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self.create_subscription(CameraInfo, self._camera_info_topic, self._on_camera_info, latest)
         self.create_service(SetBool, "enable", self._on_enable)
         rate_hz = values["rate_hz"]
         self.period_s = 1.0 / rate_hz
@@ -88,6 +111,16 @@ class FollowerNode(Node):
         self.loop.model_classes = tuple(c.class_name for c in sorted(msg.class_map, key=lambda c: c.class_id))
         self._check_classes()
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            camera = camera_from_info(msg)
+        except ValueError as error:
+            self.get_logger().warning(f"{self._camera_info_topic}: {error}; ignored", throttle_duration_sec=30.0)
+            return
+        if camera != self.controller.measured_camera:
+            self.controller.measured_camera = camera
+            self.get_logger().info(f"bearing from {self._camera_info_topic}, {self._camera_description()}")
+
     def _check_classes(self) -> None:
         """Say, once per change, when the target classes can never be followed (and when that is mended)."""
         problem = self.loop.class_problem()
@@ -107,6 +140,11 @@ class FollowerNode(Node):
                 f"ignored {dropped} malformed detection(s) (non-finite or negative box/score, or no results) "
                 f"on {self.resolve_topic_name('detections')}",
                 throttle_duration_sec=5.0,
+            )
+        self._detection_messages += 1
+        if self._detection_messages == CAMERA_INFO_GRACE_MESSAGES and self.controller.measured_camera is None:
+            self.get_logger().warning(
+                f"no calibrated CameraInfo on {self._camera_info_topic}: bearing from {self._camera_description()}"
             )
         seen = len(self.loop.seen_classes)
         self.loop.offer(detections, stamp_ns(msg.header) / 1e9)  # the controller discards implausible stamps
@@ -135,6 +173,15 @@ class FollowerNode(Node):
                 f"({stale} so far); check the detector's stamps and clock",
                 throttle_duration_sec=5.0,
             )
+        outside = self.controller.counters["outside_image"]
+        if outside > self._outside_reported:
+            self._outside_reported = outside
+            camera = self.controller.camera
+            self.get_logger().warning(
+                f"ignoring boxes far outside the {camera.width_px}x{camera.height_px} image ({outside} so far); "
+                f"check {self._camera_info_topic} or image_width / image_height",
+                throttle_duration_sec=5.0,
+            )
         self.publish(command)
 
     def publish(self, command: Command) -> None:
@@ -161,6 +208,7 @@ class FollowerNode(Node):
             **{name: str(count) for name, count in controller.counters.items()},
             "target_classes": ", ".join(controller.params.target_classes),
             "model_classes": "unknown" if self.loop.model_classes is None else ", ".join(self.loop.model_classes),
+            "camera": self._camera_description(),
         }
         message, level = controller.state, DiagnosticStatus.OK
         if controller.state == "lost" or controller.counters["non_finite_commands"] > 0:
@@ -168,6 +216,15 @@ class FollowerNode(Node):
         if self._class_problem is not None:  # it will never move: that outranks any state
             message, level = f"{controller.state}: {self._class_problem}", DiagnosticStatus.ERROR
         self.diag_pub.publish(diagnostics_msg(self, "follower", level, message, "picar_b", values))
+
+    def _camera_description(self) -> str:
+        """Which camera model the bearing comes from, for the log and diagnostics."""
+        camera, p = self.controller.measured_camera, self.controller.params
+        if camera is None:
+            return f"the configured camera_hfov_deg {p.camera_hfov_deg:g} over {p.image_width}x{p.image_height} px"
+        return (
+            f"CameraInfo: {camera.width_px}x{camera.height_px} px, fx {camera.fx_px:.1f} px, cx {camera.cx_px:.1f} px"
+        )
 
     def stop(self) -> None:
         """Publish a final zero command (shutdown path)."""

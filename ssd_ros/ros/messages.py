@@ -9,9 +9,11 @@ from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose, VisionClass
 
+from ssd_ros.camera import PinholeCamera
 from ssd_ros.detections import Detections
 from ssd_ros.follow import Command
 
@@ -107,6 +109,37 @@ def label_info_msg(class_names: tuple[str, ...], threshold: float, header: Heade
         class_map=[VisionClass(class_id=i, class_name=name) for i, name in enumerate(class_names)],
         threshold=float(threshold),
     )
+
+
+def camera_info_msg(camera: PinholeCamera, header: Header) -> CameraInfo:
+    """A distortion-free calibration of ``camera``: square pixels, principal point row at the image centre."""
+    fx, cx, cy = float(camera.fx_px), float(camera.cx_px), camera.height_px / 2.0
+    return CameraInfo(
+        header=header,
+        width=camera.width_px,
+        height=camera.height_px,
+        distortion_model="plumb_bob",
+        d=[0.0] * 5,
+        k=[fx, 0.0, cx, 0.0, fx, cy, 0.0, 0.0, 1.0],
+        r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        p=[fx, 0.0, cx, 0.0, 0.0, fx, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+    )
+
+
+def camera_from_info(msg: CameraInfo) -> PinholeCamera:
+    """The pinhole model of the image a CameraInfo describes; ``ValueError`` when it holds no calibration.
+
+    Uses the raw camera matrix K (the detector sees the unrectified ``image_raw``); distortion is ignored
+    (see :mod:`ssd_ros.camera`). Binning and a region of interest make the published image a part of the
+    calibrated one, scaled down (REP 104): the intrinsics are mapped into that image.
+    """
+    fx, cx = msg.k[0], msg.k[2]
+    if not (math.isfinite(fx) and math.isfinite(cx) and fx > 0 and msg.width > 0 and msg.height > 0):
+        raise ValueError(f"CameraInfo without a calibration (K[0] = {fx}, size {msg.width}x{msg.height})")
+    binning_x, binning_y = max(msg.binning_x, 1), max(msg.binning_y, 1)
+    roi = msg.roi
+    width, height = (roi.width or msg.width) // binning_x, (roi.height or msg.height) // binning_y
+    return PinholeCamera(width, height, fx / binning_x, (cx - roi.x_offset) / binning_x)
 
 
 def diagnostics_msg(

@@ -2,7 +2,8 @@
 
 Consumes ``cmd_vel`` (Twist or TwistStamped) like the base driver; publishes ``detections``
 (vision_msgs/Detection2DArray exactly as the detector node does: class names in ``class_id``,
-header = the simulated image's header with ``camera_frame_id`` and its capture stamp) and the
+header = the simulated image's header with ``camera_frame_id`` and its capture stamp), the simulated
+camera's calibration on ``camera/camera_info`` (with each frame's header, like a camera driver) and the
 ground truth on ``sim/rover_pose`` (PoseStamped, rear axle) and ``sim/target_poses`` (PoseArray,
 scenario order, removed targets included).
 
@@ -23,11 +24,12 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.follow import FollowParams
-from ssd_ros.ros.messages import detections_to_msg, stamp_msg, twist_to_command
+from ssd_ros.ros.messages import camera_info_msg, detections_to_msg, stamp_msg, twist_to_command
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
 from ssd_ros.sim import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
@@ -117,6 +119,8 @@ class SimNode(Node):
         self._next_pose_s = 0.0
 
         self.detections_pub = self.create_publisher(Detection2DArray, "detections", 10)
+        self.camera_info_pub = self.create_publisher(CameraInfo, "camera/camera_info", 10)
+        self._camera = params.camera
         self.rover_pub = self.create_publisher(PoseStamped, "sim/rover_pose", 10)
         self.targets_pub = self.create_publisher(PoseArray, "sim/target_poses", 10)
         twist_type = TwistStamped if get("twist_stamped") else Twist
@@ -169,6 +173,7 @@ class SimNode(Node):
             self.clock_pub.publish(ClockMsg(clock=now))
         for stamp_s, detections in self.sim.poll():
             header = Header(stamp=stamp_msg(round((self._origin_s + stamp_s) * 1e9)), frame_id=self._camera_frame)
+            self.camera_info_pub.publish(camera_info_msg(self._camera, header))  # as a camera does with each frame
             self.detections_pub.publish(detections_to_msg(detections, header))
         if self.sim.time + 1e-9 >= self._next_pose_s:
             self._next_pose_s += self._pose_period
