@@ -365,7 +365,7 @@ def latest_diagnostics(diagnostics):
     return {kv.key: kv.value for kv in diagnostics.messages[-1][1].status[0].values}
 
 
-def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(probe, launch):
+def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(probe, launch, tmp_path):
     commands = Recorder(probe, Twist, "cmd_vel")
     diagnostics = Recorder(probe, DiagnosticArray, "/diagnostics")
     publisher = probe.create_publisher(Detection2DArray, "detections", 10)
@@ -385,6 +385,7 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
         ([float("nan"), 100.0, 380.0, 400.0], 0.9, "person"),
         ([100.0, 50.0, 600.0, 470.0], 0.99, "dog"),
         ([300.0, 180.0, 340.0, 300.0], 0.2, "person"),  # below min_score
+        ([9.9e6 - 20, 180.0, 9.9e6 + 20, 300.0], 0.9, "person"),  # finite, far outside the image: full lock
     ]
     publish_for(probe, publisher, lambda: detections_msg(probe, junk), 1.5)
     assert zero_since(t0)
@@ -404,9 +405,14 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
             int(report.get("stale_frames", 0)) >= 10
             and int(report.get("malformed_detections", 0)) >= 10
             and int(report.get("rejected_candidates", 0)) >= 20
+            and int(report.get("outside_image", 0)) >= 10
         )
 
-    spin_until(probe, counted, 3.0, "diagnostics counting stale frames, malformed and rejected detections")
+    spin_until(probe, counted, 3.0, "diagnostics counting stale frames, malformed, rejected and outside detections")
+    # No CameraInfo in this test: the configured field of view is used, said once.
+    log = (tmp_path / "follower.log").read_text()
+    assert log.count("no calibrated CameraInfo on /camera/camera_info: bearing from the configured") == 1
+    assert "ignoring boxes far outside the 640x480 image" in log
     assert latest_diagnostics(diagnostics)["state"] == "searching"
     assert diagnostics.messages[-1][1].status[0].name == "/follower: follower"  # fully qualified node name
     # The same follower, alive, drives as soon as a fresh valid person arrives.
