@@ -107,7 +107,14 @@ def forward_flops(model: torch.nn.Module, rgb: np.ndarray) -> int:
 class NodeUnderTest:
     """The real ``detector`` executable plus this process's publisher/subscriber for it."""
 
-    def __init__(self, checkpoint: Path, env: dict[str, str], log_path: Path):
+    def __init__(
+        self, checkpoint: Path, env: dict[str, str], log_path: Path, *params: str, camera_qos: str = "reliable"
+    ):
+        """Start the node on ``checkpoint`` (extra ``-p name:=value`` in ``params``) and this side's endpoints.
+
+        ``camera_qos`` is this side's image publisher: ``reliable`` (latency runs, no transport loss; the
+        node is told to subscribe reliably) or ``best_effort`` (as cameras publish; the node keeps its default).
+        """
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -118,8 +125,10 @@ class NodeUnderTest:
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, str(EXECUTABLE), "--ros-args", "--params-file", str(REPO_ROOT / "config/detector.yaml"),
-             "-p", f"model_path:={checkpoint}", "-p", "device:=cpu", "-p", "qos_reliability:=reliable",
-             "-r", "__ns:=/bench"],
+             "-p", f"model_path:={checkpoint}", "-p", "device:=cpu", "-r", "__ns:=/bench",
+             "-p", "image_topic:=/bench/image_raw",
+             *(["-p", "qos_reliability:=reliable"] if camera_qos == "reliable" else []),
+             *(arg for param in params for arg in ("-p", param))],
             env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.context = Context()
@@ -128,8 +137,8 @@ class NodeUnderTest:
         self.received: dict[tuple[int, int], float] = {}
         self.diagnostics: dict[str, str] = {}
         self.cond = threading.Condition()
-        reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub = self.node.create_publisher(Image, "/bench/image_raw", reliable)
+        reliability = ReliabilityPolicy.RELIABLE if camera_qos == "reliable" else ReliabilityPolicy.BEST_EFFORT
+        self.pub = self.node.create_publisher(Image, "/bench/image_raw", QoSProfile(depth=1, reliability=reliability))
         self.sub = self.node.create_subscription(Detection2DArray, "/bench/detections", self._on_detections, 100)
         from diagnostic_msgs.msg import DiagnosticArray
 

@@ -90,6 +90,7 @@ def export_onnx_bytes(model: nn.Module, card: ModelCard, *, precision: str = "fp
         # torch the Pi gets (2.9); torch calls it legacy and warns each time.
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         torch.onnx.export(
             network,
             (torch.zeros(1, 3, *network.input_size),),

@@ -1,0 +1,295 @@
+"""Inference backends x precisions on this CPU: network, Detector call and node end to end, against torch fp32.
+
+In one run, on a real 640x480 rover frame, for SSD300 and SSDlite320 (random weights unless checkpoints are
+given; speed does not depend on the weights), at 1 thread and at all cores:
+
+* every configuration (torch fp32 = the reference, torch bf16, ONNX Runtime fp32 / int8, OpenVINO fp32 /
+  bf16 / int8): network time (the backend alone), ``Detector`` call time (decode-free frame path:
+  preprocess + network + post-processing), p50/p95, ratio to torch fp32 measured interleaved in the same
+  loop; and the node end to end over DDS (publish ``Image`` -> receive ``Detection2DArray``), p50/p95,
+  its ratio to the network time and its speed-up over the torch fp32 node;
+* the parts of the frame path around the network (preprocess, post-processing, message conversion);
+* for the fastest node configuration of each architecture: a 30 Hz camera stream for ``--stream-s``:
+  processed rate, image age, RSS.
+
+int8 files are calibrated on real rover frames (``../shared/data``). The CPU model and its SIMD features
+are reported beside the numbers because they decide the ratios (bf16 and int8 kernels need AVX512-BF16 /
+AMX and VNNI). Results: stdout and ``docs/benchmarks/inference.md``.
+
+    scripts/run.sh python benchmarks/bench_inference.py                 # both architectures (~15 min)
+    scripts/run.sh python benchmarks/bench_inference.py --architectures ssdlite320_mobilenet_v3 --stream-s 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_detector import NodeUnderTest, percentiles, stream, test_frame, time_calls
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CALIBRATION = REPO_ROOT.parent / "shared" / "data" / "picar_camera" / "detection" / "train"
+# (backend, precision, which file the node loads)
+CONFIGS = [
+    ("torch", "fp32", "pt"),
+    ("torch", "bf16", "pt"),
+    ("onnxruntime", "fp32", "onnx"),
+    ("onnxruntime", "int8", "int8"),
+    ("openvino", "fp32", "onnx"),
+    ("openvino", "bf16", "onnx"),
+    ("openvino", "int8", "int8"),
+]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--architectures", nargs="+", default=["ssd300_vgg16", "ssdlite320_mobilenet_v3"], help="models to time"
+    )
+    parser.add_argument("--checkpoints", nargs="*", type=Path, default=[], help="use these instead of random init")
+    parser.add_argument("--iterations", type=int, default=15, help="timed calls per configuration and measurement")
+    parser.add_argument("--node-iterations", type=int, default=10, help="round trips per node configuration")
+    parser.add_argument("--stream-s", type=float, default=30.0, help="length of the 30 Hz stream (s)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks" / "inference.md")
+    parser.add_argument(
+        "--domain-id",
+        default=os.environ.get("ROS_DOMAIN_ID", str(os.getpid() % 100 + 101)),
+        help="ROS_DOMAIN_ID for this run (default: $ROS_DOMAIN_ID, as scripts/run.sh sets it)",
+    )
+    return parser.parse_args()
+
+
+def make_models(architecture: str, checkpoint: Path | None, workdir: Path) -> dict[str, Path]:
+    """The checkpoint and its fp32 and int8 ONNX exports (int8 calibrated on rover frames)."""
+    from ssd_ros.backends import SSDNetwork
+    from ssd_ros.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+    from ssd_ros.export import export_onnx_bytes, quantize_int8, write_export
+    from ssd_ros.image_codec import decode_compressed
+    from ssd_ros.inference import NetworkSpec
+    from ssd_ros.model import VOC_CLASSES, build_model
+
+    if checkpoint is None:
+        torch.manual_seed(0)
+        card = ModelCard.for_architecture(architecture, VOC_CLASSES, dataset="none (random init, benchmark)")
+        checkpoint = save_checkpoint(workdir / f"{architecture}.pt", build_model(architecture, 21), card)
+    model, card = load_checkpoint(checkpoint)
+    onnx = export_onnx_bytes(model, card)
+    frames = sorted(CALIBRATION.glob("*.jpg"))[:32]
+    images = [decode_compressed("jpeg", p.read_bytes()) for p in frames] or [test_frame()]
+    spec = NetworkSpec.from_card(card, SSDNetwork(model).feature_map_sizes())
+    int8 = quantize_int8(onnx, images, spec, progress=False)
+    return {
+        "pt": checkpoint,
+        "onnx": write_export(onnx, workdir / f"{architecture}.onnx", "onnx"),
+        "int8": write_export(int8, workdir / f"{architecture}_int8.onnx", "onnx"),
+    }
+
+
+def detector_for(files: dict[str, Path], backend: str, precision: str, threads: int):
+    from ssd_ros.detector import Detector
+
+    source = files["pt"] if backend == "torch" else files["int8" if precision == "int8" else "onnx"]
+    return Detector.from_checkpoint(
+        source, backend=backend, precision=precision, num_threads=threads, device="cpu", score_threshold=0.3
+    )
+
+
+def in_process(files: dict[str, Path], threads: int, rgb: np.ndarray, iterations: int) -> dict[str, dict]:
+    """Network and Detector-call samples of every configuration, interleaved call by call."""
+    from ssd_ros.inference import preprocess
+
+    detectors = {}
+    for backend, precision, _ in CONFIGS:
+        name = f"{backend} {precision}"
+        try:
+            detectors[name] = detector_for(files, backend, precision, threads)
+        except ValueError as error:
+            print(f"skipping {name}: {error}", file=sys.stderr)
+    torch.set_num_threads(threads)  # torch's count is process-wide: the torch detectors' own
+    batches = {name: preprocess([rgb], d.network.spec) for name, d in detectors.items()}
+    samples = {name: {"network": [], "call": [], "precision": d.precision} for name, d in detectors.items()}
+    for name, detector in detectors.items():  # first-call allocations, kernel selection
+        time_calls(lambda d=detector, b=batches[name]: d.network(b), 1, warmup=2)
+    for _ in range(iterations):
+        for name, detector in detectors.items():
+            samples[name]["network"] += time_calls(lambda d=detector, b=batches[name]: d.network(b), 1, warmup=0)
+            samples[name]["call"] += time_calls(lambda d=detector: d(rgb), 1, warmup=0)
+    return samples
+
+
+def frame_path_parts(files: dict[str, Path], rgb: np.ndarray, iterations: int) -> dict[str, float]:
+    """p50 ms of the steps around the network (one thread), for the fastest network of this run."""
+    from ssd_ros.image_codec import decode_compressed, encode_compressed
+    from ssd_ros.inference import postprocess, preprocess
+    from ssd_ros.ros.images import image_msg_to_rgb, rgb_to_image_msg
+    from ssd_ros.ros.messages import detections_to_msg
+
+    detector = detector_for(files, "onnxruntime", "fp32", 1)
+    spec = detector.network.spec
+    regression, logits = detector.network(preprocess([rgb], spec))
+    detections = detector(rgb)
+    msg = rgb_to_image_msg(rgb, encoding="rgb8")
+    jpeg = encode_compressed(rgb, "jpeg")
+    settings = {"score_threshold": 0.3, "nms_iou": 0.45, "max_detections": 100, "keep_outputs": detector._keep_outputs}
+    parts = {
+        "decode raw Image (rgb8) -> array": lambda: image_msg_to_rgb(msg),
+        "decode CompressedImage (JPEG)": lambda: decode_compressed("jpeg", jpeg),
+        "preprocess (resize + normalise)": lambda: preprocess([rgb], spec),
+        "post-processing (softmax, decode, NMS)": lambda: postprocess(
+            regression, logits, spec, [rgb.shape], **settings
+        ),
+        "Detection2DArray from detections": lambda: detections_to_msg(detections, msg.header),
+    }
+    return {name: percentiles(time_calls(fn, iterations * 4))[0] for name, fn in parts.items()}
+
+
+def node_round_trips(files: dict[str, Path], backend: str, precision: str, threads: int, args, workdir: Path):
+    """p50/p95 ms of the node end to end for one configuration, or None when it cannot run here."""
+    from ssd_ros.ros.images import rgb_to_image_msg
+
+    source = files["pt"] if backend == "torch" else files["int8" if precision == "int8" else "onnx"]
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain_id,
+               PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))  # fmt: skip
+    log = workdir / f"node_{source.stem}_{backend}_{precision}_{threads}.log"
+    params = (f"backend:={backend}", f"precision:={precision}", f"num_threads:={threads}")
+    node = NodeUnderTest(source, env, log, *params)
+    try:
+        node.wait_ready()
+        msg = rgb_to_image_msg(args.rgb, encoding="rgb8")
+        node.round_trip(msg)
+        return percentiles([node.round_trip(msg) for _ in range(args.node_iterations)])
+    except RuntimeError as error:
+        print(f"node {backend} {precision} x{threads}: {error}", file=sys.stderr)
+        return None
+    finally:
+        node.close()
+
+
+def main() -> int:
+    args = parse_args()
+    from ssd_ros.backends import cpu_has_bf16, cpu_summary
+
+    os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain_id)
+    args.rgb = rgb = test_frame()
+    cores = os.cpu_count() or 1
+    thread_counts = sorted({1, cores})
+    cpu = cpu_summary()
+    workdir = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+    import onnxruntime
+    import openvino
+
+    lines = [
+        "# Inference backends benchmark",
+        "",
+        f"- CPU: {cpu['model']}, {cores} cores; SIMD: {', '.join(cpu['features']) or 'none of interest'}; "
+        f"bf16 units: {'yes' if cpu_has_bf16() else 'no (OpenVINO bf16 falls back to fp32)'}",
+        f"- torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}, "
+        f"Python {platform.python_version()}",
+        f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} real rover frame; weights: random init unless stated; "
+        f"int8 calibrated on {min(32, len(list(CALIBRATION.glob('*.jpg'))))} rover frames",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; command: `scripts/run.sh python benchmarks/"
+        f"{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
+        "- Times are wall-clock p50 (p95) in ms on a shared machine; ratios are against torch fp32 measured in the",
+        "  same loop (interleaved call by call), so load from other processes hits every configuration alike.",
+        "",
+    ]
+    checkpoints = dict(zip(args.architectures, args.checkpoints))
+    summary = []
+    for architecture in args.architectures:
+        files = make_models(architecture, checkpoints.get(architecture), workdir)
+        lines += [f"## {architecture}", ""]
+        node_times = {}
+        for threads in thread_counts:
+            samples = in_process(files, threads, rgb, args.iterations)
+            reference_network = percentiles(samples["torch fp32"]["network"])[0]
+            reference_call = percentiles(samples["torch fp32"]["call"])[0]
+            lines += [
+                f"### {threads} thread(s)",
+                "",
+                "| backend | precision (runs as) | network p50 (p95) | speed-up | `Detector` call p50 (p95) | speed-up "
+                "| node end to end p50 (p95) | node / network | node speed-up |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            reference_node = None
+            for name, sample in samples.items():
+                backend, precision = name.split()
+                (n50, n95), (c50, c95) = percentiles(sample["network"]), percentiles(sample["call"])
+                result = node_round_trips(files, backend, precision, threads, args, workdir)
+                if result is None:
+                    node_cells = "n/a | n/a | n/a"
+                else:
+                    (e50, e95) = result
+                    reference_node = reference_node or e50
+                    node_times[(name, threads)] = e50
+                    node_cells = f"{e50:.1f} ({e95:.1f}) | {e50 / n50:.2f} | {reference_node / e50:.1f}x"
+                lines.append(
+                    f"| {backend} | {precision} ({sample['precision']}) | {n50:.1f} ({n95:.1f}) | "
+                    f"{reference_network / n50:.1f}x | {c50:.1f} ({c95:.1f}) | {reference_call / c50:.1f}x | {node_cells} |"
+                )
+            lines.append("")
+        parts = frame_path_parts(files, rgb, args.iterations)
+        lines += ["### The frame path around the network (1 thread, p50 ms)", "", "| step | ms |", "|---|---:|"]
+        lines += [f"| {name} | {ms:.2f} |" for name, ms in parts.items()]
+        lines.append("")
+
+        best_name, best_threads = min(node_times, key=node_times.get)
+        backend, precision = best_name.split()
+        speedup = node_times[("torch fp32", best_threads)] / node_times[(best_name, best_threads)]
+        summary.append((architecture, best_name, best_threads, node_times[(best_name, best_threads)], speedup))
+        lines += stream_section(files, backend, precision, best_threads, args, workdir)
+        print("\n".join(lines), flush=True)
+
+    lines += ["## Summary: the fastest node configuration per architecture", ""]
+    lines += [
+        f"- {arch}: **{name} x{threads} thread(s)**, node end to end {ms:.1f} ms p50, "
+        f"**{speedup:.1f}x** the torch fp32 node at the same thread count"
+        for arch, name, threads, ms, speedup in summary
+    ]
+    lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def stream_section(files, backend: str, precision: str, threads: int, args, workdir: Path) -> list[str]:
+    """A 30 Hz camera into the node for ``--stream-s`` seconds with one configuration."""
+    from ssd_ros.ros.images import rgb_to_image_msg
+
+    source = files["pt"] if backend == "torch" else files["int8" if precision == "int8" else "onnx"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    params = (f"backend:={backend}", f"precision:={precision}", f"num_threads:={threads}")
+    node = NodeUnderTest(source, env, workdir / "stream.log", *params)
+    try:
+        node.wait_ready()
+        result = stream(node, rgb_to_image_msg(args.rgb, encoding="rgb8"), 30.0, args.stream_s)
+    finally:
+        code = node.close()
+    return [
+        f"### 30 Hz camera for {args.stream_s:g} s: {backend} {precision} x{threads} thread(s)",
+        "",
+        "| quantity | value |",
+        "|---|---:|",
+        f"| frames sent (rate) | {result['sent']} ({result['sent_hz']:.1f} Hz) |",
+        f"| frames processed (rate) | {result['answered']} ({result['processed_hz']:.1f} Hz) |",
+        f"| received by the node / dropped for a newer one | {result['node_received']} / {result['node_dropped']} |",
+        f"| image age at publish (node, mean) / at a subscriber (mean, p95) | {result['node_age_mean_ms']:.0f} / "
+        f"{result['age_mean_ms']:.0f}, {result['age_p95_ms']:.0f} ms |",
+        f"| node inference p50 during the stream | {result['node_inference_p50_ms']:.1f} ms |",
+        f"| node RSS start / end | {result['rss_start_mb']:.0f} / {result['rss_end_mb']:.0f} MB |",
+        f"| node exit code after SIGINT | {code} |",
+        "",
+    ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
