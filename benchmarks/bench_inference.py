@@ -231,7 +231,8 @@ def main() -> int:
                     node_cells = f"{e50:.1f} ({e95:.1f}) | {e50 / n50:.2f} | {reference_node / e50:.1f}x"
                 lines.append(
                     f"| {backend} | {precision} ({sample['precision']}) | {n50:.1f} ({n95:.1f}) | "
-                    f"{reference_network / n50:.1f}x | {c50:.1f} ({c95:.1f}) | {reference_call / c50:.1f}x | {node_cells} |"
+                    f"{reference_network / n50:.1f}x | {c50:.1f} ({c95:.1f}) | {reference_call / c50:.1f}x | "
+                    f"{node_cells} |"
                 )
             lines.append("")
         parts = frame_path_parts(files, rgb, args.iterations)
