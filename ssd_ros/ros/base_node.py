@@ -37,7 +37,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from ssd_ros.base import (
@@ -55,7 +55,7 @@ from ssd_ros.base import (
     SteeringCalibration,
     open_hardware,
 )
-from ssd_ros.ros.messages import diagnostics_msg
+from ssd_ros.ros.messages import LATCHED_QOS, diagnostics_msg
 from ssd_ros.ros.params import ParameterTable, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
 
@@ -223,10 +223,7 @@ class BaseNode(Node):
         self._confirmed = False
         self._readback: Readback | None = None
 
-        latched = QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-        )
-        self._state_pub = self.create_publisher(Float32MultiArray, "~/state", latched)
+        self._state_pub = self.create_publisher(Float32MultiArray, "~/state", LATCHED_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._apply(self._controller.last_output)
 

@@ -27,7 +27,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -38,7 +38,7 @@ from ssd_ros.drawing import draw_detections
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.model import WeightsUnavailableError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
-from ssd_ros.ros.messages import detections_to_msg, diagnostics_msg, label_info_msg, stamp_ns
+from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, diagnostics_msg, label_info_msg, stamp_ns
 from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
 
@@ -144,10 +144,7 @@ class DetectorNode(Node):
 
         self._detections_pub = self.create_publisher(Detection2DArray, "detections", 10)
         self._annotated_pub = self.create_publisher(Image, "image_annotated", 1)
-        latched = QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-        )
-        self._label_info_pub = self.create_publisher(LabelInfo, "label_info", latched)
+        self._label_info_pub = self.create_publisher(LabelInfo, "label_info", LATCHED_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._publish_label_info()
 

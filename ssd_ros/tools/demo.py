@@ -62,11 +62,10 @@ def record_closed_loop(scenario: str, duration_s: float, out: Path) -> dict:
     """Run sim + follower + base as processes for ``duration_s`` simulated seconds and record the topics."""
     import rclpy
     from geometry_msgs.msg import PoseArray, PoseStamped, Twist
-    from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
     from std_msgs.msg import Float32MultiArray
     from vision_msgs.msg import Detection2DArray
 
-    from ssd_ros.ros.messages import stamp_ns
+    from ssd_ros.ros.messages import LATCHED_QOS, stamp_ns
 
     env = _ros_env()
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")})
@@ -99,11 +98,8 @@ def record_closed_loop(scenario: str, duration_s: float, out: Path) -> dict:
     )
     node.create_subscription(Detection2DArray, "/detections", lambda m: rec["detections"].append(m), 50)
     node.create_subscription(Twist, "/cmd_vel", lambda m: rec["cmd_vel"].append((m.linear.x, m.angular.z)), 100)
-    latched = QoSProfile(
-        depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
-    )
     node.create_subscription(
-        Float32MultiArray, "/picar_base/state", lambda m: rec["state"].append(list(m.data)), latched
+        Float32MultiArray, "/picar_base/state", lambda m: rec["state"].append(list(m.data)), LATCHED_QOS
     )
     try:
         _start_when_connected(node, processes)
