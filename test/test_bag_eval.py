@@ -18,15 +18,16 @@ from conftest import shared_data
 from geometry_msgs.msg import Twist, TwistStamped
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
+from ssd_ros.camera import PinholeCamera
 from ssd_ros.checkpoint import ModelCard, save_checkpoint
 from ssd_ros.detector import Detector
 from ssd_ros.follow import FollowController, params_from_mapping
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
-from ssd_ros.ros.messages import msg_to_detections
+from ssd_ros.ros.messages import camera_info_msg, msg_to_detections
 from ssd_ros.tools import bag_eval, bagio, make_bag
 from ssd_ros.tools.bagio import add_topic, open_writer, serialize
 from ssd_ros.voc import load_image_rgb, parse_annotation
@@ -391,3 +392,56 @@ def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, c
 def test_the_typestore_is_built_once():
     """It parses every vision_msgs definition: once per process, not per topic written."""
     assert bagio.typestore() is bagio.typestore()
+
+
+def test_the_follower_uses_the_bags_camera_info(tmp_path, camera_bags, checkpoint, capsys):
+    """Bearing from the recorded calibration (as the node takes it from camera_info), not the configured FOV."""
+    _, source = read_bag(camera_bags["raw", "mcap"])
+    bag = tmp_path / "calibrated"
+    camera = PinholeCamera(320, 240, fx_px=210.0, cx_px=150.0)  # the lane video's size, an off-centre camera
+    with open_writer(bag, "mcap") as writer:
+        images = add_topic(writer, "/camera/image_raw", "sensor_msgs/msg/Image")
+        infos = add_topic(writer, "/camera/camera_info", "sensor_msgs/msg/CameraInfo")
+        for k, (bag_ns, raw) in enumerate(source["/camera/image_raw"]):
+            header = deserialize_message(raw, Image).header
+            info = CameraInfo(width=320, height=240) if k == 0 else camera_info_msg(camera, header)  # 1st: no K
+            writer.write(infos, bag_ns, serialize(info))
+            writer.write(images, bag_ns, raw)
+    out = tmp_path / "eval"
+    argv = [bag, "--checkpoint", checkpoint, "--out", out, *DETECTOR_ARGS, "--no-annotated"]
+    status, stdout, _ = run_eval([*argv, "--follow-classes", *MODEL_CLASSES, "--follow-param", "min_score=0.0"], capsys)
+    assert status == 0
+    report = json.loads((out / "bag_eval_report.json").read_text())["cmd_vel"]["camera"]
+    assert report == {
+        "source": "CameraInfo",
+        "camera_info_topic": "/camera/camera_info",
+        "bad_camera_infos": 1,  # the uncalibrated one, ignored like the node does
+        "width_px": 320,
+        "height_px": 240,
+        "fx_px": 210.0,
+        "cx_px": 150.0,
+    }
+    assert "follower bearing from the CameraInfo: 320x240 px, fx 210.0 px, cx 150.0 px" in stdout
+    # Replayed through a controller that knows the camera from the first calibrated message on, the commands agree.
+    _, messages = read_bag(out)
+    controller = FollowController(
+        params_from_mapping(
+            {"image_width": 320, "image_height": 240, "target_classes": list(MODEL_CLASSES), "min_score": 0.0}
+        )
+    )
+    moving = 0
+    for k, ((tick_ns, cmd_raw), (_, det_raw)) in enumerate(
+        zip(messages["/cmd_vel"], messages["/detections"], strict=True)
+    ):
+        controller.measured_camera = camera if k >= 1 else None
+        array = deserialize_message(det_raw, Detection2DArray)
+        stamp_s = array.header.stamp.sec + array.header.stamp.nanosec * 1e-9
+        expected = controller.update(msg_to_detections(array), stamp_s, tick_ns / 1e9)
+        twist = deserialize_message(cmd_raw, Twist)
+        assert twist.angular.z == pytest.approx(expected.angular_radps, rel=1e-5, abs=1e-9)
+        assert twist.linear.x == pytest.approx(expected.linear_mps, rel=1e-5, abs=1e-9)
+        moving += twist.angular.z != 0.0
+    assert moving > 0
+    # A named topic the bag lacks is refused before any output.
+    status, _, stderr = run_eval([*argv, "--out", tmp_path / "none", "--camera-info-topic", "/cam/info"], capsys)
+    assert status == 2 and "--camera-info-topic '/cam/info'" in stderr and not (tmp_path / "none").exists()

@@ -33,6 +33,7 @@ import yaml
 from std_msgs.msg import Header
 from tqdm import tqdm
 
+from ssd_ros.camera import PinholeCamera
 from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector
@@ -40,7 +41,7 @@ from ssd_ros.drawing import draw_detections
 from ssd_ros.follow import Command, FollowLoop, FollowParams, class_mismatch, params_from_mapping
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
-from ssd_ros.ros.messages import detections_to_msg, stamp_ns, twist_msg
+from ssd_ros.ros.messages import camera_from_info, detections_to_msg, stamp_ns, twist_msg
 from ssd_ros.ros.params import read_params_file
 from ssd_ros.tools.bagio import (
     COMPRESSED_IMAGE_TYPE,
@@ -62,6 +63,7 @@ DETECTIONS_TOPIC = "/detections"
 ANNOTATED_TOPIC = "/image_annotated"
 CMD_VEL_TOPIC = "/cmd_vel"
 MAX_LISTED_BAD_FRAMES = 20
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 
 
 @dataclass
@@ -105,6 +107,21 @@ def find_image_topic(connections, topic: str | None):
         problem = "no image topic" if not images else "several image topics"
         raise BagToolError(f"{problem} in the bag (image topics: {listing}); name one with --topic")
     return images[0]
+
+
+def find_camera_info(connections, topic: str | None, image_topic: str):
+    """The CameraInfo connection of ``topic``, or of the image's sibling (``.../camera_info``), or None.
+
+    A named topic that the bag lacks is an error; without a name, a bag without calibration is evaluated
+    with the configured field of view, as the follower node would run.
+    """
+    named = topic is not None
+    if not named:
+        topic = image_topic.removesuffix("/compressed").rpartition("/")[0] + "/camera_info"
+    found = [c for c in connections if c.topic == topic and c.msgtype == CAMERA_INFO_TYPE]
+    if named and not found:
+        raise BagToolError(f"--camera-info-topic {topic!r}: no {CAMERA_INFO_TYPE} on it in the bag")
+    return found[0] if found else None
 
 
 def load_ground_truth(folder: Path, match: str) -> tuple[str, dict]:
@@ -180,7 +197,8 @@ class FollowerOptions:
 class Evaluation:
     """Streams the bag through decode -> detector -> outputs; holds the writer connections and state."""
 
-    def __init__(self, args, follower: FollowerOptions, reader, writer, detector: Detector, image_conn, ground_truth):
+    def __init__(self, args, follower: FollowerOptions, reader, writer, detector: Detector, inputs, ground_truth):
+        image_conn, self.camera_info_conn = inputs  # the image topic's connection and its CameraInfo's, or None
         self.args = args
         self.follower = follower
         self.detector = detector
@@ -204,6 +222,8 @@ class Evaluation:
         self.next_tick_ns: int | None = None
         self.period_ns = round(1e9 / follower.rate_hz)  # the follower node's timer period
         self.last_image_ns: int | None = None
+        self.camera: PinholeCamera | None = None  # the bag's newest calibration, as the node would hold it
+        self.bad_camera_infos = 0
 
     # -- per message ---------------------------------------------------------------------------------
     def flush(self, buffered: list) -> None:
@@ -227,7 +247,20 @@ class Evaluation:
             else:
                 connection, bag_ns, raw = item
                 self._ticks_before(bag_ns)
+                if self.camera_info_conn is not None and connection.id == self.camera_info_conn.id:
+                    self._camera_info(raw)
                 self.writer.write(self.copies[connection.id], bag_ns, raw)
+
+    def _camera_info(self, raw: bytes) -> None:
+        """Take the bag's calibration, as the follower node takes it from its camera_info_topic."""
+        try:
+            camera = camera_from_info(deserialize(raw, CAMERA_INFO_TYPE))
+        except Exception:  # noqa: BLE001 - malformed CDR raises assorted types; no calibration is a ValueError
+            self.bad_camera_infos += 1  # ignored, like the node does
+            return
+        self.camera = camera
+        if self.loop is not None:
+            self.loop.controller.measured_camera = camera
 
     def _decode(self, frame: Frame) -> None:
         self.stats.frames += 1
@@ -260,6 +293,7 @@ class Evaluation:
             self.writer.write(self.annotated_conn, frame.bag_ns, serialize(annotated))
         if self.loop is None:
             self.loop = FollowLoop(follow_params(self.detector.class_names, frame.rgb.shape, *self.follow_options))
+            self.loop.controller.measured_camera = self.camera
             self.next_tick_ns = frame.bag_ns
         self.loop.offer(detections, stamp_ns(frame.header) / 1e9)
         self._ground_truth(frame)
@@ -392,12 +426,14 @@ def run(args) -> tuple[dict, int]:
     out = args.out or args.bag.with_name(args.bag.stem + "_eval")
     with open_bag(args.bag) as (reader, salvage_note):
         image_conn = find_image_topic(reader.connections, args.topic)
+        camera_info_conn = find_camera_info(reader.connections, args.camera_info_topic, image_conn.topic)
         detector = load_detector(args)
         follower = follower_options(args, detector.class_names)
         check_ground_truth(args, ground_truth, detector.class_names, image_conn, bool(salvage_note))
         with open_writer(out, args.storage) as writer:
             detector.warmup()  # one-time set-up cost stays out of the latency figures
-            evaluation = Evaluation(args, follower, reader, writer, detector, image_conn, ground_truth)
+            inputs = (image_conn, camera_info_conn)
+            evaluation = Evaluation(args, follower, reader, writer, detector, inputs, ground_truth)
             wall_s, fault = stream(args, evaluation, reader, image_conn)
     fault = "; ".join(note for note in (salvage_note, fault) if note) or None
     report = make_report(args, out, detector, image_conn, evaluation, wall_s, fault)
@@ -450,6 +486,7 @@ def make_report(args, out: Path, detector: Detector, image_conn, evaluation: Eva
             "max_abs_linear_mps": max((abs(c.linear_mps) for c in commands), default=0.0),
             "max_abs_angular_radps": max((abs(c.angular_radps) for c in commands), default=0.0),
             "follower_counters": dict(evaluation.loop.controller.counters) if evaluation.loop else {},
+            "camera": _camera_report(evaluation),
         },
         "replaced_topics": evaluation.replaced,
         "ground_truth": None,
@@ -473,6 +510,19 @@ def make_report(args, out: Path, detector: Detector, image_conn, evaluation: Eva
         }
         report["ap_table"] = format_ap_table(result)
     return report
+
+
+def _camera_report(evaluation: Evaluation) -> dict:
+    """Which camera model the follower's bearing came from (the last one in use)."""
+    camera = evaluation.loop.controller.camera if evaluation.loop else None
+    info = evaluation.camera_info_conn
+    return {
+        "source": "CameraInfo" if evaluation.camera is not None else "configured field of view",
+        "camera_info_topic": info.topic if info is not None else None,
+        "bad_camera_infos": evaluation.bad_camera_infos,
+        **({"width_px": camera.width_px, "height_px": camera.height_px} if camera else {}),
+        **({"fx_px": camera.fx_px, "cx_px": camera.cx_px} if camera else {}),
+    }
 
 
 def format_report(report: dict) -> str:
@@ -503,6 +553,12 @@ def format_report(report: dict) -> str:
         f"- /cmd_vel: {cmd['messages']} commands at {cmd['control_rate_hz']:g} Hz, {cmd['moving']} non-zero, "
         f"max |linear| {cmd['max_abs_linear_mps']:.3f} m/s, max |angular| {cmd['max_abs_angular_radps']:.3f} rad/s"
     )
+    camera = cmd["camera"]
+    if "fx_px" in camera:
+        lines.append(
+            f"- follower bearing from the {camera['source']}: {camera['width_px']}x{camera['height_px']} px, "
+            f"fx {camera['fx_px']:.1f} px, cx {camera['cx_px']:.1f} px"
+        )
     if report["replaced_topics"]:
         lines.append(f"- recorded topics replaced by this evaluation: {', '.join(report['replaced_topics'])}")
     for bad in report["bad_frame_examples"]:
@@ -557,6 +613,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--follow-config", type=Path, help="the follower node's parameters file, e.g. config/follower.yaml"
     )
     parser.add_argument("--follow-classes", nargs="+", help="classes the follower follows (default: FollowParams)")
+    parser.add_argument(
+        "--camera-info-topic",
+        help="the follower's sensor_msgs/CameraInfo (default: camera_info next to the image topic, if the bag has it)",
+    )
     parser.add_argument(
         "--follow-param", action="append", default=[], metavar="NAME=VALUE", help="override a FollowParams field"
     )
