@@ -22,6 +22,7 @@ from conftest import PICAR_CLASSES, REPO_ROOT, shared_data
 from ssd_ros.checkpoint import ModelCard, save_checkpoint
 from ssd_ros.detections import Detections
 from ssd_ros.model import VOC_CLASSES
+from ssd_ros.tools import export_model
 from ssd_ros.voc import VocSplit
 from ssd_ros.voc_metric import evaluate_detections
 from training.evaluate import main
@@ -153,6 +154,42 @@ def test_folder_options_allpoint_iou_limit(checkpoints, tmp_path):
         found, [i.annotation() for i in split], VOC_CLASSES, iou_threshold=0.3, metric="allpoint"
     )
     assert results["map"] == (None if math.isnan(again.map) else pytest.approx(again.map, abs=1e-12))
+
+
+def test_exported_model_on_a_fast_backend_gives_the_same_table(checkpoints, tmp_path):
+    """An ONNX export through OpenVINO: the same per-class AP table as the checkpoint through torch."""
+    # Untrained weights with a spread of scores (torchvision's init gives every box the same score).
+    card = ModelCard.for_architecture(ARCHITECTURE, PICAR_CLASSES, dataset="test")
+    torch.manual_seed(0)
+    model = card.build_model()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    checkpoint = save_checkpoint(tmp_path / "lively.pt", model, card)
+    exported = tmp_path / "lively.onnx"
+    assert export_model.main(["--checkpoint", str(checkpoint), "--out", str(exported), "--quiet"]) == 0
+    folder = shared_data("picar_camera", "detection", "test")
+    common = ["--folder", folder, "--limit", "4", "--score-threshold", "0.3"]
+    status, reference, stderr = run("--checkpoint", checkpoint, *common, "--out", tmp_path / "torch")
+    assert status == 0, stderr
+    status, fast, stderr = run(
+        "--checkpoint", exported, "--backend", "openvino", "--threads", "1", *common, "--out", tmp_path / "ov"
+    )
+    assert status == 0, stderr
+    assert table_rows(fast) == table_rows(reference) and len(table_rows(fast)) == len(PICAR_CLASSES) + 1
+    # An untrained model's AP is 0 everywhere: the raw detections are the real comparison.
+    split = VocSplit.from_folder(folder)[:4]
+    ours = read_detections_csv(tmp_path / "ov" / "detections.csv", split, PICAR_CLASSES)
+    expected = read_detections_csv(tmp_path / "torch" / "detections.csv", split, PICAR_CLASSES)
+    assert sum(map(len, expected)) >= 20
+    for a, b in zip(expected, ours):
+        assert len(a) == len(b) and (a.labels == b.labels).all()
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
+    results = json.loads((tmp_path / "ov" / "results.json").read_text())
+    assert (results["backend"], results["precision"], results["num_threads"]) == ("openvino", "fp32", 1)
+    status, _, stderr = run("--checkpoint", exported, *common, "--out", tmp_path / "bad")
+    assert status == 2 and "exported model: run it with backend onnxruntime or openvino" in stderr
 
 
 def test_custom_classes_with_spaces(checkpoints, tmp_path):

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ssd_ros.checkpoint import CheckpointError
+from ssd_ros.cli import add_inference_arguments, inference_kwargs
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector, resolve_device
 from ssd_ros.voc import VocFormatError, VocItem, VocSplit, load_image_rgb
@@ -61,7 +62,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="PASCAL VOC AP of an ssd_ros checkpoint on a VOC-format dataset.",
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="ssd_ros checkpoint (.pt) to evaluate")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="ssd_ros checkpoint (.pt) or export (.onnx, .xml) to evaluate"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="VOCdevkit root (holding VOC2007/, VOC2012/ ...)")
     source.add_argument(
@@ -83,6 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
     parser.add_argument("--out", type=Path, help="output folder (default: eval/<checkpoint name>-<dataset>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
     if args.folder is not None and args.split is not None:
         parser.error("--split applies to --data (use --image-set with --folder)")
@@ -241,13 +245,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = _load_split(args)
         items = split.items[: args.limit] if args.limit else split.items
         annotations = [item.annotation() for item in items]
-        device = resolve_device(args.device)
+        device = resolve_device(args.device) if args.backend == "torch" else "cpu"
         detector = Detector.from_checkpoint(
             args.checkpoint,
             score_threshold=args.score_threshold,
             nms_iou=args.nms_iou,
             max_detections=args.max_detections,
             device=device,
+            **inference_kwargs(args),
         )
         class_names = tuple(detector.class_names)
         unknown = sorted({n for a in annotations for n in a.names} - set(class_names))
@@ -294,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dataset": split.name,
         "num_images": len(items),
         "device": str(device),
+        "backend": detector.backend,
+        "precision": detector.precision,
+        "num_threads": detector.num_threads,
         "seconds": seconds,
         "images_per_s": images_per_s,
         "score_threshold": args.score_threshold,
@@ -310,7 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_ap_table(result))
     print()
-    print(f"{len(items)} images in {seconds:.1f} s: {images_per_s:.2f} images/s on {device}")
+    print(
+        f"{len(items)} images in {seconds:.1f} s: {images_per_s:.2f} images/s on {device} "
+        f"({detector.backend} {detector.precision}, {detector.num_threads} thread(s))"
+    )
     if size_mismatches:
         print(
             f"warning: {len(size_mismatches)} images differ in size from their annotation's <size> "
