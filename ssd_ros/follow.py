@@ -477,8 +477,8 @@ class FollowLoop:
     given to :meth:`offer` as they arrive, and every :meth:`tick` of the fixed-rate timer hands the controller
     the newest frame not yet given to it (or None: the controller decides on every tick, so a silent
     detector still stops the robot). An older frame that was never ticked on is dropped, as a live
-    follower would drop it. ``offer`` is the single entry point of frames, where a tracker or a camera
-    model from CameraInfo would act on them.
+    follower would drop it. ``offer`` is the single entry point of frames, where a tracker would act on
+    them; the camera model they are measured in is ``controller.measured_camera`` (from CameraInfo).
 
     It also knows why the robot may never move: :meth:`class_problem` compares the target classes
     with the model's classes (:attr:`model_classes`, from the detector's label map) or, while those

@@ -389,8 +389,10 @@ def run_closed_loop(
     """Run ``loop`` (a :class:`~ssd_ros.follow.FollowLoop`) against ``sim`` until ``duration_s``, like the node.
 
     Frames are offered to the loop when their inference finishes; it ticks at ``control_rate_hz`` and its
-    command is held until the next tick. Calling again with the same loop and simulator continues the run.
+    command is held until the next tick. The follower knows the simulated camera, as the node does from the
+    simulator node's CameraInfo. Calling again with the same loop and simulator continues the run.
     """
+    loop.controller.measured_camera = sim.params.camera
     trace = Trace()
     steps_per_tick = max(1, round(1.0 / (control_rate_hz * physics_dt_s)))
     command = (0.0, 0.0)

@@ -372,3 +372,14 @@ def test_a_calibrated_1280x720_camera_gives_the_640x480_commands_for_the_same_sc
             assert got.angular_radps == pytest.approx(expected.angular_radps, abs=1e-6)
         assert math.copysign(1, got.angular_radps) == math.copysign(1, bearing_deg)  # turns towards it
         assert calibrated.counters["outside_image"] == 0  # the 1280 px boxes are inside the measured image
+
+
+def test_closed_loop_with_another_camera_converges_like_the_configured_one():
+    """The simulated 1280x720 75-deg camera is known from its calibration, as the node knows it from CameraInfo."""
+    camera = SimParams(image_width=1280, image_height=720, camera_hfov_deg=75.0)
+    desired = desired_distance_m(1.7, PARAMS.desired_height_fraction, camera)
+    sim = Simulator(camera, make_scenario("static", desired, camera), seed=0)
+    trace = run_closed_loop(FollowLoop(PARAMS), sim, 30.0)  # PARAMS: configured for 640x480 at 62 deg
+    assert math.degrees(trace.bearing[0]) == pytest.approx(25.0, abs=0.5)
+    metrics = path_metrics(trace, desired)
+    assert metrics.settle_time_s <= 20.0 and metrics.steering_sign_changes <= 2
