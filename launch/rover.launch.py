@@ -18,7 +18,7 @@ import os
 import yaml
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, Shutdown
+from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node, PushRosNamespace
 
@@ -168,6 +168,10 @@ def _launch_setup(context):
         )
     model_path = _check_model(context) if detector else ""
     actions = []
+    if "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ:
+        # Raw frames need bigger shared-memory segments in the camera's process than Fast DDS's default (most
+        # best-effort VGA frames are lost otherwise): config/fastdds_large_frames.xml says why.
+        actions.append(SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", _config("fastdds_large_frames.xml")))
 
     if camera == "camera_ros":
         # camera_ros publishes ~/image_raw, ~/image_raw/compressed and ~/camera_info: the node name is the prefix.
