@@ -28,7 +28,7 @@ from ssd_ros.detector import Detector
 from ssd_ros.follow import FollowController, params_from_mapping
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import camera_info_msg, msg_to_detections
-from ssd_ros.tools import bag_eval, bagio, make_bag
+from ssd_ros.tools import bag_eval, bagio, export_model, make_bag
 from ssd_ros.tools.bagio import add_topic, open_writer, serialize
 from ssd_ros.voc import load_image_rgb, parse_annotation
 from ssd_ros.voc_metric import evaluate_detections
@@ -445,3 +445,25 @@ def test_the_follower_uses_the_bags_camera_info(tmp_path, camera_bags, checkpoin
     # A named topic the bag lacks is refused before any output.
     status, _, stderr = run_eval([*argv, "--out", tmp_path / "none", "--camera-info-topic", "/cam/info"], capsys)
     assert status == 2 and "--camera-info-topic '/cam/info'" in stderr and not (tmp_path / "none").exists()
+
+
+def test_an_exported_model_on_onnxruntime_gives_the_checkpoints_detections(tmp_path, camera_bags, checkpoint, capsys):
+    """--backend with an export: same detections as the checkpoint through torch; the report says what ran."""
+    exported = tmp_path / "lite.onnx"
+    assert export_model.main(["--checkpoint", str(checkpoint), "--out", str(exported), "--quiet"]) == 0
+    source = camera_bags["jpeg", "mcap"]
+    reference, fast = tmp_path / "torch", tmp_path / "ort"
+    assert run_eval([source, "--checkpoint", checkpoint, "--out", reference, *DETECTOR_ARGS], capsys)[0] == 0
+    argv = [source, "--checkpoint", exported, "--backend", "onnxruntime", "--threads", "1", "--out", fast]
+    status, _, err = run_eval([*argv, *DETECTOR_ARGS], capsys)
+    assert status == 0, err
+    expected, got = read_bag(reference)[1]["/detections"], read_bag(fast)[1]["/detections"]
+    assert len(got) == len(expected) == FRAMES
+    for (_, a), (_, b) in zip(expected, got, strict=True):
+        x = msg_to_detections(deserialize_message(a, Detection2DArray))
+        y = msg_to_detections(deserialize_message(b, Detection2DArray))
+        assert len(x) == 5 and x.names == y.names
+        np.testing.assert_allclose(x.boxes, y.boxes, atol=0.5)
+    assert json.loads((fast / "bag_eval_report.json").read_text())["backend"] == "onnxruntime fp32 x1 threads"
+    status, _, err = run_eval([*argv[:-1], tmp_path / "bad", "--precision", "int8", *DETECTOR_ARGS], capsys)
+    assert status == 2 and "fp32 export; precision int8 needs an int8 export" in err

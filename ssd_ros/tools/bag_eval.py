@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from ssd_ros.camera import PinholeCamera
 from ssd_ros.checkpoint import CheckpointError
+from ssd_ros.cli import add_inference_arguments, inference_kwargs
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector
 from ssd_ros.drawing import draw_detections
@@ -334,8 +335,9 @@ def load_detector(args) -> Detector:
             nms_iou=args.nms_iou,
             max_detections=args.max_detections,
             device=args.device,
+            **inference_kwargs(args),
         )
-    except CheckpointError as exc:
+    except (CheckpointError, ValueError) as exc:  # ValueError: a backend/precision/device that cannot run
         raise BagToolError(str(exc)) from exc
     try:
         detector.class_filter = args.class_filter
@@ -465,6 +467,7 @@ def make_report(args, out: Path, detector: Detector, image_conn, evaluation: Eva
         "checkpoint": str(args.checkpoint),
         "architecture": detector.card.architecture,
         "device": str(detector.device),
+        "backend": f"{detector.backend} {detector.precision} x{detector.num_threads} threads",
         "class_names": list(detector.class_names),
         "score_threshold": detector.score_threshold,
         "batch_size": args.batch_size,
@@ -536,7 +539,8 @@ def format_report(report: dict) -> str:
         f"# bag_eval: {report['bag']}",
         "",
         f"- image topic: `{report['image_topic']}` ({report['image_type']})",
-        f"- model: {report['architecture']} from `{report['checkpoint']}` on {report['device']}, "
+        f"- model: {report['architecture']} from `{report['checkpoint']}` on {report['device']} "
+        f"({report['backend']}), "
         f"score threshold {report['score_threshold']:g}, batch {report['batch_size']}",
         f"- output bag: `{report['output_bag']}`",
         f"- frames: {report['frames']} ({report['processed_frames']} processed, {report['bad_frames']} bad)",
@@ -588,7 +592,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line of ``bag_eval``."""
     parser = argparse.ArgumentParser(prog="bag_eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("bag", type=Path, help="input rosbag2 folder, or a single .mcap / .db3 file")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="SSD checkpoint (.pt)")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="SSD checkpoint (.pt) or export (.onnx, OpenVINO .xml)"
+    )
     parser.add_argument("--topic", help="image topic (default: the bag's only Image/CompressedImage topic)")
     parser.add_argument("--out", type=Path, help="output bag folder, must not exist (default: <bag>_eval)")
     parser.add_argument("--storage", choices=sorted(STORAGE_PLUGINS), default="mcap", help="output storage format")
@@ -598,6 +604,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-detections", type=int, default=100, help="as the detector node (default 100)")
     parser.add_argument("--class-filter", nargs="+", help="report only these classes")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_inference_arguments(parser)
     parser.add_argument(
         "--batch-size",
         type=positive_int,
