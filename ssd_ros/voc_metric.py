@@ -49,6 +49,7 @@ __all__ = [
     "VocEvaluation",
     "evaluate_detections",
     "format_ap_table",
+    "matched_fraction",
     "plot_pr_curves",
     "voc_ap",
 ]
@@ -198,6 +199,28 @@ def _iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
     union = area[:, None] + other_area[None, :] - intersection
     # Degenerate pairs (zero union) have IoU 0 rather than NaN, so they can never match.
     return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+
+
+def matched_fraction(reference: Sequence[Detections], other: Sequence[Detections], iou: float = 0.5) -> float:
+    """Fraction of ``reference``'s detections that ``other`` also found: same class, IoU >= ``iou``.
+
+    Matched one to one per image, reference detections in score order, each taking its best free partner
+    (how two models or two backends are compared when neither is ground truth). 1.0 when there is nothing
+    to match.
+    """
+    matched = total = 0
+    for ref, oth in zip(reference, other, strict=True):
+        total += len(ref)
+        if not len(ref) or not len(oth):
+            continue
+        overlaps = _iou(ref.boxes, oth.boxes) * (ref.labels[:, None] == oth.labels[None, :])
+        free = np.ones(len(oth), bool)
+        for row in overlaps[np.argsort(-ref.scores, kind="stable")]:
+            best = int(np.argmax(np.where(free, row, -1.0)))
+            if free[best] and row[best] >= iou:
+                free[best] = False
+                matched += 1
+    return matched / total if total else 1.0
 
 
 def _match_image(

@@ -28,7 +28,7 @@ from ssd_ros.export import export_onnx_bytes, read_exported, write_export
 from ssd_ros.model import VOC_CLASSES, build_model
 from ssd_ros.tools import export_model
 from ssd_ros.voc import VocSplit, load_image_rgb
-from ssd_ros.voc_metric import evaluate_detections
+from ssd_ros.voc_metric import evaluate_detections, matched_fraction
 from training import train
 
 FAST = ("onnxruntime", "openvino")
@@ -39,14 +39,6 @@ def _images() -> list[np.ndarray]:
     rover = shared_data("picar_camera", "detection", "test")
     paths = [voc / "2007_000027.jpg", voc / "2007_000032.jpg", sorted(rover.glob("*.jpg"))[0]]
     return [load_image_rgb(p) for p in paths]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
 
 
 def assert_same_detections(reference: Detections, other: Detections, *, box_px: float, score: float) -> None:
@@ -62,22 +54,6 @@ def assert_same_detections(reference: Detections, other: Detections, *, box_px: 
         assert candidates.any(), f"no counterpart for {label} {s:.4f} {box}"
         best = np.flatnonzero(candidates)[np.argmin(distance[candidates])]
         free[best] = False
-
-
-def matched_fraction(reference: list[Detections], other: list[Detections]) -> float:
-    """Fraction of reference detections with a same-class detection at IoU >= 0.5 in ``other`` (one-to-one)."""
-    matched = total = 0
-    for ref, oth in zip(reference, other):
-        total += len(ref)
-        if len(ref) and len(oth):
-            iou = _iou(ref.boxes, oth.boxes) * (ref.labels[:, None] == oth.labels[None, :])
-            free = np.ones(len(oth), bool)
-            for row in iou:
-                j = np.argmax(np.where(free, row, -1))
-                if free[j] and row[j] >= 0.5:
-                    free[j] = False
-                    matched += 1
-    return matched / max(total, 1)
 
 
 def _lively_ssdlite(num_classes: int) -> nn.Module:

@@ -11,7 +11,7 @@ import pytest
 
 from ssd_ros.detections import Detections
 from ssd_ros.voc import VocAnnotation
-from ssd_ros.voc_metric import evaluate_detections, format_ap_table, plot_pr_curves, voc_ap
+from ssd_ros.voc_metric import evaluate_detections, format_ap_table, matched_fraction, plot_pr_curves, voc_ap
 
 A = [0, 0, 10, 10]
 B = [20, 20, 30, 30]
@@ -348,3 +348,20 @@ def test_plot_pr_curves_writes_png(tmp_path):
     result = evaluate_detections(found, truths, ["cat", "dog", "person", "bus", "no-such-class"])
     path = plot_pr_curves(result, tmp_path / "sub" / "pr.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_matched_fraction_pairs_detections_one_to_one_by_class_and_iou():
+    names = ("cat", "dog")
+
+    def dets(boxes, scores, labels):
+        return Detections(np.array(boxes, np.float32), np.array(scores, np.float32), np.array(labels), names)
+
+    reference = dets([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]], [0.9, 0.8, 0.7], [0, 0, 1])
+    # The first matches; the second's only overlap is below 0.5; the third's partner has the wrong class.
+    other = dets([[0, 0, 10, 11], [25, 25, 35, 35], [0, 0, 10, 10]], [0.5, 0.5, 0.5], [0, 0, 0])
+    assert matched_fraction([reference], [other]) == pytest.approx(1 / 3)
+    # One partner cannot serve two reference detections.
+    twice = dets([[0, 0, 10, 10], [0, 0, 10, 10]], [0.9, 0.8], [0, 0])
+    assert matched_fraction([twice], [dets([[0, 0, 10, 10]], [0.9], [0])]) == 0.5
+    assert matched_fraction([twice], [twice]) == 1.0
+    assert matched_fraction([Detections.empty(names)], [twice]) == 1.0
