@@ -16,12 +16,15 @@ class Detections:
         scores: (N,) float32 confidences in [0, 1].
         labels: (N,) int64 indices into ``class_names``.
         class_names: the class list the labels index (a model's classes, background excluded).
+        track_ids: a tracker's id of each detection (``Detection2D.id``; "" = not tracked), or None
+            when no tracker ran (see :mod:`ssd_ros.tracking`).
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
+    track_ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.scores)
@@ -29,6 +32,8 @@ class Detections:
             raise ValueError(
                 f"inconsistent detections: boxes {self.boxes.shape}, scores ({n},), labels {self.labels.shape}"
             )
+        if self.track_ids is not None and len(self.track_ids) != n:
+            raise ValueError(f"inconsistent detections: {len(self.track_ids)} track ids for {n} detections")
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -44,8 +49,8 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), tuple(class_names))
 
     @classmethod
-    def from_named(cls, boxes, scores, names) -> Detections:
-        """Build from per-detection class names (as they arrive in a Detection2DArray)."""
+    def from_named(cls, boxes, scores, names, track_ids=None) -> Detections:
+        """Build from per-detection class names (and track ids) as they arrive in a Detection2DArray."""
         class_names = tuple(dict.fromkeys(names))
         index = {name: i for i, name in enumerate(class_names)}
         return cls(
@@ -53,4 +58,5 @@ class Detections:
             np.asarray(scores, np.float32).reshape(-1),
             np.asarray([index[n] for n in names], np.int64),
             class_names,
+            None if track_ids is None else tuple(track_ids),
         )
