@@ -33,6 +33,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -66,8 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="YAML file of option defaults (long option names as keys)")
+    _add_data_options(parser.add_argument_group("data"))
+    _add_model_options(parser.add_argument_group("model"))
+    _add_optimisation_options(
+        parser.add_argument_group("optimisation (SSD paper, sec. 3: SGD, 120k iterations, x0.1 at 80k/100k)")
+    )
+    _add_augmentation_options(
+        parser.add_argument_group("augmentation (torchvision transforms v2, see training/presets.py)")
+    )
+    _add_run_options(parser.add_argument_group("run"))
+    return parser
 
-    data = parser.add_argument_group("data")
+
+def _add_data_options(data: argparse._ArgumentGroup) -> None:
     data.add_argument("--data-root", type=Path, help="VOCdevkit folder (holding VOC2007/, VOC2012/)")
     data.add_argument(
         "--train-sets",
@@ -114,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--workers", type=int, default=4, help="data loading processes per training process")
 
-    model = parser.add_argument_group("model")
+
+def _add_model_options(model: argparse._ArgumentGroup) -> None:
     model.add_argument("--architecture", choices=ARCHITECTURES, default="ssd300_vgg16", help="detector to train")
     model.add_argument(
         "--pretrained",
@@ -124,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-pretrained trains from scratch",
     )
 
-    optim = parser.add_argument_group("optimisation (SSD paper, sec. 3: SGD, 120k iterations, x0.1 at 80k/100k)")
+
+def _add_optimisation_options(optim: argparse._ArgumentGroup) -> None:
     optim.add_argument("--iterations", type=int, default=120_000, help="training iterations (optimizer steps)")
     optim.add_argument(
         "--batch-size", type=int, default=32, help="images per iteration over all processes (split over GPUs)"
@@ -148,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-nonfinite-total", type=int, default=100, help="abort after this many NaN/inf losses in total"
     )
 
-    augment = parser.add_argument_group("augmentation (torchvision transforms v2, see training/presets.py)")
+
+def _add_augmentation_options(augment: argparse._ArgumentGroup) -> None:
     augment.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
@@ -159,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--zoom-out-prob", type=float, default=0.5, help="zoom-out (expand) probability")
     augment.add_argument("--zoom-out-max", type=float, default=4.0, help="largest zoom-out factor")
 
-    run = parser.add_argument_group("run")
+
+def _add_run_options(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--output-dir", type=Path, default=Path("runs/ssd300_voc0712"), help="where outputs go")
     run.add_argument("--resume", type=Path, metavar="CHECKPOINT", help="continue from a last.pt (full state)")
     run.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
@@ -181,7 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-every", type=int, default=20, help="write the loss to the CSV/TensorBoard every N")
     run.add_argument("--no-progress", action="store_true", help="no tqdm progress bar (e.g. in batch jobs)")
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    return parser
 
 
 def usage_error(message: str) -> NoReturn:
@@ -348,16 +363,114 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(threads)  # callers (tests, notebooks) keep their own setting
 
 
+@dataclass
+class _Run:
+    """The parts of one training run: built by :func:`_build`, advanced by the loop, saved by :func:`_save_last`."""
+
+    args: argparse.Namespace
+    device: torch.device
+    context: DistributedContext
+    batch_per_rank: int
+    train_split: VocSplit
+    val_split: VocSplit | None
+    class_names: tuple[str, ...]
+    train_set: VocDetectionDataset
+    val_set: VocDetectionDataset | None  # on the main process only
+    model: torch.nn.Module  # wrapped in DistributedDataParallel under torchrun
+    model_without_ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    guard: engine.NonFiniteLossGuard
+    amp_dtype: torch.dtype | None
+    start_iteration: int = 0
+    best_map: float = -math.inf
+    last_val_map: float | None = None
+    rng_states: list[dict[str, Any]] | None = None  # every rank's RNG states from --resume
+
+
+@dataclass
+class _Logs:
+    """The main process's logs in ``--output-dir``."""
+
+    train: engine.CsvLog
+    val: engine.CsvLog
+    writer: Any  # torch.utils.tensorboard.SummaryWriter
+
+
+class _Throughput:
+    """Training images per second, an exponential average; :meth:`restart` leaves evaluation and saving out."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.images_per_s = 0.0
+        self.restart()
+
+    def restart(self) -> None:
+        self.tick = time.perf_counter()
+
+    def step(self) -> float:
+        now = time.perf_counter()
+        rate = self.batch_size / max(now - self.tick, 1e-9)
+        self.images_per_s = rate if self.images_per_s == 0.0 else 0.9 * self.images_per_s + 0.1 * rate
+        self.tick = now
+        return self.images_per_s
+
+
 def _train(args: argparse.Namespace) -> dict[str, Any]:
+    run = _build(args)
+    if args.resume is not None:
+        _resume(run, args.resume)
+    if run.context.distributed:
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None
+        )
+    batches = _training_batches(run)
+    logs = _open_logs(run) if run.context.is_main else None
+    progress = tqdm(
+        total=args.iterations,
+        initial=run.start_iteration,
+        disable=not run.context.is_main or args.no_progress,
+        dynamic_ncols=True,
+        desc="train",
+    )
+    history: list[dict[str, float]] = []
+    throughput = _Throughput(args.batch_size)
+    for iteration in range(run.start_iteration, args.iterations):
+        losses = _step_and_log(run, next(batches), iteration, throughput, logs, progress)
+        if losses is not None:
+            history.append({"iteration": iteration + 1, **losses})
+        if _validate_and_save(run, iteration + 1, logs):
+            throughput.restart()  # evaluation and saving are not training throughput
+    progress.close()
+    if logs is not None:
+        engine.plot_training_curves(
+            args.output_dir / "train_log.csv",
+            args.output_dir / "val_log.csv",
+            args.output_dir / "training_curves.png",
+            title=f"{args.architecture} on {run.train_split.name}",
+        )
+        logs.writer.close()
+    if run.context.distributed:
+        torch.distributed.destroy_process_group()
+    return {
+        "history": history,
+        "best_map": None if run.best_map == -math.inf else run.best_map,
+        "skipped_steps": run.guard.total,
+        "output_dir": args.output_dir,
+        "class_names": run.class_names,
+    }
+
+
+def _build(args: argparse.Namespace) -> _Run:
+    """Device, processes, data, model and optimisation of a fresh run (nothing written yet)."""
     device = resolve_device(args.device)  # the detector core's checks: a clear error for a device not here
     context = init_distributed(device.type)
     if device.type == "cuda" and context.distributed:  # one GPU per process under torchrun
         device = torch.device("cuda", context.local_rank)
     if args.batch_size % context.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by {context.world_size} processes")
-    batch_per_rank = args.batch_size // context.world_size
     torch.manual_seed(args.seed)
-    output_dir = args.output_dir
 
     train_split, val_split, class_names = build_splits(args)
     model = build_model(args.architecture, len(class_names) + 1, pretrained_backbone=args.pretrained)
@@ -387,200 +500,217 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     amp_dtype = None
     if args.amp:
         amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    guard = engine.NonFiniteLossGuard(args.max_nonfinite_consecutive, args.max_nonfinite_total)
+    return _Run(
+        args=args,
+        device=device,
+        context=context,
+        batch_per_rank=args.batch_size // context.world_size,
+        train_split=train_split,
+        val_split=val_split,
+        class_names=class_names,
+        train_set=train_set,
+        val_set=val_set,
+        model=model,
+        model_without_ddp=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        guard=engine.NonFiniteLossGuard(args.max_nonfinite_consecutive, args.max_nonfinite_total),
+        amp_dtype=amp_dtype,
+    )
 
-    start_iteration, best_map, rng_states = 0, -math.inf, None
-    if args.resume is not None:
-        payload = read_checkpoint_payload(args.resume)
-        state = (payload.extra or {}).get("training_state")
-        if state is None:
-            raise CheckpointError(args.resume, "holds no training state (resume needs a last.pt written by train.py)")
-        if payload.card.architecture != args.architecture or payload.card.class_names != class_names:
-            raise CheckpointError(
-                args.resume,
-                f"was trained as {payload.card.architecture} on {list(payload.card.class_names)}, "
-                f"not {args.architecture} on {list(class_names)}",
-            )
-        model.load_state_dict(payload.state_dict)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler.is_enabled() and not state["scaler"]:
-            # The run was saved without float16 AMP: a fresh scaler calibrates itself in a few steps.
-            print("note: resuming a run without --amp with --amp: starting a fresh gradient scaler", file=sys.stderr)
-        else:
-            scaler.load_state_dict(state["scaler"])
-        guard.load_state_dict(state["guard"])
-        start_iteration, best_map = int(state["iteration"]), float(state["best_map"])
-        rng_states = state["rng"]
 
-    model_without_ddp = model
-    if context.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+def _resume(run: _Run, path: Path) -> None:
+    """Model, optimisation state, iteration, best mAP and RNG states from a ``last.pt`` of the same run."""
+    payload = read_checkpoint_payload(path)
+    state = (payload.extra or {}).get("training_state")
+    if state is None:
+        raise CheckpointError(path, "holds no training state (resume needs a last.pt written by train.py)")
+    if payload.card.architecture != run.args.architecture or payload.card.class_names != run.class_names:
+        raise CheckpointError(
+            path,
+            f"was trained as {payload.card.architecture} on {list(payload.card.class_names)}, "
+            f"not {run.args.architecture} on {list(run.class_names)}",
         )
+    run.model.load_state_dict(payload.state_dict)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler.is_enabled() and not state["scaler"]:
+        # The run was saved without float16 AMP: a fresh scaler calibrates itself in a few steps.
+        print("note: resuming a run without --amp with --amp: starting a fresh gradient scaler", file=sys.stderr)
+    else:
+        run.scaler.load_state_dict(state["scaler"])
+    run.guard.load_state_dict(state["guard"])
+    run.start_iteration, run.best_map = int(state["iteration"]), float(state["best_map"])
+    run.rng_states = state["rng"]
 
+
+def _training_batches(run: _Run):
+    """This process's endless stream of training batches, continuing where a resumed run stopped."""
+    args, context = run.args, run.context
     sampler = engine.InfiniteSampler(
-        len(train_set),
+        len(run.train_set),
         seed=args.seed,
         rank=context.rank,
         world_size=context.world_size,
-        start=start_iteration * batch_per_rank,
+        start=run.start_iteration * run.batch_per_rank,
     )
     loader = DataLoader(
-        train_set,
-        batch_size=batch_per_rank,
+        run.train_set,
+        batch_size=run.batch_per_rank,
         sampler=sampler,
         num_workers=args.workers,
         collate_fn=collate_detection,
-        pin_memory=device.type == "cuda",
+        pin_memory=run.device.type == "cuda",
         persistent_workers=args.workers > 0,
         prefetch_factor=4 if args.workers > 0 else None,
     )
     batches = iter(loader)
     # After the loader drew its worker base seed: the state continues exactly where the checkpoint was.
-    if rng_states is not None:
-        engine.restore_rng_state(rng_states[min(context.rank, len(rng_states) - 1)])
+    if run.rng_states is not None:
+        engine.restore_rng_state(run.rng_states[min(context.rank, len(run.rng_states) - 1)])
+    return batches
 
-    train_log = val_log = writer = None
-    if context.is_main:
-        from torch.utils.tensorboard import SummaryWriter
 
-        # Only now: data, classes, weights and --resume are checked, so a mistake leaves no empty folder.
-        output_dir.mkdir(parents=True, exist_ok=True)
+def _open_logs(run: _Run) -> _Logs:
+    """Create ``--output-dir`` and its logs (cut back to a resumed iteration), and say what is trained."""
+    from torch.utils.tensorboard import SummaryWriter
 
-        train_log = engine.CsvLog(output_dir / "train_log.csv", TRAIN_LOG_FIELDS)
-        val_log = engine.CsvLog(output_dir / "val_log.csv", VAL_LOG_FIELDS)
-        train_log.truncate_after(start_iteration)
-        val_log.truncate_after(start_iteration)
+    args, start = run.args, run.start_iteration
+    # Only now: data, classes, weights and --resume are checked, so a mistake leaves no empty folder.
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    logs = _Logs(
+        train=engine.CsvLog(args.output_dir / "train_log.csv", TRAIN_LOG_FIELDS),
+        val=engine.CsvLog(args.output_dir / "val_log.csv", VAL_LOG_FIELDS),
         # purge_step drops events a crashed run logged after the checkpoint we resume from.
-        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_iteration if start_iteration else None)
-        print(
-            f"training {args.architecture} on {train_split.name}: {len(train_set)} images, "
-            f"{train_set.num_objects()} objects, {len(class_names)} classes; "
-            f"validation: {val_split.name if val_split is not None else 'none'}; "
-            f"{context.world_size} process(es) x {batch_per_rank} images on {device}",
-            flush=True,
-        )
-
-    def save_last(iteration: int, val_map: float | None) -> None:
-        rng = gather_rng_states(context)
-        if not context.is_main:
-            return
-        state = {
-            "iteration": iteration,
-            "best_map": best_map,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "guard": guard.state_dict(),
-            "rng": rng,
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "train_folder"},
-        }
-        card = model_card(args, class_names, train_split, val_split, iteration, val_map)
-        save_checkpoint(output_dir / "last.pt", model_without_ddp, card, extra={"training_state": state})
-
-    progress = tqdm(
-        total=args.iterations,
-        initial=start_iteration,
-        disable=not context.is_main or args.no_progress,
-        dynamic_ncols=True,
-        desc="train",
+        writer=SummaryWriter(str(args.output_dir / "tensorboard"), purge_step=start if start else None),
     )
-    history: list[dict[str, float]] = []
-    last_val_map: float | None = None
-    images_per_s = 0.0
-    tick = time.perf_counter()
-    for iteration in range(start_iteration, args.iterations):
-        images, targets = _to_device(next(batches), device)
-        lr = optimizer.param_groups[0]["lr"]
-        losses = engine.train_step(model, images, targets, optimizer, scaler, guard, iteration, amp_dtype=amp_dtype)
-        scheduler.step()
-        done = iteration + 1
-        now = time.perf_counter()
-        rate = args.batch_size / max(now - tick, 1e-9)
-        images_per_s = rate if images_per_s == 0.0 else 0.9 * images_per_s + 0.1 * rate
-        tick = now
-        if losses is not None:
-            history.append({"iteration": done, **losses})
-        if context.is_main:
-            progress.update(1)
-            if losses is not None:
-                progress.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
-            if done % args.log_every == 0 or done == args.iterations:
-                row = {"iteration": done, "lr": lr, "images_per_s": images_per_s, "skipped": guard.total}
-                if losses is not None:
-                    row.update(losses)
-                    for key, value in losses.items():
-                        writer.add_scalar(f"train/{key}", value, done)
-                writer.add_scalar("train/lr", lr, done)
-                writer.add_scalar("train/images_per_s", images_per_s, done)
-                train_log.write(row)
+    logs.train.truncate_after(start)
+    logs.val.truncate_after(start)
+    print(
+        f"training {args.architecture} on {run.train_split.name}: {len(run.train_set)} images, "
+        f"{run.train_set.num_objects()} objects, {len(run.class_names)} classes; "
+        f"validation: {run.val_split.name if run.val_split is not None else 'none'}; "
+        f"{run.context.world_size} process(es) x {run.batch_per_rank} images on {run.device}",
+        flush=True,
+    )
+    return logs
 
-        validate = val_split is not None and (done % args.val_every == 0 or done == args.iterations)
-        checkpoint = done % args.checkpoint_every == 0 or done == args.iterations
-        if (validate or checkpoint) and args.precise_bn_batches > 0:
-            # A separate seeded stream: the training stream and the global RNG are left untouched.
-            bn_keys = iter(
-                engine.InfiniteSampler(
-                    len(train_set), seed=args.seed + done, rank=context.rank, world_size=context.world_size
-                )
-            )
-            bn_batches = (
-                _to_device(collate_detection([train_set[next(bn_keys)] for _ in range(batch_per_rank)]), device)
-                for _ in range(args.precise_bn_batches)
-            )
-            engine.recompute_bn_statistics(model_without_ddp, bn_batches)
-        if validate and context.is_main:
-            started = time.perf_counter()
-            result = evaluate(
-                model_without_ddp,
-                val_set,
-                device,
-                metric=args.val_metric,
-                batch_size=args.val_batch_size,
-                max_images=args.val_max_images,
-            )
-            model_without_ddp.train()
-            last_val_map = result.map
-            seconds = time.perf_counter() - started
-            val_log.write(
-                {"iteration": done, "map": last_val_map, "metric": args.val_metric, "images": result.num_images}
-                | {"seconds": round(seconds, 1)}
-            )
-            writer.add_scalar("val/mAP", last_val_map, done)
-            (output_dir / "val_ap.md").write_text(f"Iteration {done}\n\n{format_ap_table(result)}\n")
-            tqdm.write(f"iteration {done}: {val_split.name} mAP {100 * last_val_map:.2f} % ({seconds:.0f} s)")
-            if last_val_map > best_map:
-                best_map = last_val_map
-                card = model_card(args, class_names, train_split, val_split, done, last_val_map)
-                save_checkpoint(output_dir / "best.pt", model_without_ddp, card)
-            engine.plot_training_curves(
-                output_dir / "train_log.csv", output_dir / "val_log.csv", output_dir / "training_curves.png"
-            )
-            tick = time.perf_counter()  # evaluation time is not training throughput
-        if checkpoint:
-            save_last(done, last_val_map)
-            barrier()
-            tick = time.perf_counter()
-    progress.close()
-    if context.is_main:
-        engine.plot_training_curves(
-            output_dir / "train_log.csv",
-            output_dir / "val_log.csv",
-            output_dir / "training_curves.png",
-            title=f"{args.architecture} on {train_split.name}",
+
+def _step_and_log(run: _Run, batch, iteration: int, throughput: _Throughput, logs: _Logs | None, progress):
+    """One optimisation step, shown and logged every ``--log-every`` by the main process; its losses or None.
+
+    None: a non-finite step the guard skipped.
+    """
+    args = run.args
+    images, targets = _to_device(batch, run.device)
+    lr = run.optimizer.param_groups[0]["lr"]
+    losses = engine.train_step(
+        run.model, images, targets, run.optimizer, run.scaler, run.guard, iteration, amp_dtype=run.amp_dtype
+    )
+    run.scheduler.step()
+    done = iteration + 1
+    images_per_s = throughput.step()
+    if logs is None:
+        return losses
+    progress.update(1)
+    if losses is not None:
+        progress.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}")
+    if done % args.log_every == 0 or done == args.iterations:
+        row = {"iteration": done, "lr": lr, "images_per_s": images_per_s, "skipped": run.guard.total}
+        if losses is not None:
+            row.update(losses)
+            for key, value in losses.items():
+                logs.writer.add_scalar(f"train/{key}", value, done)
+        logs.writer.add_scalar("train/lr", lr, done)
+        logs.writer.add_scalar("train/images_per_s", images_per_s, done)
+        logs.train.write(row)
+    return losses
+
+
+def _validate_and_save(run: _Run, done: int, logs: _Logs | None) -> bool:
+    """After iteration ``done``: evaluate (main process) and write ``last.pt`` when due. True if anything ran."""
+    args = run.args
+    validate = run.val_split is not None and (done % args.val_every == 0 or done == args.iterations)
+    checkpoint = done % args.checkpoint_every == 0 or done == args.iterations
+    if (validate or checkpoint) and args.precise_bn_batches > 0:
+        _recompute_bn(run, done)
+    validate = validate and logs is not None
+    if validate:
+        _validate(run, done, logs)
+    if checkpoint:
+        _save_last(run, done)
+        barrier()
+    return validate or checkpoint
+
+
+def _recompute_bn(run: _Run, done: int) -> None:
+    """PreciseBN over ``--precise-bn-batches`` training batches.
+
+    A separate seeded stream: the training stream and the global RNG are left untouched.
+    """
+    context, train_set = run.context, run.train_set
+    bn_keys = iter(
+        engine.InfiniteSampler(
+            len(train_set), seed=run.args.seed + done, rank=context.rank, world_size=context.world_size
         )
-        writer.close()
-    if context.distributed:
-        torch.distributed.destroy_process_group()
-    return {
-        "history": history,
-        "best_map": None if best_map == -math.inf else best_map,
-        "skipped_steps": guard.total,
-        "output_dir": output_dir,
-        "class_names": class_names,
+    )
+    bn_batches = (
+        _to_device(collate_detection([train_set[next(bn_keys)] for _ in range(run.batch_per_rank)]), run.device)
+        for _ in range(run.args.precise_bn_batches)
+    )
+    engine.recompute_bn_statistics(run.model_without_ddp, bn_batches)
+
+
+def _validate(run: _Run, done: int, logs: _Logs) -> None:
+    """VOC mAP on the validation split: logged, ``val_ap.md``, ``best.pt`` when it is the best so far, curves."""
+    args, output_dir = run.args, run.args.output_dir
+    started = time.perf_counter()
+    result = evaluate(
+        run.model_without_ddp,
+        run.val_set,
+        run.device,
+        metric=args.val_metric,
+        batch_size=args.val_batch_size,
+        max_images=args.val_max_images,
+    )
+    run.model_without_ddp.train()
+    run.last_val_map = result.map
+    seconds = time.perf_counter() - started
+    logs.val.write(
+        {"iteration": done, "map": result.map, "metric": args.val_metric, "images": result.num_images}
+        | {"seconds": round(seconds, 1)}
+    )
+    logs.writer.add_scalar("val/mAP", result.map, done)
+    (output_dir / "val_ap.md").write_text(f"Iteration {done}\n\n{format_ap_table(result)}\n")
+    tqdm.write(f"iteration {done}: {run.val_split.name} mAP {100 * result.map:.2f} % ({seconds:.0f} s)")
+    if result.map > run.best_map:
+        run.best_map = result.map
+        card = model_card(args, run.class_names, run.train_split, run.val_split, done, result.map)
+        save_checkpoint(output_dir / "best.pt", run.model_without_ddp, card)
+    engine.plot_training_curves(
+        output_dir / "train_log.csv", output_dir / "val_log.csv", output_dir / "training_curves.png"
+    )
+
+
+def _save_last(run: _Run, iteration: int) -> None:
+    """``last.pt``: weights, card and the full training state, every rank's RNG states included."""
+    rng = gather_rng_states(run.context)
+    if not run.context.is_main:
+        return
+    args = run.args
+    state = {
+        "iteration": iteration,
+        "best_map": run.best_map,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "guard": run.guard.state_dict(),
+        "rng": rng,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "train_folder"},
     }
+    card = model_card(args, run.class_names, run.train_split, run.val_split, iteration, run.last_val_map)
+    save_checkpoint(args.output_dir / "last.pt", run.model_without_ddp, card, extra={"training_state": state})
 
 
 def train_folders(args: argparse.Namespace) -> list[Path]:
