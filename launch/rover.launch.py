@@ -172,71 +172,12 @@ def _launch_setup(context):
         # Raw frames need bigger shared-memory segments in the camera's process than Fast DDS's default (most
         # best-effort VGA frames are lost otherwise): config/fastdds_large_frames.xml says why.
         actions.append(SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", _config("fastdds_large_frames.xml")))
-
-    if camera == "camera_ros":
-        # camera_ros publishes ~/image_raw, ~/image_raw/compressed and ~/camera_info: the node name is the prefix.
-        actions.append(
-            _required(
-                package="camera_ros",
-                executable="camera_node",
-                name="camera",
-                parameters=[{"width": 640, "height": 480, "use_sim_time": use_sim_time}],
-                output="screen",
-            )
-        )
-    elif camera == "v4l2_camera":
-        # v4l2_camera publishes image_raw through image_transport, which expands the base name before adding
-        # the transport suffix: a remap of image_raw would move the raw topic but leave image_raw/compressed
-        # behind. A namespace moves all of them (image_raw, image_raw/compressed, camera_info) together.
-        actions.append(
-            _required(
-                package="v4l2_camera",
-                executable="v4l2_camera_node",
-                name="v4l2_camera",
-                namespace="camera",
-                parameters=[{"image_size": [640, 480], "use_sim_time": use_sim_time}],
-                output="screen",
-            )
-        )
-
+    if camera != "none":
+        actions.append(_camera_node(camera, use_sim_time))
     if detector:
-        overrides = {
-            "device": LaunchConfiguration("device").perform(context),
-            "image_topic": LaunchConfiguration("image_topic").perform(context),
-            "compressed": compressed,
-            "use_sim_time": use_sim_time,
-        }
-        if model_path:
-            overrides["model_path"] = model_path
-        actions.append(
-            _required(
-                package=PACKAGE,
-                executable="detector",
-                name="detector",
-                parameters=[_config("detector.yaml"), overrides],
-                output="screen",
-            )
-        )
-
+        actions.append(_detector_node(context, model_path, compressed, use_sim_time))
     if follower:
-        target_classes = [name.strip() for name in LaunchConfiguration("target_class").perform(context).split(",")]
-        actions.append(
-            _required(
-                package=PACKAGE,
-                executable="follower",
-                name="follower",
-                parameters=[
-                    _config("follower.yaml"),
-                    {
-                        "target_classes": [name for name in target_classes if name],
-                        "twist_stamped": stamped,
-                        "use_sim_time": use_sim_time,
-                    },
-                ],
-                output="screen",
-            )
-        )
-
+        actions.append(_follower_node(context, stamped, use_sim_time))
     if base != "none":
         actions.append(
             _required(
@@ -250,22 +191,85 @@ def _launch_setup(context):
                 output="screen",
             )
         )
-
     if rviz:
-        # config/rover.rviz names the absolute /image_annotated; a remap follows the namespace instead.
-        actions.append(
-            _required(
-                package="rviz2",
-                executable="rviz2",
-                name="rviz2",
-                arguments=["-d", _config("rover.rviz")],
-                parameters=[{"use_sim_time": use_sim_time}],
-                remappings=[("/image_annotated", f"/{namespace}/image_annotated")] if namespace else [],
-                output="screen",
-            )
-        )
+        actions.append(_rviz_node(namespace, use_sim_time))
     # A scoped group so the namespace applies to these nodes only.
     return [GroupAction([PushRosNamespace(namespace), *actions])] if namespace else actions
+
+
+def _camera_node(camera: str, use_sim_time: bool) -> Node:
+    """The camera driver, publishing camera/image_raw (+ /compressed) and camera/camera_info."""
+    if camera == "camera_ros":
+        # camera_ros publishes ~/image_raw, ~/image_raw/compressed and ~/camera_info: the node name is the prefix.
+        return _required(
+            package="camera_ros",
+            executable="camera_node",
+            name="camera",
+            parameters=[{"width": 640, "height": 480, "use_sim_time": use_sim_time}],
+            output="screen",
+        )
+    # v4l2_camera publishes image_raw through image_transport, which expands the base name before adding
+    # the transport suffix: a remap of image_raw would move the raw topic but leave image_raw/compressed
+    # behind. A namespace moves all of them (image_raw, image_raw/compressed, camera_info) together.
+    return _required(
+        package="v4l2_camera",
+        executable="v4l2_camera_node",
+        name="v4l2_camera",
+        namespace="camera",
+        parameters=[{"image_size": [640, 480], "use_sim_time": use_sim_time}],
+        output="screen",
+    )
+
+
+def _detector_node(context, model_path: str, compressed: bool, use_sim_time: bool) -> Node:
+    """The SSD detector: config/detector.yaml plus the launch arguments ('' model_path keeps the file's)."""
+    overrides = {
+        "device": LaunchConfiguration("device").perform(context),
+        "image_topic": LaunchConfiguration("image_topic").perform(context),
+        "compressed": compressed,
+        "use_sim_time": use_sim_time,
+    }
+    if model_path:
+        overrides["model_path"] = model_path
+    return _required(
+        package=PACKAGE,
+        executable="detector",
+        name="detector",
+        parameters=[_config("detector.yaml"), overrides],
+        output="screen",
+    )
+
+
+def _follower_node(context, stamped: bool, use_sim_time: bool) -> Node:
+    """The follower: config/follower.yaml with target_class's comma-separated names."""
+    target_classes = [name.strip() for name in LaunchConfiguration("target_class").perform(context).split(",")]
+    return _required(
+        package=PACKAGE,
+        executable="follower",
+        name="follower",
+        parameters=[
+            _config("follower.yaml"),
+            {
+                "target_classes": [name for name in target_classes if name],
+                "twist_stamped": stamped,
+                "use_sim_time": use_sim_time,
+            },
+        ],
+        output="screen",
+    )
+
+
+def _rviz_node(namespace: str, use_sim_time: bool) -> Node:
+    """RViz with config/rover.rviz; it names the absolute /image_annotated, a remap follows the namespace."""
+    return _required(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", _config("rover.rviz")],
+        parameters=[{"use_sim_time": use_sim_time}],
+        remappings=[("/image_annotated", f"/{namespace}/image_annotated")] if namespace else [],
+        output="screen",
+    )
 
 
 def generate_launch_description():
