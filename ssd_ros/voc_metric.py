@@ -278,6 +278,28 @@ def evaluate_detections(
         seen = {n for gt in ground_truths for n in gt.names} | {n for d in detections for n in d.class_names}
         class_names = sorted(seen)
     class_names = tuple(class_names)
+    labels, scores, outcomes, npos, num_difficult = _match_images(detections, ground_truths, class_names, iou_threshold)
+    # Group by class, then rank by score; the stable sort keeps ties in image order, then in-image order.
+    by_class = np.lexsort((-scores, labels))
+    bounds = np.searchsorted(labels[by_class], np.arange(len(class_names) + 1))
+    results = []
+    for c, name in enumerate(class_names):
+        ranked = by_class[bounds[c] : bounds[c + 1]]
+        results.append(_rank_class(name, outcomes[ranked], scores[ranked], int(npos[c]), int(num_difficult[c]), metric))
+    return VocEvaluation(metric, float(iou_threshold), len(ground_truths), tuple(results))
+
+
+def _match_images(
+    detections: Sequence[Detections],
+    ground_truths: Sequence[VocAnnotation],
+    class_names: tuple[str, ...],
+    iou_threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every detection's class index, score and outcome (image by image), and the per-class ground-truth counts.
+
+    Returns ``(labels, scores, outcomes, npos, num_difficult)``: the first three over all detections, the
+    last two per class of ``class_names``.
+    """
     index = {name: i for i, name in enumerate(class_names)}
 
     def to_indices(names: Sequence[str], what: str) -> np.ndarray:
@@ -306,41 +328,37 @@ def evaluate_detections(
         all_outcomes.append(_match_image(det.boxes[order], labels, gt_boxes, gt_labels, gt_difficult, iou_threshold))
         all_labels.append(labels)
         all_scores.append(scores)
-
     labels = np.concatenate(all_labels) if all_labels else np.zeros(0, np.int64)
     scores = np.concatenate(all_scores).astype(np.float64) if all_scores else np.zeros(0)
     outcomes = np.concatenate(all_outcomes) if all_outcomes else np.zeros(0, np.int8)
-    # Group by class, then rank by score; the stable sort keeps ties in image order, then in-image order.
-    by_class = np.lexsort((-scores, labels))
-    bounds = np.searchsorted(labels[by_class], np.arange(len(class_names) + 1))
-    results = []
-    for c, name in enumerate(class_names):
-        ranked = by_class[bounds[c] : bounds[c + 1]]
-        outcome = outcomes[ranked]
-        counted = outcome != _IGNORED
-        tp = np.cumsum(outcome[counted] == _TRUE_POSITIVE)
-        fp = np.cumsum(outcome[counted] == _FALSE_POSITIVE)
-        precision = tp / np.maximum(tp + fp, 1)
-        if npos[c] > 0:
-            recall = tp / npos[c]
-            ap = voc_ap(recall, precision, metric)
-        else:
-            recall, ap = np.full(len(tp), math.nan), math.nan
-        results.append(
-            ClassEvaluation(
-                name=name,
-                ap=ap,
-                npos=int(npos[c]),
-                num_difficult=int(num_difficult[c]),
-                true_positives=int(tp[-1]) if len(tp) else 0,
-                false_positives=int(fp[-1]) if len(fp) else 0,
-                ignored=int(np.count_nonzero(~counted)),
-                scores=scores[ranked][counted],
-                precision=precision.astype(np.float64),
-                recall=recall.astype(np.float64),
-            )
-        )
-    return VocEvaluation(metric, float(iou_threshold), len(ground_truths), tuple(results))
+    return labels, scores, outcomes, npos, num_difficult
+
+
+def _rank_class(
+    name: str, outcome: np.ndarray, scores: np.ndarray, npos: int, num_difficult: int, metric: str
+) -> ClassEvaluation:
+    """One class's precision/recall curve and AP from its detections' outcomes in rank order."""
+    counted = outcome != _IGNORED
+    tp = np.cumsum(outcome[counted] == _TRUE_POSITIVE)
+    fp = np.cumsum(outcome[counted] == _FALSE_POSITIVE)
+    precision = tp / np.maximum(tp + fp, 1)
+    if npos > 0:
+        recall = tp / npos
+        ap = voc_ap(recall, precision, metric)
+    else:
+        recall, ap = np.full(len(tp), math.nan), math.nan
+    return ClassEvaluation(
+        name=name,
+        ap=ap,
+        npos=npos,
+        num_difficult=num_difficult,
+        true_positives=int(tp[-1]) if len(tp) else 0,
+        false_positives=int(fp[-1]) if len(fp) else 0,
+        ignored=int(np.count_nonzero(~counted)),
+        scores=scores[counted],
+        precision=precision.astype(np.float64),
+        recall=recall.astype(np.float64),
+    )
 
 
 def format_ap_table(result: VocEvaluation) -> str:
