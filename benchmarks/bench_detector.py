@@ -253,22 +253,14 @@ def main() -> int:
         # a fixed count keeps (a), (b) and (c) comparable.
         torch.set_num_threads(args.threads)
         os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    from ssd_ros.checkpoint import ModelCard, load_checkpoint, save_checkpoint
-    from ssd_ros.detector import Detector
-    from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, build_model
-    from ssd_ros.ros.images import rgb_to_image_msg
+    from ssd_ros.checkpoint import load_checkpoint
 
     rgb = test_frame()
     workdir = Path(tempfile.mkdtemp(prefix="bench_detector_"))
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        torch.manual_seed(0)
-        card = ModelCard.for_architecture(args.architecture, VOC_CLASSES, dataset="none (random init, benchmark)")
-        checkpoint = save_checkpoint(workdir / "model.pt", build_model(args.architecture, len(VOC_CLASSES) + 1), card)
+    checkpoint = args.checkpoint or random_checkpoint(args.architecture, workdir / "model.pt")
     model, card = load_checkpoint(checkpoint, device="cpu")
-    architecture = card.architecture
     lines = [
-        f"# Detector benchmark ({architecture})",
+        f"# Detector benchmark ({card.architecture})",
         "",
         f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__} ({torch.get_num_threads()} thread(s)), Python {platform.python_version()}",
@@ -277,22 +269,44 @@ def main() -> int:
         f"{' '.join(sys.argv[1:])}`".rstrip(),
         "",
     ]
+    measured = measure_latency_and_stream(args, checkpoint, model, card.class_names, rgb, workdir)
+    lines += latency_and_stream_section(args, measured)
+    lines += flops_section(model, card.architecture, measured["a"], rgb, args.iterations)
+    write_report(lines, args.out)
+    return 0
+
+
+def random_checkpoint(architecture: str, path: Path) -> Path:
+    """A checkpoint of a randomly initialised ``architecture`` (seed 0) for VOC's classes."""
+    from ssd_ros.checkpoint import ModelCard, save_checkpoint
+    from ssd_ros.model import VOC_CLASSES, build_model
+
+    torch.manual_seed(0)
+    card = ModelCard.for_architecture(architecture, VOC_CLASSES, dataset="none (random init, benchmark)")
+    return save_checkpoint(path, build_model(architecture, len(VOC_CLASSES) + 1), card)
+
+
+def measure_latency_and_stream(args, checkpoint: Path, model, class_names, rgb: np.ndarray, workdir: Path) -> dict:
+    """Per-call seconds of (a), (b) and (c), then the stream through the node, with load averages."""
+    from ssd_ros.detector import Detector
+    from ssd_ros.ros.images import rgb_to_image_msg
 
     # The node first: its start-up (torch import, model load) must not overlap the in-process timing.
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain_id,
                PYTHONUNBUFFERED="1")  # fmt: skip
     os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain_id)
     node = NodeUnderTest(checkpoint, env, workdir / "node.log")
+    measured: dict = {}
     try:
         node.wait_ready()
         # (a) torchvision forward, (b) the core Detector, (c) the node over DDS: same model, frame and thresholds.
         # Interleaved call by call, so load from other processes on a shared machine hits all three alike.
-        detector = Detector(model, card.class_names, score_threshold=0.3, nms_iou=0.45, max_detections=100)
+        detector = Detector(model, class_names, score_threshold=0.3, nms_iou=0.45, max_detections=100)
         tensor = to_tensor(rgb)
         msg = rgb_to_image_msg(rgb, encoding="rgb8")
 
         def forward():
-            # The Detector sets these on the shared model per call; set them for the plain forward too.
+            # torchvision's own post-processing with the Detector's thresholds.
             model.score_thresh, model.nms_thresh, model.detections_per_img = 0.3, 0.45, 100
             with torch.inference_mode():
                 model([tensor])
@@ -300,19 +314,23 @@ def main() -> int:
         calls = {"a": forward, "b": lambda: detector(rgb), "c": lambda: node.round_trip(msg)}
         for fn in calls.values():  # first-call allocations
             fn()
-        samples = {key: [] for key in calls}
+        measured.update({key: [] for key in calls})
         for _ in range(args.iterations):
             for key, fn in calls.items():
-                samples[key] += time_calls(fn, 1, warmup=0)
-        a, b, c = samples["a"], samples["b"], samples["c"]
-        load_during_latency = os.getloadavg()[0]
-        streamed = stream(node, msg, args.stream_hz, args.stream_s)
-        load_during_stream = os.getloadavg()[0]
+                measured[key] += time_calls(fn, 1, warmup=0)
+        measured["load_during_latency"] = os.getloadavg()[0]
+        measured["stream"] = stream(node, msg, args.stream_hz, args.stream_s)
+        measured["load_during_stream"] = os.getloadavg()[0]
     finally:
-        exit_code = node.close()
+        measured["exit_code"] = node.close()
+    return measured
 
-    (a50, a95), (b50, b95), (c50, c95) = percentiles(a), percentiles(b), percentiles(c)
-    lines += [
+
+def latency_and_stream_section(args, measured: dict) -> list[str]:
+    """Markdown: the three latencies against (a), the stream's quantities and the targets."""
+    (a50, a95), (b50, b95), (c50, c95) = (percentiles(measured[key]) for key in "abc")
+    streamed = measured["stream"]
+    lines = [
         f"## Latency, one frame at a time ({args.iterations} calls each)",
         "",
         "| measurement | p50 ms | p95 ms | p50 ratio to (a) |",
@@ -322,7 +340,7 @@ def main() -> int:
         f"| (c) node over DDS (Image -> Detection2DArray) | {c50:.1f} | {c95:.1f} | {c50 / a50:.3f} |",
         "",
         f"Target c/a <= 1.10: **{'met' if c50 / a50 <= 1.10 else 'missed'}** ({c50 / a50:.3f}). "
-        f"1-minute load average after these calls: {load_during_latency:.1f} on {os.cpu_count()} cores.",
+        f"1-minute load average after these calls: {measured['load_during_latency']:.1f} on {os.cpu_count()} cores.",
         "",
         f"## {args.stream_hz:g} Hz stream for {args.stream_s:g} s",
         "",
@@ -338,22 +356,26 @@ def main() -> int:
         f"| node inference time p50 during the stream | {streamed['node_inference_p50_ms']:.0f} ms |",
         f"| node RSS at start / end (growth) | {streamed['rss_start_mb']:.0f} / {streamed['rss_end_mb']:.0f} MB "
         f"({streamed['rss_end_mb'] - streamed['rss_start_mb']:+.1f} MB) |",
-        f"| node exit code after SIGINT | {exit_code} |",
-        f"| 1-minute load average after the stream | {load_during_stream:.1f} |",
+        f"| node exit code after SIGINT | {measured['exit_code']} |",
+        f"| 1-minute load average after the stream | {measured['load_during_stream']:.1f} |",
         "",
     ]
     age_ratio = streamed["node_age_mean_ms"] / streamed["node_inference_p50_ms"]
     rss_growth = streamed["rss_end_mb"] - streamed["rss_start_mb"]
-    lines += [
+    return lines + [
         f"Target image age <= 1.5 x model time: **{'met' if age_ratio <= 1.5 else 'missed'}** "
         f"({age_ratio:.2f} x the node's inference p50). "
         f"Target RSS growth < 50 MB: **{'met' if rss_growth < 50 else 'missed'}** ({rss_growth:+.1f} MB).",
         "",
     ]
 
-    # FLOPs of both architectures against this CPU's sgemm rate.
+
+def flops_section(model, architecture: str, forward_s: list[float], rgb: np.ndarray, iterations: int) -> list[str]:
+    """Markdown: FLOPs of both architectures against this CPU's sgemm rate (``forward_s``: (a) of ``model``)."""
+    from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, build_model
+
     gflops_rate = sgemm_gflops()
-    lines += [
+    lines = [
         "## FLOPs vs this CPU",
         "",
         f"Measured sgemm (2048x2048 float32 `torch.matmul`, {torch.get_num_threads()} thread(s)): "
@@ -363,14 +385,15 @@ def main() -> int:
         "% of sgemm |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    tensor = to_tensor(rgb)
     for name in ARCHITECTURES:
         arch_model = model if name == architecture else build_model(name, len(VOC_CLASSES) + 1)
         flops = forward_flops(arch_model, rgb)
         if name == architecture:
-            times = a
+            times = forward_s
         else:
             with torch.inference_mode():
-                times = time_calls(lambda m=arch_model: m([tensor]), args.iterations)
+                times = time_calls(lambda m=arch_model: m([tensor]), iterations)
         p50 = percentiles(times)[0]
         bound_ms = flops / (gflops_rate * 1e9) * 1e3
         lines.append(
@@ -378,12 +401,16 @@ def main() -> int:
             f"{bound_ms / p50 * 100:.0f}% |"
         )
     lines.append("")
+    return lines
+
+
+def write_report(lines: list[str], out: Path) -> None:
+    """Print the markdown report and write it to ``out``."""
     text = "\n".join(lines)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"written to {args.out}", file=sys.stderr)
-    return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
