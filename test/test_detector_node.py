@@ -36,6 +36,7 @@ from ssd_ros.model import VOC_CLASSES, build_model
 from ssd_ros.ros.images import image_msg_to_rgb, rgb_to_compressed_msg, rgb_to_image_msg
 from ssd_ros.ros.messages import msg_to_detections
 from ssd_ros.tools import export_model
+from ssd_ros.tracking import Tracker, TrackerParams
 
 PARAMS_FILE = REPO_ROOT / "config" / "detector.yaml"
 WIDTH, HEIGHT = 640, 480
@@ -437,6 +438,46 @@ def test_annotated_image_only_while_enabled(raw, ros_node):
     finally:
         assert all(r.successful for r in raw.set(publish_annotated=True))
         ros_node.destroy_subscription(sub)
+
+
+def test_track_ids_over_dds_are_the_core_trackers_and_follow_moving_boxes(ros_node, tmp_path, ssdlite_checkpoint):
+    """Detection2D.id: the core Tracker's ids on the same frames, kept by each box while it moves.
+
+    The random model answers with mostly the same boxes in normalised coordinates whatever the picture, so
+    frames 24 px wider each time move those boxes right in pixels, in proportion to their x (up to 24 px a
+    frame): 100 moving objects whose path the test knows. Track thresholds 0 because the random head's scores are ~1/21.
+    """
+    options = ("-p", "qos_reliability:=reliable", "-p", "track_high_score:=0.0", "-p", "track_low_score:=0.0")
+    proc = start_detector(tmp_path / "track.log", ssdlite_checkpoint, "/track", *options)
+    try:
+        probe = Probe(ros_node, "/track", compressed=False)
+        probe.wait_ready()
+        reference = Detector.from_checkpoint(ssdlite_checkpoint, score_threshold=0.0, device="cpu")
+        tracker = Tracker(TrackerParams(track_high_score=0.0, track_low_score=0.0))
+        centres: list[dict[str, float]] = []  # per frame: id -> box centre x
+        for k in range(6):
+            width = WIDTH + 24 * k
+            rgb = np.ascontiguousarray(np.resize(test_image(5), (HEIGHT, width, 3)))
+            header = probe.header()
+            msg = probe.answer(probe.send(rgb_to_image_msg(rgb, header)))
+            expected = tracker.update(reference(rgb), header.stamp.sec + header.stamp.nanosec * 1e-9)
+            assert [d.id for d in msg.detections] == list(expected.track_ids)
+            centres.append({d.id: d.bbox.center.position.x for d in msg.detections if d.id})
+        # Confirmed at the second frame (track_min_hits 2); a few of the random model's 100 boxes change.
+        assert not centres[0] and len(centres[1]) >= 90
+        for before, after, k in zip(centres[1:], centres[2:], range(2, 6)):
+            kept = before.keys() & after.keys()
+            assert len(kept) >= 0.9 * len(before), f"frame {k}: only {len(kept)} of {len(before)} ids kept"
+            ratio = (WIDTH + 24 * k) / (WIDTH + 24 * (k - 1))
+            moved = [after[i] - before[i] for i in kept]
+            assert max(moved) > 15.0  # they did move
+            # Each id stays on its own box: most move in proportion to x; the rest (the model's regression sees
+            # the new picture's content) drift smoothly, never jumping to another box of the 100.
+            proportional = [i for i in kept if abs(after[i] - before[i] * ratio) < 4.0]
+            assert len(proportional) >= 0.8 * len(kept) and max(map(abs, moved)) < 30.0
+    finally:
+        code = stop_process(proc)
+    assert code == 0, (tmp_path / "track.log").read_text()[-3000:]
 
 
 def test_label_info_is_latched_for_late_subscribers(raw, ros_node):

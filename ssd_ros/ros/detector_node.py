@@ -39,8 +39,9 @@ from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.model import WeightsUnavailableError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, diagnostics_msg, label_info_msg, stamp_ns
-from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, declare_all, param
+from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
+from ssd_ros.tracking import Tracker, TrackerParams
 
 # Parameters applied while running (the others are read-only: restart to change them); the first four are
 # Detector attributes of the same name.
@@ -100,6 +101,14 @@ PARAMETERS: ParameterTable = {
     ),
     "qos_depth": param(1, "input subscription queue depth (restart required)", limits=(1, 100), read_only=True),
     "publish_annotated": param(True, "draw detections on image_annotated (only while it has subscribers)"),
+    "tracking": param(
+        True,
+        "track objects across frames: Detection2D.id is the track id, stable for the track's life, '' while "
+        "unconfirmed (restart required)",
+        read_only=True,
+    ),
+    # The tracker's tuning (ssd_ros.tracking.TrackerParams); score_threshold above is its lowest score in effect.
+    **dataclass_table(TrackerParams, read_only=True),
 }
 
 _RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
@@ -126,6 +135,7 @@ class DetectorNode(Node):
             raise StartupError(f"qos_reliability must be one of {', '.join(_RELIABILITY)}, got {reliability!r}")
 
         self._detector, self._model_name = self._load_detector(values)
+        self._tracker = self._make_tracker(values)
         self._publish_annotated = values["publish_annotated"]
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -192,6 +202,15 @@ class DetectorNode(Node):
         except ValueError as error:  # a device that does not exist here, an out-of-range setting, a wrong class
             raise StartupError(str(error)) from error
         return detector, f"{detector.card.architecture} ({path})"
+
+    @staticmethod
+    def _make_tracker(values: dict) -> Tracker | None:
+        if not values["tracking"]:
+            return None
+        try:
+            return Tracker(TrackerParams(**{name: values[name] for name in TrackerParams.__dataclass_fields__}))
+        except ValueError as error:  # rclpy checked each range; a cross-check (low > high score) failed
+            raise StartupError(str(error)) from error
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         """Apply runtime changes all together or not at all; the Detector's setters validate the values."""
@@ -277,6 +296,8 @@ class DetectorNode(Node):
         start = time.perf_counter()
         detections = self._detector(frame.rgb)
         inference_s = time.perf_counter() - start
+        if self._tracker is not None:  # only this worker thread touches it; frames in arrival order
+            detections = self._tracker.update(detections, stamp_ns(frame.header) * 1e-9)
         self._detections_pub.publish(detections_to_msg(detections, frame.header))
         age_s = (self.get_clock().now().nanoseconds - stamp_ns(frame.header)) * 1e-9
         if self._publish_annotated and self._annotated_pub.get_subscription_count() > 0:

@@ -25,12 +25,14 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabi
 def detections_to_msg(detections: Detections, header: Header) -> Detection2DArray:
     """Detection2DArray whose header (and every Detection2D's) is the source image header.
 
-    Boxes become centre/size in image pixels; ``class_id`` is the class name, ``score`` in [0, 1].
+    Boxes become centre/size in image pixels; ``class_id`` is the class name, ``score`` in [0, 1]; ``id`` is the
+    tracker's id of the detection ("" when untracked, see :mod:`ssd_ros.tracking`).
     """
     msg = Detection2DArray(header=header)
-    for box, score, name in zip(detections.boxes.tolist(), detections.scores.tolist(), detections.names):
+    ids = detections.track_ids or ("",) * len(detections)
+    for box, score, name, track_id in zip(detections.boxes.tolist(), detections.scores.tolist(), detections.names, ids):
         x1, y1, x2, y2 = box
-        det = Detection2D(header=header)
+        det = Detection2D(header=header, id=track_id)
         det.bbox.center.position.x = (x1 + x2) / 2.0
         det.bbox.center.position.y = (y1 + y2) / 2.0
         det.bbox.size_x = x2 - x1
@@ -75,13 +77,13 @@ MAX_COORDINATE_PX = 1e7
 
 
 def msg_to_detections(msg: Detection2DArray) -> Detections:
-    """Detections from a Detection2DArray, one per (detection, best hypothesis).
+    """Detections from a Detection2DArray, one per (detection, best hypothesis), with the ``id`` as track id.
 
     Detections without results, with non-finite or absurd numbers (a score outside [0, 1], a negative
     size, a coordinate beyond ``MAX_COORDINATE_PX``) are dropped: a malformed message from another node
     must never reach the control law as NaN, inf or a certainty above 1.
     """
-    boxes, scores, names = [], [], []
+    boxes, scores, names, ids = [], [], [], []
     for det in msg.detections:
         if not det.results:
             continue
@@ -97,9 +99,11 @@ def msg_to_detections(msg: Detection2DArray) -> Detections:
         boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
         scores.append(best.hypothesis.score)
         names.append(best.hypothesis.class_id)
+        ids.append(det.id)
     if not boxes:
         return Detections.empty()
-    return Detections.from_named(np.array(boxes), np.array(scores), names)
+    # Ids only when some detection carries one: a detector without tracking leaves them all empty.
+    return Detections.from_named(np.array(boxes), np.array(scores), names, ids if any(ids) else None)
 
 
 def label_info_msg(class_names: tuple[str, ...], threshold: float, header: Header) -> LabelInfo:
