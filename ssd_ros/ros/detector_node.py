@@ -99,7 +99,13 @@ PARAMETERS: ParameterTable = {
         "input subscription reliability: best_effort (matches every camera) | reliable (restart required)",
         read_only=True,
     ),
-    "qos_depth": param(1, "input subscription queue depth (restart required)", limits=(1, 100), read_only=True),
+    "qos_depth": param(
+        5,
+        "input subscription queue depth: frames the executor may take late without losing them; the worker "
+        "still runs on the newest only (restart required)",
+        limits=(1, 100),
+        read_only=True,
+    ),
     "publish_annotated": param(True, "draw detections on image_annotated (only while it has subscribers)"),
     "tracking": param(
         True,
