@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_detector import NodeUnderTest, percentiles, stream, test_frame, time_calls
+from bench_detector import NodeUnderTest, percentiles, stream, test_frame, time_calls, write_report
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION = REPO_ROOT.parent / "shared" / "data" / "picar_camera" / "detection" / "train"
@@ -267,11 +267,7 @@ def main() -> int:
         for arch, name, threads, ms, speedup in summary
     ]
     lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"written to {args.out}", file=sys.stderr)
+    write_report(lines, args.out)
     return 0
 
 

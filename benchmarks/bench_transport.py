@@ -153,6 +153,7 @@ def main() -> int:
         camera(int(width), int(height), reliability, compressed == "True", float(seconds))
         return 0
     import torch
+    from bench_detector import write_report
 
     from ssd_ros.checkpoint import ModelCard, save_checkpoint
     from ssd_ros.model import VOC_CLASSES, build_model
@@ -178,11 +179,7 @@ def main() -> int:
         lines.append(f"| {case[0]} | {sent} | {received} | {received / max(sent, 1):.0%} |")
         print(lines[-1], flush=True)
     lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"written to {args.out}", file=sys.stderr)
+    write_report(lines, args.out)
     return 0
 
 
