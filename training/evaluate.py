@@ -27,10 +27,11 @@ import csv
 import json
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository (ssd_ros, training) importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -40,8 +41,9 @@ from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector, resolve_device
 from ssd_ros.voc import VocFormatError, VocItem, VocSplit, load_image_rgb
 from ssd_ros.voc_metric import METRICS, VocEvaluation, evaluate_detections, format_ap_table, plot_pr_curves
+from training.detect import detect_split
 
-__all__ = ["detect_split", "main", "parse_args"]
+__all__ = ["main", "parse_args"]
 
 
 class UsageError(Exception):
@@ -102,57 +104,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0.0 <= args.iou < 1.0:
         parser.error("--iou must be in [0, 1)")
     return args
-
-
-def _prefetched_images(
-    items: Sequence[VocItem], load: Callable[[VocItem], np.ndarray], workers: int, depth: int
-) -> Iterator[np.ndarray]:
-    """Images of ``items`` in order, decoded by ``workers`` threads at most ``depth`` ahead (bounded memory)."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load") as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append(pool.submit(load, item))
-            if len(pending) >= depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def detect_split(
-    detector,
-    items: Sequence[VocItem],
-    *,
-    batch_size: int = 8,
-    workers: int = 2,
-    progress: bool = True,
-    load: Callable[[VocItem], np.ndarray] | None = None,
-) -> list[Detections]:
-    """Run ``detector`` (a :class:`~ssd_ros.detector.Detector`) on every item's image, in order.
-
-    Images are decoded by ``load`` (default: :func:`~ssd_ros.voc.load_image_rgb` of the item's image) in a
-    small thread pool (OpenCV releases the GIL) while the model runs.
-    """
-    if load is None:
-        load = _load_item
-    from tqdm import tqdm
-
-    detections: list[Detections] = []
-    batch: list[np.ndarray] = []
-    with tqdm(total=len(items), unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for image in _prefetched_images(items, load, workers, depth=2 * batch_size + workers):
-            batch.append(image)
-            if len(batch) == batch_size:
-                detections += detector.detect_batch(batch)
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            detections += detector.detect_batch(batch)
-            bar.update(len(batch))
-    return detections
-
-
-def _load_item(item: VocItem) -> np.ndarray:
-    return load_image_rgb(item.image_path)
 
 
 def _is_devkit(path: Path) -> bool:
@@ -234,47 +185,11 @@ def _error(message: str, status: int = 2) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate as the command line says; returns the exit status: 0, 2 bad inputs or data, 1 a failed run."""
     args = parse_args(argv)
-    # Everything that can be wrong with the inputs is checked here, before any image is processed.
     try:
-        if args.checkpoint.is_dir():
-            inside = sorted(p.name for p in args.checkpoint.glob("*.pt"))
-            hint = f"; it holds {', '.join(inside)}: give one, e.g. {args.checkpoint / inside[0]}" if inside else ""
-            raise UsageError(f"--checkpoint {args.checkpoint} is a folder, not a checkpoint file{hint}")
-        if not args.checkpoint.is_file():
-            raise UsageError(f"checkpoint {args.checkpoint} not found")
-        split = _load_split(args)
-        items = split.items[: args.limit] if args.limit else split.items
-        annotations = [item.annotation() for item in items]
-        device = resolve_device(args.device) if args.backend == "torch" else "cpu"
-        detector = Detector.from_checkpoint(
-            args.checkpoint,
-            score_threshold=args.score_threshold,
-            nms_iou=args.nms_iou,
-            max_detections=args.max_detections,
-            device=device,
-            **inference_kwargs(args),
-        )
-        class_names = tuple(detector.class_names)
-        unknown = sorted({n for a in annotations for n in a.names} - set(class_names))
-        if unknown:
-            raise UsageError(
-                f"the dataset has classes the checkpoint does not know: {unknown}; "
-                f"{args.checkpoint} detects {list(class_names)}"
-            )
+        split, items, annotations, device, detector = _check_inputs(args)
     except (UsageError, CheckpointError, ValueError) as error:  # ValueError: VocFormatError, bad device/option
         return _error(str(error))
-
-    # A detector returns boxes in the image's pixels; an annotation whose <size> disagrees with its image
-    # would be scored in the wrong frame (the metric cannot tell), so such files are reported.
-    annotated_size = {item.image_id: (a.height, a.width) for item, a in zip(items, annotations)}
     size_mismatches: list[str] = []
-
-    def load_checked(item: VocItem) -> np.ndarray:
-        image = load_image_rgb(item.image_path)
-        if image.shape[:2] != annotated_size[item.image_id]:
-            size_mismatches.append(item.image_id)  # list.append is atomic: safe from the loader threads
-        return image
-
     print(f"{split.name}: {len(items)} images, {sum(len(a) for a in annotations)} objects; device {device}")
     start = time.perf_counter()
     try:
@@ -284,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             progress=not args.no_progress,
-            load=load_checked,
+            load=_size_checked_loader(items, annotations, size_mismatches),
         )
     except VocFormatError as error:  # an image that cannot be read: the data's fault
         return _error(str(error))
@@ -293,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     images_per_s = len(items) / seconds if seconds > 0 else float("inf")
 
-    result = evaluate_detections(detections, annotations, class_names, iou_threshold=args.iou, metric=args.metric)
+    result = evaluate_detections(
+        detections, annotations, tuple(detector.class_names), iou_threshold=args.iou, metric=args.metric
+    )
     summary = {
         "checkpoint": str(args.checkpoint),
         "dataset": split.name,
@@ -330,6 +247,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print(f"results written to {out}/")
     return 0
+
+
+def _check_inputs(args: argparse.Namespace):
+    """Everything that can be wrong with the inputs, checked before any image is processed.
+
+    Returns ``(split, items, annotations, device, detector)``; raises :class:`UsageError`, ``CheckpointError`` or
+    ``ValueError`` (a :class:`~ssd_ros.voc.VocFormatError`, a bad device or option).
+    """
+    if args.checkpoint.is_dir():
+        inside = sorted(p.name for p in args.checkpoint.glob("*.pt"))
+        hint = f"; it holds {', '.join(inside)}: give one, e.g. {args.checkpoint / inside[0]}" if inside else ""
+        raise UsageError(f"--checkpoint {args.checkpoint} is a folder, not a checkpoint file{hint}")
+    if not args.checkpoint.is_file():
+        raise UsageError(f"checkpoint {args.checkpoint} not found")
+    split = _load_split(args)
+    items = split.items[: args.limit] if args.limit else split.items
+    annotations = [item.annotation() for item in items]
+    device = resolve_device(args.device) if args.backend == "torch" else "cpu"
+    detector = Detector.from_checkpoint(
+        args.checkpoint,
+        score_threshold=args.score_threshold,
+        nms_iou=args.nms_iou,
+        max_detections=args.max_detections,
+        device=device,
+        **inference_kwargs(args),
+    )
+    unknown = sorted({n for a in annotations for n in a.names} - set(detector.class_names))
+    if unknown:
+        raise UsageError(
+            f"the dataset has classes the checkpoint does not know: {unknown}; "
+            f"{args.checkpoint} detects {list(detector.class_names)}"
+        )
+    return split, items, annotations, device, detector
+
+
+def _size_checked_loader(items: Sequence[VocItem], annotations, mismatches: list[str]):
+    """An image loader that adds to ``mismatches`` each image whose size differs from its annotation's.
+
+    A detector returns boxes in the image's pixels; an annotation whose <size> disagrees with its image
+    would be scored in the wrong frame (the metric cannot tell), so such files are reported.
+    """
+    annotated_size = {item.image_id: (a.height, a.width) for item, a in zip(items, annotations)}
+
+    def load_checked(item: VocItem) -> np.ndarray:
+        image = load_image_rgb(item.image_path)
+        if image.shape[:2] != annotated_size[item.image_id]:
+            mismatches.append(item.image_id)  # list.append is atomic: safe from the loader threads
+        return image
+
+    return load_checked
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
 from ssd_ros.voc_metric import METRICS, evaluate_detections, format_ap_table
 from training import engine
 from training.dataset import VocDetectionDataset, collate_detection
+from training.detect import detect_split
 from training.distributed import DistributedContext, barrier, init_distributed, is_main_process
-from training.evaluate import detect_split, mixup_hint
+from training.evaluate import mixup_hint
 from training.presets import SSDEvalPreset, SSDTrainPreset
 
 TRAIN_LOG_FIELDS = ("iteration", "loss", "bbox_regression", "classification", "lr", "images_per_s", "skipped")
