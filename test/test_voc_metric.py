@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import numpy as np
 import pytest
 
 from ssd_ros.detections import Detections
 from ssd_ros.voc import VocAnnotation
-from ssd_ros.voc_metric import evaluate_detections, format_ap_table, matched_fraction, plot_pr_curves, voc_ap
+from ssd_ros.voc_metric import evaluate_detections, matched_fraction, voc_ap
 
 A = [0, 0, 10, 10]
 B = [20, 20, 30, 30]
@@ -323,31 +322,6 @@ def test_matches_devkit_reference_on_random_data(seed, iou_threshold):
             checked += c.ignored
         assert 0 < result.map < 1
     assert checked > 0  # the random problems do exercise difficult matches
-
-
-# --- reporting -----------------------------------------------------------------------------------------------------
-
-
-def test_format_ap_table_rows_and_map():
-    truth = [gt([A, B], ["cat", "Stop Sign"]), gt([A], ["cat"])]
-    found = [dets([A, NOWHERE, B], [0.9, 0.8, 0.7], ["cat", "cat", "Stop Sign"]), dets()]
-    result = evaluate_detections(found, truth, ["cat", "Stop Sign", "dog"])
-    table = format_ap_table(result)
-    lines = table.splitlines()
-    assert lines[0].startswith("| Class") and set(lines[1]) <= {"|", "-", ":"}
-    rows = {m[1].strip(): m[2] for m in (re.match(r"\| (.+?) \| (\S+) +\|", line) for line in lines[2:6]) if m}
-    # cat: TP at 0.9 then FP, 2 objects -> precision 1 up to recall 1/2 -> 6/11 = 0.5455.
-    assert rows == {"cat": f"{6 / 11:.4f}", "Stop Sign": "1.0000", "dog": "n/a", "mAP": f"{(6 / 11 + 1) / 2:.4f}"}
-    assert "dog" in lines[-1] and "not in the mAP" in lines[-1]
-    assert "11-point" in table and "IoU > 0.5" in table
-
-
-def test_plot_pr_curves_writes_png(tmp_path):
-    rng = np.random.default_rng(3)
-    found, truths = to_ours(random_problem(rng, num_images=20))
-    result = evaluate_detections(found, truths, ["cat", "dog", "person", "bus", "no-such-class"])
-    path = plot_pr_curves(result, tmp_path / "sub" / "pr.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
 def test_matched_fraction_pairs_detections_one_to_one_by_class_and_iou():

@@ -40,7 +40,8 @@ from ssd_ros.cli import add_inference_arguments, inference_kwargs
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector, resolve_device
 from ssd_ros.voc import VocFormatError, VocItem, VocSplit, load_image_rgb
-from ssd_ros.voc_metric import METRICS, VocEvaluation, evaluate_detections, format_ap_table, plot_pr_curves
+from ssd_ros.voc_metric import METRICS, VocEvaluation, evaluate_detections
+from ssd_ros.voc_report import format_ap_table, plot_pr_curves
 from training.detect import detect_split
 
 __all__ = ["main", "parse_args"]

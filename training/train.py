@@ -49,7 +49,8 @@ from ssd_ros.checkpoint import CheckpointError, ModelCard, read_checkpoint_paylo
 from ssd_ros.detector import Detector, resolve_device
 from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, WeightsUnavailableError, build_model, input_size
 from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
-from ssd_ros.voc_metric import METRICS, evaluate_detections, format_ap_table
+from ssd_ros.voc_metric import METRICS, evaluate_detections
+from ssd_ros.voc_report import format_ap_table
 from training import engine
 from training.dataset import VocDetectionDataset, collate_detection
 from training.detect import detect_split

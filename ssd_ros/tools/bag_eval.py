@@ -58,7 +58,8 @@ from ssd_ros.tools.bagio import (
     serialize,
 )
 from ssd_ros.voc import VocAnnotation, VocFormatError, parse_annotation
-from ssd_ros.voc_metric import METRICS, evaluate_detections, format_ap_table
+from ssd_ros.voc_metric import METRICS, evaluate_detections
+from ssd_ros.voc_report import format_ap_table
 
 DETECTIONS_TOPIC = "/detections"
 ANNOTATED_TOPIC = "/image_annotated"
