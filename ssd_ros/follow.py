@@ -6,10 +6,12 @@ silent. Pipeline of one tick:
 
 1. Frame intake: stale or out-of-order frames are ignored; the configured classes above the score
    threshold with finite, non-degenerate boxes are candidates.
-2. Target selection: with no track, acquire the largest (or best-scoring) candidate; with a track,
-   keep the *same* object by associating on IoU / centre distance with a box-size gate, so a second
-   person crossing in front (bigger box) is not taken over. A new target is acquired only after the
-   old one has been gone for ``lost_timeout_s``.
+2. Target selection: with no target, acquire the largest (or best-scoring) candidate; with one, keep
+   the *same* object: the detection with the target's track id (``Detection2D.id``, from the detector's
+   tracker or :class:`FollowLoop`'s own), else the best re-association by class, IoU / centre distance and
+   a box-size gate, never one whose id was seen beside the target (another person). A second person
+   crossing in front (bigger box, other id) is not taken over. After ``lost_timeout_s`` the robot stops,
+   but the target is re-acquired for ``reacquire_window_s``; only then may another object be acquired.
 3. Errors: bearing from the box centre through a pinhole model of the camera's horizontal field of
    view, corrected for the yaw the rover has turned since the image was taken (latency compensation);
    relative distance from the box height against ``desired_height_fraction`` (height ~ 1 / distance).
@@ -33,6 +35,7 @@ from ssd_ros.ackermann import steering_angle, yaw_rate
 from ssd_ros.camera import PinholeCamera
 from ssd_ros.detections import Detections
 from ssd_ros.settings import check_settings, setting
+from ssd_ros.tracking import Tracker
 
 SEARCH_MODES = ("stop", "arc")
 ACQUIRE_MODES = ("largest", "score")
@@ -151,6 +154,12 @@ class FollowParams:
     association_max_size_ratio: float = setting(
         1.5, "box width or height ratio beyond which a candidate is another object", limits=(1.0, 100.0)
     )
+    reacquire_window_s: float = setting(
+        3.0,
+        "after the last sighting, only the target is re-acquired (same track id or re-association) for this long; "
+        "then any candidate may be (s)",
+        limits=(0.0, 3600.0),
+    )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field (field limits and choices, then cross-checks)."""
@@ -159,6 +168,8 @@ class FollowParams:
             raise ValueError("target_classes must be non-empty names")
         if self.search_steering_deg > self.max_steering_deg:
             raise ValueError("search_steering_deg must be <= max_steering_deg")
+        if self.reacquire_window_s < self.lost_timeout_s:
+            raise ValueError("reacquire_window_s must be >= lost_timeout_s (the target is kept that long anyway)")
 
     @property
     def camera(self) -> PinholeCamera:
@@ -179,12 +190,17 @@ ZERO = Command(0.0, 0.0)
 
 @dataclass
 class Track:
-    """The object being followed: its last associated box and when that image was taken."""
+    """The object being followed: its last associated box, when that image was taken, and its track id."""
 
     class_name: str
     box: np.ndarray  # xyxy pixels
     score: float
     stamp_s: float
+    track_id: str = ""  # the tracker's id ("" when untracked)
+
+
+# Ids remembered as "another object seen beside the target": bounded, oldest forgotten first.
+MAX_OTHER_IDS = 256
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -246,6 +262,8 @@ class FollowController:
     def reset(self) -> None:
         """Forget the target and the motion state (the next command starts from standstill)."""
         self.track: Track | None = None
+        self.remembered: Track | None = None  # the target after lost_timeout_s, re-acquired within the window
+        self._other_ids: dict[str, None] = {}  # track ids seen in the same frame as the target: other objects
         self.state = "searching" if self.enabled else "disabled"
         self.last_command = ZERO
         self.steering_rad = 0.0
@@ -287,7 +305,8 @@ class FollowController:
         if self._last_now is not None and dt > 0.0:
             self._yaw_history.append((now_s - dt, now_s, self.last_command.angular_radps))
         self._last_now = now_s
-        while self._yaw_history and self._yaw_history[0][1] < now_s - p.max_detection_age_s - p.lost_timeout_s:
+        keep_s = p.max_detection_age_s + max(p.lost_timeout_s, p.reacquire_window_s)  # re-association needs it
+        while self._yaw_history and self._yaw_history[0][1] < now_s - keep_s:
             self._yaw_history.popleft()
 
         if not self.enabled:
@@ -306,9 +325,11 @@ class FollowController:
         if track is not None and now_s - track.stamp_s < p.lost_timeout_s:
             self.state = "lost"
             return self._emit(self._braking_command(dt))
-        # Gone for lost_timeout_s (or never seen): forget it so any candidate may be acquired.
+        # Gone for lost_timeout_s (or never seen): stop steering on it; it is re-acquired if it comes back
+        # within reacquire_window_s, after which any candidate may be acquired.
         if track is not None:
             self._search_since = track.stamp_s + p.lost_timeout_s
+            self.remembered = track
         self.track = None
         self.state = "searching"
         return self._emit(self._search_command(now_s, dt))
@@ -326,20 +347,34 @@ class FollowController:
             return
         self.counters["frames"] += 1
         self._last_frame_stamp = stamp_s
-        boxes, scores, names = self._candidates(detections)
-        track = self.track
+        boxes, scores, names, ids = self._candidates(detections)
+        if self.remembered is not None and stamp_s - self.remembered.stamp_s > p.reacquire_window_s:
+            self.remembered = None  # the re-acquisition window is over
+        track = self.track or self.remembered
         if track is None:
             if len(scores):
                 key = scores if p.acquire == "score" else (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
                 i = int(np.argmax(key))
-                self.track = Track(names[i], boxes[i], float(scores[i]), stamp_s)
+                self._other_ids = {}
+                self._take(i, boxes, scores, names, ids, stamp_s)
             return
-        i = self._associate(track, boxes, names, stamp_s)
+        i = self._associate(track, boxes, names, ids, stamp_s)
         if i is not None:
-            self.track = Track(names[i], boxes[i], float(scores[i]), stamp_s)
+            self._take(i, boxes, scores, names, ids, stamp_s)
 
-    def _candidates(self, detections: Detections) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Boxes / scores / names of the detections that may be followed; the rest are counted.
+    def _take(self, i: int, boxes, scores, names, ids, stamp_s: float) -> None:
+        """Candidate ``i`` is the target now; the other ids in the frame are other objects from now on."""
+        self.track = Track(names[i], boxes[i], float(scores[i]), stamp_s, ids[i])
+        self.remembered = None
+        for k, other in enumerate(ids):
+            if other and k != i:
+                self._other_ids.pop(other, None)
+                self._other_ids[other] = None  # re-inserted: the newest are kept
+        while len(self._other_ids) > MAX_OTHER_IDS:
+            del self._other_ids[next(iter(self._other_ids))]
+
+    def _candidates(self, detections: Detections) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+        """Boxes / scores / names / track ids of the detections that may be followed; the rest are counted.
 
         A finite box far outside the image (beyond ``OUTSIDE_MARGIN`` of its size) is malformed: its
         bearing would be nonsense (a centre at 1e7 px is full lock), so it is counted and never steers.
@@ -360,18 +395,26 @@ class FollowController:
         keep &= ~outside
         self.counters["rejected_candidates"] += int(len(keep) - keep.sum())
         index = np.flatnonzero(keep)
-        return boxes[index], scores[index], [names[i] for i in index]
+        ids = detections.track_ids or ("",) * len(names)
+        return boxes[index], scores[index], [names[i] for i in index], [ids[i] for i in index]
 
-    def _associate(self, track: Track, boxes: np.ndarray, names: list[str], stamp_s: float) -> int | None:
+    def _associate(
+        self, track: Track, boxes: np.ndarray, names: list[str], ids: list[str], stamp_s: float
+    ) -> int | None:
         """Index of the candidate that is the tracked object, or None.
 
-        The reference box is the last one shifted by the image motion the rover's own turning
-        caused since then; candidates of another class, or whose height differs by more than
-        ``association_max_size_ratio`` in width or height (another object at another depth), are not the same object.
+        The candidate with the target's track id, if any. Otherwise (no ids, or the tracker lost it and gave it a
+        new one) a geometric re-association: the reference box is the last one shifted by the image motion the
+        rover's own turning caused since then; candidates of another class, whose width or height differs by more
+        than ``association_max_size_ratio`` (another object at another depth), or whose id was seen beside the
+        target (another object), are not the same object.
         """
         p, camera = self.params, self.camera
         if not len(boxes):
             return None
+        if track.track_id and track.track_id in ids:
+            i = ids.index(track.track_id)
+            return i if names[i] == track.class_name else None
         reference = track.box.copy()
         if p.compensate_yaw:
             turned = self._yaw_between(track.stamp_s, stamp_s)
@@ -386,7 +429,8 @@ class FollowController:
         ious = box_iou(reference, boxes)
         shift = np.abs((boxes[:, 0] + boxes[:, 2]) - (reference[0] + reference[2])) / (2.0 * camera.width_px)
         close = (ious >= p.association_min_iou) | (shift <= p.association_max_shift)
-        ok = same_class & size_ok & close
+        other = np.array([bool(i) and i in self._other_ids for i in ids], bool)
+        ok = same_class & size_ok & close & ~other
         if not ok.any():
             return None
         # Best overlap first; among non-overlapping candidates the nearest centre.
@@ -477,8 +521,10 @@ class FollowLoop:
     given to :meth:`offer` as they arrive, and every :meth:`tick` of the fixed-rate timer hands the controller
     the newest frame not yet given to it (or None: the controller decides on every tick, so a silent
     detector still stops the robot). An older frame that was never ticked on is dropped, as a live
-    follower would drop it. ``offer`` is the single entry point of frames, where a tracker would act on
-    them; the camera model they are measured in is ``controller.measured_camera`` (from CameraInfo).
+    follower would drop it. ``offer`` is the single entry point of frames: frames without track ids (a
+    detector with ``tracking`` off, another detector, the simulator's raw detections) go through the loop's
+    own :class:`~ssd_ros.tracking.Tracker` there, so the controller always locks onto a track id. The camera
+    model they are measured in is ``controller.measured_camera`` (from CameraInfo).
 
     It also knows why the robot may never move: :meth:`class_problem` compares the target classes
     with the model's classes (:attr:`model_classes`, from the detector's label map) or, while those
@@ -488,16 +534,20 @@ class FollowLoop:
     def __init__(self, params: FollowParams):
         """A loop around a new controller for ``params`` (validated: ``ValueError`` on bad values)."""
         self.controller = FollowController(params)
+        self.tracker = Tracker()  # for frames that arrive without track ids
         self.last_stamp_s: float | None = None  # stamp of the newest frame offered, for the age in diagnostics
         self.model_classes: tuple[str, ...] | None = None  # the detector's classes, once known
         self.seen_classes: set[str] = set()
         self._pending: tuple[Detections, float | None] | None = None
 
-    def offer(self, detections: Detections, stamp_s: float | None) -> None:
-        """A frame arrived: its detections and when the image was taken (None: now)."""
+    def offer(self, detections: Detections, stamp_s: float | None) -> Detections:
+        """A frame arrived: its detections and when the image was taken (None: now); returns them with track ids."""
+        if detections.track_ids is None:
+            detections = self.tracker.update(detections, math.nan if stamp_s is None else stamp_s)
         self._pending = (detections, stamp_s)
         self.last_stamp_s = stamp_s
         self.seen_classes.update(detections.names)
+        return detections
 
     def class_problem(self) -> str | None:
         """Why some target classes can never be followed, or None as far as is known.

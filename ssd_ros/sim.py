@@ -142,6 +142,11 @@ class Target:
     height_m: float = 1.7
     width_m: float = 0.5
     visible: bool = True  # False = removed from the scene (e.g. walked out of the room)
+    hidden: tuple[tuple[float, float], ...] = ()  # (start, end) times (s) when it is not detected (occluded)
+
+    def detectable(self, t: float) -> bool:
+        """In the scene and not hidden at time ``t``."""
+        return self.visible and not any(start <= t < end for start, end in self.hidden)
 
 
 @dataclass
@@ -198,6 +203,9 @@ def bearing_and_distance(rover: RoverState, point: tuple[float, float], params: 
     return bearing, math.hypot(dx, dy)
 
 
+MAX_TRUTH_FRAMES = 200  # frames of ground truth kept: far more than a detection's latency
+
+
 class Simulator:
     """Steps the rover under velocity commands and produces detections like the detector node would.
 
@@ -218,6 +226,9 @@ class Simulator:
         self._next_frame_s = 1.0 / params.detection_rate_hz
         self._pending: deque[tuple[float, float, Detections]] = deque()
         self.detections_enabled = True  # False = the detector went silent
+        # Ground truth of the recent frames: stamp -> the target name of each detection (for the metrics).
+        self.truth: dict[float, list[str]] = {}
+        self._truth_names: list[str] = []
 
     def step(self, linear_mps: float, angular_radps: float, dt: float) -> None:
         """Advance ``dt`` seconds with the given Twist command, mapped to wheels like the base driver."""
@@ -245,6 +256,9 @@ class Simulator:
         while self.time + 1e-9 >= self._next_frame_s:
             if self.detections_enabled:
                 self._pending.append((self.time + p.latency_s, self.time, self.detect(self.capture())))
+                self.truth[self.time] = self._truth_names
+                while len(self.truth) > MAX_TRUTH_FRAMES:
+                    del self.truth[next(iter(self.truth))]
             self._next_frame_s += 1.0 / p.detection_rate_hz
 
     def poll(self) -> list[tuple[float, Detections]]:
@@ -268,7 +282,7 @@ class Simulator:
         f, u0, v0 = camera.fx_px, camera.cx_px, p.image_height / 2.0
         views = []
         for target in self.targets:
-            if not target.visible:
+            if not target.detectable(self.time):
                 continue
             tx, ty = target.path.position(self.time)
             depth = (tx - cam_x) * cos_y + (ty - cam_y) * sin_y
@@ -300,8 +314,10 @@ class Simulator:
         """What a detector reports for these views: edge noise, random misses and dropped frames."""
         p = self.params
         if self._rng.random() < p.frame_drop_probability:
+            self._truth_names = []
             return Detections.empty(self.class_names)
         kept = [v for v in views if self._rng.random() >= p.miss_probability]
+        self._truth_names = [v.name for v in kept]
         boxes = np.array([v.box for v in kept], np.float64).reshape(-1, 4)
         boxes += self._rng.normal(0.0, p.box_noise_px, boxes.shape)
         boxes = np.clip(boxes, 0, [p.image_width, p.image_height, p.image_width, p.image_height])
@@ -361,10 +377,51 @@ def make_scenario(name: str, desired_distance: float, params: SimParams = SimPar
             ],
             20.0,
         )
+    if name in OCCLUSIONS:
+        return _occlusion_scenario(name, OCCLUSIONS[name], d, cam)
+    if name == "crossing_people":
+        # A walks right across the view; B, nearer (bigger), walks left from out of view on the right, passes
+        # in front of A (hiding it) and walks on out of view on the left.
+        return Scenario(
+            name,
+            "person B walks across in front of the followed person A, in the opposite direction",
+            RoverState(),
+            [
+                Target("person_a", LinePath(cam + 1.3 * d, 0.2 * d, 0.0, -0.2)),
+                Target("person_b", LinePath(cam + 1.1 * d, -0.9 * d, 0.0, 0.5, 2.0)),
+            ],
+            16.0,
+        )
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 
-SCENARIOS = ("static", "crossing", "circle", "stop_and_go", "two_people")
+# Occlusion scenarios: hidden from OCCLUSION_START_S for this long (s).
+OCCLUSIONS = {"occlusion_0.5s": 0.5, "occlusion_1s": 1.0, "occlusion_2s": 2.0}
+OCCLUSION_START_S = 8.0
+
+
+def _occlusion_scenario(name: str, hidden_s: float, d: float, cam: float) -> Scenario:
+    """A walks slowly across the view and is not detected for ``hidden_s``; B, nearer, stands in view beside.
+
+    B enters from the right once A is followed and stays: it is bigger than A, so the acquire rule would take it
+    if the follower forgot A during the occlusion.
+    """
+    hide = (OCCLUSION_START_S, OCCLUSION_START_S + hidden_s)
+    return Scenario(
+        name,
+        f"the followed person A, walking across, is hidden for {hidden_s:g} s while a nearer person B stands beside",
+        RoverState(),
+        [
+            Target("person_a", LinePath(cam + 1.2 * d, 0.15 * d, 0.0, -0.1), hidden=(hide,)),
+            Target("person_b", LinePath(cam + 0.8 * d, -0.8 * d, 0.0, 0.5, 2.0, 2.0 + 0.55 * d / 0.5)),
+        ],
+        hide[1] + 6.0,
+    )
+
+
+SCENARIOS = ("static", "crossing", "circle", "stop_and_go", "two_people", *OCCLUSIONS, "crossing_people")
+# Scenarios with a second person: who is followed is what they test (see follow_outcome).
+MULTI_PERSON_SCENARIOS = ("two_people", *OCCLUSIONS, "crossing_people")
 
 
 # -- closed loop and metrics --------------------------------------------------------------------------------
@@ -381,6 +438,9 @@ class Trace:
     state: list[str] = field(default_factory=list)
     bearing: list[float] = field(default_factory=list)
     distance: list[float] = field(default_factory=list)
+    followed: list[str] = field(default_factory=list)  # per tick: the target the follower steers on, or ""
+    # per frame offered: (stamp, ground-truth target names, track ids) of its detections
+    frames: list[tuple[float, list[str], tuple[str, ...]]] = field(default_factory=list)
 
 
 def run_closed_loop(
@@ -400,7 +460,8 @@ def run_closed_loop(
     while sim.time < duration_s - 1e-9:
         if step % steps_per_tick == 0:
             for stamp, detections in sim.poll():
-                loop.offer(detections, stamp)
+                tracked = loop.offer(detections, stamp)
+                trace.frames.append((stamp, sim.truth.get(stamp, []), tracked.track_ids))
             out = loop.tick(sim.time)
             command = (out.linear_mps, out.angular_radps)
             bearing, distance = bearing_and_distance(sim.rover, sim.target_positions()[0], sim.params)
@@ -413,9 +474,74 @@ def run_closed_loop(
             trace.state.append(loop.controller.state)
             trace.bearing.append(bearing)
             trace.distance.append(distance)
+            trace.followed.append(followed_target(loop.controller, trace.frames))
         sim.step(*command, physics_dt_s)
         step += 1
     return trace
+
+
+def followed_target(controller, frames) -> str:
+    """Ground-truth name of the target ``controller`` steers on now ("" when it steers on none).
+
+    The controller's target box is one of the detections of the frame it came from; the frame's ground truth
+    names that detection's target (matched by track id, the boxes being the same detection).
+    """
+    track = controller.track
+    if track is None or controller.state != "tracking" or not track.track_id:
+        return ""
+    for stamp, names, ids in reversed(frames):
+        if stamp == track.stamp_s:
+            return names[ids.index(track.track_id)] if track.track_id in ids and len(names) == len(ids) else ""
+        if stamp < track.stamp_s:
+            break
+    return ""
+
+
+@dataclass(frozen=True)
+class FollowOutcome:
+    """Who was followed in a run with several people (targets[0] is the one to follow).
+
+    Attributes:
+        kept_target: the follower steers on ``targets[0]`` at the end of the run.
+        taken_over: it steered on another person at some tick.
+        target_hidden_s: (start, end) of ``targets[0]``'s occlusion, if scripted.
+        reacquired_after_s: time from the end of the occlusion to steering on ``targets[0]`` again (NaN: never).
+        id_switches: changes of the track id of any ground-truth target between its detected frames.
+        duration_s: length of the run.
+    """
+
+    kept_target: bool
+    taken_over: bool
+    target_hidden_s: tuple[float, float] | None
+    reacquired_after_s: float
+    id_switches: int
+    duration_s: float
+
+
+def follow_outcome(trace: Trace, scenario: Scenario) -> FollowOutcome:
+    """:class:`FollowOutcome` of a closed-loop ``trace`` of ``scenario``."""
+    target = scenario.targets[0].name
+    hidden = scenario.targets[0].hidden[0] if scenario.targets[0].hidden else None
+    reacquired = math.nan
+    if hidden is not None:
+        back = [t for t, name in zip(trace.t, trace.followed) if t >= hidden[1] and name == target]
+        reacquired = back[0] - hidden[1] if back else math.nan
+    last_ids: dict[str, str] = {}
+    switches = 0
+    for _, names, ids in trace.frames:
+        for name, track_id in zip(names, ids):
+            if track_id:
+                switches += name in last_ids and last_ids[name] != track_id
+                last_ids[name] = track_id
+    ending = [name for t, name in zip(trace.t, trace.followed) if t >= trace.t[-1] - 1.0]
+    return FollowOutcome(
+        kept_target=bool(ending) and all(name == target for name in ending),
+        taken_over=any(name not in ("", target) for name in trace.followed),
+        target_hidden_s=hidden,
+        reacquired_after_s=reacquired,
+        id_switches=switches,
+        duration_s=trace.t[-1] - trace.t[0] if trace.t else 0.0,
+    )
 
 
 @dataclass(frozen=True)

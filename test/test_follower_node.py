@@ -235,6 +235,19 @@ def test_keeps_the_acquired_person_while_another_crosses(probe, launch):
     assert to_a[-1][1] / DESIRED == pytest.approx(1.0, abs=0.10)
 
 
+def test_keeps_its_person_through_an_occlusion_though_a_bigger_one_stands_beside(probe, launch):
+    """The shortest occlusion scenario over DDS: the simulator publishes track ids, the follower locks on one."""
+    detections = Recorder(probe, Detection2DArray, "detections")
+    track, _ = closed_loop(probe, launch, "occlusion_0.5s", 14.0)
+    to_a = [(t, *bearing_and_distance(rover, pts[0], SIM)) for t, rover, pts in track]
+    to_b = [bearing_and_distance(rover, pts[1], SIM) for _, rover, pts in track]
+    # B, nearer (bigger) and in view beside A, 11 deg off: the rover keeps facing A, through the occlusion too.
+    assert min(abs(math.degrees(b)) for b, _ in to_b[-20:]) > 8.0
+    assert max(abs(math.degrees(b)) for t, b, _ in to_a if t >= 4.0) <= 4.0
+    ids = [d.id for _, msg in detections.messages for d in msg.detections]
+    assert len(ids) > 100 and sum(1 for i in ids if i) >= 0.9 * len(ids)
+
+
 def start_moving(probe, launch, commands):
     """Follower + simulator on the wall clock with TwistStamped; returns once the rover drives."""
     processes = launch("follower", twist_stamped=True), launch("follower_sim", scenario="static", twist_stamped=True)

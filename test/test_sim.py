@@ -18,6 +18,7 @@ from ssd_ros.sim import (
     Target,
     Trace,
     desired_distance_m,
+    follow_outcome,
     make_scenario,
     path_metrics,
 )
@@ -109,6 +110,38 @@ def test_noise_misses_and_dropped_frames():
     assert sim_with(hidden).capture() == []
 
 
+def test_a_hidden_target_is_not_detected_during_its_window_and_frames_carry_their_ground_truth():
+    sim = sim_with([Target("a", StaticPath(3.0, 0.0), hidden=((0.5, 1.0),)), Target("b", StaticPath(3.0, 1.0))])
+    seen = {}
+    while sim.time < 1.5:
+        sim.step(0.0, 0.0, 0.01)
+        for stamp, detections in sim.poll():
+            seen[round(stamp, 2)] = (sim.truth[stamp], len(detections))
+    assert seen[0.4] == (["a", "b"], 2) and seen[0.5] == (["b"], 1) and seen[0.9] == (["b"], 1)
+    assert seen[1.0] == (["a", "b"], 2)
+
+
+def test_follow_outcome_counts_take_overs_reacquisition_and_id_switches():
+    scenario = Scenario(
+        "t", "", RoverState(), [Target("a", StaticPath(3, 0), hidden=((1.0, 2.0),)), Target("b", StaticPath(3, 1))], 4
+    )
+    t = [0.5 * k for k in range(9)]  # 0 .. 4 s
+    followed = ["a", "a", "", "", "", "a", "a", "a", "a"]  # back on "a" at 2.5 s
+    frames = [
+        (0.0, ["a", "b"], ("1", "2")),
+        (1.0, ["b"], ("2",)),
+        (2.0, ["a", "b"], ("3", "2")),
+        (3.0, ["b", "a"], ("2", "3")),
+    ]
+    result = follow_outcome(Trace(t=t, followed=followed, frames=frames), scenario)
+    assert result.kept_target and not result.taken_over and result.target_hidden_s == (1.0, 2.0)
+    assert result.reacquired_after_s == pytest.approx(0.5) and result.id_switches == 1 and result.duration_s == 4.0
+    followed[3] = "b"
+    assert follow_outcome(Trace(t=t, followed=followed, frames=frames), scenario).taken_over
+    followed[-1] = ""
+    assert not follow_outcome(Trace(t=t, followed=followed, frames=frames), scenario).kept_target
+
+
 def test_nearer_target_occludes_farther_one():
     targets = [
         Target("far", StaticPath(5.0, 0.0)),
@@ -173,3 +206,11 @@ def test_follow_sim_tool_prints_metrics_and_saves_a_plot(tmp_path, capsys):
     params.write_text("- not\n- a mapping\n")
     assert follow_sim.main(["--params", str(params), "--plot", str(plot)]) == 2
     assert "expected a YAML mapping" in capsys.readouterr().err
+
+
+def test_follow_sim_tool_reports_who_was_followed_over_seeds(tmp_path, capsys):
+    plot = tmp_path / "outcomes.png"
+    assert follow_sim.main(["--trials", "2", "--paths", "occlusion_0.5s", "crossing_people", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "| occlusion_0.5s | 2 | 100 % | 100 %" in out and "| crossing_people | 2 | 100 % | - | 0 % |" in out
+    assert plot.stat().st_size > 5_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -199,6 +199,7 @@ class FollowerNode(Node):
             "state": controller.state,
             "enabled": str(controller.enabled),
             "target_class": track.class_name if track else "",
+            "target_id": track.track_id if track else "",
             "target_score": f"{track.score:.2f}" if track else "",
             "last_detection_age_s": age,
             "linear_mps": f"{command.linear_mps:.3f}",

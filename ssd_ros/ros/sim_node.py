@@ -1,8 +1,9 @@
 """``follower_sim`` node: the closed-loop simulator of :mod:`ssd_ros.sim` behind the detector's interface.
 
 Consumes ``cmd_vel`` (Twist or TwistStamped) like the base driver; publishes ``detections``
-(vision_msgs/Detection2DArray exactly as the detector node does: class names in ``class_id``,
-header = the simulated image's header with ``camera_frame_id`` and its capture stamp), the simulated
+(vision_msgs/Detection2DArray exactly as the detector node does: class names in ``class_id``, the
+tracker's id in ``id`` with ``tracking``, header = the simulated image's header with ``camera_frame_id``
+and its capture stamp), the simulated
 camera's calibration on ``camera/camera_info`` (with each frame's header, like a camera driver) and the
 ground truth on ``sim/rover_pose`` (PoseStamped, rear axle) and ``sim/target_poses`` (PoseArray,
 scenario order, removed targets included).
@@ -33,6 +34,7 @@ from ssd_ros.ros.messages import camera_info_msg, detections_to_msg, stamp_msg, 
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
 from ssd_ros.sim import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
+from ssd_ros.tracking import Tracker
 
 # The simulation is built at start-up: every parameter is read-only except the three runtime switches below.
 PARAMETERS: ParameterTable = {
@@ -66,6 +68,9 @@ PARAMETERS: ParameterTable = {
         1.0, "with publish_clock: simulated seconds per wall-clock second", limits=(0.01, 1000.0), read_only=True
     ),
     "camera_frame_id": param("sim_camera", "frame_id of the simulated image / detections", read_only=True),
+    "tracking": param(
+        True, "track ids in Detection2D.id, as the detector node's tracking does (false: empty ids)", read_only=True
+    ),
     "world_frame_id": param("odom", "frame of the ground-truth poses", read_only=True),
     "targets_visible": param(True, "false removes every target from the scene (they walked away)"),
     "detections_enabled": param(True, "false makes the simulated detector silent (no messages)"),
@@ -121,6 +126,7 @@ class SimNode(Node):
         self.detections_pub = self.create_publisher(Detection2DArray, "detections", 10)
         self.camera_info_pub = self.create_publisher(CameraInfo, "camera/camera_info", 10)
         self._camera = params.camera
+        self._tracker = Tracker() if get("tracking") else None
         self.rover_pub = self.create_publisher(PoseStamped, "sim/rover_pose", 10)
         self.targets_pub = self.create_publisher(PoseArray, "sim/target_poses", 10)
         twist_type = TwistStamped if get("twist_stamped") else Twist
@@ -174,6 +180,8 @@ class SimNode(Node):
         for stamp_s, detections in self.sim.poll():
             header = Header(stamp=stamp_msg(round((self._origin_s + stamp_s) * 1e9)), frame_id=self._camera_frame)
             self.camera_info_pub.publish(camera_info_msg(self._camera, header))  # as a camera does with each frame
+            if self._tracker is not None:
+                detections = self._tracker.update(detections, self._origin_s + stamp_s)
             self.detections_pub.publish(detections_to_msg(detections, header))
         if self.sim.time + 1e-9 >= self._next_pose_s:
             self._next_pose_s += self._pose_period

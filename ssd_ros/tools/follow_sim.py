@@ -5,6 +5,12 @@ desired following distance, and saves a trajectory plot. Gains come from the fol
 what you tune here is what the node runs::
 
     python -m ssd_ros.tools.follow_sim --params config/follower.yaml --plot docs/images/follower_sim.png
+
+With ``--trials N`` it runs the scenarios with a second person (occlusions, crossings) over seeds 0..N-1
+instead and reports who was followed: the original target kept, re-acquired after its occlusion, taken
+over by the other person, and the tracker's id switches per minute (a bar chart goes to ``--plot``)::
+
+    python -m ssd_ros.tools.follow_sim --trials 20 --plot docs/images/follower_outcomes.png
 """
 
 from __future__ import annotations
@@ -14,16 +20,21 @@ import math
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from ssd_ros.follow import FollowLoop, FollowParams, params_from_mapping
 from ssd_ros.ros.params import read_params_file
 from ssd_ros.sim import (
+    MULTI_PERSON_SCENARIOS,
     SCENARIOS,
+    FollowOutcome,
     PathMetrics,
     SimParams,
     Simulator,
     Target,
     Trace,
     desired_distance_m,
+    follow_outcome,
     make_scenario,
     path_metrics,
     run_closed_loop,
@@ -44,6 +55,72 @@ def simulate(
         trace = run_closed_loop(FollowLoop(follow_params), sim, scenario.duration_s, control_rate_hz)
         results[name] = (trace, path_metrics(trace, distance), distance)
     return results
+
+
+def outcomes(names, follow_params: FollowParams, sim_params: SimParams, trials: int, control_rate_hz: float):
+    """Each named scenario over seeds ``0 .. trials - 1``: name -> list of :class:`FollowOutcome`."""
+    distance = desired_distance_m(Target.height_m, follow_params.desired_height_fraction, sim_params)
+    results: dict[str, list[FollowOutcome]] = {}
+    with tqdm(total=len(names) * trials, unit="run", desc="follow_sim", file=sys.stderr) as progress:
+        for name in names:
+            results[name] = []
+            for seed in range(trials):
+                scenario = make_scenario(name, distance, sim_params)
+                sim = Simulator(sim_params, scenario, seed=seed)
+                trace = run_closed_loop(FollowLoop(follow_params), sim, scenario.duration_s, control_rate_hz)
+                results[name].append(follow_outcome(trace, scenario))
+                progress.update()
+    return results
+
+
+def format_outcomes(results: dict[str, list[FollowOutcome]]) -> str:
+    """Markdown table of :func:`outcomes`: rates over the trials, id switches per minute of simulated time."""
+    lines = [
+        "| scenario | trials | target kept at the end | re-acquired after the occlusion (median delay) "
+        "| taken over by the other person | id switches per minute |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        n = len(runs)
+        kept = sum(r.kept_target for r in runs)
+        taken = sum(r.taken_over for r in runs)
+        minutes = sum(r.duration_s for r in runs) / 60.0
+        switches = sum(r.id_switches for r in runs) / minutes if minutes else math.nan
+        reacquired = "-"
+        if runs[0].target_hidden_s is not None:
+            delays = sorted(r.reacquired_after_s for r in runs if not math.isnan(r.reacquired_after_s))
+            median = f", {delays[len(delays) // 2]:.1f} s" if delays else ""
+            reacquired = f"{100 * len(delays) / n:.0f} %{median}"
+        lines.append(
+            f"| {name} | {n} | {100 * kept / n:.0f} % | {reacquired} | {100 * taken / n:.0f} % | {switches:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_outcomes(results: dict[str, list[FollowOutcome]], output: Path) -> None:
+    """Bar chart: per scenario, the share of trials that kept the target and the share taken over."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(results)
+    kept = [100 * np.mean([r.kept_target for r in results[n]]) for n in names]
+    taken = [100 * np.mean([r.taken_over for r in results[n]]) for n in names]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 4))
+    ax.bar(x - 0.2, kept, 0.4, color="C2", label="original target kept (%)")
+    ax.bar(x + 0.2, taken, 0.4, color="C3", label="taken over by the other person (%)")
+    ax.axhline(90, color="C2", ls=":", lw=1)
+    ax.set_xticks(x, names, rotation=15)
+    ax.set_ylim(0, 125)
+    ax.set_title(f"follower with a second person, {len(next(iter(results.values())))} seeds each")
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=80)
+    plt.close(fig)
 
 
 def format_table(results) -> str:
@@ -110,7 +187,11 @@ def main(argv=None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--paths", nargs="+", default=list(DEFAULT_PATHS), choices=SCENARIOS, help="scripted paths to run"
+        "--paths",
+        nargs="+",
+        choices=SCENARIOS,
+        help=f"scripted paths to run (default: {' '.join(DEFAULT_PATHS)}; "
+        f"with --trials: {' '.join(MULTI_PERSON_SCENARIOS)})",
     )
     parser.add_argument("--params", type=Path, help="follower parameter YAML (default: built-in defaults)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
@@ -120,6 +201,12 @@ def main(argv=None) -> int:
         "--detection-rate", type=float, default=SimParams.detection_rate_hz, help="detector frame rate (Hz)"
     )
     parser.add_argument("--plot", type=Path, default=Path("follower_sim.png"), help="trajectory plot PNG")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=0,
+        help="run the scenarios with a second person over this many seeds and report who was followed",
+    )
     args = parser.parse_args(argv)
     try:
         config = read_params_file(args.params) if args.params else {}
@@ -137,7 +224,13 @@ def main(argv=None) -> int:
         latency_s=args.latency,
         detection_rate_hz=args.detection_rate,
     )
-    results = simulate(args.paths, follow_params, sim_params, args.seed, rate_hz)
+    if args.trials > 0:
+        table = outcomes(args.paths or MULTI_PERSON_SCENARIOS, follow_params, sim_params, args.trials, rate_hz)
+        print(format_outcomes(table))
+        plot_outcomes(table, args.plot)
+        print(f"plot: {args.plot}")
+        return 0
+    results = simulate(args.paths or DEFAULT_PATHS, follow_params, sim_params, args.seed, rate_hz)
     distance = next(iter(results.values()))[2]
     print(
         f"desired distance {distance:.2f} m ({Target.height_m:g} m person at "
