@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_i
 from ssd_ros.ros.messages import camera_info_msg, msg_to_detections
 from ssd_ros.tools import bag_eval, bagio, export_model, make_bag
 from ssd_ros.tools.bagio import add_topic, open_writer, serialize
+from ssd_ros.tracking import Tracker, TrackerParams
 from ssd_ros.voc import load_image_rgb, parse_annotation
 from ssd_ros.voc_metric import evaluate_detections
 
@@ -467,3 +469,45 @@ def test_an_exported_model_on_onnxruntime_gives_the_checkpoints_detections(tmp_p
     assert json.loads((fast / "bag_eval_report.json").read_text())["backend"] == "onnxruntime fp32 x1 threads"
     status, _, err = run_eval([*argv[:-1], tmp_path / "bad", "--precision", "int8", *DETECTOR_ARGS], capsys)
     assert status == 2 and "fp32 export; precision int8 needs an int8 export" in err
+
+
+def test_track_ids_in_the_output_bag_are_the_core_trackers_and_the_report_counts_tracks(
+    tmp_path, camera_bags, checkpoint, capsys
+):
+    """On the rover video: Detection2D.id as the node's tracker writes it, tracks and their lengths reported."""
+    source, out = camera_bags["raw", "mcap"], tmp_path / "eval"
+    # The untrained model scores about 1/7: tracked from 0.1 up, like a detector node with these track_* values.
+    low = ["--track-param", "track_high_score=0.1", "--track-param", "track_low_score=0.1"]
+    status, stdout, _ = run_eval([source, "--checkpoint", checkpoint, "--out", out, *DETECTOR_ARGS, *low], capsys)
+    assert status == 0
+    _, messages = read_bag(out)
+    detector = Detector.from_checkpoint(checkpoint, score_threshold=0.1, max_detections=5, device="cpu")
+    tracker = Tracker(TrackerParams(track_high_score=0.1, track_low_score=0.1))
+    lengths = Counter()
+    for (_, image_raw), (_, det_raw) in zip(messages["/camera/image_raw"], messages["/detections"], strict=True):
+        image = deserialize_message(image_raw, Image)
+        array = deserialize_message(det_raw, Detection2DArray)
+        stamp_s = image.header.stamp.sec + image.header.stamp.nanosec * 1e-9
+        expected = tracker.update(detector(image_msg_to_rgb(image)), stamp_s)
+        assert [d.id for d in array.detections] == list(expected.track_ids)
+        lengths.update(i for i in expected.track_ids if i)
+    assert len(lengths) >= 1 and max(lengths.values()) >= FRAMES // 2, "the video's detections should be tracked"
+    tracking = json.loads((out / "bag_eval_report.json").read_text())["tracking"]
+    assert tracking["tracks"] == len(lengths) and tracking["track_length_frames"]["max"] == max(lengths.values())
+    assert tracking["tracked_detections"] == sum(lengths.values())
+    assert f"- tracks: {len(lengths)} (length in frames: mean" in stdout
+    # --no-tracking: empty ids, no tracking report; a bad --track-param is refused before any output.
+    untracked = tmp_path / "untracked"
+    argv = [source, "--checkpoint", checkpoint, "--out", untracked, *DETECTOR_ARGS, "--no-tracking", "--no-annotated"]
+    assert run_eval(argv, capsys)[0] == 0
+    assert all(
+        d.id == ""
+        for _, raw in read_bag(untracked)[1]["/detections"]
+        for d in deserialize_message(raw, Detection2DArray).detections
+    )
+    assert json.loads((untracked / "bag_eval_report.json").read_text())["tracking"] is None
+    refused = tmp_path / "refused"
+    status, _, stderr = run_eval(
+        [source, "--checkpoint", checkpoint, "--out", refused, "--track-param", "no_such=1"], capsys
+    )
+    assert status == 2 and "--track-param 'no_such=1'" in stderr and not refused.exists()

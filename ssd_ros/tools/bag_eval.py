@@ -9,8 +9,9 @@ bag time. Nothing is dropped and nothing depends on wall time, so a run is repro
 The output bag holds the input's topics (the image topic untouched) plus ``/detections``
 (header = image header), ``/image_annotated`` (rgb8) and ``/cmd_vel``, all at the image's bag time,
 for replay in RViz or Foxglove. The report (Markdown on stdout, JSON in the output folder) gives
-frames, processing rate, per-frame model latency percentiles, detections per class and, with
-``--ground-truth``, the PASCAL VOC AP table. See ``docs/bags.md``.
+frames, processing rate, per-frame model latency percentiles, detections per class, the tracker's tracks
+(``Detection2D.id`` in the output, as the node's ``tracking`` writes it; ``--no-tracking`` leaves them empty)
+and, with ``--ground-truth``, the PASCAL VOC AP table. See ``docs/bags.md``.
 
 Exit status: 0 done; 1 the bag is damaged (what was read before the fault is evaluated and written);
 2 bad input (missing bag or topic, ambiguous topic, bad checkpoint or ground truth).
@@ -57,6 +58,7 @@ from ssd_ros.tools.bagio import (
     positive_int,
     serialize,
 )
+from ssd_ros.tracking import Tracker, TrackerParams
 from ssd_ros.voc import VocAnnotation, VocFormatError, parse_annotation
 from ssd_ros.voc_metric import METRICS, evaluate_detections
 from ssd_ros.voc_report import format_ap_table
@@ -91,6 +93,8 @@ class Stats:
     model_s: list[float] = field(default_factory=list)
     per_class: Counter = field(default_factory=Counter)
     commands: list[Command] = field(default_factory=list)
+    track_frames: Counter = field(default_factory=Counter)  # track id -> frames it was detected in
+    tracked_detections: int = 0
     evaluated: list[tuple[Detections, VocAnnotation]] = field(default_factory=list)
 
 
@@ -221,6 +225,7 @@ class Evaluation:
         cmd_type = "geometry_msgs/msg/TwistStamped" if follower.twist_stamped else "geometry_msgs/msg/Twist"
         self.cmd_conn = add_topic(writer, CMD_VEL_TOPIC, cmd_type)
         self.loop: FollowLoop | None = None  # made at the first good frame (needs the image size)
+        self.tracker = tracker_from_args(args)  # None with --no-tracking
         self.next_tick_ns: int | None = None
         self.period_ns = round(1e9 / follower.rate_hz)  # the follower node's timer period
         self.last_image_ns: int | None = None
@@ -288,6 +293,11 @@ class Evaluation:
         if frame.detections is None:  # a bad frame: the live node drops it, so no outputs
             return
         detections = frame.detections
+        if self.tracker is not None:  # as the node's tracking: ids in Detection2D.id, frames in bag order
+            detections = frame.detections = self.tracker.update(detections, stamp_ns(frame.header) / 1e9)
+            ids = [i for i in detections.track_ids if i]
+            self.stats.track_frames.update(ids)
+            self.stats.tracked_detections += len(ids)
         self.stats.per_class.update(detections.names)
         self.writer.write(self.detections_conn, frame.bag_ns, serialize(detections_to_msg(detections, frame.header)))
         if self.annotated_conn is not None:
@@ -325,6 +335,23 @@ class Evaluation:
         """Ticks up to and including the last image's time."""
         if self.last_image_ns is not None:
             self._ticks_before(self.last_image_ns, inclusive=True)
+
+
+def tracker_from_args(args) -> Tracker | None:
+    """The tracker ``--track-param NAME=VALUE`` tunes (the detector node's track_* parameters), or None."""
+    if not args.tracking:
+        return None
+    known = {f.name for f in dataclasses.fields(TrackerParams)}
+    changes = {}
+    for option in args.track_param:
+        name, sep, text = option.partition("=")
+        if not sep or name not in known:
+            raise BagToolError(f"--track-param {option!r}: expected NAME=VALUE with NAME in {sorted(known)}")
+        changes[name] = yaml.safe_load(text)
+    try:
+        return Tracker(TrackerParams(**changes))
+    except (TypeError, ValueError) as exc:
+        raise BagToolError(f"tracker parameters: {exc}") from exc
 
 
 def load_detector(args) -> Detector:
@@ -432,6 +459,7 @@ def run(args) -> tuple[dict, int]:
         camera_info_conn = find_camera_info(reader.connections, args.camera_info_topic, image_conn.topic)
         detector = load_detector(args)
         follower = follower_options(args, detector.class_names)
+        tracker_from_args(args)  # a bad --track-param fails before any output
         check_ground_truth(args, ground_truth, detector.class_names, image_conn, bool(salvage_note))
         with open_writer(out, args.storage) as writer:
             detector.warmup()  # one-time set-up cost stays out of the latency figures
@@ -492,6 +520,7 @@ def make_report(args, out: Path, detector: Detector, image_conn, evaluation: Eva
             "follower_counters": dict(evaluation.loop.controller.counters) if evaluation.loop else {},
             "camera": _camera_report(evaluation),
         },
+        "tracking": _tracking_report(evaluation),
         "replaced_topics": evaluation.replaced,
         "ground_truth": None,
         "fault": fault,
@@ -514,6 +543,26 @@ def make_report(args, out: Path, detector: Detector, image_conn, evaluation: Eva
         }
         report["ap_table"] = format_ap_table(result)
     return report
+
+
+def _tracking_report(evaluation: Evaluation) -> dict | None:
+    """Tracks (confirmed ids), their lengths in frames and the share of detections with an id; None untracked."""
+    if evaluation.tracker is None:
+        return None
+    stats = evaluation.stats
+    lengths = sorted(stats.track_frames.values())
+    detections = sum(stats.per_class.values())
+    return {
+        "params": dataclasses.asdict(evaluation.tracker.params),
+        "tracks": len(lengths),
+        "track_length_frames": {
+            "mean": float(np.mean(lengths)) if lengths else 0.0,
+            "median": float(np.median(lengths)) if lengths else 0.0,
+            "max": lengths[-1] if lengths else 0,
+        },
+        "tracked_detections": stats.tracked_detections,
+        "tracked_fraction": stats.tracked_detections / detections if detections else 0.0,
+    }
 
 
 def _camera_report(evaluation: Evaluation) -> dict:
@@ -563,6 +612,14 @@ def format_report(report: dict) -> str:
         lines.append(
             f"- follower bearing from the {camera['source']}: {camera['width_px']}x{camera['height_px']} px, "
             f"fx {camera['fx_px']:.1f} px, cx {camera['cx_px']:.1f} px"
+        )
+    tracking = report["tracking"]
+    if tracking is not None:
+        length = tracking["track_length_frames"]
+        lines.append(
+            f"- tracks: {tracking['tracks']} (length in frames: mean {length['mean']:.1f}, median "
+            f"{length['median']:.0f}, max {length['max']}); {tracking['tracked_detections']} detections "
+            f"({100 * tracking['tracked_fraction']:.0f} %) carry a track id"
         )
     if report["replaced_topics"]:
         lines.append(f"- recorded topics replaced by this evaluation: {', '.join(report['replaced_topics'])}")
@@ -630,6 +687,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--twist-stamped", action="store_true", help="write TwistStamped (default: twist_stamped of the config)"
+    )
+    parser.add_argument(
+        "--no-tracking", dest="tracking", action="store_false", help="no tracker: Detection2D.id left empty"
+    )
+    parser.add_argument(
+        "--track-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="tracker setting, as the detector node's track_* parameters (e.g. track_high_score=0.4)",
     )
     parser.add_argument("--ground-truth", type=Path, help="folder of VOC XML annotations, one per frame")
     parser.add_argument(
