@@ -167,7 +167,8 @@ def main() -> int:
         "# Camera -> detector delivery over DDS (one machine)",
         "",
         f"- {os.cpu_count()} cores, ROS_AUTOMATIC_DISCOVERY_RANGE={os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')}, "
-        f"30 Hz for {args.seconds:g} s per row; the node subscribes best effort unless the row says reliable.",
+        f"30 Hz for {args.seconds:g} s per row; the node (config/detector.yaml: queue depth 5) subscribes best "
+        "effort unless the row says reliable.",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load average at the start: {os.getloadavg()[0]:.1f}",
         f"- command: `scripts/run.sh python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
         "",
