@@ -1,17 +1,32 @@
-"""Command-line options shared by the tools and training scripts that run a :class:`~ssd_ros.detector.Detector`."""
+"""Command-line options shared by the tools and training scripts.
+
+The inference options are for those that run a :class:`~ssd_ros.detector.Detector`; importing the module
+loads no torch (``make_bag`` uses it too).
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ssd_ros.backends import BACKENDS, PRECISIONS
+__all__ = ["add_inference_arguments", "inference_kwargs", "positive_int"]
 
-__all__ = ["add_inference_arguments", "inference_kwargs"]
+
+def positive_int(text: str) -> int:
+    """Argparse type of the tools' counts (``--max-frames``, ``--batch-size``): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend``, ``--precision`` and ``--threads``, as the detector node's parameters of the same meaning."""
+    from ssd_ros.backends import BACKENDS, PRECISIONS  # here: torch only for the tools that run a model
+
     group = parser.add_argument_group("inference backend (see docs/detector_node.md: which to choose)")
     group.add_argument("--backend", choices=BACKENDS, default="torch", help="what runs the network (default: torch)")
     group.add_argument(

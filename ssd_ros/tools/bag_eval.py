@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ssd_ros.camera import PinholeCamera
 from ssd_ros.checkpoint import CheckpointError
-from ssd_ros.cli import add_inference_arguments, inference_kwargs
+from ssd_ros.cli import add_inference_arguments, inference_kwargs, positive_int
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector
 from ssd_ros.drawing import draw_detections
@@ -55,7 +55,6 @@ from ssd_ros.tools.bagio import (
     deserialize,
     open_bag,
     open_writer,
-    positive_int,
     serialize,
 )
 from ssd_ros.tracking import Tracker, TrackerParams

@@ -11,7 +11,6 @@ exactly the definitions the messages were built from.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import importlib.util
@@ -36,17 +35,6 @@ IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 
 class BagToolError(Exception):
     """A problem with a tool's input the user must fix (message names the bag, topic or file)."""
-
-
-def positive_int(text: str) -> int:
-    """Argparse type of the tools' counts (``--max-frames``, ``--batch-size``): an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 @functools.cache

@@ -27,6 +27,7 @@ import numpy as np
 from std_msgs.msg import Header
 from tqdm import tqdm
 
+from ssd_ros.cli import positive_int
 from ssd_ros.image_codec import ImageDecodeError, decode_compressed
 from ssd_ros.ros.images import rgb_to_compressed_msg, rgb_to_image_msg
 from ssd_ros.tools.bagio import (
@@ -36,7 +37,6 @@ from ssd_ros.tools.bagio import (
     BagToolError,
     add_topic,
     open_writer,
-    positive_int,
     serialize,
 )
 
