@@ -220,7 +220,8 @@ class Tracker:
             sizes = np.abs(boxes[:, 2:] - boxes[:, :2])
             ratio = np.abs(np.log(np.maximum(sizes[None, :, :], 1e-6) / predicted_size(predicted)[:, None, :]))
         size_ok = (ratio <= math.log(self.params.track_max_size_change)).all(axis=2)
-        same_class = np.array([[t == d for d in names] for t in self._names], bool).reshape(iou.shape)
+        code = {name: i for i, name in enumerate(dict.fromkeys(self._names + names))}  # compared as integers
+        same_class = np.array([code[n] for n in self._names])[:, None] == np.array([code[n] for n in names])[None, :]
         return np.where(size_ok & same_class, iou, 0.0)
 
     @staticmethod
