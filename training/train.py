@@ -18,8 +18,8 @@ Examples::
 
 Options come from the YAML ``--config`` file (keys are the long option names, with ``-`` or ``_``) and the
 command line; the command line wins. Outputs in ``--output-dir``: ``last.pt`` (full training state, written
-atomically every ``--checkpoint-every`` iterations), ``best.pt`` (highest validation mAP), ``train_log.csv``,
-``val_log.csv``, ``training_curves.png``, ``val_ap.md`` and TensorBoard events under ``tensorboard/``. The
+atomically every ``--checkpoint-every`` iterations), ``best.pt`` (highest validation mAP), ``train_log.csv``
+and ``val_log.csv`` (the log), ``training_curves.png`` (the log drawn, after every validation) and ``val_ap.md``. The
 checkpoints are ssd_ros checkpoints (weights + model card): the detector node and evaluate.py load them.
 
 Exit status: 0 done; 2 a usage or data error (options, ``--config``, dataset, classes, ``--resume``
@@ -196,7 +196,7 @@ def _add_run_options(run: argparse._ArgumentGroup) -> None:
         help="before each evaluation/checkpoint, recompute BatchNorm statistics over this many training batches "
         "(PreciseBN; matters for ssdlite320 on short runs, no-op for ssd300_vgg16)",
     )
-    run.add_argument("--log-every", type=int, default=20, help="write the loss to the CSV/TensorBoard every N")
+    run.add_argument("--log-every", type=int, default=20, help="write the loss to train_log.csv every N")
     run.add_argument("--no-progress", action="store_true", help="no tqdm progress bar (e.g. in batch jobs)")
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
@@ -397,7 +397,6 @@ class _Logs:
 
     train: engine.CsvLog
     val: engine.CsvLog
-    writer: Any  # torch.utils.tensorboard.SummaryWriter
 
 
 class _Throughput:
@@ -452,7 +451,6 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             args.output_dir / "training_curves.png",
             title=f"{args.architecture} on {run.train_split.name}",
         )
-        logs.writer.close()
     if run.context.distributed:
         torch.distributed.destroy_process_group()
     return {
@@ -576,16 +574,12 @@ def _training_batches(run: _Run):
 
 def _open_logs(run: _Run) -> _Logs:
     """Create ``--output-dir`` and its logs (cut back to a resumed iteration), and say what is trained."""
-    from torch.utils.tensorboard import SummaryWriter
-
     args, start = run.args, run.start_iteration
     # Only now: data, classes, weights and --resume are checked, so a mistake leaves no empty folder.
     args.output_dir.mkdir(parents=True, exist_ok=True)
     logs = _Logs(
         train=engine.CsvLog(args.output_dir / "train_log.csv", TRAIN_LOG_FIELDS),
         val=engine.CsvLog(args.output_dir / "val_log.csv", VAL_LOG_FIELDS),
-        # purge_step drops events a crashed run logged after the checkpoint we resume from.
-        writer=SummaryWriter(str(args.output_dir / "tensorboard"), purge_step=start if start else None),
     )
     logs.train.truncate_after(start)
     logs.val.truncate_after(start)
@@ -622,10 +616,6 @@ def _step_and_log(run: _Run, batch, iteration: int, throughput: _Throughput, log
         row = {"iteration": done, "lr": lr, "images_per_s": images_per_s, "skipped": run.guard.total}
         if losses is not None:
             row.update(losses)
-            for key, value in losses.items():
-                logs.writer.add_scalar(f"train/{key}", value, done)
-        logs.writer.add_scalar("train/lr", lr, done)
-        logs.writer.add_scalar("train/images_per_s", images_per_s, done)
         logs.train.write(row)
     return losses
 
@@ -683,7 +673,6 @@ def _validate(run: _Run, done: int, logs: _Logs) -> None:
         {"iteration": done, "map": result.map, "metric": args.val_metric, "images": result.num_images}
         | {"seconds": round(seconds, 1)}
     )
-    logs.writer.add_scalar("val/mAP", result.map, done)
     (output_dir / "val_ap.md").write_text(f"Iteration {done}\n\n{format_ap_table(result)}\n")
     tqdm.write(f"iteration {done}: {run.val_split.name} mAP {100 * result.map:.2f} % ({seconds:.0f} s)")
     if result.map > run.best_map:
