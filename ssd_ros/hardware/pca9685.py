@@ -84,11 +84,6 @@ def ticks_to_us(ticks: float, frequency_hz: float) -> float:
     return ticks * 1e6 / (frequency_hz * TICKS_PER_PERIOD)
 
 
-def us_to_ticks(pulse_us: float, frequency_hz: float) -> int:
-    """Nearest whole tick count for a pulse width in microseconds at ``frequency_hz``."""
-    return round(pulse_us * frequency_hz * TICKS_PER_PERIOD / 1e6)
-
-
 def _check_channel(channel: int) -> None:
     if not 0 <= channel < CHANNELS:
         raise ValueError(f"PCA9685 channel must be 0..{CHANNELS - 1}, got {channel}")
@@ -172,12 +167,6 @@ class Pca9685:
         if not 0.0 <= duty <= 1.0:
             raise ValueError(f"duty must be within 0..1, got {duty}")
         self.set_pulse_ticks(channel, round(duty * TICKS_PER_PERIOD))
-
-    def set_pulse_us(self, channel: int, pulse_us: float) -> int:
-        """Pulse width in microseconds at the chip's actual frequency; returns the ticks written."""
-        ticks = us_to_ticks(pulse_us, self.frequency_hz())
-        self.set_pulse_ticks(channel, ticks)
-        return ticks
 
     def read_channel(self, channel: int) -> int:
         """High ticks per period the channel is producing according to its registers (0..4096)."""
