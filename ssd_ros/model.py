@@ -51,7 +51,6 @@ __all__ = [
     "input_size",
     "load_pretrained_state_dict",
     "normalization",
-    "num_default_boxes",
     "pretrained_cache_path",
     "topk_candidates",
 ]
@@ -170,17 +169,6 @@ def topk_candidates(architecture: str) -> int:
     """Candidates per class that ``architecture``'s post-processing keeps before NMS (torchvision's value)."""
     _check_architecture(architecture)
     return _POSTPROCESS[architecture]["topk_candidates"]
-
-
-def num_default_boxes(architecture: str, default_boxes: Mapping[str, Any] | None = None) -> int:
-    """Total default boxes per image (8732 for the VOC SSD300), computed from the feature-map sizes."""
-    model = build_model(architecture, 2, default_boxes=default_boxes)
-    model.eval()
-    h, w = input_size(architecture)
-    with torch.inference_mode():
-        features = model.backbone(torch.zeros(1, 3, h, w))
-    generator = model.anchor_generator
-    return sum(f.shape[-2] * f.shape[-1] * n for f, n in zip(features.values(), generator.num_anchors_per_location()))
 
 
 def box_generator(config: Mapping[str, Any]) -> DefaultBoxGenerator:
