@@ -72,11 +72,6 @@ class SteeringCalibration:
         limit = self.left_ticks if fraction >= 0 else self.right_ticks
         return round(self.centre_ticks + (limit - self.centre_ticks) * abs(fraction))
 
-    @property
-    def tick_range(self) -> tuple[int, int]:
-        """(lowest, highest) ticks the steering channel may ever be given."""
-        return min(self.left_ticks, self.right_ticks), max(self.left_ticks, self.right_ticks)
-
 
 @dataclass(frozen=True)
 class DriveCalibration:

@@ -46,7 +46,7 @@ def test_asymmetric_and_reversed_servo_calibration():
     cal = steering(centre_ticks=370, left_ticks=280, right_ticks=500)
     assert cal.ticks_for(MAX) == 280 and cal.ticks_for(-MAX) == 500
     assert cal.ticks_for(MAX / 2) == 325 and cal.ticks_for(-MAX / 2) == 435
-    assert cal.tick_range == (280, 500)
+    assert cal.ticks_for(10.0) == 280 and cal.ticks_for(-10.0) == 500, "clamped to the reversed limits"
 
 
 @pytest.mark.parametrize(
