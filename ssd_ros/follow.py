@@ -403,18 +403,15 @@ class FollowController:
     ) -> int | None:
         """Index of the candidate that is the tracked object, or None.
 
-        The candidate with the target's track id, if any. Otherwise (no ids, or the tracker lost it and gave it a
-        new one) a geometric re-association: the reference box is the last one shifted by the image motion the
-        rover's own turning caused since then; candidates of another class, whose width or height differs by more
-        than ``association_max_size_ratio`` (another object at another depth), or whose id was seen beside the
-        target (another object), are not the same object.
+        The candidate with the target's track id, if any (and of its class and size). Otherwise (no ids, or the
+        tracker lost it and gave it a new one) a geometric re-association: the reference box is the last one
+        shifted by the image motion the rover's own turning caused since then; candidates of another class,
+        whose width or height differs by more than ``association_max_size_ratio`` (another object at another
+        depth), or whose id was seen beside the target (another object), are not the same object.
         """
         p, camera = self.params, self.camera
         if not len(boxes):
             return None
-        if track.track_id and track.track_id in ids:
-            i = ids.index(track.track_id)
-            return i if names[i] == track.class_name else None
         reference = track.box.copy()
         if p.compensate_yaw:
             turned = self._yaw_between(track.stamp_s, stamp_s)
@@ -426,6 +423,12 @@ class FollowController:
         sizes = boxes[:, 2:] - boxes[:, :2]
         same_class = np.array([n == track.class_name for n in names])
         size_ok = (np.abs(np.log(sizes / ref_size)) <= math.log(p.association_max_size_ratio)).all(axis=1)
+        if track.track_id and track.track_id in ids:
+            # The class and size gates still apply: a detector that puts something else in Detection2D.id
+            # (a per-frame index) must not switch the target to another object.
+            i = ids.index(track.track_id)
+            if same_class[i] and size_ok[i]:
+                return i
         ious = box_iou(reference, boxes)
         shift = np.abs((boxes[:, 0] + boxes[:, 2]) - (reference[0] + reference[2])) / (2.0 * camera.width_px)
         close = (ious >= p.association_min_iou) | (shift <= p.association_max_shift)

@@ -231,6 +231,15 @@ def test_the_target_is_its_track_id_whatever_the_boxes_say():
     assert controller.track.track_id == "7" and controller.track.box[0] == pytest.approx(far[0], abs=1e-3)
 
 
+def test_an_id_on_a_box_of_another_size_does_not_switch_the_target():
+    """A detector that writes its per-frame index into Detection2D.id: "0" is whichever box comes first."""
+    controller = FollowController(PARAMS)
+    controller.update(tracked((person_box(0, 0.4), 0.9, "person", "0")), 0.0, 0.0)
+    near = person_box(12, 0.9)  # a near person, first in this frame's list
+    controller.update(tracked((near, 0.9, "person", "0"), (person_box(0, 0.4), 0.8, "person", "1")), PERIOD, PERIOD)
+    assert controller.track.box[3] - controller.track.box[1] == pytest.approx(0.4 * 480, abs=1e-3)
+
+
 def test_after_an_occlusion_the_target_is_reacquired_under_a_new_id_never_as_a_person_seen_beside_it():
     controller = FollowController(PARAMS)
     a, b = person_box(0, 0.4), person_box(3, 0.38)  # B beside A, nearly the same size and place
