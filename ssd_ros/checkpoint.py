@@ -218,7 +218,6 @@ class CheckpointPayload:
 # Saving
 
 _PLAIN_SCALARS = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.device, torch.Size)
-_PLAIN_CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set, bytearray)
 
 
 def _check_plain(value: Any, where: str) -> None:
