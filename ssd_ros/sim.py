@@ -25,6 +25,7 @@ from ssd_ros.ackermann import steering_angle
 from ssd_ros.camera import PinholeCamera
 from ssd_ros.detections import Detections
 from ssd_ros.settings import setting
+from ssd_ros.tracking import IdSwitchCounter
 
 
 @dataclass(frozen=True)
@@ -526,20 +527,16 @@ def follow_outcome(trace: Trace, scenario: Scenario) -> FollowOutcome:
     if hidden is not None:
         back = [t for t, name in zip(trace.t, trace.followed) if t >= hidden[1] and name == target]
         reacquired = back[0] - hidden[1] if back else math.nan
-    last_ids: dict[str, str] = {}
-    switches = 0
+    switches = IdSwitchCounter()
     for _, names, ids in trace.frames:
-        for name, track_id in zip(names, ids):
-            if track_id:
-                switches += name in last_ids and last_ids[name] != track_id
-                last_ids[name] = track_id
+        switches.add(zip(names, ids))
     ending = [name for t, name in zip(trace.t, trace.followed) if t >= trace.t[-1] - 1.0]
     return FollowOutcome(
         kept_target=bool(ending) and all(name == target for name in ending),
         taken_over=any(name not in ("", target) for name in trace.followed),
         target_hidden_s=hidden,
         reacquired_after_s=reacquired,
-        id_switches=switches,
+        id_switches=switches.switches,
         duration_s=trace.t[-1] - trace.t[0] if trace.t else 0.0,
     )
 

@@ -112,6 +112,39 @@ def greedy_match(score: np.ndarray, minimum: float) -> list[tuple[int, int]]:
     return pairs
 
 
+class IdSwitchCounter:
+    """Identity switches against ground truth (the MOT benchmarks' IDSW).
+
+    A switch is a true object matched to a track id other than the one it was last matched to. Frames where it
+    is unmatched or its detection has no id do not count; coming back under its old id after another one
+    counts again.
+    """
+
+    def __init__(self) -> None:
+        """No object seen yet."""
+        self.last_id: dict[str, str] = {}
+        self.switches = 0
+        self.matched = 0  # true object instances that matched a detection with an id
+
+    def add(self, pairs) -> None:
+        """One frame's ``(true object id, track id)`` pairs (track id "" = untracked detection)."""
+        for truth, track_id in pairs:
+            if not track_id:
+                continue
+            self.matched += 1
+            self.switches += truth in self.last_id and self.last_id[truth] != track_id
+            self.last_id[truth] = track_id
+
+
+def match_truth(truth_boxes: np.ndarray, boxes: np.ndarray, min_iou: float = 0.5) -> list[tuple[int, int]]:
+    """(truth index, detection index) pairs, greedy by IoU (at least ``min_iou``), each used once."""
+    truth_boxes = np.asarray(truth_boxes, np.float64).reshape(-1, 4)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if not len(truth_boxes) or not len(boxes):
+        return []
+    return greedy_match(np.nan_to_num(iou_matrix(truth_boxes, boxes)), min_iou)
+
+
 def _to_cxcywh(boxes: np.ndarray) -> np.ndarray:
     return np.stack(
         [

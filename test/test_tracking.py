@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ssd_ros.detections import Detections
-from ssd_ros.tracking import Tracker, TrackerParams, greedy_match, iou_matrix
+from ssd_ros.tracking import IdSwitchCounter, Tracker, TrackerParams, greedy_match, iou_matrix, match_truth
 
 PERIOD = 0.1  # 10 Hz frames
 
@@ -166,3 +166,20 @@ def test_cost_with_100_detections_is_far_below_the_frame_time():
     tracked = tracker.update(detections, 5 * PERIOD)
     assert time.perf_counter() - start < 0.02
     assert sum(1 for i in tracked.track_ids if i) == 100
+
+
+def test_id_switches_against_ground_truth_count_changes_of_a_true_objects_track_id():
+    counter = IdSwitchCounter()
+    counter.add([("a", "1"), ("b", "2")])
+    counter.add([("a", ""), ("b", "2")])  # a untracked in this frame: no switch
+    counter.add([("a", "1")])
+    counter.add([("a", "3"), ("b", "1")])  # a switched to 3, b took a's old id: two switches
+    counter.add([("a", "1")])  # back to its old id: counts again
+    assert counter.switches == 3 and counter.matched == 7
+
+
+def test_ground_truth_is_matched_to_detections_by_iou():
+    truth = np.array([box(100, 240), box(400, 240)])
+    found = np.array([box(405, 240), box(600, 240), box(98, 240)])
+    assert sorted(match_truth(truth, found)) == [(0, 2), (1, 0)]
+    assert match_truth(truth, np.zeros((0, 4))) == []
