@@ -496,6 +496,40 @@ def test_track_ids_in_the_output_bag_are_the_core_trackers_and_the_report_counts
     assert tracking["tracks"] == len(lengths) and tracking["track_length_frames"]["max"] == max(lengths.values())
     assert tracking["tracked_detections"] == sum(lengths.values())
     assert f"- tracks: {len(lengths)} (length in frames: mean" in stdout
+    assert tracking["ground_truth"] is None
+
+    # Ground-truth tracks (MOT text): one true object on the longest track's boxes, except one frame where it
+    # lies on another track's box: two identity switches (away and back).
+    arrays = [deserialize_message(raw, Detection2DArray) for _, raw in messages["/detections"]]
+    longest = lengths.most_common(1)[0][0]
+    frames = [k for k, a in enumerate(arrays) if any(d.id == longest for d in a.detections)]
+    detour = next(k for k in frames[1:-1] if any(d.id not in ("", longest) for d in arrays[k].detections))
+    lines = ["# frame, id, left, top, width, height"]
+    for k in frames:
+        wanted = (lambda i: i not in ("", longest)) if k == detour else (lambda i: i == longest)
+        b = next(d.bbox for d in arrays[k].detections if wanted(d.id))
+        x, y = b.center.position.x - b.size_x / 2, b.center.position.y - b.size_y / 2
+        lines.append(f"{k + 1}, 7, {x}, {y}, {b.size_x}, {b.size_y}, 1, -1, -1")
+    truth = tmp_path / "gt.txt"
+    truth.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "with_truth"
+    argv = [source, "--checkpoint", checkpoint, "--out", out, *DETECTOR_ARGS, *low, "--gt-tracks", truth]
+    status, stdout, _ = run_eval(argv, capsys)
+    assert status == 0
+    truth_report = json.loads((out / "bag_eval_report.json").read_text())["tracking"]["ground_truth"]
+    assert truth_report == {
+        "file": str(truth),
+        "objects": 1,
+        "boxes": len(frames),
+        "matched_with_id": len(frames),
+        "id_switches": 2,
+    }
+    assert f"id switches against `{truth}`: 2 (1 objects, {len(frames)} of {len(frames)} boxes" in stdout
+    truth.write_text("1, 7, 10, 10, -5, 20\n")
+    status, _, stderr = run_eval([*argv[:4], tmp_path / "never", *argv[5:]], capsys)
+    assert status == 2 and "gt.txt:1: frame must be >= 1 and the box finite with a positive size" in stderr
+    assert not (tmp_path / "never").exists()
+
     # --no-tracking: empty ids, no tracking report; a bad --track-param is refused before any output.
     untracked = tmp_path / "untracked"
     argv = [source, "--checkpoint", checkpoint, "--out", untracked, *DETECTOR_ARGS, "--no-tracking", "--no-annotated"]

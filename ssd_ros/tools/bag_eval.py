@@ -57,7 +57,7 @@ from ssd_ros.tools.bagio import (
     open_writer,
     serialize,
 )
-from ssd_ros.tracking import Tracker, TrackerParams
+from ssd_ros.tracking import IdSwitchCounter, Tracker, TrackerParams, match_truth
 from ssd_ros.voc import VocAnnotation, VocFormatError, parse_annotation
 from ssd_ros.voc_metric import METRICS, evaluate_detections
 from ssd_ros.voc_report import format_ap_table
@@ -153,6 +153,37 @@ def load_ground_truth(folder: Path, match: str) -> tuple[str, dict]:
         raise BagToolError(str(exc)) from exc
 
 
+def load_gt_tracks(path: Path) -> dict[int, tuple[list[str], np.ndarray]]:
+    """Ground-truth tracks in the MOTChallenge text format: ``frame, id, left, top, width, height[, ...]``.
+
+    ``frame`` counts the image topic's messages from 1 (MOT's convention); returns frame index (from 0) ->
+    (object ids, xyxy boxes). Blank lines and ``#`` comments are skipped; anything else malformed is an error
+    naming the line.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise BagToolError(f"--gt-tracks {path}: {exc}") from exc
+    rows: dict[int, list[tuple[str, list[float]]]] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        try:
+            frame, object_id = int(fields[0]), str(int(float(fields[1])))
+            left, top, width, height = (float(v) for v in fields[2:6])
+        except (IndexError, ValueError):
+            raise BagToolError(
+                f"{path}:{number}: expected 'frame, id, left, top, width, height', got {line!r}"
+            ) from None
+        if frame < 1 or not (width > 0 and height > 0) or not math.isfinite(left + top + width + height):
+            raise BagToolError(f"{path}:{number}: frame must be >= 1 and the box finite with a positive size")
+        rows.setdefault(frame - 1, []).append((object_id, [left, top, left + width, top + height]))
+    if not rows:
+        raise BagToolError(f"--gt-tracks {path}: no ground-truth boxes")
+    return {i: ([o for o, _ in r], np.array([b for _, b in r], np.float64)) for i, r in rows.items()}
+
+
 def read_follower_config(path: Path | None) -> dict:
     """The follower node's parameters from ``path`` (none: an empty mapping); see :func:`read_params_file`."""
     if path is None:
@@ -202,7 +233,9 @@ class FollowerOptions:
 class Evaluation:
     """Streams the bag through decode -> detector -> outputs; holds the writer connections and state."""
 
-    def __init__(self, args, follower: FollowerOptions, reader, writer, detector: Detector, inputs, ground_truth):
+    def __init__(
+        self, args, follower: FollowerOptions, reader, writer, detector: Detector, inputs, ground_truth, gt_tracks=None
+    ):
         image_conn, self.camera_info_conn = inputs  # the image topic's connection and its CameraInfo's, or None
         self.args = args
         self.follower = follower
@@ -225,6 +258,8 @@ class Evaluation:
         self.cmd_conn = add_topic(writer, CMD_VEL_TOPIC, cmd_type)
         self.loop: FollowLoop | None = None  # made at the first good frame (needs the image size)
         self.tracker = tracker_from_args(args)  # None with --no-tracking
+        self.gt_tracks = gt_tracks  # frame index -> (true object ids, boxes), from --gt-tracks
+        self.id_switches = IdSwitchCounter()
         self.next_tick_ns: int | None = None
         self.period_ns = round(1e9 / follower.rate_hz)  # the follower node's timer period
         self.last_image_ns: int | None = None
@@ -297,6 +332,10 @@ class Evaluation:
             ids = [i for i in detections.track_ids if i]
             self.stats.track_frames.update(ids)
             self.stats.tracked_detections += len(ids)
+            if self.gt_tracks is not None and frame.index in self.gt_tracks:
+                truth_ids, truth_boxes = self.gt_tracks[frame.index]
+                pairs = match_truth(truth_boxes, detections.boxes, self.args.iou)
+                self.id_switches.add((truth_ids[t], detections.track_ids[d]) for t, d in pairs)
         self.stats.per_class.update(detections.names)
         self.writer.write(self.detections_conn, frame.bag_ns, serialize(detections_to_msg(detections, frame.header)))
         if self.annotated_conn is not None:
@@ -452,6 +491,9 @@ def run(args) -> tuple[dict, int]:
     the model is loaded.
     """
     ground_truth = load_ground_truth(args.ground_truth, args.gt_match) if args.ground_truth else (None, None)
+    if args.gt_tracks and not args.tracking:
+        raise BagToolError("--gt-tracks counts the tracker's id switches: it cannot go with --no-tracking")
+    gt_tracks = load_gt_tracks(args.gt_tracks) if args.gt_tracks else None
     out = args.out or args.bag.with_name(args.bag.stem + "_eval")
     with open_bag(args.bag) as (reader, salvage_note):
         image_conn = find_image_topic(reader.connections, args.topic)
@@ -463,7 +505,7 @@ def run(args) -> tuple[dict, int]:
         with open_writer(out, args.storage) as writer:
             detector.warmup()  # one-time set-up cost stays out of the latency figures
             inputs = (image_conn, camera_info_conn)
-            evaluation = Evaluation(args, follower, reader, writer, detector, inputs, ground_truth)
+            evaluation = Evaluation(args, follower, reader, writer, detector, inputs, ground_truth, gt_tracks)
             wall_s, fault = stream(args, evaluation, reader, image_conn)
     fault = "; ".join(note for note in (salvage_note, fault) if note) or None
     report = make_report(args, out, detector, image_conn, evaluation, wall_s, fault)
@@ -561,6 +603,19 @@ def _tracking_report(evaluation: Evaluation) -> dict | None:
         },
         "tracked_detections": stats.tracked_detections,
         "tracked_fraction": stats.tracked_detections / detections if detections else 0.0,
+        "ground_truth": None if evaluation.gt_tracks is None else _gt_tracks_report(evaluation),
+    }
+
+
+def _gt_tracks_report(evaluation: Evaluation) -> dict:
+    """Identity switches against ``--gt-tracks`` (true objects matched at ``--iou`` to detections with an id)."""
+    truth = evaluation.gt_tracks
+    return {
+        "file": str(evaluation.args.gt_tracks),
+        "objects": len({o for ids, _ in truth.values() for o in ids}),
+        "boxes": sum(len(ids) for ids, _ in truth.values()),
+        "matched_with_id": evaluation.id_switches.matched,
+        "id_switches": evaluation.id_switches.switches,
     }
 
 
@@ -620,6 +675,12 @@ def format_report(report: dict) -> str:
             f"{length['median']:.0f}, max {length['max']}); {tracking['tracked_detections']} detections "
             f"({100 * tracking['tracked_fraction']:.0f} %) carry a track id"
         )
+        truth = tracking["ground_truth"]
+        if truth is not None:
+            lines.append(
+                f"- id switches against `{truth['file']}`: {truth['id_switches']} ({truth['objects']} objects, "
+                f"{truth['matched_with_id']} of {truth['boxes']} boxes matched to a tracked detection)"
+            )
     if report["replaced_topics"]:
         lines.append(f"- recorded topics replaced by this evaluation: {', '.join(report['replaced_topics'])}")
     for bad in report["bad_frame_examples"]:
@@ -696,6 +757,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME=VALUE",
         help="tracker setting, as the detector node's track_* parameters (e.g. track_high_score=0.4)",
+    )
+    parser.add_argument(
+        "--gt-tracks",
+        type=Path,
+        help="ground-truth tracks (MOTChallenge text: frame from 1, id, left, top, width, height): id switches",
     )
     parser.add_argument("--ground-truth", type=Path, help="folder of VOC XML annotations, one per frame")
     parser.add_argument(
