@@ -526,7 +526,8 @@ class FollowLoop:
     detector still stops the robot). An older frame that was never ticked on is dropped, as a live
     follower would drop it. ``offer`` is the single entry point of frames: frames without track ids (a
     detector with ``tracking`` off, another detector, the simulator's raw detections) go through the loop's
-    own :class:`~ssd_ros.tracking.Tracker` there, so the controller always locks onto a track id. The camera
+    own :class:`~ssd_ros.tracking.Tracker` there, so the controller always locks onto a track id; once a frame
+    came with ids the source is known to track, and its frames without any are left untracked. The camera
     model they are measured in is ``controller.measured_camera`` (from CameraInfo).
 
     It also knows why the robot may never move: :meth:`class_problem` compares the target classes
@@ -538,6 +539,7 @@ class FollowLoop:
         """A loop around a new controller for ``params`` (validated: ``ValueError`` on bad values)."""
         self.controller = FollowController(params)
         self.tracker = Tracker()  # for frames that arrive without track ids
+        self.source_tracks = False  # a frame with track ids arrived: the source tracks, never mix in our ids
         self.last_stamp_s: float | None = None  # stamp of the newest frame offered, for the age in diagnostics
         self.model_classes: tuple[str, ...] | None = None  # the detector's classes, once known
         self.seen_classes: set[str] = set()
@@ -545,7 +547,11 @@ class FollowLoop:
 
     def offer(self, detections: Detections, stamp_s: float | None) -> Detections:
         """A frame arrived: its detections and when the image was taken (None: now); returns them with track ids."""
-        if detections.track_ids is None:
+        if detections.track_ids is not None:
+            self.source_tracks = True
+        elif self.source_tracks:  # all its detections unconfirmed (msg_to_detections gives None for all-empty ids)
+            detections = replace(detections, track_ids=("",) * len(detections))
+        else:
             detections = self.tracker.update(detections, math.nan if stamp_s is None else stamp_s)
         self._pending = (detections, stamp_s)
         self.last_stamp_s = stamp_s

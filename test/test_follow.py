@@ -265,8 +265,11 @@ def test_frames_without_ids_are_tracked_by_the_loop():
         out = loop.offer(frame((person_box(0, 0.4), 0.9, "person")), k * PERIOD)
         loop.tick(k * PERIOD)
     assert out.track_ids == ("1",) and loop.controller.track.track_id == "1"
-    # Ids from the detector are used as they are.
+    # Ids from the detector are used as they are; from then on its frames without ids are its unconfirmed
+    # detections, never given ids from the loop's own tracker (two id spaces would mix).
     assert loop.offer(tracked((person_box(0, 0.4), 0.9, "person", "42")), 3 * PERIOD).track_ids == ("42",)
+    for k in range(4, 8):
+        assert loop.offer(frame((person_box(0, 0.4), 0.9, "person")), k * PERIOD).track_ids == ("",)
 
 
 def test_never_turns_in_place_and_stops_when_too_close():
