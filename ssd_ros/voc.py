@@ -252,10 +252,6 @@ class VocSplit(Sequence):
     def __repr__(self) -> str:
         return f"VocSplit({self.name!r}, {len(self)} images)"
 
-    def annotations(self) -> list[VocAnnotation]:
-        """Parse every annotation, in order."""
-        return [item.annotation() for item in self.items]
-
     @classmethod
     def concat(cls, splits: Iterable[VocSplit]) -> VocSplit:
         """Several splits as one (e.g. VOC07 trainval + VOC12 trainval), in the given order."""

@@ -103,7 +103,7 @@ def test_voc_val_table_and_numbers(voc_val_run):
     assert status == 0, stderr
     rows = table_rows(stdout)
     assert list(rows) == [*VOC_CLASSES, "mAP"]  # a row per class in checkpoint order, then the mAP
-    present = {n for a in split.annotations() for n in a.names}
+    present = {n for item in split for n in item.annotation().names}
     for name in VOC_CLASSES:
         assert (rows[name] == "n/a") == (name not in present), name
     assert 0.0 <= float(rows["mAP"]) <= 1.0
@@ -131,7 +131,7 @@ def test_voc_val_raw_detections_reproduce_the_metric(voc_val_run):
     assert sum(len(d) for d in found) == results["detections"] > 0
     assert max(len(d) for d in found) <= 200  # --max-detections default
     assert min(float(s) for d in found for s in d.scores) >= 0.01  # --score-threshold default
-    again = evaluate_detections(found, split.annotations(), VOC_CLASSES)
+    again = evaluate_detections(found, [item.annotation() for item in split], VOC_CLASSES)
     for entry, c in zip(results["classes"], again.classes):
         assert entry["name"] == c.name
         assert entry["ap"] == (None if math.isnan(c.ap) else pytest.approx(c.ap, abs=1e-12))

@@ -268,7 +268,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(picar_small, tmp_path,
 
 
 def _recall_and_map(detector, split):
-    annotations = split.annotations()
+    annotations = [item.annotation() for item in split]
     detections = detector.detect_batch([load_image_rgb(item.image_path) for item in split])
     result = evaluate_detections(detections, annotations, detector.class_names, metric="allpoint")
     recall = sum(c.true_positives for c in result.classes) / sum(c.npos for c in result.classes)

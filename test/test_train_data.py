@@ -89,7 +89,7 @@ def test_custom_folder_classes_with_spaces():
         ),
     )
     # 370 boxes in the picar data, 336 of them in train/ (the rest in test/).
-    assert dataset.num_objects() == sum(len(a) for a in split.annotations())
+    assert dataset.num_objects() == sum(len(item.annotation()) for item in split)
 
 
 def test_collate_gives_plain_tensors(voc_dataset):

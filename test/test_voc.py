@@ -86,7 +86,7 @@ def test_devkit_trainval_counts():
     # Totals from the data README: 100 images, 273 objects, 38 difficult, 20 classes, 91 persons.
     split = VocSplit.from_devkit(shared_data("voc2012_sample"), "2012/trainval")
     assert len(split) == 100
-    annotations = split.annotations()
+    annotations = [item.annotation() for item in split]
     assert sum(len(a) for a in annotations) == 273
     assert sum(int(a.difficult.sum()) for a in annotations) == 38
     assert sum(a.dropped for a in annotations) == 0
@@ -140,7 +140,7 @@ def test_picar_custom_classes_with_spaces():
     classes = discover_classes([train, test])
     assert classes == PICAR_CLASSES
     # Per-class box counts from the data README (train + test).
-    counts = collections.Counter(n for a in VocSplit.concat([train, test]).annotations() for n in a.names)
+    counts = collections.Counter(n for item in VocSplit.concat([train, test]) for n in item.annotation().names)
     assert counts == {
         "Person": 121,
         "Stop Sign": 69,
