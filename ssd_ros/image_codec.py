@@ -91,16 +91,13 @@ _RAW: dict[str, tuple[int, int | None]] = {
 RAW_ENCODINGS: tuple[str, ...] = tuple(_RAW)
 """Encodings :func:`decode_raw` accepts."""
 
-# The inverse conversions used by encode_raw (RGB -> encoding).
+# The 8-bit encodings encode_raw writes (RGB -> encoding); the nodes and tools publish rgb8 or bgr8.
 _FROM_RGB: dict[str, int | None] = {
     "rgb8": None,
     "bgr8": cv2.COLOR_RGB2BGR,
     "rgba8": cv2.COLOR_RGB2RGBA,
     "bgra8": cv2.COLOR_RGB2BGRA,
     "mono8": cv2.COLOR_RGB2GRAY,
-    "yuv422_yuy2": cv2.COLOR_RGB2YUV_YUY2,
-    "yuv422": cv2.COLOR_RGB2YUV_UYVY,
-    "mono16": cv2.COLOR_RGB2GRAY,
 }
 
 # CompressedImage codecs by the names image_transport and cameras write, -> file extension for OpenCV.
@@ -216,28 +213,17 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise ValueError(f"empty image {rgb.shape}")
 
 
-def encode_raw(
-    rgb: np.ndarray, encoding: str = "rgb8", *, row_padding: int = 0, is_bigendian: bool = False
-) -> tuple[bytes, int]:
-    """``(data, step)`` for a ``sensor_msgs/Image`` holding ``rgb`` in ``encoding`` (for tests and tools).
+def encode_raw(rgb: np.ndarray, encoding: str = "rgb8") -> tuple[bytes, int]:
+    """``(data, step)`` for a ``sensor_msgs/Image`` holding ``rgb`` in an 8-bit ``encoding``, rows unpadded.
 
-    ``row_padding`` extra zero bytes end each row (``step = width * bytes_per_pixel + row_padding``), the
-    layout some camera drivers produce. ``mono16`` stores grey ``g`` as ``g * 257`` (full 16-bit range) in
-    the byte order given by ``is_bigendian``.
+    ``encoding``: ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8`` or ``mono8`` (:func:`decode_raw` reads more).
     """
     _check_rgb(rgb)
     if encoding not in _FROM_RGB:
-        raise ValueError(f"unknown encoding {encoding!r} (supported: {', '.join(RAW_ENCODINGS)})")
-    if row_padding < 0:
-        raise ValueError(f"row_padding must be >= 0, got {row_padding}")
+        raise ValueError(f"unknown encoding {encoding!r} (supported: {', '.join(_FROM_RGB)})")
     conversion = _FROM_RGB[encoding]
     pixels = np.ascontiguousarray(rgb) if conversion is None else cv2.cvtColor(np.ascontiguousarray(rgb), conversion)
-    if encoding == "mono16":
-        pixels = (pixels.astype(np.uint16) * 257).astype(">u2" if is_bigendian else "<u2")
-    height = rgb.shape[0]
-    rows = pixels.reshape(height, -1).view(np.uint8)
-    if row_padding:
-        rows = np.concatenate([rows, np.zeros((height, row_padding), np.uint8)], axis=1)
+    rows = pixels.reshape(rgb.shape[0], -1)
     return rows.tobytes(), rows.shape[1]
 
 

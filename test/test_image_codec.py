@@ -38,6 +38,29 @@ def real_rgb() -> np.ndarray:
     return cv2.cvtColor(bgr[:, : bgr.shape[1] // 2 * 2], cv2.COLOR_BGR2RGB)
 
 
+_YUV422 = {"yuv422_yuy2": cv2.COLOR_RGB2YUV_YUY2, "yuv422": cv2.COLOR_RGB2YUV_UYVY}
+
+
+def encode_any(rgb: np.ndarray, encoding: str, *, row_padding: int = 0, is_bigendian: bool = False):
+    """``(data, step)`` in any encoding decode_raw reads: encode_raw's, plus those only cameras write.
+
+    YUV 4:2:2 and ``mono16`` (grey ``g`` as ``g * 257`` in the ``is_bigendian`` byte order) are made here;
+    ``row_padding`` zero bytes end each row, as some camera drivers align them.
+    """
+    if encoding in _YUV422:
+        pixels = cv2.cvtColor(np.ascontiguousarray(rgb), _YUV422[encoding])
+    elif encoding == "mono16":
+        grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+        pixels = (grey.astype(np.uint16) * 257).astype(">u2" if is_bigendian else "<u2")
+    else:
+        data, step = encode_raw(rgb, encoding)
+        pixels = np.frombuffer(data, np.uint8)
+    rows = pixels.reshape(rgb.shape[0], -1).view(np.uint8)
+    if row_padding:
+        rows = np.concatenate([rows, np.zeros((rows.shape[0], row_padding), np.uint8)], axis=1)
+    return rows.tobytes(), rows.shape[1]
+
+
 def _pad_rows(data: bytes, height: int, step: int, padding: int, fill: int = 0xAB) -> bytes:
     """Append ``padding`` garbage bytes to each row (a driver's aligned rows)."""
     rows = np.frombuffer(data, np.uint8).reshape(height, step)
@@ -85,7 +108,7 @@ def test_yuv422_byte_order(encoding, data):
 
 
 def test_yuy2_real_image_close_to_original(real_rgb):
-    data, step = encode_raw(real_rgb, "yuv422_yuy2")
+    data, step = encode_any(real_rgb, "yuv422_yuy2")
     assert step == real_rgb.shape[1] * 2
     out = decode_raw("yuv422_yuy2", real_rgb.shape[1], real_rgb.shape[0], step, False, data)
     error = np.abs(out.astype(np.int16) - real_rgb.astype(np.int16))
@@ -97,13 +120,13 @@ def test_yuy2_real_image_close_to_original(real_rgb):
 @pytest.mark.parametrize("encoding", sorted(RAW_ENCODINGS))
 def test_row_padding_is_skipped(rgb, encoding):
     image = rgb[:, :50]  # even width for YUV 4:2:2
-    data, step = encode_raw(image, encoding)
+    data, step = encode_any(image, encoding)
     expected = decode_raw(encoding, image.shape[1], image.shape[0], step, False, data)
     padded = _pad_rows(data, image.shape[0], step, padding=13)
     out = decode_raw(encoding, image.shape[1], image.shape[0], step + 13, False, padded)
     np.testing.assert_array_equal(out, expected)
-    # encode_raw's own padding option produces the same layout (zeros instead of garbage).
-    data2, step2 = encode_raw(image, encoding, row_padding=13)
+    # Zero padding instead of garbage: the same image.
+    data2, step2 = encode_any(image, encoding, row_padding=13)
     assert step2 == step + 13
     np.testing.assert_array_equal(decode_raw(encoding, image.shape[1], image.shape[0], step2, False, data2), expected)
 
@@ -120,7 +143,7 @@ def test_mono16_honours_byte_order():
 @pytest.mark.parametrize("is_bigendian", [False, True])
 def test_mono16_round_trip(rgb, is_bigendian):
     grey = np.repeat(rgb[:, :, 1:2], 3, axis=2)
-    data, step = encode_raw(grey, "mono16", is_bigendian=is_bigendian)
+    data, step = encode_any(grey, "mono16", is_bigendian=is_bigendian)
     out = decode_raw("mono16", grey.shape[1], grey.shape[0], step, is_bigendian, data)
     np.testing.assert_array_equal(out, grey)
 
