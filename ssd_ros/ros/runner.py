@@ -94,12 +94,21 @@ def run_node(
         summary = re.sub(r":\w+:`~?([^`]+)`", r"\1", (factory.__doc__ or name).strip().splitlines()[0])  # Sphinx roles
         print(format_help(name, summary, parameters))
         return 0
+    node, status = _start_node(factory, args, logger)
+    if node is None:
+        return status
+    _spin_until_stopped(node, on_stop, logger)
+    return 0
+
+
+def _start_node(factory: Callable[[], NodeT], args: list[str] | None, logger) -> tuple[NodeT | None, int]:
+    """Initialise rclpy and build the node: ``(node, 0)``, or ``(None, exit status)`` when it does not start."""
     try:
         # rclpy's own signal handlers would shut the context down before ``on_stop`` could publish.
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as error:  # noqa: BLE001 - rclpy's (private) RCLError, e.g. a malformed --ros-args rule
         logger.fatal(f"cannot start: {error}")
-        return 1
+        return None, 1
     for signum in STOP_SIGNALS:  # while building (loading a model can take seconds): a plain interrupt
         signal.signal(signum, signal.default_int_handler)
     try:
@@ -113,11 +122,15 @@ def run_node(
     ) as error:
         logger.fatal(f"cannot start: {error}")
         rclpy.try_shutdown()
-        return 1
+        return None, 1
     except KeyboardInterrupt:
         rclpy.try_shutdown()
-        return 0
+        return None, 0
+    return node, 0
 
+
+def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], None] | None, logger) -> None:
+    """Spin until a stop signal, then run ``on_stop`` with further signals ignored and release everything."""
     # While spinning, a signal only raises a flag: an exception injected into rclpy's C++ bindings (in the
     # middle of taking a message) would surface there as an unrelated RuntimeError and a traceback.
     stop = []
@@ -144,4 +157,3 @@ def run_node(
                 logger.error(f"final safe action failed: {type(error).__name__}: {error}")
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
