@@ -184,11 +184,6 @@ class Tracker:
         self._stamp_s: float | None = None
         self._next_id = 1
 
-    @property
-    def confirmed_ids(self) -> list[str]:
-        """Ids of the live confirmed tracks, oldest first."""
-        return [i for i in self._ids if i]
-
     def update(self, detections: Detections, stamp_s: float) -> Detections:
         """Track one frame taken at ``stamp_s`` (seconds); the same detections with ``track_ids`` set.
 
