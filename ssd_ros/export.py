@@ -131,8 +131,8 @@ def quantize_int8(
     """Static int8 QDQ quantisation of an fp32 export, calibrated on RGB uint8 images; returns the ONNX bytes.
 
     The images go through the detector's own :func:`~ssd_ros.inference.preprocess`, so the calibration sees
-    exactly the activations inference will. Weights are quantised per output channel (symmetric int8),
-    activations per tensor (uint8, min/max over the calibration set).
+    exactly the activations inference will. Convolutions are quantised: weights per output channel
+    (symmetric int8), activations per tensor (uint8, min/max over the calibration set).
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -166,6 +166,10 @@ def quantize_int8(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            # Convolutions only (nearly all the arithmetic): quantising the head's Concat/Reshape too puts the
+            # class logits of every feature map into one per-tensor range, and a trained SSD300 then lost all
+            # of its detections (AP 0.29 -> 0.00; with convolutions only 0.26, 91% of detections kept).
+            op_types_to_quantize=["Conv"],
         )
         import onnx
 
