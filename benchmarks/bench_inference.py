@@ -203,7 +203,8 @@ def main() -> int:
         f"bf16 units: {'yes' if cpu_has_bf16() else 'no (OpenVINO bf16 falls back to fp32)'}",
         f"- torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}, "
         f"Python {platform.python_version()}",
-        f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} real rover frame; weights: random init unless stated; "
+        f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} real rover frame; weights: "
+        f"{', '.join(f'`{c}`' for c in args.checkpoints) or 'random init'} (speed does not depend on them); "
         "int8 calibrated on 32 rover frames (not the agreement frames)",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; command: `scripts/run.sh python benchmarks/"
         f"{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
