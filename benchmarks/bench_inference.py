@@ -183,82 +183,89 @@ def node_round_trips(files: dict[str, Path], backend: str, precision: str, threa
         node.close()
 
 
-def main() -> int:
-    args = parse_args()
-    from ssd_ros.backends import cpu_has_bf16, cpu_summary
-
-    os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain_id)
-    args.rgb = rgb = test_frame()
-    cores = os.cpu_count() or 1
-    thread_counts = sorted({1, cores})
-    cpu = cpu_summary()
-    workdir = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+def header(args, rgb: np.ndarray) -> list[str]:
+    """What ran where: CPU and its SIMD features, library versions, frame, weights, command."""
     import onnxruntime
     import openvino
 
-    lines = [
+    from ssd_ros.backends import cpu_has_bf16, cpu_summary
+
+    cpu = cpu_summary()
+    return [
         "# Inference backends benchmark",
         "",
-        f"- CPU: {cpu['model']}, {cores} cores; SIMD: {', '.join(cpu['features']) or 'none of interest'}; "
+        f"- CPU: {cpu['model']}, {cpu['cores']} cores; SIMD: {', '.join(cpu['features']) or 'none of interest'}; "
         f"bf16 units: {'yes' if cpu_has_bf16() else 'no (OpenVINO bf16 falls back to fp32)'}",
         f"- torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}, "
         f"Python {platform.python_version()}",
         f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} real rover frame; weights: "
         f"{', '.join(f'`{c}`' for c in args.checkpoints) or 'random init'} (speed does not depend on them); "
         "int8 calibrated on 32 rover frames (not the agreement frames)",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; command: `scripts/run.sh python benchmarks/"
-        f"{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load average at the start: {os.getloadavg()[0]:.1f}; "
+        f"command: `scripts/run.sh python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
         "- Times are wall-clock p50 (p95) in ms on a shared machine; ratios are against torch fp32 measured in the",
         "  same loop (interleaved call by call), so load from other processes hits every configuration alike.",
         "",
     ]
+
+
+def speed_section(files: dict[str, Path], threads: int, args, workdir: Path) -> tuple[list[str], dict]:
+    """The speed table at one thread count, and the node's p50 per configuration."""
+    samples = in_process(files, threads, args.rgb, args.iterations)
+    reference_network = percentiles(samples["torch fp32"]["network"])[0]
+    reference_call = percentiles(samples["torch fp32"]["call"])[0]
+    lines = [
+        f"### {threads} thread(s)",
+        "",
+        "| backend | precision (runs as) | network p50 (p95) | speed-up | `Detector` call p50 (p95) | speed-up "
+        "| node end to end p50 (p95) | node / network | node speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    node_times, reference_node = {}, None
+    for name, sample in samples.items():
+        backend, precision = name.split()
+        (n50, n95), (c50, c95) = percentiles(sample["network"]), percentiles(sample["call"])
+        result = node_round_trips(files, backend, precision, threads, args, workdir)
+        if result is None:
+            node_cells = "n/a | n/a | n/a"
+        else:
+            (e50, e95) = result
+            reference_node = reference_node or e50
+            node_times[(name, threads)] = e50
+            node_cells = f"{e50:.1f} ({e95:.1f}) | {e50 / n50:.2f} | {reference_node / e50:.1f}x"
+        lines.append(
+            f"| {backend} | {precision} ({sample['precision']}) | {n50:.1f} ({n95:.1f}) | "
+            f"{reference_network / n50:.1f}x | {c50:.1f} ({c95:.1f}) | {reference_call / c50:.1f}x | {node_cells} |"
+        )
+    return [*lines, ""], node_times
+
+
+def main() -> int:
+    args = parse_args()
+    os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain_id)
+    args.rgb = test_frame()
+    workdir = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+    lines = header(args, args.rgb)
     checkpoints = dict(zip(args.architectures, args.checkpoints))
     summary = []
     for architecture in args.architectures:
         files = make_models(architecture, checkpoints.get(architecture), workdir)
         lines += [f"## {architecture}", ""]
         node_times = {}
-        for threads in thread_counts:
-            samples = in_process(files, threads, rgb, args.iterations)
-            reference_network = percentiles(samples["torch fp32"]["network"])[0]
-            reference_call = percentiles(samples["torch fp32"]["call"])[0]
-            lines += [
-                f"### {threads} thread(s)",
-                "",
-                "| backend | precision (runs as) | network p50 (p95) | speed-up | `Detector` call p50 (p95) | speed-up "
-                "| node end to end p50 (p95) | node / network | node speed-up |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-            ]
-            reference_node = None
-            for name, sample in samples.items():
-                backend, precision = name.split()
-                (n50, n95), (c50, c95) = percentiles(sample["network"]), percentiles(sample["call"])
-                result = node_round_trips(files, backend, precision, threads, args, workdir)
-                if result is None:
-                    node_cells = "n/a | n/a | n/a"
-                else:
-                    (e50, e95) = result
-                    reference_node = reference_node or e50
-                    node_times[(name, threads)] = e50
-                    node_cells = f"{e50:.1f} ({e95:.1f}) | {e50 / n50:.2f} | {reference_node / e50:.1f}x"
-                lines.append(
-                    f"| {backend} | {precision} ({sample['precision']}) | {n50:.1f} ({n95:.1f}) | "
-                    f"{reference_network / n50:.1f}x | {c50:.1f} ({c95:.1f}) | {reference_call / c50:.1f}x | "
-                    f"{node_cells} |"
-                )
-            lines.append("")
-        parts = frame_path_parts(files, rgb, args.iterations)
+        for threads in sorted({1, os.cpu_count() or 1}):
+            section, times = speed_section(files, threads, args, workdir)
+            lines += section
+            node_times.update(times)
+        parts = frame_path_parts(files, args.rgb, args.iterations)
         lines += ["### The frame path around the network (1 thread, p50 ms)", "", "| step | ms |", "|---|---:|"]
         lines += [f"| {name} | {ms:.2f} |" for name, ms in parts.items()]
         lines.append("")
-
         if args.agreement_frames and architecture in checkpoints:
             lines += agreement_section(files, args.agreement_frames)
         best_name, best_threads = min(node_times, key=node_times.get)
-        backend, precision = best_name.split()
         speedup = node_times[("torch fp32", best_threads)] / node_times[(best_name, best_threads)]
         summary.append((architecture, best_name, best_threads, node_times[(best_name, best_threads)], speedup))
-        lines += stream_section(files, backend, precision, best_threads, args, workdir)
+        lines += stream_section(files, *best_name.split(), best_threads, args, workdir)
         print("\n".join(lines), flush=True)
 
     lines += ["## Summary: the fastest node configuration per architecture", ""]
@@ -267,8 +274,7 @@ def main() -> int:
         f"**{speedup:.1f}x** the torch fp32 node at the same thread count"
         for arch, name, threads, ms, speedup in summary
     ]
-    lines.append("")
-    write_report(lines, args.out)
+    write_report([*lines, ""], args.out)
     return 0
 
 
