@@ -267,6 +267,15 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(picar_small, tmp_path,
         read_checkpoint_payload(tmp_path / "missing.pt")
 
 
+def test_start_removes_what_a_killed_save_left(picar_small, tmp_path):
+    """A run killed mid-save (SIGKILL, power loss) leaves a temp file; the next run's start removes it."""
+    dead_pid = 2**22 + 1  # above the largest pid Linux can hand out: no such process
+    leftover = tmp_path / f".last.pt.{dead_pid}.deadbeef.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    train.train(_args(picar_small, tmp_path, "--iterations", "1", "--batch-size", "2", "--checkpoint-every", "1000"))
+    assert not leftover.exists()
+
+
 def _recall_and_map(detector, split):
     annotations = [item.annotation() for item in split]
     detections = detector.detect_batch([load_image_rgb(item.image_path) for item in split])

@@ -45,7 +45,13 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ssd_ros.checkpoint import CheckpointError, ModelCard, read_checkpoint_payload, save_checkpoint
+from ssd_ros.checkpoint import (
+    CheckpointError,
+    ModelCard,
+    read_checkpoint_payload,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
 from ssd_ros.detector import Detector, resolve_device
 from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, WeightsUnavailableError, build_model, input_size
 from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
@@ -577,6 +583,8 @@ def _open_logs(run: _Run) -> _Logs:
     args, start = run.args, run.start_iteration
     # Only now: data, classes, weights and --resume are checked, so a mistake leaves no empty folder.
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("last.pt", "best.pt"):  # what a run killed mid-save left (the next save would, too)
+        remove_stale_temp_files(args.output_dir / name)
     logs = _Logs(
         train=engine.CsvLog(args.output_dir / "train_log.csv", TRAIN_LOG_FIELDS),
         val=engine.CsvLog(args.output_dir / "val_log.csv", VAL_LOG_FIELDS),
