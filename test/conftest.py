@@ -81,3 +81,33 @@ def forged_png(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     pixels = chunk(b"IDAT", zlib.compress(bytes(64)))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + pixels + chunk(b"IEND", b"")
+
+
+def lively_ssdlite(num_classes: int = 21):
+    """An untrained SSDlite whose scores spread (torchvision's std-0.03 init gives every box the same score)."""
+    import torch
+
+    from ssd_ros.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("ssdlite320_mobilenet_v3", num_classes)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model
+
+
+def assert_same_detections(reference, other, *, box_px: float, score: float) -> None:
+    """Each ``reference`` detection has its own counterpart in ``other``: same class, box and score close.
+
+    Matched as sets (greedy by box distance), since near-equal scores may swap places between two runtimes.
+    """
+    import numpy as np
+
+    assert len(other) == len(reference), (len(other), len(reference))
+    free = np.ones(len(other), bool)
+    for box, s, label in zip(reference.boxes, reference.scores, reference.labels):
+        distance = np.abs(other.boxes - box).max(axis=1)
+        candidates = free & (other.labels == label) & (np.abs(other.scores - s) <= score) & (distance <= box_px)
+        assert candidates.any(), f"no counterpart for {label} {s:.4f} {box}"
+        free[np.flatnonzero(candidates)[np.argmin(distance[candidates])]] = False

@@ -16,8 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import EXECUTABLES, shared_data
-from torch import nn
+from conftest import EXECUTABLES, assert_same_detections, lively_ssdlite, shared_data
 from torchvision.models.detection import ssd300_vgg16
 
 from ssd_ros.backends import cpu_has_bf16
@@ -41,37 +40,12 @@ def _images() -> list[np.ndarray]:
     return [load_image_rgb(p) for p in paths]
 
 
-def assert_same_detections(reference: Detections, other: Detections, *, box_px: float, score: float) -> None:
-    """Each reference detection has its own counterpart in ``other``: same class, boxes and scores close.
-
-    Matched as sets (greedy by box distance): near-equal scores may swap places between runtimes.
-    """
-    assert len(other) == len(reference), (len(other), len(reference))
-    free = np.ones(len(other), bool)
-    for box, s, label in zip(reference.boxes, reference.scores, reference.labels):
-        distance = np.abs(other.boxes - box).max(axis=1)
-        candidates = free & (other.labels == label) & (np.abs(other.scores - s) <= score) & (distance <= box_px)
-        assert candidates.any(), f"no counterpart for {label} {s:.4f} {box}"
-        best = np.flatnonzero(candidates)[np.argmin(distance[candidates])]
-        free[best] = False
-
-
-def _lively_ssdlite(num_classes: int) -> nn.Module:
-    """An untrained SSDlite with a spread of outputs (torchvision's std-0.03 init makes them vanish)."""
-    torch.manual_seed(0)
-    model = build_model("ssdlite320_mobilenet_v3", num_classes)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    return model
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Untrained SSD300 and SSDlite checkpoints (real checkpoint files)."""
     folder = tmp_path_factory.mktemp("untrained")
     torch.manual_seed(0)
-    models = {"ssd300_vgg16": build_model("ssd300_vgg16", 21), "ssdlite320_mobilenet_v3": _lively_ssdlite(21)}
+    models = {"ssd300_vgg16": build_model("ssd300_vgg16", 21), "ssdlite320_mobilenet_v3": lively_ssdlite(21)}
     paths = {}
     for architecture, model in models.items():
         paths[architecture] = save_checkpoint(

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import lively_ssdlite
 from torch import nn
 from torchvision.models.detection.ssd import SSD300_VGG16_Weights
 from torchvision.transforms.functional import to_tensor
@@ -69,19 +70,10 @@ def vgg(vgg_checkpoint) -> Detector:
     return _with_reference(Detector.from_checkpoint(vgg_checkpoint, device="cpu"), load_checkpoint(vgg_checkpoint)[0])
 
 
-def _lively_ssdlite(num_classes: int = len(VOC_CLASSES) + 1) -> nn.Module:
-    torch.manual_seed(0)
-    model = build_model("ssdlite320_mobilenet_v3", num_classes)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    return model
-
-
 @pytest.fixture(scope="module")
 def lite(tmp_path_factory) -> Detector:
     path = tmp_path_factory.mktemp("det") / "lite.pt"
-    save_checkpoint(path, _lively_ssdlite(), ModelCard.for_architecture("ssdlite320_mobilenet_v3", VOC_CLASSES))
+    save_checkpoint(path, lively_ssdlite(), ModelCard.for_architecture("ssdlite320_mobilenet_v3", VOC_CLASSES))
     return _with_reference(Detector.from_checkpoint(path, device="cpu", warmup_runs=0), load_checkpoint(path)[0])
 
 
@@ -240,7 +232,7 @@ def test_bad_images_raise_value_error(lite, image, message):
 
 def test_label_map_drops_unused_outputs_and_reports_coco_names(voc_image):
     """The COCO wrapping: 91 outputs, 80 names; background and "N/A" ids never reach the caller."""
-    model = _lively_ssdlite(num_classes=91)
+    model = lively_ssdlite(num_classes=91)
     names, label_map = coco_class_names(), coco_label_map()
     detector = Detector(model, names, label_map=label_map, device="cpu", warmup_runs=0, max_detections=300)
     _with_reference(detector, model)
@@ -255,7 +247,7 @@ def test_label_map_drops_unused_outputs_and_reports_coco_names(voc_image):
 
 
 def test_constructor_checks(voc_image):
-    model = _lively_ssdlite(num_classes=4)
+    model = lively_ssdlite(num_classes=4)
     with pytest.raises(ValueError, match="4 outputs .* 20 class names"):
         Detector(model, VOC_CLASSES, device="cpu", warmup_runs=0)
     with pytest.raises(ValueError, match="label_map"):
