@@ -200,8 +200,10 @@ def closed_loop(probe, launch, scenario, sim_seconds, **sim_params):
         {},  # the Pi camera at 640x480, as the follower is configured
         # Another camera: only its CameraInfo tells the follower (configured for 640x480 at 62 deg).
         {"image_width": 1280, "image_height": 720, "camera_hfov_deg": 75.0},
+        # The rover video's size: boxes in a 320x240 image must not be read as 640x480 pixels.
+        {"image_width": 320, "image_height": 240, "camera_hfov_deg": 62.0},
     ],
-    ids=["640x480", "1280x720_camera_info"],
+    ids=["640x480", "1280x720_camera_info", "320x240_camera_info"],
 )
 def test_converges_from_25deg_off_axis_at_twice_the_distance(probe, launch, tmp_path, camera):
     track, commands = closed_loop(probe, launch, "static", 30.0, **camera)

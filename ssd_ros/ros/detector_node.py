@@ -48,7 +48,7 @@ from ssd_ros.tracking import Tracker, TrackerParams
 DETECTOR_SETTINGS = ("score_threshold", "nms_iou", "max_detections", "class_filter")
 RUNTIME = (*DETECTOR_SETTINGS, "publish_annotated")
 
-WARNING_INTERVAL_S = 5.0  # per kind of bad input
+WARNING_INTERVAL_S = 5.0  # at most one bad-input warning and one processing error per interval
 DIAGNOSTICS_PERIOD_S = 1.0
 STATS_WINDOW = 100  # inference times / image ages kept for the percentiles
 
@@ -153,8 +153,6 @@ class DetectorNode(Node):
         self._inference_s: deque[float] = deque(maxlen=STATS_WINDOW)
         self._age_s: deque[float] = deque(maxlen=STATS_WINDOW)
         self._last_problem = ""
-        self._warned_at: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
         # (start, received, processed, bad, failed) at the start of the current rate window
         self._window = (time.monotonic(), 0, 0, 0, 0)
 
@@ -256,7 +254,11 @@ class DetectorNode(Node):
                 self._received += 1
                 self._bad += 1
                 self._last_problem = problem
-            self._warn_bad_input(problem, msg.header.frame_id)
+            # Every bad frame is counted in diagnostics; the log says what is wrong, not how often.
+            self.get_logger().warning(
+                f"bad image in frame {msg.header.frame_id!r} dropped: {problem}",
+                throttle_duration_sec=WARNING_INTERVAL_S,
+            )
             return
         with self._lock:
             self._received += 1
@@ -264,18 +266,6 @@ class DetectorNode(Node):
                 self._dropped += 1
             self._pending = _Frame(msg.header, rgb)
             self._lock.notify()
-
-    def _warn_bad_input(self, problem: str, frame_id: str) -> None:
-        """Warn once per WARNING_INTERVAL_S for each kind of problem (the text before its first ':')."""
-        kind = problem.split(":", 1)[0].split(" (", 1)[0]
-        now = time.monotonic()
-        if now - self._warned_at.get(kind, -WARNING_INTERVAL_S) < WARNING_INTERVAL_S:
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        suppressed = self._suppressed.pop(kind, 0)
-        self._warned_at[kind] = now
-        more = f" ({suppressed} more like it suppressed)" if suppressed else ""
-        self.get_logger().warning(f"bad image in frame {frame_id!r} dropped: {problem}{more}")
 
     # --- worker -----------------------------------------------------------------------------------------
 
