@@ -37,7 +37,12 @@ from ssd_ros.inference import postprocess, preprocess
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 
-__all__ = ["Detector", "resolve_device", "validate_image"]
+LIVE_SETTINGS = {"score_threshold": 0.3, "nms_iou": 0.45, "max_detections": 100}
+"""What the robot reports by default (the detector node, ``bag_eval``, the Detector's own defaults)."""
+EVALUATION_SETTINGS = {"score_threshold": 0.01, "nms_iou": 0.45, "max_detections": 200}
+"""The SSD paper's VOC evaluation setting: every detection down to 0.01, at most 200 per image."""
+
+__all__ = ["EVALUATION_SETTINGS", "LIVE_SETTINGS", "Detector", "resolve_device", "validate_image"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -110,9 +115,9 @@ class Detector:
         model: nn.Module | Any,
         class_names: Sequence[str],
         *,
-        score_threshold: float = 0.3,
-        nms_iou: float = 0.45,
-        max_detections: int = 100,
+        score_threshold: float = LIVE_SETTINGS["score_threshold"],
+        nms_iou: float = LIVE_SETTINGS["nms_iou"],
+        max_detections: int = LIVE_SETTINGS["max_detections"],
         class_filter: Iterable[str] | None = None,
         device: str | torch.device = "auto",
         label_map: Sequence[int] | None = None,

@@ -38,7 +38,7 @@ import numpy as np
 from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.cli import add_inference_arguments, inference_kwargs
 from ssd_ros.detections import Detections
-from ssd_ros.detector import Detector, resolve_device
+from ssd_ros.detector import EVALUATION_SETTINGS, Detector, resolve_device
 from ssd_ros.voc import VocFormatError, VocItem, VocSplit, load_image_rgb
 from ssd_ros.voc_metric import METRICS, VocEvaluation, evaluate_detections
 from ssd_ros.voc_report import format_ap_table, plot_pr_curves
@@ -81,9 +81,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metric", choices=METRICS, default="11point", help="11point = VOC2007, allpoint = VOC2010+")
     parser.add_argument("--iou", type=float, default=0.5, help="a detection matches when IoU is strictly above this")
     parser.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda or cuda:N")
-    parser.add_argument("--score-threshold", type=float, default=0.01, help="keep detections scoring above this")
-    parser.add_argument("--nms-iou", type=float, default=0.45, help="per-class non-maximum suppression IoU")
-    parser.add_argument("--max-detections", type=int, default=200, help="detections kept per image")
+    paper = EVALUATION_SETTINGS
+    parser.add_argument(
+        "--score-threshold", type=float, default=paper["score_threshold"], help="keep detections scoring above this"
+    )
+    parser.add_argument("--nms-iou", type=float, default=paper["nms_iou"], help="per-class non-maximum suppression IoU")
+    parser.add_argument("--max-detections", type=int, default=paper["max_detections"], help="detections kept per image")
     parser.add_argument("--batch-size", type=int, default=8, help="images per detector call")
     parser.add_argument("--workers", type=int, default=2, help="image-loading threads")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")

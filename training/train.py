@@ -52,7 +52,7 @@ from ssd_ros.checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from ssd_ros.detector import Detector, resolve_device
+from ssd_ros.detector import EVALUATION_SETTINGS, Detector, resolve_device
 from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, WeightsUnavailableError, build_model, input_size
 from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
 from ssd_ros.voc_metric import METRICS, evaluate_detections
@@ -290,22 +290,14 @@ def evaluate(
 ):
     """VOC AP of ``model`` on ``dataset`` through the product's own Detector and metric (as evaluate.py).
 
-    The Detector keeps every detection down to score 0.01 (up to 200 per image, NMS 0.45), the SSD
-    paper's evaluation setting. Returns the :class:`~ssd_ros.voc_metric.VocEvaluation`.
+    The Detector runs the SSD paper's evaluation setting (:data:`~ssd_ros.detector.EVALUATION_SETTINGS`).
+    Returns the :class:`~ssd_ros.voc_metric.VocEvaluation`.
     """
     indices = list(range(len(dataset)))
     if 0 < max_images < len(indices):  # evenly spaced, first and last included
         step = (len(dataset) - 1) / max(max_images - 1, 1)
         indices = sorted({round(i * step) for i in range(max_images)})
-    detector = Detector(
-        model,
-        dataset.class_names,
-        score_threshold=0.01,
-        nms_iou=0.45,
-        max_detections=200,
-        device=device,
-        warmup_runs=0,
-    )
+    detector = Detector(model, dataset.class_names, device=device, warmup_runs=0, **EVALUATION_SETTINGS)
     # evaluate.py's loop: images decode in threads while the model runs.
     detections = detect_split(detector, [dataset.split[i] for i in indices], batch_size=batch_size, progress=False)
     annotations = [dataset.annotations[i] for i in indices]

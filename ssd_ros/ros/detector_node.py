@@ -33,7 +33,7 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from ssd_ros.checkpoint import CheckpointError
-from ssd_ros.detector import Detector
+from ssd_ros.detector import LIVE_SETTINGS, Detector
 from ssd_ros.drawing import draw_detections
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.model import WeightsUnavailableError
@@ -80,9 +80,11 @@ PARAMETERS: ParameterTable = {
         read_only=True,
     ),
     "device": param("auto", "inference device: auto | cpu | cuda | cuda:N (restart required)", read_only=True),
-    "score_threshold": param(0.3, "minimum detection score in [0, 1]", limits=(0.0, 1.0)),
-    "nms_iou": param(0.45, "IoU above which same-class boxes are suppressed, in [0, 1]", limits=(0.0, 1.0)),
-    "max_detections": param(100, "most detections per image (>= 1)", limits=(1, 10000)),
+    "score_threshold": param(LIVE_SETTINGS["score_threshold"], "minimum detection score in [0, 1]", limits=(0.0, 1.0)),
+    "nms_iou": param(
+        LIVE_SETTINGS["nms_iou"], "IoU above which same-class boxes are suppressed, in [0, 1]", limits=(0.0, 1.0)
+    ),
+    "max_detections": param(LIVE_SETTINGS["max_detections"], "most detections per image (>= 1)", limits=(1, 10000)),
     "class_filter": param(STRING_ARRAY, "class names to report (empty: all classes of the model)"),
     "image_topic": param(
         "image_raw",

@@ -38,7 +38,7 @@ from ssd_ros.camera import PinholeCamera
 from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.cli import add_inference_arguments, inference_kwargs, positive_int
 from ssd_ros.detections import Detections
-from ssd_ros.detector import Detector
+from ssd_ros.detector import LIVE_SETTINGS, Detector
 from ssd_ros.drawing import draw_detections
 from ssd_ros.follow import Command, FollowLoop, FollowParams, class_mismatch, params_from_mapping
 from ssd_ros.image_codec import ImageDecodeError
@@ -717,9 +717,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output bag folder, must not exist (default: <bag>_eval)")
     parser.add_argument("--storage", choices=sorted(STORAGE_PLUGINS), default="mcap", help="output storage format")
     parser.add_argument("--report", type=Path, help="JSON report path (default: <out>/bag_eval_report.json)")
-    parser.add_argument("--score-threshold", type=float, default=0.3, help="as the detector node (default 0.3)")
-    parser.add_argument("--nms-iou", type=float, default=0.45, help="as the detector node (default 0.45)")
-    parser.add_argument("--max-detections", type=int, default=100, help="as the detector node (default 100)")
+    same = "as the detector node (default %(default)s)"
+    parser.add_argument("--score-threshold", type=float, default=LIVE_SETTINGS["score_threshold"], help=same)
+    parser.add_argument("--nms-iou", type=float, default=LIVE_SETTINGS["nms_iou"], help=same)
+    parser.add_argument("--max-detections", type=int, default=LIVE_SETTINGS["max_detections"], help=same)
     parser.add_argument("--class-filter", nargs="+", help="report only these classes")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     add_inference_arguments(parser)
