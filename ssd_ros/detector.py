@@ -33,6 +33,7 @@ from ssd_ros.backends import (
 )
 from ssd_ros.checkpoint import ModelCard, check_card, load_checkpoint, load_coco_pretrained
 from ssd_ros.detections import Detections
+from ssd_ros.image_codec import validate_image
 from ssd_ros.inference import postprocess, preprocess
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
@@ -42,7 +43,7 @@ LIVE_SETTINGS = {"score_threshold": 0.3, "nms_iou": 0.45, "max_detections": 100}
 EVALUATION_SETTINGS = {"score_threshold": 0.01, "nms_iou": 0.45, "max_detections": 200}
 """The SSD paper's VOC evaluation setting: every detection down to 0.01, at most 200 per image."""
 
-__all__ = ["EVALUATION_SETTINGS", "LIVE_SETTINGS", "Detector", "resolve_device", "validate_image"]
+__all__ = ["EVALUATION_SETTINGS", "LIVE_SETTINGS", "Detector", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -64,21 +65,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return resolved
-
-
-def validate_image(image: Any, what: str = "image") -> np.ndarray:
-    """Return ``image`` if it is an RGB uint8 HxWx3 numpy array, else raise ValueError saying why."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"{what} must be a numpy array (RGB uint8 HxWx3), got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"{what} must be uint8 (RGB 0..255, HxWx3), got dtype {image.dtype}")
-    if image.ndim != 3:
-        raise ValueError(f"{what} must have 3 dimensions (HxWx3 RGB), got shape {image.shape}")
-    if image.shape[2] != 3:
-        raise ValueError(f"{what} must have 3 channels (RGB, HxWx3), got shape {image.shape}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"{what} is empty: shape {image.shape}")
-    return image
 
 
 class Detector:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 import cv2
 import numpy as np
@@ -46,6 +47,7 @@ __all__ = [
     "decode_raw",
     "encode_compressed",
     "encode_raw",
+    "validate_image",
 ]
 
 
@@ -205,12 +207,19 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _check_rgb(rgb: np.ndarray) -> None:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
-        raise ValueError(f"expected an RGB uint8 (H, W, 3) array, got {got}")
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError(f"empty image {rgb.shape}")
+def validate_image(image: Any, what: str = "image") -> np.ndarray:
+    """Return ``image`` if it is an RGB uint8 HxWx3 numpy array, else raise ValueError saying why."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{what} must be a numpy array (RGB uint8 HxWx3), got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8 (RGB 0..255, HxWx3), got dtype {image.dtype}")
+    if image.ndim != 3:
+        raise ValueError(f"{what} must have 3 dimensions (HxWx3 RGB), got shape {image.shape}")
+    if image.shape[2] != 3:
+        raise ValueError(f"{what} must have 3 channels (RGB, HxWx3), got shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"{what} is empty: shape {image.shape}")
+    return image
 
 
 def encode_raw(rgb: np.ndarray, encoding: str = "rgb8") -> tuple[bytes, int]:
@@ -218,7 +227,7 @@ def encode_raw(rgb: np.ndarray, encoding: str = "rgb8") -> tuple[bytes, int]:
 
     ``encoding``: ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8`` or ``mono8`` (:func:`decode_raw` reads more).
     """
-    _check_rgb(rgb)
+    validate_image(rgb)
     if encoding not in _FROM_RGB:
         raise ValueError(f"unknown encoding {encoding!r} (supported: {', '.join(_FROM_RGB)})")
     conversion = _FROM_RGB[encoding]
@@ -229,7 +238,7 @@ def encode_raw(rgb: np.ndarray, encoding: str = "rgb8") -> tuple[bytes, int]:
 
 def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", *, jpeg_quality: int = 90) -> bytes:
     """JPEG or PNG bytes of ``rgb`` for a ``sensor_msgs/CompressedImage`` (``fmt`` as in :func:`decode_compressed`)."""
-    _check_rgb(rgb)
+    validate_image(rgb)
     codec = _codec(fmt) or "jpeg"
     params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if _CODECS[codec] == ".jpg" else []
     ok, encoded = cv2.imencode(_CODECS[codec], cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)

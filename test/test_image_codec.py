@@ -298,9 +298,10 @@ def test_unsupported_compressed_format_is_named():
 
 
 def test_encoders_reject_non_rgb_input():
-    with pytest.raises(ValueError, match=r"expected an RGB uint8 \(H, W, 3\) array, got float32"):
+    # The one RGB validator (the Detector's too): it names what is wrong.
+    with pytest.raises(ValueError, match=r"image must be uint8 \(RGB 0..255, HxWx3\), got dtype float32"):
         encode_raw(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match=r"unknown encoding 'nv12'"):
         encode_raw(np.zeros((4, 4, 3), np.uint8), "nv12")
-    with pytest.raises(ValueError, match=r"expected an RGB uint8"):
+    with pytest.raises(ValueError, match=r"image must have 3 dimensions \(HxWx3 RGB\), got shape \(4, 4\)"):
         encode_compressed(np.zeros((4, 4), np.uint8))
