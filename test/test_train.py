@@ -16,6 +16,7 @@ from ssd_ros.model import build_model
 from ssd_ros.voc import VocSplit, load_image_rgb
 from ssd_ros.voc_metric import evaluate_detections
 from training import engine, train
+from training.dataset import VocDetectionDataset
 
 # The 8 picar frames used by the small runs (sorted stems: the first 8 of detection/train).
 SMALL_SET = 8
@@ -265,6 +266,18 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(picar_small, tmp_path,
     assert not list(tmp_path.glob(".last.pt.*")), "temporary file left behind"
     with pytest.raises(CheckpointError):
         read_checkpoint_payload(tmp_path / "missing.pt")
+
+
+def test_validation_leaves_the_training_model_as_it_was(picar_small):
+    """Validation runs on its own copy: the training model stays in train mode with its BN statistics."""
+    split = VocSplit.from_folder(picar_small)
+    classes = tuple(sorted({name for item in split for name in item.annotation().names}))
+    model = build_model("ssdlite320_mobilenet_v3", len(classes) + 1).train()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    result = train.evaluate(model, VocDetectionDataset(split, classes), torch.device("cpu"), max_images=2)
+    assert result.num_images == 2
+    assert all(module.training for module in model.modules())
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
 def test_start_removes_what_a_killed_save_left(picar_small, tmp_path):

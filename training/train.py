@@ -30,6 +30,7 @@ diverged, pretrained weights unavailable); 130 interrupted (resume with ``--resu
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -290,14 +291,15 @@ def evaluate(
 ):
     """VOC AP of ``model`` on ``dataset`` through the product's own Detector and metric (as evaluate.py).
 
-    The Detector runs the SSD paper's evaluation setting (:data:`~ssd_ros.detector.EVALUATION_SETTINGS`).
+    The Detector runs the SSD paper's evaluation setting (:data:`~ssd_ros.detector.EVALUATION_SETTINGS`) on
+    its own copy of ``model`` (inference puts a model in eval mode; the training model keeps its mode).
     Returns the :class:`~ssd_ros.voc_metric.VocEvaluation`.
     """
     indices = list(range(len(dataset)))
     if 0 < max_images < len(indices):  # evenly spaced, first and last included
         step = (len(dataset) - 1) / max(max_images - 1, 1)
         indices = sorted({round(i * step) for i in range(max_images)})
-    detector = Detector(model, dataset.class_names, device=device, warmup_runs=0, **EVALUATION_SETTINGS)
+    detector = Detector(copy.deepcopy(model), dataset.class_names, device=device, warmup_runs=0, **EVALUATION_SETTINGS)
     # evaluate.py's loop: images decode in threads while the model runs.
     detections = detect_split(detector, [dataset.split[i] for i in indices], batch_size=batch_size, progress=False)
     annotations = [dataset.annotations[i] for i in indices]
@@ -666,7 +668,6 @@ def _validate(run: _Run, done: int, logs: _Logs) -> None:
         batch_size=args.val_batch_size,
         max_images=args.val_max_images,
     )
-    run.model_without_ddp.train()
     run.last_val_map = result.map
     seconds = time.perf_counter() - started
     logs.val.write(
