@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from ssd_ros.detections import Detections
+from ssd_ros.image_codec import validate_image
 
 __all__ = ["class_color", "draw_detections"]
 
@@ -31,17 +32,15 @@ def draw_detections(
 ) -> np.ndarray:
     """Return a copy of the RGB uint8 image with each detection's box and "name score" label drawn.
 
+    A tracked detection's label starts with its track id (``#7 person 0.91``), so RViz shows which box
+    keeps which identity.
+
     Args:
         rgb: HxWx3 uint8 RGB image (not modified).
         detections: detections in that image's pixels.
         colors: optional RGB colour per class name; others get :func:`class_color`.
     """
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(
-            f"expected an RGB uint8 HxWx3 image, got {getattr(rgb, 'dtype', type(rgb).__name__)} "
-            f"{getattr(rgb, 'shape', '')}"
-        )
-    out = np.ascontiguousarray(rgb).copy()
+    out = np.ascontiguousarray(validate_image(rgb)).copy()
     height, width = out.shape[:2]
     scale = max(0.4, min(height, width) / 600.0)  # text and lines grow with the image
     thickness = max(1, round(2 * scale))
@@ -54,7 +53,8 @@ def draw_detections(
         x1, x2 = min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)
         y1, y2 = min(max(y1, 0), height - 1), min(max(y2, 0), height - 1)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
-        label = f"{name} {float(detections.scores[i]):.2f}"
+        track = detections.track_ids[i] if detections.track_ids is not None else ""
+        label = f"{'#' + track + ' ' if track else ''}{name} {float(detections.scores[i]):.2f}"
         (text_w, text_h), baseline = cv2.getTextSize(label, font, 0.5 * scale, max(1, thickness - 1))
         # Label above the box if there is room, else inside its top edge.
         top = y1 - text_h - baseline - 2 if y1 - text_h - baseline - 2 >= 0 else y1

@@ -316,5 +316,12 @@ def test_draw_detections(voc_image):
     # Nothing to draw: an equal copy.
     empty = draw_detections(voc_image, Detections.empty(VOC_CLASSES))
     assert np.array_equal(empty, voc_image) and empty is not voc_image
-    with pytest.raises(ValueError, match="RGB uint8"):
+    with pytest.raises(ValueError, match="image must be uint8"):
         draw_detections(voc_image.astype(np.float32), detections)
+    # A tracked detection's label carries its id ("#42 person 0.90"); an empty id (not yet confirmed) draws none.
+    box, score, label = np.array([[100, 150, 300, 400]], np.float32), np.array([0.9], np.float32), np.array([14])
+    plain = draw_detections(voc_image, Detections(box, score, label, VOC_CLASSES))
+    tracked = draw_detections(voc_image, Detections(box, score, label, VOC_CLASSES, track_ids=("42",)))
+    unconfirmed = draw_detections(voc_image, Detections(box, score, label, VOC_CLASSES, track_ids=("",)))
+    assert not np.array_equal(tracked, plain) and np.array_equal(unconfirmed, plain)
+    assert np.array_equal(tracked[160:, :], plain[160:, :])  # only the label above the box differs
