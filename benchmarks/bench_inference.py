@@ -78,11 +78,9 @@ def parse_args() -> argparse.Namespace:
 
 def make_models(architecture: str, checkpoint: Path | None, workdir: Path) -> dict[str, Path]:
     """The checkpoint and its fp32 and int8 ONNX exports (int8 calibrated on rover frames)."""
-    from ssd_ros.backends import SSDNetwork
     from ssd_ros.checkpoint import ModelCard, load_checkpoint, save_checkpoint
     from ssd_ros.export import export_onnx_bytes, quantize_int8, write_export
     from ssd_ros.image_codec import decode_compressed
-    from ssd_ros.inference import NetworkSpec
     from ssd_ros.model import VOC_CLASSES, build_model
 
     if checkpoint is None:
@@ -94,8 +92,7 @@ def make_models(architecture: str, checkpoint: Path | None, workdir: Path) -> di
     # Not the first 8 frames: the tests train and evaluate on those.
     frames = sorted(CALIBRATION.glob("*.jpg"))[8:40]
     images = [decode_compressed("jpeg", p.read_bytes()) for p in frames] or [test_frame()]
-    spec = NetworkSpec.from_card(card, SSDNetwork(model).feature_map_sizes())
-    int8 = quantize_int8(onnx, images, spec, progress=False)
+    int8 = quantize_int8(onnx, images, progress=False)
     return {
         "pt": checkpoint,
         "onnx": write_export(onnx, workdir / f"{architecture}.onnx", "onnx"),
@@ -103,12 +100,21 @@ def make_models(architecture: str, checkpoint: Path | None, workdir: Path) -> di
     }
 
 
+def model_file(files: dict[str, Path], backend: str, precision: str) -> Path:
+    """The file a configuration loads: the checkpoint for torch, else the fp32 or int8 export."""
+    return files["pt"] if backend == "torch" else files["int8" if precision == "int8" else "onnx"]
+
+
 def detector_for(files: dict[str, Path], backend: str, precision: str, threads: int):
     from ssd_ros.detector import Detector
 
-    source = files["pt"] if backend == "torch" else files["int8" if precision == "int8" else "onnx"]
     return Detector.from_checkpoint(
-        source, backend=backend, precision=precision, num_threads=threads, device="cpu", score_threshold=0.3
+        model_file(files, backend, precision),
+        backend=backend,
+        precision=precision,
+        num_threads=threads,
+        device="cpu",
+        score_threshold=0.3,
     )
 
 
@@ -165,7 +171,7 @@ def node_round_trips(files: dict[str, Path], backend: str, precision: str, threa
     """p50/p95 ms of the node end to end for one configuration, or None when it cannot run here."""
     from ssd_ros.ros.images import rgb_to_image_msg
 
-    source = files["pt"] if backend == "torch" else files["int8" if precision == "int8" else "onnx"]
+    source = model_file(files, backend, precision)
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain_id,
                PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))  # fmt: skip
     log = workdir / f"node_{source.stem}_{backend}_{precision}_{threads}.log"
@@ -315,7 +321,7 @@ def stream_section(files, backend: str, precision: str, threads: int, args, work
     """A 30 Hz camera into the node for ``--stream-s`` seconds with one configuration."""
     from ssd_ros.ros.images import rgb_to_image_msg
 
-    source = files["pt"] if backend == "torch" else files["int8" if precision == "int8" else "onnx"]
+    source = model_file(files, backend, precision)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     params = (f"backend:={backend}", f"precision:={precision}", f"num_threads:={threads}")
     node = NodeUnderTest(source, env, workdir / "stream.log", *params)

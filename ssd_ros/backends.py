@@ -68,13 +68,13 @@ class SSDNetwork(nn.Module):
         return list(features.values()) if isinstance(features, dict) else [features]
 
 
-def spec_of_model(model: nn.Module, network: SSDNetwork) -> tuple[NetworkSpec, list[list[int]]]:
-    """The :class:`NetworkSpec` of a torchvision SSD and its feature-map sizes.
+def spec_of_model(model: nn.Module, network: SSDNetwork) -> NetworkSpec:
+    """The :class:`NetworkSpec` of a torchvision SSD, whose ``network`` is ``SSDNetwork(model)``.
 
-    Read from the model's own transform and anchor generator, so torchvision's COCO model works too.
+    Read from the model's own transform and anchor generator, so a model without a card works too.
     """
     sizes = network.feature_map_sizes()
-    spec = NetworkSpec(
+    return NetworkSpec(
         input_size=network.input_size,
         image_mean=tuple(float(v) for v in model.transform.image_mean),
         image_std=tuple(float(v) for v in model.transform.image_std),
@@ -82,7 +82,6 @@ def spec_of_model(model: nn.Module, network: SSDNetwork) -> tuple[NetworkSpec, l
         num_outputs=int(model.head.classification_head.num_columns),
         topk_candidates=int(model.topk_candidates),
     )
-    return spec, sizes
 
 
 class TorchNetwork:
@@ -106,7 +105,7 @@ class TorchNetwork:
         self.precision = precision
         self.num_threads = torch.get_num_threads()
         self.network = SSDNetwork(model.to(device)).eval()
-        self.spec, self.feature_map_sizes = spec_of_model(model, self.network)
+        self.spec = spec_of_model(model, self.network)
 
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the network on a preprocessed batch."""

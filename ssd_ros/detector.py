@@ -27,9 +27,7 @@ from ssd_ros.backends import (
     PRECISIONS,
     OnnxRuntimeNetwork,
     OpenVinoNetwork,
-    SSDNetwork,
     TorchNetwork,
-    spec_of_model,
 )
 from ssd_ros.checkpoint import ModelCard, check_card, load_checkpoint, load_coco_pretrained
 from ssd_ros.detections import Detections
@@ -255,11 +253,10 @@ class Detector:
             return cls(model, card.class_names, device=device, precision=precision, num_threads=num_threads, **common)
         if precision == "int8":
             raise ValueError("int8 needs a calibrated int8 export: export_model --int8 --calibration DIR, then load it")
-        from ssd_ros.export import export_onnx_bytes
+        from ssd_ros.export import export_onnx_bytes, network_spec
 
         onnx = export_onnx_bytes(model, card)
-        spec, _ = spec_of_model(model, SSDNetwork(model))
-        network = _NETWORKS[backend](onnx, spec, precision=precision, num_threads=num_threads)
+        network = _NETWORKS[backend](onnx, network_spec(onnx), precision=precision, num_threads=num_threads)
         return cls(network, card.class_names, **common)
 
     # -- parameters -------------------------------------------------------------------------------

@@ -33,7 +33,15 @@ from ssd_ros.backends import INPUT_NAME, OUTPUT_NAMES, SSDNetwork
 from ssd_ros.checkpoint import CheckpointError, ModelCard
 from ssd_ros.inference import NetworkSpec, preprocess
 
-__all__ = ["EXPORT_FORMATS", "ExportedModel", "export_onnx_bytes", "quantize_int8", "read_exported", "write_export"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportedModel",
+    "export_onnx_bytes",
+    "network_spec",
+    "quantize_int8",
+    "read_exported",
+    "write_export",
+]
 
 EXPORT_FORMATS = ("onnx", "openvino")
 _METADATA_KEY = "ssd_ros"
@@ -75,10 +83,11 @@ def _metadata(card: ModelCard, feature_map_sizes: Sequence[Sequence[int]], preci
     )
 
 
-def export_onnx_bytes(model: nn.Module, card: ModelCard, *, precision: str = "fp32") -> bytes:
+def export_onnx_bytes(model: nn.Module, card: ModelCard) -> bytes:
     """The fp32 ONNX file (as bytes) of ``model``'s network with ``card`` in its metadata.
 
-    The batch dimension is dynamic; the image size is the network's fixed input size.
+    The batch dimension is dynamic; the image size is the network's fixed input size. ``model`` is moved to
+    the CPU.
     """
     import onnx
 
@@ -102,7 +111,7 @@ def export_onnx_bytes(model: nn.Module, card: ModelCard, *, precision: str = "fp
             opset_version=_OPSET,
         )
     proto = onnx.load_from_string(buffer.getvalue())
-    _set_onnx_metadata(proto, _metadata(card, sizes, precision))
+    _set_onnx_metadata(proto, _metadata(card, sizes, "fp32"))
     return proto.SerializeToString()
 
 
@@ -125,9 +134,13 @@ def _read_onnx_metadata(onnx_model: bytes | str | os.PathLike) -> dict:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def quantize_int8(
-    fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], spec: NetworkSpec, *, progress: bool = True
-) -> bytes:
+def network_spec(onnx_bytes: bytes) -> NetworkSpec:
+    """The frame-path description an export (from :func:`export_onnx_bytes`) carries in its metadata."""
+    data = json.loads(_read_onnx_metadata(onnx_bytes)[_METADATA_KEY])
+    return NetworkSpec.from_card(ModelCard.from_dict(data["card"]), data["feature_map_sizes"])
+
+
+def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *, progress: bool = True) -> bytes:
     """Static int8 QDQ quantisation of an fp32 export, calibrated on RGB uint8 images; returns the ONNX bytes.
 
     The images go through the detector's own :func:`~ssd_ros.inference.preprocess`, so the calibration sees
@@ -142,6 +155,7 @@ def quantize_int8(
     if not images:
         raise ValueError("no calibration images")
     metadata = _read_onnx_metadata(fp32_onnx)[_METADATA_KEY]
+    spec = network_spec(fp32_onnx)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

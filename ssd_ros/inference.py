@@ -22,6 +22,7 @@ the network's arithmetic:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,13 @@ class NetworkSpec:
     num_outputs: int
     topk_candidates: int
 
+    @functools.cached_property
+    def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(scale, offset)`` per channel: ``(x / 255 - mean) / std`` as one multiply-add per uint8 pixel."""
+        mean = np.asarray(self.image_mean, np.float32)
+        std = np.asarray(self.image_std, np.float32)
+        return 1.0 / (255.0 * std), -mean / std
+
     @classmethod
     def from_card(cls, card: Any, feature_map_sizes: Sequence[Sequence[int]]) -> NetworkSpec:
         """The spec of the network a :class:`~ssd_ros.checkpoint.ModelCard` describes, given its feature maps."""
@@ -91,10 +99,7 @@ def anchors(
 def preprocess(images: Sequence[np.ndarray], spec: NetworkSpec) -> np.ndarray:
     """RGB uint8 HxWx3 images -> the ``(N, 3, H, W)`` float32 network input (see the module docstring)."""
     height, width = spec.input_size
-    mean = np.asarray(spec.image_mean, np.float32)
-    std = np.asarray(spec.image_std, np.float32)
-    # (x / 255 - mean) / std as one multiply-add per pixel.
-    scale, offset = 1.0 / (255.0 * std), -mean / std
+    scale, offset = spec.normalisation
     batch = np.empty((len(images), 3, height, width), np.float32)
     for i, image in enumerate(images):
         small = cv2.resize(image.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)

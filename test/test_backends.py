@@ -20,7 +20,7 @@ from conftest import EXECUTABLES, assert_same_detections, lively_ssdlite, shared
 from torchvision.models.detection import ssd300_vgg16
 
 from ssd_ros.backends import cpu_has_bf16
-from ssd_ros.checkpoint import CheckpointError, ModelCard, coco_model_card, save_checkpoint
+from ssd_ros.checkpoint import CheckpointError, ModelCard, coco_model_card, load_checkpoint, save_checkpoint
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector
 from ssd_ros.export import export_onnx_bytes, read_exported, write_export
@@ -117,19 +117,14 @@ def test_trained_model_exported_file_equals_torch(trained, tmp_path, export_form
 
 
 def test_batches_through_an_exported_file(checkpoints, tmp_path):
-    out = write_export(export_onnx_bytes(*_load(checkpoints["ssdlite320_mobilenet_v3"])), tmp_path / "m.onnx", "onnx")
+    onnx_bytes = export_onnx_bytes(*load_checkpoint(checkpoints["ssdlite320_mobilenet_v3"]))
+    out = write_export(onnx_bytes, tmp_path / "m.onnx", "onnx")
     images = _images()
     for backend in FAST:
         detector = Detector.from_checkpoint(out, backend=backend, device="cpu", warmup_runs=0)
         singles = [detector(image) for image in images]
         for single, batched in zip(singles, detector.detect_batch(images)):
             assert_same_detections(single, batched, box_px=0.01, score=1e-5)
-
-
-def _load(path: Path):
-    from ssd_ros.checkpoint import load_checkpoint
-
-    return load_checkpoint(path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -182,7 +177,7 @@ def test_int8_and_bf16_keep_the_accuracy_of_fp32(trained, tmp_path, capsys):
 
 
 def test_exported_file_round_trips_its_card(checkpoints, tmp_path):
-    model, card = _load(checkpoints["ssd300_vgg16"])
+    model, card = load_checkpoint(checkpoints["ssd300_vgg16"])
     onnx_bytes = export_onnx_bytes(model, card)
     for name, export_format in (("m.onnx", "onnx"), ("m.xml", "openvino")):
         exported = read_exported(write_export(onnx_bytes, tmp_path / name, export_format))
@@ -195,7 +190,8 @@ def test_exported_file_round_trips_its_card(checkpoints, tmp_path):
 
 
 def test_corrupted_and_foreign_files_are_clear_errors(checkpoints, tmp_path):
-    good = write_export(export_onnx_bytes(*_load(checkpoints["ssdlite320_mobilenet_v3"])), tmp_path / "g.onnx", "onnx")
+    onnx_bytes = export_onnx_bytes(*load_checkpoint(checkpoints["ssdlite320_mobilenet_v3"]))
+    good = write_export(onnx_bytes, tmp_path / "g.onnx", "onnx")
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"cut\.onnx: is not a readable \.onnx file"):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from ssd_ros.checkpoint import CheckpointError, load_checkpoint, load_coco_pretrained
 from ssd_ros.export import EXPORT_FORMATS, export_onnx_bytes, quantize_int8, write_export
-from ssd_ros.inference import NetworkSpec
 from ssd_ros.model import WeightsUnavailableError
 from ssd_ros.tools.make_bag import BagToolError, image_files, read_image
 
@@ -87,14 +86,11 @@ def export(args: argparse.Namespace) -> Path:
         model, card = load_checkpoint(args.checkpoint, device="cpu")
     onnx = export_onnx_bytes(model, card)
     if args.int8:
-        from ssd_ros.backends import SSDNetwork
-
-        spec = NetworkSpec.from_card(card, SSDNetwork(model).feature_map_sizes())
         try:
             images = [read_image(path) for path in calibration]
         except BagToolError as error:
             raise ExportInputError(f"--calibration: {error}") from error
-        onnx = quantize_int8(onnx, images, spec, progress=not args.quiet)
+        onnx = quantize_int8(onnx, images, progress=not args.quiet)
     return write_export(onnx, args.out, args.format)
 
 
