@@ -1,4 +1,4 @@
-"""Command-line options shared by the tools and training scripts.
+"""Command-line options shared by the tools and training scripts, and reading a node's parameters file.
 
 The inference options are for those that run a :class:`~ssd_ros.detector.Detector`; importing the module
 loads no torch (``make_bag`` uses it too).
@@ -7,9 +7,12 @@ loads no torch (``make_bag`` uses it too).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-__all__ = ["add_inference_arguments", "inference_kwargs", "positive_int"]
+import yaml
+
+__all__ = ["add_inference_arguments", "inference_kwargs", "positive_int", "read_params_file"]
 
 
 def positive_int(text: str) -> int:
@@ -41,3 +44,20 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 def inference_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The :meth:`~ssd_ros.detector.Detector.from_checkpoint` arguments the options above gave."""
     return {"backend": args.backend, "precision": args.precision, "num_threads": max(0, args.threads)}
+
+
+def read_params_file(path: Path) -> dict:
+    """A node's parameters from a ROS 2 parameters file (its first ``ros__parameters``) or a flat YAML mapping.
+
+    Here, not in ``ssd_ros.ros``: the offline tools read the nodes' files without importing rclpy.
+
+    Raises ``ValueError`` (naming the file) when it cannot be read or holds no mapping.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read parameters file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"parameters file {path}: expected a YAML mapping")
+    nodes = [v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v]
+    return dict(nodes[0] if nodes else data)

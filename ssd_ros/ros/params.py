@@ -6,9 +6,7 @@ Also the ROS 2 parameters-file format, for tools that run a node's logic offline
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 
-import yaml
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -63,18 +61,3 @@ def dataclass_table(settings_class, *, read_only: bool = False) -> ParameterTabl
             f.default, meta["description"], limits=meta["limits"], read_only=read_only or meta["read_only"]
         )
     return table
-
-
-def read_params_file(path: Path) -> dict:
-    """A node's parameters from a ROS 2 parameters file (its first ``ros__parameters``) or a flat YAML mapping.
-
-    Raises ``ValueError`` (naming the file) when it cannot be read or holds no mapping.
-    """
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read parameters file {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"parameters file {path}: expected a YAML mapping")
-    nodes = [v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v]
-    return dict(nodes[0] if nodes else data)

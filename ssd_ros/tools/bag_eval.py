@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ssd_ros.camera import PinholeCamera
 from ssd_ros.checkpoint import CheckpointError
-from ssd_ros.cli import add_inference_arguments, inference_kwargs, positive_int
+from ssd_ros.cli import add_inference_arguments, inference_kwargs, positive_int, read_params_file
 from ssd_ros.detections import Detections
 from ssd_ros.detector import LIVE_SETTINGS, Detector
 from ssd_ros.drawing import draw_detections
@@ -44,7 +44,6 @@ from ssd_ros.follow import Command, FollowLoop, FollowParams, class_mismatch, pa
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import camera_from_info, detections_to_msg, stamp_ns, twist_msg
-from ssd_ros.ros.params import read_params_file
 from ssd_ros.tools.bagio import (
     COMPRESSED_IMAGE_TYPE,
     IMAGE_TYPES,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ssd_ros.cli import read_params_file
 from ssd_ros.follow import FollowLoop, FollowParams, params_from_mapping
-from ssd_ros.ros.params import read_params_file
 from ssd_ros.sim import (
     MULTI_PERSON_SCENARIOS,
     SCENARIOS,
