@@ -319,7 +319,8 @@ def load_pretrained_state_dict(
         except Exception as e:  # network failures, and a download whose hash does not match (RuntimeError)
             raise WeightsUnavailableError(_download_hint(what, weights, e, alternative)) from e
     else:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with path.open("rb") as f:  # streamed: a backbone file is hundreds of MB, torch.load reads it next
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         if not digest.startswith(prefix):
             raise WeightsUnavailableError(
                 f"the cached {what} weights {path} are not the published file (sha256 {digest[: len(prefix)]}..., "

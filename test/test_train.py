@@ -269,7 +269,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(picar_small, tmp_path,
 
 
 def test_validation_leaves_the_training_model_as_it_was(picar_small):
-    """Validation runs on its own copy: the training model stays in train mode with its BN statistics."""
+    """After validation the training model is back in train mode, its BN statistics untouched."""
     split = VocSplit.from_folder(picar_small)
     classes = tuple(sorted({name for item in split for name in item.annotation().names}))
     model = build_model("ssdlite320_mobilenet_v3", len(classes) + 1).train()
@@ -280,13 +280,12 @@ def test_validation_leaves_the_training_model_as_it_was(picar_small):
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
-def test_start_removes_what_a_killed_save_left(picar_small, tmp_path):
-    """A run killed mid-save (SIGKILL, power loss) leaves a temp file; the next run's start removes it."""
-    dead_pid = 2**22 + 1  # above the largest pid Linux can hand out: no such process
-    leftover = tmp_path / f".last.pt.{dead_pid}.deadbeef.tmp"
-    leftover.write_bytes(b"half a checkpoint")
-    train.train(_args(picar_small, tmp_path, "--iterations", "1", "--batch-size", "2", "--checkpoint-every", "1000"))
-    assert not leftover.exists()
+def test_resume_refuses_another_architecture(picar_small, tmp_path):
+    train.train(_args(picar_small, tmp_path, "--iterations", "1", "--batch-size", "2", "--checkpoint-every", "1"))
+    other = _args(picar_small, tmp_path / "other", "--iterations", "2", "--resume", str(tmp_path / "last.pt"))
+    other.architecture = "ssd300_vgg16"
+    with pytest.raises(CheckpointError, match="architecture mismatch: expected 'ssd300_vgg16'"):
+        train.train(other)
 
 
 def _recall_and_map(detector, split):

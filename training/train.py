@@ -30,7 +30,6 @@ diverged, pretrained weights unavailable); 130 interrupted (resume with ``--resu
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import sys
 import time
@@ -49,8 +48,8 @@ from tqdm import tqdm
 from ssd_ros.checkpoint import (
     CheckpointError,
     ModelCard,
+    check_card,
     read_checkpoint_payload,
-    remove_stale_temp_files,
     save_checkpoint,
 )
 from ssd_ros.detector import EVALUATION_SETTINGS, Detector, resolve_device
@@ -292,16 +291,21 @@ def evaluate(
     """VOC AP of ``model`` on ``dataset`` through the product's own Detector and metric (as evaluate.py).
 
     The Detector runs the SSD paper's evaluation setting (:data:`~ssd_ros.detector.EVALUATION_SETTINGS`) on
-    its own copy of ``model`` (inference puts a model in eval mode; the training model keeps its mode).
+    ``model``, which it hands back in the mode it came in (inference runs it in eval mode).
     Returns the :class:`~ssd_ros.voc_metric.VocEvaluation`.
     """
     indices = list(range(len(dataset)))
     if 0 < max_images < len(indices):  # evenly spaced, first and last included
         step = (len(dataset) - 1) / max(max_images - 1, 1)
         indices = sorted({round(i * step) for i in range(max_images)})
-    detector = Detector(copy.deepcopy(model), dataset.class_names, device=device, warmup_runs=0, **EVALUATION_SETTINGS)
-    # evaluate.py's loop: images decode in threads while the model runs.
-    detections = detect_split(detector, [dataset.split[i] for i in indices], batch_size=batch_size, progress=False)
+    was_training = model.training
+    try:  # inference needs eval mode; the trainer gets its model back as it gave it
+        detector = Detector(model, dataset.class_names, device=device, warmup_runs=0, **EVALUATION_SETTINGS)
+        # evaluate.py's loop: images decode in threads while the model runs.
+        items = [dataset.split[i] for i in indices]
+        detections = detect_split(detector, items, batch_size=batch_size, progress=False)
+    finally:
+        model.train(was_training)
     annotations = [dataset.annotations[i] for i in indices]
     return evaluate_detections(detections, annotations, dataset.class_names, metric=metric)
 
@@ -526,12 +530,7 @@ def _resume(run: _Run, path: Path) -> None:
     state = (payload.extra or {}).get("training_state")
     if state is None:
         raise CheckpointError(path, "holds no training state (resume needs a last.pt written by train.py)")
-    if payload.card.architecture != run.args.architecture or payload.card.class_names != run.class_names:
-        raise CheckpointError(
-            path,
-            f"was trained as {payload.card.architecture} on {list(payload.card.class_names)}, "
-            f"not {run.args.architecture} on {list(run.class_names)}",
-        )
+    check_card(path, payload.card, run.args.architecture, run.class_names)
     run.model.load_state_dict(payload.state_dict)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -577,8 +576,6 @@ def _open_logs(run: _Run) -> _Logs:
     args, start = run.args, run.start_iteration
     # Only now: data, classes, weights and --resume are checked, so a mistake leaves no empty folder.
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("last.pt", "best.pt"):  # what a run killed mid-save left (the next save would, too)
-        remove_stale_temp_files(args.output_dir / name)
     logs = _Logs(
         train=engine.CsvLog(args.output_dir / "train_log.csv", TRAIN_LOG_FIELDS),
         val=engine.CsvLog(args.output_dir / "val_log.csv", VAL_LOG_FIELDS),
