@@ -60,3 +60,16 @@ class Detections:
             class_names,
             None if track_ids is None else tuple(track_ids),
         )
+
+
+def iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of xyxy boxes in continuous coordinates (no "+1")."""
+    lt = np.maximum(boxes[:, None, :2], others[None, :, :2])
+    rb = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
+    wh = np.clip(rb - lt, 0.0, None)
+    intersection = wh[..., 0] * wh[..., 1]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    other_area = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    union = area[:, None] + other_area[None, :] - intersection
+    # Degenerate pairs (zero union) have IoU 0 rather than NaN, so they can never match.
+    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ssd_ros.ackermann import steering_angle, yaw_rate
 from ssd_ros.camera import PinholeCamera
-from ssd_ros.detections import Detections
+from ssd_ros.detections import Detections, iou_matrix
 from ssd_ros.settings import check_settings, setting
 from ssd_ros.tracking import Tracker
 
@@ -201,18 +201,6 @@ class Track:
 
 # Ids remembered as "another object seen beside the target": bounded, oldest forgotten first.
 MAX_OTHER_IDS = 256
-
-
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with each row of ``boxes``."""
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
 
 
 def _soft_deadband(error: float, band: float) -> float:
@@ -429,7 +417,7 @@ class FollowController:
             i = ids.index(track.track_id)
             if same_class[i] and size_ok[i]:
                 return i
-        ious = box_iou(reference, boxes)
+        ious = iou_matrix(reference[None], boxes)[0]
         shift = np.abs((boxes[:, 0] + boxes[:, 2]) - (reference[0] + reference[2])) / (2.0 * camera.width_px)
         close = (ious >= p.association_min_iou) | (shift <= p.association_max_shift)
         other = np.array([bool(i) and i in self._other_ids for i in ids], bool)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ssd_ros.detections import Detections
+from ssd_ros.detections import Detections, iou_matrix
 from ssd_ros.settings import check_settings, setting
 
 
@@ -81,18 +81,6 @@ MEASUREMENT_STD = 0.05
 CENTRE_ACCEL_STD_PER_S2 = 2.0
 SIZE_ACCEL_STD_PER_S2 = 0.5
 INITIAL_VELOCITY_STD_PER_S = 1.0
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every xyxy box of ``a`` (N, 4) with every one of ``b`` (M, 4): (N, M)."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def greedy_match(score: np.ndarray, minimum: float) -> list[tuple[int, int]]:

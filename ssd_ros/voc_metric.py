@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .detections import Detections
+from .detections import Detections, iou_matrix
 from .voc import VocAnnotation
 
 __all__ = [
@@ -185,19 +185,6 @@ def _check_metric(metric: str) -> None:
         raise ValueError(f"unknown AP metric {metric!r}; choose one of {METRICS}")
 
 
-def _iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """(N, M) IoU of xyxy boxes in continuous coordinates (no "+1")."""
-    lt = np.maximum(boxes[:, None, :2], others[None, :, :2])
-    rb = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    intersection = wh[..., 0] * wh[..., 1]
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    other_area = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    union = area[:, None] + other_area[None, :] - intersection
-    # Degenerate pairs (zero union) have IoU 0 rather than NaN, so they can never match.
-    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
-
-
 def matched_fraction(reference: Sequence[Detections], other: Sequence[Detections], iou: float = 0.5) -> float:
     """Fraction of ``reference``'s detections that ``other`` also found: same class, IoU >= ``iou``.
 
@@ -210,7 +197,7 @@ def matched_fraction(reference: Sequence[Detections], other: Sequence[Detections
         total += len(ref)
         if not len(ref) or not len(oth):
             continue
-        overlaps = _iou(ref.boxes, oth.boxes) * (ref.labels[:, None] == oth.labels[None, :])
+        overlaps = iou_matrix(ref.boxes, oth.boxes) * (ref.labels[:, None] == oth.labels[None, :])
         free = np.ones(len(oth), bool)
         for row in overlaps[np.argsort(-ref.scores, kind="stable")]:
             best = int(np.argmax(np.where(free, row, -1.0)))
@@ -232,7 +219,7 @@ def _match_image(
     outcome = np.full(len(labels), _FALSE_POSITIVE, np.int8)
     if len(gt_labels) == 0 or len(labels) == 0:
         return outcome
-    iou = _iou(boxes.astype(np.float64), gt_boxes.astype(np.float64))
+    iou = iou_matrix(boxes.astype(np.float64), gt_boxes.astype(np.float64))
     iou[labels[:, None] != gt_labels[None, :]] = -1.0  # only same-class ground truth can match
     best = iou.argmax(axis=1)
     hit = iou[np.arange(len(labels)), best] > iou_threshold

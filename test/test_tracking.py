@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from ssd_ros.detections import Detections
-from ssd_ros.tracking import IdSwitchCounter, Tracker, TrackerParams, greedy_match, iou_matrix, match_truth
+from ssd_ros.detections import Detections, iou_matrix
+from ssd_ros.tracking import IdSwitchCounter, Tracker, TrackerParams, greedy_match, match_truth
 
 PERIOD = 0.1  # 10 Hz frames
 
