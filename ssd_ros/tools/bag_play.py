@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -64,6 +65,9 @@ def play(bag: Path, *, topics: list[str] | None, rate: float, clock: bool, loop:
                     published += 1
                 if not loop:
                     break
+            # Reliable readers must have the last messages before the writers go away with the process.
+            for publisher in publishers.values():
+                publisher.wait_for_all_acked(Duration(seconds=2))
     finally:
         node.destroy_node()
     return published
