@@ -249,6 +249,8 @@ def speed_section(files: dict[str, Path], threads: int, args, workdir: Path) -> 
 def main() -> int:
     args = parse_args()
     os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain_id)
+    # This process is the camera: raw frames as the launch file sends them (config/fastdds_large_frames.xml).
+    os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_large_frames.xml"))
     args.rgb = test_frame()
     workdir = Path(tempfile.mkdtemp(prefix="bench_inference_"))
     lines = header(args, args.rgb)

@@ -9,8 +9,4 @@ _ssd_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="$_ssd_root/.venv/bin:$_ssd_root/install/ssd_ros/lib/ssd_ros:$PATH"
 # Keep DDS discovery on this machine unless the user opts out (multi-machine robot set-ups).
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
-# Raw camera frames (~1 MB) need bigger shared-memory segments than Fast DDS's 512 kB default, in the
-# process that publishes them: see config/fastdds_large_frames.xml. Every process started from this shell
-# (cameras included) loads it unless the user chose another profile file.
-export FASTRTPS_DEFAULT_PROFILES_FILE="${FASTRTPS_DEFAULT_PROFILES_FILE:-$_ssd_root/config/fastdds_large_frames.xml}"
 unset _ssd_root
