@@ -26,8 +26,8 @@ setup(
         "console_scripts": [
             "detector = ssd_ros.ros.detector_node:main",
             "follower = ssd_ros.ros.follower_node:main",
-            "follower_sim = ssd_ros.ros.sim_node:main",
-            "picar_base = ssd_ros.ros.base_node:main",
+            "follower_sim = ssd_ros.ros.follower_sim_node:main",
+            "picar_base = ssd_ros.ros.picar_base_node:main",
             "bag_eval = ssd_ros.tools.bag_eval:main",
             "make_bag = ssd_ros.tools.make_bag:main",
             "bag_play = ssd_ros.tools.bag_play:main",

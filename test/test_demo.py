@@ -13,7 +13,7 @@ from conftest import REPO_ROOT, ros_env
 
 from ssd_ros.checkpoint import ModelCard, save_checkpoint
 from ssd_ros.model import build_model
-from ssd_ros.sim import SCENARIOS
+from ssd_ros.simulator import SCENARIOS
 from ssd_ros.tools import demo
 
 
@@ -100,7 +100,7 @@ def test_trajectory_plot_marks_a_standing_person(tmp_path):
 
 
 def test_distance_is_measured_from_the_camera_like_the_desired_distance():
-    from ssd_ros.sim import SimParams
+    from ssd_ros.simulator import SimParams
 
     ahead = SimParams().camera_forward_m
     bearing, distance = demo.seen_from_camera((0.0, 0.0, 0.0), (2.0 + ahead, 0.0))

@@ -9,7 +9,7 @@ import pytest
 from ssd_ros.camera import PinholeCamera
 from ssd_ros.detections import Detections
 from ssd_ros.follow import ZERO, FollowController, FollowLoop, FollowParams, class_mismatch, params_from_mapping
-from ssd_ros.sim import (
+from ssd_ros.simulator import (
     RoverState,
     SimParams,
     Simulator,

@@ -34,7 +34,7 @@ from ssd_ros.detections import Detections  # noqa: E402
 from ssd_ros.follow import FollowParams, params_from_mapping  # noqa: E402
 from ssd_ros.ros.follower_node import PARAMETERS  # noqa: E402
 from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, label_info_msg  # noqa: E402
-from ssd_ros.sim import RoverState, SimParams, bearing_and_distance, desired_distance_m  # noqa: E402
+from ssd_ros.simulator import RoverState, SimParams, bearing_and_distance, desired_distance_m  # noqa: E402
 
 EXECUTABLES = Path(__file__).resolve().parents[1] / "install" / "ssd_ros" / "lib" / "ssd_ros"
 FOLLOW = FollowParams()

@@ -16,8 +16,8 @@ from conftest import EXECUTABLES, ros_env
 NODES = {
     "detector": "ssd_ros.ros.detector_node",
     "follower": "ssd_ros.ros.follower_node",
-    "picar_base": "ssd_ros.ros.base_node",
-    "follower_sim": "ssd_ros.ros.sim_node",
+    "picar_base": "ssd_ros.ros.picar_base_node",
+    "follower_sim": "ssd_ros.ros.follower_sim_node",
 }
 
 

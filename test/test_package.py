@@ -105,7 +105,7 @@ def _ros_free_files() -> list[Path]:
         for path in sorted((REPO_ROOT / "ssd_ros").rglob("*.py"))
         if path.relative_to(REPO_ROOT / "ssd_ros").parts[0] not in ("ros", "tools")
     ]
-    offline_tools = [REPO_ROOT / "ssd_ros" / "tools" / name for name in ("follow_sim.py", "export_model.py")]
+    offline_tools = [REPO_ROOT / "ssd_ros" / "tools" / name for name in ("tune_follower.py", "export_model.py")]
     return core + offline_tools + sorted((REPO_ROOT / "training").glob("*.py"))
 
 

@@ -186,7 +186,7 @@ def seen_from_camera(rover: tuple[float, float, float], target: tuple[float, flo
 
     Measured from the rover's reference point (the rear axle) the rover would look camera_forward_m short.
     """
-    from ssd_ros.sim import RoverState, SimParams, bearing_and_distance
+    from ssd_ros.simulator import RoverState, SimParams, bearing_and_distance
 
     x, y, yaw = rover
     bearing, distance = bearing_and_distance(RoverState(x=x, y=y, yaw=yaw), target, SimParams())
@@ -204,7 +204,7 @@ def plot_trajectory(rec: dict, desired_m: float, path: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ssd_ros.sim import RoverState, SimParams, camera_pose
+    from ssd_ros.simulator import RoverState, SimParams, camera_pose
 
     rover = np.asarray(rec["rover"])
     targets = np.asarray(rec["targets"][: len(rover)])
@@ -291,7 +291,7 @@ def check_part2(checkpoint: Path, footage: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m ssd_ros.tools.demo``)."""
-    from ssd_ros.sim import SCENARIOS
+    from ssd_ros.simulator import SCENARIOS
 
     parser = argparse.ArgumentParser(
         prog="demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -315,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from ssd_ros.base import STATE_FIELDS
     from ssd_ros.follow import FollowParams
-    from ssd_ros.sim import SimParams, desired_distance_m
+    from ssd_ros.picar_base import STATE_FIELDS
+    from ssd_ros.simulator import SimParams, desired_distance_m
 
     print(f"demo: closed loop '{args.scenario}' for {args.duration:g} simulated s (sim + follower + picar_base)...")
     rec = record_closed_loop(args.scenario, args.duration, args.out)

@@ -1,4 +1,4 @@
-"""``follower_sim`` node: the closed-loop simulator of :mod:`ssd_ros.sim` behind the detector's interface.
+"""``follower_sim`` node: the closed-loop simulator of :mod:`ssd_ros.simulator` behind the detector's interface.
 
 Consumes ``cmd_vel`` (Twist or TwistStamped) like the base driver; publishes ``detections``
 (vision_msgs/Detection2DArray exactly as the detector node does: class names in ``class_id``, the
@@ -33,7 +33,7 @@ from ssd_ros.follow import FollowParams
 from ssd_ros.ros.messages import camera_info_msg, detections_to_msg, stamp_msg, twist_to_command
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
-from ssd_ros.sim import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
+from ssd_ros.simulator import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
 from ssd_ros.tracking import Tracker
 
 # The simulation is built at start-up: every parameter is read-only except the three runtime switches below.
@@ -86,7 +86,7 @@ def _pose(x: float, y: float, yaw: float = 0.0) -> Pose:
 
 
 class SimNode(Node):
-    """Steps :class:`~ssd_ros.sim.Simulator` on a steady timer and publishes its detections and poses."""
+    """Steps :class:`~ssd_ros.simulator.Simulator` on a steady timer and publishes its detections and poses."""
 
     def __init__(self):
         """Declare parameters, build the scenario and start the physics timer."""

@@ -5,7 +5,9 @@ import math
 import pytest
 
 from ssd_ros.ackermann import steering_angle
-from ssd_ros.base import (
+from ssd_ros.hardware.motor import simulated_motor_duty
+from ssd_ros.hardware.pca9685 import output_frequency_hz, prescale_for
+from ssd_ros.picar_base import (
     ActuatorError,
     BaseConfig,
     BaseController,
@@ -14,8 +16,6 @@ from ssd_ros.base import (
     SteeringCalibration,
     open_hardware,
 )
-from ssd_ros.hardware.motor import simulated_motor_duty
-from ssd_ros.hardware.pca9685 import output_frequency_hz, prescale_for
 
 MAX = math.radians(30)
 WHEELBASE = 0.14

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ssd_ros.sim import (
+from ssd_ros.simulator import (
     SCENARIOS,
     CirclePath,
     LinePath,
@@ -22,7 +22,7 @@ from ssd_ros.sim import (
     make_scenario,
     path_metrics,
 )
-from ssd_ros.tools import follow_sim
+from ssd_ros.tools import tune_follower
 
 QUIET = SimParams(box_noise_px=0.0, miss_probability=0.0, frame_drop_probability=0.0)
 
@@ -193,24 +193,25 @@ def test_path_metrics_on_a_synthetic_trace():
     assert m.steering_sign_changes == 2
 
 
-def test_follow_sim_tool_prints_metrics_and_saves_a_plot(tmp_path, capsys):
+def test_tune_follower_tool_prints_metrics_and_saves_a_plot(tmp_path, capsys):
     plot = tmp_path / "trajectories.png"
     params = tmp_path / "follower.yaml"
     params.write_text("follower:\n  ros__parameters:\n    max_linear_mps: 0.3\n    rate_hz: 20.0\n")
-    assert follow_sim.main(["--paths", "static", "two_people", "--params", str(params), "--plot", str(plot)]) == 0
+    assert tune_follower.main(["--paths", "static", "two_people", "--params", str(params), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert "| static |" in out and "| two_people |" in out
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     params.write_text("follower:\n  ros__parameters:\n    min_score: 3.0\n")
-    assert follow_sim.main(["--params", str(params), "--plot", str(plot)]) == 2
+    assert tune_follower.main(["--params", str(params), "--plot", str(plot)]) == 2
     params.write_text("- not\n- a mapping\n")
-    assert follow_sim.main(["--params", str(params), "--plot", str(plot)]) == 2
+    assert tune_follower.main(["--params", str(params), "--plot", str(plot)]) == 2
     assert "expected a YAML mapping" in capsys.readouterr().err
 
 
-def test_follow_sim_tool_reports_who_was_followed_over_seeds(tmp_path, capsys):
+def test_tune_follower_tool_reports_who_was_followed_over_seeds(tmp_path, capsys):
     plot = tmp_path / "outcomes.png"
-    assert follow_sim.main(["--trials", "2", "--paths", "occlusion_0.5s", "crossing_people", "--plot", str(plot)]) == 0
+    args = ["--trials", "2", "--paths", "occlusion_0.5s", "crossing_people", "--plot", str(plot)]
+    assert tune_follower.main(args) == 0
     out = capsys.readouterr().out
     assert "| occlusion_0.5s | 2 | 100 % | 100 %" in out and "| crossing_people | 2 | 100 % | - | 0 % |" in out
     assert plot.stat().st_size > 5_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

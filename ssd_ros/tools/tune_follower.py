@@ -4,13 +4,13 @@ Prints, per path, the settle time, overshoot and steady-state error of the follo
 desired following distance, and saves a trajectory plot. Gains come from the follower's YAML so
 what you tune here is what the node runs::
 
-    python -m ssd_ros.tools.follow_sim --params config/follower.yaml --plot docs/images/follower_sim.png
+    python -m ssd_ros.tools.tune_follower --params config/follower.yaml --plot docs/images/follower_sim.png
 
 With ``--trials N`` it runs the scenarios with a second person (occlusions, crossings) over seeds 0..N-1
 instead and reports who was followed: the original target kept, re-acquired after its occlusion, taken
 over by the other person, and the tracker's id switches per minute (a bar chart goes to ``--plot``)::
 
-    python -m ssd_ros.tools.follow_sim --trials 20 --plot docs/images/follower_outcomes.png
+    python -m ssd_ros.tools.tune_follower --trials 20 --plot docs/images/follower_outcomes.png
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ssd_ros.cli import read_params_file
 from ssd_ros.follow import FollowLoop, FollowParams, params_from_mapping
-from ssd_ros.sim import (
+from ssd_ros.simulator import (
     MULTI_PERSON_SCENARIOS,
     SCENARIOS,
     FollowOutcome,
@@ -61,7 +61,7 @@ def outcomes(names, follow_params: FollowParams, sim_params: SimParams, trials: 
     """Each named scenario over seeds ``0 .. trials - 1``: name -> list of :class:`FollowOutcome`."""
     distance = desired_distance_m(Target.height_m, follow_params.desired_height_fraction, sim_params)
     results: dict[str, list[FollowOutcome]] = {}
-    with tqdm(total=len(names) * trials, unit="run", desc="follow_sim", file=sys.stderr) as progress:
+    with tqdm(total=len(names) * trials, unit="run", desc="tune_follower", file=sys.stderr) as progress:
         for name in names:
             results[name] = []
             for seed in range(trials):
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
         follow_params = params_from_mapping(config)
         rate_hz = float(args.rate or config.get("rate_hz", 20.0))
     except (TypeError, ValueError) as error:
-        print(f"follow_sim: cannot use {args.params}: {error}", file=sys.stderr)
+        print(f"tune_follower: cannot use {args.params}: {error}", file=sys.stderr)
         return 2
     sim_params = SimParams(
         camera_hfov_deg=follow_params.camera_hfov_deg,

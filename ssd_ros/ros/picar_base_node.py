@@ -5,7 +5,7 @@ Subscribes ``cmd_vel`` (``geometry_msgs/Twist``, or ``TwistStamped`` with ``twis
 
 * ``~/state`` (``std_msgs/Float32MultiArray``, latched: reliable, transient local, depth 1) after every
   change of the outputs: ``[steering_angle_rad, servo_ticks, servo_pulse_us, motor_duty]`` (order in
-  ``layout.dim[0].label`` and ``ssd_ros.base.STATE_FIELDS``); ticks, pulse and duty are read back from
+  ``layout.dim[0].label`` and ``ssd_ros.picar_base.STATE_FIELDS``); ticks, pulse and duty are read back from
   the hardware (the PCA9685 registers), the angle is the commanded wheel angle; a value that could not be
   read back is NaN;
 * ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, ~1 Hz): counters, outputs, command age; ERROR
@@ -40,7 +40,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
-from ssd_ros.base import (
+from ssd_ros.picar_base import (
     HARDWARE_KINDS,
     MOTOR_DRIVERS,
     STATE_FIELDS,

@@ -15,9 +15,9 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray
 
-from ssd_ros.base import STATE_FIELDS
 from ssd_ros.hardware.motor import simulated_motor_duty
 from ssd_ros.hardware.pca9685 import output_frequency_hz, prescale_for
+from ssd_ros.picar_base import STATE_FIELDS
 
 CONFIG = REPO_ROOT / "config" / "picar_base.yaml"
 MAX = math.radians(30.0)  # config/picar_base.yaml
@@ -314,7 +314,7 @@ def test_bad_configuration_fails_fast_with_a_reason(tmp_path, params, reason):
 
 def test_i2c_failure_is_counted_and_retried_in_process(ros):
     """A PCA9685 that stops answering (loose cable) is an error in diagnostics, not a dead node."""
-    from ssd_ros.ros.base_node import BaseNode
+    from ssd_ros.ros.picar_base_node import BaseNode
 
     node = BaseNode()  # defaults: hardware sim, GPIO motor
     try:
@@ -359,7 +359,7 @@ class InProcessBase:
     """
 
     def __init__(self, motor_driver, timeout_s=0.3):
-        from ssd_ros.ros.base_node import BaseNode
+        from ssd_ros.ros.picar_base_node import BaseNode
 
         rclpy.init(args=["--ros-args", "-p", f"motor_driver:={motor_driver}", "-p", f"cmd_timeout_s:={timeout_s}"])
         self.node = BaseNode()
