@@ -115,24 +115,29 @@ def spin_for(node, seconds):
         rclpy.spin_once(node, timeout_sec=0.02)
 
 
-def call(node, srv_type, name, request, timeout_s=10.0, sent=None):
-    """Call a service once it is discovered; ``sent`` (a list) receives the wall time of the request."""
+def call(node, srv_type, name, request, timeout_s=10.0):
+    """Call a service once it is discovered.
+
+    The request is sent again when no reply comes: under load Fast DDS can drop a reply whose reader the
+    server has not matched yet ("failed to send response (timeout)"); the parameter services are idempotent.
+    """
     client = node.create_client(srv_type, name)
     try:
         spin_until(node, client.service_is_ready, timeout_s, f"service {name}")
-        if sent is not None:
-            sent.append(time.time())
-        future = client.call_async(request)
-        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout_s)
-        assert future.done(), f"no reply from {name}"
-        return future.result()
+        for _ in range(3):
+            future = client.call_async(request)
+            rclpy.spin_until_future_complete(node, future, timeout_sec=timeout_s)
+            if future.done():
+                return future.result()
+            client.remove_pending_request(future)
+        pytest.fail(f"no reply from {name} to 3 requests, {timeout_s} s each")
     finally:
         node.destroy_client(client)
 
 
-def set_params(node, target, sent=None, **values):
+def set_params(node, target, **values):
     request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-    return call(node, SetParameters, f"/{target}/set_parameters", request, sent=sent).results
+    return call(node, SetParameters, f"/{target}/set_parameters", request).results
 
 
 def stamp_s(msg) -> float:
