@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import math
 import os
 import pickle
-import re
 import secrets
 import warnings
 import zipfile
-from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +56,6 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "ssd_ros.checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
-
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 class CheckpointError(Exception):
@@ -174,16 +171,7 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain containers only (what goes into the file)."""
-        return {
-            "architecture": self.architecture,
-            "class_names": list(self.class_names),
-            "input_size": list(self.input_size),
-            "image_mean": list(self.image_mean),
-            "image_std": list(self.image_std),
-            "default_boxes": _plain_copy(self.default_boxes),
-            "training": _plain_copy(self.training),
-            "label_map": None if self.label_map is None else list(self.label_map),
-        }
+        return _plain_copy(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
@@ -192,16 +180,8 @@ class ModelCard:
         missing = [k for k in required if k not in data]
         if missing:
             raise KeyError(f"model card lacks {', '.join(missing)}")
-        return cls(
-            architecture=data["architecture"],
-            class_names=tuple(data["class_names"]),
-            input_size=tuple(data["input_size"]),
-            image_mean=tuple(data["image_mean"]),
-            image_std=tuple(data["image_std"]),
-            default_boxes=dict(data["default_boxes"]),
-            training=dict(data.get("training") or {}),
-            label_map=data.get("label_map"),
-        )
+        given = {f.name: data[f.name] for f in fields(cls) if data.get(f.name) is not None}
+        return cls(**given)
 
 
 @dataclass
@@ -217,32 +197,6 @@ class CheckpointPayload:
 # ---------------------------------------------------------------------------------------------------
 # Saving
 
-_PLAIN_SCALARS = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.device, torch.Size)
-
-
-def _check_plain(value: Any, where: str) -> None:
-    """Raise TypeError unless ``value`` is loadable with ``torch.load(weights_only=True)``."""
-    kind = type(value)
-    if kind in _PLAIN_SCALARS:
-        return
-    if kind in (torch.Tensor, nn.Parameter):
-        return
-    if kind in (dict, OrderedDict, Counter):
-        for key, item in value.items():
-            _check_plain(key, f"{where} key {key!r}")
-            _check_plain(item, f"{where}[{key!r}]")
-        return
-    if kind in (list, tuple, set):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
-    if kind is bytearray:
-        return
-    raise TypeError(
-        f"{where} is a {kind.__module__}.{kind.__qualname__}; checkpoints hold only tensors and plain "
-        "containers/scalars (so they load with weights_only=True): convert it (e.g. numpy -> torch.from_numpy)"
-    )
-
 
 def _plain_copy(value: Any) -> Any:
     """Deep copy of a JSON-like structure (dicts become plain dicts)."""
@@ -251,6 +205,36 @@ def _plain_copy(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain_copy(v) for v in value]
     return value
+
+
+def _serialise(card: ModelCard, model: nn.Module, extra: Mapping[str, Any] | None) -> bytes:
+    """The file's bytes; raises before anything is written if the file would not load as it should."""
+    card_dict = card.to_dict()
+    card_dict["training"].setdefault("code_version", ssd_ros.__version__)
+    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    # The weights must be the architecture the card claims (catches saving the wrong card). A model on the
+    # meta device has the shapes without allocating or initialising any weights.
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in card.build_model().state_dict().items()}
+    problem = _state_dict_problem(expected, state_dict, card)
+    if problem:
+        raise ValueError(f"model does not match its card: {problem}")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "card": card_dict,
+        "state_dict": state_dict,
+        "extra": None if extra is None else dict(extra),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(buffer.getvalue()))
+    if unsafe:
+        raise TypeError(
+            f"the card or extra state holds {', '.join(unsafe)}; checkpoints hold only tensors and plain "
+            "containers/scalars (so they load with weights_only=True): convert it (e.g. numpy -> torch.from_numpy)"
+        )
+    return buffer.getvalue()
 
 
 def save_checkpoint(
@@ -264,31 +248,13 @@ def save_checkpoint(
     The file is written to a temporary file in the same directory, fsynced, then renamed over ``path``
     (a crash leaves either the old file or the new one, never half a file; the temp file a killed save
     leaves is removed by the next save, see :func:`remove_stale_temp_files`). The file mode follows the
-    umask, like any file write. ``card.training`` gets
-    ``code_version`` if it has none. ``extra`` (optimizer/scheduler/scaler state, RNG states as
-    ByteTensors, ...) must hold only tensors and plain containers/scalars; anything else raises
-    TypeError before anything is written.
+    umask, like any file write. ``card.training`` gets ``code_version`` if it has none. ``extra``
+    (optimizer/scheduler/scaler state, RNG states as ByteTensors, ...) must hold only tensors and plain
+    containers/scalars; anything else raises TypeError before anything is written, as does a model whose
+    weights do not fit the card (ValueError).
     """
     path = Path(path)
-    card_dict = card.to_dict()
-    card_dict["training"].setdefault("code_version", ssd_ros.__version__)
-    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "card": card_dict,
-        "state_dict": state_dict,
-        "extra": None if extra is None else dict(extra),
-    }
-    _check_plain(card_dict, "card")
-    if extra is not None:
-        _check_plain(payload["extra"], "extra")
-    # The weights must be the architecture the card claims (catches saving the wrong card).
-    expected = {k: v.shape for k, v in card.build_model().state_dict().items()}
-    problem = _state_dict_problem(expected, state_dict, card)
-    if problem:
-        raise ValueError(f"model does not match its card: {problem}")
-
+    data = _serialise(card, model, extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path)
     # Our own temp name carries the writer's pid, so a later save can tell a crash leftover from a save in
@@ -298,7 +264,7 @@ def save_checkpoint(
     fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
@@ -348,86 +314,51 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
 # Loading
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
-
-
-def _unpickling_detail(error: BaseException) -> str:
-    """The informative line of torch's weights-only error (it wraps it in generic advice).
-
-    The advice (load with weights_only=False, allowlist the class) is never passed on: it is how a
-    malicious file would run its code.
-    """
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    if found:
-        return (
-            f"it pickles the Python class {found.group(1)} (a whole model saved with torch.save(model)?); "
-            "save the weights with ssd_ros.checkpoint.save_checkpoint (as train.py does)"
-        )
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch", "(")
-    for line in str(error).splitlines():
-        line = line.strip()
-        if line and not line.startswith(boilerplate):
-            return line
-    return _first_line(error)
-
-
-def _torch_load(path: Path) -> Any:
-    if not path.exists():
-        raise CheckpointError(path, "no such file")
-    if path.is_dir():
-        raise CheckpointError(path, "is a directory, not a checkpoint file")
+def _read_file(path: Path) -> Any:
+    """The unpickled content of a checkpoint file, read once; only tensors and plain containers load."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(path, "no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(path, "is a directory, not a checkpoint file") from None
     except OSError as e:
-        raise CheckpointError(path, f"cannot be read ({_first_line(e)})") from e
-    if not head:
+        raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from e
+    if not data:
         raise CheckpointError(path, "is empty (0 bytes)")
-    is_zip = head == _ZIP_MAGIC
-    if is_zip:
-        # A torch.save zip whose central directory is missing or damaged: cut off or corrupted.
-        try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise CheckpointError(
-                path,
-                "is truncated or corrupted: it starts like a PyTorch zip archive but its zip directory is "
-                f"missing or damaged ({_first_line(e)})",
-            ) from e
-        if bad is not None:
-            raise CheckpointError(path, f"is corrupted (bad CRC in archive member {bad})")
+    # torch.load does not verify the zip's CRCs (a flipped bit in the weights loads silently), so the
+    # archive is tested here, on the bytes torch then reads.
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            damaged = archive.testzip()
+    except zipfile.BadZipFile as e:
+        if data.startswith(b"PK\x03\x04"):
+            raise CheckpointError(path, f"is truncated or corrupted (its zip directory is damaged: {e})") from e
+        raise CheckpointError(path, f"is not a checkpoint (not a PyTorch zip archive: starts with {data[:8]!r})") from e
+    if damaged is not None:
+        raise CheckpointError(path, f"is corrupted (bad CRC in archive member {damaged})")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": we report failures ourselves
-            return torch.load(path, map_location="cpu", weights_only=True)
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": failures are reported below
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if is_zip:
-            raise CheckpointError(
-                path,
-                "refused to load: it holds Python objects other than tensors and plain containers, and this "
-                "loader never unpickles those (weights_only=True; not an ssd_ros checkpoint, possibly "
-                f"malicious): {_unpickling_detail(e)}",
-            ) from e
+        # torch's own message advises weights_only=False, which is how a malicious file would run its code:
+        # it is not passed on.
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
         raise CheckpointError(
             path,
-            f"is not a checkpoint (not a PyTorch zip archive: starts with {head!r}; as a pickle of plain "
-            f"tensors: {_unpickling_detail(e)})",
+            f"refused to load: it pickles {', '.join(unsafe) or 'Python objects'}, and this loader never "
+            "unpickles anything but tensors and plain containers (a whole model saved with torch.save(model)? "
+            "save the weights with ssd_ros.checkpoint.save_checkpoint, as train.py does)",
         ) from e
-    except Exception as e:  # noqa: BLE001 - torch raises many types for garbage input
-        if is_zip:
-            raise CheckpointError(path, f"is truncated or corrupted ({_first_line(e)})") from e
-        raise CheckpointError(
-            path, f"is not a checkpoint (not a PyTorch zip archive: starts with {head!r}; {_first_line(e)})"
-        ) from e
+    except Exception as e:  # noqa: BLE001 - torch raises many types for garbage inside a well-formed zip
+        raise CheckpointError(path, f"is not a PyTorch checkpoint or is corrupted ({type(e).__name__}: {e})") from e
 
 
 def read_checkpoint_payload(path: str | os.PathLike) -> CheckpointPayload:
     """Read and validate a checkpoint without building a model (for training resume and tools)."""
     path = Path(path)
-    data = _torch_load(path)
+    data = _read_file(path)
     if not isinstance(data, dict):
         raise CheckpointError(path, f"is not an ssd_ros checkpoint (holds a {type(data).__name__}, not a dict)")
     if data.get("format") != CHECKPOINT_FORMAT:

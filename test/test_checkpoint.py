@@ -120,7 +120,7 @@ def test_save_refuses_what_would_not_load_safely(tmp_path):
 
     model = _lite_model()
     card = ModelCard.for_architecture(LITE, NAMES)
-    with pytest.raises(TypeError, match=r"extra\['rng'\]\['numpy'\] is a numpy.ndarray"):
+    with pytest.raises(TypeError, match=r"holds .*numpy.ndarray"):
         save_checkpoint(tmp_path / "x.pt", model, card, extra={"rng": {"numpy": np.zeros(3)}})
     with pytest.raises(ValueError, match="class-count mismatch"):
         save_checkpoint(tmp_path / "x.pt", model, ModelCard.for_architecture(LITE, NAMES[:2]))
