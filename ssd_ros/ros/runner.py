@@ -150,10 +150,9 @@ def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], None] | None, lo
     finally:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        if on_stop is not None:
-            try:
-                on_stop(node)
-            except Exception as error:  # noqa: BLE001 - still release the node and the context
-                logger.error(f"final safe action failed: {type(error).__name__}: {error}")
-        node.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            if on_stop is not None:
+                on_stop(node)  # handles the faults it expects itself: anything raised here is a bug, shown as one
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
