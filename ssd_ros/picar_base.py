@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ssd_ros.ackermann import limit_angular, steering_angle
@@ -269,11 +270,18 @@ class ActuatorError(Exception):
 class BaseHardware:
     """Steering servo on one PCA9685 channel plus a drive motor port."""
 
-    def __init__(self, pca: Pca9685, steering_channel: int, motor: MotorPort, *, simulation: Any = None):
-        """Wrap configured devices; ``simulation`` keeps the simulated chip/GPIO for inspection in sim mode."""
+    def __init__(
+        self, pca: Pca9685, steering_channel: int, motor: MotorPort, frequency_hz: float, *, simulation: Any = None
+    ):
+        """Wrap configured devices; ``simulation`` keeps the simulated chip/GPIO for inspection in sim mode.
+
+        ``frequency_hz`` is the PWM frequency the chip was configured to (its prescaler read back once at
+        start, see ``Pca9685.configure``); the servo's pulse width is its ticks at that frequency.
+        """
         self.pca = pca
         self.steering_channel = steering_channel
         self.motor = motor
+        self.frequency_hz = frequency_hz
         self.simulation = simulation
 
     def apply(self, output: BaseOutput) -> None:
@@ -285,28 +293,28 @@ class BaseHardware:
         because a car whose steering is not where the command wants it must not move.
         """
         errors: dict[str, Exception] = {}
+        steer = partial(self.pca.set_pulse_ticks, self.steering_channel, output.servo_ticks)
         drives = output.motor_duty != 0.0
         if drives:
-            _attempt(errors, "servo", lambda: self.pca.set_pulse_ticks(self.steering_channel, output.servo_ticks))
+            _attempt(errors, "servo", steer)
         duty = 0.0 if errors else output.motor_duty
         _attempt(errors, "motor", lambda: self.motor.drive(duty))
         if not drives:
-            _attempt(errors, "servo", lambda: self.pca.set_pulse_ticks(self.steering_channel, output.servo_ticks))
+            _attempt(errors, "servo", steer)
         if errors:
             raise ActuatorError(errors)
 
     def readback(self) -> Readback:
-        """Read the actuators back (the servo from the chip registers, so a lost write shows up); never raises."""
+        """Read the actuators back (the servo from the chip registers, so a lost write shows up); never raises.
+
+        One read per actuator: the servo's channel registers and the motor; either may fail without losing the other.
+        """
         errors: dict[str, Exception] = {}
         ticks = _attempt(errors, "servo", lambda: self.pca.read_channel(self.steering_channel))
-        frequency = _attempt(errors, "servo", self.pca.frequency_hz) if ticks is not None else None
         duty = _attempt(errors, "motor", self.motor.readback)
-        pulse = ticks_to_us(ticks, frequency) if ticks is not None and frequency is not None else None
+        pulse = ticks_to_us(ticks, self.frequency_hz) if ticks is not None else None
         return Readback(
-            ticks if pulse is not None else None,
-            pulse,
-            duty,
-            [f"{part}: {type(error).__name__}: {error}" for part, error in errors.items()],
+            ticks, pulse, duty, [f"{part}: {type(error).__name__}: {error}" for part, error in errors.items()]
         )
 
     def close(self) -> None:
@@ -351,7 +359,7 @@ def open_hardware(settings: HardwareSettings) -> BaseHardware:
         bus = open_smbus(settings.i2c_bus)
         gpio = import_rpi_gpio() if settings.motor_driver == "gpio" else None
     pca = Pca9685(bus, settings.pca9685_address)
-    pca.configure(settings.pwm_frequency_hz)
+    frequency_hz = pca.configure(settings.pwm_frequency_hz)
     if gpio is not None:
         motor: MotorPort = GpioMotor(
             settings.motor_enable_pin,
@@ -362,4 +370,4 @@ def open_hardware(settings: HardwareSettings) -> BaseHardware:
         )
     else:
         motor = Pca9685Motor(pca, settings.motor_forward_channel, settings.motor_reverse_channel)
-    return BaseHardware(pca, settings.steering_channel, motor, simulation=simulation)
+    return BaseHardware(pca, settings.steering_channel, motor, frequency_hz, simulation=simulation)

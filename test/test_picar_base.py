@@ -238,3 +238,29 @@ def test_readback_confirms_exact_outputs_only():
     assert not hardware.readback().shows(base.safe_output("watchdog")), "a running motor is not a stop"
     hardware.apply(base.safe_output("watchdog"))
     assert hardware.readback().shows(base.safe_output("watchdog"))
+
+
+def test_readback_keeps_what_it_read_when_another_read_fails(monkeypatch):
+    """The PWM frequency is read back once, by configure; a readback reads the servo channel and the motor only."""
+    hardware = open_hardware(HardwareSettings(kind="sim", motor_driver="gpio"))
+    chip, bus = hardware.simulation.chip, hardware.pca.bus
+    assert hardware.frequency_hz == pytest.approx(chip.output_frequency_hz())
+    base = controller()
+    hardware.apply(base.last_output)
+
+    def no_byte_reads(*args):  # MODE1 and PRE_SCALE are single-byte reads: a readback needs neither
+        raise OSError(121, "Remote I/O error")
+
+    monkeypatch.setattr(bus, "read_byte_data", no_byte_reads)
+    readback = hardware.readback()
+    assert readback.servo_ticks == 300 and readback.motor_duty == 0.0 and readback.errors == []
+    assert readback.servo_pulse_us == pytest.approx(300 * 1e6 / (chip.output_frequency_hz() * 4096))
+
+    def broken_motor():
+        raise RuntimeError("GPIO gone")
+
+    monkeypatch.setattr(hardware.motor, "readback", broken_motor)
+    readback = hardware.readback()
+    assert readback.servo_ticks == 300 and readback.servo_pulse_us is not None, "the servo reading is kept"
+    assert readback.motor_duty is None and readback.errors == ["motor: RuntimeError: GPIO gone"]
+    assert not readback.shows(base.last_output)

@@ -95,8 +95,8 @@ class Pca9685:
     ``configure()`` puts the chip into a known state (totem-pole outputs, auto-increment, the requested PWM
     frequency, all channels off); channels are then set with ``set_pulse_ticks`` / ``set_duty``. Every
     setter writes the four LEDn registers in one auto-increment block so a channel never shows a
-    half-updated ON/OFF pair. ``read_channel`` and ``frequency_hz`` read the registers back, which is how
-    the base driver reports what the chip really outputs.
+    half-updated ON/OFF pair. ``read_channel`` reads a channel's registers back (how the base driver confirms
+    every output) and ``frequency_hz`` the prescaler (``configure`` returns it, so the base driver reads it once).
     """
 
     def __init__(

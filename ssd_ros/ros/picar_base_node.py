@@ -5,9 +5,9 @@ Subscribes ``cmd_vel`` (``geometry_msgs/Twist``, or ``TwistStamped`` with ``twis
 
 * ``~/state`` (``std_msgs/Float32MultiArray``, latched: reliable, transient local, depth 1) after every
   change of the outputs: ``[steering_angle_rad, servo_ticks, servo_pulse_us, motor_duty]`` (order in
-  ``layout.dim[0].label`` and ``ssd_ros.picar_base.STATE_FIELDS``); ticks, pulse and duty are read back from
-  the hardware (the PCA9685 registers), the angle is the commanded wheel angle; a value that could not be
-  read back is NaN;
+  ``layout.dim[0].label`` and ``ssd_ros.picar_base.STATE_FIELDS``); ticks and duty are read back from the
+  hardware (the PCA9685 registers), the pulse is those ticks at the PWM frequency the chip was configured to,
+  the angle is the commanded wheel angle; a value that could not be read back is NaN;
 * ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, ~1 Hz): counters, outputs, command age; ERROR
   while the hardware does not read back the wanted output.
 
@@ -213,7 +213,7 @@ class BaseNode(Node):
         except (OSError, RuntimeError, ValueError) as error:  # no bus/chip, missing module, GPIO mode clash
             raise StartupError(f"cannot open {settings.kind} hardware: {error}") from error
         self._settings = settings
-        self._frequency_hz = self._hardware.pca.frequency_hz()
+        self._frequency_hz = self._hardware.frequency_hz  # read back once, when open_hardware configured the chip
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._last_error = ""
         self._errors_at_last_diagnostics = 0
