@@ -221,7 +221,7 @@ class BaseNode(Node):
         # confirmed is written again by the watchdog timer until it is.
         self._wanted: BaseOutput = self._controller.last_output
         self._confirmed = False
-        self._readback: Readback | None = None
+        self._readback = Readback(None, None, None)  # nothing read yet: the first real readback differs from it
 
         self._state_pub = self.create_publisher(Float32MultiArray, "~/state", LATCHED_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -358,9 +358,9 @@ class BaseNode(Node):
             "wanted_reason": wanted.reason,
             "confirmed": str(self._confirmed),
             "steering_angle_deg": f"{math.degrees(wanted.steering_angle_rad):.2f}",
-            "servo_ticks": shown(readback.servo_ticks if readback else None, "d"),
-            "servo_pulse_us": shown(readback.servo_pulse_us if readback else None, ".1f"),
-            "motor_duty": shown(readback.motor_duty if readback else None, ".3f"),
+            "servo_ticks": shown(readback.servo_ticks, "d"),
+            "servo_pulse_us": shown(readback.servo_pulse_us, ".1f"),
+            "motor_duty": shown(readback.motor_duty, ".3f"),
             "command_age_s": f"{self._now_s() - last_command:.3f}" if last_command is not None else "n/a",
             "cmd_timeout_s": str(self._values["cmd_timeout_s"]),
         }
@@ -378,8 +378,8 @@ class BaseNode(Node):
         while not self._apply(final) and self._now_s() < deadline:
             time.sleep(self._watchdog_period_s)
         if not self._confirmed:
-            motor = self._readback.motor_duty if self._readback else None
-            what = "the motor stopped but the steering is not centred" if motor == 0.0 else "the motor may still run"
+            stopped = self._readback.motor_duty == 0.0
+            what = "the motor stopped but the steering is not centred" if stopped else "the motor may still run"
             self.get_logger().error(f"final stop not confirmed after {SHUTDOWN_RETRY_S} s, {what}: {self._last_error}")
         try:
             self._hardware.close()
