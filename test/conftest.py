@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -70,6 +71,24 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+@pytest.fixture
+def torch_hub_cache(tmp_path, monkeypatch):
+    """An empty torch hub cache of the test's own (``$TORCH_HOME``), returned as its checkpoints folder.
+
+    Sockets time out after 5 s meanwhile, so a download test never hangs on a network. (Not by patching
+    ``socket._GLOBAL_DEFAULT_TIMEOUT``: that is a sentinel urllib compares by identity, and replacing it makes
+    every connection fail with a TypeError before it is even tried.)
+    """
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(5.0)
+    yield tmp_path / "torch" / "hub" / "checkpoints"
+    socket.setdefaulttimeout(previous)
 
 
 def forged_png(width: int, height: int) -> bytes:

@@ -7,7 +7,6 @@ SSD300 already gives a wide spread of scores on real images; the untrained SSDli
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import cv2
@@ -285,12 +284,11 @@ def test_from_checkpoint_errors_and_expectations(vgg_checkpoint, tmp_path):
         Detector.from_checkpoint(vgg_checkpoint, device="cpu", expect_architecture="ssdlite320_mobilenet_v3")
 
 
-def test_from_coco_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+def test_from_coco_offline(torch_hub_cache, monkeypatch):
     monkeypatch.setattr(SSD300_VGG16_Weights.COCO_V1.value, "url", "http://127.0.0.1:9/ssd300_vgg16_coco-b556d3b4.pth")
-    monkeypatch.setattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", 5.0, raising=False)
-    with pytest.raises(WeightsUnavailableError, match="could not download the torchvision COCO SSD300 weights"):
+    with pytest.raises(
+        WeightsUnavailableError, match="could not download the torchvision COCO SSD300 weights .*Connection refused"
+    ):
         Detector.from_coco(device="cpu")
 
 
