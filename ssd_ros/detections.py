@@ -43,6 +43,11 @@ class Detections:
         """The class name of each detection."""
         return [self.class_names[i] for i in self.labels]
 
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The track id of each detection, "" for every one when no tracker ran (``track_ids`` None)."""
+        return ("",) * len(self) if self.track_ids is None else self.track_ids
+
     @classmethod
     def empty(cls, class_names: tuple[str, ...] = ()) -> Detections:
         """No detections."""

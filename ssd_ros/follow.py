@@ -383,7 +383,7 @@ class FollowController:
         keep &= ~outside
         self.counters["rejected_candidates"] += int(len(keep) - keep.sum())
         index = np.flatnonzero(keep)
-        ids = detections.track_ids or ("",) * len(names)
+        ids = detections.ids
         return boxes[index], scores[index], [names[i] for i in index], [ids[i] for i in index]
 
     def _associate(
@@ -538,7 +538,7 @@ class FollowLoop:
         if detections.track_ids is not None:
             self.source_tracks = True
         elif self.source_tracks:  # all its detections unconfirmed (msg_to_detections gives None for all-empty ids)
-            detections = replace(detections, track_ids=("",) * len(detections))
+            detections = replace(detections, track_ids=detections.ids)
         else:
             detections = self.tracker.update(detections, math.nan if stamp_s is None else stamp_s)
         self._pending = (detections, stamp_s)

@@ -9,10 +9,12 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
 from ssd_ros.camera import PinholeCamera
+from ssd_ros.detections import Detections
 from ssd_ros.follow import Command
 from ssd_ros.ros.messages import (
     camera_from_info,
     camera_info_msg,
+    detections_to_msg,
     msg_to_detections,
     stamp_msg,
     stamp_ns,
@@ -35,6 +37,16 @@ def test_a_valid_detection_becomes_corner_boxes():
     got = msg_to_detections(Detection2DArray(detections=[_detection()]))
     assert got.boxes.tolist() == [[300.0, 180.0, 340.0, 300.0]] and got.names == ["person"]
     assert got.scores.tolist() == pytest.approx([0.9])
+
+
+def test_detection_ids_are_the_track_ids_or_empty_when_untracked():
+    boxes, scores, names = [[0, 0, 10, 20], [5, 5, 15, 25]], [0.9, 0.8], ["person", "dog"]
+    untracked = Detections.from_named(boxes, scores, names)
+    assert untracked.ids == ("", "") and Detections.empty().ids == ()
+    assert [d.id for d in detections_to_msg(untracked, Header()).detections] == ["", ""]
+    tracked = Detections.from_named(boxes, scores, names, track_ids=["7", ""])
+    assert [d.id for d in detections_to_msg(tracked, Header()).detections] == ["7", ""]
+    assert msg_to_detections(detections_to_msg(tracked, Header())).ids == ("7", "")
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,8 @@ def detections_to_msg(detections: Detections, header: Header) -> Detection2DArra
     tracker's id of the detection ("" when untracked, see :mod:`ssd_ros.tracking`).
     """
     msg = Detection2DArray(header=header)
-    ids = detections.track_ids or ("",) * len(detections)
-    for box, score, name, track_id in zip(detections.boxes.tolist(), detections.scores.tolist(), detections.names, ids):
+    rows = zip(detections.boxes.tolist(), detections.scores.tolist(), detections.names, detections.ids)
+    for box, score, name, track_id in rows:
         x1, y1, x2, y2 = box
         det = Detection2D(header=header, id=track_id)
         det.bbox.center.position.x = (x1 + x2) / 2.0
