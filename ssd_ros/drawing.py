@@ -53,7 +53,7 @@ def draw_detections(
         x1, x2 = min(max(x1, 0), width - 1), min(max(x2, 0), width - 1)
         y1, y2 = min(max(y1, 0), height - 1), min(max(y2, 0), height - 1)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
-        track = detections.track_ids[i] if detections.track_ids is not None else ""
+        track = detections.ids[i]
         label = f"{'#' + track + ' ' if track else ''}{name} {float(detections.scores[i]):.2f}"
         (text_w, text_h), baseline = cv2.getTextSize(label, font, 0.5 * scale, max(1, thickness - 1))
         # Label above the box if there is room, else inside its top edge.
