@@ -25,6 +25,7 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -51,7 +52,6 @@ __all__ = [
     "input_size",
     "load_pretrained_state_dict",
     "normalization",
-    "pretrained_cache_path",
     "topk_candidates",
 ]
 
@@ -290,11 +290,6 @@ def _build_ssdlite(num_classes: int, generator: DefaultBoxGenerator, pretrained_
     return SSD(backbone, generator, size, num_classes, head=head, **kwargs)
 
 
-def pretrained_cache_path(weights: Any) -> Path:
-    """Where torch's hub cache keeps a torchvision weights file (``$TORCH_HOME/hub/checkpoints/<file>``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
-
-
 def load_pretrained_state_dict(
     weights: Any, *, what: str, progress: bool = False, alternative: str = ""
 ) -> dict[str, torch.Tensor]:
@@ -307,42 +302,43 @@ def load_pretrained_state_dict(
     prefix is too short to be a security boundary on its own). Raises :class:`WeightsUnavailableError` with
     what to do.
     """
-    path = pretrained_cache_path(weights)
+    url = weights.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)  # torch's hub cache
     match = torch.hub.HASH_REGEX.search(path.name)
     if not match or len(match.group(1)) < 8:
-        raise WeightsUnavailableError(f"{weights.url}: the file name carries no sha256 prefix to check it by")
+        raise WeightsUnavailableError(f"{url}: the file name carries no sha256 prefix to check it by")
     prefix = match.group(1)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=prefix, progress=progress)
-        except Exception as e:  # network failures, and a download whose hash does not match (RuntimeError)
-            raise WeightsUnavailableError(_download_hint(what, weights, e, alternative)) from e
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=progress)
+        except (OSError, HTTPException, ValueError, RuntimeError) as e:
+            # What download_url_to_file (urllib) raises: URLError/HTTPError, socket and SSL errors (OSErrors), a
+            # connection cut mid-body (http.client.IncompleteRead), a bad Content-Length (ValueError), and a
+            # RuntimeError for a download whose sha256 does not match the name.
+            raise WeightsUnavailableError(
+                f"could not download the {what} weights from {url} ({type(e).__name__}: {e}). Check the internet "
+                f"connection, or copy {path.name} into {path.parent} (honours $TORCH_HOME; its sha256 is checked "
+                f"against the name){alternative}."
+            ) from e
     else:
         with path.open("rb") as f:  # streamed: a backbone file is hundreds of MB, torch.load reads it next
             digest = hashlib.file_digest(f, "sha256").hexdigest()
         if not digest.startswith(prefix):
             raise WeightsUnavailableError(
                 f"the cached {what} weights {path} are not the published file (sha256 {digest[: len(prefix)]}..., "
-                f"expected {prefix}...): delete it, it is downloaded again from {weights.url}"
+                f"expected {prefix}...): delete it, it is downloaded again from {url}"
             )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # an UnpicklingError for objects other than tensors, RuntimeError for a bad zip
+    except Exception as e:  # noqa: BLE001 - bad-input boundary: torch.load of a damaged or forged file
+        # raises UnpicklingError (objects other than tensors), RuntimeError (bad zip), EOFError (truncated),
+        # and, for corrupt pickle bytes inside a valid zip, UnicodeDecodeError, IndexError, TypeError,
+        # KeyError, AssertionError, ... (seen fuzzing torch 2.14): any of them means "not a plain weight file".
         raise WeightsUnavailableError(
             f"the {what} weights {path} are not a plain weight file and were not loaded "
             f"(torch.load with weights_only=True refused it: {type(e).__name__}); delete the file"
         ) from e
-
-
-def _download_hint(what: str, weights: Any, error: Exception, alternative: str = "") -> str:
-    url = getattr(weights, "url", "?")
-    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-    return (
-        f"could not download the {what} weights from {url} ({type(error).__name__}: {error}). "
-        f"Check the internet connection, or copy {os.path.basename(url)} into {cache} "
-        f"(honours $TORCH_HOME; its sha256 is checked against the name){alternative}."
-    )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -260,6 +262,48 @@ def test_payload_with_a_matching_hash_prefix_is_refused_by_weights_only(tmp_path
         build_coco_model()
     assert not marker.exists()
     assert "weights_only" in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut off"], ids=["empty", "truncated-zip"])
+def test_damaged_file_with_a_matching_hash_prefix_is_refused(torch_hub_cache, monkeypatch, content):
+    """A damaged file that still passes the hash check (EOFError, RuntimeError from torch.load) is refused too."""
+    name = f"ssd300_vgg16_coco-{hashlib.sha256(content).hexdigest()[:8]}.pth"
+    torch_hub_cache.mkdir(parents=True)
+    (torch_hub_cache / name).write_bytes(content)
+    monkeypatch.setattr(SSD300_VGG16_Weights.COCO_V1.value, "url", f"http://127.0.0.1:9/{name}")
+    with pytest.raises(WeightsUnavailableError, match="not a plain weight file"):
+        build_coco_model()
+
+
+def test_download_cut_off_mid_file_is_a_clear_error(torch_hub_cache, monkeypatch):
+    """A server that hangs up in the middle of a chunk: urllib raises http.client.IncompleteRead (no OSError)."""
+
+    class CutOff(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # chunked transfer encoding
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"3e8\r\n" + b"x" * 10)  # a 1000-byte chunk, cut off after 10
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), CutOff)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/ssd300_vgg16_coco-b556d3b4.pth"
+    monkeypatch.setattr(SSD300_VGG16_Weights.COCO_V1.value, "url", url)
+    try:
+        with pytest.raises(WeightsUnavailableError, match="could not download .*IncompleteRead") as info:
+            build_coco_model()
+    finally:
+        thread.join(10)
+        server.server_close()
+    assert "ssd300_vgg16_coco-b556d3b4.pth" in str(info.value) and str(torch_hub_cache) in str(info.value)
+    assert not any(torch_hub_cache.iterdir()), "nothing half-downloaded left in the cache"
 
 
 def test_pretrained_backbone_is_downloaded_hash_checked_and_cached(tmp_path, torch_hub_cache, monkeypatch):
