@@ -26,12 +26,19 @@ for the 8-bit encodings there is no byte order to honour, so it is accepted and 
 ``step`` is the length of one row in bytes and may include padding after the pixels
 (``step >= width * bytes_per_pixel``); the padding is dropped. ``data`` must be exactly
 ``step * height`` bytes long.
+
+Image files (training and evaluation data, ``make_bag --images``, int8 calibration images) are read by
+:func:`read_image_file` alone, with the same checks as a camera's compressed frames; :data:`IMAGE_SUFFIXES`
+are the file name endings that count as images, in any letter case.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -40,6 +47,7 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "COMPRESSED_FORMATS",
+    "IMAGE_SUFFIXES",
     "RAW_ENCODINGS",
     "MAX_PIXELS",
     "ImageDecodeError",
@@ -47,6 +55,7 @@ __all__ = [
     "decode_raw",
     "encode_compressed",
     "encode_raw",
+    "read_image_file",
     "validate_image",
 ]
 
@@ -107,8 +116,44 @@ _CODECS: dict[str, str] = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
 COMPRESSED_FORMATS: tuple[str, ...] = tuple(_CODECS)
 """Codec names :func:`decode_compressed` accepts (also inside ``"rgb8; jpeg compressed bgr8"`` strings)."""
 
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+"""Image file name endings, compared case-insensitively (``a.JPG`` is an image), in order of preference."""
+
 _JPEG_START = b"\xff\xd8"
 _JPEG_END = b"\xff\xd9"
+_JPEG_SCAN = 0xDA
+# A marker: 0xFF fill bytes, then a byte that is neither 0xFF nor 0x00 (FF 00 is a stuffed 0xFF data byte).
+_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xff])")
+_JPEG_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xD9)])  # TEM, RST0-7, SOI: markers without a length field
+_JPEG_MAX_HEADER_MARKERS = 1000  # real files have a few dozen; past this the data is not a camera's JPEG
+
+
+def _jpeg_truncated(raw: bytes) -> bool:
+    """True when a JPEG ends before its end-of-image marker (libjpeg would fill the missing rows with grey).
+
+    The header segments are walked by their lengths (an EXIF thumbnail, a whole JPEG inside APP1, is
+    skipped with its segment) to the first start-of-scan marker; after it, FF D9 can only be the
+    end-of-image marker, since entropy-coded data stuffs every 0xFF data byte with 0x00 and markers
+    between the scans of a progressive JPEG are never D9. Bytes after the end-of-image marker (camera
+    trailers, padding, a phone's appended motion-photo video) do not matter. Cost: a few dozen header steps
+    and one ``bytes.rfind`` that stops at the file's last bytes unless the JPEG is in fact cut.
+    """
+    position = 2  # after the start-of-image marker
+    for _ in range(_JPEG_MAX_HEADER_MARKERS):
+        match = _JPEG_MARKER.search(raw, position)  # stray bytes before a marker are skipped, as libjpeg does
+        if match is None:
+            return True  # the data ends in the header segments
+        marker, position = match.group(1)[0], match.end()
+        if marker == _JPEG_SCAN:
+            return raw.rfind(_JPEG_END, position) < 0  # from the end: found at once in a whole file
+        if marker == _JPEG_END[1]:
+            return False  # an image without a scan (tables only): not truncated, OpenCV refuses it
+        if marker not in _JPEG_NO_LENGTH:
+            if position + 2 > len(raw):
+                return True
+            position += int.from_bytes(raw[position : position + 2], "big")
+    last_scan = raw.rfind(bytes([0xFF, _JPEG_SCAN]))  # a forged header of endless markers: the cheap test
+    return last_scan < 0 or raw.find(_JPEG_END, last_scan) < 0
 
 
 def decode_raw(encoding: str, width: int, height: int, step: int, is_bigendian: bool, data) -> np.ndarray:
@@ -194,16 +239,47 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     buffer = np.frombuffer(data, dtype=np.uint8)
     if buffer.size == 0:
         raise ImageDecodeError(f"empty {fmt or 'compressed'} data (0 bytes)")
+    return _decode(buffer, codec or "compressed")
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` image from a JPEG, PNG or BMP file: the one reader of image files.
+
+    The bytes go through the camera frames' decoder (:func:`decode_compressed`), so a file is held to the
+    same checks: a truncated JPEG is refused rather than silently completed with grey, and a header
+    claiming more than :data:`MAX_PIXELS` is refused before decoding. Grey and alpha images become RGB.
+
+    Raises:
+        ImageDecodeError: the file is missing, unreadable or empty, a truncated JPEG, too large, or not
+            an image OpenCV decodes; the message starts with the path.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: image file not found") from None
+    except OSError as error:  # a folder, no permission, an I/O error
+        raise ImageDecodeError(f"{path}: cannot read image file ({error.strerror or error})") from None
+    if not data:
+        raise ImageDecodeError(f"{path}: empty image file (0 bytes)")
+    try:
+        return _decode(np.frombuffer(data, dtype=np.uint8), "image")
+    except ImageDecodeError as error:
+        raise ImageDecodeError(f"{path}: {error}") from None
+
+
+def _decode(buffer: np.ndarray, what: str) -> np.ndarray:
+    """RGB image from non-empty encoded bytes; ``what`` names them in messages (codec, "compressed", "image")."""
     raw = buffer.tobytes()
-    if raw[:2] == _JPEG_START and not raw.rstrip(b"\x00").endswith(_JPEG_END):
-        raise ImageDecodeError(f"truncated JPEG: no end-of-image marker in {buffer.size} bytes")
-    _check_header_size(raw, f"{codec or 'compressed'} image header")
+    if raw[:2] == _JPEG_START and _jpeg_truncated(raw):
+        raise ImageDecodeError(f"truncated JPEG: no end-of-image marker after its image data ({buffer.size} bytes)")
+    _check_header_size(raw, f"{what} image header" if what != "image" else "image header")
     try:
         bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     except cv2.error as error:  # e.g. a header beyond OpenCV's own size limit in a format Pillow cannot read
-        raise ImageDecodeError(f"undecodable {codec or 'compressed'} data ({buffer.size} bytes): {error}") from error
+        raise ImageDecodeError(f"undecodable {what} data ({buffer.size} bytes): {error}") from error
     if bgr is None:
-        raise ImageDecodeError(f"undecodable {codec or 'compressed'} data ({buffer.size} bytes)")
+        raise ImageDecodeError(f"undecodable {what} data ({buffer.size} bytes)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import forged_png, shared_data
 
 from ssd_ros.image_codec import (
+    IMAGE_SUFFIXES,
     MAX_PIXELS,
     RAW_ENCODINGS,
     ImageDecodeError,
@@ -18,6 +19,7 @@ from ssd_ros.image_codec import (
     decode_raw,
     encode_compressed,
     encode_raw,
+    read_image_file,
 )
 
 BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "yuv422_yuy2": 2, "yuv422": 2, "mono16": 2}
@@ -249,6 +251,133 @@ def test_truncated_jpeg_is_detected():
     data = encode_compressed(np.full((64, 64, 3), 100, np.uint8), "jpeg")
     with pytest.raises(ImageDecodeError, match=r"truncated JPEG: no end-of-image marker"):
         decode_compressed("jpeg", data[: len(data) // 2])
+
+
+# --- truncation judged by the JPEG structure: real files carry bytes after their end-of-image marker ----------
+
+SOS, EOI = b"\xff\xda", b"\xff\xd9"
+
+
+@pytest.fixture(scope="module")
+def real_jpeg(real_rgb) -> bytes:
+    """A real photo encoded by OpenCV: SOI, header segments, one scan, EOI."""
+    return encode_compressed(real_rgb, "jpeg", jpeg_quality=90)
+
+
+def _with_exif_thumbnail(jpeg: bytes, thumbnail: bytes) -> bytes:
+    """``jpeg`` with an EXIF-like APP1 segment after its SOI holding ``thumbnail``, a whole JPEG (SOI..SOS..EOI)."""
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">HI", 0, 0)  # big-endian header, empty IFD0
+    body = b"Exif\x00\x00" + tiff + thumbnail
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def _cut_in_scan(jpeg: bytes) -> bytes:
+    """``jpeg`` cut halfway through its (last) scan, as a transfer that stopped."""
+    scan = jpeg.rindex(SOS)
+    return jpeg[: scan + (len(jpeg) - scan) // 2]
+
+
+@pytest.mark.parametrize(
+    "trailer",
+    [
+        b"\x00" * 64,  # padding
+        b"SEFH\x01\x02\x03\x04 camera maker trailer \xff\xe0\x10",  # non-zero bytes after EOI
+        b"ftypmp42" + SOS + b"\x12\x34 an appended motion-photo video" + SOS + b"\x00\xff",  # its own SOS, no EOI
+        encode_compressed(np.full((8, 8, 3), 50, np.uint8), "jpeg"),  # a second image (multi-picture format)
+    ],
+    ids=["nul-padding", "maker-trailer", "video-with-sos", "second-jpeg"],
+)
+def test_bytes_after_the_end_of_image_marker_are_accepted(real_jpeg, trailer):
+    expected = decode_compressed("jpeg", real_jpeg)
+    np.testing.assert_array_equal(decode_compressed("jpeg", real_jpeg + trailer), expected)
+
+
+def test_real_jpeg_cut_in_its_scan_is_refused(real_jpeg):
+    assert real_jpeg.count(SOS) == 1 and real_jpeg.endswith(EOI)
+    with pytest.raises(ImageDecodeError, match=r"truncated JPEG: no end-of-image marker after its image data"):
+        decode_compressed("jpeg", _cut_in_scan(real_jpeg))
+    # Trailing NULs (a zero-filled buffer) do not hide the cut.
+    with pytest.raises(ImageDecodeError, match=r"truncated JPEG"):
+        decode_compressed("jpeg", _cut_in_scan(real_jpeg) + bytes(100))
+
+
+def test_real_jpeg_cut_in_its_header_is_refused(real_jpeg):
+    header = real_jpeg[: real_jpeg.index(SOS)]
+    for cut in (3, 20, len(header) // 2, len(header) - 1, len(header) + 3):
+        with pytest.raises(ImageDecodeError, match=r"truncated JPEG"):
+            decode_compressed("jpeg", real_jpeg[:cut])
+
+
+def test_exif_thumbnail_end_marker_does_not_hide_a_cut_main_scan(real_jpeg, real_rgb):
+    thumbnail = encode_compressed(np.ascontiguousarray(real_rgb[::8, ::8]), "jpeg")
+    assert thumbnail.startswith(b"\xff\xd8") and SOS in thumbnail and thumbnail.endswith(EOI)
+    with_thumbnail = _with_exif_thumbnail(real_jpeg, thumbnail)
+    np.testing.assert_array_equal(decode_compressed("jpeg", with_thumbnail), decode_compressed("jpeg", real_jpeg))
+    with pytest.raises(ImageDecodeError, match=r"truncated JPEG"):
+        decode_compressed("jpeg", _cut_in_scan(with_thumbnail))
+    # Cut right after the main scan's start: the thumbnail's SOS and EOI come before it and do not count.
+    with pytest.raises(ImageDecodeError, match=r"truncated JPEG"):
+        decode_compressed("jpeg", with_thumbnail[: with_thumbnail.rindex(SOS) + 20])
+
+
+def test_progressive_jpeg_cut_between_scans_is_refused(real_rgb):
+    ok, encoded = cv2.imencode(".jpg", real_rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    data = encoded.tobytes()
+    scans = [i for i in range(len(data)) if data.startswith(SOS, i)]
+    assert ok and len(scans) > 2  # several scans, refining the image
+    np.testing.assert_array_equal(decode_compressed("jpeg", data), cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1])
+    # libjpeg shows a coarser image from the complete scans before the cut; the frame is still incomplete.
+    with pytest.raises(ImageDecodeError, match=r"truncated JPEG"):
+        decode_compressed("jpeg", data[: scans[2]])
+
+
+# --- image files: the one reader ----------------------------------------------------------------------------------
+
+
+def test_every_real_image_reads_exactly_like_opencv():
+    """The strict reader on all real images at hand (VOC2012 sample, rover frames): nothing refused, same pixels."""
+    files = sorted(p for p in shared_data().rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    assert len(files) >= 148, files
+    for path in files:
+        np.testing.assert_array_equal(read_image_file(path), cv2.imread(str(path))[:, :, ::-1], err_msg=str(path))
+
+
+@pytest.mark.parametrize("suffix", IMAGE_SUFFIXES)
+def test_image_file_formats_read_as_rgb(tmp_path, rgb, suffix):
+    path = tmp_path / f"frame{suffix.upper()}"
+    assert cv2.imwrite(str(path), rgb[:, :, ::-1])
+    out = read_image_file(path)
+    assert out.shape == rgb.shape and out.dtype == np.uint8 and out.flags.writeable
+    np.testing.assert_array_equal(out, cv2.imread(str(path))[:, :, ::-1])
+    if suffix in (".png", ".bmp"):  # lossless
+        np.testing.assert_array_equal(out, rgb)
+
+
+def test_grey_and_alpha_image_files_become_rgb(tmp_path, rgb):
+    grey, rgba = tmp_path / "grey.png", tmp_path / "rgba.png"
+    cv2.imwrite(str(grey), rgb[:, :, 0])
+    cv2.imwrite(str(rgba), np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 128, np.uint8)]))
+    np.testing.assert_array_equal(read_image_file(grey), np.repeat(rgb[:, :, :1], 3, axis=2))
+    np.testing.assert_array_equal(read_image_file(rgba), rgb)
+
+
+def test_image_file_errors_name_the_file(tmp_path, real_jpeg):
+    cases = {
+        "gone.jpg": (None, r"gone\.jpg: image file not found"),
+        "folder.jpg": ("dir", r"folder\.jpg: cannot read image file \(Is a directory\)"),
+        "empty.jpg": (b"", r"empty\.jpg: empty image file \(0 bytes\)"),
+        "corrupt.jpg": (b"not a jpeg at all", r"corrupt\.jpg: undecodable image data \(17 bytes\)"),
+        "cut.jpg": (_cut_in_scan(real_jpeg), r"cut\.jpg: truncated JPEG: no end-of-image marker"),
+        "huge.png": (forged_png(10000, 6000), r"huge\.png: image header of 10000x6000 exceeds the 50,000,000-pixel"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content == "dir":
+            path.mkdir()
+        elif content is not None:
+            path.write_bytes(content)
+        with pytest.raises(ImageDecodeError, match=message):
+            read_image_file(str(path))
 
 
 def test_truncated_png_is_undecodable():
