@@ -288,11 +288,12 @@ def main() -> int:
 
 def agreement_section(files: dict[str, Path], frames: Path) -> list[str]:
     """Every backend and precision against torch fp32 on labelled frames: VOC AP, share of its detections kept."""
-    from ssd_ros.voc import VocSplit, load_image_rgb
+    from ssd_ros.image_codec import read_image_file
+    from ssd_ros.voc import VocSplit
     from ssd_ros.voc_metric import evaluate_detections, matched_fraction
 
     split = VocSplit.from_folder(frames)
-    images = [load_image_rgb(item.image_path) for item in split]
+    images = [read_image_file(item.image_path) for item in split]
     annotations = [item.annotation() for item in split]
 
     def run(backend: str, precision: str):

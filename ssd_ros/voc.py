@@ -1,4 +1,4 @@
-"""PASCAL VOC format reading: annotations, dataset splits and images (ROS-free core).
+"""PASCAL VOC format reading: annotations and dataset splits (ROS-free core).
 
 Coordinate convention (used by training, evaluation and the metric alike)
 --------------------------------------------------------------------------
@@ -23,10 +23,14 @@ Dataset layouts
   ``"2007/trainval"``: :meth:`VocSplit.from_devkit`;
 * a single VOC-year-like folder (``Annotations/``, ``JPEGImages/``, optional ``ImageSets/Main/*.txt``) or a
   plain folder of ``name.jpg`` + ``name.xml`` pairs (e.g. labelImg output): :meth:`VocSplit.from_folder`.
+
+An image is found by its id with any of :data:`~ssd_ros.image_codec.IMAGE_SUFFIXES` in any letter case
+(``name.JPG`` too) and read with :func:`~ssd_ros.image_codec.read_image_file`, the one image file reader.
 """
 
 from __future__ import annotations
 
+import glob
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,24 +38,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 
+from ssd_ros.image_codec import IMAGE_SUFFIXES
+
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "VocAnnotation",
     "VocFormatError",
     "VocItem",
     "VocSplit",
     "discover_classes",
-    "load_image_rgb",
     "parse_annotation",
 ]
 
 _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG", ".BMP")
-"""Image file extensions searched for next to an annotation, in this order."""
 
 
 class VocFormatError(ValueError):
@@ -169,21 +169,6 @@ def parse_annotation(xml_path: str | Path) -> VocAnnotation:
     )
 
 
-def load_image_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8 HxWx3 (grayscale/alpha images converted).
-
-    Raises:
-        VocFormatError: the file is missing or OpenCV cannot decode it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise VocFormatError(f"{path}: image file not found")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise VocFormatError(f"{path}: image cannot be decoded (corrupt or unsupported format)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 class VocItem(NamedTuple):
     """One image of a split: its id (file stem), image file and annotation file (unpacks as a tuple)."""
 
@@ -197,12 +182,17 @@ class VocItem(NamedTuple):
 
 
 def _find_image(folder: Path, stem: str) -> Path | None:
-    """The image named ``stem`` with one of IMAGE_EXTENSIONS in ``folder``, or None."""
-    for extension in IMAGE_EXTENSIONS:
-        candidate = folder / f"{stem}{extension}"
-        if candidate.is_file():
-            return candidate
-    return None
+    """The image ``stem`` + one of IMAGE_SUFFIXES in any letter case in ``folder``, or None.
+
+    Suffixes are preferred in IMAGE_SUFFIXES order. All lower or all upper case (``a.jpg``, ``a.JPG``) costs
+    a file check or two; another case (``a.Jpg``) one listing of the files named ``stem.*``.
+    """
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    found = {p.suffix.lower(): p for p in folder.glob(f"{glob.escape(stem)}.*") if p.stem == stem and p.is_file()}
+    return next((found[suffix] for suffix in IMAGE_SUFFIXES if suffix in found), None)
 
 
 def _plain_name(name: str) -> bool:

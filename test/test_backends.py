@@ -24,9 +24,10 @@ from ssd_ros.checkpoint import CheckpointError, ModelCard, coco_model_card, load
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector
 from ssd_ros.export import export_onnx_bytes, read_exported, write_export
+from ssd_ros.image_codec import read_image_file
 from ssd_ros.model import VOC_CLASSES, build_model
 from ssd_ros.tools import export_model
-from ssd_ros.voc import VocSplit, load_image_rgb
+from ssd_ros.voc import VocSplit
 from ssd_ros.voc_metric import evaluate_detections, matched_fraction
 from training import train
 
@@ -37,7 +38,7 @@ def _images() -> list[np.ndarray]:
     voc = shared_data("voc2012_sample", "VOC2012", "JPEGImages")
     rover = shared_data("picar_camera", "detection", "test")
     paths = [voc / "2007_000027.jpg", voc / "2007_000032.jpg", sorted(rover.glob("*.jpg"))[0]]
-    return [load_image_rgb(p) for p in paths]
+    return [read_image_file(p) for p in paths]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_trained_model_exported_file_equals_torch(trained, tmp_path, export_form
     )
     settings = {"score_threshold": 0.05, "device": "cpu", "warmup_runs": 0}
     reference = Detector.from_checkpoint(trained["checkpoint"], **settings)
-    frames = [load_image_rgb(p) for p in sorted(trained["frames"].glob("*.jpg"))]
+    frames = [read_image_file(p) for p in sorted(trained["frames"].glob("*.jpg"))]
     for backend in FAST if export_format == "onnx" else ["openvino"]:
         fast = Detector.from_checkpoint(out, backend=backend, **settings)
         assert fast.card == reference.card
@@ -133,7 +134,7 @@ def test_batches_through_an_exported_file(checkpoints, tmp_path):
 
 def _ap_and_detections(detector: Detector, folder: Path) -> tuple[float, list[Detections]]:
     split = VocSplit.from_folder(folder)
-    detections = detector.detect_batch([load_image_rgb(item.image_path) for item in split])
+    detections = detector.detect_batch([read_image_file(item.image_path) for item in split])
     annotations = [item.annotation() for item in split]
     result = evaluate_detections(detections, annotations, detector.class_names, metric="11point")
     return result.map, detections
@@ -243,10 +244,17 @@ def test_export_command_refuses_bad_input_with_one_line(checkpoints, tmp_path, c
     # Not a folder: cannot be written into, even by root (chmod would not stop root).
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    frame = sorted(shared_data("picar_camera", "detection", "test").glob("*.jpg"))[0].read_bytes()
+    (cut / "frame.JPG").write_bytes(frame[: len(frame) // 2])  # any letter case is an image
     good = str(checkpoints["ssdlite320_mobilenet_v3"])
     cases = {
         "random.pt": ["--checkpoint", str(not_ours), "--out", str(tmp_path / "a.onnx")],
         "no images": ["--checkpoint", good, "--int8", "--calibration", str(empty), "--out", str(tmp_path / "b.onnx")],
+        f"--calibration: {cut / 'frame.JPG'}: truncated JPEG": [
+            *("--checkpoint", good, "--int8", "--calibration", str(cut), "--out", str(tmp_path / "e.onnx"))
+        ],
         "cannot write": ["--checkpoint", good, "--out", str(blocker / "c.onnx")],
         "is a .xml file": ["--checkpoint", good, "--format", "openvino", "--out", str(tmp_path / "d.onnx")],
     }
@@ -254,5 +262,5 @@ def test_export_command_refuses_bad_input_with_one_line(checkpoints, tmp_path, c
         assert export_model.main(argv) == 2, expected
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err and err.startswith("export_model: error:"), err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "empty", "random.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "cut", "empty", "random.pt"]
     assert (EXECUTABLES / "export_model").exists()

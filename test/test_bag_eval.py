@@ -27,12 +27,13 @@ from ssd_ros.camera import PinholeCamera
 from ssd_ros.checkpoint import ModelCard, save_checkpoint
 from ssd_ros.detector import Detector
 from ssd_ros.follow import FollowController, params_from_mapping
+from ssd_ros.image_codec import read_image_file
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import camera_info_msg, msg_to_detections
 from ssd_ros.tools import bag_eval, bagio, export_model, make_bag
 from ssd_ros.tools.bagio import add_topic, open_writer, serialize
 from ssd_ros.tracking import Tracker, TrackerParams
-from ssd_ros.voc import load_image_rgb, parse_annotation
+from ssd_ros.voc import parse_annotation
 from ssd_ros.voc_metric import evaluate_detections
 
 # The test checkpoint's own class order (not the sorted order of conftest.PICAR_CLASSES).
@@ -243,7 +244,7 @@ def test_ground_truth_ap_by_stamp_and_by_index(tmp_path, checkpoint, capsys):
     jpgs = sorted(folder.glob("*.jpg"))
     annotations = [parse_annotation(p.with_suffix(".xml")) for p in jpgs]
     detector = Detector.from_checkpoint(checkpoint, score_threshold=0.01, max_detections=50, device="cpu")
-    expected = evaluate_detections([detector(load_image_rgb(p)) for p in jpgs], annotations, MODEL_CLASSES)
+    expected = evaluate_detections([detector(read_image_file(p)) for p in jpgs], annotations, MODEL_CLASSES)
     for result in (by_stamp, by_index):
         assert result["frames_evaluated"] == len(jpgs)
         assert result["map"] == pytest.approx(expected.map, abs=1e-6)

@@ -240,6 +240,20 @@ def test_broken_annotation_and_missing_image(checkpoints, tmp_path):
     assert_fails_before_work(tmp_path, argv, f"{first_xml}: no image")
 
 
+def test_truncated_image_is_one_line_naming_it(checkpoints, tmp_path):
+    folder = tmp_path / "data"
+    shutil.copytree(shared_data("picar_camera", "detection", "test"), folder)
+    broken = sorted(folder.glob("*.jpg"))[2]
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])  # cut in transfer: OpenCV alone would fill it with grey
+    out = tmp_path / "out"
+    status, _, stderr = run("--checkpoint", checkpoints["picar"], "--folder", folder, "--out", out, "--no-progress")
+    assert status == 2
+    assert stderr.splitlines() == [f"evaluate.py: error: {broken}: truncated JPEG: no end-of-image marker after its "
+                                   f"image data ({len(data) // 2} bytes)"]  # fmt: skip
+    assert not out.exists()
+
+
 def test_bad_checkpoint_file(tmp_path):
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"not a checkpoint")

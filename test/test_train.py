@@ -12,8 +12,9 @@ from conftest import PICAR_CLASSES, REPO_ROOT, shared_data
 
 from ssd_ros.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload
 from ssd_ros.detector import Detector
+from ssd_ros.image_codec import read_image_file
 from ssd_ros.model import build_model
-from ssd_ros.voc import VocSplit, load_image_rgb
+from ssd_ros.voc import VocSplit
 from ssd_ros.voc_metric import evaluate_detections
 from training import engine, train
 from training.dataset import VocDetectionDataset
@@ -290,7 +291,7 @@ def test_resume_refuses_another_architecture(picar_small, tmp_path):
 
 def _recall_and_map(detector, split):
     annotations = [item.annotation() for item in split]
-    detections = detector.detect_batch([load_image_rgb(item.image_path) for item in split])
+    detections = detector.detect_batch([read_image_file(item.image_path) for item in split])
     result = evaluate_detections(detections, annotations, detector.class_names, metric="allpoint")
     recall = sum(c.true_positives for c in result.classes) / sum(c.npos for c in result.classes)
     return recall, result.map
@@ -345,7 +346,7 @@ def test_hard_negative_mining_keeps_exactly_the_three_hardest_negatives_per_posi
     split = VocSplit.from_folder(picar_small)
     item = split[0]
     annotation = item.annotation()
-    images = [torch.from_numpy(load_image_rgb(item.image_path)).permute(2, 0, 1).float() / 255] * 2
+    images = [torch.from_numpy(read_image_file(item.image_path)).permute(2, 0, 1).float() / 255] * 2
     targets = [
         {
             "boxes": torch.as_tensor(annotation.boxes),

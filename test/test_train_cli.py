@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from conftest import shared_data
 
@@ -58,6 +60,21 @@ def test_data_errors_exit_2_before_the_output_folder_exists(tmp_path, capsys, so
     assert status == 2 and message.format(**paths) in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_truncated_image_is_one_line_naming_it(tmp_path, capsys, workers):
+    # Found when its sample is drawn, in this process or in a DataLoader worker (whose traceback is dropped).
+    folder = tmp_path / "data"
+    shutil.copytree(shared_data("picar_camera", "detection", "test"), folder)
+    broken = sorted(folder.glob("*.jpg"))[2]
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    argv = ["--train-folder", folder, *SMALL, "--workers", workers, "--iterations", "4", "--batch-size", "5"]
+    status, err = run(capsys, *argv, "--output-dir", tmp_path / "run")
+    assert status == 2
+    assert err.splitlines() == [f"error: {broken}: truncated JPEG: no end-of-image marker after its image data "
+                                f"({len(data) // 2} bytes)"]  # fmt: skip
 
 
 def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):

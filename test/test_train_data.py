@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import PICAR_CLASSES, shared_data
+from torch.utils.data import DataLoader
 
+from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.model import VOC_CLASSES
 from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
-from training.dataset import VocDetectionDataset, collate_detection
+from training.dataset import VocDetectionDataset, collate_detection, data_error_message
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +124,28 @@ def test_missing_image_names_the_file(tmp_path):
     classes = discover_classes(split)
     dataset = VocDetectionDataset(split, classes)
     (folder / "2019-04-16-095731.jpg").unlink()  # vanishes after listing (e.g. a network share)
-    with pytest.raises(VocFormatError, match="2019-04-16-095731.jpg"):
+    with pytest.raises(ImageDecodeError, match="2019-04-16-095731.jpg: image file not found"):
         dataset[1]
     with pytest.raises(VocFormatError, match="2019-04-16-095731"):
         VocSplit.from_folder(folder)
+
+
+def test_truncated_image_names_the_file_also_from_a_worker_process(tmp_path):
+    folder = _copy_sample(tmp_path, ["2019-04-16-095702", "2019-04-16-095731"])
+    broken = folder / "2019-04-16-095731.jpg"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])  # cut in its scan: OpenCV alone would fill the rest with grey
+    split = VocSplit.from_folder(folder)
+    dataset = VocDetectionDataset(split, discover_classes(split))
+    message = f"{broken}: truncated JPEG: no end-of-image marker after its image data ({len(data) // 2} bytes)"
+    with pytest.raises(ImageDecodeError) as direct:
+        dataset[1]
+    assert data_error_message(direct.value) == str(direct.value) == message
+    # A DataLoader worker's error arrives wrapped in its traceback; the user gets the one line back.
+    loader = DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=collate_detection)
+    with pytest.raises(ImageDecodeError, match="Original Traceback") as wrapped:
+        next(iter(loader))
+    assert data_error_message(wrapped.value) == message
 
 
 def test_unknown_class_names_the_file(tmp_path):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import PICAR_CLASSES, shared_data
 
-from ssd_ros.voc import VocFormatError, VocSplit, discover_classes, load_image_rgb, parse_annotation
+from ssd_ros.image_codec import read_image_file
+from ssd_ros.voc import VocFormatError, VocSplit, discover_classes, parse_annotation
 
 ANNOTATION = """<annotation>
   <filename>{stem}.jpg</filename>
@@ -33,8 +34,6 @@ def write_xml(path: Path, objects=(), width=100, height=80) -> Path:
 
 
 def write_jpeg(path: Path, width=100, height=80) -> Path:
-    import cv2
-
     assert cv2.imwrite(str(path), np.full((height, width, 3), 127, np.uint8))
     return path
 
@@ -117,12 +116,10 @@ def test_devkit_train_val_partition_and_concat():
     assert len(VocSplit.from_folder(year)) == 100
 
 
-def test_load_image_rgb_matches_annotation_size_and_is_rgb():
-    import cv2
-
+def test_split_image_reads_at_its_annotation_size_in_rgb():
     split = VocSplit.from_devkit(shared_data("voc2012_sample"), "2012/val")
     item = split[0]
-    rgb = load_image_rgb(item.image_path)
+    rgb = read_image_file(item.image_path)
     ann = item.annotation()
     assert rgb.shape == (ann.height, ann.width, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb[..., ::-1], cv2.imread(str(item.image_path)))
@@ -229,15 +226,6 @@ def test_missing_annotation_file(tmp_path):
         parse_annotation(tmp_path / "nothere.xml")
 
 
-def test_missing_and_corrupt_images(tmp_path):
-    with pytest.raises(VocFormatError, match="gone.jpg: image file not found"):
-        load_image_rgb(tmp_path / "gone.jpg")
-    corrupt = tmp_path / "corrupt.jpg"
-    corrupt.write_bytes(b"not a jpeg at all")
-    with pytest.raises(VocFormatError, match="corrupt.jpg: image cannot be decoded"):
-        load_image_rgb(corrupt)
-
-
 def test_plain_folder_missing_image_names_xml(tmp_path):
     write_jpeg(tmp_path / "a.jpg")
     write_xml(tmp_path / "a.xml", [("cat", (1, 1, 5, 5), 0)])
@@ -249,6 +237,23 @@ def test_plain_folder_missing_image_names_xml(tmp_path):
     write_xml(tmp_path / "c.xml")
     split = VocSplit.from_folder(tmp_path)
     assert [(i.image_id, i.image_path.name) for i in split] == [("a", "a.jpg"), ("c", "c.png")]
+
+
+def test_image_suffixes_in_any_letter_case(tmp_path):
+    # Cameras and Windows tools write NAME.JPG; on a case-sensitive filesystem it must still be found.
+    for name in ("upper.JPG", "mixed.Jpeg", "both.PNG", "both.jpg", "bmp.BMP"):
+        write_jpeg(tmp_path / name)
+        write_xml(tmp_path / f"{Path(name).stem}.xml")
+    (tmp_path / "other.jpg.txt").write_text("not an image")
+    write_xml(tmp_path / "other.jpg.xml")  # stem "other.jpg": no image other.jpg.<suffix>
+    with pytest.raises(VocFormatError, match=r"other\.jpg\.xml: no image"):
+        VocSplit.from_folder(tmp_path)
+    (tmp_path / "other.jpg.xml").unlink()
+    split = VocSplit.from_folder(tmp_path)
+    # .jpg before .png (IMAGE_SUFFIXES order), whatever the case.
+    found = {i.image_id: i.image_path.name for i in split}
+    assert found == {"upper": "upper.JPG", "mixed": "mixed.Jpeg", "both": "both.jpg", "bmp": "bmp.BMP"}
+    assert read_image_file(split[0].image_path).shape == (80, 100, 3)
 
 
 def test_devkit_missing_image_and_annotation_fail_at_listing(tmp_path):

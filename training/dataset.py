@@ -23,9 +23,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from ssd_ros.voc import VocAnnotation, VocFormatError, VocSplit, load_image_rgb
+from ssd_ros.image_codec import read_image_file
+from ssd_ros.voc import VocAnnotation, VocFormatError, VocSplit
 
-__all__ = ["VocDetectionDataset", "collate_detection"]
+__all__ = ["VocDetectionDataset", "collate_detection", "data_error_message"]
 
 
 class VocDetectionDataset(Dataset):
@@ -33,7 +34,9 @@ class VocDetectionDataset(Dataset):
 
     Every annotation is parsed when the dataset is built, so a broken XML file or an object of a class
     outside ``class_names`` fails before training with a :class:`~ssd_ros.voc.VocFormatError` naming the
-    file (missing files are already caught when the split is listed).
+    file (missing files are already caught when the split is listed). An image is read when its sample is
+    drawn (:func:`~ssd_ros.image_codec.read_image_file`): an unreadable one raises
+    :class:`~ssd_ros.image_codec.ImageDecodeError`, one whose size differs from its XML a VocFormatError.
 
     Items are ``(image, target)``: ``image`` a :class:`tv_tensors.Image` (uint8 CHW RGB) or, with
     ``transforms``, whatever they return; ``target`` a dict with ``boxes`` (:class:`tv_tensors.BoundingBoxes`,
@@ -82,7 +85,7 @@ class VocDetectionDataset(Dataset):
         """The untransformed sample ``index``."""
         item = self.split[index]
         annotation = self.annotations[index]
-        rgb = load_image_rgb(item.image_path)
+        rgb = read_image_file(item.image_path)
         height, width = rgb.shape[:2]
         if (width, height) != (annotation.width, annotation.height):
             raise VocFormatError(
@@ -111,6 +114,21 @@ class VocDetectionDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transforms(image, target)
+
+
+def data_error_message(error: Exception) -> str:
+    """``error``'s own message, without the worker traceback a DataLoader wraps around it.
+
+    An error raised in a DataLoader worker process reaches the main process as a new exception of the same
+    type whose message is "Caught X in DataLoader worker process N." and the worker's traceback, ending in
+    the line "module.X: message"; the user needs that message, the one line that names the file.
+    """
+    text = str(error)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return last.removeprefix(prefix)
 
 
 def collate_detection(batch):

@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ssd_ros.detections import Detections
-from ssd_ros.voc import VocItem, load_image_rgb
+from ssd_ros.image_codec import read_image_file
+from ssd_ros.voc import VocItem
 
 __all__ = ["detect_split"]
 
@@ -29,7 +30,7 @@ def detect_split(
 ) -> list[Detections]:
     """Run ``detector`` (a :class:`~ssd_ros.detector.Detector`) on every item's image, in order.
 
-    Images are decoded by ``load`` (default: :func:`~ssd_ros.voc.load_image_rgb` of the item's image) in a
+    Images are decoded by ``load`` (default: :func:`~ssd_ros.image_codec.read_image_file` of the item's image) in a
     small thread pool (OpenCV releases the GIL) while the model runs.
     """
     if load is None:
@@ -66,4 +67,4 @@ def _prefetched_images(
 
 
 def _load_item(item: VocItem) -> np.ndarray:
-    return load_image_rgb(item.image_path)
+    return read_image_file(item.image_path)

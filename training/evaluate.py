@@ -39,7 +39,8 @@ from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.cli import add_inference_arguments, inference_kwargs
 from ssd_ros.detections import Detections
 from ssd_ros.detector import EVALUATION_SETTINGS, Detector, resolve_device
-from ssd_ros.voc import VocFormatError, VocItem, VocSplit, load_image_rgb
+from ssd_ros.image_codec import ImageDecodeError, read_image_file
+from ssd_ros.voc import VocFormatError, VocItem, VocSplit
 from ssd_ros.voc_metric import METRICS, VocEvaluation, evaluate_detections
 from ssd_ros.voc_report import format_ap_table, plot_pr_curves
 from training.detect import detect_split
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             load=_size_checked_loader(items, annotations, size_mismatches),
         )
-    except VocFormatError as error:  # an image that cannot be read: the data's fault
+    except ImageDecodeError as error:  # an image that cannot be read: the data's fault
         return _error(str(error))
     except RuntimeError as error:  # the run itself failed (out of memory, a device error)
         return _error(f"evaluation failed: {error}", status=1)
@@ -295,7 +296,7 @@ def _size_checked_loader(items: Sequence[VocItem], annotations, mismatches: list
     annotated_size = {item.image_id: (a.height, a.width) for item, a in zip(items, annotations)}
 
     def load_checked(item: VocItem) -> np.ndarray:
-        image = load_image_rgb(item.image_path)
+        image = read_image_file(item.image_path)
         if image.shape[:2] != annotated_size[item.image_id]:
             mismatches.append(item.image_id)  # list.append is atomic: safe from the loader threads
         return image

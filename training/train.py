@@ -53,12 +53,13 @@ from ssd_ros.checkpoint import (
     save_checkpoint,
 )
 from ssd_ros.detector import EVALUATION_SETTINGS, Detector, resolve_device
+from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, WeightsUnavailableError, build_model, input_size
 from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
 from ssd_ros.voc_metric import METRICS, evaluate_detections
 from ssd_ros.voc_report import format_ap_table
 from training import engine
-from training.dataset import VocDetectionDataset, collate_detection
+from training.dataset import VocDetectionDataset, collate_detection, data_error_message
 from training.detect import detect_split
 from training.distributed import DistributedContext, barrier, init_distributed, is_main_process
 from training.evaluate import mixup_hint
@@ -720,9 +721,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = train(args)
-    except (VocFormatError, CheckpointError) as error:  # the data, classes or --resume checkpoint
+    except (VocFormatError, ImageDecodeError, CheckpointError) as error:  # the data, classes or --resume checkpoint
         hint = mixup_hint("--data-root", args.data_root, "--train-folder", train_folders(args))
-        print(f"error: {error}{hint if isinstance(error, VocFormatError) else ''}", file=sys.stderr)
+        print(f"error: {data_error_message(error)}{hint if isinstance(error, VocFormatError) else ''}", file=sys.stderr)
         return 2
     except engine.NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from ssd_ros.checkpoint import CheckpointError, load_checkpoint, load_coco_pretrained
 from ssd_ros.export import EXPORT_FORMATS, export_onnx_bytes, quantize_int8, write_export
+from ssd_ros.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
 from ssd_ros.model import WeightsUnavailableError
-from ssd_ros.tools.make_bag import BagToolError, image_files, read_image
+from ssd_ros.tools.make_bag import BagToolError, image_files
 
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 
@@ -40,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--int8", action="store_true", help="post-training static int8 quantisation (needs --calibration)"
     )
-    parser.add_argument("--calibration", type=Path, help="folder of real images (.jpg/.png/.bmp) to calibrate int8 on")
+    parser.add_argument(
+        "--calibration", type=Path, help=f"folder of real images ({'/'.join(IMAGE_SUFFIXES)}) to calibrate int8 on"
+    )
     parser.add_argument(
         "--calibration-limit", type=int, default=300, help="use at most this many calibration images (default 300)"
     )
@@ -87,8 +90,8 @@ def export(args: argparse.Namespace) -> Path:
     onnx = export_onnx_bytes(model, card)
     if args.int8:
         try:
-            images = [read_image(path) for path in calibration]
-        except BagToolError as error:
+            images = [read_image_file(path) for path in calibration]
+        except ImageDecodeError as error:
             raise ExportInputError(f"--calibration: {error}") from error
         onnx = quantize_int8(onnx, images, progress=not args.quiet)
     return write_export(onnx, args.out, args.format)

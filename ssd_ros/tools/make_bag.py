@@ -28,7 +28,7 @@ from std_msgs.msg import Header
 from tqdm import tqdm
 
 from ssd_ros.cli import positive_int
-from ssd_ros.image_codec import ImageDecodeError, decode_compressed
+from ssd_ros.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
 from ssd_ros.ros.images import rgb_to_compressed_msg, rgb_to_image_msg
 from ssd_ros.tools.bagio import (
     COMPRESSED_IMAGE_TYPE,
@@ -40,7 +40,6 @@ from ssd_ros.tools.bagio import (
     serialize,
 )
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_IMAGE_RATE_HZ = 10.0
 
 
@@ -66,21 +65,13 @@ def video_frames(path: Path) -> tuple[Iterator[np.ndarray], float, int]:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files of ``folder`` in sorted name order (the frame order)."""
+    """Image files of ``folder`` (IMAGE_SUFFIXES in any letter case) in sorted name order (the frame order)."""
     if not folder.is_dir():
         raise BagToolError(f"image folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise BagToolError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
-
-
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 image from a file, through the detector node's decoder (same checks: truncated JPEG, size)."""
-    try:
-        return decode_compressed("", path.read_bytes())
-    except (OSError, ImageDecodeError) as error:
-        raise BagToolError(f"cannot read image {path}: {error}") from error
 
 
 def make_bag(
@@ -114,7 +105,7 @@ def make_bag(
                 msg = rgb_to_compressed_msg(rgb, header) if compressed else rgb_to_image_msg(rgb, header, encoding)
                 writer.write(connection, stamp, serialize(msg))
                 stamps.append(stamp)
-        except BagToolError as error:
+        except (BagToolError, ImageDecodeError) as error:  # a frame that cannot be read or written
             raise BagToolError(f"{error} (the {len(stamps)} frames before it are in {out}, a readable bag)") from error
     return stamps
 
@@ -164,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             files = []
         else:
             files = image_files(args.images)
-            frames, count = (read_image(p) for p in files), len(files)
+            frames, count = (read_image_file(p) for p in files), len(files)
             rate_hz = args.rate_hz or DEFAULT_IMAGE_RATE_HZ
         if args.max_frames is not None:
             frames = (frame for _, frame in zip(range(args.max_frames), frames))
@@ -189,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 if xml.exists():
                     shutil.copyfile(xml, args.labels_out / f"{stamp}.xml")
                     labels += 1
-    except BagToolError as exc:
+    except BagToolError as exc:  # make_bag turns an unreadable image into one, naming the file
         print(f"make_bag: error: {exc}", file=sys.stderr)
         return 2
     print(f"make_bag: wrote {len(stamps)} frames at {rate_hz:g} Hz to {args.out} ({args.storage})")
