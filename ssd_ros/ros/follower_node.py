@@ -22,7 +22,7 @@ from sensor_msgs.msg import CameraInfo
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ssd_ros.follow import Command, FollowLoop, FollowParams, params_from_mapping
+from ssd_ros.follow import ZERO, Command, FollowLoop, FollowParams, params_from_mapping
 from ssd_ros.ros.messages import (
     LATCHED_QOS,
     camera_from_info,
@@ -154,7 +154,7 @@ class FollowerNode(Node):
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self.controller.set_enabled(request.data)
         if not request.data:
-            self.publish(Command(0.0, 0.0))
+            self.publish(ZERO)
         response.success = True
         response.message = "following enabled" if request.data else "following disabled, robot stopped"
         self.get_logger().info(response.message)
@@ -232,7 +232,7 @@ class FollowerNode(Node):
         self.controller.set_enabled(False)
         if not self.context.ok():
             return
-        self.publish(Command(0.0, 0.0))
+        self.publish(ZERO)
         # Deleting the writer right after publishing can drop the sample: let reliable readers have it first
         # (best-effort readers, like the base driver, fall back on their own command watchdog).
         self.cmd_pub.wait_for_all_acked(Duration(seconds=1.0))
