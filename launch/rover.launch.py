@@ -16,7 +16,7 @@ exits, the whole launch shuts down, so the motor driver never runs without the n
 import os
 
 import yaml
-from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from ament_index_python import get_package_share_directory, has_resource
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
@@ -108,14 +108,6 @@ def _choice(context, name: str, choices) -> str:
     return value
 
 
-def _installed(package: str) -> bool:
-    try:
-        get_package_share_directory(package)
-    except PackageNotFoundError:
-        return False
-    return True
-
-
 def _config(name: str) -> str:
     return f"{get_package_share_directory(PACKAGE)}/config/{name}"
 
@@ -130,15 +122,40 @@ def _required(**node_arguments) -> Node:
     return Node(on_exit=Shutdown(reason=f"{name} exited: stopping every rover process"), **node_arguments)
 
 
-def _check_model(context) -> str:
+def _file_parameters(path: str, node: str, namespace: str) -> dict:
+    """The parameters file ``path`` sets for ``node`` in ``namespace`` (the more specific section wins).
+
+    Sections keyed ``/**``, ``/**/<node>`` and the node's own name count; LaunchRefused names the file and
+    those keys when it has none of them, or one without ``ros__parameters``.
+    """
+    full_name = f"/{namespace}/{node}" if namespace else f"/{node}"
+    keys = ("/**", f"/**/{node}", *(() if namespace else (node,)), full_name)
+    with open(path) as stream:
+        try:
+            document = yaml.safe_load(stream)
+        except yaml.YAMLError as error:
+            raise LaunchRefused(f"{path} is not valid YAML: {error}") from error
+    try:
+        sections = [document[key]["ros__parameters"] for key in keys if key in document]
+        parameters = {name: value for section in sections for name, value in section.items()}
+    except (TypeError, KeyError, AttributeError):  # not shaped like a parameter file: {key: {ros__parameters: {}}}
+        sections = []
+    if not sections:
+        raise LaunchRefused(
+            f"{path} has no parameters for {full_name}: it needs a section keyed {' or '.join(map(repr, keys))} "
+            "holding ros__parameters"
+        )
+    return parameters
+
+
+def _check_model(context, namespace: str) -> str:
     """The model_path override for the detector ('' keeps the file's), refusing a detector without a model."""
     model_path = LaunchConfiguration("model_path").perform(context).strip()
     if model_path:
         if not os.path.isfile(os.path.expanduser(model_path)):
             raise LaunchRefused(f"launch argument model_path:={model_path}: no such file (give an SSD checkpoint .pt)")
         return os.path.expanduser(model_path)
-    with open(_config("detector.yaml")) as stream:
-        configured = yaml.safe_load(stream)["/**"]["ros__parameters"]
+    configured = _file_parameters(_config("detector.yaml"), "detector", namespace)
     if not configured.get("model_path") and not configured.get("use_coco_weights"):
         raise LaunchRefused(
             "launch argument model_path is empty and config/detector.yaml sets none: give "
@@ -156,17 +173,17 @@ def _launch_setup(context):
     detector, follower, rviz = _flag(context, "detector"), _flag(context, "follower"), _flag(context, "rviz")
     compressed = _flag(context, "compressed")
     namespace = LaunchConfiguration("namespace").perform(context).strip().strip("/")
-    if camera != "none" and not _installed(camera):
+    if camera != "none" and not has_resource("packages", camera):
         raise LaunchRefused(
             f"launch argument camera:={camera}: the {camera} package is not installed "
             f"(sudo apt install {CAMERAS[camera]}), or camera:=none when another machine publishes the images"
         )
-    if rviz and not _installed("rviz2"):
+    if rviz and not has_resource("packages", "rviz2"):
         raise LaunchRefused(
             "launch argument rviz:=true: rviz2 is not installed (a ros-base install has none; sudo apt install "
             "ros-jazzy-rviz2), or rviz:=false and view image_annotated from another machine"
         )
-    model_path = _check_model(context) if detector else ""
+    model_path = _check_model(context, namespace) if detector else ""
     actions = []
     if "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ:
         # Raw frames need bigger shared-memory segments in the camera's process than Fast DDS's default (most

@@ -14,6 +14,7 @@ without it these tests skip and say so, except in CI, where ../shared/vendor is 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -379,16 +380,6 @@ def test_a_required_process_dying_stops_the_whole_launch(rover, tmp_path):
         assert "stopped: motor off" in launch.lines_of("picar_base")[-1], output
 
 
-def _installed(package: str) -> bool:
-    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-    try:
-        get_package_share_directory(package)
-    except PackageNotFoundError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize(
     ("arguments", "named", "absent"),
     [
@@ -404,7 +395,9 @@ def _installed(package: str) -> bool:
 )
 def test_refused_before_any_process_starts(rover, checkpoint, arguments, named, absent):
     """One error line naming the argument, exit code 1, and not a single process started."""
-    if absent is not None and _installed(absent):
+    from ament_index_python import has_resource
+
+    if absent is not None and has_resource("packages", absent):
         pytest.skip(f"{absent} is installed here")
     gives_model = any(argument.startswith("model_path:=") for argument in arguments)
     # A valid model for the others, so the argument under test is what is refused ("no-model" gives none).
@@ -416,3 +409,46 @@ def test_refused_before_any_process_starts(rover, checkpoint, arguments, named, 
     errors = [line for line in output.splitlines() if line.startswith("[ERROR] [launch]")]
     assert len(errors) == 1 and named in errors[0], output
     assert "process started" not in output, output
+
+
+def _launch_module():
+    """launch/rover.launch.py as a module, for its helpers."""
+    spec = importlib.util.spec_from_file_location("rover_launch", REPO_ROOT / "launch" / "rover.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("text", "namespace", "model_path"),
+    [
+        ("/**:\n  ros__parameters: {model_path: any.pt}\n", "", "any.pt"),
+        ("detector:\n  ros__parameters: {model_path: own.pt}\n", "", "own.pt"),
+        ("/picar1/detector:\n  ros__parameters: {model_path: ns.pt}\n", "picar1", "ns.pt"),
+        (
+            "/**:\n  ros__parameters: {model_path: a.pt}\n/**/detector:\n  ros__parameters: {model_path: b.pt}\n",
+            "x",
+            "b.pt",
+        ),
+    ],
+    ids=["wildcard", "node-name", "namespaced", "specific-wins"],
+)
+def test_detector_parameters_found_under_any_key_that_names_the_node(tmp_path, text, namespace, model_path):
+    path = tmp_path / "detector.yaml"
+    path.write_text(text)
+    assert _launch_module()._file_parameters(str(path), "detector", namespace)["model_path"] == model_path
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["follower:\n  ros__parameters: {model_path: x.pt}\n", "/**:\n  model_path: x.pt\n", "", "- a list\n", "/**: ["],
+    ids=["other-node", "no-ros__parameters", "empty", "list", "bad-yaml"],
+)
+def test_detector_parameter_file_without_a_section_for_it_is_a_clear_refusal(tmp_path, text):
+    """Not a KeyError from the launch file: the refusal names the file and the keys it looked for."""
+    launch = _launch_module()
+    path = tmp_path / "detector.yaml"
+    path.write_text(text)
+    with pytest.raises(launch.LaunchRefused, match=re.escape(str(path))) as refused:
+        launch._file_parameters(str(path), "detector", "")
+    assert "/**" in str(refused.value) or "not valid YAML" in str(refused.value)
