@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,3 +79,17 @@ def iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
     union = area[:, None] + other_area[None, :] - intersection
     # Degenerate pairs (zero union) have IoU 0 rather than NaN, so they can never match.
     return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+
+
+def similar_size(boxes: np.ndarray, others: np.ndarray, max_ratio: float) -> np.ndarray:
+    """(N, M) whether the width and the height of xyxy boxes are both within a factor ``max_ratio`` of another's.
+
+    The box-size gate of the tracker and the follower's re-association: a nearer person is much bigger than a
+    farther one it overlaps. Width and height both, as a near person's box clipped at the image top can have a
+    far person's height. An empty, inverted or non-finite box is of no other's size.
+    """
+    sizes = np.clip(boxes[:, 2:] - boxes[:, :2], 0.0, None)
+    other_sizes = np.clip(others[:, 2:] - others[:, :2], 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_ratio = np.abs(np.log(sizes[:, None, :] / other_sizes[None, :, :]))
+    return (log_ratio <= math.log(max_ratio)).all(axis=2)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ssd_ros.ackermann import steering_angle, yaw_rate
 from ssd_ros.camera import PinholeCamera
-from ssd_ros.detections import Detections, iou_matrix
+from ssd_ros.detections import Detections, iou_matrix, similar_size
 from ssd_ros.settings import check_settings, setting
 from ssd_ros.tracking import Tracker
 
@@ -405,12 +405,8 @@ class FollowController:
             turned = self._yaw_between(track.stamp_s, stamp_s)
             center = (reference[0] + reference[2]) / 2.0
             reference[[0, 2]] += camera.column_px(camera.bearing_rad(center) - turned) - center
-        # Width and height both: a near person's box is clipped at the image top, so its height
-        # alone can look like a far person's.
-        ref_size = reference[2:] - reference[:2]
-        sizes = boxes[:, 2:] - boxes[:, :2]
         same_class = np.array([n == track.class_name for n in names])
-        size_ok = (np.abs(np.log(sizes / ref_size)) <= math.log(p.association_max_size_ratio)).all(axis=1)
+        size_ok = similar_size(reference[None], boxes, p.association_max_size_ratio)[0]
         if track.track_id and track.track_id in ids:
             # The class and size gates still apply: a detector that puts something else in Detection2D.id
             # (a per-frame index) must not switch the target to another object.

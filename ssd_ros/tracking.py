@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ssd_ros.detections import Detections, iou_matrix
+from ssd_ros.detections import Detections, iou_matrix, similar_size
 from ssd_ros.settings import check_settings, setting
 
 
@@ -233,9 +233,7 @@ class Tracker:
         predicted = _to_xyxy(self._x)
         with np.errstate(invalid="ignore"):
             iou = np.nan_to_num(iou_matrix(predicted, boxes))
-            sizes = np.abs(boxes[:, 2:] - boxes[:, :2])
-            ratio = np.abs(np.log(np.maximum(sizes[None, :, :], 1e-6) / predicted_size(predicted)[:, None, :]))
-        size_ok = (ratio <= math.log(self.params.track_max_size_change)).all(axis=2)
+        size_ok = similar_size(predicted, boxes, self.params.track_max_size_change)
         code = {name: i for i, name in enumerate(dict.fromkeys(self._names + names))}  # compared as integers
         same_class = np.array([code[n] for n in self._names])[:, None] == np.array([code[n] for n in names])[None, :]
         return np.where(size_ok & same_class, iou, 0.0)
@@ -307,8 +305,3 @@ class Tracker:
             self._ids.append(track_id)
             new.append(track_id)
         return new
-
-
-def predicted_size(boxes: np.ndarray) -> np.ndarray:
-    """(N, 2) width and height of xyxy boxes, at least a thousandth of a pixel (a ratio's denominator)."""
-    return np.maximum(boxes[:, 2:] - boxes[:, :2], 1e-3)

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from ssd_ros.detections import Detections, iou_matrix
+from ssd_ros.detections import Detections, iou_matrix, similar_size
 from ssd_ros.tracking import IdSwitchCounter, Tracker, TrackerParams, greedy_match, match_truth
 
 PERIOD = 0.1  # 10 Hz frames
@@ -75,6 +75,23 @@ def test_two_objects_crossing_keep_their_ids():
         a_ids.append(tracked[0])
         b_ids.append(tracked[1])
     assert set(a_ids[1:]) == {"1"} and set(b_ids[1:]) == {"2"}
+
+
+def test_size_gate_needs_width_and_height_both_within_the_ratio():
+    ref = np.array([box(300, 240)])  # 60 x 160
+    others = np.array(
+        [
+            box(300, 240, 85, 110),  # 1.42x wider, 1.45x shorter: both within 1.5
+            box(300, 240, 60, 100),  # clipped at the top: the height alone is another object's
+            box(300, 240, 100, 160),  # the width alone
+            box(300, 240, 0, 160),  # empty
+            box(300, 240, -60, -160),  # inverted
+            [np.nan, 0, 60, 160],
+        ]
+    )
+    assert similar_size(ref, others, 1.5).tolist() == [[True, False, False, False, False, False]]
+    assert similar_size(others[:1], ref, 1.5).tolist() == [[True]]  # symmetric
+    assert similar_size(others[4:5], others[4:5], 1.5).tolist() == [[False]]  # inverted boxes are of no size
 
 
 def test_nearer_person_appearing_in_front_does_not_take_the_farther_ones_id():
