@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -577,28 +577,3 @@ def class_mismatch(target_classes, known_classes, where: str) -> str | None:
     if hints:
         message += f"; class names are case-sensitive: did you mean {', '.join(hints)}?"
     return message
-
-
-def params_from_mapping(mapping: dict, base: FollowParams = FollowParams()) -> FollowParams:
-    """Validated ``FollowParams`` from ``base`` updated with the known keys of ``mapping``.
-
-    Unknown keys (e.g. a node's own parameters in the same YAML) are ignored; sequences become
-    tuples and numbers are coerced to the field's type. Raises ``ValueError`` on invalid values.
-    """
-    kinds = {f.name: type(getattr(base, f.name)) for f in fields(base)}
-    changes = {}
-    for name, value in mapping.items():
-        if name not in kinds:
-            continue
-        kind = kinds[name]
-        if kind is tuple:
-            value = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
-        elif kind is bool:
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be a bool, got {value!r}")
-        else:
-            value = kind(value)
-        changes[name] = value
-    new = replace(base, **changes)
-    new.validate()
-    return new

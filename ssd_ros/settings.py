@@ -1,15 +1,18 @@
 """Settings declared once: a dataclass field carries its default, description, limits and mutability.
 
-The core's parameter dataclasses (``FollowParams``, ``SimParams``) define their fields with
-:func:`setting`; :func:`check_settings` validates an instance against that metadata, and the ROS
+The core's parameter dataclasses (``FollowParams``, ``TrackerParams``, ``SimParams``) define their fields
+with :func:`setting`; :func:`check_settings` validates an instance against that metadata, the ROS
 nodes generate their parameter declarations (description, range, read-only) from the same fields
-(``ssd_ros.ros.params.dataclass_table``). Adding a parameter therefore touches one place.
+(``ssd_ros.ros.params.dataclass_table``), and :func:`settings_from_mapping` reads an instance from a
+node's parameter values, a parameters file or command-line options. Adding a parameter therefore touches
+one place.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import field, fields
+from collections.abc import Mapping
+from dataclasses import field, fields, replace
 
 
 def setting(
@@ -47,3 +50,45 @@ def check_settings(obj) -> None:
             raise ValueError(f"{f.name} must be in [{limits[0]:g}, {limits[1]:g}], got {value}")
         if choices is not None and value not in choices:
             raise ValueError(f"{f.name} must be one of {choices}, got {value!r}")
+
+
+# How a value of the type of a field's default is named in an error.
+KIND_NAMES = {int: "an integer", float: "a number", str: "a string", tuple: "a list of strings"}
+
+
+def settings_from_mapping(base, mapping: Mapping[str, object]):
+    """Validated settings: ``base`` (a settings dataclass for its defaults, or an instance) updated from ``mapping``.
+
+    Only the keys that name a field are used; the others (a node's own parameters in the same YAML) are
+    ignored. Each value is converted to the type of the field's default: a sequence (or one string) to a
+    tuple of strings, a number to int or float; a bool must be a bool. The result is validated by its
+    ``validate()`` (:func:`check_settings` where it has none). Raises ``ValueError`` naming the bad key.
+    """
+    if isinstance(base, type):
+        base = base()
+    changes = {
+        f.name: _convert(f.name, mapping[f.name], type(getattr(base, f.name)))
+        for f in fields(base)
+        if f.name in mapping
+    }
+    settings = replace(base, **changes)
+    validate = getattr(settings, "validate", None)
+    if validate is not None:
+        validate()
+    else:
+        check_settings(settings)
+    return settings
+
+
+def _convert(name: str, value, kind: type):
+    """``value`` as a ``kind`` (the type of field ``name``'s default); ``ValueError`` naming ``name`` if it is none."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a bool, got {value!r}")
+        return value
+    try:
+        if kind is tuple:
+            return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):  # int(inf) overflows
+        raise ValueError(f"{name} must be {KIND_NAMES.get(kind, kind.__name__)}, got {value!r}") from None

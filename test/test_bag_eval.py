@@ -26,10 +26,11 @@ from vision_msgs.msg import Detection2DArray
 from ssd_ros.camera import PinholeCamera
 from ssd_ros.checkpoint import ModelCard, save_checkpoint
 from ssd_ros.detector import Detector
-from ssd_ros.follow import FollowController, params_from_mapping
+from ssd_ros.follow import FollowController, FollowParams
 from ssd_ros.image_codec import read_image_file
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import camera_info_msg, msg_to_detections
+from ssd_ros.settings import settings_from_mapping
 from ssd_ros.tools import bag_eval, bagio, export_model, make_bag
 from ssd_ros.tools.bagio import add_topic, open_writer, serialize
 from ssd_ros.tracking import Tracker, TrackerParams
@@ -152,7 +153,7 @@ def test_output_bag_reads_back_with_rclpy(tmp_path, camera_bags, checkpoint, kin
     commands = messages["/cmd_vel"]
     assert [t for t, _ in commands] == [t for t, _ in messages[image_topic]]
     params = {"image_width": 320, "image_height": 240, "target_classes": list(MODEL_CLASSES), "min_score": 0.0}
-    controller = FollowController(params_from_mapping(params))
+    controller = FollowController(settings_from_mapping(FollowParams, params))
     moving = 0
     for (tick_ns, cmd_raw), (_, det_raw) in zip(commands, detections, strict=True):
         array = deserialize_message(det_raw, Detection2DArray)
@@ -371,6 +372,7 @@ def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, c
     cases = [
         (["--ground-truth", voc_labels], "ground-truth classes ['bicycle', 'person'] in"),
         (["--follow-param", "no_such=1"], "--follow-param"),
+        (["--follow-param", "min_score=high"], "min_score must be a number, got 'high'"),
         (["--follow-classes", "Unicorn"], "Unicorn"),
         (["--ground-truth", tmp_path / "nowhere"], "does not exist"),
         (["--class-filter", "Unicorn"], "Unicorn"),
@@ -428,8 +430,9 @@ def test_the_follower_uses_the_bags_camera_info(tmp_path, camera_bags, checkpoin
     # Replayed through a controller that knows the camera from the first calibrated message on, the commands agree.
     _, messages = read_bag(out)
     controller = FollowController(
-        params_from_mapping(
-            {"image_width": 320, "image_height": 240, "target_classes": list(MODEL_CLASSES), "min_score": 0.0}
+        settings_from_mapping(
+            FollowParams,
+            {"image_width": 320, "image_height": 240, "target_classes": list(MODEL_CLASSES), "min_score": 0.0},
         )
     )
     moving = 0
@@ -546,3 +549,7 @@ def test_track_ids_in_the_output_bag_are_the_core_trackers_and_the_report_counts
         [source, "--checkpoint", checkpoint, "--out", refused, "--track-param", "no_such=1"], capsys
     )
     assert status == 2 and "--track-param 'no_such=1'" in stderr and not refused.exists()
+    status, _, stderr = run_eval(
+        [source, "--checkpoint", checkpoint, "--out", refused, "--track-param", "track_min_hits=many"], capsys
+    )
+    assert status == 2 and "track_min_hits must be an integer, got 'many'" in stderr and not refused.exists()

@@ -8,7 +8,8 @@ import pytest
 
 from ssd_ros.camera import PinholeCamera
 from ssd_ros.detections import Detections
-from ssd_ros.follow import ZERO, FollowController, FollowLoop, FollowParams, class_mismatch, params_from_mapping
+from ssd_ros.follow import ZERO, FollowController, FollowLoop, FollowParams, class_mismatch
+from ssd_ros.settings import settings_from_mapping
 from ssd_ros.simulator import (
     RoverState,
     SimParams,
@@ -280,7 +281,7 @@ def test_never_turns_in_place_and_stops_when_too_close():
         command = controller.update(close, k * PERIOD, k * PERIOD)
         assert command.linear_mps == 0.0 and command.angular_radps == 0.0
     # Reversing only when allowed.
-    reverse = FollowController(params_from_mapping({"allow_reverse": True}))
+    reverse = FollowController(settings_from_mapping(FollowParams, {"allow_reverse": True}))
     for k in range(40):
         command = reverse.update(close, k * PERIOD, k * PERIOD)
     assert -PARAMS.max_reverse_mps <= command.linear_mps < -0.05
@@ -317,7 +318,7 @@ def test_acceleration_and_steering_rate_limits():
 
 
 def test_search_arc_is_slow_bounded_and_times_out():
-    params = params_from_mapping({"search": "arc", "search_timeout_s": 3.0})
+    params = settings_from_mapping(FollowParams, {"search": "arc", "search_timeout_s": 3.0})
     controller = FollowController(params)
     left = frame((person_box(20, 0.3), 0.9, "person"))
     t = 0.0
@@ -351,15 +352,20 @@ def test_search_arc_is_slow_bounded_and_times_out():
         ({"max_linear_mps": 11.0}, r"max_linear_mps must be in \[0, 10\]"),  # the field's declared limits
         ({"image_width": 0}, "image_width"),
         ({"acquire": "nearest"}, "acquire must be one of"),
+        ({"image_width": "wide"}, "image_width must be an integer, got 'wide'"),  # not int()'s own message
+        ({"min_score": None}, "min_score must be a number"),
+        ({"target_classes": 3}, "target_classes must be a list of strings"),
     ],
 )
 def test_invalid_params_are_rejected_with_the_field_name(changes, field):
     with pytest.raises(ValueError, match=field):
-        params_from_mapping(changes)
+        settings_from_mapping(FollowParams, changes)
 
 
-def test_params_from_mapping_coerces_and_ignores_foreign_keys():
-    params = params_from_mapping({"target_classes": ["person", "dog"], "image_width": 320.0, "rate_hz": 5.0})
+def test_follow_params_from_a_mapping_are_coerced_and_foreign_keys_ignored():
+    params = settings_from_mapping(
+        FollowParams, {"target_classes": ["person", "dog"], "image_width": 320.0, "rate_hz": 5.0}
+    )
     assert params.target_classes == ("person", "dog") and params.image_width == 320
     assert isinstance(params.image_width, int)
 
@@ -404,7 +410,7 @@ def test_follow_loop_reports_target_classes_it_can_never_follow():
     assert "did you mean 'Person' for 'person'" in loop.class_problem()  # a near miss is certain
     loop.model_classes = ("car", "Person")  # the detector's label map: now every target must be in it
     assert "the model's classes ['car', 'Person']" in loop.class_problem()
-    loop.controller.set_params(params_from_mapping({"target_classes": ["Person"]}))
+    loop.controller.set_params(settings_from_mapping(FollowParams, {"target_classes": ["Person"]}))
     assert loop.class_problem() is None
 
 

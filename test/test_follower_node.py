@@ -31,9 +31,10 @@ from std_srvs.srv import SetBool  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
 from ssd_ros.detections import Detections  # noqa: E402
-from ssd_ros.follow import FollowParams, params_from_mapping  # noqa: E402
+from ssd_ros.follow import FollowParams  # noqa: E402
 from ssd_ros.ros.follower_node import PARAMETERS  # noqa: E402
 from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, label_info_msg  # noqa: E402
+from ssd_ros.settings import settings_from_mapping  # noqa: E402
 from ssd_ros.simulator import RoverState, SimParams, bearing_and_distance, desired_distance_m  # noqa: E402
 
 EXECUTABLES = Path(__file__).resolve().parents[1] / "install" / "ssd_ros" / "lib" / "ssd_ros"
@@ -561,4 +562,4 @@ def test_the_shipped_config_sets_every_parameter_and_marks_the_read_only_ones():
     assert set(values) == set(PARAMETERS)
     marked = {line.split(":")[0].strip() for line in text.splitlines() if "# restart" in line}
     assert marked == {name for name, (_, descriptor) in PARAMETERS.items() if descriptor.read_only}
-    assert params_from_mapping(values) == FOLLOW  # the file documents the defaults
+    assert settings_from_mapping(FollowParams, values) == FOLLOW  # the file documents the defaults

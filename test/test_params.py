@@ -1,4 +1,7 @@
-"""Parameter tables: types follow the defaults and rclpy enforces the declared ranges on a real node."""
+"""Parameter tables: types follow the defaults and rclpy enforces the declared ranges on a real node; settings
+dataclasses read from mappings (node values, parameter files, command-line options)."""
+
+from dataclasses import replace
 
 import pytest
 import rclpy
@@ -7,6 +10,9 @@ from rclpy.context import Context
 from rclpy.parameter import Parameter
 
 from ssd_ros.ros.params import STRING_ARRAY, declare_all, param
+from ssd_ros.settings import settings_from_mapping
+from ssd_ros.simulator import SimParams
+from ssd_ros.tracking import TrackerParams
 
 
 @pytest.fixture
@@ -55,3 +61,23 @@ def test_declared_ranges_are_enforced_by_rclpy(ros_node):
     assert ros_node.set_parameters([Parameter("rate", value=5.0)])[0].successful is True
     assert ros_node.set_parameters([Parameter("count", value=4)])[0].successful is False  # read-only
     assert ros_node.get_parameter("rate").value == 5.0 and ros_node.get_parameter("count").value == 3
+
+
+def test_any_settings_dataclass_reads_from_a_mapping_converted_and_validated():
+    tracker = settings_from_mapping(TrackerParams, {"track_min_hits": 3.0, "track_high_score": "0.6", "other": 1})
+    assert tracker == TrackerParams(track_min_hits=3, track_high_score=0.6)
+    assert isinstance(tracker.track_min_hits, int)
+    # From an instance: its values are the base (a runtime change of some parameters).
+    assert settings_from_mapping(tracker, {"track_low_score": 0.2}) == replace(tracker, track_low_score=0.2)
+    with pytest.raises(ValueError, match="track_low_score must be <= track_high_score"):  # TrackerParams.validate
+        settings_from_mapping(TrackerParams, {"track_low_score": 0.9})
+    with pytest.raises(ValueError, match="track_min_hits must be an integer, got 'many'"):
+        settings_from_mapping(TrackerParams, {"track_min_hits": "many"})
+    with pytest.raises(ValueError, match="track_min_hits must be an integer, got inf"):
+        settings_from_mapping(TrackerParams, {"track_min_hits": float("inf")})
+    # SimParams has no validate(): its fields' limits are checked.
+    assert settings_from_mapping(SimParams, {"image_width": 320}).camera.width_px == 320
+    with pytest.raises(ValueError, match=r"miss_probability must be in \[0, 1\]"):
+        settings_from_mapping(SimParams, {"miss_probability": 2})
+    with pytest.raises(ValueError, match="camera_height_m must be finite"):
+        settings_from_mapping(SimParams, {"camera_height_m": float("nan")})

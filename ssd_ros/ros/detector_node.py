@@ -41,6 +41,7 @@ from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_i
 from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, diagnostics_msg, label_info_msg, stamp_ns
 from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
+from ssd_ros.settings import settings_from_mapping
 from ssd_ros.tracking import Tracker, TrackerParams
 
 # Parameters applied while running (the others are read-only: restart to change them); the first four are
@@ -214,7 +215,7 @@ class DetectorNode(Node):
         if not values["tracking"]:
             return None
         try:
-            return Tracker(TrackerParams(**{name: values[name] for name in TrackerParams.__dataclass_fields__}))
+            return Tracker(settings_from_mapping(TrackerParams, values))
         except ValueError as error:  # rclpy checked each range; a cross-check (low > high score) failed
             raise StartupError(str(error)) from error
 

@@ -22,7 +22,7 @@ from sensor_msgs.msg import CameraInfo
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ssd_ros.follow import ZERO, Command, FollowLoop, FollowParams, params_from_mapping
+from ssd_ros.follow import ZERO, Command, FollowLoop, FollowParams
 from ssd_ros.ros.messages import (
     LATCHED_QOS,
     camera_from_info,
@@ -33,6 +33,7 @@ from ssd_ros.ros.messages import (
 )
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
+from ssd_ros.settings import settings_from_mapping
 
 # The control law's parameters come from FollowParams' fields; these are the node's own.
 PARAMETERS: ParameterTable = {
@@ -62,7 +63,7 @@ class FollowerNode(Node):
         """Declare parameters, create the controller, topics, service and timers."""
         super().__init__("follower")
         values = declare_all(self, PARAMETERS)
-        self.loop = FollowLoop(params_from_mapping(values))  # ignores the node's own parameters
+        self.loop = FollowLoop(settings_from_mapping(FollowParams, values))  # ignores the node's own parameters
         self.controller = self.loop.controller
         self.controller.set_enabled(values["start_enabled"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -101,7 +102,7 @@ class FollowerNode(Node):
         if not changes:
             return SetParametersResult(successful=True)
         try:
-            self.controller.set_params(params_from_mapping(changes, self.controller.params))
+            self.controller.set_params(settings_from_mapping(self.controller.params, changes))
         except (ValueError, TypeError) as error:
             return SetParametersResult(successful=False, reason=str(error))
         self._check_classes()

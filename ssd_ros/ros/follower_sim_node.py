@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import fields
 
 from geometry_msgs.msg import Pose, PoseArray, PoseStamped, Twist, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
@@ -33,6 +32,7 @@ from ssd_ros.follow import FollowParams
 from ssd_ros.ros.messages import camera_info_msg, detections_to_msg, stamp_msg, twist_to_command
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
+from ssd_ros.settings import settings_from_mapping
 from ssd_ros.simulator import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
 from ssd_ros.tracking import Tracker
 
@@ -91,10 +91,11 @@ class SimNode(Node):
     def __init__(self):
         """Declare parameters, build the scenario and start the physics timer."""
         super().__init__("follower_sim")
-        get = declare_all(self, PARAMETERS).__getitem__  # start-up values
+        values = declare_all(self, PARAMETERS)  # start-up values
+        get = values.__getitem__
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        params = SimParams(**{f.name: get(f.name) for f in fields(SimParams)})
+        params = settings_from_mapping(SimParams, values)
         scenario_name = get("scenario")
         if scenario_name not in SCENARIOS:
             raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario_name!r}")

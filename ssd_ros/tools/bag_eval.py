@@ -40,10 +40,11 @@ from ssd_ros.cli import add_inference_arguments, inference_kwargs, positive_int,
 from ssd_ros.detections import Detections
 from ssd_ros.detector import LIVE_SETTINGS, Detector
 from ssd_ros.drawing import draw_detections
-from ssd_ros.follow import Command, FollowLoop, FollowParams, class_mismatch, params_from_mapping
+from ssd_ros.follow import Command, FollowLoop, FollowParams, class_mismatch
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import camera_from_info, detections_to_msg, stamp_ns, twist_msg
+from ssd_ros.settings import settings_from_mapping
 from ssd_ros.tools.bagio import (
     COMPRESSED_IMAGE_TYPE,
     IMAGE_TYPES,
@@ -207,16 +208,27 @@ def follow_params(class_names, image_shape, config: dict, options: list[str], ta
         if unknown:
             raise BagToolError(f"--follow-classes {unknown} are not classes of the model {list(class_names)}")
         mapping["target_classes"] = list(target_classes)
-    known = {f.name for f in dataclasses.fields(FollowParams)}
+    mapping.update(assignments(options, FollowParams, "--follow-param"))
+    try:
+        return settings_from_mapping(FollowParams, mapping)
+    except ValueError as exc:
+        raise BagToolError(f"follower parameters: {exc}") from exc
+
+
+def assignments(options: list[str], settings_class, flag: str) -> dict:
+    """The ``NAME=VALUE`` options ``flag`` gave, for fields of ``settings_class``; values read as YAML.
+
+    ``BagToolError`` on an option that names no field; the values are converted and validated later, with the
+    others, by :func:`~ssd_ros.settings.settings_from_mapping`.
+    """
+    known = sorted(f.name for f in dataclasses.fields(settings_class))
+    mapping = {}
     for option in options:
         name, sep, text = option.partition("=")
         if not sep or name not in known:
-            raise BagToolError(f"--follow-param {option!r}: expected NAME=VALUE with NAME in {sorted(known)}")
+            raise BagToolError(f"{flag} {option!r}: expected NAME=VALUE with NAME in {known}")
         mapping[name] = yaml.safe_load(text)
-    try:
-        return params_from_mapping(mapping)
-    except (TypeError, ValueError) as exc:
-        raise BagToolError(f"follower parameters: {exc}") from exc
+    return mapping
 
 
 @dataclass(frozen=True)
@@ -378,16 +390,10 @@ def tracker_from_args(args) -> Tracker | None:
     """The tracker ``--track-param NAME=VALUE`` tunes (the detector node's track_* parameters), or None."""
     if not args.tracking:
         return None
-    known = {f.name for f in dataclasses.fields(TrackerParams)}
-    changes = {}
-    for option in args.track_param:
-        name, sep, text = option.partition("=")
-        if not sep or name not in known:
-            raise BagToolError(f"--track-param {option!r}: expected NAME=VALUE with NAME in {sorted(known)}")
-        changes[name] = yaml.safe_load(text)
+    changes = assignments(args.track_param, TrackerParams, "--track-param")
     try:
-        return Tracker(TrackerParams(**changes))
-    except (TypeError, ValueError) as exc:
+        return Tracker(settings_from_mapping(TrackerParams, changes))
+    except ValueError as exc:
         raise BagToolError(f"tracker parameters: {exc}") from exc
 
 

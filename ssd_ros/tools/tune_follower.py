@@ -23,7 +23,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ssd_ros.cli import read_params_file
-from ssd_ros.follow import FollowLoop, FollowParams, params_from_mapping
+from ssd_ros.follow import FollowLoop, FollowParams
+from ssd_ros.settings import settings_from_mapping
 from ssd_ros.simulator import (
     MULTI_PERSON_SCENARIOS,
     SCENARIOS,
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         config = read_params_file(args.params) if args.params else {}
-        follow_params = params_from_mapping(config)
+        follow_params = settings_from_mapping(FollowParams, config)
         rate_hz = float(args.rate or config.get("rate_hz", 20.0))
     except (TypeError, ValueError) as error:
         print(f"tune_follower: cannot use {args.params}: {error}", file=sys.stderr)
