@@ -1,4 +1,5 @@
-"""Shared test helpers: paths, the real-data location, and running the installed node executables."""
+"""Shared test helpers: paths, the real-data location, running the installed node executables, the test's own
+ROS node (``RosProbe``), and small checkpoints."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +76,123 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+class RosProbe:
+    """The test's own node, in an rclpy context of its own, with a single-threaded executor of its own.
+
+    The test spins it (``spin_once``, ``spin_for``, ``spin_until``, ``call``), or with ``background=True`` a
+    daemon thread does and those only wait. A context of its own keeps the test's init and shutdown apart
+    from the default context that in-process nodes under test use; ``context=`` joins an initialised context
+    instead (left running by ``close``), so that nodes under test can be added to ``executor``. A context
+    manager, or call ``close``.
+    """
+
+    def __init__(self, name: str, *, background: bool = False, context: Any = None):
+        """Create the node ``name`` (and initialise a context for it unless ``context`` is given)."""
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._owns_context = context is None
+        self.context = Context() if context is None else context
+        if self._owns_context:
+            rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._spinner = threading.Thread(target=self.executor.spin, daemon=True) if background else None
+        if self._spinner is not None:
+            self._spinner.start()
+
+    def __enter__(self) -> RosProbe:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the executor, destroy the node, shut down the context if it is this probe's."""
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        if self._owns_context:
+            rclpy.try_shutdown(context=self.context)
+        if self._spinner is not None:
+            self._spinner.join(5)
+
+    def spin_once(self, timeout_s: float = 0.02) -> None:
+        """Run what is ready, waiting up to ``timeout_s`` for it (with a background spinner: just wait)."""
+        if self._spinner is None:
+            self.executor.spin_once(timeout_sec=timeout_s)
+        else:
+            time.sleep(timeout_s)
+
+    def spin_for(self, seconds: float) -> None:
+        """Spin for ``seconds``."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.spin_once()
+
+    def spin_until(self, predicate: Callable[[], Any], timeout_s: float, what: str, *, detail=None) -> Any:
+        """Spin until ``predicate()`` is truthy and return it; on timeout fail naming ``what`` and ``detail()``."""
+        deadline = time.monotonic() + timeout_s
+        while not (value := predicate()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout_s} s waiting for {what}" + (f"; {detail()}" if detail else ""))
+            self.spin_once()
+        return value
+
+    def call(self, srv_type: Any, service: str, request: Any, timeout_s: float = 10.0, attempts: int = 3) -> Any:
+        """The response of ``service`` to ``request``, once the service is discovered (within ``timeout_s``).
+
+        The request is sent again when no reply came within ``timeout_s``, up to ``attempts`` times: under load
+        Fast DDS can drop a reply whose reader the server has not matched yet ("failed to send response
+        (timeout): client will not receive response"). So only for idempotent requests (parameter services).
+        """
+        client = self.node.create_client(srv_type, service)
+        try:
+            self.spin_until(client.service_is_ready, timeout_s, f"service {service}")
+            for _ in range(attempts):
+                future = client.call_async(request)
+                deadline = time.monotonic() + timeout_s
+                while not future.done() and time.monotonic() < deadline:
+                    self.spin_once()
+                if future.done():
+                    return future.result()
+                client.remove_pending_request(future)
+            pytest.fail(f"no reply from {service} to {attempts} requests, {timeout_s} s each")
+        finally:
+            self.node.destroy_client(client)
+
+
+def make_checkpoint(
+    path: Path,
+    class_names: Sequence[str] | None = None,
+    architecture: str = "ssdlite320_mobilenet_v3",
+    *,
+    model: Any = None,
+    dataset: str = "none (random init, test)",
+) -> Path:
+    """``model`` saved with its ModelCard through the real checkpoint writer; returns ``path``.
+
+    The model defaults to ``architecture`` randomly initialised from seed 0 (the global torch RNG is left
+    alone), the classes to VOC's.
+    """
+    import torch
+
+    from ssd_ros.checkpoint import ModelCard, save_checkpoint
+    from ssd_ros.model import VOC_CLASSES
+
+    card = ModelCard.for_architecture(
+        architecture, VOC_CLASSES if class_names is None else class_names, dataset=dataset
+    )
+    if model is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = card.build_model()
+    return save_checkpoint(path, model, card)
 
 
 @pytest.fixture

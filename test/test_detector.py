@@ -13,16 +13,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import lively_ssdlite
+from conftest import lively_ssdlite, make_checkpoint
 from torch import nn
 from torchvision.models.detection.ssd import SSD300_VGG16_Weights
 from torchvision.transforms.functional import to_tensor
 
-from ssd_ros.checkpoint import CheckpointError, ModelCard, load_checkpoint, save_checkpoint
+from ssd_ros.checkpoint import CheckpointError, load_checkpoint
 from ssd_ros.detections import Detections
 from ssd_ros.detector import Detector, resolve_device
 from ssd_ros.drawing import class_color, draw_detections
-from ssd_ros.model import VOC_CLASSES, WeightsUnavailableError, build_model, coco_class_names, coco_label_map
+from ssd_ros.model import VOC_CLASSES, WeightsUnavailableError, coco_class_names, coco_label_map
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VOC_IMAGE = DATA / "voc2012_sample" / "VOC2012" / "JPEGImages" / "2007_000027.jpg"  # 486x500
@@ -51,11 +51,7 @@ def camera_image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def vgg_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = build_model("ssd300_vgg16", len(VOC_CLASSES) + 1)
-    path = tmp_path_factory.mktemp("det") / "vgg.pt"
-    save_checkpoint(path, model, ModelCard.for_architecture("ssd300_vgg16", VOC_CLASSES, dataset="untrained"))
-    return path
+    return make_checkpoint(tmp_path_factory.mktemp("det") / "vgg.pt", architecture="ssd300_vgg16")
 
 
 def _with_reference(detector: Detector, model: nn.Module) -> Detector:
@@ -71,8 +67,7 @@ def vgg(vgg_checkpoint) -> Detector:
 
 @pytest.fixture(scope="module")
 def lite(tmp_path_factory) -> Detector:
-    path = tmp_path_factory.mktemp("det") / "lite.pt"
-    save_checkpoint(path, lively_ssdlite(), ModelCard.for_architecture("ssdlite320_mobilenet_v3", VOC_CLASSES))
+    path = make_checkpoint(tmp_path_factory.mktemp("det") / "lite.pt", model=lively_ssdlite())
     return _with_reference(Detector.from_checkpoint(path, device="cpu", warmup_runs=0), load_checkpoint(path)[0])
 
 

@@ -16,23 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
-import torch
-from conftest import REPO_ROOT, forged_png, start_executable, stop_process
+from conftest import REPO_ROOT, RosProbe, forged_png, make_checkpoint, start_executable, stop_process
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
+from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.parameter import Parameter, parameter_value_to_python
-from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ssd_ros.checkpoint import ModelCard, save_checkpoint
 from ssd_ros.detector import Detector
 from ssd_ros.image_codec import decode_compressed, encode_compressed
-from ssd_ros.model import VOC_CLASSES, build_model
+from ssd_ros.model import VOC_CLASSES
 from ssd_ros.ros.images import image_msg_to_rgb, rgb_to_compressed_msg, rgb_to_image_msg
 from ssd_ros.ros.messages import msg_to_detections
 from ssd_ros.tools import export_model
@@ -41,14 +36,6 @@ from ssd_ros.tracking import Tracker, TrackerParams
 PARAMS_FILE = REPO_ROOT / "config" / "detector.yaml"
 WIDTH, HEIGHT = 640, 480
 TIMEOUT_S = 60.0  # generous: two cores shared by node processes and the test
-
-
-def make_checkpoint(path: Path, architecture: str) -> Path:
-    """A randomly initialised VOC model saved through the real checkpoint code."""
-    torch.manual_seed(0)
-    model = build_model(architecture, len(VOC_CLASSES) + 1)
-    card = ModelCard.for_architecture(architecture, VOC_CLASSES, dataset="none (random init, test)")
-    return save_checkpoint(path, model, card)
 
 
 def test_image(seed: int = 0) -> np.ndarray:
@@ -81,8 +68,9 @@ def start_detector(log: Path, checkpoint: Path, namespace: str, *extra: str):
 class Probe:
     """The test's side of the wire for one detector namespace: publishes images, collects answers."""
 
-    def __init__(self, node, namespace: str, compressed: bool):
-        self.node, self.namespace = node, namespace
+    def __init__(self, ros: RosProbe, namespace: str, compressed: bool):
+        self.ros, self.namespace = ros, namespace
+        self.node = node = ros.node
         self.lock = threading.Lock()
         self.answers: dict[tuple[int, int], Detection2DArray] = {}
         self.diagnostics: list[dict[str, str]] = []
@@ -94,7 +82,6 @@ class Probe:
             self.pub = node.create_publisher(Image, f"{namespace}/image_raw", reliable)
         self.sub = node.create_subscription(Detection2DArray, f"{namespace}/detections", self._on_detections, 50)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
-        self.parameters = AsyncParameterClient(node, f"{namespace}/detector")
 
     def _on_detections(self, msg):
         with self.lock:
@@ -109,7 +96,8 @@ class Probe:
     def wait_ready(self):
         wait_for(lambda: self.pub.get_subscription_count() > 0 and self.sub.get_publisher_count() > 0,
                  f"{self.namespace} detector to come up")  # fmt: skip
-        assert self.parameters.wait_for_services(timeout_sec=TIMEOUT_S)
+        services = {f"{self.namespace}/detector/{name}" for name in ("set_parameters", "get_parameters")}
+        wait_for(lambda: services <= dict(self.node.get_service_names_and_types()).keys(), f"services {services}")
 
     def header(self, frame_id: str = "camera_optical") -> Header:
         """A header with a stamp no other frame of this probe uses (so answers can be matched)."""
@@ -146,14 +134,13 @@ class Probe:
             Parameter(k, Parameter.Type.STRING_ARRAY, v) if v == [] else Parameter(k, value=v)
             for k, v in values.items()
         ]
-        future = self.parameters.set_parameters(parameters)
-        wait_for(future.done, "set_parameters reply")
-        return future.result().results
+        request = SetParameters.Request(parameters=[parameter.to_parameter_msg() for parameter in parameters])
+        return self.ros.call(SetParameters, f"{self.namespace}/detector/set_parameters", request, TIMEOUT_S / 3).results
 
     def get(self, name: str):
-        future = self.parameters.get_parameters([name])
-        wait_for(future.done, "get_parameters reply")
-        return parameter_value_to_python(future.result().values[0])
+        request = GetParameters.Request(names=[name])
+        response = self.ros.call(GetParameters, f"{self.namespace}/detector/get_parameters", request, TIMEOUT_S / 3)
+        return parameter_value_to_python(response.values[0])
 
 
 def wait_for(predicate, what: str, timeout_s: float = TIMEOUT_S) -> None:
@@ -166,27 +153,18 @@ def wait_for(predicate, what: str, timeout_s: float = TIMEOUT_S) -> None:
 
 @pytest.fixture(scope="module")
 def ssdlite_checkpoint(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "ssdlite.pt", "ssdlite320_mobilenet_v3")
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "ssdlite.pt")
 
 
 @pytest.fixture(scope="module")
-def ros_node():
-    context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("detector_test_probe", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield node
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown(context=context)
-    thread.join(5)
+def ros():
+    """The test's node, spun by a background thread: the test waits with plain sleeps (``wait_for``)."""
+    with RosProbe("detector_test_probe", background=True) as probe:
+        yield probe
 
 
 @pytest.fixture(scope="module")
-def nodes(ros_node, ssdlite_checkpoint, tmp_path_factory):
+def nodes(ros, ssdlite_checkpoint, tmp_path_factory):
     """Both SSDlite detectors (raw and compressed input), started together so their start-up overlaps."""
     logs = tmp_path_factory.mktemp("logs")
     # Raw VGA frames (921 kB) need a reliable subscription here: Fast DDS's default transports lose most
@@ -194,7 +172,7 @@ def nodes(ros_node, ssdlite_checkpoint, tmp_path_factory):
     raw_proc = start_detector(logs / "raw.log", ssdlite_checkpoint, "/raw", "-p", "qos_reliability:=reliable")
     comp_proc = start_detector(logs / "comp.log", ssdlite_checkpoint, "/comp", "-p", "compressed:=true")
     try:
-        raw, comp = Probe(ros_node, "/raw", compressed=False), Probe(ros_node, "/comp", compressed=True)
+        raw, comp = Probe(ros, "/raw", compressed=False), Probe(ros, "/comp", compressed=True)
         raw.log, comp.log = logs / "raw.log", logs / "comp.log"
         raw.proc, comp.proc = raw_proc, comp_proc
         raw.wait_ready()
@@ -414,9 +392,9 @@ def test_diagnostics_report_rates_times_and_device(raw):
     assert received == processed + int(idle["dropped_frames"]) + int(idle["bad_frames"])
 
 
-def test_annotated_image_only_while_enabled(raw, ros_node):
+def test_annotated_image_only_while_enabled(raw, ros):
     annotated = []
-    sub = ros_node.create_subscription(Image, "/raw/image_annotated", annotated.append, 10)
+    sub = ros.node.create_subscription(Image, "/raw/image_annotated", annotated.append, 10)
     try:
         wait_for(lambda: sub.get_publisher_count() > 0, "the image_annotated publisher")
         time.sleep(0.5)  # the node must see this subscriber before it decides to draw
@@ -436,10 +414,10 @@ def test_annotated_image_only_while_enabled(raw, ros_node):
         assert len(annotated) == count
     finally:
         assert all(r.successful for r in raw.set(publish_annotated=True))
-        ros_node.destroy_subscription(sub)
+        ros.node.destroy_subscription(sub)
 
 
-def test_track_ids_over_dds_are_the_core_trackers_and_follow_moving_boxes(ros_node, tmp_path, ssdlite_checkpoint):
+def test_track_ids_over_dds_are_the_core_trackers_and_follow_moving_boxes(ros, tmp_path, ssdlite_checkpoint):
     """Detection2D.id: the core Tracker's ids on the same frames, kept by each box while it moves.
 
     The random model answers with mostly the same boxes in normalised coordinates whatever the picture, so
@@ -449,7 +427,7 @@ def test_track_ids_over_dds_are_the_core_trackers_and_follow_moving_boxes(ros_no
     options = ("-p", "qos_reliability:=reliable", "-p", "track_high_score:=0.0", "-p", "track_low_score:=0.0")
     proc = start_detector(tmp_path / "track.log", ssdlite_checkpoint, "/track", *options)
     try:
-        probe = Probe(ros_node, "/track", compressed=False)
+        probe = Probe(ros, "/track", compressed=False)
         probe.wait_ready()
         reference = Detector.from_checkpoint(ssdlite_checkpoint, score_threshold=0.0, device="cpu")
         tracker = Tracker(TrackerParams(track_high_score=0.0, track_low_score=0.0))
@@ -479,26 +457,26 @@ def test_track_ids_over_dds_are_the_core_trackers_and_follow_moving_boxes(ros_no
     assert code == 0, (tmp_path / "track.log").read_text()[-3000:]
 
 
-def test_label_info_is_latched_for_late_subscribers(raw, ros_node):
+def test_label_info_is_latched_for_late_subscribers(raw, ros):
     received = []
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    sub = ros_node.create_subscription(LabelInfo, "/raw/label_info", received.append, latched)
+    sub = ros.node.create_subscription(LabelInfo, "/raw/label_info", received.append, latched)
     try:
         wait_for(lambda: received, "latched label_info")
     finally:
-        ros_node.destroy_subscription(sub)
+        ros.node.destroy_subscription(sub)
     msg = received[-1]
     assert [c.class_name for c in msg.class_map] == list(VOC_CLASSES)
     assert [c.class_id for c in msg.class_map] == list(range(len(VOC_CLASSES)))
     assert msg.threshold == pytest.approx(0.0)
 
 
-def test_ssd300_node_and_dropped_frames(ros_node, tmp_path, reference):
+def test_ssd300_node_and_dropped_frames(ros, tmp_path, reference):
     """The paper architecture end to end; a burst of frames is not queued: the newest one is answered."""
-    checkpoint = make_checkpoint(tmp_path / "ssd300.pt", "ssd300_vgg16")
+    checkpoint = make_checkpoint(tmp_path / "ssd300.pt", architecture="ssd300_vgg16")
     proc = start_detector(tmp_path / "ssd300.log", checkpoint, "/vgg", "-p", "qos_reliability:=reliable")
     try:
-        probe = Probe(ros_node, "/vgg", compressed=False)
+        probe = Probe(ros, "/vgg", compressed=False)
         probe.wait_ready()
         rgb = test_image(7)
         msg = probe.answer(probe.send(rgb_to_image_msg(rgb, probe.header("vgg_frame"))))
@@ -522,7 +500,7 @@ def test_ssd300_node_and_dropped_frames(ros_node, tmp_path, reference):
     assert code == 0, (tmp_path / "ssd300.log").read_text()[-3000:]
 
 
-def test_exported_model_on_openvino_reports_its_backend(ros_node, tmp_path, ssdlite_checkpoint, reference):
+def test_exported_model_on_openvino_reports_its_backend(ros, tmp_path, ssdlite_checkpoint, reference):
     """An exported file through a fast backend: same detections as the torch core, backend in diagnostics."""
     exported = tmp_path / "ssdlite.onnx"
     assert export_model.main(["--checkpoint", str(ssdlite_checkpoint), "--out", str(exported), "--quiet"]) == 0
@@ -538,7 +516,7 @@ def test_exported_model_on_openvino_reports_its_backend(ros_node, tmp_path, ssdl
         "qos_reliability:=reliable",
     )
     try:
-        probe = Probe(ros_node, "/ov", compressed=False)
+        probe = Probe(ros, "/ov", compressed=False)
         probe.wait_ready()
         rgb = test_image(3)
         msg = probe.answer(probe.send(rgb_to_image_msg(rgb, probe.header("ov_frame"))))

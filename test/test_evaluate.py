@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PICAR_CLASSES, REPO_ROOT, assert_same_detections, lively_ssdlite, shared_data
+from conftest import PICAR_CLASSES, REPO_ROOT, assert_same_detections, lively_ssdlite, make_checkpoint, shared_data
 
-from ssd_ros.checkpoint import ModelCard, save_checkpoint
 from ssd_ros.detections import Detections
 from ssd_ros.model import VOC_CLASSES
 from ssd_ros.tools import export_model
@@ -31,21 +30,12 @@ from training.evaluate import main
 ARCHITECTURE = "ssdlite320_mobilenet_v3"
 
 
-def make_checkpoint(path: Path, class_names) -> Path:
-    """A randomly initialised (weights=None) model saved through the real checkpoint writer."""
-    card = ModelCard.for_architecture(ARCHITECTURE, class_names, dataset="test")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = card.build_model()
-    return save_checkpoint(path, model, card)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
     return {
-        "voc": make_checkpoint(folder / "voc.pt", VOC_CLASSES),
-        "picar": make_checkpoint(folder / "picar.pt", PICAR_CLASSES),
+        "voc": make_checkpoint(folder / "voc.pt", VOC_CLASSES, ARCHITECTURE),
+        "picar": make_checkpoint(folder / "picar.pt", PICAR_CLASSES, ARCHITECTURE),
     }
 
 
@@ -158,9 +148,8 @@ def test_folder_options_allpoint_iou_limit(checkpoints, tmp_path):
 
 def test_exported_model_on_a_fast_backend_gives_the_same_table(checkpoints, tmp_path):
     """An ONNX export through OpenVINO: the same per-class AP table as the checkpoint through torch."""
-    card = ModelCard.for_architecture(ARCHITECTURE, PICAR_CLASSES, dataset="test")
     model = lively_ssdlite(len(PICAR_CLASSES) + 1)
-    checkpoint = save_checkpoint(tmp_path / "lively.pt", model, card)
+    checkpoint = make_checkpoint(tmp_path / "lively.pt", PICAR_CLASSES, ARCHITECTURE, model=model)
     exported = tmp_path / "lively.onnx"
     assert export_model.main(["--checkpoint", str(checkpoint), "--out", str(exported), "--quiet"]) == 0
     folder = shared_data("picar_camera", "detection", "test")

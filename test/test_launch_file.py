@@ -8,12 +8,11 @@ parse and show the detector's annotated image, and every argument must be declar
 
 import ast
 import importlib
-import time
 from xml.etree import ElementTree
 
 import pytest
 import yaml
-from conftest import EXECUTABLES, REPO_ROOT, start_executable, stop_process
+from conftest import EXECUTABLES, REPO_ROOT, RosProbe, start_executable, stop_process
 
 LAUNCH = REPO_ROOT / "launch" / "rover.launch.py"
 CONFIG = REPO_ROOT / "config"
@@ -130,24 +129,21 @@ def _entry_points():
 
 def _running_node_parameters(executable, node_name, params_file, tmp_path):
     """Parameter names a node declares, asked from the running node (for modules without a PARAMETERS table)."""
-    import rclpy
     from rcl_interfaces.srv import ListParameters
 
-    proc = start_executable(executable, "--params-file", str(params_file), log_path=tmp_path / f"{executable}.log")
-    rclpy.init()
-    node = rclpy.create_node("launch_file_test")
+    log = tmp_path / f"{executable}.log"
+    service = f"/{node_name}/list_parameters"
+    proc = start_executable(executable, "--params-file", str(params_file), log_path=log)
     try:
-        client = node.create_client(ListParameters, f"/{node_name}/list_parameters")
-        deadline = time.monotonic() + 30.0
-        while not client.wait_for_service(timeout_sec=0.5):
-            assert proc.poll() is None, f"{executable} exited: {(tmp_path / f'{executable}.log').read_text()}"
-            assert time.monotonic() < deadline, f"{executable} did not come up"
-        future = client.call_async(ListParameters.Request())
-        rclpy.spin_until_future_complete(node, future, timeout_sec=10.0)
-        return set(future.result().result.names)
+        with RosProbe("launch_file_test") as probe:
+
+            def up():
+                assert proc.poll() is None, f"{executable} exited: {log.read_text()}"
+                return service in dict(probe.node.get_service_names_and_types())
+
+            probe.spin_until(up, 30.0, f"{executable} to come up")
+            return set(probe.call(ListParameters, service, ListParameters.Request()).result.names)
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
         stop_process(proc)
 
 

@@ -20,23 +20,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import rclpy
-import torch
 import yaml
-from conftest import REPO_ROOT, ros_env
+from conftest import REPO_ROOT, RosProbe, make_checkpoint, ros_env
 from rcl_interfaces.srv import GetParameters
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.parameter import parameter_value_to_python
 from vision_msgs.msg import Detection2DArray
-
-from ssd_ros.checkpoint import ModelCard, save_checkpoint
-from ssd_ros.model import VOC_CLASSES, build_model
 
 RUNNER = REPO_ROOT / "test" / "launch_runner.py"
 STAND_IN = REPO_ROOT / "test" / "camera_stand_in.py"
@@ -76,11 +68,7 @@ def launch_runtime():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A small randomly initialised VOC model (SSDlite320) saved through the real checkpoint code."""
-    architecture = "ssdlite320_mobilenet_v3"
-    torch.manual_seed(0)
-    model = build_model(architecture, len(VOC_CLASSES) + 1)
-    card = ModelCard.for_architecture(architecture, VOC_CLASSES, dataset="none (random init, test)")
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "ssdlite.pt", model, card)
+    return make_checkpoint(tmp_path_factory.mktemp("model") / "ssdlite.pt")
 
 
 def session_processes(session: int) -> list[str]:
@@ -166,52 +154,37 @@ def rover(tmp_path):
 
 
 @pytest.fixture
-def ros_node():
+def probe():
     """A node of the test's own, in its own context and executor, for the graph, parameters and topics."""
-    context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("launch_test_probe", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    yield node
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown(context=context)
+    with RosProbe("launch_test_probe") as probe:
+        yield probe
 
 
-def wait_until(node, condition, timeout: float, what: str, launch: RoverLaunch):
-    """Spin ``node`` until ``condition()`` is truthy; fails with the launch output if it ends first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_until(probe: RosProbe, condition, timeout: float, what: str, launch: RoverLaunch):
+    """Spin ``probe`` until ``condition()`` is truthy; fails with the launch output if the launch ends first."""
+
+    def met():
         value = condition()
-        if value:
-            return value
-        assert launch.proc.poll() is None, f"launch ended while waiting for {what}:\n{launch.output()}"
-        node.executor.spin_once(timeout_sec=0.2)
-    pytest.fail(f"no {what} within {timeout} s:\n{launch.output()}")
+        assert value or launch.proc.poll() is None, f"launch ended while waiting for {what}:\n{launch.output()}"
+        return value
+
+    return probe.spin_until(met, timeout, what, detail=lambda: f"launch output:\n{launch.output()}")
 
 
-def topics(node, name: str, namespace: str, kind: str) -> dict[str, list[str]]:
+def topics(probe: RosProbe, name: str, namespace: str, kind: str) -> dict[str, list[str]]:
     """Topics a remote node publishes or subscribes (``kind``: 'publisher' | 'subscriber') -> types."""
-    getter = getattr(node, f"get_{kind}_names_and_types_by_node")
+    getter = getattr(probe.node, f"get_{kind}_names_and_types_by_node")
     try:
         return dict(getter(name, namespace))
     except rclpy_implementation.NodeNameNonExistentError:  # not (or no longer) in the graph
         return {}
 
 
-def get_parameters(node, fqn: str, names: list[str]) -> dict[str, object]:
+def get_parameters(probe: RosProbe, fqn: str, names: list[str]) -> dict[str, object]:
     """Values of a remote node's parameters through its get_parameters service."""
-    client = node.create_client(GetParameters, f"{fqn}/get_parameters")
-    try:
-        assert client.wait_for_service(timeout_sec=30.0), f"{fqn} has no parameter service"
-        future = client.call_async(GetParameters.Request(names=names))
-        node.executor.spin_until_future_complete(future, timeout_sec=30.0)
-        values = future.result().values
-        assert len(values) == len(names), f"{fqn}: some of {names} not declared or unset"
-        return {name: parameter_value_to_python(value) for name, value in zip(names, values)}
-    finally:
-        node.destroy_client(client)
+    values = probe.call(GetParameters, f"{fqn}/get_parameters", GetParameters.Request(names=names), 30.0).values
+    assert len(values) == len(names), f"{fqn}: some of {names} not declared or unset"
+    return {name: parameter_value_to_python(value) for name, value in zip(names, values)}
 
 
 def config_parameters(name: str) -> dict[str, object]:
@@ -257,7 +230,7 @@ def test_show_args_lists_every_argument_with_description_and_default():
 
 
 @pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c", "sigint-to-launch"])
-def test_default_start_brings_up_the_rover_and_sigint_stops_every_process(rover, ros_node, checkpoint, whole_group):
+def test_default_start_brings_up_the_rover_and_sigint_stops_every_process(rover, probe, checkpoint, whole_group):
     launch = rover(f"model_path:={checkpoint}", "device:=cpu")
     expected = {
         "detector": ({"/camera/image_raw": ["sensor_msgs/msg/Image"]}, {"/detections", "/image_annotated"}),
@@ -267,15 +240,15 @@ def test_default_start_brings_up_the_rover_and_sigint_stops_every_process(rover,
     for name, (subscribed, published) in expected.items():
         # Subscriptions are the last thing each node creates: once they show, the node is up.
         wait_until(
-            ros_node,
+            probe,
             lambda name=name, subscribed=subscribed: (
-                subscribed.items() <= topics(ros_node, name, "/", "subscriber").items()
+                subscribed.items() <= topics(probe, name, "/", "subscriber").items()
             ),
             START_TIMEOUT_S,
             f"/{name} subscribing {subscribed}",
             launch,
         )
-        assert published <= set(topics(ros_node, name, "/", "publisher")), name
+        assert published <= set(topics(probe, name, "/", "publisher")), name
 
     # Each node runs with its config file, plus the launch's overrides.
     launched = {
@@ -285,7 +258,7 @@ def test_default_start_brings_up_the_rover_and_sigint_stops_every_process(rover,
     }
     for name, overrides in launched.items():
         want = {**config_parameters(f"{name}.yaml"), **overrides, "use_sim_time": False}
-        assert get_parameters(ros_node, f"/{name}", list(want)) == want, name
+        assert get_parameters(probe, f"/{name}", list(want)) == want, name
 
     assert launch.interrupt(whole_group=whole_group) == 0
     launch.assert_nothing_left()
@@ -300,7 +273,7 @@ def test_default_start_brings_up_the_rover_and_sigint_stops_every_process(rover,
 
 @pytest.mark.parametrize("driver", ["camera_ros", "v4l2_camera"])
 @pytest.mark.parametrize("compressed", [False, True], ids=["raw", "compressed"])
-def test_camera_frames_reach_the_detector(rover, ros_node, checkpoint, tmp_path, driver, compressed):
+def test_camera_frames_reach_the_detector(rover, probe, checkpoint, tmp_path, driver, compressed):
     """For every camera choice, raw or compressed, in a namespace: the detector answers the camera's frames."""
     from camera_stand_in import FRAME_ID
 
@@ -316,20 +289,20 @@ def test_camera_frames_reach_the_detector(rover, ros_node, checkpoint, tmp_path,
         prefix=prefix,
     )
     answers = []
-    ros_node.create_subscription(Detection2DArray, "/picar1/detections", answers.append, 10)
+    probe.node.create_subscription(Detection2DArray, "/picar1/detections", answers.append, 10)
     wait_until(
-        ros_node,
+        probe,
         lambda: any(msg.header.frame_id == FRAME_ID for msg in answers),
         START_TIMEOUT_S,
         "detections of the camera's frames on /picar1/detections",
         launch,
     )
     image = "/picar1/camera/image_raw" + ("/compressed" if compressed else "")
-    assert set(topics(ros_node, "detector", "/picar1", "subscriber")) == {image}
+    assert set(topics(probe, "detector", "/picar1", "subscriber")) == {image}
     camera_topics = {"/picar1/camera/image_raw", "/picar1/camera/image_raw/compressed", "/picar1/camera/camera_info"}
     # camera_ros: its node name is the topics' prefix; v4l2_camera: the launch's namespace "camera" is.
     camera_node = {"camera_ros": ("camera", "/picar1"), "v4l2_camera": ("v4l2_camera", "/picar1/camera")}[driver]
-    assert camera_topics <= set(topics(ros_node, *camera_node, "publisher"))
+    assert camera_topics <= set(topics(probe, *camera_node, "publisher"))
     # output="screen": the driver's own stdout reaches the launch output.
     assert any("stand-in publishing" in line for line in launch.lines_of(DRIVERS[driver])), launch.output()
 
@@ -337,7 +310,7 @@ def test_camera_frames_reach_the_detector(rover, ros_node, checkpoint, tmp_path,
     launch.assert_nothing_left()
 
 
-def test_rviz_follows_the_namespace_and_closing_it_stops_the_launch(rover, ros_node, tmp_path):
+def test_rviz_follows_the_namespace_and_closing_it_stops_the_launch(rover, probe, tmp_path):
     """RViz's display topic moves with the namespace; closing RViz ends the launch, base stopped."""
     prefix = install_stand_in(tmp_path / "prefix", "rviz2", "rviz2", f'"{RVIZ_STAND_IN}"')
     launch = rover("rviz:=true", "namespace:=picar1", "detector:=false", "follower:=false", prefix=prefix)
@@ -346,10 +319,8 @@ def test_rviz_follows_the_namespace_and_closing_it_stops_the_launch(rover, ros_n
         ("picar_base", "/picar1", "/picar1/cmd_vel"),
     ):
         wait_until(
-            ros_node,
-            lambda name=name, namespace=namespace, topic=topic: (
-                topic in topics(ros_node, name, namespace, "subscriber")
-            ),
+            probe,
+            lambda name=name, namespace=namespace, topic=topic: topic in topics(probe, name, namespace, "subscriber"),
             START_TIMEOUT_S,
             f"{namespace}/{name} subscribing {topic}",
             launch,

@@ -6,8 +6,7 @@ import time
 
 import pytest
 import rclpy
-import rclpy.executors
-from conftest import REPO_ROOT, start_executable, stop_process
+from conftest import REPO_ROOT, RosProbe, start_executable, stop_process
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.srv import SetParameters
@@ -29,10 +28,14 @@ TICK_US = 1e6 / (output_frequency_hz(prescale_for(50.0)) * 4096)
 
 
 class Harness:
-    """Test-side node: publishes cmd_vel, records the driver's state and diagnostics."""
+    """Test-side node: publishes cmd_vel, records the driver's state and diagnostics.
 
-    def __init__(self, stamped=False):
-        self.node = rclpy.create_node("base_node_test")
+    Its node lives in a context of its own, or in ``context`` (where an in-process base driver runs).
+    """
+
+    def __init__(self, stamped=False, context=None):
+        self.probe = RosProbe("base_node_test", context=context)
+        self.node = self.probe.node
         self.stamped = stamped
         self.cmd = self.node.create_publisher(TwistStamped if stamped else Twist, "cmd_vel", 10)
         latched = QoSProfile(
@@ -42,24 +45,16 @@ class Harness:
         self.node.create_subscription(Float32MultiArray, "/picar_base/state", self._on_state, latched)
         self.diagnostics = []
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.set_parameters = self.node.create_client(SetParameters, "/picar_base/set_parameters")
 
     def _on_state(self, msg):
         assert msg.layout.dim[0].label == ",".join(STATE_FIELDS)
         self.states.append((time.monotonic(), dict(zip(STATE_FIELDS, msg.data))))
 
     def spin(self, seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            rclpy.spin_once(self.node, timeout_sec=0.02)
+        self.probe.spin_for(seconds)
 
     def wait_for(self, predicate, timeout=10.0, what="condition"):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            rclpy.spin_once(self.node, timeout_sec=0.02)
-            if predicate():
-                return
-        raise AssertionError(f"timed out waiting for {what}; last state: {self.last}")
+        self.probe.spin_until(predicate, timeout, what, detail=lambda: f"last state: {self.last}")
 
     @property
     def last(self):
@@ -96,15 +91,16 @@ class Harness:
         return None
 
     def set_parameter(self, name, value):
-        assert self.set_parameters.wait_for_service(timeout_sec=5.0)
         request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-        future = self.set_parameters.call_async(request)
-        rclpy.spin_until_future_complete(self.node, future, timeout_sec=5.0)
-        return future.result().results[0]
+        return self.probe.call(SetParameters, "/picar_base/set_parameters", request).results[0]
+
+    def close(self):
+        self.probe.close()
 
 
 @pytest.fixture
 def ros():
+    """The default context, for a BaseNode built in this process."""
     rclpy.init()
     yield
     rclpy.try_shutdown()
@@ -165,7 +161,7 @@ def assert_watchdog_stop(harness):
     assert_stop_and_centre(harness.last)
 
 
-def test_twist_to_servo_and_motor_with_watchdog_bad_input_and_sigint(ros, tmp_path):
+def test_twist_to_servo_and_motor_with_watchdog_bad_input_and_sigint(tmp_path):
     proc = start_base(tmp_path, f"cmd_timeout_s:={TIMEOUT_S}")
     harness = Harness()
     try:
@@ -228,13 +224,13 @@ def test_twist_to_servo_and_motor_with_watchdog_bad_input_and_sigint(ros, tmp_pa
         assert_stop_and_centre(harness.last)
     finally:
         stop_process(proc)
-        harness.node.destroy_node()
+        harness.close()
     log = (tmp_path / "picar_base.log").read_text()
     assert "rejected cmd_vel with non-finite values" in log
     assert "Traceback" not in log
 
 
-def test_dropped_ssh_session_sighup_stops_and_centres(ros, tmp_path):
+def test_dropped_ssh_session_sighup_stops_and_centres(tmp_path):
     """SIGHUP (the terminal went away) must end like Ctrl-C: motor off, wheels straight, exit 0."""
     proc = start_base(tmp_path, f"cmd_timeout_s:={TIMEOUT_S}")
     harness = Harness()
@@ -247,11 +243,11 @@ def test_dropped_ssh_session_sighup_stops_and_centres(ros, tmp_path):
         assert_stop_and_centre(harness.last)
     finally:
         stop_process(proc)
-        harness.node.destroy_node()
+        harness.close()
     assert "stopped: motor off, steering centred" in (tmp_path / "picar_base.log").read_text()
 
 
-def test_twist_stamped_b2_motor_on_pca9685_read_only_limits_and_calibration_aid(ros, tmp_path):
+def test_twist_stamped_b2_motor_on_pca9685_read_only_limits_and_calibration_aid(tmp_path):
     proc = start_base(tmp_path, "twist_stamped:=true", "motor_driver:=pca9685", "cmd_timeout_s:=1.0")
     harness = Harness(stamped=True)
     try:
@@ -290,7 +286,7 @@ def test_twist_stamped_b2_motor_on_pca9685_read_only_limits_and_calibration_aid(
         assert harness.last["servo_ticks"] == 300
     finally:
         stop_process(proc)
-        harness.node.destroy_node()
+        harness.close()
 
 
 @pytest.mark.parametrize(
@@ -335,7 +331,7 @@ def test_i2c_failure_is_counted_and_retried_in_process(ros):
     assert chip.high_ticks(2) == 300, "stop_safely centres the servo"
 
 
-def test_watchdog_runs_on_the_steady_clock_with_sim_time_and_no_clock(ros, tmp_path):
+def test_watchdog_runs_on_the_steady_clock_with_sim_time_and_no_clock(tmp_path):
     """use_sim_time with nobody publishing /clock (a paused or forgotten bag): ROS time stands at 0.
 
     A watchdog on the ROS clock would never fire here; the steady clock stops the car after the timeout.
@@ -349,7 +345,7 @@ def test_watchdog_runs_on_the_steady_clock_with_sim_time_and_no_clock(ros, tmp_p
             assert_watchdog_stop(harness)
     finally:
         stop_process(proc)
-        harness.node.destroy_node()
+        harness.close()
 
 
 class InProcessBase:
@@ -363,10 +359,9 @@ class InProcessBase:
 
         rclpy.init(args=["--ros-args", "-p", f"motor_driver:={motor_driver}", "-p", f"cmd_timeout_s:={timeout_s}"])
         self.node = BaseNode()
-        self.harness = Harness()
-        self.executor = rclpy.executors.SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.harness.node)
+        self.harness = Harness(context=rclpy.get_default_context())
+        self.probe = self.harness.probe
+        self.probe.executor.add_node(self.node)  # spun together with the test's node
         hardware = self.node._hardware
         self.hardware, self.bus, self.chip = hardware, hardware.pca.bus, hardware.simulation.chip
         self.gpio = hardware.simulation.gpio
@@ -378,17 +373,10 @@ class InProcessBase:
         return self.chip.duty(15) - self.chip.duty(14)
 
     def spin_until(self, predicate, timeout, what):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.01)
-            if predicate():
-                return time.monotonic()
-        raise AssertionError(f"timed out waiting for {what}; motor duty {self.motor_duty()}")
+        self.probe.spin_until(predicate, timeout, what, detail=lambda: f"motor duty {self.motor_duty()}")
 
     def spin(self, seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.01)
+        self.probe.spin_for(seconds)
 
     def drive(self, linear, seconds, until=lambda: True, what="the command's effect"):
         """Stream ``linear`` at 20 Hz for ``seconds``, and on until ``until()`` holds (DDS may lag under load)."""
@@ -414,8 +402,7 @@ class InProcessBase:
 
     def close(self):
         self.node.stop_safely()
-        self.executor.shutdown()
-        self.harness.node.destroy_node()
+        self.harness.close()
         self.node.destroy_node()
         rclpy.try_shutdown()
 
