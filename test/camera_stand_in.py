@@ -20,13 +20,13 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from ssd_ros.image_codec import encode_compressed
 from ssd_ros.ros.images import rgb_to_image_msg
+from ssd_ros.ros.runner import run_node
 
 TOPICS = {
     "camera_ros": ("~/image_raw", "~/image_raw/compressed", "~/camera_info"),
@@ -36,10 +36,9 @@ FRAME_ID = "stand_in_camera"  # the launch tests look for it in the detector's o
 WIDTH, HEIGHT = 640, 480
 
 
-def main() -> None:
-    driver = sys.argv[1]
-    rclpy.init(args=sys.argv)
-    node = rclpy.create_node(driver)
+def stand_in(driver: str) -> Node:
+    """The driver's node: a gradient frame published five times a second on its topics."""
+    node = Node(driver)
     raw_topic, compressed_topic, info_topic = TOPICS[driver]
     raw = node.create_publisher(Image, raw_topic, 1)
     compressed = node.create_publisher(CompressedImage, compressed_topic, 1)
@@ -57,14 +56,9 @@ def main() -> None:
     node.create_timer(0.2, publish)
     # Plain stdout, as a driver's own start-up messages: the launch shows it only with output="screen".
     print(f"{driver} stand-in publishing {raw.topic_name}, {compressed.topic_name}, {info.topic_name}", flush=True)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    return node
 
 
 if __name__ == "__main__":
-    main()
+    # ssd_ros's own node runner: ends with exit status 0 on Ctrl-C/SIGTERM, as the real drivers do.
+    sys.exit(run_node(sys.argv[1], lambda: stand_in(sys.argv[1]), args=sys.argv))

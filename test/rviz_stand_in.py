@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import sys
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
 from sensor_msgs.msg import Image
 
+from ssd_ros.ros.runner import run_node
 
-def main() -> None:
-    rclpy.init(args=sys.argv)  # rclpy's handlers turn SIGINT and SIGTERM into a shutdown
-    node = rclpy.create_node("rviz2")
+
+def stand_in() -> Node:
+    """rviz2's node with the Image display's subscription."""
+    node = Node("rviz2")
     subscription = node.create_subscription(Image, "/image_annotated", lambda msg: None, 1)
     print(f"rviz2 stand-in showing {subscription.topic_name}", flush=True)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    return node
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_node("rviz2", stand_in, args=sys.argv))  # exit status 0 on SIGTERM/SIGINT, as rviz2
