@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -171,9 +172,9 @@ class FollowParams:
         if self.reacquire_window_s < self.lost_timeout_s:
             raise ValueError("reacquire_window_s must be >= lost_timeout_s (the target is kept that long anyway)")
 
-    @property
+    @cached_property
     def camera(self) -> PinholeCamera:
-        """The camera the configured image size and horizontal field of view describe."""
+        """The camera the configured image size and horizontal field of view describe (built once: they are frozen)."""
         return PinholeCamera.from_hfov(self.image_width, self.image_height, self.camera_hfov_deg)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -60,9 +61,9 @@ class SimParams:
     )
     min_box_px: float = setting(4.0, "smallest detectable box side (px)", limits=(0.0, 10000.0))
 
-    @property
+    @cached_property
     def camera(self) -> PinholeCamera:
-        """The simulated camera's intrinsics."""
+        """The simulated camera's intrinsics (built once: the parameters are frozen)."""
         return PinholeCamera.from_hfov(self.image_width, self.image_height, self.camera_hfov_deg)
 
 

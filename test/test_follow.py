@@ -370,6 +370,16 @@ def test_follow_params_from_a_mapping_are_coerced_and_foreign_keys_ignored():
     assert isinstance(params.image_width, int)
 
 
+def test_the_controller_camera_is_built_once_per_configuration():
+    controller = FollowController(PARAMS)
+    assert controller.camera is controller.camera is PARAMS.camera
+    wider = replace(PARAMS, camera_hfov_deg=75.0)
+    controller.set_params(wider)
+    assert controller.camera is wider.camera and controller.camera.fx_px < PARAMS.camera.fx_px
+    controller.measured_camera = PinholeCamera(320, 240, 210.0, 150.0)  # from CameraInfo: it wins
+    assert controller.camera is controller.measured_camera
+
+
 def test_pinhole_bearing_is_positive_left_and_inverts():
     camera = PARAMS.camera
     assert camera.bearing_rad(camera.cx_px) == 0.0
