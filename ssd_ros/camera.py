@@ -33,3 +33,11 @@ class PinholeCamera:
     def column_px(self, bearing_rad: float) -> float:
         """The image column of a bearing (inverse of :meth:`bearing_rad`)."""
         return self.cx_px - self.fx_px * math.tan(bearing_rad)
+
+    def project(self, forward_m: float, left_m: float, up_m: float) -> tuple[float, float]:
+        """Pixel (column, row) of a point in the camera frame: ``forward_m`` (> 0) along the optical axis, left, up.
+
+        The column is :meth:`column_px` of the point's bearing; for the row, only horizontal intrinsics being
+        known, pixels are square and the principal point is on the middle row.
+        """
+        return self.cx_px - self.fx_px * left_m / forward_m, self.height_px / 2.0 - self.fx_px * up_m / forward_m

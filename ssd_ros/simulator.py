@@ -8,8 +8,8 @@ The rover's reference point is the rear-axle centre (where the bicycle model is 
 sits ``camera_forward_m`` ahead of it, ``camera_height_m`` above ground, looking along the heading.
 
 Rendering hook: :meth:`Simulator.capture` returns the geometric view of every target (its class and
-exact pixel box); an image renderer can draw those into a 640x480 frame to put a real detector in
-the loop instead of :meth:`Simulator.detect`.
+exact pixel box, projected by :class:`~ssd_ros.camera.PinholeCamera`); an image renderer can draw those into a
+640x480 frame to put a real detector in the loop instead of :meth:`Simulator.detect`.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ class Simulator:
         self.detections_enabled = True  # False = the detector went silent
         # Ground truth of the recent frames: stamp -> the target name of each detection (for the metrics).
         self.truth: dict[float, list[str]] = {}
-        self._truth_names: list[str] = []
+        self._image_size = np.array([params.image_width, params.image_height] * 2, np.float64)  # clip to it
 
     def step(self, linear_mps: float, angular_radps: float, dt: float) -> None:
         """Advance ``dt`` seconds with the given Twist command, mapped to wheels like the base driver."""
@@ -257,8 +257,8 @@ class Simulator:
         self.time += dt
         while self.time + 1e-9 >= self._next_frame_s:
             if self.detections_enabled:
-                self._pending.append((self.time + p.latency_s, self.time, self.detect(self.capture())))
-                self.truth[self.time] = self._truth_names
+                detections, self.truth[self.time] = self.detect(self.capture())
+                self._pending.append((self.time + p.latency_s, self.time, detections))
                 while len(self.truth) > MAX_TRUTH_FRAMES:
                     del self.truth[next(iter(self.truth))]
             self._next_frame_s += 1.0 / p.detection_rate_hz
@@ -280,8 +280,6 @@ class Simulator:
         p = self.params
         cam_x, cam_y, yaw = camera_pose(self.rover, p)
         cos_y, sin_y = math.cos(yaw), math.sin(yaw)
-        camera = p.camera
-        f, u0, v0 = camera.fx_px, camera.cx_px, p.image_height / 2.0
         views = []
         for target in self.targets:
             if not target.detectable(self.time):
@@ -291,12 +289,10 @@ class Simulator:
             lateral = -(tx - cam_x) * sin_y + (ty - cam_y) * cos_y  # positive = left
             if depth < 0.05:
                 continue
-            u = u0 - f * lateral / depth
-            half_w = f * target.width_m / 2.0 / depth
-            top = v0 - f * (target.height_m - p.camera_height_m) / depth
-            bottom = v0 + f * p.camera_height_m / depth
-            box = np.array([u - half_w, top, u + half_w, bottom])
-            box = np.clip(box, [0, 0, 0, 0], [p.image_width, p.image_height, p.image_width, p.image_height])
+            # Its left edge at its top, its right edge at the ground (the camera frame's y is to the left).
+            x1, top = p.camera.project(depth, lateral + target.width_m / 2.0, target.height_m - p.camera_height_m)
+            x2, bottom = p.camera.project(depth, lateral - target.width_m / 2.0, -p.camera_height_m)
+            box = np.clip(np.array([x1, top, x2, bottom]), 0.0, self._image_size)
             if box[2] - box[0] < p.min_box_px or box[3] - box[1] < p.min_box_px:
                 continue
             views.append(TargetView(target.name, target.class_name, box, depth))
@@ -312,20 +308,21 @@ class Simulator:
                     return True
         return False
 
-    def detect(self, views: list[TargetView]) -> Detections:
-        """What a detector reports for these views: edge noise, random misses and dropped frames."""
+    def detect(self, views: list[TargetView]) -> tuple[Detections, list[str]]:
+        """What a detector reports for these views, and the ground truth: the name of each detection's target.
+
+        The detector adds edge noise, misses targets at random and drops whole frames.
+        """
         p = self.params
         if self._rng.random() < p.frame_drop_probability:
-            self._truth_names = []
-            return Detections.empty(self.class_names)
+            return Detections.empty(self.class_names), []
         kept = [v for v in views if self._rng.random() >= p.miss_probability]
-        self._truth_names = [v.name for v in kept]
         boxes = np.array([v.box for v in kept], np.float64).reshape(-1, 4)
         boxes += self._rng.normal(0.0, p.box_noise_px, boxes.shape)
-        boxes = np.clip(boxes, 0, [p.image_width, p.image_height, p.image_width, p.image_height])
+        boxes = np.clip(boxes, 0.0, self._image_size)
         scores = np.full(len(kept), p.score, np.float32)
         labels = np.array([self.class_names.index(v.class_name) for v in kept], np.int64)
-        return Detections(boxes.astype(np.float32), scores, labels, self.class_names)
+        return Detections(boxes.astype(np.float32), scores, labels, self.class_names), [v.name for v in kept]
 
 
 # -- scripted scenarios -------------------------------------------------------------------------------------

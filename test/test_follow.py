@@ -387,6 +387,11 @@ def test_pinhole_bearing_is_positive_left_and_inverts():
     assert camera.bearing_rad(PARAMS.image_width) == pytest.approx(-math.radians(PARAMS.camera_hfov_deg / 2))
     for bearing in (-0.4, 0.1, 0.5):
         assert camera.bearing_rad(camera.column_px(bearing)) == pytest.approx(bearing)
+    # A point (forward, left, up) in the camera frame lands on its bearing's column; up is above the middle row.
+    column, row = camera.project(4.0, 1.0, 0.5)
+    assert column == pytest.approx(camera.column_px(math.atan2(1.0, 4.0))) and column < camera.cx_px
+    assert row == pytest.approx(240 - camera.fx_px * 0.5 / 4.0)
+    assert camera.project(2.0, 0.0, 0.0) == (camera.cx_px, 240.0)
 
 
 def test_follow_loop_hands_the_newest_frame_to_one_tick_only():
