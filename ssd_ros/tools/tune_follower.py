@@ -29,7 +29,7 @@ from ssd_ros.simulator import (
     MULTI_PERSON_SCENARIOS,
     SCENARIOS,
     FollowOutcome,
-    PathMetrics,
+    Scenario,
     SimParams,
     Simulator,
     Target,
@@ -45,37 +45,34 @@ DEFAULT_PATHS = ("static", "crossing", "circle", "stop_and_go", "two_people")
 
 
 def simulate(
-    names, follow_params: FollowParams, sim_params: SimParams, seed: int, control_rate_hz: float
-) -> dict[str, tuple[Trace, PathMetrics, float]]:
-    """Run each named scenario; returns name -> (trace, metrics, desired distance)."""
-    results = {}
-    distance = desired_distance_m(Target.height_m, follow_params.desired_height_fraction, sim_params)
-    for name in names:
-        scenario = make_scenario(name, distance, sim_params)
-        sim = Simulator(sim_params, scenario, seed=seed)
-        trace = run_closed_loop(FollowLoop(follow_params), sim, scenario.duration_s, control_rate_hz)
-        results[name] = (trace, path_metrics(trace, distance), distance)
-    return results
+    names, follow_params: FollowParams, sim_params: SimParams, seeds, control_rate_hz: float, progress: bool = False
+) -> dict[str, list[tuple[Scenario, Trace]]]:
+    """Each named scenario in the closed loop, once per noise seed: name -> [(scenario, trace)] in seed order.
 
-
-def outcomes(names, follow_params: FollowParams, sim_params: SimParams, trials: int, control_rate_hz: float):
-    """Each named scenario over seeds ``0 .. trials - 1``: name -> list of :class:`FollowOutcome`."""
-    distance = desired_distance_m(Target.height_m, follow_params.desired_height_fraction, sim_params)
-    results: dict[str, list[FollowOutcome]] = {}
-    with tqdm(total=len(names) * trials, unit="run", desc="tune_follower", file=sys.stderr) as progress:
-        for name in names:
-            results[name] = []
-            for seed in range(trials):
+    The scenarios are scaled to the follower's desired distance; ``progress`` shows a bar on stderr.
+    """
+    distance = desired_distance(follow_params, sim_params)
+    runs: dict[str, list[tuple[Scenario, Trace]]] = {name: [] for name in names}
+    with tqdm(
+        total=len(runs) * len(seeds), unit="run", desc="tune_follower", file=sys.stderr, disable=not progress
+    ) as bar:
+        for name in runs:
+            for seed in seeds:
                 scenario = make_scenario(name, distance, sim_params)
                 sim = Simulator(sim_params, scenario, seed=seed)
                 trace = run_closed_loop(FollowLoop(follow_params), sim, scenario.duration_s, control_rate_hz)
-                results[name].append(follow_outcome(trace, scenario))
-                progress.update()
-    return results
+                runs[name].append((scenario, trace))
+                bar.update()
+    return runs
+
+
+def desired_distance(follow_params: FollowParams, sim_params: SimParams) -> float:
+    """Camera distance (m) at which the follower wants a person of the simulator's height."""
+    return desired_distance_m(Target.height_m, follow_params.desired_height_fraction, sim_params)
 
 
 def format_outcomes(results: dict[str, list[FollowOutcome]]) -> str:
-    """Markdown table of :func:`outcomes`: rates over the trials, id switches per minute of simulated time."""
+    """Markdown table of the runs' outcomes: rates over the trials, id switches per minute of simulated time."""
     lines = [
         "| scenario | trials | target kept at the end | re-acquired after the occlusion (median delay) "
         "| taken over by the other person | id switches per minute |",
@@ -226,13 +223,17 @@ def main(argv=None) -> int:
         detection_rate_hz=args.detection_rate,
     )
     if args.trials > 0:
-        table = outcomes(args.paths or MULTI_PERSON_SCENARIOS, follow_params, sim_params, args.trials, rate_hz)
+        runs = simulate(
+            args.paths or MULTI_PERSON_SCENARIOS, follow_params, sim_params, range(args.trials), rate_hz, progress=True
+        )
+        table = {name: [follow_outcome(trace, scenario) for scenario, trace in r] for name, r in runs.items()}
         print(format_outcomes(table))
         plot_outcomes(table, args.plot)
         print(f"plot: {args.plot}")
         return 0
-    results = simulate(args.paths or DEFAULT_PATHS, follow_params, sim_params, args.seed, rate_hz)
-    distance = next(iter(results.values()))[2]
+    distance = desired_distance(follow_params, sim_params)
+    runs = simulate(args.paths or DEFAULT_PATHS, follow_params, sim_params, [args.seed], rate_hz)
+    results = {name: (trace, path_metrics(trace, distance), distance) for name, [(_, trace)] in runs.items()}
     print(
         f"desired distance {distance:.2f} m ({Target.height_m:g} m person at "
         f"{follow_params.desired_height_fraction:.2f} of the image height); "
