@@ -204,8 +204,6 @@ def plot_trajectory(rec: dict, desired_m: float, path: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ssd_ros.simulator import RoverState, SimParams, camera_pose
-
     rover = np.asarray(rec["rover"])
     targets = np.asarray(rec["targets"][: len(rover)])
     fig, (top, errors) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -221,13 +219,11 @@ def plot_trajectory(rec: dict, desired_m: float, path: Path) -> list[str]:
     top.legend(fontsize=8)
     top.grid(alpha=0.3)
     n = min(len(rover), len(targets))
-    # From the camera, as the desired distance is (from the rear axle it would look camera_forward_m short).
-    cameras = np.asarray([camera_pose(RoverState(x=x, y=y, yaw=yaw), SimParams()) for _, x, y, yaw in rover[:n]])
-    dx, dy = targets[:n, 0, 0] - cameras[:, 0], targets[:n, 0, 1] - cameras[:, 1]
-    bearing = (np.arctan2(dy, dx) - cameras[:, 2] + np.pi) % (2 * np.pi) - np.pi
-    errors.plot(rover[:n, 0], np.hypot(dx, dy), "g-", label="camera to person 0 (m)")
+    seen = [seen_from_camera(tuple(pose[1:]), tuple(people[0])) for pose, people in zip(rover[:n], targets[:n])]
+    bearing_deg, distance_m = np.asarray(seen).reshape(-1, 2).T
+    errors.plot(rover[:n, 0], distance_m, "g-", label="camera to person 0 (m)")
     errors.axhline(desired_m, color="g", ls=":", label=f"desired {desired_m:.2f} m (from the camera)")
-    errors.plot(rover[:n, 0], np.degrees(bearing) / 10, "m-", label="bearing (deg / 10)")
+    errors.plot(rover[:n, 0], bearing_deg / 10, "m-", label="bearing (deg / 10)")
     errors.set(xlabel="simulated time (s)")
     errors.legend(fontsize=8)
     errors.grid(alpha=0.3)
