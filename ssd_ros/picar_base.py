@@ -27,6 +27,7 @@ from ssd_ros.hardware.pca9685 import (
     open_smbus,
     ticks_to_us,
 )
+from ssd_ros.settings import check_settings, setting
 
 # Order of the values in the driver's published state (the ROS node's Float32MultiArray).
 STATE_FIELDS = ("steering_angle_rad", "servo_ticks", "servo_pulse_us", "motor_duty")
@@ -129,6 +130,73 @@ class BaseConfig:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """The car's calibration and limits in the units they are measured in; :meth:`config` is the controller's.
+
+    The base node declares these as read-only parameters: each of them can make the car faster or blind to
+    a lost sender (speed_at_full_duty_mps 0.01 turns any command into full duty), so nobody on the DDS
+    domain may change them at runtime.
+    """
+
+    servo_centre_ticks: int = setting(
+        300, "servo ticks (of 4096) with the front wheels straight", limits=(1, 4095), read_only=True
+    )
+    servo_left_ticks: int = setting(
+        450, "servo ticks with the wheels at max_steering_deg to the left", limits=(1, 4095), read_only=True
+    )
+    servo_right_ticks: int = setting(
+        150, "servo ticks with the wheels at max_steering_deg to the right", limits=(1, 4095), read_only=True
+    )
+    max_steering_deg: float = setting(
+        30.0, "front-wheel angle at servo_left_ticks / servo_right_ticks", limits=(1.0, 60.0), read_only=True
+    )
+    steering_trim_deg: float = setting(
+        0.0,
+        "wheel angle added to every command so the car drives straight (positive = left)",
+        limits=(-15.0, 15.0),
+        read_only=True,
+    )
+    wheelbase_m: float = setting(
+        0.14,
+        "distance between front and rear axles (PiCar-B: measure; 0.14 is an estimate)",
+        limits=(0.01, 2.0),
+        read_only=True,
+    )
+    speed_at_full_duty_mps: float = setting(
+        0.5, "measured forward speed at motor duty 1 (sets the m/s -> duty scale)", limits=(0.01, 20.0), read_only=True
+    )
+    motor_max_duty: float = setting(1.0, "motor duty cap in (0, 1]", limits=(0.01, 1.0), read_only=True)
+    motor_min_duty: float = setting(
+        0.0, "smallest duty that moves the car; non-zero commands start here", limits=(0.0, 0.99), read_only=True
+    )
+    motor_inverted: bool = setting(False, "swap forward and reverse (motor wired the other way round)", read_only=True)
+    cmd_timeout_s: float = setting(
+        0.5, "no valid cmd_vel for this long -> motor stop and steering centre", limits=(0.05, 10.0), read_only=True
+    )
+
+    def __post_init__(self):
+        """Reject values out of their limits (the node's parameters are range-checked by rclpy already)."""
+        check_settings(self)
+
+    def config(self) -> BaseConfig:
+        """The controller's configuration; raises ValueError for a calibration that cannot be right."""
+        steering = SteeringCalibration(
+            centre_ticks=self.servo_centre_ticks,
+            left_ticks=self.servo_left_ticks,
+            right_ticks=self.servo_right_ticks,
+            max_steering_rad=math.radians(self.max_steering_deg),
+            trim_rad=math.radians(self.steering_trim_deg),
+        )
+        drive = DriveCalibration(
+            speed_at_full_duty_mps=self.speed_at_full_duty_mps,
+            max_duty=self.motor_max_duty,
+            min_duty=self.motor_min_duty,
+            inverted=self.motor_inverted,
+        )
+        return BaseConfig(self.wheelbase_m, steering, drive, self.cmd_timeout_s)
+
+
+@dataclass(frozen=True)
 class BaseOutput:
     """What the hardware is told: wheel angle (rad, left positive), servo ticks, signed motor duty, and why."""
 
@@ -205,27 +273,49 @@ class BaseController:
 
 @dataclass(frozen=True)
 class HardwareSettings:
-    """Where the PiCar-B's actuators are (defaults: Adeept PiCar-B, see docs/picar_b.md for sources)."""
+    """Where the PiCar-B's actuators are (defaults: Adeept PiCar-B, see docs/picar_b.md for sources).
 
-    kind: str = "sim"
-    i2c_bus: int = 1
-    pca9685_address: int = 0x40
-    pwm_frequency_hz: float = 50.0
-    steering_channel: int = 2
-    motor_driver: str = "gpio"
-    motor_enable_pin: int = 4
-    motor_forward_pin: int = 15
-    motor_reverse_pin: int = 14
-    motor_pwm_frequency_hz: float = 1000.0
-    motor_forward_channel: int = 15
-    motor_reverse_channel: int = 14
+    The base node declares these as read-only parameters: they are read once, when the hardware opens.
+    """
+
+    hardware: str = setting("sim", "actuators", choices=HARDWARE_KINDS, read_only=True)
+    i2c_bus: int = setting(1, "I2C bus number (/dev/i2c-N)", limits=(0, 255), read_only=True)
+    pca9685_address: int = setting(
+        0x40, "7-bit I2C address of the PCA9685 (PiCar-B 64 = 0x40; B2 95 = 0x5F)", limits=(0x03, 0x77), read_only=True
+    )
+    pwm_frequency_hz: float = setting(
+        50.0,
+        "servo PWM frequency; the chip's prescaler quantises it (50 -> 50.03 Hz)",
+        limits=(24.0, 1526.0),
+        read_only=True,
+    )
+    steering_channel: int = setting(2, "PCA9685 channel of the steering servo", limits=(0, 15), read_only=True)
+    motor_driver: str = setting(
+        "gpio",
+        "drive motor bridge inputs (gpio: PiCar-B Motor HAT; pca9685: B2)",
+        choices=MOTOR_DRIVERS,
+        read_only=True,
+    )
+    motor_enable_pin: int = setting(
+        4, "gpio driver: BCM pin of the bridge enable (PWM)", limits=(0, 27), read_only=True
+    )
+    motor_forward_pin: int = setting(
+        15, "gpio driver: BCM pin driven high to go forward", limits=(0, 27), read_only=True
+    )
+    motor_reverse_pin: int = setting(14, "gpio driver: BCM pin driven high to reverse", limits=(0, 27), read_only=True)
+    motor_pwm_frequency_hz: float = setting(
+        1000.0, "gpio driver: software PWM frequency on the enable pin", limits=(1.0, 20000.0), read_only=True
+    )
+    motor_forward_channel: int = setting(
+        15, "pca9685 driver: channel held high to go forward (B2 M1: 15)", limits=(0, 15), read_only=True
+    )
+    motor_reverse_channel: int = setting(
+        14, "pca9685 driver: channel held high to reverse (B2 M1: 14)", limits=(0, 15), read_only=True
+    )
 
     def __post_init__(self):
-        """Reject unknown kinds and channel clashes before touching any hardware."""
-        if self.kind not in HARDWARE_KINDS:
-            raise ValueError(f"hardware must be one of {HARDWARE_KINDS}, got {self.kind!r}")
-        if self.motor_driver not in MOTOR_DRIVERS:
-            raise ValueError(f"motor_driver must be one of {MOTOR_DRIVERS}, got {self.motor_driver!r}")
+        """Reject unknown kinds, out-of-range wiring and channel clashes before touching any hardware."""
+        check_settings(self)
         if self.motor_driver == "pca9685" and self.steering_channel in (
             self.motor_forward_channel,
             self.motor_reverse_channel,
@@ -348,9 +438,9 @@ class Simulation:
 
 
 def open_hardware(settings: HardwareSettings) -> BaseHardware:
-    """Build and initialise the actuators; real I2C/GPIO modules are imported only for ``kind='picar_b'``."""
+    """Build and initialise the actuators; real I2C/GPIO modules are imported only for ``hardware='picar_b'``."""
     simulation = None
-    if settings.kind == "sim":
+    if settings.hardware == "sim":
         chip = SimulatedPca9685()
         bus: I2cBus = SimulatedI2cBus({settings.pca9685_address: chip})
         gpio = SimulatedGpio() if settings.motor_driver == "gpio" else None

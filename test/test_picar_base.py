@@ -158,14 +158,14 @@ def test_watchdog_stops_once_after_timeout():
 
 def test_hardware_settings_validation():
     with pytest.raises(ValueError):
-        HardwareSettings(kind="turbo")
+        HardwareSettings(hardware="turbo")
     with pytest.raises(ValueError):
         HardwareSettings(motor_driver="pca9685", steering_channel=15)
 
 
 @pytest.mark.parametrize("motor_driver", ["gpio", "pca9685"])
 def test_sim_hardware_applies_and_reads_back(motor_driver):
-    hardware = open_hardware(HardwareSettings(kind="sim", motor_driver=motor_driver))
+    hardware = open_hardware(HardwareSettings(hardware="sim", motor_driver=motor_driver))
     chip = hardware.simulation.chip
     assert chip.output_frequency_hz() == pytest.approx(output_frequency_hz(prescale_for(50.0)))
     base = controller()
@@ -194,7 +194,7 @@ def test_sim_hardware_applies_and_reads_back(motor_driver):
 
 def test_stop_reaches_the_gpio_motor_while_the_i2c_bus_is_dead():
     """PiCar-B: motor on GPIO, servo on I2C. A dead bus must not keep the motor running."""
-    hardware = open_hardware(HardwareSettings(kind="sim", motor_driver="gpio"))
+    hardware = open_hardware(HardwareSettings(hardware="sim", motor_driver="gpio"))
     gpio, bus = hardware.simulation.gpio, hardware.pca.bus
     base = controller()
     drive = base.command(0.25, 0.25 * math.tan(MAX) / WHEELBASE, now_s=0.0)
@@ -215,7 +215,7 @@ def test_stop_reaches_the_gpio_motor_while_the_i2c_bus_is_dead():
 
 @pytest.mark.parametrize("motor_driver", ["gpio", "pca9685"])
 def test_driving_output_never_drives_when_the_steering_write_fails(motor_driver):
-    hardware = open_hardware(HardwareSettings(kind="sim", motor_driver=motor_driver))
+    hardware = open_hardware(HardwareSettings(hardware="sim", motor_driver=motor_driver))
     chip, bus = hardware.simulation.chip, hardware.pca.bus
     base = controller()
     bus.devices.clear()
@@ -230,7 +230,7 @@ def test_driving_output_never_drives_when_the_steering_write_fails(motor_driver)
 
 
 def test_readback_confirms_exact_outputs_only():
-    hardware = open_hardware(HardwareSettings(kind="sim", motor_driver="pca9685"))
+    hardware = open_hardware(HardwareSettings(hardware="sim", motor_driver="pca9685"))
     base = controller()
     drive = base.command(0.3, 0.0, now_s=0.0)
     hardware.apply(drive)
@@ -242,7 +242,7 @@ def test_readback_confirms_exact_outputs_only():
 
 def test_readback_keeps_what_it_read_when_another_read_fails(monkeypatch):
     """The PWM frequency is read back once, by configure; a readback reads the servo channel and the motor only."""
-    hardware = open_hardware(HardwareSettings(kind="sim", motor_driver="gpio"))
+    hardware = open_hardware(HardwareSettings(hardware="sim", motor_driver="gpio"))
     chip, bus = hardware.simulation.chip, hardware.pca.bus
     assert hardware.frequency_hz == pytest.approx(chip.output_frequency_hz())
     base = controller()

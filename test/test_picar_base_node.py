@@ -1,5 +1,6 @@
 """The real ``picar_base`` executable on simulated hardware, driven over real ROS 2 topics."""
 
+import dataclasses
 import math
 import signal
 import time
@@ -9,14 +10,14 @@ import rclpy
 from conftest import REPO_ROOT, RosProbe, start_executable, stop_process
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist, TwistStamped
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import DescribeParameters, SetParameters
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray
 
 from ssd_ros.hardware.motor import simulated_motor_duty
 from ssd_ros.hardware.pca9685 import output_frequency_hz, prescale_for
-from ssd_ros.picar_base import STATE_FIELDS
+from ssd_ros.picar_base import STATE_FIELDS, Calibration, HardwareSettings
 
 CONFIG = REPO_ROOT / "config" / "picar_base.yaml"
 MAX = math.radians(30.0)  # config/picar_base.yaml
@@ -270,6 +271,17 @@ def test_twist_stamped_b2_motor_on_pca9685_read_only_limits_and_calibration_aid(
         ]:
             refused = harness.set_parameter(name, value)
             assert not refused.successful and "read-only" in refused.reason, (name, refused.reason)
+        # ... because the core's settings say so: the node declares them from the dataclass fields.
+        core = {f.name: f.metadata for f in dataclasses.fields(Calibration) + dataclasses.fields(HardwareSettings)}
+        request = DescribeParameters.Request(names=list(core))
+        described = harness.probe.call(DescribeParameters, "/picar_base/describe_parameters", request).descriptors
+        assert [d.name for d in described] == list(core)
+        for descriptor in described:
+            assert descriptor.read_only and descriptor.description == core[descriptor.name]["description"]
+            limits = core[descriptor.name]["limits"]
+            ranges = descriptor.integer_range or descriptor.floating_point_range
+            assert (limits is None) == (not ranges), descriptor.name
+            assert limits is None or (ranges[0].from_value, ranges[0].to_value) == limits, descriptor.name
         # Calibration aid: hold the servo at given ticks, cmd_vel ignored, motor stopped.
         assert harness.set_parameter("calibration_servo_ticks", 420).successful
         harness.wait_for(lambda: harness.last["servo_ticks"] == 420, what="calibration ticks")

@@ -41,22 +41,18 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from ssd_ros.picar_base import (
-    HARDWARE_KINDS,
-    MOTOR_DRIVERS,
     STATE_FIELDS,
     ActuatorError,
-    BaseConfig,
     BaseController,
     BaseHardware,
     BaseOutput,
-    DriveCalibration,
+    Calibration,
     HardwareSettings,
     Readback,
-    SteeringCalibration,
     open_hardware,
 )
 from ssd_ros.ros.messages import LATCHED_QOS, diagnostics_msg
-from ssd_ros.ros.params import ParameterTable, declare_all, param
+from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
 
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -66,103 +62,13 @@ WARNING_INTERVAL_S = 5.0
 SHUTDOWN_RETRY_S = 2.0
 
 
-# Wiring: read once at start (read-only). Defaults are the Adeept PiCar-B's (HardwareSettings; docs/picar_b.md).
-_WIRING = HardwareSettings()
-WIRING: ParameterTable = {
-    "hardware": param(_WIRING.kind, f"actuators: {' | '.join(HARDWARE_KINDS)}", read_only=True),
+# Wiring, calibration and limits are the core's settings (description, range and read-only are declared there).
+# The one runtime parameter, calibration_servo_ticks, can only stop the motor and hold the servo, never make
+# the car move.
+PARAMETERS: ParameterTable = {
+    **dataclass_table(HardwareSettings),
     "twist_stamped": param(False, "subscribe geometry_msgs/TwistStamped instead of Twist on cmd_vel", read_only=True),
-    "i2c_bus": param(_WIRING.i2c_bus, "I2C bus number (/dev/i2c-N)", read_only=True),
-    "pca9685_address": param(
-        _WIRING.pca9685_address,
-        "7-bit I2C address of the PCA9685 (PiCar-B 64 = 0x40; B2 95 = 0x5F)",
-        limits=(0x03, 0x77),
-        read_only=True,
-    ),
-    "pwm_frequency_hz": param(
-        _WIRING.pwm_frequency_hz,
-        "servo PWM frequency; the chip's prescaler quantises it (50 -> 50.03 Hz)",
-        limits=(24.0, 1526.0),
-        read_only=True,
-    ),
-    "steering_channel": param(
-        _WIRING.steering_channel, "PCA9685 channel of the steering servo", limits=(0, 15), read_only=True
-    ),
-    "motor_driver": param(
-        _WIRING.motor_driver,
-        f"drive motor bridge inputs: {' | '.join(MOTOR_DRIVERS)} (gpio: PiCar-B Motor HAT; pca9685: B2)",
-        read_only=True,
-    ),
-    "motor_enable_pin": param(
-        _WIRING.motor_enable_pin, "gpio driver: BCM pin of the bridge enable (PWM)", limits=(0, 27), read_only=True
-    ),
-    "motor_forward_pin": param(
-        _WIRING.motor_forward_pin, "gpio driver: BCM pin driven high to go forward", limits=(0, 27), read_only=True
-    ),
-    "motor_reverse_pin": param(
-        _WIRING.motor_reverse_pin, "gpio driver: BCM pin driven high to reverse", limits=(0, 27), read_only=True
-    ),
-    "motor_pwm_frequency_hz": param(
-        _WIRING.motor_pwm_frequency_hz,
-        "gpio driver: software PWM frequency on the enable pin",
-        limits=(1.0, 20000.0),
-        read_only=True,
-    ),
-    "motor_forward_channel": param(
-        _WIRING.motor_forward_channel,
-        "pca9685 driver: channel held high to go forward (B2 M1: 15)",
-        limits=(0, 15),
-        read_only=True,
-    ),
-    "motor_reverse_channel": param(
-        _WIRING.motor_reverse_channel,
-        "pca9685 driver: channel held high to reverse (B2 M1: 14)",
-        limits=(0, 15),
-        read_only=True,
-    ),
-}
-
-# Calibration and limits: read once at start and validated as a whole. Read-only, because each of them can
-# make the car faster or blind to a lost sender (speed_at_full_duty_mps 0.01 turns any command into full duty).
-CALIBRATION: ParameterTable = {
-    "servo_centre_ticks": param(
-        300, "servo ticks (of 4096) with the front wheels straight", limits=(1, 4095), read_only=True
-    ),
-    "servo_left_ticks": param(
-        450, "servo ticks with the wheels at max_steering_deg to the left", limits=(1, 4095), read_only=True
-    ),
-    "servo_right_ticks": param(
-        150, "servo ticks with the wheels at max_steering_deg to the right", limits=(1, 4095), read_only=True
-    ),
-    "max_steering_deg": param(
-        30.0, "front-wheel angle at servo_left_ticks / servo_right_ticks", limits=(1.0, 60.0), read_only=True
-    ),
-    "steering_trim_deg": param(
-        0.0,
-        "wheel angle added to every command so the car drives straight (positive = left)",
-        limits=(-15.0, 15.0),
-        read_only=True,
-    ),
-    "wheelbase_m": param(
-        0.14,
-        "distance between front and rear axles (PiCar-B: measure; 0.14 is an estimate)",
-        limits=(0.01, 2.0),
-        read_only=True,
-    ),
-    "speed_at_full_duty_mps": param(
-        0.5, "measured forward speed at motor duty 1 (sets the m/s -> duty scale)", limits=(0.01, 20.0), read_only=True
-    ),
-    "motor_max_duty": param(1.0, "motor duty cap in (0, 1]", limits=(0.01, 1.0), read_only=True),
-    "motor_min_duty": param(
-        0.0, "smallest duty that moves the car; non-zero commands start here", limits=(0.0, 0.99), read_only=True
-    ),
-    "motor_inverted": param(False, "swap forward and reverse (motor wired the other way round)", read_only=True),
-    "cmd_timeout_s": param(
-        0.5, "no valid cmd_vel for this long -> motor stop and steering centre", limits=(0.05, 10.0), read_only=True
-    ),
-}
-
-# The one runtime parameter: it can only stop the motor and hold the servo, never make the car move.
-RUNTIME: ParameterTable = {
+    **dataclass_table(Calibration),
     "calibration_servo_ticks": param(
         -1,
         "calibration aid: >= 0 holds the servo at these ticks with the motor stopped, ignoring cmd_vel; -1 = off",
@@ -170,31 +76,10 @@ RUNTIME: ParameterTable = {
     ),
 }
 
-PARAMETERS: ParameterTable = {**WIRING, **CALIBRATION, **RUNTIME}
 
-
-def base_config(values: dict) -> BaseConfig:
-    """Build (and validate) the controller configuration from parameter values; raises ValueError."""
-    steering = SteeringCalibration(
-        centre_ticks=values["servo_centre_ticks"],
-        left_ticks=values["servo_left_ticks"],
-        right_ticks=values["servo_right_ticks"],
-        max_steering_rad=math.radians(values["max_steering_deg"]),
-        trim_rad=math.radians(values["steering_trim_deg"]),
-    )
-    drive = DriveCalibration(
-        speed_at_full_duty_mps=values["speed_at_full_duty_mps"],
-        max_duty=values["motor_max_duty"],
-        min_duty=values["motor_min_duty"],
-        inverted=values["motor_inverted"],
-    )
-    return BaseConfig(values["wheelbase_m"], steering, drive, values["cmd_timeout_s"])
-
-
-def hardware_settings(values: dict) -> HardwareSettings:
-    """Hardware wiring from parameter values; raises ValueError for unknown kinds or clashing channels."""
-    wiring = {field.name: values[field.name] for field in fields(HardwareSettings) if field.name != "kind"}
-    return HardwareSettings(kind=values["hardware"], **wiring)
+def settings_from(settings_class, values: dict):
+    """An instance of a core settings dataclass from the node's parameter values; raises ValueError."""
+    return settings_class(**{f.name: values[f.name] for f in fields(settings_class)})
 
 
 class BaseNode(Node):
@@ -204,14 +89,14 @@ class BaseNode(Node):
         super().__init__("picar_base")
         self._values = declare_all(self, PARAMETERS)
         try:
-            settings = hardware_settings(self._values)
-            self._controller = BaseController(base_config(self._values))
+            settings = settings_from(HardwareSettings, self._values)
+            self._controller = BaseController(settings_from(Calibration, self._values).config())
         except ValueError as error:
             raise StartupError(str(error)) from error
         try:
             self._hardware: BaseHardware | None = open_hardware(settings)
         except (OSError, RuntimeError, ValueError) as error:  # no bus/chip, missing module, GPIO mode clash
-            raise StartupError(f"cannot open {settings.kind} hardware: {error}") from error
+            raise StartupError(f"cannot open {settings.hardware} hardware: {error}") from error
         self._settings = settings
         self._frequency_hz = self._hardware.frequency_hz  # read back once, when open_hardware configured the chip
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -239,7 +124,7 @@ class BaseNode(Node):
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, clock=self._steady)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
-            f"{settings.kind} base ready: PCA9685 0x{settings.pca9685_address:02X} on bus {settings.i2c_bus} at "
+            f"{settings.hardware} base ready: PCA9685 0x{settings.pca9685_address:02X} on bus {settings.i2c_bus} at "
             f"{self._frequency_hz:.2f} Hz, steering channel {settings.steering_channel}, "
             f"motor via {settings.motor_driver}; watchdog {self._values['cmd_timeout_s']} s"
         )
@@ -352,7 +237,7 @@ class BaseNode(Node):
             return format(value, fmt) if value is not None else "n/a"
 
         values = {
-            "hardware": self._settings.kind,
+            "hardware": self._settings.hardware,
             "motor_driver": self._settings.motor_driver,
             "pwm_frequency_hz": f"{self._frequency_hz:.3f}",
             "wanted_reason": wanted.reason,
