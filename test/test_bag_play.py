@@ -3,14 +3,10 @@ names never import (run) anything but installed ROS 2 interface packages."""
 
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-import rclpy
-from conftest import EXECUTABLES, ros_env
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
+from conftest import EXECUTABLES, RosProbe, ros_env
 from std_msgs.msg import String
 
 from ssd_ros.tools.bagio import BagToolError, add_topic, message_class, open_writer, serialize
@@ -33,16 +29,9 @@ def test_unknown_message_types_are_skipped_and_the_rest_is_played(tmp_path):
             writer.write(custom, stamp, bytes([0, 1, 0, 0, i, 0, 0, 0]))
             writer.write(chatter, stamp, serialize(String(data=f"hello {i}")))
 
-    context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("bag_play_listener", context=context)
     received = []
-    node.create_subscription(String, "/chatter", lambda msg: received.append(msg.data), 10)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    try:
+    with RosProbe("bag_play_listener", background=True) as probe:
+        probe.node.create_subscription(String, "/chatter", lambda msg: received.append(msg.data), 10)
         result = subprocess.run(
             [str(EXECUTABLES / "bag_play"), str(bag), "--start-delay", "2"],
             capture_output=True,
@@ -53,11 +42,6 @@ def test_unknown_message_types_are_skipped_and_the_rest_is_played(tmp_path):
         deadline = time.monotonic() + 5
         while len(received) < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
-        spinner.join(5)
     assert result.returncode == 0, result.stderr
     assert "skipping /custom: type foo_msgs/msg/Bar: foo_msgs is not an installed ROS 2 interface package" in (
         result.stderr
