@@ -1,11 +1,12 @@
 """Settings declared once: a dataclass field carries its default, description, limits and mutability.
 
-The core's parameter dataclasses (``FollowParams``, ``TrackerParams``, ``SimParams``) define their fields
-with :func:`setting`; :func:`check_settings` validates an instance against that metadata, the ROS
-nodes generate their parameter declarations (description, range, read-only) from the same fields
+The core's parameter dataclasses (``FollowParams``, ``TrackerParams``, ``SimParams``, the base driver's
+``HardwareSettings`` and ``Calibration``) define their fields with :func:`setting`;
+:func:`check_settings` validates an instance against that metadata, the ROS nodes generate their
+parameter declarations (description, range, read-only) from the same fields
 (``ssd_ros.ros.params.dataclass_table``), and :func:`settings_from_mapping` reads an instance from a
-node's parameter values, a parameters file or command-line options. Adding a parameter therefore touches
-one place.
+node's parameter values, a parameters file or command-line options. Adding a parameter therefore
+touches one place.
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import fields
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist, TwistStamped
@@ -54,6 +53,7 @@ from ssd_ros.picar_base import (
 from ssd_ros.ros.messages import LATCHED_QOS, diagnostics_msg
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
+from ssd_ros.settings import settings_from_mapping
 
 DIAGNOSTICS_PERIOD_S = 1.0
 WARNING_INTERVAL_S = 5.0
@@ -77,11 +77,6 @@ PARAMETERS: ParameterTable = {
 }
 
 
-def settings_from(settings_class, values: dict):
-    """An instance of a core settings dataclass from the node's parameter values; raises ValueError."""
-    return settings_class(**{f.name: values[f.name] for f in fields(settings_class)})
-
-
 class BaseNode(Node):
     """Maps cmd_vel to the PiCar-B steering servo and drive motor, with a watchdog and diagnostics."""
 
@@ -89,8 +84,8 @@ class BaseNode(Node):
         super().__init__("picar_base")
         self._values = declare_all(self, PARAMETERS)
         try:
-            settings = settings_from(HardwareSettings, self._values)
-            self._controller = BaseController(settings_from(Calibration, self._values).config())
+            settings = settings_from_mapping(HardwareSettings, self._values)
+            self._controller = BaseController(settings_from_mapping(Calibration, self._values).config())
         except ValueError as error:
             raise StartupError(str(error)) from error
         try:
