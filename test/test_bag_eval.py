@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from ament_index_python.packages import get_package_share_directory
-from conftest import shared_data
+from conftest import make_checkpoint, shared_data
 from geometry_msgs.msg import Twist, TwistStamped
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
@@ -24,7 +24,6 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.camera import PinholeCamera
-from ssd_ros.checkpoint import ModelCard, save_checkpoint
 from ssd_ros.detector import Detector
 from ssd_ros.follow import FollowController, FollowParams
 from ssd_ros.image_codec import read_image_file
@@ -57,11 +56,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    card = ModelCard.for_architecture("ssdlite320_mobilenet_v3", MODEL_CLASSES, dataset="test")
-    path = tmp_path_factory.mktemp("model") / "picar_lite.pt"
-    save_checkpoint(path, card.build_model(), card)
-    return path
+    return make_checkpoint(tmp_path_factory.mktemp("model") / "picar_lite.pt", MODEL_CLASSES, dataset="test")
 
 
 @pytest.fixture(scope="module")

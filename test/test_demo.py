@@ -8,22 +8,12 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import torch
-from conftest import REPO_ROOT, ros_env
+from conftest import REPO_ROOT, make_checkpoint, ros_env
 
-from ssd_ros.checkpoint import ModelCard, save_checkpoint
-from ssd_ros.model import build_model
 from ssd_ros.simulator import SCENARIOS
 from ssd_ros.tools import demo
 
-
-def _checkpoint(path):
-    """A randomly initialised SSDlite with the rover's classes, through the real checkpoint code."""
-    classes = ("Person", "Stop Sign")
-    torch.manual_seed(0)
-    model = build_model("ssdlite320_mobilenet_v3", len(classes) + 1)
-    card = ModelCard.for_architecture("ssdlite320_mobilenet_v3", classes, dataset="none (random init, test)")
-    return save_checkpoint(path, model, card)
+MODEL_CLASSES = ("Person", "Stop Sign")  # a randomly initialised SSDlite with some of the rover's classes
 
 
 def _footage(folder):
@@ -39,7 +29,7 @@ def _footage(folder):
 def test_demo_runs_the_closed_loop_and_the_ssd_and_stops_every_node_cleanly(tmp_path):
     out, footage = tmp_path / "out", _footage(tmp_path / "frames")
     command = [sys.executable, "-m", "ssd_ros.tools.demo", "--out", str(out), "--duration", "6"]
-    command += ["--checkpoint", str(_checkpoint(tmp_path / "model.pt")), "--images", str(footage)]
+    command += ["--checkpoint", str(make_checkpoint(tmp_path / "model.pt", MODEL_CLASSES)), "--images", str(footage)]
     command += ["--max-frames", "3"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=ros_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -77,7 +67,7 @@ def test_bad_checkpoint_fails_before_the_closed_loop(tmp_path, capsys, kind):
 
 
 def test_missing_footage_fails_before_the_closed_loop(tmp_path, capsys):
-    checkpoint = _checkpoint(tmp_path / "model.pt")
+    checkpoint = make_checkpoint(tmp_path / "model.pt", MODEL_CLASSES)
     argv = ["--checkpoint", str(checkpoint), "--video", str(tmp_path / "drive.mp4"), "--out", str(tmp_path / "out")]
     assert demo.main(argv) == 2
     assert f"footage {tmp_path / 'drive.mp4'} not found" in capsys.readouterr().err
