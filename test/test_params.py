@@ -4,9 +4,8 @@ dataclasses read from mappings (node values, parameter files, command-line optio
 from dataclasses import replace
 
 import pytest
-import rclpy
+from conftest import RosProbe
 from rcl_interfaces.msg import ParameterType as PT
-from rclpy.context import Context
 from rclpy.parameter import Parameter
 
 from ssd_ros.ros.params import STRING_ARRAY, declare_all, param
@@ -17,12 +16,8 @@ from ssd_ros.tracking import TrackerParams
 
 @pytest.fixture
 def ros_node():
-    context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("params_test", context=context)
-    yield node
-    node.destroy_node()
-    rclpy.shutdown(context=context)
+    with RosProbe("params_test") as probe:
+        yield probe.node
 
 
 def test_types_follow_the_defaults(ros_node):
