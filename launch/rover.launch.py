@@ -15,12 +15,13 @@ exits, the whole launch shuts down, so the motor driver never runs without the n
 
 import os
 
-import yaml
 from ament_index_python import get_package_share_directory, has_resource
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node, PushRosNamespace
+
+from ssd_ros.cli import read_params_file
 
 PACKAGE = "ssd_ros"
 
@@ -122,32 +123,6 @@ def _required(**node_arguments) -> Node:
     return Node(on_exit=Shutdown(reason=f"{name} exited: stopping every rover process"), **node_arguments)
 
 
-def _file_parameters(path: str, node: str, namespace: str) -> dict:
-    """The parameters file ``path`` sets for ``node`` in ``namespace`` (the more specific section wins).
-
-    Sections keyed ``/**``, ``/**/<node>`` and the node's own name count; LaunchRefused names the file and
-    those keys when it has none of them, or one without ``ros__parameters``.
-    """
-    full_name = f"/{namespace}/{node}" if namespace else f"/{node}"
-    keys = ("/**", f"/**/{node}", *(() if namespace else (node,)), full_name)
-    with open(path) as stream:
-        try:
-            document = yaml.safe_load(stream)
-        except yaml.YAMLError as error:
-            raise LaunchRefused(f"{path} is not valid YAML: {error}") from error
-    try:
-        sections = [document[key]["ros__parameters"] for key in keys if key in document]
-        parameters = {name: value for section in sections for name, value in section.items()}
-    except (TypeError, KeyError, AttributeError):  # not shaped like a parameter file: {key: {ros__parameters: {}}}
-        sections = []
-    if not sections:
-        raise LaunchRefused(
-            f"{path} has no parameters for {full_name}: it needs a section keyed {' or '.join(map(repr, keys))} "
-            "holding ros__parameters"
-        )
-    return parameters
-
-
 def _check_model(context, namespace: str) -> str:
     """The model_path override for the detector ('' keeps the file's), refusing a detector without a model."""
     model_path = LaunchConfiguration("model_path").perform(context).strip()
@@ -155,7 +130,10 @@ def _check_model(context, namespace: str) -> str:
         if not os.path.isfile(os.path.expanduser(model_path)):
             raise LaunchRefused(f"launch argument model_path:={model_path}: no such file (give an SSD checkpoint .pt)")
         return os.path.expanduser(model_path)
-    configured = _file_parameters(_config("detector.yaml"), "detector", namespace)
+    try:
+        configured = read_params_file(_config("detector.yaml"), "detector", namespace)
+    except ValueError as error:
+        raise LaunchRefused(str(error)) from error
     if not configured.get("model_path") and not configured.get("use_coco_weights"):
         raise LaunchRefused(
             "launch argument model_path is empty and config/detector.yaml sets none: give "

@@ -46,18 +46,29 @@ def inference_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"backend": args.backend, "precision": args.precision, "num_threads": max(0, args.threads)}
 
 
-def read_params_file(path: Path) -> dict:
-    """A node's parameters from a ROS 2 parameters file (its first ``ros__parameters``) or a flat YAML mapping.
+def read_params_file(path: str | Path, node: str, namespace: str = "") -> dict:
+    """The parameters a ROS 2 parameters file sets for ``node`` in ``namespace``, or those of a flat mapping.
 
-    Here, not in ``ssd_ros.ros``: the offline tools read the nodes' files without importing rclpy.
+    As the nodes read the file: sections keyed ``/**``, ``/**/<node>``, ``<node>`` (no namespace) and
+    ``/<namespace>/<node>`` apply, the more specific one winning. A mapping of plain parameter names (no
+    section keys) is taken as it is, for the offline tools. Here, not in ``ssd_ros.ros``: the tools and the
+    launch file read the nodes' files without rclpy.
 
-    Raises ``ValueError`` (naming the file) when it cannot be read or holds no mapping.
+    Raises ``ValueError`` naming the file when it cannot be read or sets nothing for ``node``.
     """
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        document = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"cannot read parameters file {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"parameters file {path}: expected a YAML mapping")
-    nodes = [v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v]
-    return dict(nodes[0] if nodes else data)
+    full_name = f"/{namespace}/{node}" if namespace else f"/{node}"
+    keys = ("/**", f"/**/{node}", *(() if namespace else (node,)), full_name)
+    if isinstance(document, dict):
+        sections = [document[key].get("ros__parameters") for key in keys if isinstance(document.get(key), dict)]
+        if sections and all(isinstance(section, dict) for section in sections):
+            return {name: value for section in sections for name, value in section.items()}
+        if not any(str(key).startswith("/") or isinstance(value, dict) for key, value in document.items()):
+            return document
+    raise ValueError(
+        f"parameters file {path} sets nothing for {full_name}: it needs a section keyed "
+        f"{' or '.join(map(repr, keys))} holding ros__parameters"
+    )

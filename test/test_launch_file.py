@@ -8,6 +8,8 @@ parse and show the detector's annotated image, and every argument must be declar
 
 import ast
 import importlib
+import subprocess
+import sys
 from xml.etree import ElementTree
 
 import pytest
@@ -18,6 +20,7 @@ LAUNCH = REPO_ROOT / "launch" / "rover.launch.py"
 CONFIG = REPO_ROOT / "config"
 EXTERNAL_PACKAGES = {("camera_ros", "camera_node"), ("v4l2_camera", "v4l2_camera_node"), ("rviz2", "rviz2")}
 ALLOWED_IMPORTS = ("launch", "launch_ros", "ament_index_python", "os", "yaml")
+LIGHT_SSD_ROS_MODULES = ("ssd_ros.cli",)  # reading a parameters file as the nodes do; loads no torch
 NODE_CALLS = ("Node", "_required")  # _required(...) is the launch file's Node with on_exit=Shutdown
 ALWAYS_DECLARED = {"use_sim_time"}  # rclpy declares it on every node
 
@@ -159,8 +162,16 @@ def test_launch_file_compiles_and_imports_only_launch_packages(launch):
     compile(LAUNCH.read_text(), str(LAUNCH), "exec")
     assert launch.imports, "no imports found"
     for module in launch.imports:
-        assert module.split(".")[0] in ALLOWED_IMPORTS, f"launch file imports {module}"
+        allowed = module.split(".")[0] in ALLOWED_IMPORTS or module in LIGHT_SSD_ROS_MODULES
+        assert allowed, f"launch file imports {module}"
     assert "generate_launch_description" in {f.name for f in launch.tree.body if isinstance(f, ast.FunctionDef)}
+
+
+def test_the_ssd_ros_modules_the_launch_file_imports_load_no_torch():
+    """Launching must not pay for (or need) torch in the launch process itself."""
+    code = f"import sys; import {', '.join(LIGHT_SSD_ROS_MODULES)}; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_every_argument_is_described_defaulted_and_used(launch):

@@ -14,7 +14,6 @@ without it these tests skip and say so, except in CI, where ../shared/vendor is 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -29,6 +28,8 @@ from rcl_interfaces.srv import GetParameters
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.parameter import parameter_value_to_python
 from vision_msgs.msg import Detection2DArray
+
+from ssd_ros.cli import read_params_file
 
 RUNNER = REPO_ROOT / "test" / "launch_runner.py"
 STAND_IN = REPO_ROOT / "test" / "camera_stand_in.py"
@@ -382,14 +383,6 @@ def test_refused_before_any_process_starts(rover, checkpoint, arguments, named, 
     assert "process started" not in output, output
 
 
-def _launch_module():
-    """launch/rover.launch.py as a module, for its helpers."""
-    spec = importlib.util.spec_from_file_location("rover_launch", REPO_ROOT / "launch" / "rover.launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     ("text", "namespace", "model_path"),
     [
@@ -405,9 +398,10 @@ def _launch_module():
     ids=["wildcard", "node-name", "namespaced", "specific-wins"],
 )
 def test_detector_parameters_found_under_any_key_that_names_the_node(tmp_path, text, namespace, model_path):
+    """The launch file reads config/detector.yaml's model_path as the node will (ssd_ros.cli.read_params_file)."""
     path = tmp_path / "detector.yaml"
     path.write_text(text)
-    assert _launch_module()._file_parameters(str(path), "detector", namespace)["model_path"] == model_path
+    assert read_params_file(path, "detector", namespace)["model_path"] == model_path
 
 
 @pytest.mark.parametrize(
@@ -416,10 +410,16 @@ def test_detector_parameters_found_under_any_key_that_names_the_node(tmp_path, t
     ids=["other-node", "no-ros__parameters", "empty", "list", "bad-yaml"],
 )
 def test_detector_parameter_file_without_a_section_for_it_is_a_clear_refusal(tmp_path, text):
-    """Not a KeyError from the launch file: the refusal names the file and the keys it looked for."""
-    launch = _launch_module()
+    """Not a KeyError: the refusal (the launch shows it as its one error line) names the file and the keys."""
     path = tmp_path / "detector.yaml"
     path.write_text(text)
-    with pytest.raises(launch.LaunchRefused, match=re.escape(str(path))) as refused:
-        launch._file_parameters(str(path), "detector", "")
-    assert "/**" in str(refused.value) or "not valid YAML" in str(refused.value)
+    with pytest.raises(ValueError, match=re.escape(str(path))) as refused:
+        read_params_file(path, "detector")
+    assert "'/**' or '/**/detector'" in str(refused.value) or "cannot read" in str(refused.value)
+
+
+def test_a_flat_mapping_of_parameters_is_read_as_it_is(tmp_path):
+    """The offline tools (tune_follower --params, bag_eval --follower-params) also take a plain mapping."""
+    path = tmp_path / "follower.yaml"
+    path.write_text("max_linear_mps: 0.3\ntarget_classes: [cat]\n")
+    assert read_params_file(path, "follower") == {"max_linear_mps": 0.3, "target_classes": ["cat"]}

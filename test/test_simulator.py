@@ -207,7 +207,7 @@ def test_tune_follower_tool_prints_metrics_and_saves_a_plot(tmp_path, capsys):
     assert tune_follower.main(["--params", str(params), "--plot", str(plot)]) == 2
     params.write_text("- not\n- a mapping\n")
     assert tune_follower.main(["--params", str(params), "--plot", str(plot)]) == 2
-    assert "expected a YAML mapping" in capsys.readouterr().err
+    assert "sets nothing for /follower" in capsys.readouterr().err
 
 
 def test_tune_follower_tool_reports_who_was_followed_over_seeds(tmp_path, capsys):

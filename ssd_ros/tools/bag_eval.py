@@ -189,7 +189,7 @@ def read_follower_config(path: Path | None) -> dict:
     if path is None:
         return {}
     try:
-        return read_params_file(path)
+        return read_params_file(path, "follower")
     except ValueError as exc:
         raise BagToolError(str(exc)) from exc
 

@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = read_params_file(args.params) if args.params else {}
+        config = read_params_file(args.params, "follower") if args.params else {}
         follow_params = settings_from_mapping(FollowParams, config)
         rate_hz = float(args.rate or config.get("rate_hz", 20.0))
     except (TypeError, ValueError) as error:
