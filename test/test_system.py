@@ -14,21 +14,29 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import warnings
 
 import cv2
 import numpy as np
 import pytest
-import rclpy
 import torch
-from conftest import EXECUTABLES, IN_CI, REPO_ROOT, SHARED_DATA, ros_env, start_executable, stop_process
+from conftest import (
+    EXECUTABLES,
+    IN_CI,
+    REPO_ROOT,
+    SHARED_DATA,
+    RosProbe,
+    make_checkpoint,
+    ros_env,
+    start_executable,
+    stop_process,
+)
 from geometry_msgs.msg import Twist
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from std_msgs.msg import Float32MultiArray
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ssd_ros.checkpoint import ModelCard, save_checkpoint
+from ssd_ros.checkpoint import ModelCard
 from ssd_ros.picar_base import STATE_FIELDS
 from ssd_ros.tools.bagio import deserialize, open_bag
 from ssd_ros.tools.make_bag import main as make_bag
@@ -68,8 +76,7 @@ def left_person_checkpoint(path):
     only), so the test knows the target's side; everything else (checkpoint, detector node, messages) is
     the real pipeline.
     """
-    card = ModelCard.for_architecture("ssdlite320_mobilenet_v3", ("person",), dataset="crafted (system test)")
-    model = card.build_model()
+    model = ModelCard.for_architecture("ssdlite320_mobilenet_v3", ("person",)).build_model()  # global RNG untouched
     height, width = model.transform.fixed_size if hasattr(model.transform, "fixed_size") else (320, 320)
     with torch.no_grad():
         for level, module in enumerate(model.head.classification_head.module_list):
@@ -91,7 +98,7 @@ def left_person_checkpoint(path):
                 5.0 * math.log(h * height / anchor),
             ]
         )
-    return save_checkpoint(path, model, card)
+    return make_checkpoint(path, ("person",), model=model, dataset="crafted (system test)")
 
 
 @pytest.fixture(scope="module")
@@ -145,19 +152,14 @@ def pipeline(tmp_path_factory):
         ),
     }
     seen = {"detections": [], "cmd_vel": [], "state": []}
-    rclpy.init()
-    node = rclpy.create_node("system_test_observer")
+    probe = RosProbe("system_test_observer")
+    node = probe.node
     node.create_subscription(Detection2DArray, "/detections", seen["detections"].append, 50)
     node.create_subscription(Twist, "/cmd_vel", seen["cmd_vel"].append, 200)
     latched = QoSProfile(
         depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
     )
     node.create_subscription(Float32MultiArray, "/picar_base/state", seen["state"].append, latched)
-
-    def spin_for(seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            rclpy.spin_once(node, timeout_sec=0.05)
 
     labels = []
     node.create_subscription(LabelInfo, "/label_info", labels.append, latched)
@@ -167,25 +169,23 @@ def pipeline(tmp_path_factory):
 
     try:
         # The detector latches its class map once the model is loaded and warmed up.
-        deadline = time.monotonic() + 180
-        while not ready() and time.monotonic() < deadline:
-            spin_for(0.2)
-        assert ready(), f"pipeline not up: label_info={bool(labels)} state={bool(seen['state'])}"
-        spin_for(1.0)
+        probe.spin_until(
+            ready, 180, "the pipeline", detail=lambda: f"label_info={bool(labels)} state={bool(seen['state'])}"
+        )
+        probe.spin_for(1.0)
         player = subprocess_player(bag)
         while player.poll() is None:
-            spin_for(0.2)
-        spin_for(2.0)
+            probe.spin_for(0.2)
+        probe.spin_for(2.0)
         states_before_stop = len(seen["state"])
         codes = {name: stop_process(proc, timeout=15) for name, proc in processes.items()}
-        spin_for(1.0)
+        probe.spin_for(1.0)
         final_state = seen["state"][-1] if seen["state"] else None
     finally:
         for proc in processes.values():
             if proc.poll() is None:
                 proc.kill()
-        node.destroy_node()
-        rclpy.shutdown()
+        probe.close()
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in processes}
     return {
         "seen": seen,
