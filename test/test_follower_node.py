@@ -20,7 +20,7 @@ import yaml
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # never multicast off the machine
 os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
 
-import rclpy  # noqa: E402
+from conftest import EXECUTABLES, RosProbe, start_executable, stop_process  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import PoseArray, PoseStamped, Twist, TwistStamped  # noqa: E402
 from rcl_interfaces.srv import DescribeParameters, SetParameters  # noqa: E402
@@ -37,7 +37,6 @@ from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, label_info_msg 
 from ssd_ros.settings import settings_from_mapping  # noqa: E402
 from ssd_ros.simulator import RoverState, SimParams, bearing_and_distance, desired_distance_m  # noqa: E402
 
-EXECUTABLES = Path(__file__).resolve().parents[1] / "install" / "ssd_ros" / "lib" / "ssd_ros"
 FOLLOW = FollowParams()
 SIM = SimParams()
 DESIRED = desired_distance_m(1.7, FOLLOW.desired_height_fraction, SIM)
@@ -47,21 +46,11 @@ DIAG_OK, DIAG_ERROR = DiagnosticStatus.OK, DiagnosticStatus.ERROR
 MODEL_CLASSES = ("Person", "Stop Sign")
 
 
-@pytest.fixture(scope="module")
-def ros_context():
-    if not (EXECUTABLES / "follower").exists():
-        pytest.fail(f"{EXECUTABLES / 'follower'} missing: build the workspace (colcon build --symlink-install)")
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
 @pytest.fixture
-def probe(ros_context):
-    """A fresh observer node per test (its subscriptions' types differ between tests)."""
-    node = rclpy.create_node("follower_test_probe")
-    yield node
-    node.destroy_node()
+def probe():
+    """A fresh observer node per test (its subscriptions' types differ between tests), in a context of its own."""
+    with RosProbe("follower_test_probe") as probe:
+        yield probe
 
 
 @pytest.fixture
@@ -70,25 +59,16 @@ def launch(tmp_path):
     processes = []
 
     def start(executable, **params):
-        args = [str(EXECUTABLES / executable), "--ros-args"]
+        args = []
         for name, value in params.items():
             value = str(value).lower() if isinstance(value, bool) else value
             args += ["-p", f"{name}:={value}"]
-        log = open(tmp_path / f"{executable}.log", "w")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        processes.append((process, log))
-        return process
+        processes.append(start_executable(executable, *args, log_path=tmp_path / f"{executable}.log"))
+        return processes[-1]
 
     yield start
-    for process, log in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+    for process in processes:
+        stop_process(process, timeout=5)
     for path in sorted(tmp_path.glob("*.log")):
         print(f"--- {path.name}\n{path.read_text()[-3000:]}")
 
@@ -96,49 +76,17 @@ def launch(tmp_path):
 class Recorder:
     """Keeps every message of a topic with its arrival (wall) time."""
 
-    def __init__(self, node, msg_type, topic, qos=50):
+    def __init__(self, probe, msg_type, topic, qos=50):
         self.messages = []
-        self._sub = node.create_subscription(msg_type, topic, lambda m: self.messages.append((time.time(), m)), qos)
+        self._sub = probe.node.create_subscription(msg_type, topic, self._record, qos)
+
+    def _record(self, msg):
+        self.messages.append((time.time(), msg))
 
 
-def spin_until(node, predicate, timeout_s, what):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.02)
-        if predicate():
-            return
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def spin_for(node, seconds):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.02)
-
-
-def call(node, srv_type, name, request, timeout_s=10.0):
-    """Call a service once it is discovered.
-
-    The request is sent again when no reply comes: under load Fast DDS can drop a reply whose reader the
-    server has not matched yet ("failed to send response (timeout)"); the parameter services are idempotent.
-    """
-    client = node.create_client(srv_type, name)
-    try:
-        spin_until(node, client.service_is_ready, timeout_s, f"service {name}")
-        for _ in range(3):
-            future = client.call_async(request)
-            rclpy.spin_until_future_complete(node, future, timeout_sec=timeout_s)
-            if future.done():
-                return future.result()
-            client.remove_pending_request(future)
-        pytest.fail(f"no reply from {name} to 3 requests, {timeout_s} s each")
-    finally:
-        node.destroy_client(client)
-
-
-def set_params(node, target, **values):
+def set_params(probe, target, **values):
     request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-    return call(node, SetParameters, f"/{target}/set_parameters", request).results
+    return probe.call(SetParameters, f"/{target}/set_parameters", request).results
 
 
 def stamp_s(msg) -> float:
@@ -178,21 +126,19 @@ def closed_loop(probe, launch, scenario, sim_seconds, **sim_params):
     launch("follower", use_sim_time=True)
     launch("follower_sim", scenario=scenario, publish_clock=True, real_time_factor=SPEEDUP, paused=True, **sim_params)
     # Start the simulated world only once every node (and this probe) is connected.
-    spin_until(
-        probe,
+    probe.spin_until(
         lambda: (
-            probe.count_publishers("cmd_vel")
-            and probe.count_subscribers("cmd_vel")
-            and probe.count_subscribers("detections")
-            and probe.count_publishers("sim/rover_pose")
+            probe.node.count_publishers("cmd_vel")
+            and probe.node.count_subscribers("cmd_vel")
+            and probe.node.count_subscribers("detections")
+            and probe.node.count_publishers("sim/rover_pose")
         ),
         20.0,
         "the follower and the simulator",
     )
-    spin_for(probe, 0.5)
+    probe.spin_for(0.5)
     assert set_params(probe, "follower_sim", paused=False)[0].successful
-    spin_until(
-        probe,
+    probe.spin_until(
         lambda: rover.messages and stamp_s(rover.messages[-1][1]) >= sim_seconds,
         sim_seconds / SPEEDUP * 3 + 20,
         f"{sim_seconds} s of simulated time",
@@ -259,8 +205,7 @@ def test_keeps_its_person_through_an_occlusion_though_a_bigger_one_stands_beside
 def start_moving(probe, launch, commands):
     """Follower + simulator on the wall clock with TwistStamped; returns once the rover drives."""
     processes = launch("follower", twist_stamped=True), launch("follower_sim", scenario="static", twist_stamped=True)
-    spin_until(
-        probe,
+    probe.spin_until(
         lambda: commands.messages and commands.messages[-1][1].twist.linear.x > 0.2,
         30.0,
         "the follower to drive towards the simulated person",
@@ -285,7 +230,7 @@ def test_target_removed_or_detector_silent_stops_within_lost_timeout_plus_one_pe
     def after_cutoff():
         return [(stamp_s(m), m.twist) for _, m in commands.messages if stamp_s(m) >= cutoff]
 
-    spin_until(probe, lambda: len(after_cutoff()) >= 20, 30.0, "20 commands after the lost timeout")
+    probe.spin_until(lambda: len(after_cutoff()) >= 20, 30.0, "20 commands after the lost timeout")
     assert all(tw.linear.x == 0.0 and tw.angular.z == 0.0 for _, tw in after_cutoff()[1:]), after_cutoff()[:3]
 
     # The timer keeps publishing (zeros) although no detection arrives; and its diagnostics, stamped on the
@@ -293,7 +238,7 @@ def test_target_removed_or_detector_silent_stops_within_lost_timeout_plus_one_pe
     def diagnostics_after_cutoff():
         return [m for _, m in diagnostics.messages if stamp_s(m) >= cutoff]
 
-    spin_until(probe, diagnostics_after_cutoff, 30.0, "diagnostics after the lost timeout")
+    probe.spin_until(diagnostics_after_cutoff, 30.0, "diagnostics after the lost timeout")
     states = [kv.value for m in diagnostics_after_cutoff() for s in m.status for kv in s.values if kv.key == "state"]
     assert states[-1] == "searching"
 
@@ -303,7 +248,7 @@ def test_enable_service_stops_and_resumes(probe, launch):
     rover = Recorder(probe, PoseStamped, "sim/rover_pose")
     detections = Recorder(probe, Detection2DArray, "detections")
     start_moving(probe, launch, commands)
-    spin_until(probe, lambda: len(rover.messages) >= 20 and len(detections.messages) >= 5, 10.0, "the sim's topics")
+    probe.spin_until(lambda: len(rover.messages) >= 20 and len(detections.messages) >= 5, 10.0, "the sim's topics")
     # The simulator publishes like the detector: image header (sim camera frame, capture stamp on the
     # node clock, here the wall clock), class names, scores in [0, 1]. A detection is published latency_s
     # after its capture, never earlier; how much later depends on the load, so the upper bound is measured
@@ -319,7 +264,7 @@ def test_enable_service_stops_and_resumes(probe, launch):
         for det in msg.detections:
             assert det.header == msg.header and det.results[0].hypothesis.class_id == "person"
             assert 0.0 <= det.results[0].hypothesis.score <= 1.0 and det.bbox.size_y > 0
-    reply = call(probe, SetBool, "/enable", SetBool.Request(data=False))
+    reply = probe.call(SetBool, "/enable", SetBool.Request(data=False))
     replied = time.time()
     assert reply.success
 
@@ -328,7 +273,7 @@ def test_enable_service_stops_and_resumes(probe, launch):
     def after_reply():
         return [m.twist for _, m in commands.messages if stamp_s(m) >= replied]
 
-    spin_until(probe, lambda: len(after_reply()) >= 20, 30.0, "20 commands after disabling")
+    probe.spin_until(lambda: len(after_reply()) >= 20, 30.0, "20 commands after disabling")
     assert all(t.linear.x == 0.0 and t.angular.z == 0.0 for t in after_reply())
 
     # The simulated rover comes to rest and stays there while disabled: a second of its poses (its own
@@ -345,13 +290,13 @@ def test_enable_service_stops_and_resumes(probe, launch):
         window = np.array([(x, y) for t, x, y in track if t >= start])
         return start if np.ptp(window, axis=0).max() < 0.01 else None
 
-    spin_until(probe, lambda: still_from() is not None, 30.0, "the rover to stand still")
+    probe.spin_until(lambda: still_from() is not None, 30.0, "the rover to stand still")
     start = still_from()
-    spin_until(probe, lambda: track_since(start)[-1][0] >= start + 2.0, 30.0, "another second of poses")
+    probe.spin_until(lambda: track_since(start)[-1][0] >= start + 2.0, 30.0, "another second of poses")
     window = np.array([(x, y) for _, x, y in track_since(start)])
     assert np.ptp(window, axis=0).max() < 0.01, "the disabled rover moved again"
-    assert call(probe, SetBool, "/enable", SetBool.Request(data=True)).success
-    spin_until(probe, lambda: commands.messages[-1][1].twist.linear.x > 0.1, 30.0, "motion after re-enabling")
+    assert probe.call(SetBool, "/enable", SetBool.Request(data=True)).success
+    probe.spin_until(lambda: commands.messages[-1][1].twist.linear.x > 0.1, 30.0, "motion after re-enabling")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -362,7 +307,7 @@ def test_final_zero_on_shutdown(probe, launch, signum):
     follower.send_signal(signum)
     assert follower.wait(timeout=10) == 0
     # The final zero was published before the process exited; wait for it to arrive rather than a fixed time.
-    spin_until(probe, lambda: commands.messages[-1][1].twist.linear.x == 0.0, 10.0, "the final zero")
+    probe.spin_until(lambda: commands.messages[-1][1].twist.linear.x == 0.0, 10.0, "the final zero")
     last, before = commands.messages[-1][1].twist, commands.messages[-2][1].twist
     assert before.linear.x > 0.2  # it was driving when stopped ...
     assert last.linear.x == 0.0 and last.angular.z == 0.0  # ... and its last word is zero
@@ -372,13 +317,13 @@ def publish_for(probe, publisher, make_msg, seconds, rate_hz=10.0):
     deadline = time.time() + seconds
     while time.time() < deadline:
         publisher.publish(make_msg())
-        spin_for(probe, 1.0 / rate_hz)
+        probe.spin_for(1.0 / rate_hz)
 
 
 def detections_msg(probe, items, age_s=0.0):
     boxes, scores, names = zip(*items)
     header = Header(frame_id="camera")
-    header.stamp = Time(nanoseconds=probe.get_clock().now().nanoseconds - int(age_s * 1e9)).to_msg()
+    header.stamp = Time(nanoseconds=probe.node.get_clock().now().nanoseconds - int(age_s * 1e9)).to_msg()
     return detections_to_msg(Detections.from_named(np.array(boxes), np.array(scores), list(names)), header)
 
 
@@ -389,9 +334,9 @@ def latest_diagnostics(diagnostics):
 def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(probe, launch, tmp_path):
     commands = Recorder(probe, Twist, "cmd_vel")
     diagnostics = Recorder(probe, DiagnosticArray, "/diagnostics")
-    publisher = probe.create_publisher(Detection2DArray, "detections", 10)
+    publisher = probe.node.create_publisher(Detection2DArray, "detections", 10)
     follower = launch("follower")
-    spin_until(probe, lambda: len(commands.messages) > 5, 20.0, "the follower's timer")
+    probe.spin_until(lambda: len(commands.messages) > 5, 20.0, "the follower's timer")
     far_person = ([300.0, 180.0, 340.0, 300.0], 0.9, "person")  # centred, a quarter of the image high: drive
 
     def zero_since(t0):
@@ -429,7 +374,7 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
             and int(report.get("outside_image", 0)) >= 10
         )
 
-    spin_until(probe, counted, 3.0, "diagnostics counting stale frames, malformed, rejected and outside detections")
+    probe.spin_until(counted, 3.0, "diagnostics counting stale frames, malformed, rejected and outside detections")
     # No CameraInfo in this test: the configured field of view is used, said once.
     log = (tmp_path / "follower.log").read_text()
     assert log.count("no calibrated CameraInfo on /camera/camera_info: bearing from the configured") == 1
@@ -465,7 +410,7 @@ def test_declarations_come_from_the_core_fields(probe, launch):
     launch("follower")
     names = ["max_linear_mps", "min_score", "search"]
     request = DescribeParameters.Request(names=names)
-    described = dict(zip(names, call(probe, DescribeParameters, "/follower/describe_parameters", request).descriptors))
+    described = dict(zip(names, probe.call(DescribeParameters, "/follower/describe_parameters", request).descriptors))
     metadata = {f.name: f.metadata for f in dataclasses.fields(FollowParams)}
     for name, descriptor in described.items():
         assert descriptor.description == metadata[name]["description"], name
@@ -480,9 +425,9 @@ def test_says_why_it_does_not_move_when_the_target_class_is_not_the_models(probe
     """Issue 14: following "person" with a model whose class is "Person" is an ERROR naming both lists."""
     commands = Recorder(probe, Twist, "cmd_vel")
     diagnostics = Recorder(probe, DiagnosticArray, "/diagnostics")
-    publisher = probe.create_publisher(Detection2DArray, "detections", 10)
+    publisher = probe.node.create_publisher(Detection2DArray, "detections", 10)
     launch("follower")  # target_classes: [person]
-    spin_until(probe, lambda: len(commands.messages) > 5, 20.0, "the follower's timer")
+    probe.spin_until(lambda: len(commands.messages) > 5, 20.0, "the follower's timer")
     log = tmp_path / "follower.log"
 
     def status_since(t0):
@@ -500,15 +445,15 @@ def test_says_why_it_does_not_move_when_the_target_class_is_not_the_models(probe
     person = ([300.0, 180.0, 340.0, 300.0], 0.9, "Person")  # would make the rover drive, were it followed
     t0 = time.time()
     publish_for(probe, publisher, lambda: detections_msg(probe, [person]), 1.0)
-    spin_until(probe, error_naming("['person']", "['Person']", "did you mean 'Person'"), 5.0, "an ERROR status")
+    probe.spin_until(error_naming("['person']", "['Person']", "did you mean 'Person'"), 5.0, "an ERROR status")
     assert all(m.linear.x == 0.0 for arrival, m in commands.messages if arrival > t0)
     # The detector's latched label map, published before or after the follower started, names every class.
-    labels = probe.create_publisher(LabelInfo, "label_info", LATCHED_QOS)
+    labels = probe.node.create_publisher(LabelInfo, "label_info", LATCHED_QOS)
     labels.publish(label_info_msg(MODEL_CLASSES, 0.3, Header()))
     t0 = time.time()
-    spin_until(probe, error_naming("the model's classes", str(list(MODEL_CLASSES))), 5.0, "the model's classes")
+    probe.spin_until(error_naming("the model's classes", str(list(MODEL_CLASSES))), 5.0, "the model's classes")
     assert latest_diagnostics(diagnostics)["model_classes"] == ", ".join(MODEL_CLASSES)
-    spin_until(probe, lambda: "the model's classes" in log.read_text(), 5.0, "the warning in the log")
+    probe.spin_until(lambda: "the model's classes" in log.read_text(), 5.0, "the warning in the log")
     warning = next(line for line in log.read_text().splitlines() if "the model's classes" in line)
     assert warning.startswith("[WARN]") and "did you mean 'Person' for 'person'?" in warning
     # Mended at runtime (target_classes is a tuning knob): OK again, and it follows the Person.
@@ -516,7 +461,7 @@ def test_says_why_it_does_not_move_when_the_target_class_is_not_the_models(probe
     t0 = time.time()
     publish_for(probe, publisher, lambda: detections_msg(probe, [person]), 1.5)
     assert max(m.linear.x for arrival, m in commands.messages if arrival > t0) > 0.2
-    spin_until(probe, lambda: (s := status_since(t0)) is not None and s.level == DIAG_OK, 3.0, "an OK status")
+    probe.spin_until(lambda: (s := status_since(t0)) is not None and s.level == DIAG_OK, 3.0, "an OK status")
 
 
 @pytest.mark.parametrize(
