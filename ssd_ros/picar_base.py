@@ -29,8 +29,6 @@ from ssd_ros.hardware.pca9685 import (
 )
 from ssd_ros.settings import check_settings, setting
 
-# Order of the values in the driver's published state (the ROS node's Float32MultiArray).
-STATE_FIELDS = ("steering_angle_rad", "servo_ticks", "servo_pulse_us", "motor_duty")
 HARDWARE_KINDS = ("sim", "picar_b")
 MOTOR_DRIVERS = ("gpio", "pca9685")
 

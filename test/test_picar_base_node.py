@@ -17,7 +17,8 @@ from std_msgs.msg import Float32MultiArray
 
 from ssd_ros.hardware.motor import simulated_motor_duty
 from ssd_ros.hardware.pca9685 import output_frequency_hz, prescale_for
-from ssd_ros.picar_base import STATE_FIELDS, Calibration, HardwareSettings
+from ssd_ros.picar_base import Calibration, HardwareSettings
+from ssd_ros.ros.picar_base_node import STATE_FIELDS
 
 CONFIG = REPO_ROOT / "config" / "picar_base.yaml"
 MAX = math.radians(30.0)  # config/picar_base.yaml

@@ -5,7 +5,7 @@ Subscribes ``cmd_vel`` (``geometry_msgs/Twist``, or ``TwistStamped`` with ``twis
 
 * ``~/state`` (``std_msgs/Float32MultiArray``, latched: reliable, transient local, depth 1) after every
   change of the outputs: ``[steering_angle_rad, servo_ticks, servo_pulse_us, motor_duty]`` (order in
-  ``layout.dim[0].label`` and ``ssd_ros.picar_base.STATE_FIELDS``); ticks and duty are read back from the
+  ``layout.dim[0].label`` and ``STATE_FIELDS`` here); ticks and duty are read back from the
   hardware (the PCA9685 registers), the pulse is those ticks at the PWM frequency the chip was configured to,
   the angle is the commanded wheel angle; a value that could not be read back is NaN;
 * ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, ~1 Hz): counters, outputs, command age; ERROR
@@ -40,7 +40,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from ssd_ros.picar_base import (
-    STATE_FIELDS,
     ActuatorError,
     BaseController,
     BaseHardware,
@@ -55,6 +54,8 @@ from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, par
 from ssd_ros.ros.runner import StartupError, run_node
 from ssd_ros.settings import settings_from_mapping
 
+# Order of the values in the published state (Float32MultiArray; also named in its layout.dim[0].label).
+STATE_FIELDS = ("steering_angle_rad", "servo_ticks", "servo_pulse_us", "motor_duty")
 DIAGNOSTICS_PERIOD_S = 1.0
 WARNING_INTERVAL_S = 5.0
 # How long shutdown keeps writing the final stop while the hardware does not confirm it (a loose I2C cable

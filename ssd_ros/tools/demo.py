@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     from ssd_ros.follow import FollowParams
-    from ssd_ros.picar_base import STATE_FIELDS
+    from ssd_ros.ros.picar_base_node import STATE_FIELDS
     from ssd_ros.simulator import SimParams, desired_distance_m
 
     print(f"demo: closed loop '{args.scenario}' for {args.duration:g} simulated s (sim + follower + picar_base)...")
