@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 from rosbags.rosbag2 import Reader
 
-from ssd_ros.checkpoint import ModelCard, save_checkpoint
+from ssd_ros.checkpoint import save_checkpoint
 from ssd_ros.detector import Detector
 from ssd_ros.model import VOC_CLASSES
+from ssd_ros.model_card import ModelCard
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb
 from ssd_ros.tools import bag_eval, make_bag
 from ssd_ros.tools.bagio import COMPRESSED_IMAGE_TYPE, deserialize

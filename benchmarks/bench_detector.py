@@ -278,8 +278,9 @@ def main() -> int:
 
 def random_checkpoint(architecture: str, path: Path) -> Path:
     """A checkpoint of a randomly initialised ``architecture`` (seed 0) for VOC's classes."""
-    from ssd_ros.checkpoint import ModelCard, save_checkpoint
+    from ssd_ros.checkpoint import save_checkpoint
     from ssd_ros.model import VOC_CLASSES, build_model
+    from ssd_ros.model_card import ModelCard
 
     torch.manual_seed(0)
     card = ModelCard.for_architecture(architecture, VOC_CLASSES, dataset="none (random init, benchmark)")

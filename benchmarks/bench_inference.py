@@ -78,10 +78,11 @@ def parse_args() -> argparse.Namespace:
 
 def make_models(architecture: str, checkpoint: Path | None, workdir: Path) -> dict[str, Path]:
     """The checkpoint and its fp32 and int8 ONNX exports (int8 calibrated on rover frames)."""
-    from ssd_ros.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+    from ssd_ros.checkpoint import load_checkpoint, save_checkpoint
     from ssd_ros.export import export_onnx_bytes, quantize_int8, write_export
     from ssd_ros.image_codec import decode_compressed
     from ssd_ros.model import VOC_CLASSES, build_model
+    from ssd_ros.model_card import ModelCard
 
     if checkpoint is None:
         torch.manual_seed(0)

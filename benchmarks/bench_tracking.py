@@ -26,10 +26,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ssd_ros.checkpoint import ModelCard, save_checkpoint  # noqa: E402
+from ssd_ros.checkpoint import save_checkpoint  # noqa: E402
 from ssd_ros.detections import Detections  # noqa: E402
 from ssd_ros.detector import Detector  # noqa: E402
 from ssd_ros.model import VOC_CLASSES  # noqa: E402
+from ssd_ros.model_card import ModelCard  # noqa: E402
 from ssd_ros.tracking import Tracker  # noqa: E402
 
 WIDTH, HEIGHT, PERIOD_S = 640, 480, 0.1

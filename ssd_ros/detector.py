@@ -29,10 +29,11 @@ from ssd_ros.backends import (
     OpenVinoNetwork,
     TorchNetwork,
 )
-from ssd_ros.checkpoint import ModelCard, check_card, load_checkpoint, load_coco_pretrained
+from ssd_ros.checkpoint import check_card, load_checkpoint, load_coco_pretrained
 from ssd_ros.detections import Detections
 from ssd_ros.image_codec import validate_image
 from ssd_ros.inference import postprocess, preprocess
+from ssd_ros.model_card import ModelCard
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 
@@ -82,7 +83,7 @@ class Detector:
             ``"cuda:N"``.
         label_map: for each model output label, the index into ``class_names`` or -1 to drop it (for
             torchvision's COCO model, whose 91 outputs include background and unused ids).
-        card: the :class:`~ssd_ros.checkpoint.ModelCard` the model came with, kept as ``self.card``.
+        card: the :class:`~ssd_ros.model_card.ModelCard` the model came with, kept as ``self.card``.
         warmup_runs: forward passes run at construction (first-call allocation, cuDNN autotuning);
             0 to skip.
         precision: for a torch ``model``: ``fp32`` or ``bf16`` (autocast).

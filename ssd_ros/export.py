@@ -2,7 +2,7 @@
 
 An exported file holds the network of :class:`~ssd_ros.backends.SSDNetwork` (normalised
 ``images`` ``(N, 3, H, W)`` in, raw ``bbox_regression`` and ``cls_logits`` out) plus, in its metadata, the
-:class:`~ssd_ros.checkpoint.ModelCard` (architecture, class names, label map, default boxes, input size,
+:class:`~ssd_ros.model_card.ModelCard` (architecture, class names, label map, default boxes, input size,
 normalisation, training provenance), the feature-map sizes the default boxes need and the precision. So an
 exported model is as self-describing as a checkpoint: :func:`read_exported` gives back everything the
 :class:`~ssd_ros.detector.Detector` needs, and pre/post-processing stay the shared ones of
@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from ssd_ros.backends import INPUT_NAME, OUTPUT_NAMES, SSDNetwork
-from ssd_ros.checkpoint import CheckpointError, ModelCard
+from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.inference import NetworkSpec, preprocess
+from ssd_ros.model_card import ModelCard
 
 __all__ = [
     "EXPORT_FORMATS",

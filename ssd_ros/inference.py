@@ -72,7 +72,7 @@ class NetworkSpec:
 
     @classmethod
     def from_card(cls, card: Any, feature_map_sizes: Sequence[Sequence[int]]) -> NetworkSpec:
-        """The spec of the network a :class:`~ssd_ros.checkpoint.ModelCard` describes, given its feature maps."""
+        """The spec of the network a :class:`~ssd_ros.model_card.ModelCard` describes, given its feature maps."""
         return cls(
             input_size=tuple(card.input_size),
             image_mean=tuple(card.image_mean),

@@ -182,8 +182,9 @@ def make_checkpoint(
     """
     import torch
 
-    from ssd_ros.checkpoint import ModelCard, save_checkpoint
+    from ssd_ros.checkpoint import save_checkpoint
     from ssd_ros.model import VOC_CLASSES
+    from ssd_ros.model_card import ModelCard
 
     card = ModelCard.for_architecture(
         architecture, VOC_CLASSES if class_names is None else class_names, dataset=dataset

@@ -36,7 +36,7 @@ from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from std_msgs.msg import Float32MultiArray
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ssd_ros.checkpoint import ModelCard
+from ssd_ros.model_card import ModelCard
 from ssd_ros.ros.picar_base_node import STATE_FIELDS
 from ssd_ros.tools.bagio import deserialize, open_bag
 from ssd_ros.tools.make_bag import main as make_bag

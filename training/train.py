@@ -45,16 +45,11 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ssd_ros.checkpoint import (
-    CheckpointError,
-    ModelCard,
-    check_card,
-    read_checkpoint_payload,
-    save_checkpoint,
-)
+from ssd_ros.checkpoint import CheckpointError, check_card, read_checkpoint_payload, save_checkpoint
 from ssd_ros.detector import EVALUATION_SETTINGS, Detector, resolve_device
 from ssd_ros.image_codec import ImageDecodeError
 from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, WeightsUnavailableError, build_model, input_size
+from ssd_ros.model_card import ModelCard
 from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
 from ssd_ros.voc_metric import METRICS, evaluate_detections
 from ssd_ros.voc_report import format_ap_table
