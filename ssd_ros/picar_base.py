@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from ssd_ros.ackermann import limit_angular, steering_angle
@@ -22,6 +21,7 @@ from ssd_ros.hardware.pca9685 import (
     TICKS_PER_PERIOD,
     I2cBus,
     Pca9685,
+    Pca9685NotRunning,
     SimulatedI2cBus,
     SimulatedPca9685,
     open_smbus,
@@ -325,7 +325,9 @@ class HardwareSettings:
 class Readback:
     """What the actuators report: servo ticks and pulse width from the chip's registers, motor duty.
 
-    A part that could not be read is None, and ``errors`` says why (one entry per failed part).
+    A part that could not be read is None, and ``errors`` says why (one entry per failed part). A part on a
+    PCA9685 whose MODE1 says it is not producing its outputs (asleep after a reset or brown-out, see
+    :func:`ssd_ros.hardware.pca9685.mode1_fault`) is None too: its registers are not what the pins do.
     """
 
     servo_ticks: int | None
@@ -347,7 +349,10 @@ class Readback:
 
 
 class ActuatorError(Exception):
-    """One or more actuator writes failed; ``errors`` maps "motor"/"servo" to the driver's exception."""
+    """One or more actuator writes failed; ``errors`` maps "motor"/"servo"/"pca9685" to the driver's exception.
+
+    "pca9685" is the chip's reconfiguration after a reset (see ``BaseHardware.apply``).
+    """
 
     def __init__(self, errors: dict[str, Exception]):
         """Keep every actuator's error, so the message names all of them."""
@@ -359,18 +364,46 @@ class BaseHardware:
     """Steering servo on one PCA9685 channel plus a drive motor port."""
 
     def __init__(
-        self, pca: Pca9685, steering_channel: int, motor: MotorPort, frequency_hz: float, *, simulation: Any = None
+        self,
+        pca: Pca9685,
+        steering_channel: int,
+        motor: MotorPort,
+        frequency_hz: float,
+        *,
+        pwm_frequency_hz: float | None = None,
+        simulation: Any = None,
     ):
         """Wrap configured devices; ``simulation`` keeps the simulated chip/GPIO for inspection in sim mode.
 
         ``frequency_hz`` is the PWM frequency the chip was configured to (its prescaler read back once at
         start, see ``Pca9685.configure``); the servo's pulse width is its ticks at that frequency.
+        ``pwm_frequency_hz`` is the frequency that was asked for (default ``frequency_hz``): the chip is
+        configured for it again after a reset.
         """
         self.pca = pca
         self.steering_channel = steering_channel
         self.motor = motor
         self.frequency_hz = frequency_hz
+        self.pwm_frequency_hz = frequency_hz if pwm_frequency_hz is None else pwm_frequency_hz
         self.simulation = simulation
+        # Set by a readback whose MODE1 shows the chip not running (reset, brown-out): the next apply
+        # configures the chip again before it writes the channels.
+        self.chip_fault: str | None = None
+        self.reconfigurations = 0
+
+    def _motor_on_chip(self) -> bool:
+        """The B2 wiring: the motor bridge inputs are channels of the same PCA9685."""
+        return getattr(self.motor, "pca", None) is self.pca
+
+    def _reconfigure(self) -> None:
+        """``Pca9685.configure`` again (prescaler while asleep, wake, 500 us, RESTART, auto-increment, all off)."""
+        frequency = self.pca.configure(self.pwm_frequency_hz)
+        if not math.isclose(frequency, self.frequency_hz, rel_tol=1e-9):
+            raise Pca9685NotRunning(
+                f"PCA9685 runs at {frequency:.2f} Hz after reconfiguring, not {self.frequency_hz:.2f} Hz"
+            )
+        self.chip_fault = None
+        self.reconfigurations += 1
 
     def apply(self, output: BaseOutput) -> None:
         """Write the motor duty and the servo pulse; raises ``ActuatorError`` after trying both.
@@ -379,10 +412,21 @@ class BaseHardware:
         on GPIO and the servo on I2C, so a dead I2C bus must not keep the motor running. A driving output
         steers first and drives only when the steering write succeeded; otherwise the motor is stopped,
         because a car whose steering is not where the command wants it must not move.
+
+        After a readback found the chip reset (``chip_fault``), the chip is configured again before its
+        channels are written: after the motor for a stop, before the steering for a driving output
+        (configuring turns every channel off, the B2 motor included). If that fails, the steering is not
+        written (error "pca9685") and a driving output stops the motor.
         """
         errors: dict[str, Exception] = {}
-        steer = partial(self.pca.set_pulse_ticks, self.steering_channel, output.servo_ticks)
         drives = output.motor_duty != 0.0
+
+        def steer() -> None:
+            if self.chip_fault is not None:
+                _attempt(errors, "pca9685", self._reconfigure)
+            if "pca9685" not in errors:
+                self.pca.set_pulse_ticks(self.steering_channel, output.servo_ticks)
+
         if drives:
             _attempt(errors, "servo", steer)
         duty = 0.0 if errors else output.motor_duty
@@ -395,11 +439,21 @@ class BaseHardware:
     def readback(self) -> Readback:
         """Read the actuators back (the servo from the chip registers, so a lost write shows up); never raises.
 
-        One read per actuator: the servo's channel registers and the motor; either may fail without losing the other.
+        The chip's MODE1 (one byte; the prescaler is not read, it is set at start and after a reset only), then
+        one read per actuator: the servo's channel registers and the motor; either may fail without losing the
+        other. A chip that does not run (``Pca9685.check_running``: asleep after a reset or brown-out) produces
+        nothing whatever its registers hold, so the servo, and the motor when it is on the chip, read as
+        None with the cause; the next ``apply`` configures the chip again.
         """
         errors: dict[str, Exception] = {}
-        ticks = _attempt(errors, "servo", lambda: self.pca.read_channel(self.steering_channel))
-        duty = _attempt(errors, "motor", self.motor.readback)
+        chip = _attempt(errors, "servo", lambda: self.pca.check_running() or True)
+        if isinstance(errors.get("servo"), Pca9685NotRunning):
+            self.chip_fault = str(errors["servo"])
+        ticks = _attempt(errors, "servo", lambda: self.pca.read_channel(self.steering_channel)) if chip else None
+        if chip or not self._motor_on_chip():
+            duty = _attempt(errors, "motor", self.motor.readback)
+        else:
+            duty, errors["motor"] = None, errors["servo"]
         pulse = ticks_to_us(ticks, self.frequency_hz) if ticks is not None else None
         return Readback(
             ticks, pulse, duty, [f"{part}: {type(error).__name__}: {error}" for part, error in errors.items()]
@@ -458,4 +512,11 @@ def open_hardware(settings: HardwareSettings) -> BaseHardware:
         )
     else:
         motor = Pca9685Motor(pca, settings.motor_forward_channel, settings.motor_reverse_channel)
-    return BaseHardware(pca, settings.steering_channel, motor, frequency_hz, simulation=simulation)
+    return BaseHardware(
+        pca,
+        settings.steering_channel,
+        motor,
+        frequency_hz,
+        pwm_frequency_hz=settings.pwm_frequency_hz,
+        simulation=simulation,
+    )

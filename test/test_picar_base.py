@@ -6,7 +6,7 @@ import pytest
 
 from ssd_ros.ackermann import steering_angle
 from ssd_ros.hardware.motor import simulated_motor_duty
-from ssd_ros.hardware.pca9685 import output_frequency_hz, prescale_for
+from ssd_ros.hardware.pca9685 import PRE_SCALE, output_frequency_hz, prescale_for
 from ssd_ros.picar_base import (
     ActuatorError,
     BaseConfig,
@@ -241,17 +241,21 @@ def test_readback_confirms_exact_outputs_only():
 
 
 def test_readback_keeps_what_it_read_when_another_read_fails(monkeypatch):
-    """The PWM frequency is read back once, by configure; a readback reads the servo channel and the motor only."""
+    """The PWM frequency is read back once, by configure; a readback reads MODE1, the servo channel and the motor."""
     hardware = open_hardware(HardwareSettings(hardware="sim", motor_driver="gpio"))
     chip, bus = hardware.simulation.chip, hardware.pca.bus
     assert hardware.frequency_hz == pytest.approx(chip.output_frequency_hz())
     base = controller()
     hardware.apply(base.last_output)
 
-    def no_byte_reads(*args):  # MODE1 and PRE_SCALE are single-byte reads: a readback needs neither
-        raise OSError(121, "Remote I/O error")
+    read_byte = bus.read_byte_data
 
-    monkeypatch.setattr(bus, "read_byte_data", no_byte_reads)
+    def no_prescaler_reads(address, register):  # the prescaler is set at start: a readback does not read it
+        if register == PRE_SCALE:
+            raise OSError(121, "Remote I/O error")
+        return read_byte(address, register)
+
+    monkeypatch.setattr(bus, "read_byte_data", no_prescaler_reads)
     readback = hardware.readback()
     assert readback.servo_ticks == 300 and readback.motor_duty == 0.0 and readback.errors == []
     assert readback.servo_pulse_us == pytest.approx(300 * 1e6 / (chip.output_frequency_hz() * 4096))

@@ -44,10 +44,14 @@ PRESCALE_MIN = 3
 PRESCALE_MAX = 255
 OSCILLATOR_SETTLE_S = 500e-6  # SLEEP must be 0 this long before RESTART may be written
 
-# Power-on register values (data sheet table 4 / register descriptions).
+# Power-on register values (PCA9685 product data sheet Rev. 4: table 5 MODE1 0001 0001 = SLEEP | ALLCALL;
+# table 6 MODE2 0000 0100 = OUTDRV; table 7 LEDn_ON_L/ON_H/OFF_L 0000 0000 and LEDn_OFF_H 0001 0000 (bit 4,
+# full OFF); 7.3.5 PRE_SCALE 1Eh (200 Hz); table 4 SUBADR1..3 E2h/E4h/E8h and ALLCALLADR E0h). A power-on reset
+# (or a supply brown-out) returns the chip to exactly these values: asleep, every output off, 200 Hz.
 _RESET_MODE1 = MODE1_SLEEP | MODE1_ALLCALL
 _RESET_MODE2 = MODE2_OUTDRV
 _RESET_PRE_SCALE = 0x1E  # 200 Hz
+_RESET_ADDRESSES = {0x02: 0xE2, 0x03: 0xE4, 0x04: 0xE8, 0x05: 0xE0}  # SUBADR1..3, ALLCALLADR
 
 
 class I2cBus(Protocol):
@@ -82,6 +86,33 @@ def output_frequency_hz(prescale: int, oscillator_hz: float = OSCILLATOR_HZ) -> 
 def ticks_to_us(ticks: float, frequency_hz: float) -> float:
     """High time in microseconds of a pulse ``ticks`` long at ``frequency_hz``."""
     return ticks * 1e6 / (frequency_hz * TICKS_PER_PERIOD)
+
+
+class Pca9685NotRunning(Exception):
+    """MODE1 says the chip is not producing what its channel registers hold (reset, brown-out, other program)."""
+
+
+def mode1_fault(mode1: int) -> str | None:
+    """Why a chip with this MODE1 value is not producing its channel outputs as configured, or None if it is.
+
+    ``configure`` leaves MODE1 awake, RESTART clear and auto-increment on. SLEEP is what a power-on reset or
+    brown-out leaves (the data sheet's reset value 0x11; the prescaler is back at 200 Hz too); RESTART while
+    awake means the chip was put to sleep and woken without a restart (outputs stay off); auto-increment off
+    means MODE1 was rewritten, and the driver's four-byte channel reads and writes then hit one register.
+    """
+    if mode1 & MODE1_SLEEP:
+        return f"PCA9685 asleep (reset or brown-out?): outputs off (MODE1 0x{mode1:02X})"
+    if mode1 & MODE1_RESTART:
+        return (
+            f"PCA9685 PWM halted, restart pending (slept and woken by another program?): outputs off "
+            f"(MODE1 0x{mode1:02X})"
+        )
+    if not mode1 & MODE1_AI:
+        return (
+            f"PCA9685 auto-increment off (reset or MODE1 rewritten by another program?): channel registers "
+            f"unreliable (MODE1 0x{mode1:02X})"
+        )
+    return None
 
 
 def _check_channel(channel: int) -> None:
@@ -137,6 +168,16 @@ class Pca9685:
         if self.bus.read_byte_data(self.address, MODE1) & MODE1_RESTART:
             self.bus.write_byte_data(self.address, MODE1, awake_mode | MODE1_RESTART)
         return self.frequency_hz()
+
+    def check_running(self) -> None:
+        """Read MODE1 (one byte) and raise ``Pca9685NotRunning`` unless the chip runs as ``configure`` left it.
+
+        Channel registers alone cannot tell: after a reset the driver's writes land in the registers, but
+        the sleeping chip outputs nothing (see :func:`mode1_fault`). Bus errors propagate as ``OSError``.
+        """
+        fault = mode1_fault(self.bus.read_byte_data(self.address, MODE1))
+        if fault:
+            raise Pca9685NotRunning(fault)
 
     def frequency_hz(self) -> float:
         """The output frequency from the PRE_SCALE register as the chip holds it."""
@@ -202,12 +243,12 @@ def _high_ticks(on_l: int, on_h: int, off_l: int, off_h: int) -> int:
 class SimulatedPca9685:
     """Register-level model of one PCA9685 for tests and dry runs.
 
-    Models: power-on register values; MODE1 auto-increment for block access (without it every byte hits
-    the same register, as on the chip); PRE_SCALE writes ignored unless SLEEP is set and values below 3
-    read back as 3; outputs off while asleep; the RESTART flag set by sleeping with active channels and
-    cleared only by writing 1 to it at least 500 us after SLEEP was cleared; ALL_LED registers writing every
-    channel and reading back 0. Rule violations a real chip would silently ignore are counted in
-    ``ignored_writes`` so tests can assert a driver never relies on them.
+    Models: power-on register values (at construction and on demand, ``power_on_reset``: a brown-out); MODE1
+    auto-increment for block access (without it every byte hits the same register, as on the chip); PRE_SCALE
+    writes ignored unless SLEEP is set and values below 3 read back as 3; outputs off while asleep; the RESTART
+    flag set by sleeping with active channels and cleared only by writing 1 to it at least 500 us after SLEEP
+    was cleared; ALL_LED registers writing every channel and reading back 0. Rule violations a real chip would
+    silently ignore are counted in ``ignored_writes`` so tests can assert a driver never relies on them.
     """
 
     def __init__(self, oscillator_hz: float = OSCILLATOR_HZ, clock: Callable[[], float] = time.monotonic):
@@ -215,15 +256,28 @@ class SimulatedPca9685:
         self.oscillator_hz = oscillator_hz
         self._clock = clock
         self.registers = bytearray(256)
+        self.ignored_writes: list[str] = []
+        self.write_count = 0
+        self.power_on_reset()
+
+    def power_on_reset(self) -> None:
+        """What a power cycle or supply brown-out does to the chip: every register back to its power-on value.
+
+        Asleep (oscillator off, MODE1 0x11), MODE2 0x04, prescaler 0x1E (200 Hz), every channel full off
+        (LEDn_OFF_H 0x10, the rest 0), sub-addresses at their defaults (values and sources at
+        ``_RESET_MODE1``); the PWM counters stop, so no pin produces anything until the chip is configured and
+        woken again. ``ignored_writes`` and ``write_count`` belong to the observer and survive it.
+        """
+        self.registers[:] = bytes(len(self.registers))
         self.registers[MODE1] = _RESET_MODE1
         self.registers[MODE2] = _RESET_MODE2
         self.registers[PRE_SCALE] = _RESET_PRE_SCALE
+        for register, value in _RESET_ADDRESSES.items():
+            self.registers[register] = value
         for channel in range(CHANNELS):
             self.registers[LED0_ON_L + 4 * channel + 3] = LED_FULL
         self._awake_since: float | None = None
         self._running = False  # PWM counters running (awake and restarted or never slept with outputs)
-        self.ignored_writes: list[str] = []
-        self.write_count = 0
 
     # --- bus side -------------------------------------------------------------------------------------
     def write(self, register: int, value: int) -> None:
