@@ -261,3 +261,51 @@ def test_simulated_gpio_enforces_rpi_gpio_rules():
         pwm.start(101)
     with pytest.raises(ValueError):
         gpio.setmode(gpio.BOARD)
+
+
+def test_power_on_reset_restores_the_data_sheet_power_on_state(rig):
+    """A brown-out: asleep (MODE1 0x11), MODE2 0x04, PRE_SCALE 0x1E, every channel full off, no output at all."""
+    clock, chip, bus, driver = rig
+    driver.configure(50.0)
+    driver.set_pulse_ticks(2, 300)
+    driver.set_pulse_ticks(15, 4096)
+    driver.check_running()  # configured: awake, RESTART clear, auto-increment on
+    chip.power_on_reset()
+    assert chip.read(p.MODE1) == 0x11 and chip.read(p.MODE2) == 0x04 and chip.read(p.PRE_SCALE) == 0x1E
+    assert [chip.read(register) for register in range(0x02, 0x06)] == [0xE2, 0xE4, 0xE8, 0xE0]
+    for channel in range(16):
+        base = p.LED0_ON_L + 4 * channel
+        assert [chip.read(base + offset) for offset in range(4)] == [0, 0, 0, p.LED_FULL]
+        assert chip.high_ticks(channel) == 0
+    assert chip.sleeping and chip.output_frequency_hz() == 0.0 and chip.pulse_width_us(2) == 0.0
+    with pytest.raises(p.Pca9685NotRunning, match=r"asleep \(reset or brown-out\?\): outputs off \(MODE1 0x11\)"):
+        driver.check_running()
+
+    # configure() brings it back at the configured frequency, with the channels writable again.
+    assert driver.configure(50.0) == pytest.approx(p.output_frequency_hz(121))
+    assert chip.read(p.PRE_SCALE) == 121 and not chip.sleeping and not chip.restart_pending
+    driver.check_running()
+    driver.set_pulse_ticks(2, 300)
+    assert chip.high_ticks(2) == 300 and chip.output_frequency_hz() == pytest.approx(p.output_frequency_hz(121))
+    assert chip.ignored_writes == []
+
+
+def test_check_running_names_each_mode1_fault(rig):
+    clock, chip, bus, driver = rig
+    driver.configure(50.0)
+    driver.set_pulse_ticks(2, 300)
+    mode = chip.read(p.MODE1)
+    # Another program puts the chip to sleep and wakes it without RESTART: the channels stay stopped.
+    bus.write_byte_data(0x40, p.MODE1, mode | p.MODE1_SLEEP)
+    bus.write_byte_data(0x40, p.MODE1, mode)
+    assert chip.high_ticks(2) == 0 and driver.read_channel(2) == 300, "registers hold what the pin does not"
+    with pytest.raises(p.Pca9685NotRunning, match="restart pending"):
+        driver.check_running()
+    clock.sleep(600e-6)
+    bus.write_byte_data(0x40, p.MODE1, mode | p.MODE1_RESTART)
+    driver.check_running()
+    # ... or rewrites MODE1 without auto-increment: four-byte channel access would hit one register.
+    bus.write_byte_data(0x40, p.MODE1, p.MODE1_ALLCALL)
+    with pytest.raises(p.Pca9685NotRunning, match="auto-increment off"):
+        driver.check_running()
+    assert p.mode1_fault(p.MODE1_AI | p.MODE1_ALLCALL) is None

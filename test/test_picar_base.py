@@ -268,3 +268,89 @@ def test_readback_keeps_what_it_read_when_another_read_fails(monkeypatch):
     assert readback.servo_ticks == 300 and readback.servo_pulse_us is not None, "the servo reading is kept"
     assert readback.motor_duty is None and readback.errors == ["motor: RuntimeError: GPIO gone"]
     assert not readback.shows(base.last_output)
+
+
+def record_writes(monkeypatch, hardware):
+    """Log the order of chip configuration, steering writes and motor writes in ``apply``."""
+    calls = []
+    configure, steer, drive = hardware.pca.configure, hardware.pca.set_pulse_ticks, hardware.motor.drive
+
+    def logged_configure(frequency):
+        calls.append("configure")
+        return configure(frequency)
+
+    def logged_steer(channel, ticks):
+        if channel == hardware.steering_channel:
+            calls.append(f"servo {ticks}")
+        return steer(channel, ticks)
+
+    def logged_drive(duty):
+        calls.append(f"motor {duty}")
+        return drive(duty)
+
+    monkeypatch.setattr(hardware.pca, "configure", logged_configure)
+    monkeypatch.setattr(hardware.pca, "set_pulse_ticks", logged_steer)
+    monkeypatch.setattr(hardware.motor, "drive", logged_drive)
+    return calls
+
+
+@pytest.mark.parametrize("motor_driver", ["gpio", "pca9685"])
+@pytest.mark.parametrize("next_output", ["drive", "stop"])
+def test_chip_reset_while_driving_is_not_confirmed_and_the_next_apply_recovers(monkeypatch, motor_driver, next_output):
+    """A brown-out resets the PCA9685 (asleep, 200 Hz, outputs off): no confirmation until it is configured again."""
+    hardware = open_hardware(HardwareSettings(hardware="sim", motor_driver=motor_driver, pwm_frequency_hz=50.0))
+    chip = hardware.simulation.chip
+    base = controller()
+    drive = base.command(0.25, 0.25 * math.tan(MAX) / WHEELBASE, now_s=0.0)
+    hardware.apply(drive)
+    assert hardware.readback().shows(drive)
+
+    chip.power_on_reset()
+    assert chip.read(PRE_SCALE) == 0x1E and chip.high_ticks(2) == 0
+    readback = hardware.readback()
+    assert not readback.shows(drive)
+    assert readback.servo_ticks is None and readback.servo_pulse_us is None
+    assert readback.errors[0].startswith("servo: Pca9685NotRunning: PCA9685 asleep (reset or brown-out?): outputs off")
+    if motor_driver == "pca9685":  # the bridge inputs are on the sleeping chip: their registers say nothing
+        assert readback.motor_duty is None and readback.errors[1].startswith("motor: Pca9685NotRunning: PCA9685 asleep")
+    else:  # the GPIO motor still reads what it does
+        assert readback.motor_duty == pytest.approx(0.5) and len(readback.errors) == 1
+    assert hardware.chip_fault is not None
+
+    calls = record_writes(monkeypatch, hardware)
+    wanted = drive if next_output == "drive" else base.safe_output("watchdog")
+    hardware.apply(wanted)
+    if next_output == "drive":  # configure (every channel off) before steering, steering before driving
+        assert calls == ["configure", f"servo {drive.servo_ticks}", f"motor {drive.motor_duty}"]
+    else:  # the motor is stopped first, then the chip configured, then the servo centred
+        assert calls == ["motor 0.0", "configure", "servo 300"]
+    assert chip.read(PRE_SCALE) == prescale_for(50.0) == 121, "the configured frequency, not the power-on 200 Hz"
+    assert chip.output_frequency_hz() == pytest.approx(hardware.frequency_hz)
+    assert not chip.sleeping and not chip.restart_pending and chip.ignored_writes == []
+    readback = hardware.readback()
+    assert readback.shows(wanted) and readback.errors == []
+    assert chip.high_ticks(2) == wanted.servo_ticks
+    assert readback.servo_pulse_us == pytest.approx(chip.pulse_width_us(2))
+    assert hardware.chip_fault is None and hardware.reconfigurations == 1
+    calls.clear()
+    hardware.apply(wanted)
+    assert "configure" not in calls, "configured once per reset, not on every write"
+
+
+def test_failed_reconfiguration_writes_no_steering_and_stops_the_gpio_motor():
+    hardware = open_hardware(HardwareSettings(hardware="sim", motor_driver="gpio"))
+    chip, bus, gpio = hardware.simulation.chip, hardware.pca.bus, hardware.simulation.gpio
+    base = controller()
+    drive = base.command(0.25, 0.0, now_s=0.0)
+    hardware.apply(drive)
+    chip.power_on_reset()
+    assert not hardware.readback().shows(drive)
+    bus.devices.clear()  # and then the chip does not answer at all
+    with pytest.raises(ActuatorError) as failure:
+        hardware.apply(drive)
+    assert set(failure.value.errors) == {"pca9685"} and "Remote I/O error" in str(failure.value)
+    assert simulated_motor_duty(gpio, hardware.motor) == 0.0, "no driving with the steering not configured"
+    assert hardware.chip_fault is not None, "still to be configured once the chip answers"
+    bus.devices[0x40] = chip
+    hardware.apply(drive)
+    assert hardware.readback().shows(drive) and chip.read(PRE_SCALE) == 121

@@ -13,7 +13,9 @@ Subscribes ``cmd_vel`` (``geometry_msgs/Twist``, or ``TwistStamped`` with ``twis
 
 Stops (watchdog, calibration mode, a zero command, shutdown) reach the motor first and are written again
 every watchdog period until the hardware reads the motor back as stopped, so an I2C/GPIO fault at the
-moment of a stop delays it only as long as the fault lasts.
+moment of a stop delays it only as long as the fault lasts. Between writes the hardware is read back every
+``VERIFY_PERIOD_S``, so a PCA9685 that reset (brown-out: asleep, outputs off) is noticed without a new
+command; the next write configures the chip again (``BaseHardware.apply``).
 
 The watchdog runs on a steady clock, not ROS time: with ``use_sim_time`` and no ``/clock`` (or a paused
 bag) it must still stop the car. Commands are judged by arrival time, not header stamps, so clock skew
@@ -58,6 +60,8 @@ from ssd_ros.settings import settings_from_mapping
 STATE_FIELDS = ("steering_angle_rad", "servo_ticks", "servo_pulse_us", "motor_duty")
 DIAGNOSTICS_PERIOD_S = 1.0
 WARNING_INTERVAL_S = 5.0
+# How often a confirmed output is read back again while nothing is written (MODE1 + one channel + the motor).
+VERIFY_PERIOD_S = 0.2
 # How long shutdown keeps writing the final stop while the hardware does not confirm it (a loose I2C cable
 # may come back); bounded, because systemd/launch escalate to SIGKILL after their own timeouts.
 SHUTDOWN_RETRY_S = 2.0
@@ -103,6 +107,7 @@ class BaseNode(Node):
         self._wanted: BaseOutput = self._controller.last_output
         self._confirmed = False
         self._readback = Readback(None, None, None)  # nothing read yet: the first real readback differs from it
+        self._last_readback_s = 0.0
 
         self._state_pub = self.create_publisher(Float32MultiArray, "~/state", LATCHED_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -153,6 +158,25 @@ class BaseNode(Node):
             # A stop the hardware has not confirmed: write it again, every period, until it reads back stopped.
             # (Driving outputs are retried by the next command, which arrives well within the timeout.)
             self._apply(self._wanted)
+        elif self._confirmed and self._now_s() - self._last_readback_s >= VERIFY_PERIOD_S:
+            self._verify()
+
+    def _verify(self) -> None:
+        """Read a confirmed output back again: a chip that reset since the last write shows up as unconfirmed."""
+        self._last_readback_s = self._now_s()
+        readback = self._hardware.readback()
+        if readback.shows(self._wanted):
+            return
+        self._confirmed = False
+        self._controller.counters.hardware_errors += 1
+        self._last_error = "; ".join(readback.errors) or "read back differs from the output"
+        self.get_logger().warning(
+            f"the actuators no longer show the output ({self._wanted.reason}): {self._last_error}",
+            throttle_duration_sec=WARNING_INTERVAL_S,
+        )
+        if readback != self._readback:
+            self._readback = readback
+            self._publish_state(self._wanted, readback)
 
     def _apply(self, output: BaseOutput) -> bool:
         """Write ``output``, read the hardware back and publish the state; True when the hardware shows it."""
@@ -163,6 +187,7 @@ class BaseNode(Node):
         except ActuatorError as failure:
             error = str(failure)
         readback = self._hardware.readback()
+        self._last_readback_s = self._now_s()
         self._confirmed = not error and readback.shows(output)
         if not self._confirmed:
             self._controller.counters.hardware_errors += 1
@@ -236,6 +261,7 @@ class BaseNode(Node):
             "hardware": self._settings.hardware,
             "motor_driver": self._settings.motor_driver,
             "pwm_frequency_hz": f"{self._frequency_hz:.3f}",
+            "pca9685_reconfigurations": str(self._hardware.reconfigurations if self._hardware else "n/a"),
             "wanted_reason": wanted.reason,
             "confirmed": str(self._confirmed),
             "steering_angle_deg": f"{math.degrees(wanted.steering_angle_rad):.2f}",
