@@ -16,7 +16,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray
 
 from ssd_ros.hardware.motor import simulated_motor_duty
-from ssd_ros.hardware.pca9685 import output_frequency_hz, prescale_for
+from ssd_ros.hardware.pca9685 import PRE_SCALE, output_frequency_hz, prescale_for
 from ssd_ros.picar_base import Calibration, HardwareSettings
 from ssd_ros.ros.picar_base_node import STATE_FIELDS
 
@@ -490,3 +490,30 @@ def test_permanent_i2c_loss_during_zero_commands(base_in_process, motor_driver):
     started = time.monotonic()
     base.node.stop_safely()
     assert time.monotonic() - started < 10.0
+
+
+@pytest.mark.parametrize("motor_driver", ["gpio", "pca9685"])
+def test_pca9685_reset_while_driving_is_reported_and_recovered(base_in_process, motor_driver):
+    """A brown-out resets the chip while identical commands stream: ERROR naming it, then reconfigured at 50 Hz."""
+    base = base_in_process(motor_driver)
+    base.drive(0.25, 0.3, until=lambda: base.motor_duty() == pytest.approx(0.5, abs=1 / 4096), what="driving")
+    counters = base.node._controller.counters
+    errors = counters.hardware_errors
+    base.chip.power_on_reset()
+    assert base.chip.high_ticks(2) == 0 and base.chip.read(PRE_SCALE) == 0x1E
+    # The same command keeps arriving; the periodic readback notices the reset and the next command recovers.
+    base.drive(
+        0.25,
+        0.3,
+        until=lambda: base.hardware.reconfigurations == 1 and base.motor_duty() == pytest.approx(0.5, abs=1 / 4096),
+        what="the chip configured again",
+    )
+    assert counters.hardware_errors > errors
+    assert base.chip.read(PRE_SCALE) == prescale_for(50.0) and base.chip.high_ticks(2) == 300
+    assert base.chip.output_frequency_hz() == pytest.approx(output_frequency_hz(prescale_for(50.0)))
+    base.spin_until(base.in_error, 30.0, "diagnostics ERROR")
+    level, message, values = base.diagnostics()
+    assert "PCA9685 asleep (reset or brown-out?): outputs off" in message
+    base.spin_until(lambda: base.diagnostics()[2]["pca9685_reconfigurations"] == "1", 30.0, "reconfiguration count")
+    base.spin_until(lambda: base.harness.last["servo_ticks"] == 300, 30.0, "state with the servo read back")
+    assert base.node._confirmed
