@@ -178,6 +178,8 @@ def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *,
             int8_path,
             Reader(),
             quant_format=QuantFormat.QDQ,
+            # MinMax activation ranges (the default): on the rover footage a picar-trained SSD300 kept 93.4-93.8%
+            # of its fp32 detections; Percentile 99.999 kept 90-91%, symmetric activations 93%, Entropy the same.
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
