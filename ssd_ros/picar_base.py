@@ -370,21 +370,19 @@ class BaseHardware:
         motor: MotorPort,
         frequency_hz: float,
         *,
-        pwm_frequency_hz: float | None = None,
         simulation: Any = None,
     ):
         """Wrap configured devices; ``simulation`` keeps the simulated chip/GPIO for inspection in sim mode.
 
         ``frequency_hz`` is the PWM frequency the chip was configured to (its prescaler read back once at
-        start, see ``Pca9685.configure``); the servo's pulse width is its ticks at that frequency.
-        ``pwm_frequency_hz`` is the frequency that was asked for (default ``frequency_hz``): the chip is
-        configured for it again after a reset.
+        start, see ``Pca9685.configure``); the servo's pulse width is its ticks at that frequency. After a
+        reset the chip is configured for it again: asking for a frequency the prescaler produces gives back
+        that same prescaler.
         """
         self.pca = pca
         self.steering_channel = steering_channel
         self.motor = motor
         self.frequency_hz = frequency_hz
-        self.pwm_frequency_hz = frequency_hz if pwm_frequency_hz is None else pwm_frequency_hz
         self.simulation = simulation
         # Set by a readback whose MODE1 shows the chip not running (reset, brown-out): the next apply
         # configures the chip again before it writes the channels.
@@ -397,7 +395,7 @@ class BaseHardware:
 
     def _reconfigure(self) -> None:
         """``Pca9685.configure`` again (prescaler while asleep, wake, 500 us, RESTART, auto-increment, all off)."""
-        frequency = self.pca.configure(self.pwm_frequency_hz)
+        frequency = self.pca.configure(self.frequency_hz)
         if not math.isclose(frequency, self.frequency_hz, rel_tol=1e-9):
             raise Pca9685NotRunning(
                 f"PCA9685 runs at {frequency:.2f} Hz after reconfiguring, not {self.frequency_hz:.2f} Hz"
@@ -512,11 +510,4 @@ def open_hardware(settings: HardwareSettings) -> BaseHardware:
         )
     else:
         motor = Pca9685Motor(pca, settings.motor_forward_channel, settings.motor_reverse_channel)
-    return BaseHardware(
-        pca,
-        settings.steering_channel,
-        motor,
-        frequency_hz,
-        pwm_frequency_hz=settings.pwm_frequency_hz,
-        simulation=simulation,
-    )
+    return BaseHardware(pca, settings.steering_channel, motor, frequency_hz, simulation=simulation)
