@@ -245,7 +245,16 @@ class Evaluation:
     """Streams the bag through decode -> detector -> outputs; holds the writer connections and state."""
 
     def __init__(
-        self, args, follower: FollowerOptions, reader, writer, detector: Detector, inputs, ground_truth, gt_tracks=None
+        self,
+        args,
+        follower: FollowerOptions,
+        reader,
+        writer,
+        detector: Detector,
+        inputs,
+        ground_truth,
+        tracker: Tracker | None = None,
+        gt_tracks=None,
     ):
         image_conn, self.camera_info_conn = inputs  # the image topic's connection and its CameraInfo's, or None
         self.args = args
@@ -268,7 +277,7 @@ class Evaluation:
         cmd_type = "geometry_msgs/msg/TwistStamped" if follower.twist_stamped else "geometry_msgs/msg/Twist"
         self.cmd_conn = add_topic(writer, CMD_VEL_TOPIC, cmd_type)
         self.loop: FollowLoop | None = None  # made at the first good frame (needs the image size)
-        self.tracker = tracker_from_args(args)  # None with --no-tracking
+        self.tracker = tracker  # None with --no-tracking
         self.gt_tracks = gt_tracks  # frame index -> (true object ids, boxes), from --gt-tracks
         self.id_switches = IdSwitchCounter()
         self.next_tick_ns: int | None = None
@@ -505,12 +514,12 @@ def run(args) -> tuple[dict, int]:
         camera_info_conn = find_camera_info(reader.connections, args.camera_info_topic, image_conn.topic)
         detector = load_detector(args)
         follower = follower_options(args, detector.class_names)
-        tracker_from_args(args)  # a bad --track-param fails before any output
+        tracker = tracker_from_args(args)  # a bad --track-param fails before any output
         check_ground_truth(args, ground_truth, detector.class_names, image_conn, bool(salvage_note))
         with open_writer(out, args.storage) as writer:
             detector.warmup()  # one-time set-up cost stays out of the latency figures
             inputs = (image_conn, camera_info_conn)
-            evaluation = Evaluation(args, follower, reader, writer, detector, inputs, ground_truth, gt_tracks)
+            evaluation = Evaluation(args, follower, reader, writer, detector, inputs, ground_truth, tracker, gt_tracks)
             wall_s, fault = stream(args, evaluation, reader, image_conn)
     fault = "; ".join(note for note in (salvage_note, fault) if note) or None
     report = make_report(args, out, detector, image_conn, evaluation, wall_s, fault)
