@@ -1,6 +1,6 @@
 """Parameter tables: ``name -> (default, ParameterDescriptor)``, typed and range-checked by rclpy itself.
 
-Also the ROS 2 parameters-file format, for tools that run a node's logic offline from its file.
+Reading a node's parameters file offline (without rclpy) is :func:`ssd_ros.cli.read_params_file`.
 """
 
 from __future__ import annotations
