@@ -137,7 +137,10 @@ def _read_onnx_metadata(onnx_model: bytes | str | os.PathLike) -> dict:
 
 def network_spec(onnx_bytes: bytes) -> NetworkSpec:
     """The frame-path description an export (from :func:`export_onnx_bytes`) carries in its metadata."""
-    data = json.loads(_read_onnx_metadata(onnx_bytes)[_METADATA_KEY])
+    return _spec_of_metadata(json.loads(_read_onnx_metadata(onnx_bytes)[_METADATA_KEY]))
+
+
+def _spec_of_metadata(data: dict) -> NetworkSpec:
     return NetworkSpec.from_card(ModelCard.from_dict(data["card"]), data["feature_map_sizes"])
 
 
@@ -155,8 +158,8 @@ def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *,
     images = list(calibration_images)
     if not images:
         raise ValueError("no calibration images")
-    metadata = _read_onnx_metadata(fp32_onnx)[_METADATA_KEY]
-    spec = network_spec(fp32_onnx)
+    metadata = json.loads(_read_onnx_metadata(fp32_onnx)[_METADATA_KEY])  # the model is parsed once
+    spec = _spec_of_metadata(metadata)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -191,7 +194,6 @@ def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *,
         import onnx
 
         proto = onnx.load(int8_path)
-    metadata = json.loads(metadata)
     metadata["precision"] = "int8"
     _set_onnx_metadata(proto, json.dumps(metadata))
     return proto.SerializeToString()
