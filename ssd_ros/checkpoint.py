@@ -101,7 +101,8 @@ def _serialise(card: ModelCard, model: nn.Module, extra: Mapping[str, Any] | Non
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(buffer.getvalue()))
+    buffer.seek(0)
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(buffer)
     if unsafe:
         raise TypeError(
             f"the card or extra state holds {', '.join(unsafe)}; checkpoints hold only tensors and plain "
