@@ -130,7 +130,7 @@ class ModelCard:
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
         """Inverse of :meth:`to_dict`; raises KeyError/ValueError/TypeError on a malformed card."""
         required = ("architecture", "class_names", "input_size", "image_mean", "image_std", "default_boxes")
-        missing = [k for k in required if k not in data]
+        missing = [k for k in required if data.get(k) is None]
         if missing:
             raise KeyError(f"model card lacks {', '.join(missing)}")
         given = {f.name: data[f.name] for f in fields(cls) if data.get(f.name) is not None}
