@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 from rosbags.rosbag2 import Reader
 
-from ssd_ros.checkpoint import save_checkpoint
-from ssd_ros.detector import Detector
-from ssd_ros.model import VOC_CLASSES
-from ssd_ros.model_card import ModelCard
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb
 from ssd_ros.tools import bag_eval, make_bag
 from ssd_ros.tools.bagio import COMPRESSED_IMAGE_TYPE, deserialize
+from ssd_ros.vision.checkpoint import save_checkpoint
+from ssd_ros.vision.detector import Detector
+from ssd_ros.vision.model import VOC_CLASSES
+from ssd_ros.vision.model_card import ModelCard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VIDEO = REPO_ROOT.parent / "shared" / "data" / "picar_camera" / "video" / "lane_drive.avi"

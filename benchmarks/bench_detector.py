@@ -65,7 +65,7 @@ def test_frame() -> np.ndarray:
     """A real 640x480 PiCar camera frame when ../shared/data is there, else a synthetic one."""
     frames = sorted((REPO_ROOT.parent / "shared" / "data" / "picar_camera" / "detection" / "test").glob("*.jpg"))
     if frames:
-        from ssd_ros.image_codec import decode_compressed
+        from ssd_ros.vision.image_codec import decode_compressed
 
         return decode_compressed("jpeg", frames[0].read_bytes())
     rng = np.random.default_rng(0)
@@ -253,7 +253,7 @@ def main() -> int:
         # a fixed count keeps (a), (b) and (c) comparable.
         torch.set_num_threads(args.threads)
         os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    from ssd_ros.checkpoint import load_checkpoint
+    from ssd_ros.vision.checkpoint import load_checkpoint
 
     rgb = test_frame()
     workdir = Path(tempfile.mkdtemp(prefix="bench_detector_"))
@@ -278,9 +278,9 @@ def main() -> int:
 
 def random_checkpoint(architecture: str, path: Path) -> Path:
     """A checkpoint of a randomly initialised ``architecture`` (seed 0) for VOC's classes."""
-    from ssd_ros.checkpoint import save_checkpoint
-    from ssd_ros.model import VOC_CLASSES, build_model
-    from ssd_ros.model_card import ModelCard
+    from ssd_ros.vision.checkpoint import save_checkpoint
+    from ssd_ros.vision.model import VOC_CLASSES, build_model
+    from ssd_ros.vision.model_card import ModelCard
 
     torch.manual_seed(0)
     card = ModelCard.for_architecture(architecture, VOC_CLASSES, dataset="none (random init, benchmark)")
@@ -289,8 +289,8 @@ def random_checkpoint(architecture: str, path: Path) -> Path:
 
 def measure_latency_and_stream(args, checkpoint: Path, model, class_names, rgb: np.ndarray, workdir: Path) -> dict:
     """Per-call seconds of (a), (b) and (c), then the stream through the node, with load averages."""
-    from ssd_ros.detector import Detector
     from ssd_ros.ros.images import rgb_to_image_msg
+    from ssd_ros.vision.detector import Detector
 
     # The node first: its start-up (torch import, model load) must not overlap the in-process timing.
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain_id,
@@ -373,7 +373,7 @@ def latency_and_stream_section(args, measured: dict) -> list[str]:
 
 def flops_section(model, architecture: str, forward_s: list[float], rgb: np.ndarray, iterations: int) -> list[str]:
     """Markdown: FLOPs of both architectures against this CPU's sgemm rate (``forward_s``: (a) of ``model``)."""
-    from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, build_model
+    from ssd_ros.vision.model import ARCHITECTURES, VOC_CLASSES, build_model
 
     gflops_rate = sgemm_gflops()
     lines = [

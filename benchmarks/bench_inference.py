@@ -86,11 +86,11 @@ def parse_args() -> argparse.Namespace:
 
 def make_models(architecture: str, checkpoint: Path | None, workdir: Path) -> dict[str, Path]:
     """The checkpoint and its fp32 and int8 ONNX exports (int8 calibrated on rover frames)."""
-    from ssd_ros.checkpoint import load_checkpoint, save_checkpoint
-    from ssd_ros.export import export_onnx_bytes, quantize_int8, write_export
-    from ssd_ros.image_codec import decode_compressed
-    from ssd_ros.model import VOC_CLASSES, build_model
-    from ssd_ros.model_card import ModelCard
+    from ssd_ros.vision.checkpoint import load_checkpoint, save_checkpoint
+    from ssd_ros.vision.export import export_onnx_bytes, quantize_int8, write_export
+    from ssd_ros.vision.image_codec import decode_compressed
+    from ssd_ros.vision.model import VOC_CLASSES, build_model
+    from ssd_ros.vision.model_card import ModelCard
 
     if checkpoint is None:
         torch.manual_seed(0)
@@ -115,7 +115,7 @@ def model_file(files: dict[str, Path], backend: str, precision: str) -> Path:
 
 
 def detector_for(files: dict[str, Path], backend: str, precision: str, threads: int):
-    from ssd_ros.detector import Detector
+    from ssd_ros.vision.detector import Detector
 
     return Detector.from_checkpoint(
         model_file(files, backend, precision),
@@ -129,7 +129,7 @@ def detector_for(files: dict[str, Path], backend: str, precision: str, threads: 
 
 def in_process(files: dict[str, Path], threads: int, rgb: np.ndarray, iterations: int) -> dict[str, dict]:
     """Network and Detector-call samples of every configuration, interleaved call by call."""
-    from ssd_ros.inference import preprocess
+    from ssd_ros.vision.inference import preprocess
 
     detectors = {}
     for backend, precision, _ in CONFIGS:
@@ -152,10 +152,10 @@ def in_process(files: dict[str, Path], threads: int, rgb: np.ndarray, iterations
 
 def frame_path_parts(files: dict[str, Path], rgb: np.ndarray, iterations: int) -> dict[str, float]:
     """p50 ms of the steps around the network (one thread), for the fastest network of this run."""
-    from ssd_ros.image_codec import decode_compressed, encode_compressed
-    from ssd_ros.inference import postprocess, preprocess
     from ssd_ros.ros.images import image_msg_to_rgb, rgb_to_image_msg
     from ssd_ros.ros.messages import detections_to_msg
+    from ssd_ros.vision.image_codec import decode_compressed, encode_compressed
+    from ssd_ros.vision.inference import postprocess, preprocess
 
     detector = detector_for(files, "onnxruntime", "fp32", 1)
     spec = detector.network.spec
@@ -203,7 +203,7 @@ def header(args, rgb: np.ndarray) -> list[str]:
     import onnxruntime
     import openvino
 
-    from ssd_ros.backends import cpu_has_bf16, cpu_summary
+    from ssd_ros.vision.backends import cpu_has_bf16, cpu_summary
 
     cpu = cpu_summary()
     return [
@@ -301,10 +301,10 @@ def agreement_section(files: dict[str, Path], frames: Path, video: Path | None) 
     Also the share of fp32's detections kept on the frames of ``video`` (unlabelled rover footage, every 3rd
     frame): many more detections than a few labelled frames give, so a steadier measure of agreement.
     """
-    from ssd_ros.image_codec import read_image_file
+    from ssd_ros.evaluation.voc import VocSplit
+    from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction
     from ssd_ros.tools.make_bag import video_frames
-    from ssd_ros.voc import VocSplit
-    from ssd_ros.voc_metric import evaluate_detections, matched_fraction
+    from ssd_ros.vision.image_codec import read_image_file
 
     split = VocSplit.from_folder(frames)
     images = [read_image_file(item.image_path) for item in split]

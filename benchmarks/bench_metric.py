@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from ssd_ros.detections import Detections
-from ssd_ros.voc import VocAnnotation
-from ssd_ros.voc_metric import evaluate_detections
+from ssd_ros.evaluation.voc import VocAnnotation
+from ssd_ros.evaluation.voc_metric import evaluate_detections
+from ssd_ros.vision.detections import Detections
 
 CLASSES = tuple(f"class{i:02d}" for i in range(20))
 

@@ -1,4 +1,4 @@
-"""Tracker cost per frame (ssd_ros.tracking) against the detector's own time per frame, on one core.
+"""Tracker cost per frame (ssd_ros.control.tracking) against the detector's own time per frame, on one core.
 
 Synthetic scenes of N objects (10, 30, 100: the detector node's max_detections default) walking at constant
 velocity in a 640x480 image, with box noise, 5 % missed detections and scores spread over [0.1, 1], tracked at
@@ -26,12 +26,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ssd_ros.checkpoint import save_checkpoint  # noqa: E402
-from ssd_ros.detections import Detections  # noqa: E402
-from ssd_ros.detector import Detector  # noqa: E402
-from ssd_ros.model import VOC_CLASSES  # noqa: E402
-from ssd_ros.model_card import ModelCard  # noqa: E402
-from ssd_ros.tracking import Tracker  # noqa: E402
+from ssd_ros.control.tracking import Tracker  # noqa: E402
+from ssd_ros.vision.checkpoint import save_checkpoint  # noqa: E402
+from ssd_ros.vision.detections import Detections  # noqa: E402
+from ssd_ros.vision.detector import Detector  # noqa: E402
+from ssd_ros.vision.model import VOC_CLASSES  # noqa: E402
+from ssd_ros.vision.model_card import ModelCard  # noqa: E402
 
 WIDTH, HEIGHT, PERIOD_S = 640, 480, 0.1
 WARMUP_FRAMES = 10

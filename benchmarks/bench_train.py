@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, build_model, input_size  # noqa: E402
-from ssd_ros.voc import VocSplit  # noqa: E402
+from ssd_ros.evaluation.voc import VocSplit  # noqa: E402
+from ssd_ros.vision.model import ARCHITECTURES, VOC_CLASSES, build_model, input_size  # noqa: E402
 from training import engine  # noqa: E402
 from training.dataset import VocDetectionDataset, collate_detection  # noqa: E402
 from training.presets import SSDTrainPreset  # noqa: E402

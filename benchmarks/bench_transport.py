@@ -155,9 +155,9 @@ def main() -> int:
     import torch
     from bench_detector import write_report
 
-    from ssd_ros.checkpoint import save_checkpoint
-    from ssd_ros.model import VOC_CLASSES, build_model
-    from ssd_ros.model_card import ModelCard
+    from ssd_ros.vision.checkpoint import save_checkpoint
+    from ssd_ros.vision.model import VOC_CLASSES, build_model
+    from ssd_ros.vision.model_card import ModelCard
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_transport_"))
     torch.manual_seed(0)

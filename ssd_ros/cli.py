@@ -1,6 +1,6 @@
 """Command-line options shared by the tools and training scripts, and reading a node's parameters file.
 
-The inference options are for those that run a :class:`~ssd_ros.detector.Detector`; importing the module
+The inference options are for those that run a :class:`~ssd_ros.vision.detector.Detector`; importing the module
 loads no torch (``make_bag`` uses it too).
 """
 
@@ -28,7 +28,7 @@ def positive_int(text: str) -> int:
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend``, ``--precision`` and ``--threads``, as the detector node's parameters of the same meaning."""
-    from ssd_ros.backends import BACKENDS, PRECISIONS  # here: torch only for the tools that run a model
+    from ssd_ros.vision.backends import BACKENDS, PRECISIONS  # here: torch only for the tools that run a model
 
     group = parser.add_argument_group("inference backend (see docs/detector_node.md: which to choose)")
     group.add_argument("--backend", choices=BACKENDS, default="torch", help="what runs the network (default: torch)")
@@ -42,7 +42,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def inference_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The :meth:`~ssd_ros.detector.Detector.from_checkpoint` arguments the options above gave."""
+    """The :meth:`~ssd_ros.vision.detector.Detector.from_checkpoint` arguments the options above gave."""
     return {"backend": args.backend, "precision": args.precision, "num_threads": max(0, args.threads)}
 
 

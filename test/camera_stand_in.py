@@ -24,9 +24,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from ssd_ros.image_codec import encode_compressed
 from ssd_ros.ros.images import rgb_to_image_msg
 from ssd_ros.ros.runner import run_node
+from ssd_ros.vision.image_codec import encode_compressed
 
 TOPICS = {
     "camera_ros": ("~/image_raw", "~/image_raw/compressed", "~/camera_info"),

@@ -182,9 +182,9 @@ def make_checkpoint(
     """
     import torch
 
-    from ssd_ros.checkpoint import save_checkpoint
-    from ssd_ros.model import VOC_CLASSES
-    from ssd_ros.model_card import ModelCard
+    from ssd_ros.vision.checkpoint import save_checkpoint
+    from ssd_ros.vision.model import VOC_CLASSES
+    from ssd_ros.vision.model_card import ModelCard
 
     card = ModelCard.for_architecture(
         architecture, VOC_CLASSES if class_names is None else class_names, dataset=dataset
@@ -229,7 +229,7 @@ def lively_ssdlite(num_classes: int = 21):
     """An untrained SSDlite whose scores spread (torchvision's std-0.03 init gives every box the same score)."""
     import torch
 
-    from ssd_ros.model import build_model
+    from ssd_ros.vision.model import build_model
 
     torch.manual_seed(0)
     model = build_model("ssdlite320_mobilenet_v3", num_classes)

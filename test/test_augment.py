@@ -5,8 +5,8 @@ import torch
 from conftest import shared_data
 from torchvision import tv_tensors
 
-from ssd_ros.model import VOC_CLASSES
-from ssd_ros.voc import VocSplit, discover_classes
+from ssd_ros.evaluation.voc import VocSplit, discover_classes
+from ssd_ros.vision.model import VOC_CLASSES
 from training.dataset import VocDetectionDataset
 from training.presets import SSDEvalPreset, SSDTrainPreset
 

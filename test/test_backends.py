@@ -19,17 +19,17 @@ import torch
 from conftest import EXECUTABLES, assert_same_detections, lively_ssdlite, shared_data
 from torchvision.models.detection import ssd300_vgg16
 
-from ssd_ros.backends import cpu_has_bf16
-from ssd_ros.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ssd_ros.detections import Detections
-from ssd_ros.detector import Detector
-from ssd_ros.export import export_onnx_bytes, read_exported, write_export
-from ssd_ros.image_codec import read_image_file
-from ssd_ros.model import VOC_CLASSES, build_model
-from ssd_ros.model_card import ModelCard, coco_model_card
+from ssd_ros.evaluation.voc import VocSplit
+from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction
 from ssd_ros.tools import export_model
-from ssd_ros.voc import VocSplit
-from ssd_ros.voc_metric import evaluate_detections, matched_fraction
+from ssd_ros.vision.backends import cpu_has_bf16
+from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ssd_ros.vision.detections import Detections
+from ssd_ros.vision.detector import Detector
+from ssd_ros.vision.export import export_onnx_bytes, read_exported, write_export
+from ssd_ros.vision.image_codec import read_image_file
+from ssd_ros.vision.model import VOC_CLASSES, build_model
+from ssd_ros.vision.model_card import ModelCard, coco_model_card
 from training import train
 
 FAST = ("onnxruntime", "openvino")

@@ -23,18 +23,18 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
-from ssd_ros.camera import PinholeCamera
-from ssd_ros.detector import Detector
-from ssd_ros.follow import FollowController, FollowParams
-from ssd_ros.image_codec import read_image_file
+from ssd_ros.control.camera import PinholeCamera
+from ssd_ros.control.follow import FollowController, FollowParams
+from ssd_ros.control.tracking import Tracker, TrackerParams
+from ssd_ros.evaluation.voc import parse_annotation
+from ssd_ros.evaluation.voc_metric import evaluate_detections
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import camera_info_msg, msg_to_detections
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.tools import bag_eval, bagio, export_model, make_bag
 from ssd_ros.tools.bagio import add_topic, open_writer, serialize
-from ssd_ros.tracking import Tracker, TrackerParams
-from ssd_ros.voc import parse_annotation
-from ssd_ros.voc_metric import evaluate_detections
+from ssd_ros.vision.detector import Detector
+from ssd_ros.vision.image_codec import read_image_file
 
 # The test checkpoint's own class order (not the sorted order of conftest.PICAR_CLASSES).
 MODEL_CLASSES = ("Person", "Stop Sign", "Red Traffic Light", "Speed Limit 25", "Green Traffic Light", "Speed Limit 40")

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import ssd_ros
-from ssd_ros.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload, save_checkpoint
-from ssd_ros.model import VOC_CLASSES, build_model, coco_class_names
-from ssd_ros.model_card import ModelCard, coco_model_card
+from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload, save_checkpoint
+from ssd_ros.vision.model import VOC_CLASSES, build_model, coco_class_names
+from ssd_ros.vision.model_card import ModelCard, coco_model_card
 
 LITE = "ssdlite320_mobilenet_v3"  # small and fast: most file-level cases use it
 NAMES = ("person", "stop sign", "traffic light")  # names with spaces, like the PiCar data set
@@ -292,9 +292,9 @@ def test_checkpoint_mode_follows_the_umask(tmp_path, umask):
 
 _KILLED_SAVER = """
 import sys, torch
-from ssd_ros.checkpoint import save_checkpoint
-from ssd_ros.model_card import ModelCard
-from ssd_ros.model import build_model
+from ssd_ros.vision.checkpoint import save_checkpoint
+from ssd_ros.vision.model_card import ModelCard
+from ssd_ros.vision.model import build_model
 model = build_model("ssd300_vgg16", 4)  # ~100 MB: the write takes long enough to be killed in the middle
 card = ModelCard.for_architecture("ssd300_vgg16", ["a", "b", "c"])
 print("saving", flush=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_checkpoint, ros_env
 
-from ssd_ros.simulator import SCENARIOS
+from ssd_ros.simulation.simulator import SCENARIOS
 from ssd_ros.tools import demo
 
 MODEL_CLASSES = ("Person", "Stop Sign")  # a randomly initialised SSDlite with some of the rover's classes
@@ -90,7 +90,7 @@ def test_trajectory_plot_marks_a_standing_person(tmp_path):
 
 
 def test_distance_is_measured_from_the_camera_like_the_desired_distance():
-    from ssd_ros.simulator import SimParams
+    from ssd_ros.simulation.simulator import SimParams
 
     ahead = SimParams().camera_forward_m
     bearing, distance = demo.seen_from_camera((0.0, 0.0, 0.0), (2.0 + ahead, 0.0))

@@ -18,11 +18,11 @@ from torch import nn
 from torchvision.models.detection.ssd import SSD300_VGG16_Weights
 from torchvision.transforms.functional import to_tensor
 
-from ssd_ros.checkpoint import CheckpointError, load_checkpoint
-from ssd_ros.detections import Detections
-from ssd_ros.detector import Detector, resolve_device
-from ssd_ros.drawing import class_color, draw_detections
-from ssd_ros.model import VOC_CLASSES, WeightsUnavailableError, coco_class_names, coco_label_map
+from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint
+from ssd_ros.vision.detections import Detections
+from ssd_ros.vision.detector import Detector, resolve_device
+from ssd_ros.vision.drawing import class_color, draw_detections
+from ssd_ros.vision.model import VOC_CLASSES, WeightsUnavailableError, coco_class_names, coco_label_map
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VOC_IMAGE = DATA / "voc2012_sample" / "VOC2012" / "JPEGImages" / "2007_000027.jpg"  # 486x500

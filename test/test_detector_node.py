@@ -25,13 +25,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ssd_ros.detector import Detector
-from ssd_ros.image_codec import decode_compressed, encode_compressed
-from ssd_ros.model import VOC_CLASSES
+from ssd_ros.control.tracking import Tracker, TrackerParams
 from ssd_ros.ros.images import image_msg_to_rgb, rgb_to_compressed_msg, rgb_to_image_msg
 from ssd_ros.ros.messages import msg_to_detections
 from ssd_ros.tools import export_model
-from ssd_ros.tracking import Tracker, TrackerParams
+from ssd_ros.vision.detector import Detector
+from ssd_ros.vision.image_codec import decode_compressed, encode_compressed
+from ssd_ros.vision.model import VOC_CLASSES
 
 PARAMS_FILE = REPO_ROOT / "config" / "detector.yaml"
 WIDTH, HEIGHT = 640, 480

@@ -19,11 +19,11 @@ import pytest
 import torch
 from conftest import PICAR_CLASSES, REPO_ROOT, assert_same_detections, lively_ssdlite, make_checkpoint, shared_data
 
-from ssd_ros.detections import Detections
-from ssd_ros.model import VOC_CLASSES
+from ssd_ros.evaluation.voc import VocSplit
+from ssd_ros.evaluation.voc_metric import evaluate_detections
 from ssd_ros.tools import export_model
-from ssd_ros.voc import VocSplit
-from ssd_ros.voc_metric import evaluate_detections
+from ssd_ros.vision.detections import Detections
+from ssd_ros.vision.model import VOC_CLASSES
 from training.evaluate import main
 
 # The small architecture keeps the CPU runs short; evaluate.py treats both the same way.

@@ -6,11 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ssd_ros.camera import PinholeCamera
-from ssd_ros.detections import Detections
-from ssd_ros.follow import ZERO, FollowController, FollowLoop, FollowParams, class_mismatch
+from ssd_ros.control.camera import PinholeCamera
+from ssd_ros.control.follow import ZERO, FollowController, FollowLoop, FollowParams, class_mismatch
 from ssd_ros.settings import settings_from_mapping
-from ssd_ros.simulator import (
+from ssd_ros.simulation.simulator import (
     RoverState,
     SimParams,
     Simulator,
@@ -22,6 +21,7 @@ from ssd_ros.simulator import (
     run_closed_loop,
     steering_sign_changes,
 )
+from ssd_ros.vision.detections import Detections
 
 PARAMS = FollowParams()
 SIM = SimParams()

@@ -30,12 +30,12 @@ from std_msgs.msg import Header  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
-from ssd_ros.detections import Detections  # noqa: E402
-from ssd_ros.follow import FollowParams  # noqa: E402
+from ssd_ros.control.follow import FollowParams  # noqa: E402
 from ssd_ros.ros.follower_node import PARAMETERS  # noqa: E402
 from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, label_info_msg  # noqa: E402
 from ssd_ros.settings import settings_from_mapping  # noqa: E402
-from ssd_ros.simulator import RoverState, SimParams, bearing_and_distance, desired_distance_m  # noqa: E402
+from ssd_ros.simulation.simulator import RoverState, SimParams, bearing_and_distance, desired_distance_m  # noqa: E402
+from ssd_ros.vision.detections import Detections  # noqa: E402
 
 FOLLOW = FollowParams()
 SIM = SimParams()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import forged_png, shared_data
 
-from ssd_ros.image_codec import (
+from ssd_ros.vision.image_codec import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     RAW_ENCODINGS,

@@ -249,7 +249,7 @@ def test_parameter_files_match_declared_parameters(launch, executable, tmp_path)
 
 def test_follower_and_base_agree_on_geometry():
     """The follower plans turns with the same wheelbase and steering limit the base driver applies."""
-    from ssd_ros.follow import FollowParams
+    from ssd_ros.control.follow import FollowParams
 
     follower_file = CONFIG / "follower.yaml"
     if not follower_file.is_file():

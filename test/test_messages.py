@@ -8,9 +8,8 @@ from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
-from ssd_ros.camera import PinholeCamera
-from ssd_ros.detections import Detections
-from ssd_ros.follow import Command
+from ssd_ros.control.camera import PinholeCamera
+from ssd_ros.control.follow import Command
 from ssd_ros.ros.messages import (
     camera_from_info,
     camera_info_msg,
@@ -21,6 +20,7 @@ from ssd_ros.ros.messages import (
     twist_msg,
     twist_to_command,
 )
+from ssd_ros.vision.detections import Detections
 
 
 def _detection(cx=320.0, cy=240.0, w=40.0, h=120.0, score=0.9, class_id="person") -> Detection2D:

@@ -13,8 +13,8 @@ import torch
 from torchvision.models.detection.ssd import SSD, SSD300_VGG16_Weights, ssd300_vgg16
 from torchvision.models.mobilenetv3 import MobileNet_V3_Large_Weights, mobilenet_v3_large
 
-from ssd_ros import model as model_lib
-from ssd_ros.model import (
+from ssd_ros.vision import model as model_lib
+from ssd_ros.vision.model import (
     ARCHITECTURES,
     VOC_CLASSES,
     WeightsUnavailableError,

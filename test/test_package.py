@@ -111,13 +111,75 @@ def _ros_free_files() -> list[Path]:
 
 def test_ros_free_set_holds_the_core_and_training():
     names = {str(path.relative_to(REPO_ROOT)) for path in _ros_free_files()}
-    assert {"ssd_ros/detector.py", "ssd_ros/follow.py", "training/train.py", "training/evaluate.py"} <= names
+    assert {
+        "ssd_ros/vision/detector.py",
+        "ssd_ros/control/follow.py",
+        "training/train.py",
+        "training/evaluate.py",
+    } <= names
 
 
 @pytest.mark.parametrize("path", _ros_free_files(), ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_core_and_training_have_no_ros_imports(path):
     ros = [m for m in _imported_modules(path) if m.split(".")[0] in ROS_MODULES or m.startswith("ssd_ros.ros")]
     assert not ros, f"{path.relative_to(REPO_ROOT)} must run without ROS but imports {ros}"
+
+
+# Who may import whom inside the package (the rooms' docstrings say why); "" is the shared top level
+# (settings, cli). ros and tools sit on top and may import every room.
+ROOMS = ("vision", "evaluation", "control", "rover", "simulation")
+MAY_IMPORT = {
+    "": set(),
+    "vision": {""},
+    "evaluation": {"", "vision"},
+    "control": {"", "vision"},
+    "rover": {"", "control"},
+    "simulation": {"", "control", "vision"},
+}
+
+
+def _room(module: str) -> str:
+    """The room of an ``ssd_ros`` module name (``ssd_ros.vision.model`` -> ``vision``), "" for the top level."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ROOMS + ("ros", "tools")) else ""
+
+
+def _room_files():
+    for path in sorted((REPO_ROOT / "ssd_ros").rglob("*.py")):
+        parts = path.relative_to(REPO_ROOT / "ssd_ros").parts
+        room = parts[0] if len(parts) > 1 else ""
+        if room not in ("ros", "tools"):
+            yield room, path
+
+
+def test_every_core_module_lives_in_a_room():
+    """The top level keeps only the shared helpers; every other core module sits in its domain's room."""
+    top = sorted(path.name for room, path in _room_files() if room == "")
+    assert top == ["__init__.py", "cli.py", "settings.py"]
+    for room in ROOMS:
+        init = REPO_ROOT / "ssd_ros" / room / "__init__.py"
+        assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), (
+            f"{room}/__init__.py needs a docstring"
+        )
+
+
+@pytest.mark.parametrize(
+    "room,path", list(_room_files()), ids=lambda x: str(x.relative_to(REPO_ROOT)) if isinstance(x, Path) else x
+)
+def test_rooms_import_only_what_the_layering_allows(room, path):
+    """A room imports only the rooms below it (vision under evaluation and control, control under rover, ...)."""
+    wrong = [
+        module
+        for module in _imported_modules(path)
+        if module.split(".")[0] == "ssd_ros" and _room(module) != room and _room(module) not in MAY_IMPORT[room]
+    ]
+    assert not wrong, f"{path.relative_to(REPO_ROOT)} ({room or 'top level'}) may not import {wrong}"
+
+
+def test_layering_check_catches_a_wrong_import():
+    """The check above sees an upward import (vision importing control) for what it is."""
+    assert _room("ssd_ros.control.follow") == "control" and "control" not in MAY_IMPORT["vision"]
+    assert _room("ssd_ros.settings") == "" and _room("ssd_ros.ros.runner") == "ros"
 
 
 def test_ruff_lint_clean():

@@ -8,10 +8,10 @@ from conftest import RosProbe
 from rcl_interfaces.msg import ParameterType as PT
 from rclpy.parameter import Parameter
 
+from ssd_ros.control.tracking import TrackerParams
 from ssd_ros.ros.params import STRING_ARRAY, declare_all, param
 from ssd_ros.settings import settings_from_mapping
-from ssd_ros.simulator import SimParams
-from ssd_ros.tracking import TrackerParams
+from ssd_ros.simulation.simulator import SimParams
 
 
 @pytest.fixture

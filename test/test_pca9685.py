@@ -2,8 +2,8 @@
 
 import pytest
 
-from ssd_ros.hardware import pca9685 as p
-from ssd_ros.hardware.motor import GpioMotor, Pca9685Motor, SimulatedGpio, simulated_motor_duty
+from ssd_ros.rover import pca9685 as p
+from ssd_ros.rover.motor import GpioMotor, Pca9685Motor, SimulatedGpio, simulated_motor_duty
 
 
 class FakeClock:

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from ssd_ros.ackermann import steering_angle
-from ssd_ros.hardware.motor import simulated_motor_duty
-from ssd_ros.hardware.pca9685 import PRE_SCALE, output_frequency_hz, prescale_for
-from ssd_ros.picar_base import (
+from ssd_ros.control.ackermann import steering_angle
+from ssd_ros.rover.motor import simulated_motor_duty
+from ssd_ros.rover.pca9685 import PRE_SCALE, output_frequency_hz, prescale_for
+from ssd_ros.rover.picar_base import (
     ActuatorError,
     BaseConfig,
     BaseController,

@@ -15,10 +15,10 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray
 
-from ssd_ros.hardware.motor import simulated_motor_duty
-from ssd_ros.hardware.pca9685 import PRE_SCALE, output_frequency_hz, prescale_for
-from ssd_ros.picar_base import Calibration, HardwareSettings
 from ssd_ros.ros.picar_base_node import STATE_FIELDS
+from ssd_ros.rover.motor import simulated_motor_duty
+from ssd_ros.rover.pca9685 import PRE_SCALE, output_frequency_hz, prescale_for
+from ssd_ros.rover.picar_base import Calibration, HardwareSettings
 
 CONFIG = REPO_ROOT / "config" / "picar_base.yaml"
 MAX = math.radians(30.0)  # config/picar_base.yaml

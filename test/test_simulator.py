@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ssd_ros.simulator import (
+from ssd_ros.simulation.simulator import (
     SCENARIOS,
     CirclePath,
     LinePath,

@@ -36,10 +36,10 @@ from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from std_msgs.msg import Float32MultiArray
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ssd_ros.model_card import ModelCard
 from ssd_ros.ros.picar_base_node import STATE_FIELDS
 from ssd_ros.tools.bagio import deserialize, open_bag
 from ssd_ros.tools.make_bag import main as make_bag
+from ssd_ros.vision.model_card import ModelCard
 
 FRAMES = 40
 RATE = 0.25  # bag time runs at a quarter of wall time: CPU inference stays "fresh" in bag time

@@ -1,12 +1,12 @@
-"""Tracker (ssd_ros.tracking) on scripted box sequences: ids kept, born, lost and never swapped."""
+"""Tracker (ssd_ros.control.tracking) on scripted box sequences: ids kept, born, lost and never swapped."""
 
 import time
 
 import numpy as np
 import pytest
 
-from ssd_ros.detections import Detections, iou_matrix, similar_size
-from ssd_ros.tracking import IdSwitchCounter, Tracker, TrackerParams, greedy_match, match_truth
+from ssd_ros.control.tracking import IdSwitchCounter, Tracker, TrackerParams, greedy_match, match_truth
+from ssd_ros.vision.detections import Detections, iou_matrix, similar_size
 
 PERIOD = 0.1  # 10 Hz frames
 

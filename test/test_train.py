@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import PICAR_CLASSES, REPO_ROOT, shared_data
 
-from ssd_ros.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload
-from ssd_ros.detector import Detector
-from ssd_ros.image_codec import read_image_file
-from ssd_ros.model import build_model
-from ssd_ros.voc import VocSplit
-from ssd_ros.voc_metric import evaluate_detections
+from ssd_ros.evaluation.voc import VocSplit
+from ssd_ros.evaluation.voc_metric import evaluate_detections
+from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload
+from ssd_ros.vision.detector import Detector
+from ssd_ros.vision.image_codec import read_image_file
+from ssd_ros.vision.model import build_model
 from training import engine, train
 from training.dataset import VocDetectionDataset
 

@@ -8,9 +8,9 @@ import torch
 from conftest import PICAR_CLASSES, shared_data
 from torch.utils.data import DataLoader
 
-from ssd_ros.image_codec import ImageDecodeError
-from ssd_ros.model import VOC_CLASSES
-from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
+from ssd_ros.evaluation.voc import VocFormatError, VocSplit, discover_classes
+from ssd_ros.vision.image_codec import ImageDecodeError
+from ssd_ros.vision.model import VOC_CLASSES
 from training.dataset import VocDetectionDataset, collate_detection, data_error_message
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import PICAR_CLASSES, shared_data
 
-from ssd_ros.image_codec import read_image_file
-from ssd_ros.voc import VocFormatError, VocSplit, discover_classes, parse_annotation
+from ssd_ros.evaluation.voc import VocFormatError, VocSplit, discover_classes, parse_annotation
+from ssd_ros.vision.image_codec import read_image_file
 
 ANNOTATION = """<annotation>
   <filename>{stem}.jpg</filename>
@@ -93,7 +93,7 @@ def test_devkit_trainval_counts():
     assert counts["person"] == 91
     classes = discover_classes(split)
     assert len(classes) == 20 and list(classes) == sorted(classes)
-    from ssd_ros.model import VOC_CLASSES
+    from ssd_ros.vision.model import VOC_CLASSES
 
     assert set(classes) == set(VOC_CLASSES)
     for image_id, image_path, xml_path in split:

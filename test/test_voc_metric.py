@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from ssd_ros.detections import Detections
-from ssd_ros.voc import VocAnnotation
-from ssd_ros.voc_metric import evaluate_detections, matched_fraction, voc_ap
+from ssd_ros.evaluation.voc import VocAnnotation
+from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction, voc_ap
+from ssd_ros.vision.detections import Detections
 
 A = [0, 0, 10, 10]
 B = [20, 20, 30, 30]
@@ -293,7 +293,7 @@ def random_problem(rng, num_images=60, classes=("cat", "dog", "person", "bus")):
 
 
 def to_ours(images):
-    """The same problem in our 0-based continuous convention: xmin - 1, ymin - 1 (as ssd_ros.voc converts)."""
+    """The same problem in our 0-based convention: xmin - 1, ymin - 1 (as ssd_ros.evaluation.voc converts)."""
     shift = np.array([1.0, 1.0, 0.0, 0.0])
     truths, found = [], []
     for gt_boxes, gt_names, gt_difficult, det_boxes, det_scores, det_names in images:

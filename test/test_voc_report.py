@@ -7,8 +7,8 @@ import re
 import numpy as np
 from test_voc_metric import NOWHERE, A, B, dets, gt, random_problem, to_ours
 
-from ssd_ros.voc_metric import evaluate_detections
-from ssd_ros.voc_report import format_ap_table, plot_pr_curves
+from ssd_ros.evaluation.voc_metric import evaluate_detections
+from ssd_ros.evaluation.voc_report import format_ap_table, plot_pr_curves
 
 
 def test_format_ap_table_rows_and_map():

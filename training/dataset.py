@@ -1,4 +1,4 @@
-"""A torch Dataset over :mod:`ssd_ros.voc` splits, producing SSD training targets.
+"""A torch Dataset over :mod:`ssd_ros.evaluation.voc` splits, producing SSD training targets.
 
 Labels: model label ``i + 1`` is ``class_names[i]``; 0 is the background (the SSD module's convention, and
 the model card's).
@@ -9,7 +9,7 @@ ssd.pytorch drops them (``keep_difficult=False``). Dropping them turns real obje
 hard-negative mining then pushes the model to suppress, while the VOC metric ignores detections of them
 either way; so the default keeps them, and ``skip_difficult=True`` gives the ssd.pytorch behaviour.
 
-Degenerate boxes are dropped by the parser (:func:`ssd_ros.voc.parse_annotation`, after clamping into the
+Degenerate boxes are dropped by the parser (:func:`ssd_ros.evaluation.voc.parse_annotation`, after clamping into the
 image) and again after augmentation; images with no boxes are valid samples (pure negatives): torchvision's
 SSD matches every default box to background for them and, with no positives, they add no loss terms.
 """
@@ -23,20 +23,20 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from ssd_ros.image_codec import read_image_file
-from ssd_ros.voc import VocAnnotation, VocFormatError, VocSplit
+from ssd_ros.evaluation.voc import VocAnnotation, VocFormatError, VocSplit
+from ssd_ros.vision.image_codec import read_image_file
 
 __all__ = ["VocDetectionDataset", "collate_detection", "data_error_message"]
 
 
 class VocDetectionDataset(Dataset):
-    """Images and SSD targets of a :class:`~ssd_ros.voc.VocSplit`.
+    """Images and SSD targets of a :class:`~ssd_ros.evaluation.voc.VocSplit`.
 
     Every annotation is parsed when the dataset is built, so a broken XML file or an object of a class
-    outside ``class_names`` fails before training with a :class:`~ssd_ros.voc.VocFormatError` naming the
+    outside ``class_names`` fails before training with a :class:`~ssd_ros.evaluation.voc.VocFormatError` naming the
     file (missing files are already caught when the split is listed). An image is read when its sample is
-    drawn (:func:`~ssd_ros.image_codec.read_image_file`): an unreadable one raises
-    :class:`~ssd_ros.image_codec.ImageDecodeError`, one whose size differs from its XML a VocFormatError.
+    drawn (:func:`~ssd_ros.vision.image_codec.read_image_file`): an unreadable one raises
+    :class:`~ssd_ros.vision.image_codec.ImageDecodeError`, one whose size differs from its XML a VocFormatError.
 
     Items are ``(image, target)``: ``image`` a :class:`tv_tensors.Image` (uint8 CHW RGB) or, with
     ``transforms``, whatever they return; ``target`` a dict with ``boxes`` (:class:`tv_tensors.BoundingBoxes`,

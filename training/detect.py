@@ -1,4 +1,4 @@
-"""A :class:`~ssd_ros.detector.Detector` over every image of a VOC split: evaluate.py's and train.py's validation loop.
+"""A :class:`~ssd_ros.vision.detector.Detector` over every image of a VOC split: evaluate.py's and train.py's loop.
 
 Images are decoded in a small thread pool (OpenCV releases the GIL) while the model runs, at most a few
 batches ahead, so memory stays bounded on VOC2007 test (4952 images).
@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ssd_ros.detections import Detections
-from ssd_ros.image_codec import read_image_file
-from ssd_ros.voc import VocItem
+from ssd_ros.evaluation.voc import VocItem
+from ssd_ros.vision.detections import Detections
+from ssd_ros.vision.image_codec import read_image_file
 
 __all__ = ["detect_split"]
 
@@ -28,9 +28,9 @@ def detect_split(
     progress: bool = True,
     load: Callable[[VocItem], np.ndarray] | None = None,
 ) -> list[Detections]:
-    """Run ``detector`` (a :class:`~ssd_ros.detector.Detector`) on every item's image, in order.
+    """Run ``detector`` (a :class:`~ssd_ros.vision.detector.Detector`) on every item's image, in order.
 
-    Images are decoded by ``load`` (default: :func:`~ssd_ros.image_codec.read_image_file` of the item's image) in a
+    Images are decoded by ``load`` (default: :func:`~ssd_ros.vision.image_codec.read_image_file` of the image) in a
     small thread pool (OpenCV releases the GIL) while the model runs.
     """
     if load is None:

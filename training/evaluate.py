@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Evaluate an ssd_ros checkpoint on a VOC-format dataset with the PASCAL VOC metric.
 
-Runs the same :class:`~ssd_ros.detector.Detector` the ROS node uses over every image of a split and
-scores the result with :func:`ssd_ros.voc_metric.evaluate_detections` (the devkit's semantics)::
+Runs the same :class:`~ssd_ros.vision.detector.Detector` the ROS node uses over every image of a split and
+scores the result with :func:`ssd_ros.evaluation.voc_metric.evaluate_detections` (the devkit's semantics)::
 
     python training/evaluate.py --checkpoint runs/ssd300_voc0712/best.pt --data ~/data/VOCdevkit
     python training/evaluate.py --checkpoint ck.pt --data ~/data/VOCdevkit --split 2012/val --metric allpoint
@@ -10,7 +10,7 @@ scores the result with :func:`ssd_ros.voc_metric.evaluate_detections` (the devki
 
 Prints the per-class AP table (Markdown) and images/s, and writes to ``--out``: ``results.json`` (settings,
 timing, per-class AP/precision/recall), ``ap.csv``, ``ap_table.md``, ``detections.csv`` (every raw detection,
-0-based continuous pixel edges as in :mod:`ssd_ros.voc`, exact float32 values) and ``pr_curves.png``.
+0-based continuous pixel edges as in :mod:`ssd_ros.evaluation.voc`, exact float32 values) and ``pr_curves.png``.
 
 The defaults are the VOC evaluation setting of the SSD paper: score threshold 0.01, at most 200 detections
 per image, NMS IoU 0.45, VOC2007 11-point AP at IoU > 0.5 on VOC2007 test.
@@ -35,14 +35,14 @@ if __package__ in (None, ""):  # run as a script: make the repository (ssd_ros, 
 
 import numpy as np
 
-from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.cli import add_inference_arguments, inference_kwargs
-from ssd_ros.detections import Detections
-from ssd_ros.detector import EVALUATION_SETTINGS, Detector, resolve_device
-from ssd_ros.image_codec import ImageDecodeError, read_image_file
-from ssd_ros.voc import VocFormatError, VocItem, VocSplit
-from ssd_ros.voc_metric import METRICS, VocEvaluation, evaluate_detections
-from ssd_ros.voc_report import format_ap_table, plot_pr_curves
+from ssd_ros.evaluation.voc import VocFormatError, VocItem, VocSplit
+from ssd_ros.evaluation.voc_metric import METRICS, VocEvaluation, evaluate_detections
+from ssd_ros.evaluation.voc_report import format_ap_table, plot_pr_curves
+from ssd_ros.vision.checkpoint import CheckpointError
+from ssd_ros.vision.detections import Detections
+from ssd_ros.vision.detector import EVALUATION_SETTINGS, Detector, resolve_device
+from ssd_ros.vision.image_codec import ImageDecodeError, read_image_file
 from training.detect import detect_split
 
 __all__ = ["main", "parse_args"]
@@ -258,7 +258,7 @@ def _check_inputs(args: argparse.Namespace):
     """Everything that can be wrong with the inputs, checked before any image is processed.
 
     Returns ``(split, items, annotations, device, detector)``; raises :class:`UsageError`, ``CheckpointError`` or
-    ``ValueError`` (a :class:`~ssd_ros.voc.VocFormatError`, a bad device or option).
+    ``ValueError`` (a :class:`~ssd_ros.evaluation.voc.VocFormatError`, a bad device or option).
     """
     if args.checkpoint.is_dir():
         inside = sorted(p.name for p in args.checkpoint.glob("*.pt"))

@@ -45,14 +45,14 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ssd_ros.checkpoint import CheckpointError, check_card, read_checkpoint_payload, save_checkpoint
-from ssd_ros.detector import EVALUATION_SETTINGS, Detector, resolve_device
-from ssd_ros.image_codec import ImageDecodeError
-from ssd_ros.model import ARCHITECTURES, VOC_CLASSES, WeightsUnavailableError, build_model, input_size
-from ssd_ros.model_card import ModelCard
-from ssd_ros.voc import VocFormatError, VocSplit, discover_classes
-from ssd_ros.voc_metric import METRICS, evaluate_detections
-from ssd_ros.voc_report import format_ap_table
+from ssd_ros.evaluation.voc import VocFormatError, VocSplit, discover_classes
+from ssd_ros.evaluation.voc_metric import METRICS, evaluate_detections
+from ssd_ros.evaluation.voc_report import format_ap_table
+from ssd_ros.vision.checkpoint import CheckpointError, check_card, read_checkpoint_payload, save_checkpoint
+from ssd_ros.vision.detector import EVALUATION_SETTINGS, Detector, resolve_device
+from ssd_ros.vision.image_codec import ImageDecodeError
+from ssd_ros.vision.model import ARCHITECTURES, VOC_CLASSES, WeightsUnavailableError, build_model, input_size
+from ssd_ros.vision.model_card import ModelCard
 from training import engine
 from training.dataset import VocDetectionDataset, collate_detection, data_error_message
 from training.detect import detect_split
@@ -286,9 +286,9 @@ def evaluate(
 ):
     """VOC AP of ``model`` on ``dataset`` through the product's own Detector and metric (as evaluate.py).
 
-    The Detector runs the SSD paper's evaluation setting (:data:`~ssd_ros.detector.EVALUATION_SETTINGS`) on
+    The Detector runs the SSD paper's evaluation setting (:data:`~ssd_ros.vision.detector.EVALUATION_SETTINGS`) on
     ``model``, which it hands back in the mode it came in (inference runs it in eval mode).
-    Returns the :class:`~ssd_ros.voc_metric.VocEvaluation`.
+    Returns the :class:`~ssd_ros.evaluation.voc_metric.VocEvaluation`.
     """
     indices = list(range(len(dataset)))
     if 0 < max_images < len(indices):  # evenly spaced, first and last included

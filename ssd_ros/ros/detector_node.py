@@ -32,17 +32,17 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ssd_ros.checkpoint import CheckpointError
-from ssd_ros.detector import LIVE_SETTINGS, Detector
-from ssd_ros.drawing import draw_detections
-from ssd_ros.image_codec import ImageDecodeError
-from ssd_ros.model import WeightsUnavailableError
+from ssd_ros.control.tracking import Tracker, TrackerParams
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, diagnostics_msg, label_info_msg, stamp_ns
 from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
 from ssd_ros.settings import settings_from_mapping
-from ssd_ros.tracking import Tracker, TrackerParams
+from ssd_ros.vision.checkpoint import CheckpointError
+from ssd_ros.vision.detector import LIVE_SETTINGS, Detector
+from ssd_ros.vision.drawing import draw_detections
+from ssd_ros.vision.image_codec import ImageDecodeError
+from ssd_ros.vision.model import WeightsUnavailableError
 
 # Parameters applied while running (the others are read-only: restart to change them); the first four are
 # Detector attributes of the same name.
@@ -116,7 +116,7 @@ PARAMETERS: ParameterTable = {
         "unconfirmed (restart required)",
         read_only=True,
     ),
-    # The tracker's tuning (ssd_ros.tracking.TrackerParams); score_threshold above is its lowest score in effect.
+    # The tracker's tuning (ssd_ros.control.tracking.TrackerParams); score_threshold above is its lowest score used.
     **dataclass_table(TrackerParams, read_only=True),
 }
 

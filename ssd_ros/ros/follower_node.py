@@ -1,6 +1,6 @@
 """``follower`` node: Detection2DArray in, Twist / TwistStamped on ``cmd_vel`` from a fixed-rate timer.
 
-The control law lives in :mod:`ssd_ros.follow`; this adapter declares the parameters, converts
+The control law lives in :mod:`ssd_ros.control.follow`; this adapter declares the parameters, converts
 messages, runs the controller on its own timer (so a silent detector still stops the robot within
 ``lost_timeout_s``), offers the ``enable`` service, reports ``/diagnostics`` and sends a final zero
 command on shutdown.
@@ -22,7 +22,7 @@ from sensor_msgs.msg import CameraInfo
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ssd_ros.follow import ZERO, Command, FollowLoop, FollowParams
+from ssd_ros.control.follow import ZERO, Command, FollowLoop, FollowParams
 from ssd_ros.ros.messages import (
     LATCHED_QOS,
     camera_from_info,

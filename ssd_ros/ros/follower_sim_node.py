@@ -1,4 +1,4 @@
-"""``follower_sim`` node: the closed-loop simulator of :mod:`ssd_ros.simulator` behind the detector's interface.
+"""``follower_sim`` node: the simulator of :mod:`ssd_ros.simulation.simulator` behind the detector interface.
 
 Consumes ``cmd_vel`` (Twist or TwistStamped) like the base driver; publishes ``detections``
 (vision_msgs/Detection2DArray exactly as the detector node does: class names in ``class_id``, the
@@ -28,13 +28,13 @@ from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
-from ssd_ros.follow import FollowParams
+from ssd_ros.control.follow import FollowParams
+from ssd_ros.control.tracking import Tracker
 from ssd_ros.ros.messages import camera_info_msg, detections_to_msg, stamp_msg, twist_to_command
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
 from ssd_ros.settings import settings_from_mapping
-from ssd_ros.simulator import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
-from ssd_ros.tracking import Tracker
+from ssd_ros.simulation.simulator import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
 
 # The simulation is built at start-up: every parameter is read-only except the three runtime switches below.
 PARAMETERS: ParameterTable = {
@@ -86,7 +86,7 @@ def _pose(x: float, y: float, yaw: float = 0.0) -> Pose:
 
 
 class SimNode(Node):
-    """Steps :class:`~ssd_ros.simulator.Simulator` on a steady timer and publishes its detections and poses."""
+    """Steps :class:`~ssd_ros.simulation.simulator.Simulator` on a steady timer, publishing detections and poses."""
 
     def __init__(self):
         """Declare parameters, build the scenario and start the physics timer."""

@@ -1,6 +1,6 @@
 """sensor_msgs Image / CompressedImage <-> RGB uint8 arrays (the project's replacement for cv_bridge).
 
-Thin wrappers over :mod:`ssd_ros.image_codec` that read and fill message fields; the nodes and the bag
+Thin wrappers over :mod:`ssd_ros.vision.image_codec` that read and fill message fields; the nodes and the bag
 tools use these so every entry point decodes camera data the same way.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from ssd_ros.image_codec import decode_compressed, decode_raw, encode_compressed, encode_raw
+from ssd_ros.vision.image_codec import decode_compressed, decode_raw, encode_compressed, encode_raw
 
 __all__ = ["compressed_msg_to_rgb", "image_msg_to_rgb", "rgb_to_compressed_msg", "rgb_to_image_msg"]
 

@@ -13,9 +13,9 @@ from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose, VisionClass
 
-from ssd_ros.camera import PinholeCamera
-from ssd_ros.detections import Detections
-from ssd_ros.follow import Command
+from ssd_ros.control.camera import PinholeCamera
+from ssd_ros.control.follow import Command
+from ssd_ros.vision.detections import Detections
 
 # A "latched" topic (ROS 1 wording): the last message is kept for subscribers that join later, such as
 # label_info or the base's state. Publisher and subscriber must both use it to be matched.
@@ -26,7 +26,7 @@ def detections_to_msg(detections: Detections, header: Header) -> Detection2DArra
     """Detection2DArray whose header (and every Detection2D's) is the source image header.
 
     Boxes become centre/size in image pixels; ``class_id`` is the class name, ``score`` in [0, 1]; ``id`` is the
-    tracker's id of the detection ("" when untracked, see :mod:`ssd_ros.tracking`).
+    tracker's id of the detection ("" when untracked, see :mod:`ssd_ros.control.tracking`).
     """
     msg = Detection2DArray(header=header)
     rows = zip(detections.boxes.tolist(), detections.scores.tolist(), detections.names, detections.ids)
@@ -134,7 +134,7 @@ def camera_from_info(msg: CameraInfo) -> PinholeCamera:
     """The pinhole model of the image a CameraInfo describes; ``ValueError`` when it holds no calibration.
 
     Uses the raw camera matrix K (the detector sees the unrectified ``image_raw``); distortion is ignored
-    (see :mod:`ssd_ros.camera`). Binning and a region of interest make the published image a part of the
+    (see :mod:`ssd_ros.control.camera`). Binning and a region of interest make the published image a part of the
     calibrated one, scaled down (REP 104): the intrinsics are mapped into that image.
     """
     fx, cx = msg.k[0], msg.k[2]

@@ -41,7 +41,10 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
-from ssd_ros.picar_base import (
+from ssd_ros.ros.messages import LATCHED_QOS, diagnostics_msg
+from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
+from ssd_ros.ros.runner import StartupError, run_node
+from ssd_ros.rover.picar_base import (
     ActuatorError,
     BaseController,
     BaseHardware,
@@ -51,9 +54,6 @@ from ssd_ros.picar_base import (
     Readback,
     open_hardware,
 )
-from ssd_ros.ros.messages import LATCHED_QOS, diagnostics_msg
-from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
-from ssd_ros.ros.runner import StartupError, run_node
 from ssd_ros.settings import settings_from_mapping
 
 # Order of the values in the published state (Float32MultiArray; also named in its layout.dim[0].label).

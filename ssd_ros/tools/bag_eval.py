@@ -1,9 +1,9 @@
 """Evaluate a detector checkpoint offline on a camera rosbag2 (MCAP or sqlite3), without a ROS graph.
 
 Every frame of the image topic goes through the live ``detector`` node's path: the same message
-decoding (:mod:`ssd_ros.ros.images`), the same :class:`~ssd_ros.detector.Detector`, the same
+decoding (:mod:`ssd_ros.ros.images`), the same :class:`~ssd_ros.vision.detector.Detector`, the same
 ``Detection2DArray`` conversion (:mod:`ssd_ros.ros.messages`) and drawing. The follower's commands are
-computed with the same :class:`~ssd_ros.follow.FollowLoop` as the node, ticked at ``--control-rate-hz`` on
+computed with the same :class:`~ssd_ros.control.follow.FollowLoop` as the node, ticked at ``--control-rate-hz`` on
 bag time. Nothing is dropped and nothing depends on wall time, so a run is reproducible.
 
 The output bag holds the input's topics (the image topic untouched) plus ``/detections``
@@ -34,14 +34,13 @@ import yaml
 from std_msgs.msg import Header
 from tqdm import tqdm
 
-from ssd_ros.camera import PinholeCamera
-from ssd_ros.checkpoint import CheckpointError
 from ssd_ros.cli import add_inference_arguments, inference_kwargs, positive_int, read_params_file
-from ssd_ros.detections import Detections
-from ssd_ros.detector import LIVE_SETTINGS, Detector
-from ssd_ros.drawing import draw_detections
-from ssd_ros.follow import Command, FollowLoop, FollowParams, class_mismatch
-from ssd_ros.image_codec import ImageDecodeError
+from ssd_ros.control.camera import PinholeCamera
+from ssd_ros.control.follow import Command, FollowLoop, FollowParams, class_mismatch
+from ssd_ros.control.tracking import IdSwitchCounter, Tracker, TrackerParams, match_truth
+from ssd_ros.evaluation.voc import VocAnnotation, VocFormatError, parse_annotation
+from ssd_ros.evaluation.voc_metric import METRICS, evaluate_detections
+from ssd_ros.evaluation.voc_report import format_ap_table
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.messages import camera_from_info, detections_to_msg, stamp_ns, twist_msg
 from ssd_ros.settings import settings_from_mapping
@@ -57,10 +56,11 @@ from ssd_ros.tools.bagio import (
     open_writer,
     serialize,
 )
-from ssd_ros.tracking import IdSwitchCounter, Tracker, TrackerParams, match_truth
-from ssd_ros.voc import VocAnnotation, VocFormatError, parse_annotation
-from ssd_ros.voc_metric import METRICS, evaluate_detections
-from ssd_ros.voc_report import format_ap_table
+from ssd_ros.vision.checkpoint import CheckpointError
+from ssd_ros.vision.detections import Detections
+from ssd_ros.vision.detector import LIVE_SETTINGS, Detector
+from ssd_ros.vision.drawing import draw_detections
+from ssd_ros.vision.image_codec import ImageDecodeError
 
 DETECTIONS_TOPIC = "/detections"
 ANNOTATED_TOPIC = "/image_annotated"

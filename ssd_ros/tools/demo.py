@@ -157,8 +157,8 @@ def write_camera_gif(detections, path: Path, every: int = 3) -> int:
     import cv2
     from PIL import Image
 
-    from ssd_ros.drawing import draw_detections
     from ssd_ros.ros.messages import msg_to_detections, stamp_ns
+    from ssd_ros.vision.drawing import draw_detections
 
     frames = []
     for msg in detections[::every]:
@@ -186,7 +186,7 @@ def seen_from_camera(rover: tuple[float, float, float], target: tuple[float, flo
 
     Measured from the rover's reference point (the rear axle) the rover would look camera_forward_m short.
     """
-    from ssd_ros.simulator import RoverState, SimParams, bearing_and_distance
+    from ssd_ros.simulation.simulator import RoverState, SimParams, bearing_and_distance
 
     x, y, yaw = rover
     bearing, distance = bearing_and_distance(RoverState(x=x, y=y, yaw=yaw), target, SimParams())
@@ -273,8 +273,8 @@ def run_detector_on_footage(checkpoint: Path, footage: Path, out: Path, max_fram
 
 def check_part2(checkpoint: Path, footage: Path) -> str | None:
     """Why part 2 cannot run (checkpoint or footage), or None; checked before the minute-long part 1."""
-    from ssd_ros.checkpoint import CheckpointError
-    from ssd_ros.detector import Detector
+    from ssd_ros.vision.checkpoint import CheckpointError
+    from ssd_ros.vision.detector import Detector
 
     if not footage.exists():
         return f"footage {footage} not found (give --images DIR or --video FILE)"
@@ -287,7 +287,7 @@ def check_part2(checkpoint: Path, footage: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m ssd_ros.tools.demo``)."""
-    from ssd_ros.simulator import SCENARIOS
+    from ssd_ros.simulation.simulator import SCENARIOS
 
     parser = argparse.ArgumentParser(
         prog="demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -311,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from ssd_ros.follow import FollowParams
+    from ssd_ros.control.follow import FollowParams
     from ssd_ros.ros.picar_base_node import STATE_FIELDS
-    from ssd_ros.simulator import SimParams, desired_distance_m
+    from ssd_ros.simulation.simulator import SimParams, desired_distance_m
 
     print(f"demo: closed loop '{args.scenario}' for {args.duration:g} simulated s (sim + follower + picar_base)...")
     rec = record_closed_loop(args.scenario, args.duration, args.out)

@@ -17,11 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ssd_ros.checkpoint import CheckpointError, load_checkpoint, load_coco_pretrained
-from ssd_ros.export import EXPORT_FORMATS, export_onnx_bytes, quantize_int8, write_export
-from ssd_ros.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
-from ssd_ros.model import WeightsUnavailableError
 from ssd_ros.tools.make_bag import BagToolError, image_files
+from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, load_coco_pretrained
+from ssd_ros.vision.export import EXPORT_FORMATS, export_onnx_bytes, quantize_int8, write_export
+from ssd_ros.vision.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
+from ssd_ros.vision.model import WeightsUnavailableError
 
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 

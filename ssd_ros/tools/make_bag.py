@@ -28,7 +28,6 @@ from std_msgs.msg import Header
 from tqdm import tqdm
 
 from ssd_ros.cli import positive_int
-from ssd_ros.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
 from ssd_ros.ros.images import rgb_to_compressed_msg, rgb_to_image_msg
 from ssd_ros.tools.bagio import (
     COMPRESSED_IMAGE_TYPE,
@@ -39,6 +38,7 @@ from ssd_ros.tools.bagio import (
     open_writer,
     serialize,
 )
+from ssd_ros.vision.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
 
 DEFAULT_IMAGE_RATE_HZ = 10.0
 

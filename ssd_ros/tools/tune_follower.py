@@ -23,9 +23,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ssd_ros.cli import read_params_file
-from ssd_ros.follow import FollowLoop, FollowParams
+from ssd_ros.control.follow import FollowLoop, FollowParams
 from ssd_ros.settings import settings_from_mapping
-from ssd_ros.simulator import (
+from ssd_ros.simulation.simulator import (
     MULTI_PERSON_SCENARIOS,
     SCENARIOS,
     FollowOutcome,

@@ -33,8 +33,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ssd_ros.detections import Detections, iou_matrix, similar_size
 from ssd_ros.settings import check_settings, setting
+from ssd_ros.vision.detections import Detections, iou_matrix, similar_size
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Reports of a VOC evaluation: the per-class AP table (Markdown) and the precision-recall curves (PNG).
 
-The numbers come from :mod:`ssd_ros.voc_metric`; this module only renders them, for evaluate.py, train.py's
+The numbers come from :mod:`ssd_ros.evaluation.voc_metric`; this module only renders them, for evaluate.py, train.py's
 validation and bag_eval.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .voc_metric import VocEvaluation
+from ssd_ros.evaluation.voc_metric import VocEvaluation
 
 __all__ = ["format_ap_table", "plot_pr_curves"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ssd_ros.hardware.pca9685 import TICKS_PER_PERIOD, Pca9685
+from ssd_ros.rover.pca9685 import TICKS_PER_PERIOD, Pca9685
 
 
 class MotorPort(Protocol):

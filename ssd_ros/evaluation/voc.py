@@ -4,13 +4,13 @@ Coordinate convention (used by training, evaluation and the metric alike)
 --------------------------------------------------------------------------
 VOC XML stores 1-based, inclusive integer pixel indices: a box covering pixels 1..W of a W-wide image
 has ``xmin=1, xmax=W``. We convert to 0-based *continuous pixel edges*, the convention of torchvision
-detection models and of :class:`~ssd_ros.detections.Detections`::
+detection models and of :class:`~ssd_ros.vision.detections.Detections`::
 
     x_min = xmin - 1,   y_min = ymin - 1,   x_max = xmax,   y_max = ymax
 
 so the box above becomes ``[0, W]``, its width is ``x_max - x_min`` with no "+1", and a full-image box
 is exactly the image rectangle. This is the same as ssd.pytorch's ``xmin - 1`` on the minimum corner and
-keeps the true width on the maximum corner. The metric (:mod:`ssd_ros.voc_metric`) therefore computes IoU
+keeps the true width on the maximum corner. The metric (:mod:`ssd_ros.evaluation.voc_metric`) therefore computes IoU
 without the devkit's "+1" on widths, which is the devkit's IoU expressed in these coordinates.
 
 Boxes are then clamped into ``[0, width] x [0, height]``; boxes with zero or negative width or height
@@ -24,8 +24,8 @@ Dataset layouts
 * a single VOC-year-like folder (``Annotations/``, ``JPEGImages/``, optional ``ImageSets/Main/*.txt``) or a
   plain folder of ``name.jpg`` + ``name.xml`` pairs (e.g. labelImg output): :meth:`VocSplit.from_folder`.
 
-An image is found by its id with any of :data:`~ssd_ros.image_codec.IMAGE_SUFFIXES` in any letter case
-(``name.JPG`` too) and read with :func:`~ssd_ros.image_codec.read_image_file`, the one image file reader.
+An image is found by its id with any of :data:`~ssd_ros.vision.image_codec.IMAGE_SUFFIXES` in any letter case
+(``name.JPG`` too) and read with :func:`~ssd_ros.vision.image_codec.read_image_file`, the one image file reader.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ssd_ros.image_codec import IMAGE_SUFFIXES
+from ssd_ros.vision.image_codec import IMAGE_SUFFIXES
 
 __all__ = [
     "VocAnnotation",

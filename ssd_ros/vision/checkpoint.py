@@ -1,4 +1,4 @@
-"""Self-describing checkpoints: model weights plus a :class:`~ssd_ros.model_card.ModelCard` saying what they are.
+"""Self-describing checkpoints: model weights plus a :class:`~ssd_ros.vision.model_card.ModelCard` saying what they are.
 
 File format (``torch.save`` zip, loaded with ``torch.load(weights_only=True)``, so loading a file never
 runs code from it; everything stored is a tensor or a plain container/scalar)::
@@ -13,7 +13,7 @@ runs code from it; everything stored is a tensor or a plain container/scalar)::
     }
 
 The card is authoritative: :func:`load_checkpoint` builds the model from it with
-:func:`ssd_ros.model.build_model` (architecture, class count, default boxes, normalisation) and then
+:func:`ssd_ros.vision.model.build_model` (architecture, class count, default boxes, normalisation) and then
 loads the weights strictly.  Every failure raises :class:`CheckpointError` naming the file and the
 problem.
 """
@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 import ssd_ros
-from ssd_ros import model as model_lib
-from ssd_ros.model_card import ModelCard, coco_model_card
+from ssd_ros.vision import model as model_lib
+from ssd_ros.vision.model_card import ModelCard, coco_model_card
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -223,7 +223,7 @@ def _read_file(path: Path) -> Any:
             path,
             f"refused to load: it pickles {', '.join(unsafe) or 'Python objects'}, and this loader never "
             "unpickles anything but tensors and plain containers (a whole model saved with torch.save(model)? "
-            "save the weights with ssd_ros.checkpoint.save_checkpoint, as train.py does)",
+            "save the weights with ssd_ros.vision.checkpoint.save_checkpoint, as train.py does)",
         ) from e
     except Exception as e:  # noqa: BLE001 - torch raises many types for garbage inside a well-formed zip
         raise CheckpointError(path, f"is not a PyTorch checkpoint or is corrupted ({type(e).__name__}: {e})") from e
@@ -238,7 +238,7 @@ def read_checkpoint_payload(path: str | os.PathLike) -> CheckpointPayload:
     if data.get("format") != CHECKPOINT_FORMAT:
         hint = ""
         if "format" not in data and all(isinstance(v, torch.Tensor) for v in data.values()):
-            hint = " (looks like a bare state_dict: save it with ssd_ros.checkpoint.save_checkpoint and a ModelCard)"
+            hint = " (looks like a bare state_dict: save it with ssd_ros.vision.checkpoint.save_checkpoint + ModelCard)"
         raise CheckpointError(path, f"is not an ssd_ros checkpoint (no 'format': {CHECKPOINT_FORMAT!r} key){hint}")
     version = data.get("format_version")
     if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
@@ -351,7 +351,7 @@ def load_coco_pretrained(device: str | torch.device = "cpu", *, progress: bool =
     """Load torchvision's COCO SSD300 through its weights API, with a card: ``(model, card)``.
 
     Needs internet once (or the file in torch's hub cache); raises
-    :class:`ssd_ros.model.WeightsUnavailableError` saying what to do otherwise. To use it offline, save
+    :class:`ssd_ros.vision.model.WeightsUnavailableError` saying what to do otherwise. To use it offline, save
     it once with ``save_checkpoint(path, model, card)`` and load that file.
     """
     model = model_lib.build_coco_model(progress=progress)

@@ -1,6 +1,6 @@
 """The SSD frame path around the network, shared by every inference backend.
 
-A backend (torch, ONNX Runtime, OpenVINO; see :mod:`ssd_ros.backends`) only runs the network: a batch of
+A backend (torch, ONNX Runtime, OpenVINO; see :mod:`ssd_ros.vision.backends`) only runs the network: a batch of
 normalised ``(N, 3, H, W)`` float32 images in, raw ``bbox_regression`` ``(N, A, 4)`` and ``cls_logits``
 ``(N, A, C)`` for the ``A`` default boxes out. Everything else is here, once, so backends differ only in
 the network's arithmetic:
@@ -35,7 +35,7 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 
-from ssd_ros import model as model_lib
+from ssd_ros.vision import model as model_lib
 
 __all__ = ["NetworkSpec", "anchors", "postprocess", "preprocess"]
 
@@ -72,7 +72,7 @@ class NetworkSpec:
 
     @classmethod
     def from_card(cls, card: Any, feature_map_sizes: Sequence[Sequence[int]]) -> NetworkSpec:
-        """The spec of the network a :class:`~ssd_ros.model_card.ModelCard` describes, given its feature maps."""
+        """The spec of the network a :class:`~ssd_ros.vision.model_card.ModelCard` describes, given its feature maps."""
         return cls(
             input_size=tuple(card.input_size),
             image_mean=tuple(card.image_mean),

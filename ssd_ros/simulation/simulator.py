@@ -8,7 +8,7 @@ The rover's reference point is the rear-axle centre (where the bicycle model is 
 sits ``camera_forward_m`` ahead of it, ``camera_height_m`` above ground, looking along the heading.
 
 Rendering hook: :meth:`Simulator.capture` returns the geometric view of every target (its class and
-exact pixel box, projected by :class:`~ssd_ros.camera.PinholeCamera`); an image renderer can draw those into a
+exact pixel box, projected by :class:`~ssd_ros.control.camera.PinholeCamera`); an image renderer can draw those into a
 640x480 frame to put a real detector in the loop instead of :meth:`Simulator.detect`.
 """
 
@@ -22,11 +22,11 @@ from typing import Protocol
 
 import numpy as np
 
-from ssd_ros.ackermann import steering_angle
-from ssd_ros.camera import PinholeCamera
-from ssd_ros.detections import Detections
+from ssd_ros.control.ackermann import steering_angle
+from ssd_ros.control.camera import PinholeCamera
+from ssd_ros.control.tracking import IdSwitchCounter
 from ssd_ros.settings import setting
-from ssd_ros.tracking import IdSwitchCounter
+from ssd_ros.vision.detections import Detections
 
 
 @dataclass(frozen=True)
@@ -445,7 +445,7 @@ class Trace:
 def run_closed_loop(
     loop, sim: Simulator, duration_s: float, control_rate_hz: float = 20.0, physics_dt_s: float = 0.005
 ) -> Trace:
-    """Run ``loop`` (a :class:`~ssd_ros.follow.FollowLoop`) against ``sim`` until ``duration_s``, like the node.
+    """Run ``loop`` (a :class:`~ssd_ros.control.follow.FollowLoop`) against ``sim`` until ``duration_s``, like the node.
 
     Frames are offered to the loop when their inference finishes; it ticks at ``control_rate_hz`` and its
     command is held until the next tick. The follower knows the simulated camera, as the node does from the

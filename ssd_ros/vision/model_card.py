@@ -1,7 +1,7 @@
 """The model card: what a set of weights is and how it was made.
 
-Every file that holds weights carries one: checkpoints (:mod:`ssd_ros.checkpoint`) and ONNX / OpenVINO
-exports (:mod:`ssd_ros.export`, in the model's metadata). The card is authoritative: the model is built
+Every file that holds weights carries one: checkpoints (:mod:`ssd_ros.vision.checkpoint`) and ONNX / OpenVINO
+exports (:mod:`ssd_ros.vision.export`, in the model's metadata). The card is authoritative: the model is built
 from it and the weights must fit.
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import ssd_ros
-from ssd_ros import model as model_lib
+from ssd_ros.vision import model as model_lib
 
 __all__ = ["ModelCard", "coco_model_card"]
 
@@ -25,12 +25,12 @@ class ModelCard:
     """What a set of weights is, and how it was made.
 
     Attributes:
-        architecture: one of :data:`ssd_ros.model.ARCHITECTURES`.
+        architecture: one of :data:`ssd_ros.vision.model.ARCHITECTURES`.
         class_names: class names in label order, background excluded (model label ``i + 1`` is
             ``class_names[i]`` unless ``label_map`` says otherwise).
         input_size: network input ``(height, width)``.
         image_mean, image_std: normalisation of [0, 1] RGB input, ``(x - mean) / std``.
-        default_boxes: the default-box configuration (see :func:`ssd_ros.model.default_box_config`).
+        default_boxes: the default-box configuration (see :func:`ssd_ros.vision.model.default_box_config`).
         training: how the weights were made: ``dataset``, ``iterations``, ``metric`` (e.g.
             ``{"VOC07 mAP@0.5": 0.77}`` or None), ``code_version`` (filled in on save), anything else.
         label_map: only for models whose output labels are not ``1..len(class_names)`` (torchvision's

@@ -369,7 +369,7 @@ def build_coco_model(*, progress: bool = False) -> SSD:
 
     Downloads the weights once into torch's hub cache (``$TORCH_HOME/hub/checkpoints``). Raises
     :class:`WeightsUnavailableError` with what to do when they cannot be downloaded (offline robot):
-    copy the file into the cache, or save the model with ``ssd_ros.checkpoint`` on a machine with
+    copy the file into the cache, or save the model with ``ssd_ros.vision.checkpoint`` on a machine with
     internet and pass that local checkpoint.
     """
     weights = SSD300_VGG16_Weights.COCO_V1

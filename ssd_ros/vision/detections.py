@@ -18,7 +18,7 @@ class Detections:
         labels: (N,) int64 indices into ``class_names``.
         class_names: the class list the labels index (a model's classes, background excluded).
         track_ids: a tracker's id of each detection (``Detection2D.id``; "" = not tracked), or None
-            when no tracker ran (see :mod:`ssd_ros.tracking`).
+            when no tracker ran (see :mod:`ssd_ros.control.tracking`).
     """
 
     boxes: np.ndarray

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from ssd_ros.detections import Detections
-from ssd_ros.image_codec import validate_image
+from ssd_ros.vision.detections import Detections
+from ssd_ros.vision.image_codec import validate_image
 
 __all__ = ["class_color", "draw_detections"]
 

@@ -1,12 +1,12 @@
 """Export the SSD network to ONNX or OpenVINO IR, fp32 or int8, carrying its model card.
 
-An exported file holds the network of :class:`~ssd_ros.backends.SSDNetwork` (normalised
+An exported file holds the network of :class:`~ssd_ros.vision.backends.SSDNetwork` (normalised
 ``images`` ``(N, 3, H, W)`` in, raw ``bbox_regression`` and ``cls_logits`` out) plus, in its metadata, the
-:class:`~ssd_ros.model_card.ModelCard` (architecture, class names, label map, default boxes, input size,
+:class:`~ssd_ros.vision.model_card.ModelCard` (architecture, class names, label map, default boxes, input size,
 normalisation, training provenance), the feature-map sizes the default boxes need and the precision. So an
 exported model is as self-describing as a checkpoint: :func:`read_exported` gives back everything the
-:class:`~ssd_ros.detector.Detector` needs, and pre/post-processing stay the shared ones of
-:mod:`ssd_ros.inference`.
+:class:`~ssd_ros.vision.detector.Detector` needs, and pre/post-processing stay the shared ones of
+:mod:`ssd_ros.vision.inference`.
 
 int8 is post-training static quantisation with ONNX Runtime's QDQ format (int8 weights per channel, uint8
 activations), calibrated on real images the user gives. The same QDQ file runs int8 in ONNX Runtime and in
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssd_ros.backends import INPUT_NAME, OUTPUT_NAMES, SSDNetwork
-from ssd_ros.checkpoint import CheckpointError
-from ssd_ros.inference import NetworkSpec, preprocess
-from ssd_ros.model_card import ModelCard
+from ssd_ros.vision.backends import INPUT_NAME, OUTPUT_NAMES, SSDNetwork
+from ssd_ros.vision.checkpoint import CheckpointError
+from ssd_ros.vision.inference import NetworkSpec, preprocess
+from ssd_ros.vision.model_card import ModelCard
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -147,7 +147,7 @@ def _spec_of_metadata(data: dict) -> NetworkSpec:
 def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *, progress: bool = True) -> bytes:
     """Static int8 QDQ quantisation of an fp32 export, calibrated on RGB uint8 images; returns the ONNX bytes.
 
-    The images go through the detector's own :func:`~ssd_ros.inference.preprocess`, so the calibration sees
+    The images go through the detector's own :func:`~ssd_ros.vision.inference.preprocess`, so the calibration sees
     exactly the activations inference will. Convolutions are quantised: weights per output channel
     (symmetric int8), activations per tensor (uint8, min/max over the calibration set).
     """
@@ -237,7 +237,7 @@ def write_export(onnx_bytes: bytes, out: str | os.PathLike, export_format: str) 
 def read_exported(path: str | os.PathLike) -> ExportedModel:
     """Read an exported ``.onnx`` or OpenVINO ``.xml`` file's metadata.
 
-    Raises :class:`~ssd_ros.checkpoint.CheckpointError` naming the file for a missing, corrupted or foreign
+    Raises :class:`~ssd_ros.vision.checkpoint.CheckpointError` naming the file for a missing, corrupted or foreign
     file (an ONNX model that ssd_ros did not export has no card).
     """
     path = Path(path)

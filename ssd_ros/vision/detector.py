@@ -1,8 +1,8 @@
-"""Inference: RGB images of any size in, :class:`~ssd_ros.detections.Detections` in original pixels out.
+"""Inference: RGB images of any size in, :class:`~ssd_ros.vision.detections.Detections` in original pixels out.
 
-The :class:`Detector` runs the SSD network on one of three backends (:mod:`ssd_ros.backends`: ``torch``, the
+The :class:`Detector` runs the SSD network on one of three backends (:mod:`ssd_ros.vision.backends`: ``torch``, the
 reference; ``onnxruntime``; ``openvino``) and does the rest of the frame path itself, the same for every
-backend (:mod:`ssd_ros.inference`): resize and normalise exactly as torchvision's SSD transform does, then
+backend (:mod:`ssd_ros.vision.inference`): resize and normalise exactly as torchvision's SSD transform does, then
 torchvision's SSD post-processing (softmax, per-class score threshold and top-k, box decoding, per-class
 NMS, top-N), boxes scaled back to the original image, the class filter and label map applied before NMS,
 and boxes clamped to the image. With the torch backend its output equals ``model([to_tensor(rgb)])`` with
@@ -22,18 +22,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssd_ros.backends import (
+from ssd_ros.vision.backends import (
     BACKENDS,
     PRECISIONS,
     OnnxRuntimeNetwork,
     OpenVinoNetwork,
     TorchNetwork,
 )
-from ssd_ros.checkpoint import check_card, load_checkpoint, load_coco_pretrained
-from ssd_ros.detections import Detections
-from ssd_ros.image_codec import validate_image
-from ssd_ros.inference import postprocess, preprocess
-from ssd_ros.model_card import ModelCard
+from ssd_ros.vision.checkpoint import check_card, load_checkpoint, load_coco_pretrained
+from ssd_ros.vision.detections import Detections
+from ssd_ros.vision.image_codec import validate_image
+from ssd_ros.vision.inference import postprocess, preprocess
+from ssd_ros.vision.model_card import ModelCard
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 
@@ -70,8 +70,8 @@ class Detector:
     """SSD inference on RGB uint8 images of any size.
 
     Args:
-        model: a torchvision ``SSD`` (from :func:`ssd_ros.model.build_model` or a checkpoint), run by the
-            torch backend; or a network from :mod:`ssd_ros.backends` (see :meth:`from_checkpoint`, which
+        model: a torchvision ``SSD`` (from :func:`ssd_ros.vision.model.build_model` or a checkpoint), run by the
+            torch backend; or a network from :mod:`ssd_ros.vision.backends` (see :meth:`from_checkpoint`, which
             builds either from a file).
         class_names: the class names, background excluded; model label ``i + 1`` is ``class_names[i]``
             unless ``label_map`` is given.
@@ -83,7 +83,7 @@ class Detector:
             ``"cuda:N"``.
         label_map: for each model output label, the index into ``class_names`` or -1 to drop it (for
             torchvision's COCO model, whose 91 outputs include background and unused ids).
-        card: the :class:`~ssd_ros.model_card.ModelCard` the model came with, kept as ``self.card``.
+        card: the :class:`~ssd_ros.vision.model_card.ModelCard` the model came with, kept as ``self.card``.
         warmup_runs: forward passes run at construction (first-call allocation, cuDNN autotuning);
             0 to skip.
         precision: for a torch ``model``: ``fp32`` or ``bf16`` (autocast).
@@ -191,7 +191,7 @@ class Detector:
         ``onnxruntime`` or ``openvino`` (a checkpoint is exported in memory first); ``precision`` is
         ``auto`` (the file's: int8 for an int8 export, else fp32), ``fp32``, ``bf16`` or ``int8`` (int8
         needs an int8 export, which carries its calibration). Raises
-        :class:`~ssd_ros.checkpoint.CheckpointError` for a missing or bad file and ValueError for a
+        :class:`~ssd_ros.vision.checkpoint.CheckpointError` for a missing or bad file and ValueError for a
         combination that cannot run.
         """
         _check_choice(backend, BACKENDS, "backend")
@@ -202,7 +202,7 @@ class Detector:
                 path, device=resolved, expect_architecture=expect_architecture, expect_classes=expect_classes
             )
             return cls._from_model(model, card, backend, precision, num_threads, resolved, **kwargs)
-        from ssd_ros.export import read_exported
+        from ssd_ros.vision.export import read_exported
 
         exported = read_exported(path)
         check_card(path, exported.card, expect_architecture, expect_classes)
@@ -236,7 +236,7 @@ class Detector:
         """A Detector for torchvision's COCO-trained SSD300 reporting the 80 COCO class names.
 
         Downloads the weights once (torch hub cache); raises
-        :class:`~ssd_ros.model.WeightsUnavailableError` when offline, saying what to do.
+        :class:`~ssd_ros.vision.model.WeightsUnavailableError` when offline, saying what to do.
         """
         _check_choice(backend, BACKENDS, "backend")
         _check_choice(precision, ("auto", *PRECISIONS), "precision")
@@ -254,7 +254,7 @@ class Detector:
             return cls(model, card.class_names, device=device, precision=precision, num_threads=num_threads, **common)
         if precision == "int8":
             raise ValueError("int8 needs a calibrated int8 export: export_model --int8 --calibration DIR, then load it")
-        from ssd_ros.export import export_onnx_bytes, network_spec
+        from ssd_ros.vision.export import export_onnx_bytes, network_spec
 
         onnx = export_onnx_bytes(model, card)
         network = _NETWORKS[backend](onnx, network_spec(onnx), precision=precision, num_threads=num_threads)

@@ -1,7 +1,7 @@
 """PiCar-B base driver core: velocity command -> steering servo ticks + drive motor duty, with a watchdog.
 
 No ROS here. ``BaseController`` turns ``(linear m/s, angular rad/s)`` into a ``BaseOutput`` using the shared
-Ackermann relation in :mod:`ssd_ros.ackermann`, the servo calibration (ticks at centre and at the left/right
+Ackermann relation in :mod:`ssd_ros.control.ackermann`, the servo calibration (ticks at centre and at the left/right
 steering limits) and the drive calibration (speed at full duty). It rejects non-finite commands, clamps
 out-of-range ones, counts both, and falls back to "stop + centre" when commands stop arriving.
 ``BaseHardware`` applies outputs to a PCA9685 steering channel and a motor port and reads them back;
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ssd_ros.ackermann import limit_angular, steering_angle
-from ssd_ros.hardware.motor import GpioMotor, MotorPort, Pca9685Motor, SimulatedGpio, import_rpi_gpio
-from ssd_ros.hardware.pca9685 import (
+from ssd_ros.control.ackermann import limit_angular, steering_angle
+from ssd_ros.rover.motor import GpioMotor, MotorPort, Pca9685Motor, SimulatedGpio, import_rpi_gpio
+from ssd_ros.rover.pca9685 import (
     TICKS_PER_PERIOD,
     I2cBus,
     Pca9685,
@@ -327,7 +327,7 @@ class Readback:
 
     A part that could not be read is None, and ``errors`` says why (one entry per failed part). A part on a
     PCA9685 whose MODE1 says it is not producing its outputs (asleep after a reset or brown-out, see
-    :func:`ssd_ros.hardware.pca9685.mode1_fault`) is None too: its registers are not what the pins do.
+    :func:`ssd_ros.rover.pca9685.mode1_fault`) is None too: its registers are not what the pins do.
     """
 
     servo_ticks: int | None

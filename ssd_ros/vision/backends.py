@@ -1,9 +1,9 @@
 """Inference backends: the SSD network (backbone + head, no pre/post-processing) on torch, ONNX Runtime, OpenVINO.
 
 Every backend is a callable ``network(batch) -> (bbox_regression, cls_logits)`` taking the ``(N, 3, H, W)``
-float32 batch from :func:`ssd_ros.inference.preprocess` and returning torch tensors, with the attributes
-``name``, ``precision``, ``num_threads``, ``device`` and ``spec`` (:class:`~ssd_ros.inference.NetworkSpec`).
-The :class:`~ssd_ros.detector.Detector` wraps one and does the rest.
+float32 batch from :func:`ssd_ros.vision.inference.preprocess` and returning torch tensors, with the attributes
+``name``, ``precision``, ``num_threads``, ``device`` and ``spec`` (:class:`~ssd_ros.vision.inference.NetworkSpec`).
+The :class:`~ssd_ros.vision.detector.Detector` wraps one and does the rest.
 
 Precisions: ``fp32`` everywhere; ``bf16`` with torch (autocast) and OpenVINO where the CPU has bf16 units
 (AVX512-BF16 or AMX; elsewhere OpenVINO runs fp32 and ``precision`` says so); ``int8`` with ONNX Runtime and
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssd_ros.inference import NetworkSpec, anchors
+from ssd_ros.vision.inference import NetworkSpec, anchors
 
 __all__ = [
     "BACKENDS",

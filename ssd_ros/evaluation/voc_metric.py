@@ -19,8 +19,8 @@ What is computed, per class (as ``VOCevaldet.m`` / the Python ``voc_eval.py`` po
   devkit's ``np.arange(0, 1.1, 0.1)``; ``"allpoint"`` (VOC2010+): the area under the precision envelope
   (precision made monotonically non-increasing), summed where recall changes.
 
-Boxes are 0-based continuous pixel edges (see :mod:`ssd_ros.voc`), so IoU uses plain ``x_max - x_min`` widths.
-The devkit adds 1 to widths because it works on 1-based inclusive pixel indices; after :mod:`ssd_ros.voc`'s
+Boxes are 0-based continuous pixel edges (see :mod:`ssd_ros.evaluation.voc`), IoU uses plain ``x_max - x_min`` widths.
+The devkit adds 1 to widths because it works on 1-based inclusive pixel indices; after :mod:`ssd_ros.evaluation.voc`'s
 ``xmin - 1`` conversion of the ground truth, the widths are already the devkit's ``xmax - xmin + 1``.
 
 Classes with no non-difficult ground truth have no defined recall: their AP is NaN, they are listed in
@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from .detections import Detections, iou_matrix
-from .voc import VocAnnotation
+from ssd_ros.evaluation.voc import VocAnnotation
+from ssd_ros.vision.detections import Detections, iou_matrix
 
 __all__ = [
     "METRICS",
@@ -244,7 +244,7 @@ def evaluate_detections(
     Args:
         detections: per image, the detector's output (labels index its own ``class_names``; matched by name).
         ground_truths: per image (same order), the annotation: ``boxes`` (N, 4) in the same pixel coordinates,
-            ``names`` and ``difficult`` flags, as :func:`ssd_ros.voc.parse_annotation` returns.
+            ``names`` and ``difficult`` flags, as :func:`ssd_ros.evaluation.voc.parse_annotation` returns.
         class_names: the classes to report, in this order (e.g. the checkpoint's); default: every class
             seen in the ground truth or the detections, sorted.
         iou_threshold: a detection matches when its IoU with a ground truth is strictly greater than this.

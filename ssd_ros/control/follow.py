@@ -32,11 +32,11 @@ from functools import cached_property
 
 import numpy as np
 
-from ssd_ros.ackermann import steering_angle, yaw_rate
-from ssd_ros.camera import PinholeCamera
-from ssd_ros.detections import Detections, iou_matrix, similar_size
+from ssd_ros.control.ackermann import steering_angle, yaw_rate
+from ssd_ros.control.camera import PinholeCamera
+from ssd_ros.control.tracking import Tracker
 from ssd_ros.settings import check_settings, setting
-from ssd_ros.tracking import Tracker
+from ssd_ros.vision.detections import Detections, iou_matrix, similar_size
 
 SEARCH_MODES = ("stop", "arc")
 ACQUIRE_MODES = ("largest", "score")
@@ -511,7 +511,7 @@ class FollowLoop:
     detector still stops the robot). An older frame that was never ticked on is dropped, as a live
     follower would drop it. ``offer`` is the single entry point of frames: frames without track ids (a
     detector with ``tracking`` off, another detector, the simulator's raw detections) go through the loop's
-    own :class:`~ssd_ros.tracking.Tracker` there, so the controller always locks onto a track id; once a frame
+    own :class:`~ssd_ros.control.tracking.Tracker` there, so the controller always locks onto a track id; once a frame
     came with ids the source is known to track, and its frames without any are left untracked. The camera
     model they are measured in is ``controller.measured_camera`` (from CameraInfo).
 
