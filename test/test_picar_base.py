@@ -9,10 +9,10 @@ from ssd_ros.rover.motor import simulated_motor_duty
 from ssd_ros.rover.pca9685 import PRE_SCALE, output_frequency_hz, prescale_for
 from ssd_ros.rover.picar_base import (
     ActuatorError,
-    BaseConfig,
-    BaseController,
     DriveCalibration,
     HardwareSettings,
+    PicarConfig,
+    PicarController,
     SteeringCalibration,
     open_hardware,
 )
@@ -30,7 +30,7 @@ def steering(**overrides):
 def controller(timeout=0.5, **drive):
     drive_values = {"speed_at_full_duty_mps": 0.5}
     drive_values.update(drive)
-    return BaseController(BaseConfig(WHEELBASE, steering(), DriveCalibration(**drive_values), timeout))
+    return PicarController(PicarConfig(WHEELBASE, steering(), DriveCalibration(**drive_values), timeout))
 
 
 def test_steering_ticks_at_calibration_points():
@@ -113,7 +113,7 @@ def test_turn_tighter_than_possible_is_limited_and_counted():
 
 def test_trim_shifts_straight_ahead():
     trim = math.radians(3)
-    base = BaseController(BaseConfig(WHEELBASE, steering(trim_rad=trim), DriveCalibration(0.5)))
+    base = PicarController(PicarConfig(WHEELBASE, steering(trim_rad=trim), DriveCalibration(0.5)))
     straight = base.command(0.3, 0.0, now_s=0.0)
     assert straight.servo_ticks == round(300 + 150 * trim / MAX) == 315
     assert base.safe_output("watchdog").servo_ticks == 315

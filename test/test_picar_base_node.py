@@ -102,7 +102,7 @@ class Harness:
 
 @pytest.fixture
 def ros():
-    """The default context, for a BaseNode built in this process."""
+    """The default context, for a PicarBaseNode built in this process."""
     rclpy.init()
     yield
     rclpy.try_shutdown()
@@ -323,9 +323,9 @@ def test_bad_configuration_fails_fast_with_a_reason(tmp_path, params, reason):
 
 def test_i2c_failure_is_counted_and_retried_in_process(ros):
     """A PCA9685 that stops answering (loose cable) is an error in diagnostics, not a dead node."""
-    from ssd_ros.ros.picar_base_node import BaseNode
+    from ssd_ros.ros.picar_base_node import PicarBaseNode
 
-    node = BaseNode()  # defaults: hardware sim, GPIO motor
+    node = PicarBaseNode()  # defaults: hardware sim, GPIO motor
     try:
         bus = node._hardware.pca.bus
         chip = bus.devices[0x40]
@@ -362,16 +362,16 @@ def test_watchdog_runs_on_the_steady_clock_with_sim_time_and_no_clock(tmp_path):
 
 
 class InProcessBase:
-    """A real ``BaseNode`` on simulated hardware in this process, fed over DDS, so the test can break its bus.
+    """A real ``PicarBaseNode`` on simulated hardware in this process, fed over DDS, so the test can break its bus.
 
     The simulated PCA9685 stops acknowledging when removed from the bus (``OSError`` 121, as a loose cable).
     """
 
     def __init__(self, motor_driver, timeout_s=0.3):
-        from ssd_ros.ros.picar_base_node import BaseNode
+        from ssd_ros.ros.picar_base_node import PicarBaseNode
 
         rclpy.init(args=["--ros-args", "-p", f"motor_driver:={motor_driver}", "-p", f"cmd_timeout_s:={timeout_s}"])
-        self.node = BaseNode()
+        self.node = PicarBaseNode()
         self.harness = Harness(context=rclpy.get_default_context())
         self.probe = self.harness.probe
         self.probe.executor.add_node(self.node)  # spun together with the test's node

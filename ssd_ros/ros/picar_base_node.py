@@ -15,7 +15,7 @@ Stops (watchdog, calibration mode, a zero command, shutdown) reach the motor fir
 every watchdog period until the hardware reads the motor back as stopped, so an I2C/GPIO fault at the
 moment of a stop delays it only as long as the fault lasts. Between writes the hardware is read back every
 ``VERIFY_PERIOD_S``, so a PCA9685 that reset (brown-out: asleep, outputs off) is noticed without a new
-command; the next write configures the chip again (``BaseHardware.apply``).
+command; the next write configures the chip again (``PicarHardware.apply``).
 
 The watchdog runs on a steady clock, not ROS time: with ``use_sim_time`` and no ``/clock`` (or a paused
 bag) it must still stop the car. Commands are judged by arrival time, not header stamps, so clock skew
@@ -46,11 +46,11 @@ from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, par
 from ssd_ros.ros.runner import StartupError, run_node
 from ssd_ros.rover.picar_base import (
     ActuatorError,
-    BaseController,
-    BaseHardware,
-    BaseOutput,
     Calibration,
     HardwareSettings,
+    PicarController,
+    PicarHardware,
+    PicarOutput,
     Readback,
     open_hardware,
 )
@@ -82,7 +82,7 @@ PARAMETERS: ParameterTable = {
 }
 
 
-class BaseNode(Node):
+class PicarBaseNode(Node):
     """Maps cmd_vel to the PiCar-B steering servo and drive motor, with a watchdog and diagnostics."""
 
     def __init__(self) -> None:
@@ -90,11 +90,11 @@ class BaseNode(Node):
         self._values = declare_all(self, PARAMETERS)
         try:
             settings = settings_from_mapping(HardwareSettings, self._values)
-            self._controller = BaseController(settings_from_mapping(Calibration, self._values).config())
+            self._controller = PicarController(settings_from_mapping(Calibration, self._values).config())
         except ValueError as error:
             raise StartupError(str(error)) from error
         try:
-            self._hardware: BaseHardware | None = open_hardware(settings)
+            self._hardware: PicarHardware | None = open_hardware(settings)
         except (OSError, RuntimeError, ValueError) as error:  # no bus/chip, missing module, GPIO mode clash
             raise StartupError(f"cannot open {settings.hardware} hardware: {error}") from error
         self._settings = settings
@@ -104,7 +104,7 @@ class BaseNode(Node):
         self._errors_at_last_diagnostics = 0
         # What the hardware should show, and whether it was read back showing it. A stop that is not
         # confirmed is written again by the watchdog timer until it is.
-        self._wanted: BaseOutput = self._controller.last_output
+        self._wanted: PicarOutput = self._controller.last_output
         self._confirmed = False
         self._readback = Readback(None, None, None)  # nothing read yet: the first real readback differs from it
         self._last_readback_s = 0.0
@@ -178,7 +178,7 @@ class BaseNode(Node):
             self._readback = readback
             self._publish_state(self._wanted, readback)
 
-    def _apply(self, output: BaseOutput) -> bool:
+    def _apply(self, output: PicarOutput) -> bool:
         """Write ``output``, read the hardware back and publish the state; True when the hardware shows it."""
         self._wanted = output
         try:
@@ -202,7 +202,7 @@ class BaseNode(Node):
             self._publish_state(output, readback)
         return self._confirmed
 
-    def _publish_state(self, output: BaseOutput, readback: Readback) -> None:
+    def _publish_state(self, output: PicarOutput, readback: Readback) -> None:
         message = Float32MultiArray()
         message.layout.dim = [
             MultiArrayDimension(label=",".join(STATE_FIELDS), size=len(STATE_FIELDS), stride=len(STATE_FIELDS))
@@ -226,7 +226,7 @@ class BaseNode(Node):
         ticks = self._values["calibration_servo_ticks"]
         if ticks >= 0:
             self._controller.last_command_s = None
-            self._apply(BaseOutput(math.nan, ticks, 0.0, "calibration"))
+            self._apply(PicarOutput(math.nan, ticks, 0.0, "calibration"))
         elif self._controller.last_command_s is None:
             self._apply(self._controller.safe_output("calibration"))
         return SetParametersResult(successful=True)
@@ -290,7 +290,7 @@ class BaseNode(Node):
             self.get_logger().error(f"final stop not confirmed after {SHUTDOWN_RETRY_S} s, {what}: {self._last_error}")
         try:
             self._hardware.close()
-        except Exception as error:  # noqa: BLE001 - as in BaseHardware: whatever the driver raises
+        except Exception as error:  # noqa: BLE001 - as in PicarHardware: whatever the driver raises
             self.get_logger().error(f"could not release the hardware: {error}")
         self._hardware = None
         self._state_pub.wait_for_all_acked(Duration(seconds=1.0))
@@ -300,7 +300,7 @@ class BaseNode(Node):
 
 def main(args=None) -> int:
     """Run the base driver until Ctrl-C/SIGTERM; always end with stop + centre. Exit code 1 if it cannot start."""
-    return run_node("picar_base", BaseNode, on_stop=BaseNode.stop_safely, args=args, parameters=PARAMETERS)
+    return run_node("picar_base", PicarBaseNode, on_stop=PicarBaseNode.stop_safely, args=args, parameters=PARAMETERS)
 
 
 if __name__ == "__main__":

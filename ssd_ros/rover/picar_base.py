@@ -1,10 +1,10 @@
 """PiCar-B base driver core: velocity command -> steering servo ticks + drive motor duty, with a watchdog.
 
-No ROS here. ``BaseController`` turns ``(linear m/s, angular rad/s)`` into a ``BaseOutput`` using the shared
+No ROS here. ``PicarController`` turns ``(linear m/s, angular rad/s)`` into a ``PicarOutput`` using the shared
 Ackermann relation in :mod:`ssd_ros.control.ackermann`, the servo calibration (ticks at centre and at the left/right
 steering limits) and the drive calibration (speed at full duty). It rejects non-finite commands, clamps
 out-of-range ones, counts both, and falls back to "stop + centre" when commands stop arriving.
-``BaseHardware`` applies outputs to a PCA9685 steering channel and a motor port and reads them back;
+``PicarHardware`` applies outputs to a PCA9685 steering channel and a motor port and reads them back;
 ``open_hardware`` builds it for the real car or for the register-level simulation.
 """
 
@@ -111,7 +111,7 @@ class DriveCalibration:
 
 
 @dataclass(frozen=True)
-class BaseConfig:
+class PicarConfig:
     """Everything the controller needs: geometry, calibrations and the command timeout."""
 
     wheelbase_m: float
@@ -176,7 +176,7 @@ class Calibration:
         """Reject values out of their limits (the node's parameters are range-checked by rclpy already)."""
         check_settings(self)
 
-    def config(self) -> BaseConfig:
+    def config(self) -> PicarConfig:
         """The controller's configuration; raises ValueError for a calibration that cannot be right."""
         steering = SteeringCalibration(
             centre_ticks=self.servo_centre_ticks,
@@ -191,11 +191,11 @@ class Calibration:
             min_duty=self.motor_min_duty,
             inverted=self.motor_inverted,
         )
-        return BaseConfig(self.wheelbase_m, steering, drive, self.cmd_timeout_s)
+        return PicarConfig(self.wheelbase_m, steering, drive, self.cmd_timeout_s)
 
 
 @dataclass(frozen=True)
-class BaseOutput:
+class PicarOutput:
     """What the hardware is told: wheel angle (rad, left positive), servo ticks, signed motor duty, and why."""
 
     steering_angle_rad: float
@@ -205,7 +205,7 @@ class BaseOutput:
 
 
 @dataclass
-class BaseCounters:
+class PicarCounters:
     """Running totals reported in diagnostics."""
 
     received: int = 0
@@ -218,23 +218,23 @@ class BaseCounters:
 
 
 @dataclass
-class BaseController:
+class PicarController:
     """Command mapping plus the watchdog; time is passed in (seconds on any monotonic clock)."""
 
-    config: BaseConfig
-    counters: BaseCounters = field(default_factory=BaseCounters)
+    config: PicarConfig
+    counters: PicarCounters = field(default_factory=PicarCounters)
 
     def __post_init__(self):
         """Start stopped and centred, as if a watchdog stop had just happened."""
         self.last_output = self.safe_output("startup")
         self.last_command_s: float | None = None
 
-    def safe_output(self, reason: str) -> BaseOutput:
+    def safe_output(self, reason: str) -> PicarOutput:
         """Motor stopped, wheels straight (centre plus trim)."""
         steering = self.config.steering
-        return BaseOutput(steering.trim_rad, steering.ticks_for(steering.trim_rad), 0.0, reason)
+        return PicarOutput(steering.trim_rad, steering.ticks_for(steering.trim_rad), 0.0, reason)
 
-    def command(self, linear_mps: float, angular_radps: float, now_s: float) -> BaseOutput | None:
+    def command(self, linear_mps: float, angular_radps: float, now_s: float) -> PicarOutput | None:
         """Map a velocity command; returns None (and counts it) for a non-finite command, which is ignored.
 
         A rejected command does not refresh the watchdog, so a sender that only produces garbage is stopped
@@ -255,11 +255,11 @@ class BaseController:
         if clamped:
             self.counters.speed_clamped += 1
         self.last_command_s = now_s
-        self.last_output = BaseOutput(angle, steering.ticks_for(angle), duty, "command")
+        self.last_output = PicarOutput(angle, steering.ticks_for(angle), duty, "command")
         self.counters.applied += 1
         return self.last_output
 
-    def check_watchdog(self, now_s: float) -> BaseOutput | None:
+    def check_watchdog(self, now_s: float) -> PicarOutput | None:
         """The stop output once when commands have been missing for longer than the timeout, else None."""
         if self.last_command_s is None or now_s - self.last_command_s <= self.config.cmd_timeout_s:
             return None
@@ -335,7 +335,7 @@ class Readback:
     motor_duty: float | None
     errors: list[str] = field(default_factory=list)
 
-    def shows(self, output: BaseOutput) -> bool:
+    def shows(self, output: PicarOutput) -> bool:
         """True when the hardware reads back exactly ``output``'s servo ticks and motor duty.
 
         Duty is compared to the PCA9685's 12-bit resolution (the B2 motor's duty is quantised to ticks); a
@@ -351,7 +351,7 @@ class Readback:
 class ActuatorError(Exception):
     """One or more actuator writes failed; ``errors`` maps "motor"/"servo"/"pca9685" to the driver's exception.
 
-    "pca9685" is the chip's reconfiguration after a reset (see ``BaseHardware.apply``).
+    "pca9685" is the chip's reconfiguration after a reset (see ``PicarHardware.apply``).
     """
 
     def __init__(self, errors: dict[str, Exception]):
@@ -360,7 +360,7 @@ class ActuatorError(Exception):
         super().__init__("; ".join(f"{part}: {type(error).__name__}: {error}" for part, error in errors.items()))
 
 
-class BaseHardware:
+class PicarHardware:
     """Steering servo on one PCA9685 channel plus a drive motor port."""
 
     def __init__(
@@ -403,7 +403,7 @@ class BaseHardware:
         self.chip_fault = None
         self.reconfigurations += 1
 
-    def apply(self, output: BaseOutput) -> None:
+    def apply(self, output: PicarOutput) -> None:
         """Write the motor duty and the servo pulse; raises ``ActuatorError`` after trying both.
 
         A stop goes to the motor first and never depends on the steering write: on the PiCar-B the motor is
@@ -487,7 +487,7 @@ class Simulation:
     gpio: SimulatedGpio | None
 
 
-def open_hardware(settings: HardwareSettings) -> BaseHardware:
+def open_hardware(settings: HardwareSettings) -> PicarHardware:
     """Build and initialise the actuators; real I2C/GPIO modules are imported only for ``hardware='picar_b'``."""
     simulation = None
     if settings.hardware == "sim":
@@ -510,4 +510,4 @@ def open_hardware(settings: HardwareSettings) -> BaseHardware:
         )
     else:
         motor = Pca9685Motor(pca, settings.motor_forward_channel, settings.motor_reverse_channel)
-    return BaseHardware(pca, settings.steering_channel, motor, frequency_hz, simulation=simulation)
+    return PicarHardware(pca, settings.steering_channel, motor, frequency_hz, simulation=simulation)
