@@ -85,3 +85,12 @@ def test_a_folder_that_is_no_bag_is_named_as_such(tmp_path):
     with pytest.raises(BagToolError, match=rf"^{tmp_path} is not a rosbag2 bag: the folder has no metadata.yaml"):
         with open_bag(tmp_path):
             pass
+
+
+def test_a_bag_that_is_not_there_is_a_usage_error(tmp_path):
+    """Exit status 2 and one line naming the path, as the other tools; DDS never starts."""
+    result = subprocess.run(
+        [str(EXECUTABLES / "bag_play"), str(tmp_path / "missing_bag")], capture_output=True, text=True, env=ros_env()
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(f"bag {tmp_path / 'missing_bag'}: no such file or directory")

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,8 +93,10 @@ def test_shipped_configs_parse():
     configs = REPO_ROOT / "training" / "configs"
     voc = train.parse_args(["--config", str(configs / "ssd300_voc0712.yaml"), "--data-root", "x"])
     assert (voc.architecture, voc.batch_size, voc.lr, voc.iterations) == ("ssd300_vgg16", 32, 1e-3, 120_000)
-    picar = train.parse_args(["--config", str(configs / "picar_custom.yaml")])
-    assert picar.architecture == "ssdlite320_mobilenet_v3" and picar.train_folder
+    picar = train.parse_args(["--config", str(configs / "picar_custom.yaml"), "--train-folder", "frames/train"])
+    assert picar.architecture == "ssdlite320_mobilenet_v3" and picar.train_folder == [Path("frames/train")]
+    # No placeholder validation folder rides along with a user's --train-folder; no more workers than cores.
+    assert picar.val_folder is None and 1 <= picar.workers <= (os.cpu_count() or 1)
 
 
 def test_validation_never_on_training_images(picar_small, tmp_path):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -128,7 +129,12 @@ def _add_data_options(data: argparse._ArgumentGroup) -> None:
         help="leave objects flagged difficult out of the training targets (ssd.pytorch); default: train on "
         "them, as the released Caffe SSD does (they never count in the VOC metric either way)",
     )
-    data.add_argument("--workers", type=int, default=4, help="data loading processes per training process")
+    data.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),  # more than the cores only makes torch warn and the workers contend
+        help="data loading processes per training process (default: min(4, CPU count))",
+    )
 
 
 def _add_model_options(model: argparse._ArgumentGroup) -> None:

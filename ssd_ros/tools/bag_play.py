@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rclpy.utilities.remove_ros_args(argv if argv is not None else sys.argv)[1:])
     if args.rate <= 0:
         parser.error("--rate must be positive")
+    if not args.bag.exists():  # a usage error (exit 2, like the other tools), found before DDS starts
+        parser.error(f"bag {args.bag}: no such file or directory")
     rclpy.init(args=argv)
     try:
         options = dict(topics=args.topics, rate=args.rate, clock=args.clock, loop=args.loop)
