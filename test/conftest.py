@@ -214,6 +214,56 @@ def torch_hub_cache(tmp_path, monkeypatch):
     socket.setdefaulttimeout(previous)
 
 
+def save_named_by_hash(obj, directory: Path, stem: str) -> Path:
+    """``torch.save`` ``obj`` as ``<stem>-<first 8 hex of its sha256>.pth``, as torchvision names its files."""
+    import hashlib
+
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    scratch = directory / f"{stem}.tmp"
+    torch.save(obj, scratch)
+    digest = hashlib.sha256(scratch.read_bytes()).hexdigest()
+    return scratch.rename(directory / f"{stem}-{digest[:8]}.pth")
+
+
+def torchvision_coco_model(architecture: str, seed: int = 0):
+    """The model torchvision's own builder makes for the COCO ``architecture`` weights (91 outputs), random.
+
+    The weights stand in for the published ones (no internet in tests): the right shapes, seeded, with the
+    SSDlite's convolutions re-initialised so that its scores spread (see :func:`lively_ssdlite`).
+    """
+    import torch
+    from torchvision.models.detection import ssd300_vgg16, ssdlite320_mobilenet_v3_large
+
+    builders = {"ssd300_vgg16": ssd300_vgg16, "ssdlite320_mobilenet_v3": ssdlite320_mobilenet_v3_large}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = builders[architecture](weights=None, weights_backbone=None, num_classes=91)
+        if architecture == "ssdlite320_mobilenet_v3":
+            for module in model.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model.eval()
+
+
+def plant_coco_weights(monkeypatch, architecture: str, state_dict) -> Path:
+    """Put ``state_dict`` in the test's torch hub cache as the COCO ``architecture`` weight file; its path.
+
+    Named as torchvision names its files (``<stem>-<sha256 prefix>.pth``), with the weights entry's URL pointed
+    at that name on a port that refuses at once: loading finds the file in the cache and checks its hash as it
+    checks the published file's, and nothing is downloaded. Use with the ``torch_hub_cache`` fixture.
+    """
+
+    from ssd_ros.vision.model import cached_weights_path, coco_weights
+
+    weights = coco_weights(architecture)
+    published = cached_weights_path(weights)  # e.g. ssdlite320_mobilenet_v3_large_coco-a79551df.pth
+    planted = save_named_by_hash(state_dict, published.parent, published.stem.rsplit("-", 1)[0])
+    monkeypatch.setattr(weights.value, "url", f"http://127.0.0.1:9/{planted.name}")
+    return planted
+
+
 def forged_png(width: int, height: int) -> bytes:
     """A tiny PNG whose (valid, CRC-checked) header claims ``width`` x ``height`` pixels."""
 

@@ -1,4 +1,4 @@
-"""The model builder: the VOC SSD300 default boxes, both architectures, and the COCO option."""
+"""The model builder: the VOC SSD300 default boxes, both architectures, and torchvision's COCO models."""
 
 from __future__ import annotations
 
@@ -10,20 +10,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import plant_coco_weights, save_named_by_hash, torchvision_coco_model
 from torchvision.models.detection.ssd import SSD, SSD300_VGG16_Weights, ssd300_vgg16
+from torchvision.models.detection.ssdlite import SSDLite320_MobileNet_V3_Large_Weights
 from torchvision.models.mobilenetv3 import MobileNet_V3_Large_Weights, mobilenet_v3_large
 
 from ssd_ros.vision import model as model_lib
+from ssd_ros.vision.checkpoint import load_coco_pretrained
 from ssd_ros.vision.model import (
     ARCHITECTURES,
     VOC_CLASSES,
     WeightsUnavailableError,
     build_coco_model,
     build_model,
+    cached_weights_path,
     coco_class_names,
     coco_label_map,
+    coco_weights,
     default_box_config,
 )
+from ssd_ros.vision.model_card import coco_model_card
+
+LITE = "ssdlite320_mobilenet_v3"
 
 
 def num_default_boxes(architecture: str) -> int:
@@ -156,7 +164,7 @@ def test_build_each_architecture_runs_on_any_image_size(architecture):
 
 
 def test_ssdlite_structure_does_not_depend_on_pretrained_backbone():
-    """torchvision reduces the MobileNet tail without backbone weights; we never do (same checkpoints)."""
+    """torchvision reduces the MobileNet tail without backbone weights; we do only when asked (the COCO weights)."""
     model = build_model("ssdlite320_mobilenet_v3", 21)
     # The unreduced MobileNetV3-Large ends with 960 channels (reduced: 480).
     assert model.backbone.features[1][-1].out_channels == 960
@@ -165,6 +173,13 @@ def test_ssdlite_structure_does_not_depend_on_pretrained_backbone():
 
     assert retrieve_out_channels(model.backbone, (320, 320)) == model.backbone.out_channels
     assert num_default_boxes("ssdlite320_mobilenet_v3") == 3234
+    reduced = build_model("ssdlite320_mobilenet_v3", 21, reduced_tail=True)
+    assert reduced.backbone.features[1][-1].out_channels == 480
+    assert retrieve_out_channels(reduced.backbone, (320, 320)) == reduced.backbone.out_channels
+    with pytest.raises(ValueError, match="reduced_tail is a MobileNetV3 option; ssd300_vgg16 has no such backbone"):
+        build_model("ssd300_vgg16", 21, reduced_tail=True)
+    with pytest.raises(ValueError, match="reduced_tail excludes pretrained_backbone"):
+        build_model("ssdlite320_mobilenet_v3", 21, reduced_tail=True, pretrained_backbone=True)
 
 
 def test_build_model_rejects_bad_arguments():
@@ -202,20 +217,100 @@ def test_coco_class_names_drop_background_and_na():
     assert sorted(v for v in label_map if v >= 0) == list(range(80))
 
 
-def test_coco_model_offline_raises_a_clear_error(torch_hub_cache, monkeypatch):
-    """No internet here: the download must fail fast with an error that says what to do."""
+@pytest.mark.parametrize(
+    ("architecture", "published"),
+    [("ssd300_vgg16", "ssd300_vgg16_coco-b556d3b4.pth"), (LITE, "ssdlite320_mobilenet_v3_large_coco-a79551df.pth")],
+)
+def test_coco_model_offline_raises_a_clear_error(torch_hub_cache, monkeypatch, architecture, published):
+    """No internet here: the download must fail fast with an error that says what to download and where to put it."""
+    weights = coco_weights(architecture)
+    assert weights.url == f"https://download.pytorch.org/models/{published}"  # torchvision's published file
     # Never wait on DNS/a network: an unroutable local port refuses at once, like an offline robot.
-    weights = SSD300_VGG16_Weights.COCO_V1
-    monkeypatch.setattr(weights.value, "url", "http://127.0.0.1:9/ssd300_vgg16_coco-b556d3b4.pth")
+    monkeypatch.setattr(weights.value, "url", f"http://127.0.0.1:9/{published}")
     with pytest.raises(WeightsUnavailableError) as info:
-        build_coco_model()
+        build_coco_model(architecture)
     message = str(info.value)
     assert "could not download" in message and "Connection refused" in message
-    assert "ssd300_vgg16_coco-b556d3b4.pth" in message
-    assert str(torch_hub_cache) in message  # where to put the file by hand
-    assert "local ssd_ros checkpoint" in message
+    assert f"from http://127.0.0.1:9/{published}" in message  # what to download
+    assert f"copy {published} into {torch_hub_cache}" in message  # where to put the file by hand
+    assert f"export_model --coco {architecture}" in message and "\n" not in message
     assert isinstance(info.value, RuntimeError)
     assert not list(torch_hub_cache.parent.rglob("*.pth*"))  # nothing half-downloaded left in the cache
+
+
+def test_both_coco_weights_share_the_category_list():
+    ssd300, ssdlite = SSD300_VGG16_Weights.COCO_V1, SSDLite320_MobileNet_V3_Large_Weights.COCO_V1
+    assert coco_weights("ssd300_vgg16") is ssd300 and coco_weights(LITE) is ssdlite
+    assert ssdlite.meta["categories"] == ssd300.meta["categories"]
+    with pytest.raises(ValueError, match="unknown architecture 'ssdlite'"):
+        coco_weights("ssdlite")
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_coco_card_builds_torchvisions_own_structure(architecture):
+    """The card's model is what torchvision's builder makes for the COCO weights: layers, anchors, transform."""
+    reference = torchvision_coco_model(architecture)
+    card = coco_model_card(architecture)
+    ours = card.build_model()
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in reference.state_dict().items()
+    }
+    for name in ("scales", "aspect_ratios", "steps", "clip"):
+        assert getattr(ours.anchor_generator, name) == getattr(reference.anchor_generator, name), name
+    for name in ("image_mean", "image_std", "min_size", "max_size", "fixed_size"):
+        assert getattr(ours.transform, name) == getattr(reference.transform, name), name
+    for name in ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates"):
+        assert getattr(ours, name) == getattr(reference, name), name
+    assert card.reduced_tail == (architecture == LITE)
+    assert card.training["source"] == coco_weights(architecture).url
+
+
+def test_coco_ssdlite_loads_the_cached_weights_without_touching_the_rng(torch_hub_cache, monkeypatch):
+    reference = torchvision_coco_model(LITE, seed=3)
+    planted = plant_coco_weights(monkeypatch, LITE, reference.state_dict())
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    model = build_coco_model(LITE)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not model.training and planted.parent == torch_hub_cache
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())
+    # The reduced tail: MobileNetV3's last stage is 480 channels wide in the COCO weights (960 in ImageNet's).
+    assert model.backbone.features[1][-1].out_channels == 480
+
+
+def test_coco_file_with_another_hash_is_refused(torch_hub_cache):
+    """Bytes under the published name that are not the published file: refused by the sha256, named, with the fix."""
+    weights = coco_weights(LITE)
+    path = cached_weights_path(weights)
+    assert path.parent == torch_hub_cache
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision_coco_model(LITE).state_dict(), path)  # the right shapes, other values
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_coco_model(LITE)
+    message = str(info.value)
+    assert f"the cached torchvision COCO SSDlite320 weights {path} are not the published file" in message
+    assert "expected a79551df" in message and f"delete it, it is downloaded again from {weights.url}" in message
+
+
+def test_coco_file_of_the_other_architecture_is_refused(torch_hub_cache, monkeypatch):
+    """The SSD300 file under the SSDlite name (its hash matching the name): refused by its shapes, not loaded."""
+    planted = plant_coco_weights(monkeypatch, LITE, torchvision_coco_model("ssd300_vgg16").state_dict())
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_coco_pretrained(LITE)
+    message = str(info.value)
+    assert f"the cached torchvision COCO SSDlite320 weights {planted} do not fit" in message
+    assert "tensors missing" in message and "delete it, it is downloaded again" in message and "\n" not in message
+    # A file holding something other than a state dict (a list of tensors) is named the same way.
+    plant_coco_weights(monkeypatch, LITE, [torch.zeros(3)])
+    with pytest.raises(WeightsUnavailableError, match="do not fit .*holds a list, not a dict of tensors"):
+        load_coco_pretrained(LITE)
+
+
+def test_coco_model_rejects_an_unknown_architecture(torch_hub_cache):
+    with pytest.raises(ValueError, match="unknown architecture 'ssdlite320'"):
+        load_coco_pretrained("ssdlite320")
+    assert not torch_hub_cache.exists()  # refused before anything was looked up or downloaded
 
 
 class Payload:
@@ -226,15 +321,6 @@ class Payload:
 
     def __reduce__(self):
         return (Path.touch, (self.marker,))
-
-
-def save_named_by_hash(obj, directory: Path, stem: str) -> Path:
-    """``torch.save`` ``obj`` as ``<stem>-<first 8 hex of its sha256>.pth``, as torchvision names its files."""
-    directory.mkdir(parents=True, exist_ok=True)
-    scratch = directory / f"{stem}.tmp"
-    torch.save(obj, scratch)
-    digest = hashlib.sha256(scratch.read_bytes()).hexdigest()
-    return scratch.rename(directory / f"{stem}-{digest[:8]}.pth")
 
 
 def test_payload_planted_in_the_cache_never_runs(tmp_path, torch_hub_cache):

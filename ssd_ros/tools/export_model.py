@@ -1,7 +1,12 @@
-"""``export_model``: an ssd_ros checkpoint (or torchvision's COCO SSD300) -> ONNX or OpenVINO IR, fp32 or int8.
+"""``export_model``: an ssd_ros checkpoint (or torchvision's COCO models) -> ONNX or OpenVINO IR, fp32 or int8.
 
     export_model --checkpoint best.pt --format onnx --out best.onnx
     export_model --checkpoint best.pt --format openvino --int8 --calibration frames/ --out best_int8.xml
+    export_model --coco ssdlite320_mobilenet_v3 --format openvino --out coco_ssdlite.xml
+
+``--coco ARCH`` exports torchvision's COCO-trained ``ssd300_vgg16`` or ``ssdlite320_mobilenet_v3`` (80 classes,
+``person`` among them: a ready model, no training); ``--coco`` alone means ``ssd300_vgg16``. Its weights are
+downloaded once into torch's hub cache (sha256-checked, read with ``weights_only``).
 
 The file carries the model card in its metadata, so the detector node, ``bag_eval`` and ``evaluate.py``
 load it like a checkpoint (``backend:=onnxruntime`` or ``openvino``). int8 is calibrated on the images of
@@ -21,7 +26,7 @@ from ssd_ros.tools.make_bag import BagToolError, image_files
 from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, load_coco_pretrained
 from ssd_ros.vision.export import EXPORT_FORMATS, export_onnx_bytes, quantize_int8, write_export
 from ssd_ros.vision.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
-from ssd_ros.vision.model import WeightsUnavailableError
+from ssd_ros.vision.model import ARCHITECTURES, WeightsUnavailableError
 
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 
@@ -35,7 +40,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="export_model", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="ssd_ros checkpoint (.pt) to export")
-    source.add_argument("--coco", action="store_true", help="torchvision's COCO SSD300 (needs internet or its cache)")
+    source.add_argument(
+        "--coco",
+        nargs="?",
+        const="ssd300_vgg16",
+        choices=ARCHITECTURES,
+        metavar="ARCH",
+        help=f"torchvision's COCO-trained {' or '.join(ARCHITECTURES)} (default {ARCHITECTURES[0]}; needs internet "
+        "once or the weights in torch's hub cache)",
+    )
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="onnx (.onnx) or openvino (.xml+.bin)")
     parser.add_argument("--out", type=Path, required=True, help="output file (.onnx, or .xml for openvino)")
     parser.add_argument(
@@ -84,7 +97,7 @@ def export(args: argparse.Namespace) -> Path:
     _check_output(args.out, args.format)
     calibration = _calibration_images(args.calibration, args.calibration_limit) if args.int8 else []
     if args.coco:
-        model, card = load_coco_pretrained("cpu")
+        model, card = load_coco_pretrained(args.coco, "cpu", progress=not args.quiet)
     else:
         model, card = load_checkpoint(args.checkpoint, device="cpu")
     onnx = export_onnx_bytes(model, card)

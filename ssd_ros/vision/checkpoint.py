@@ -344,15 +344,19 @@ def load_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------------------
-# torchvision's COCO model
+# torchvision's COCO models
 
 
-def load_coco_pretrained(device: str | torch.device = "cpu", *, progress: bool = False) -> tuple[nn.Module, ModelCard]:
-    """Load torchvision's COCO SSD300 through its weights API, with a card: ``(model, card)``.
+def load_coco_pretrained(
+    architecture: str = "ssd300_vgg16", device: str | torch.device = "cpu", *, progress: bool = False
+) -> tuple[nn.Module, ModelCard]:
+    """Load the COCO-trained ``architecture`` of torchvision (one of ``ARCHITECTURES``) with its card.
 
-    Needs internet once (or the file in torch's hub cache); raises
-    :class:`ssd_ros.vision.model.WeightsUnavailableError` saying what to do otherwise. To use it offline, save
-    it once with ``save_checkpoint(path, model, card)`` and load that file.
+    ``(model, card)``: the model in eval mode on ``device``; the card carries the 80 COCO names and the label
+    map of the 91 outputs. Needs internet once (or the file in torch's hub cache); raises
+    :class:`ssd_ros.vision.model.WeightsUnavailableError` saying what to do otherwise, or when the cached file
+    is not the published one, and ValueError for an unknown architecture. To use it offline, save it once with
+    ``save_checkpoint(path, model, card)`` (or export it) and load that file.
     """
-    model = model_lib.build_coco_model(progress=progress)
-    return model.to(device).eval(), coco_model_card()
+    model = model_lib.build_coco_model(architecture, progress=progress)
+    return model.to(device).eval(), coco_model_card(architecture)

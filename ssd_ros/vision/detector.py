@@ -33,6 +33,7 @@ from ssd_ros.vision.checkpoint import check_card, load_checkpoint, load_coco_pre
 from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.image_codec import validate_image
 from ssd_ros.vision.inference import postprocess, preprocess
+from ssd_ros.vision.model import ARCHITECTURES
 from ssd_ros.vision.model_card import ModelCard
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
@@ -225,6 +226,7 @@ class Detector:
     @classmethod
     def from_coco(
         cls,
+        architecture: str = "ssd300_vgg16",
         *,
         backend: str = "torch",
         precision: str = "auto",
@@ -233,15 +235,20 @@ class Detector:
         progress: bool = False,
         **kwargs: Any,
     ) -> Detector:
-        """A Detector for torchvision's COCO-trained SSD300 reporting the 80 COCO class names.
+        """A Detector for torchvision's COCO-trained ``architecture`` reporting the 80 COCO class names.
 
-        Downloads the weights once (torch hub cache); raises
-        :class:`~ssd_ros.vision.model.WeightsUnavailableError` when offline, saying what to do.
+        ``architecture`` is ``ssd300_vgg16`` or ``ssdlite320_mobilenet_v3`` (torchvision's SSDlite320-MobileNetV3,
+        the one a Raspberry Pi can run). Downloads the weights once (torch hub cache); raises
+        :class:`~ssd_ros.vision.model.WeightsUnavailableError` when offline or when the cached file is not the
+        published one, saying what to do, and ValueError for an unknown architecture, backend or precision.
+        ``backend``, ``precision`` and ``num_threads`` as for :meth:`from_checkpoint` (int8 needs an int8
+        export: ``export_model --coco ARCH --int8 --calibration DIR``).
         """
+        _check_choice(architecture, ARCHITECTURES, "architecture")
         _check_choice(backend, BACKENDS, "backend")
         _check_choice(precision, ("auto", *PRECISIONS), "precision")
         resolved = resolve_device(device) if backend == "torch" else _cpu_only(backend, device)
-        model, card = load_coco_pretrained(resolved, progress=progress)
+        model, card = load_coco_pretrained(architecture, resolved, progress=progress)
         return cls._from_model(model, card, backend, precision, num_threads, resolved, **kwargs)
 
     @classmethod

@@ -14,8 +14,9 @@ interface (a list of float CHW images in [0, 1] in, a list of ``boxes``/``scores
 
 ``num_classes`` always counts the background class (index 0): VOC is 20 classes + background = 21.
 
-Also the optional COCO model: torchvision's COCO-trained ``ssd300_vgg16`` loaded through its weights
-API, with its 91-entry category list mapped to the 80 real class names.
+Also the ready COCO models: torchvision's COCO-trained ``ssd300_vgg16`` and ``ssdlite320_mobilenet_v3_large``
+weights loaded (hash-checked, ``weights_only``) into the same builder, configured as torchvision configures them,
+with their 91-entry category list mapped to the 80 real class names.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-from torchvision.models.detection.ssd import SSD, SSD300_VGG16_Weights, _vgg_extractor, ssd300_vgg16
-from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor, _normal_init
+from torchvision.models.detection.ssd import SSD, SSD300_VGG16_Weights, _vgg_extractor
+from torchvision.models.detection.ssdlite import (
+    SSDLite320_MobileNet_V3_Large_Weights,
+    SSDLiteHead,
+    _mobilenet_extractor,
+    _normal_init,
+)
 from torchvision.models.mobilenetv3 import MobileNet_V3_Large_Weights, mobilenet_v3_large
 from torchvision.models.vgg import VGG16_Weights, make_layers
 from torchvision.models.vgg import cfgs as vgg_cfgs
@@ -43,11 +49,14 @@ __all__ = [
     "ARCHITECTURES",
     "VOC_CLASSES",
     "WeightsUnavailableError",
-    "build_coco_model",
     "box_generator",
+    "build_coco_model",
+    "cached_weights_path",
     "build_model",
+    "coco_build_options",
     "coco_class_names",
     "coco_label_map",
+    "coco_weights",
     "default_box_config",
     "input_size",
     "load_pretrained_state_dict",
@@ -147,11 +156,6 @@ def default_box_config(architecture: str) -> dict[str, Any]:
     return copy.deepcopy(config)
 
 
-def coco_default_box_config() -> dict[str, Any]:
-    """The default boxes of torchvision's COCO ``ssd300_vgg16`` (COCO scales 0.07, 0.15, ...)."""
-    return copy.deepcopy(_SSD300_COCO_BOXES)
-
-
 def input_size(architecture: str) -> tuple[int, int]:
     """The network input size ``(height, width)`` of ``architecture``."""
     _check_architecture(architecture)
@@ -196,6 +200,7 @@ def build_model(
     default_boxes: Mapping[str, Any] | None = None,
     image_mean: Sequence[float] | None = None,
     image_std: Sequence[float] | None = None,
+    reduced_tail: bool = False,
 ) -> SSD:
     """Build an SSD detector in eval mode.
 
@@ -210,6 +215,9 @@ def build_model(
             the architecture's; for ssdlite320 the aspect ratios must stay the same (they size the head).
         image_mean: normalisation mean override (default: :func:`normalization`).
         image_std: normalisation std override (default: :func:`normalization`).
+        reduced_tail: ssdlite320 only: MobileNetV3's last stage at half width (960 -> 480 channels), the
+            structure torchvision's COCO SSDlite weights were trained with (from scratch). The ImageNet
+            backbone has the full tail, so this excludes ``pretrained_backbone``.
 
     The head is randomly initialised (torchvision's init); nothing is downloaded unless
     ``pretrained_backbone`` is true.
@@ -227,6 +235,10 @@ def build_model(
     if len(kwargs["image_mean"]) != 3 or len(kwargs["image_std"]) != 3:
         raise ValueError("image_mean and image_std need 3 values (R, G, B)")
     boxes = default_box_config(architecture) if default_boxes is None else dict(default_boxes)
+    if reduced_tail and architecture != "ssdlite320_mobilenet_v3":
+        raise ValueError(f"reduced_tail is a MobileNetV3 option; {architecture} has no such backbone")
+    if reduced_tail and pretrained_backbone:
+        raise ValueError("reduced_tail excludes pretrained_backbone (the ImageNet MobileNetV3 has the full tail)")
 
     if architecture == "ssd300_vgg16":
         vgg = _vgg16(pretrained_backbone)
@@ -242,7 +254,7 @@ def build_model(
                 f"ssdlite320_mobilenet_v3 needs aspect ratios {_SSDLITE_BOXES['aspect_ratios']}, "
                 f"got {generator.aspect_ratios}"
             )
-        model = _build_ssdlite(num_classes, generator, pretrained_backbone, kwargs)
+        model = _build_ssdlite(num_classes, generator, pretrained_backbone, bool(reduced_tail), kwargs)
     return model.eval()
 
 
@@ -267,15 +279,18 @@ def _vgg16(pretrained: bool) -> nn.Module:
     return holder
 
 
-def _build_ssdlite(num_classes: int, generator: DefaultBoxGenerator, pretrained_backbone: bool, kwargs) -> SSD:
+def _build_ssdlite(
+    num_classes: int, generator: DefaultBoxGenerator, pretrained_backbone: bool, reduced_tail: bool, kwargs
+) -> SSD:
     """Build torchvision's ssdlite320_mobilenet_v3_large from its parts.
 
-    Unlike torchvision's builder, the MobileNetV3 tail is *never* reduced: torchvision halves the last
-    stage's channels when no backbone weights are given, which would make a checkpoint trained from an
-    ImageNet backbone impossible to rebuild without downloading. One structure for both cases.
+    Unlike torchvision's builder, the MobileNetV3 tail is reduced only when asked: torchvision halves the last
+    stage's channels whenever no backbone weights are given, which would make a checkpoint trained from an
+    ImageNet backbone impossible to rebuild without downloading. Trained models keep the full tail; only
+    torchvision's COCO weights (trained from scratch) have the reduced one, and their card says so.
     """
     norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
-    mobilenet = mobilenet_v3_large(weights=None, norm_layer=norm_layer, reduced_tail=False)
+    mobilenet = mobilenet_v3_large(weights=None, norm_layer=norm_layer, reduced_tail=reduced_tail)
     if pretrained_backbone:
         weights = MobileNet_V3_Large_Weights.IMAGENET1K_V1
         mobilenet.load_state_dict(load_pretrained_state_dict(weights, what="MobileNetV3-Large ImageNet backbone"))
@@ -284,10 +299,15 @@ def _build_ssdlite(num_classes: int, generator: DefaultBoxGenerator, pretrained_
     backbone = _mobilenet_extractor(mobilenet, 6, norm_layer)
     size = _INPUT_SIZE["ssdlite320_mobilenet_v3"]
     # C4 expansion, last MobileNet stage, 4 extra blocks (torchvision finds them with a dummy forward pass).
-    out_channels = [672, 960, 512, 256, 256, 128]
+    out_channels = [672, 480 if reduced_tail else 960, 512, 256, 256, 128]
     backbone.out_channels = out_channels
     head = SSDLiteHead(out_channels, generator.num_anchors_per_location(), num_classes, norm_layer)
     return SSD(backbone, generator, size, num_classes, head=head, **kwargs)
+
+
+def cached_weights_path(weights: Any) -> Path:
+    """Where torch's hub cache keeps a torchvision weights entry's file (``$TORCH_HOME/hub/checkpoints/<name>``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
 
 
 def load_pretrained_state_dict(
@@ -303,7 +323,7 @@ def load_pretrained_state_dict(
     what to do.
     """
     url = weights.url
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)  # torch's hub cache
+    path = cached_weights_path(weights)
     match = torch.hub.HASH_REGEX.search(path.name)
     if not match or len(match.group(1)) < 8:
         raise WeightsUnavailableError(f"{url}: the file name carries no sha256 prefix to check it by")
@@ -342,10 +362,36 @@ def load_pretrained_state_dict(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Optional: torchvision's COCO-trained SSD300
+# Ready models: torchvision's COCO-trained weights
+
+# Per architecture: torchvision's weights entry, and what the builder needs to make torchvision's structure
+# for it: SSD300 with the COCO anchors; SSDlite with its own anchors and the reduced MobileNetV3 tail that
+# torchvision's ssdlite320_mobilenet_v3_large builds when given these weights. Normalisation and the
+# post-processing defaults are the architecture's, which are torchvision's (tested against its builders).
+_COCO: dict[str, tuple[Any, dict[str, Any]]] = {
+    "ssd300_vgg16": (SSD300_VGG16_Weights.COCO_V1, {"default_boxes": _SSD300_COCO_BOXES, "reduced_tail": False}),
+    "ssdlite320_mobilenet_v3": (
+        SSDLite320_MobileNet_V3_Large_Weights.COCO_V1,
+        {"default_boxes": _SSDLITE_BOXES, "reduced_tail": True},
+    ),
+}
+_COCO_NAMES = {"ssd300_vgg16": "torchvision COCO SSD300", "ssdlite320_mobilenet_v3": "torchvision COCO SSDlite320"}
+
+
+def coco_weights(architecture: str = "ssd300_vgg16") -> Any:
+    """The COCO_V1 weights entry of torchvision for ``architecture`` (its ``url``, ``meta`` categories, metrics)."""
+    _check_architecture(architecture)
+    return _COCO[architecture][0]
+
+
+def coco_build_options(architecture: str = "ssd300_vgg16") -> dict[str, Any]:
+    """The :func:`build_model` keywords (``default_boxes``, ``reduced_tail``) of torchvision's COCO structure."""
+    _check_architecture(architecture)
+    return copy.deepcopy(_COCO[architecture][1])
 
 
 def _coco_categories() -> list[str]:
+    # One list for both architectures (torchvision's _COCO_CATEGORIES; tested).
     return list(SSD300_VGG16_Weights.COCO_V1.meta["categories"])
 
 
@@ -364,25 +410,53 @@ def coco_label_map() -> tuple[int, ...]:
     return tuple(index.get(c, -1) if c not in ("__background__", "N/A") else -1 for c in _coco_categories())
 
 
-def build_coco_model(*, progress: bool = False) -> SSD:
-    """Build torchvision's ``ssd300_vgg16`` with its COCO_V1 weights (91 outputs; see :func:`coco_label_map`).
+def build_coco_model(architecture: str = "ssd300_vgg16", *, progress: bool = False) -> SSD:
+    """The COCO-trained ``architecture`` of torchvision (91 outputs; see :func:`coco_label_map`), in eval mode.
 
-    Downloads the weights once into torch's hub cache (``$TORCH_HOME/hub/checkpoints``). Raises
-    :class:`WeightsUnavailableError` with what to do when they cannot be downloaded (offline robot):
-    copy the file into the cache, or save the model with ``ssd_ros.vision.checkpoint`` on a machine with
-    internet and pass that local checkpoint.
+    The same model torchvision's ``ssd300_vgg16`` / ``ssdlite320_mobilenet_v3_large`` builders make for their
+    ``COCO_V1`` weights (anchors, normalisation, input size), whose own loading would unpickle the file with
+    ``weights_only=False`` and trust the cache unchecked. Downloads the weights once into torch's hub cache
+    (``$TORCH_HOME/hub/checkpoints``). Raises :class:`WeightsUnavailableError` saying what to do when they
+    cannot be downloaded (offline robot: copy the file into the cache, or use a model file made on a
+    machine with internet), or when the cached file is not the published one or does not fit.
     """
-    weights = SSD300_VGG16_Weights.COCO_V1
+    _check_architecture(architecture)
+    weights, options = _COCO[architecture]
+    what = _COCO_NAMES[architecture]
     state = load_pretrained_state_dict(
         weights,
-        what="torchvision COCO SSD300",
+        what=what,
         progress=progress,
-        alternative=", or use a local ssd_ros checkpoint instead",
+        alternative=(
+            f", or make a model file on a machine with internet (export_model --coco {architecture} --format onnx "
+            "--out coco.onnx) and use that local file instead"
+        ),
     )
-    # The same model torchvision's builder makes for these weights, whose own loading would unpickle the
-    # file with weights_only=False and trust the cache unchecked.
-    model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=len(weights.meta["categories"]))
+    with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: leave the caller's RNG alone
+        model = build_model(architecture, len(weights.meta["categories"]), **copy.deepcopy(options))
+    expected = model.state_dict()
+    problem = _state_dict_difference(expected, state)
+    if problem:
+        path = cached_weights_path(weights)
+        raise WeightsUnavailableError(
+            f"the cached {what} weights {path} do not fit torchvision's COCO {architecture} ({problem}): it is "
+            f"another model's file under this name; delete it, it is downloaded again from {weights.url}"
+        )
     model.load_state_dict(state)
-    # Sanity: the anchors we describe in the card are the ones torchvision used.
-    assert model.anchor_generator.scales == _SSD300_COCO_BOXES["scales"]
     return model.eval()
+
+
+def _state_dict_difference(expected: Mapping[str, torch.Tensor], state: Any) -> str | None:
+    """Why ``state`` is not a state dict of ``expected``'s keys and shapes, or None."""
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return f"holds a {type(state).__name__}, not a dict of tensors"
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        return f"{len(missing)} tensors missing, e.g. {missing[:2]}; {len(unexpected)} unknown, e.g. {unexpected[:2]}"
+    differ = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if differ:
+        key = differ[0]
+        found, wanted = tuple(state[key].shape), tuple(expected[key].shape)
+        return f"{len(differ)} tensor shapes differ, e.g. {key}: {found}, the model's is {wanted}"
+    return None

@@ -34,7 +34,9 @@ class ModelCard:
         training: how the weights were made: ``dataset``, ``iterations``, ``metric`` (e.g.
             ``{"VOC07 mAP@0.5": 0.77}`` or None), ``code_version`` (filled in on save), anything else.
         label_map: only for models whose output labels are not ``1..len(class_names)`` (torchvision's
-            COCO model): for each model output label, the index into ``class_names`` or -1 to drop it.
+            COCO models): for each model output label, the index into ``class_names`` or -1 to drop it.
+        reduced_tail: ssdlite320 only: the MobileNetV3 backbone's last stage at half width (torchvision's
+            COCO SSDlite weights); False for every model trained here.
     """
 
     architecture: str
@@ -45,6 +47,7 @@ class ModelCard:
     default_boxes: dict[str, Any]
     training: dict[str, Any] = field(default_factory=dict)
     label_map: tuple[int, ...] | None = None
+    reduced_tail: bool = False
 
     def __post_init__(self) -> None:
         model_lib._check_architecture(self.architecture)
@@ -71,6 +74,10 @@ class ModelCard:
             self.label_map = tuple(int(v) for v in self.label_map)
             if any(v < -1 or v >= len(self.class_names) for v in self.label_map):
                 raise ValueError(f"label_map values must be -1 or index class_names, got {self.label_map!r}")
+        if not isinstance(self.reduced_tail, bool):
+            raise ValueError(f"reduced_tail must be true or false, got {self.reduced_tail!r}")
+        if self.reduced_tail and self.architecture != "ssdlite320_mobilenet_v3":
+            raise ValueError(f"reduced_tail is a MobileNetV3 option; {self.architecture} has no such backbone")
 
     @classmethod
     def for_architecture(
@@ -120,6 +127,7 @@ class ModelCard:
                 default_boxes=self.default_boxes,
                 image_mean=self.image_mean,
                 image_std=self.image_std,
+                reduced_tail=self.reduced_tail,
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,23 +154,23 @@ def _plain_copy(value: Any) -> Any:
     return value
 
 
-def coco_model_card() -> ModelCard:
-    """The card of torchvision's COCO-trained SSD300 (80 names, 91-output label map, COCO anchors)."""
-    mean, std = model_lib.normalization("ssd300_vgg16")
-    weights = model_lib.SSD300_VGG16_Weights.COCO_V1
+def coco_model_card(architecture: str = "ssd300_vgg16") -> ModelCard:
+    """The card of torchvision's COCO-trained ``architecture``: 80 names, 91-output label map, its structure."""
+    mean, std = model_lib.normalization(architecture)
+    weights = model_lib.coco_weights(architecture)
     return ModelCard(
-        architecture="ssd300_vgg16",
+        architecture=architecture,
         class_names=model_lib.coco_class_names(),
-        input_size=model_lib.input_size("ssd300_vgg16"),
+        input_size=model_lib.input_size(architecture),
         image_mean=tuple(mean),
         image_std=tuple(std),
-        default_boxes=model_lib.coco_default_box_config(),
         label_map=model_lib.coco_label_map(),
         training={
-            "dataset": "COCO train2017 (torchvision SSD300_VGG16_Weights.COCO_V1)",
+            "dataset": f"COCO train2017 (torchvision {type(weights).__name__}.{weights.name})",
             "iterations": None,
             "metric": {"COCO-val2017 box mAP": weights.meta["_metrics"]["COCO-val2017"]["box_map"]},
             "code_version": ssd_ros.__version__,
             "source": weights.url,
         },
+        **model_lib.coco_build_options(architecture),
     )
