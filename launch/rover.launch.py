@@ -13,6 +13,7 @@ process starts (one error line naming the argument), and every process it starts
 exits, the whole launch shuts down, so the motor driver never runs without the nodes that supervise it.
 """
 
+import difflib
 import os
 
 from ament_index_python import get_package_share_directory, has_resource
@@ -22,6 +23,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node, PushRosNamespace
 
 from ssd_ros.cli import read_params_file
+from ssd_ros.vision.model_file import BACKEND_CHOICES, COCO_ARCHITECTURES, PRECISION_CHOICES, check_model_file
 
 PACKAGE = "ssd_ros"
 
@@ -29,8 +31,38 @@ ARGUMENTS = [
     DeclareLaunchArgument(
         "model_path",
         default_value="",
-        description="SSD checkpoint (.pt) for the detector; empty keeps model_path from config/detector.yaml "
-        "(the launch refuses to start a detector without a model)",
+        description="the detector's model: a checkpoint (.pt), an ONNX export (.onnx) or an OpenVINO IR (.xml, its "
+        ".bin beside it); empty keeps the parameters file's (the launch refuses to start a detector without a model)",
+    ),
+    DeclareLaunchArgument(
+        "coco_model",
+        default_value="",
+        description="use torchvision's COCO weights instead of model_path (80 classes, person among them): "
+        "ssdlite320_mobilenet_v3 (Pi-sized) | ssd300_vgg16; empty uses model_path",
+    ),
+    DeclareLaunchArgument(
+        "backend",
+        default_value="",
+        description="what runs the network: auto (from the file and the CPU) | torch | onnxruntime | openvino; "
+        "empty keeps the parameters file's (auto)",
+    ),
+    DeclareLaunchArgument(
+        "precision",
+        default_value="",
+        description="network arithmetic: auto (the file's and the CPU's: never slower or less faithful than fp32) | "
+        "fp32 | bf16 | fp16 | int8 (an int8 export); empty keeps the parameters file's (auto)",
+    ),
+    DeclareLaunchArgument(
+        "num_threads",
+        default_value="",
+        description="CPU threads for the network, 0 = the backend's default (all cores); empty keeps the parameters "
+        "file's",
+    ),
+    DeclareLaunchArgument(
+        "detector_params",
+        default_value="",
+        description="a detector parameters file (ROS 2 format) applied over config/detector.yaml; the arguments "
+        "above override both",
     ),
     DeclareLaunchArgument("device", default_value="auto", description="detector inference device: auto | cpu | cuda"),
     DeclareLaunchArgument(
@@ -113,37 +145,101 @@ def _config(name: str) -> str:
     return f"{get_package_share_directory(PACKAGE)}/config/{name}"
 
 
+class NodeFailed(RuntimeError):
+    """A launched process exited with an error; raised so the launch stops everything and exits non-zero."""
+
+
 def _required(**node_arguments) -> Node:
     """A node whose exit (crash, refused start, closed window) shuts the whole launch down.
 
     Without this, a dead detector or follower leaves the base driver running unsupervised (its watchdog
     only stops the motor); with it, launch sends SIGINT to the others and each ends with its safe action.
+    A node that exits with an error makes the launch exit non-zero, so a service manager sees the failure.
     """
     name = node_arguments["name"]
-    return Node(on_exit=Shutdown(reason=f"{name} exited: stopping every rover process"), **node_arguments)
+
+    def on_exit(event, context):
+        if event.returncode != 0 and not context.is_shutdown:
+            # launch's only way to a non-zero exit code: an exception, which also shuts every process down.
+            raise NodeFailed(f"{name} exited with code {event.returncode}: stopping every rover process")
+        return [Shutdown(reason=f"{name} exited: stopping every rover process")]
+
+    return Node(on_exit=on_exit, **node_arguments)
 
 
-def _check_model(context, namespace: str) -> str:
-    """The model_path override for the detector ('' keeps the file's), refusing a detector without a model."""
-    model_path = LaunchConfiguration("model_path").perform(context).strip()
-    if model_path:
-        if not os.path.isfile(os.path.expanduser(model_path)):
-            raise LaunchRefused(f"launch argument model_path:={model_path}: no such file (give an SSD checkpoint .pt)")
-        return os.path.expanduser(model_path)
+def _check_argument_names(context) -> None:
+    """Refuse a ``name:=value`` on the command line that this file does not declare (a typo would be ignored)."""
+    declared = [argument.name for argument in ARGUMENTS]
+    for text in context.argv:
+        name, separator, _value = text.partition(":=")
+        if separator and name not in declared:
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"the arguments are: {', '.join(declared)}"
+            raise LaunchRefused(f"unknown launch argument {name}:= ({hint})")
+
+
+def _detector_parameters(context, namespace: str) -> tuple[list, dict]:
+    """The detector's parameter files and overrides, refusing a model it could not run (all before any start).
+
+    The model is checked as the detector will load it (ssd_ros.vision.model_file): the file exists, the backend
+    reads that kind of file and is installed, the precision matches an export's.
+    """
+    files = [_config("detector.yaml")]
+    extra = LaunchConfiguration("detector_params").perform(context).strip()
+    if extra:
+        extra = os.path.expanduser(extra)
+        if not os.path.isfile(extra):
+            raise LaunchRefused(f"launch argument detector_params:={extra}: no such file")
+        files.append(extra)
     try:
-        configured = read_params_file(_config("detector.yaml"), "detector", namespace)
+        configured = {}
+        for path in files:
+            configured.update(read_params_file(path, "detector", namespace))
     except ValueError as error:
         raise LaunchRefused(str(error)) from error
-    if not configured.get("model_path") and not configured.get("use_coco_weights"):
+    overrides = {
+        "device": LaunchConfiguration("device").perform(context),
+        "image_topic": LaunchConfiguration("image_topic").perform(context),
+    }
+    for name, choices in (("backend", BACKEND_CHOICES), ("precision", PRECISION_CHOICES)):
+        if LaunchConfiguration(name).perform(context).strip():
+            overrides[name] = _choice(context, name, choices)
+    threads = LaunchConfiguration("num_threads").perform(context).strip()
+    if threads:
+        if not threads.isdigit():
+            raise LaunchRefused(f"launch argument num_threads:={threads!r} must be an integer >= 0")
+        overrides["num_threads"] = int(threads)
+    if LaunchConfiguration("model_path").perform(context).strip():
+        overrides["model_path"] = os.path.expanduser(LaunchConfiguration("model_path").perform(context).strip())
+    if LaunchConfiguration("coco_model").perform(context).strip():
+        overrides["coco_model"] = _choice(context, "coco_model", COCO_ARCHITECTURES)
+    effective = {**configured, **overrides}
+    backend, precision = effective.get("backend", "auto"), effective.get("precision", "auto")
+    if effective.get("coco_model"):
+        if precision == "int8":
+            raise LaunchRefused(
+                "launch argument precision:=int8 needs an int8 export: export_model --coco "
+                f"{effective['coco_model']} --int8 --calibration frames/ --out coco_int8.xml, then model_path:=it"
+            )
+        return files, overrides
+    model_path = effective.get("model_path", "")
+    if not model_path:
         raise LaunchRefused(
             "launch argument model_path is empty and config/detector.yaml sets none: give "
-            "model_path:=/path/to/best.pt (or detector:=false where another machine runs the detector)"
+            "model_path:=/path/to/best.pt (.onnx, .xml) or coco_model:=ssdlite320_mobilenet_v3 (or detector:=false "
+            "where another machine runs the detector)"
         )
-    return ""
+    try:
+        check_model_file(model_path, backend, precision)
+    except ValueError as error:
+        where = "launch argument " if "model_path" in overrides else f"{files[-1]}: "
+        raise LaunchRefused(where + str(error)) from error
+    return files, overrides
 
 
 def _launch_setup(context):
     """Check every argument and installed package first, then build the node list (all or nothing)."""
+    _check_argument_names(context)
     use_sim_time = _flag(context, "use_sim_time")
     stamped = _flag(context, "twist_stamped")
     camera = _choice(context, "camera", ("none", *CAMERAS))
@@ -161,7 +257,7 @@ def _launch_setup(context):
             "launch argument rviz:=true: rviz2 is not installed (a ros-base install has none; sudo apt install "
             "ros-jazzy-rviz2), or rviz:=false and view image_annotated from another machine"
         )
-    model_path = _check_model(context, namespace) if detector else ""
+    detector_parameters = _detector_parameters(context, namespace) if detector else None
     actions = []
     if "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ:
         # Raw frames need bigger shared-memory segments in the camera's process than Fast DDS's default (most
@@ -170,7 +266,7 @@ def _launch_setup(context):
     if camera != "none":
         actions.append(_camera_node(camera, use_sim_time))
     if detector:
-        actions.append(_detector_node(context, model_path, compressed, use_sim_time))
+        actions.append(_detector_node(*detector_parameters, compressed, use_sim_time))
     if follower:
         actions.append(_follower_node(context, stamped, use_sim_time))
     if base != "none":
@@ -216,21 +312,13 @@ def _camera_node(camera: str, use_sim_time: bool) -> Node:
     )
 
 
-def _detector_node(context, model_path: str, compressed: bool, use_sim_time: bool) -> Node:
-    """The SSD detector: config/detector.yaml plus the launch arguments ('' model_path keeps the file's)."""
-    overrides = {
-        "device": LaunchConfiguration("device").perform(context),
-        "image_topic": LaunchConfiguration("image_topic").perform(context),
-        "compressed": compressed,
-        "use_sim_time": use_sim_time,
-    }
-    if model_path:
-        overrides["model_path"] = model_path
+def _detector_node(files: list, overrides: dict, compressed: bool, use_sim_time: bool) -> Node:
+    """The SSD detector: config/detector.yaml, then detector_params, then the launch arguments given."""
     return _required(
         package=PACKAGE,
         executable="detector",
         name="detector",
-        parameters=[_config("detector.yaml"), overrides],
+        parameters=[*files, {**overrides, "compressed": compressed, "use_sim_time": use_sim_time}],
         output="screen",
     )
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, RosProbe, make_checkpoint, ros_env
+from conftest import REPO_ROOT, RosProbe, make_checkpoint, ros_env, shared_data
 from rcl_interfaces.srv import GetParameters
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.parameter import parameter_value_to_python
@@ -38,8 +38,8 @@ CONFIG = REPO_ROOT / "config"
 VENDOR = REPO_ROOT.parent / "shared" / "vendor"
 DRIVERS = {"camera_ros": "camera_node", "v4l2_camera": "v4l2_camera_node"}  # package -> executable
 ARGUMENTS = (
-    "model_path device target_class image_topic compressed camera base detector follower twist_stamped rviz "
-    "namespace use_sim_time"
+    "model_path coco_model backend precision num_threads detector_params device target_class image_topic compressed "
+    "camera base detector follower twist_stamped rviz namespace use_sim_time"
 ).split()
 # Generous ceilings for a node to appear: two shared cores, torch imports; a healthy run takes a few seconds.
 START_TIMEOUT_S = 90.0
@@ -70,6 +70,29 @@ def launch_runtime():
 def checkpoint(tmp_path_factory) -> Path:
     """A small randomly initialised VOC model (SSDlite320) saved through the real checkpoint code."""
     return make_checkpoint(tmp_path_factory.mktemp("model") / "ssdlite.pt")
+
+
+@pytest.fixture(scope="module")
+def exports(checkpoint, tmp_path_factory) -> dict[str, Path]:
+    """The checkpoint exported as the README's fast path does (export_model): fp32 OpenVINO IR, int8 ONNX and IR,
+    int8 calibrated on real rover frames."""
+    from ssd_ros.tools import export_model
+
+    folder = tmp_path_factory.mktemp("exports")
+    frames = sorted(shared_data("picar_camera", "detection", "test").glob("*.jpg"))[:4]
+    calibration = folder / "calibration"
+    calibration.mkdir()
+    for frame in frames:
+        (calibration / frame.name).symlink_to(frame)
+    outputs = {
+        "fp32.xml": ["--format", "openvino"],
+        "int8.onnx": ["--int8", "--calibration", str(calibration)],
+        "int8.xml": ["--format", "openvino", "--int8", "--calibration", str(calibration)],
+    }
+    for name, options in outputs.items():
+        argv = ["--checkpoint", str(checkpoint), *options, "--out", str(folder / name), "--quiet"]
+        assert export_model.main(argv) == 0, name
+    return {name: folder / name for name in outputs}
 
 
 def session_processes(session: int) -> list[str]:
@@ -228,6 +251,8 @@ def test_show_args_lists_every_argument_with_description_and_default():
     assert sorted(shown) == sorted(ARGUMENTS)
     assert shown["base"] == "'sim'" and shown["camera"] == "'none'" and shown["rviz"] == "'false'"
     assert shown["image_topic"] == "'camera/image_raw'"
+    # Empty: the parameters file's value (config/detector.yaml: auto), so detector_params can set them too.
+    assert shown["backend"] == shown["precision"] == shown["num_threads"] == shown["coco_model"] == "''"
 
 
 @pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c", "sigint-to-launch"])
@@ -336,16 +361,119 @@ def test_rviz_follows_the_namespace_and_closing_it_stops_the_launch(rover, probe
     assert "stopped: motor off" in launch.lines_of("picar_base")[-1], output
 
 
+@pytest.mark.parametrize(
+    ("model", "backend", "precision"),
+    [("int8.onnx", "onnxruntime", ""), ("int8.xml", "auto", ""), ("fp32.xml", "openvino", "fp32")],
+)
+def test_exported_models_run_from_the_launch(rover, probe, exports, model, backend, precision):
+    """The README's fast path: an export (int8 ONNX, OpenVINO IR) runs from launch arguments alone."""
+    arguments = [f"model_path:={exports[model]}", f"backend:={backend}", "num_threads:=1", "follower:=false"]
+    launch = rover(*arguments, *([f"precision:={precision}"] if precision else []), "base:=none")
+    wait_until(
+        probe,
+        lambda: "/camera/image_raw" in topics(probe, "detector", "/", "subscriber"),
+        START_TIMEOUT_S,
+        "/detector subscribing /camera/image_raw",
+        launch,
+    )
+    values = get_parameters(probe, "/detector", ["model_path", "backend", "num_threads"])
+    assert values == {"model_path": str(exports[model]), "backend": backend, "num_threads": 1}
+    assert launch.interrupt() == 0
+    launch.assert_nothing_left()
+
+
+def test_a_detector_parameters_file_sets_the_model_and_backend(rover, probe, exports, tmp_path):
+    """detector_params:=file applies over config/detector.yaml; its model is checked before anything starts."""
+    params = tmp_path / "my_detector.yaml"
+    params.write_text(
+        f"/**:\n  ros__parameters:\n    model_path: {exports['int8.onnx']}\n    backend: onnxruntime\n"
+        "    score_threshold: 0.6\n"
+    )
+    launch = rover(f"detector_params:={params}", "follower:=false", "base:=none")
+    wait_until(
+        probe,
+        lambda: "/camera/image_raw" in topics(probe, "detector", "/", "subscriber"),
+        START_TIMEOUT_S,
+        "/detector subscribing /camera/image_raw",
+        launch,
+    )
+    values = get_parameters(probe, "/detector", ["model_path", "backend", "score_threshold"])
+    assert values == {"model_path": str(exports["int8.onnx"]), "backend": "onnxruntime", "score_threshold": 0.6}
+    assert launch.interrupt() == 0
+    launch.assert_nothing_left()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["model_path:={int8.onnx}", "backend:=torch"], "is an ONNX export: backend torch cannot run it"),
+        (["model_path:={fp32.xml}", "backend:=onnxruntime"], "is an OpenVINO IR: backend onnxruntime cannot run it"),
+        (
+            ["model_path:={int8.onnx}", "backend:=openvino", "precision:=bf16"],
+            "is an int8 export: it runs as int8 only",
+        ),
+        (
+            ["model_path:={fp32.xml}", "backend:=openvino", "precision:=int8"],
+            "is an fp32 export: int8 needs an int8 export",
+        ),
+        (["model_path:={checkpoint}", "precision:=int8"], "int8 needs an int8 export (export_model"),
+        (["model_path:={bare.xml}"], "weights bare.bin are missing beside it"),
+        (["model_path:={notes.txt}"], "expected a checkpoint (.pt), an ONNX export (.onnx) or an OpenVINO IR"),
+        (["model_path:={int8.onnx}", "backend:=openvin"], "backend:='openvin' must be one of auto, torch"),
+        (["model_path:={checkpoint}", "target_clas:=person"], "unknown launch argument target_clas:= (did you mean"),
+        (["model_path:={checkpoint}", "num_threads:=two"], "num_threads:='two' must be an integer"),
+        (["coco_model:=ssd512"], "coco_model:='ssd512' must be one of ssdlite320_mobilenet_v3, ssd300_vgg16"),
+        (["coco_model:=ssdlite320_mobilenet_v3", "precision:=int8"], "precision:=int8 needs an int8 export"),
+    ],
+    ids=[
+        "onnx-on-torch",
+        "ir-on-onnxruntime",
+        "int8-as-bf16",
+        "fp32-export-as-int8",
+        "checkpoint-as-int8",
+        "ir-without-bin",
+        "unknown-suffix",
+        "backend-typo",
+        "argument-typo",
+        "threads-not-a-number",
+        "coco-typo",
+        "coco-as-int8",
+    ],
+)
+def test_a_model_the_detector_cannot_run_is_refused_before_any_process_starts(
+    rover, exports, checkpoint, tmp_path, arguments, named
+):
+    """One error line naming the fix, exit code 1, nothing started: the refusals the README's fast path can hit."""
+    bare = tmp_path / "bare.xml"
+    bare.write_text(exports["fp32.xml"].read_text())  # the IR's .xml copied without its .bin
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model")
+    files = {f"{{{name}}}": str(path) for name, path in exports.items()}
+    files.update({"{checkpoint}": str(checkpoint), "{bare.xml}": str(bare), "{notes.txt}": str(notes)})
+    for placeholder, path in files.items():
+        arguments = [argument.replace(placeholder, path) for argument in arguments]
+    launch = rover(*arguments)
+    assert launch.wait(START_TIMEOUT_S) == 1
+    launch.assert_nothing_left()
+    output = launch.output()
+    errors = [line for line in output.splitlines() if line.startswith("[ERROR] [launch]")]
+    assert len(errors) == 1 and named in errors[0], output
+    assert "Traceback" not in output and "process started" not in output, output
+
+
 def test_a_required_process_dying_stops_the_whole_launch(rover, tmp_path):
-    """The detector refuses a file that is no checkpoint: follower and base must not stay up without it."""
+    """The detector refuses a file that is no checkpoint: follower and base must not stay up without it, and the
+    launch exits non-zero so a service manager (systemd, a supervisor) sees the failure."""
     not_a_checkpoint = tmp_path / "notes.pt"
     not_a_checkpoint.write_text("not a checkpoint")
     launch = rover(f"model_path:={not_a_checkpoint}", "device:=cpu")
-    assert launch.wait(START_TIMEOUT_S) == 0  # launch's Shutdown on a required exit is an orderly end
+    assert launch.wait(START_TIMEOUT_S) == 1
     launch.assert_nothing_left()
     output = launch.output()
     assert re.search(r"\[detector-\d+\] \[FATAL\].*cannot start", output), output
-    assert re.search(r"process\[detector-\d+\] was required: shutting down launched system", output), output
+    errors = [line for line in output.splitlines() if line.startswith("[ERROR] [launch]")]
+    assert len(errors) == 1, output
+    assert re.search(r"detector exited with code [1-9]\d*: stopping every rover process", errors[0]), output
     for name in ("follower", "picar_base"):
         assert re.search(rf"\[INFO\] \[{name}-\d+\]: process has finished cleanly", output), output
     if any("base ready" in line for line in launch.lines_of("picar_base")):  # it may still have been starting
