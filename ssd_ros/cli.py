@@ -12,7 +12,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["add_inference_arguments", "inference_kwargs", "positive_int", "read_params_file"]
+__all__ = ["BACKENDS", "PRECISIONS", "add_inference_arguments", "inference_kwargs", "positive_int", "read_params_file"]
+
+# Declared here, at the top level, so that the command line offers them without importing the vision room
+# (and torch); ssd_ros.vision.backends takes them from here.
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+"""What can run the network; ``auto`` chooses one of them from the model file and the CPU."""
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+"""The network's arithmetic; ``auto`` is the file's own (see ssd_ros.vision.cpu)."""
 
 
 def positive_int(text: str) -> int:
@@ -28,10 +35,13 @@ def positive_int(text: str) -> int:
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend``, ``--precision`` and ``--threads``, as the detector node's parameters of the same meaning."""
-    from ssd_ros.vision.backends import BACKENDS, PRECISIONS  # here: torch only for the tools that run a model
-
     group = parser.add_argument_group("inference backend (see docs/detector_node.md: which to choose)")
-    group.add_argument("--backend", choices=BACKENDS, default="torch", help="what runs the network (default: torch)")
+    group.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default="auto",
+        help="what runs the network (default auto: torch for a .pt, openvino for a .xml, onnxruntime for a .onnx)",
+    )
     group.add_argument(
         "--precision",
         choices=("auto", *PRECISIONS),

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssd_ros.cli import BACKENDS, PRECISIONS
 from ssd_ros.vision.inference import NetworkSpec, anchors
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_CHOICES",
     "PRECISIONS",
     "OnnxRuntimeNetwork",
     "OpenVinoNetwork",
@@ -32,8 +34,8 @@ __all__ = [
     "cpu_summary",
 ]
 
-BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
+"""What a caller may ask for: a backend, or ``auto`` (ssd_ros.vision.cpu.choose_backend)."""
 OUTPUT_NAMES = ("bbox_regression", "cls_logits")
 INPUT_NAME = "images"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ssd_ros.vision.backends import (
+    BACKEND_CHOICES,
     BACKENDS,
     PRECISIONS,
     OnnxRuntimeNetwork,
@@ -30,6 +32,7 @@ from ssd_ros.vision.backends import (
     TorchNetwork,
 )
 from ssd_ros.vision.checkpoint import check_card, load_checkpoint, load_coco_pretrained
+from ssd_ros.vision.cpu import choose_backend, choose_precision, require_runtime, this_cpu
 from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.image_codec import validate_image
 from ssd_ros.vision.inference import postprocess, preprocess
@@ -178,7 +181,7 @@ class Detector:
         cls,
         path: str | os.PathLike,
         *,
-        backend: str = "torch",
+        backend: str = "auto",
         precision: str = "auto",
         num_threads: int = 0,
         expect_architecture: str | None = None,
@@ -188,37 +191,48 @@ class Detector:
     ) -> Detector:
         """A Detector for an ssd_ros checkpoint (``.pt``) or exported model (``.onnx``, OpenVINO ``.xml``).
 
-        Class names and label map come from the file's card. ``backend`` is ``torch`` (checkpoints only),
-        ``onnxruntime`` or ``openvino`` (a checkpoint is exported in memory first); ``precision`` is
-        ``auto`` (the file's: int8 for an int8 export, else fp32), ``fp32``, ``bf16`` or ``int8`` (int8
-        needs an int8 export, which carries its calibration). Raises
-        :class:`~ssd_ros.vision.checkpoint.CheckpointError` for a missing or bad file and ValueError for a
-        combination that cannot run.
+        Class names and label map come from the file's card. ``backend`` is ``auto`` (chosen from the file and
+        the CPU: :func:`~ssd_ros.vision.cpu.choose_backend`), ``torch`` (checkpoints only), ``onnxruntime`` or
+        ``openvino`` (a checkpoint is exported in memory first); ``precision`` is ``auto`` (the file's: int8
+        for an int8 export, else fp32; warns, naming the fp32 export, where int8 does not pay off on this CPU:
+        :func:`~ssd_ros.vision.cpu.choose_precision`), ``fp32``, ``bf16`` or ``int8`` (int8 needs an int8
+        export, which carries its calibration). Raises :class:`~ssd_ros.vision.checkpoint.CheckpointError` for
+        a missing or bad file and ValueError for a combination that cannot run or a runtime that is not
+        installed (one line naming the pip package).
         """
-        _check_choice(backend, BACKENDS, "backend")
+        _check_choice(backend, BACKEND_CHOICES, "backend")
         _check_choice(precision, ("auto", *PRECISIONS), "precision")
-        if Path(path).suffix not in EXPORTED_SUFFIXES:
+        suffix = Path(path).suffix
+        if suffix not in EXPORTED_SUFFIXES:
+            backend = "torch" if backend == "auto" else backend
+            if backend != "torch":
+                require_runtime("onnx")  # the in-memory export
+                require_runtime(backend)
             resolved = resolve_device(device) if backend == "torch" else _cpu_only(backend, device)
             model, card = load_checkpoint(
                 path, device=resolved, expect_architecture=expect_architecture, expect_classes=expect_classes
             )
+            precision = _chosen_precision(backend, "fp32", precision, card.architecture)
             return cls._from_model(model, card, backend, precision, num_threads, resolved, **kwargs)
+        require_runtime("openvino" if suffix == ".xml" else "onnx")  # to read the file's card
         from ssd_ros.vision.export import read_exported
 
         exported = read_exported(path)
         check_card(path, exported.card, expect_architecture, expect_classes)
         _cpu_only(backend, device)
+        if backend == "auto":
+            backend = choose_backend(suffix, exported.precision, exported.card.architecture, cpu=this_cpu())
         if backend == "torch":
             raise ValueError(f"{path} is an exported model: run it with backend onnxruntime or openvino")
-        if backend == "onnxruntime" and Path(path).suffix != ".onnx":
+        if backend == "onnxruntime" and suffix != ".onnx":
             raise ValueError(f"{path} is OpenVINO IR: run it with backend openvino (onnxruntime reads .onnx exports)")
-        if precision == "auto":
-            precision = exported.precision
-        if (precision == "int8") != (exported.precision == "int8"):
+        require_runtime(backend)
+        if precision != "auto" and (precision == "int8") != (exported.precision == "int8"):
             raise ValueError(
                 f"{path} is a {exported.precision} export; precision {precision} needs "
                 + ("an int8 export (export_model --int8)" if precision == "int8" else "the fp32 export")
             )
+        precision = _chosen_precision(backend, exported.precision, precision, exported.card.architecture)
         network = _NETWORKS[backend](path, exported.spec, precision=precision, num_threads=num_threads)
         card = exported.card
         return cls(network, card.class_names, label_map=card.label_map, card=card, **kwargs)
@@ -394,6 +408,14 @@ def _unit_interval(value: Any, name: str) -> float:
 def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+
+
+def _chosen_precision(backend: str, file_precision: str, requested: str, architecture: str) -> str:
+    """The precision :meth:`Detector.from_checkpoint` runs, with the choice's warning (if any) issued."""
+    choice = choose_precision(backend, file_precision, requested, cpu=this_cpu(), architecture=architecture)
+    if choice.warning:
+        warnings.warn(choice.warning, stacklevel=3)
+    return choice.precision
 
 
 def _cpu_only(backend: str, device: str | torch.device) -> torch.device:
