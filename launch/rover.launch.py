@@ -178,63 +178,73 @@ def _check_argument_names(context) -> None:
             raise LaunchRefused(f"unknown launch argument {name}:= ({hint})")
 
 
-def _detector_parameters(context, namespace: str) -> tuple[list, dict]:
-    """The detector's parameter files and overrides, refusing a model it could not run (all before any start).
+def _text(context, name: str) -> str:
+    return LaunchConfiguration(name).perform(context).strip()
 
-    The model is checked as the detector will load it (ssd_ros.vision.model_file): the file exists, the backend
-    reads that kind of file and is installed, the precision matches an export's.
+
+def _detector_parameters(context, namespace: str, compressed: bool, use_sim_time: bool) -> tuple[list, dict]:
+    """The detector's extra parameter files and overrides, refusing a model it could not run (before any start).
+
+    config/detector.yaml comes first, then ``detector_params``, then the arguments given (an empty one keeps the
+    files' value). The model is checked as the detector will load it (ssd_ros.vision.model_file): the file
+    exists, the backend reads that kind of file and is installed, the precision matches an export's.
     """
-    files = [_config("detector.yaml")]
-    extra = LaunchConfiguration("detector_params").perform(context).strip()
-    if extra:
-        extra = os.path.expanduser(extra)
-        if not os.path.isfile(extra):
-            raise LaunchRefused(f"launch argument detector_params:={extra}: no such file")
-        files.append(extra)
+    extra_files = []
+    if _text(context, "detector_params"):
+        extra_files.append(os.path.expanduser(_text(context, "detector_params")))
+        if not os.path.isfile(extra_files[0]):
+            raise LaunchRefused(f"launch argument detector_params:={extra_files[0]}: no such file")
+    overrides = {
+        "device": _text(context, "device"),
+        "image_topic": _text(context, "image_topic"),
+        "compressed": compressed,
+        "use_sim_time": use_sim_time,
+    }
+    if _text(context, "backend"):
+        overrides["backend"] = _choice(context, "backend", BACKEND_CHOICES)
+    if _text(context, "precision"):
+        overrides["precision"] = _choice(context, "precision", PRECISION_CHOICES)
+    if _text(context, "num_threads"):
+        if not _text(context, "num_threads").isdigit():
+            raise LaunchRefused(
+                f"launch argument num_threads:={_text(context, 'num_threads')!r} must be an integer >= 0"
+            )
+        overrides["num_threads"] = int(_text(context, "num_threads"))
+    if _text(context, "model_path"):
+        overrides["model_path"] = os.path.expanduser(_text(context, "model_path"))
+    if _text(context, "coco_model"):
+        overrides["coco_model"] = _choice(context, "coco_model", COCO_ARCHITECTURES)
+    effective = {}
     try:
-        configured = {}
-        for path in files:
-            configured.update(read_params_file(path, "detector", namespace))
+        for path in (_config("detector.yaml"), *extra_files):
+            effective.update(read_params_file(path, "detector", namespace))
     except ValueError as error:
         raise LaunchRefused(str(error)) from error
-    overrides = {
-        "device": LaunchConfiguration("device").perform(context),
-        "image_topic": LaunchConfiguration("image_topic").perform(context),
-    }
-    for name, choices in (("backend", BACKEND_CHOICES), ("precision", PRECISION_CHOICES)):
-        if LaunchConfiguration(name).perform(context).strip():
-            overrides[name] = _choice(context, name, choices)
-    threads = LaunchConfiguration("num_threads").perform(context).strip()
-    if threads:
-        if not threads.isdigit():
-            raise LaunchRefused(f"launch argument num_threads:={threads!r} must be an integer >= 0")
-        overrides["num_threads"] = int(threads)
-    if LaunchConfiguration("model_path").perform(context).strip():
-        overrides["model_path"] = os.path.expanduser(LaunchConfiguration("model_path").perform(context).strip())
-    if LaunchConfiguration("coco_model").perform(context).strip():
-        overrides["coco_model"] = _choice(context, "coco_model", COCO_ARCHITECTURES)
-    effective = {**configured, **overrides}
-    backend, precision = effective.get("backend", "auto"), effective.get("precision", "auto")
+    effective.update(overrides)
+    _check_detector_model(effective, "launch argument " if "model_path" in overrides else "")
+    return extra_files, overrides
+
+
+def _check_detector_model(effective: dict, where: str) -> None:
+    """Refuse a detector model (COCO or a file) that the effective backend and precision cannot run."""
+    precision = effective.get("precision", "auto")
     if effective.get("coco_model"):
         if precision == "int8":
             raise LaunchRefused(
                 "launch argument precision:=int8 needs an int8 export: export_model --coco "
                 f"{effective['coco_model']} --int8 --calibration frames/ --out coco_int8.xml, then model_path:=it"
             )
-        return files, overrides
-    model_path = effective.get("model_path", "")
-    if not model_path:
+        return
+    if not effective.get("model_path"):
         raise LaunchRefused(
             "launch argument model_path is empty and config/detector.yaml sets none: give "
             "model_path:=/path/to/best.pt (.onnx, .xml) or coco_model:=ssdlite320_mobilenet_v3 (or detector:=false "
             "where another machine runs the detector)"
         )
     try:
-        check_model_file(model_path, backend, precision)
+        check_model_file(effective["model_path"], effective.get("backend", "auto"), precision)
     except ValueError as error:
-        where = "launch argument " if "model_path" in overrides else f"{files[-1]}: "
         raise LaunchRefused(where + str(error)) from error
-    return files, overrides
 
 
 def _launch_setup(context):
@@ -257,7 +267,7 @@ def _launch_setup(context):
             "launch argument rviz:=true: rviz2 is not installed (a ros-base install has none; sudo apt install "
             "ros-jazzy-rviz2), or rviz:=false and view image_annotated from another machine"
         )
-    detector_parameters = _detector_parameters(context, namespace) if detector else None
+    detector_parameters = _detector_parameters(context, namespace, compressed, use_sim_time) if detector else None
     actions = []
     if "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ:
         # Raw frames need bigger shared-memory segments in the camera's process than Fast DDS's default (most
@@ -266,7 +276,7 @@ def _launch_setup(context):
     if camera != "none":
         actions.append(_camera_node(camera, use_sim_time))
     if detector:
-        actions.append(_detector_node(*detector_parameters, compressed, use_sim_time))
+        actions.append(_detector_node(*detector_parameters))
     if follower:
         actions.append(_follower_node(context, stamped, use_sim_time))
     if base != "none":
@@ -312,13 +322,13 @@ def _camera_node(camera: str, use_sim_time: bool) -> Node:
     )
 
 
-def _detector_node(files: list, overrides: dict, compressed: bool, use_sim_time: bool) -> Node:
+def _detector_node(extra_files: list, overrides: dict) -> Node:
     """The SSD detector: config/detector.yaml, then detector_params, then the launch arguments given."""
     return _required(
         package=PACKAGE,
         executable="detector",
         name="detector",
-        parameters=[*files, {**overrides, "compressed": compressed, "use_sim_time": use_sim_time}],
+        parameters=[_config("detector.yaml"), *extra_files, overrides],
         output="screen",
     )
 

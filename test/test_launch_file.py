@@ -19,8 +19,9 @@ from conftest import EXECUTABLES, REPO_ROOT, RosProbe, start_executable, stop_pr
 LAUNCH = REPO_ROOT / "launch" / "rover.launch.py"
 CONFIG = REPO_ROOT / "config"
 EXTERNAL_PACKAGES = {("camera_ros", "camera_node"), ("v4l2_camera", "v4l2_camera_node"), ("rviz2", "rviz2")}
-ALLOWED_IMPORTS = ("launch", "launch_ros", "ament_index_python", "os", "yaml")
-LIGHT_SSD_ROS_MODULES = ("ssd_ros.cli",)  # reading a parameters file as the nodes do; loads no torch
+ALLOWED_IMPORTS = ("launch", "launch_ros", "ament_index_python", "difflib", "os", "yaml")
+# Reading a parameters file as the nodes do, and checking a model file as the detector will; they load no torch.
+LIGHT_SSD_ROS_MODULES = ("ssd_ros.cli", "ssd_ros.vision.model_file")
 NODE_CALLS = ("Node", "_required")  # _required(...) is the launch file's Node with on_exit=Shutdown
 ALWAYS_DECLARED = {"use_sim_time"}  # rclpy declares it on every node
 
