@@ -11,10 +11,11 @@ import time
 
 import pytest
 import torch
+from conftest import torchvision_coco_model
 
 import ssd_ros
 from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload, save_checkpoint
-from ssd_ros.vision.model import VOC_CLASSES, build_model, coco_class_names
+from ssd_ros.vision.model import VOC_CLASSES, build_model, coco_class_names, coco_label_map
 from ssd_ros.vision.model_card import ModelCard, coco_model_card
 
 LITE = "ssdlite320_mobilenet_v3"  # small and fast: most file-level cases use it
@@ -277,6 +278,35 @@ def test_coco_card_describes_torchvision_coco_model():
     rebuilt = card.build_model()
     assert rebuilt.head.classification_head.module_list[0].out_channels == 91 * 4
     assert rebuilt.anchor_generator.scales == [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]
+
+
+def test_coco_ssdlite_card_and_checkpoint_round_trip(tmp_path):
+    """torchvision's COCO SSDlite (reduced MobileNetV3 tail) saved as a checkpoint loads offline like any other."""
+    card = coco_model_card(LITE)
+    assert card.architecture == LITE and card.reduced_tail and card.class_names == coco_class_names()
+    assert card.label_map == coco_label_map() and card.num_classes == 91 and "person" in card.class_names
+    assert ModelCard.from_dict(card.to_dict()) == card and card.to_dict()["reduced_tail"] is True
+    model = torchvision_coco_model(LITE)
+    path = save_checkpoint(tmp_path / "coco_ssdlite.pt", model, card)
+    loaded, loaded_card = load_checkpoint(path, expect_architecture=LITE)
+    assert loaded_card.reduced_tail and loaded_card.label_map == card.label_map
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    # The same weights under a card without the reduced tail: refused, naming the shapes.
+    full_tail = ModelCard.from_dict({**card.to_dict(), "reduced_tail": False})
+    with pytest.raises(ValueError, match="tensor shape"):
+        save_checkpoint(tmp_path / "wrong.pt", model, full_tail)
+
+
+def test_reduced_tail_in_the_card_is_checked():
+    data = ModelCard.for_architecture(LITE, NAMES).to_dict()
+    assert data["reduced_tail"] is False
+    del data["reduced_tail"]  # a card written before the field existed
+    assert ModelCard.from_dict(data).reduced_tail is False
+    with pytest.raises(ValueError, match="reduced_tail must be true or false, got 'yes'"):
+        ModelCard.from_dict({**data, "reduced_tail": "yes"})
+    vgg = ModelCard.for_architecture("ssd300_vgg16", NAMES).to_dict()
+    with pytest.raises(ValueError, match="reduced_tail is a MobileNetV3 option; ssd300_vgg16 has no such backbone"):
+        ModelCard.from_dict({**vgg, "reduced_tail": True})
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])

@@ -13,7 +13,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import lively_ssdlite, make_checkpoint
+from conftest import (
+    assert_same_detections,
+    lively_ssdlite,
+    make_checkpoint,
+    plant_coco_weights,
+    torchvision_coco_model,
+)
 from torch import nn
 from torchvision.models.detection.ssd import SSD300_VGG16_Weights
 from torchvision.transforms.functional import to_tensor
@@ -22,10 +28,20 @@ from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint
 from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.detector import Detector, resolve_device
 from ssd_ros.vision.drawing import class_color, draw_detections
-from ssd_ros.vision.model import VOC_CLASSES, WeightsUnavailableError, coco_class_names, coco_label_map
+from ssd_ros.vision.model import (
+    ARCHITECTURES,
+    VOC_CLASSES,
+    WeightsUnavailableError,
+    cached_weights_path,
+    coco_class_names,
+    coco_label_map,
+    coco_weights,
+)
+from ssd_ros.vision.model_card import coco_model_card
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VOC_IMAGE = DATA / "voc2012_sample" / "VOC2012" / "JPEGImages" / "2007_000027.jpg"  # 486x500
+LITE = "ssdlite320_mobilenet_v3"
 PICAR_IMAGE = DATA / "picar_camera" / "detection" / "test" / "2019-04-16-095558.jpg"  # 640x480
 
 
@@ -279,12 +295,54 @@ def test_from_checkpoint_errors_and_expectations(vgg_checkpoint, tmp_path):
         Detector.from_checkpoint(vgg_checkpoint, device="cpu", expect_architecture="ssdlite320_mobilenet_v3")
 
 
-def test_from_coco_offline(torch_hub_cache, monkeypatch):
-    monkeypatch.setattr(SSD300_VGG16_Weights.COCO_V1.value, "url", "http://127.0.0.1:9/ssd300_vgg16_coco-b556d3b4.pth")
+@pytest.mark.parametrize(("architecture", "name"), [("ssd300_vgg16", "SSD300"), (LITE, "SSDlite320")])
+def test_from_coco_offline(torch_hub_cache, monkeypatch, architecture, name):
+    weights = coco_weights(architecture)
+    monkeypatch.setattr(weights.value, "url", f"http://127.0.0.1:9/{cached_weights_path(weights).name}")
     with pytest.raises(
-        WeightsUnavailableError, match="could not download the torchvision COCO SSD300 weights .*Connection refused"
+        WeightsUnavailableError, match=f"could not download the torchvision COCO {name} weights .*Connection refused"
     ):
-        Detector.from_coco(device="cpu")
+        Detector.from_coco(architecture, device="cpu")
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_from_coco_equals_torchvisions_own_model(torch_hub_cache, monkeypatch, voc_image, architecture):
+    """Same weights (planted in the cache) in torchvision's own builder's model: the same detections.
+
+    torchvision's ssd300_vgg16 / ssdlite320_mobilenet_v3_large with their own anchors, normalisation and input
+    size; its background and N/A outputs are what the card's label map drops, and nothing else differs.
+    """
+    reference = torchvision_coco_model(architecture)
+    plant_coco_weights(monkeypatch, architecture, reference.state_dict())
+    detector = Detector.from_coco(architecture, device="cpu", warmup_runs=0, score_threshold=0.5, max_detections=3000)
+    assert detector.card == coco_model_card(architecture) and detector.backend == "torch"
+    assert detector.class_names == coco_class_names() and len(detector.class_names) == 80
+    ours = detector(voc_image)
+    _with_reference(detector, reference)
+    expected = _torchvision_forward(detector, voc_image)
+    kept = torch.tensor(coco_label_map())[expected["labels"]] >= 0
+    assert 50 <= len(ours) < detector.max_detections and (~kept).any()  # something to compare, N/A dropped
+    assert len(ours) == int(kept.sum())
+    labels = torch.tensor(coco_label_map())[expected["labels"][kept]]
+    reference_detections = Detections(
+        expected["boxes"][kept].numpy(), expected["scores"][kept].numpy(), labels.numpy(), coco_class_names()
+    )
+    # As sets: hundreds of random-weight scores near 1 tie to float rounding and may swap places.
+    assert_same_detections(reference_detections, ours, box_px=1.0, score=1e-3)
+    _assert_valid(ours, voc_image, coco_class_names())
+    # The follower's target class: a class filter of the COCO name keeps exactly the person detections.
+    detector.class_filter = ["person"]
+    people = detector(voc_image)
+    assert len(people) > 0 and set(people.names) == {"person"}
+    assert len(people) == sum(1 for name in ours.names if name == "person")
+
+
+def test_from_coco_refuses_bad_choices_before_loading(torch_hub_cache):
+    with pytest.raises(ValueError, match="unknown architecture 'ssdlite'; expected one of ssd300_vgg16, ssdlite320"):
+        Detector.from_coco("ssdlite")
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        Detector.from_coco(LITE, backend="tensorrt")
+    assert not torch_hub_cache.exists()  # nothing looked up, nothing downloaded
 
 
 def test_draw_detections(voc_image):
