@@ -36,7 +36,7 @@ else
   python -m pip install --quiet -r "$REQ" 2>&1 | grep -v '^WARNING: Location' || true
   python -c 'import rclpy, torch, torchvision, cv2, rosbags, catkin_pkg' \
     || fail "pip install" "a wheel did not install; run: $VENV/bin/pip install -r $REQ and read the error"
-  sha256sum "$REQ" > "$STAMP"
+  sha256sum "$REQ" "$(dirname "$REQ")/apt_ros.txt" > "$STAMP"
 fi
 
 step "fixing wheel-builder paths in exported CMake files"

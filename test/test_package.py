@@ -25,13 +25,14 @@ def test_manifest_declares_runtime_dependencies():
 
 # Third-party modules the package imports that rosdep cannot install, and where their install is documented.
 NO_ROSDEP_KEY = {
-    "rosbags": "no rosdep key: pip (README)",
+    "rosbags": "no rosdep key: pip (requirements/apt_ros.txt)",
     "RPi": "no key for Ubuntu 24.04: apt python3-rpi-lgpio (docs/picar_b.md)",
     "smbus2": "optional: python3-smbus (declared) serves the same API",
-    "onnx": "optional export backend: pip (README)",
-    "onnxruntime": "optional inference backend: pip (README)",
-    "openvino": "optional inference backend: pip (README)",
+    "onnx": "export: pip (requirements/apt_ros.txt)",
+    "onnxruntime": "inference backend: pip (requirements/apt_ros.txt)",
+    "openvino": "inference backend: pip (requirements/apt_ros.txt)",
 }
+PIP_ON_THE_ROBOT = ("rosbags", "onnx", "onnxruntime", "openvino", "torch", "torchvision")
 # Import name -> rosdep key, where they differ.
 ROSDEP_KEYS = {
     "numpy": "python3-numpy",
@@ -68,6 +69,23 @@ def test_every_import_of_the_package_and_launch_file_is_declared():
             continue
         key = ROSDEP_KEYS.get(module, module)
         assert key in declared, f"{path.relative_to(REPO_ROOT)} imports {module}: declare {key} in package.xml"
+
+
+def test_the_apt_route_pins_what_pip_must_install():
+    """requirements/apt_ros.txt (README's apt/Pi steps) pins every pip-only module and both runtimes, per machine,
+    and is the workspace's source for those pins (one place)."""
+    from packaging.requirements import Requirement
+
+    lines = (REPO_ROOT / "requirements" / "apt_ros.txt").read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    for machine in ("aarch64", "x86_64"):
+        environment = {"platform_machine": machine}
+        names = [pin.name for pin in pins if pin.marker is None or pin.marker.evaluate(environment)]
+        assert sorted(names) == sorted(PIP_ON_THE_ROBOT), machine
+        assert all(len(pin.specifier) == 1 and next(iter(pin.specifier)).operator == "==" for pin in pins)
+    onnxruntime = next(pin for pin in pins if pin.name == "onnxruntime")
+    assert "1.21.0" not in onnxruntime.specifier, "onnxruntime 1.21.0 crashes on Pi 4s (illegal instruction)"
+    assert "-r apt_ros.txt" in (REPO_ROOT / "requirements" / "workspace.txt").read_text().splitlines()
 
 
 @pytest.mark.parametrize("name", EXPECTED_EXECUTABLES)
