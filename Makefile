@@ -3,9 +3,10 @@ setup:  ## install and build everything (venv, ROS 2 Jazzy wheels, vision_msgs, 
 	scripts/setup.sh
 test:   ## run the whole test suite (local-only DDS, own ROS_DOMAIN_ID)
 	scripts/test.sh
-demo:   ## closed-loop rover demo without hardware [OUT=dir SCENARIO=static]; CHECKPOINT=best.pt [IMAGES=dir | VIDEO=file] also runs the SSD on rover footage
+demo:   ## closed-loop rover demo without hardware [OUT=dir SCENARIO=static]; CHECKPOINT=best.pt|.onnx|.xml [BACKEND=auto] [IMAGES=dir | VIDEO=file] also runs the SSD on rover footage
 	scripts/run.sh python -m ssd_ros.tools.demo $(if $(OUT),--out $(OUT)) $(if $(SCENARIO),--scenario $(SCENARIO)) \
-	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(IMAGES),--images $(IMAGES)) $(if $(VIDEO),--video $(VIDEO))
+	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(BACKEND),--backend $(BACKEND)) \
+	  $(if $(IMAGES),--images $(IMAGES)) $(if $(VIDEO),--video $(VIDEO))
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 bench:  ## all benchmarks (minutes; results in docs/benchmarks/)

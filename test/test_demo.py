@@ -66,6 +66,22 @@ def test_bad_checkpoint_fails_before_the_closed_loop(tmp_path, capsys, kind):
     assert not (tmp_path / "out").exists()  # nothing was started
 
 
+def test_an_export_is_checked_with_the_backend_it_will_run_on(tmp_path, capsys):
+    """make demo CHECKPOINT=x.onnx: an export runs (backend auto); one its backend cannot run is refused first."""
+    from ssd_ros.tools import export_model
+
+    onnx = tmp_path / "model.onnx"
+    checkpoint = make_checkpoint(tmp_path / "model.pt", MODEL_CLASSES)
+    assert export_model.main(["--checkpoint", str(checkpoint), "--out", str(onnx), "--quiet"]) == 0
+    images = tmp_path / "frames"
+    images.mkdir()
+    assert demo.check_part2(onnx, images, {"backend": "auto", "precision": "auto", "num_threads": 1}) is None
+    assert demo.main(["--checkpoint", str(onnx), "--backend", "torch", "--out", str(tmp_path / "out")]) == 2
+    [error] = capsys.readouterr().err.splitlines()
+    assert error.startswith(f"demo: error: --checkpoint: {onnx}") and "backend" in error, error
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_footage_fails_before_the_closed_loop(tmp_path, capsys):
     checkpoint = make_checkpoint(tmp_path / "model.pt", MODEL_CLASSES)
     argv = ["--checkpoint", str(checkpoint), "--video", str(tmp_path / "drive.mp4"), "--out", str(tmp_path / "out")]
@@ -74,11 +90,13 @@ def test_missing_footage_fails_before_the_closed_loop(tmp_path, capsys):
 
 
 def test_make_demo_passes_every_option_through():
-    command = ["make", "-n", "demo", "OUT=o", "SCENARIO=circle", "CHECKPOINT=c.pt", "IMAGES=frames", "VIDEO=v.mp4"]
+    command = ["make", "-n", "demo", "OUT=o", "SCENARIO=circle", "CHECKPOINT=c.onnx", "BACKEND=openvino"]
+    command += ["IMAGES=frames", "VIDEO=v.mp4"]
     printed = " ".join(
         subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, check=True).stdout.split()
     )
-    for option in ("--out o", "--scenario circle", "--checkpoint c.pt", "--images frames", "--video v.mp4"):
+    options = ("--out o", "--scenario circle", "--checkpoint c.onnx", "--backend openvino", "--images frames")
+    for option in (*options, "--video v.mp4"):
         assert option in printed, printed
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ssd_ros.cli import add_inference_arguments, inference_kwargs
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Labelled rover frames with the rover model's classes (the lane video in ../shared shows none of them).
 DEFAULT_IMAGES = REPO_ROOT.parent / "shared" / "data" / "picar_camera" / "detection" / "test"
@@ -233,8 +235,12 @@ def plot_trajectory(rec: dict, desired_m: float, path: Path) -> list[str]:
     return [text.get_text() for text in top.get_legend().get_texts()]
 
 
-def run_detector_on_footage(checkpoint: Path, footage: Path, out: Path, max_frames: int) -> tuple[Path, dict]:
-    """make_bag + bag_eval on ``footage`` (a video file or an image folder) with ``checkpoint``.
+def run_detector_on_footage(
+    checkpoint: Path, footage: Path, out: Path, max_frames: int, inference: list[str]
+) -> tuple[Path, dict]:
+    """make_bag + bag_eval on ``footage`` (a video file or an image folder) with ``checkpoint`` (or an export).
+
+    ``inference`` holds bag_eval's ``--backend``, ``--precision`` and ``--threads`` options.
 
     Returns the MP4 of the annotated frames and bag_eval's report (``detections``, ``frames``, ...).
     """
@@ -254,7 +260,17 @@ def run_detector_on_footage(checkpoint: Path, footage: Path, out: Path, max_fram
     source = ["--images" if footage.is_dir() else "--video", str(footage)]
     if make_bag([*source, "--out", str(bag), "--max-frames", str(max_frames)]) != 0:
         raise SystemExit("demo: make_bag failed")
-    if bag_eval([str(bag), "--checkpoint", str(checkpoint), "--out", str(evaluated), "--report", str(report)]) != 0:
+    evaluation = [
+        str(bag),
+        "--checkpoint",
+        str(checkpoint),
+        *inference,
+        "--out",
+        str(evaluated),
+        "--report",
+        str(report),
+    ]
+    if bag_eval(evaluation) != 0:
         raise SystemExit("demo: bag_eval failed")
 
     video_path, writer = out / "detections.mp4", None
@@ -271,15 +287,15 @@ def run_detector_on_footage(checkpoint: Path, footage: Path, out: Path, max_fram
     return video_path, json.loads(report.read_text())
 
 
-def check_part2(checkpoint: Path, footage: Path) -> str | None:
-    """Why part 2 cannot run (checkpoint or footage), or None; checked before the minute-long part 1."""
+def check_part2(checkpoint: Path, footage: Path, inference: dict) -> str | None:
+    """Why part 2 cannot run (model, backend or footage), or None; checked before the minute-long part 1."""
     from ssd_ros.vision.checkpoint import CheckpointError
     from ssd_ros.vision.detector import Detector
 
     if not footage.exists():
         return f"footage {footage} not found (give --images DIR or --video FILE)"
     try:
-        Detector.from_checkpoint(checkpoint, device="cpu")  # what bag_eval will load
+        Detector.from_checkpoint(checkpoint, device="cpu", **inference)  # what bag_eval will load
     except (CheckpointError, ValueError) as exc:
         return f"--checkpoint: {exc}"
     return None
@@ -297,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         "--scenario", default="static", choices=SCENARIOS, help="follower_sim scenario (default: static)"
     )
     parser.add_argument("--duration", type=float, default=20.0, help="simulated seconds (default 20)")
-    parser.add_argument("--checkpoint", type=Path, help="trained SSD checkpoint for part 2 (optional)")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="trained SSD checkpoint (.pt) or export (.onnx, .xml) for part 2 (optional)"
+    )
+    add_inference_arguments(parser)
     footage = parser.add_mutually_exclusive_group()
     footage.add_argument("--images", type=Path, help=f"image folder for part 2 (default: {DEFAULT_IMAGES})")
     footage.add_argument("--video", type=Path, help="video for part 2 instead of the image folder")
@@ -305,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     footage = args.video or args.images or DEFAULT_IMAGES
     if args.checkpoint is not None:
-        problem = check_part2(args.checkpoint, footage)
+        problem = check_part2(args.checkpoint, footage, inference_kwargs(args))
         if problem:
             print(f"demo: error: {problem}", file=sys.stderr)
             return 2
@@ -350,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             "the SSD part of the pipeline was not run on camera footage. Train one with training/train.py."
         )
     else:
-        video, report = run_detector_on_footage(args.checkpoint, footage, args.out, args.max_frames)
+        inference = ["--backend", args.backend, "--precision", args.precision, "--threads", str(args.threads)]
+        video, report = run_detector_on_footage(args.checkpoint, footage, args.out, args.max_frames, inference)
         found = {name: count for name, count in report["detections_per_class"].items() if count}
         lines.append(
             f"- SSD on {footage}: {report['detections']} detections in {report['frames']} frames "
