@@ -50,7 +50,7 @@ ARGUMENTS = [
         "precision",
         default_value="",
         description="network arithmetic: auto (the file's and the CPU's: never slower or less faithful than fp32) | "
-        "fp32 | bf16 | fp16 | int8 (an int8 export); empty keeps the parameters file's (auto)",
+        "fp32 | bf16 | int8 (an int8 export); empty keeps the parameters file's (auto)",
     ),
     DeclareLaunchArgument(
         "num_threads",

@@ -14,30 +14,28 @@ import os
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+from ssd_ros.cli import BACKENDS, PRECISIONS
+from ssd_ros.vision.cpu import require_runtime
+
 __all__ = [
     "BACKEND_CHOICES",
     "COCO_ARCHITECTURES",
     "MODEL_SUFFIXES",
     "PRECISION_CHOICES",
-    "RUNTIME_PACKAGES",
     "ModelFileError",
     "check_model_file",
     "export_precision",
-    "missing_runtime",
 ]
 
 # The choices of the detector's backend and precision parameters (and the tools' options), "auto" first.
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
+BACKEND_CHOICES = ("auto", *BACKENDS)
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 # The architectures torchvision has COCO weights for (ssd_ros.vision.model builds them).
 COCO_ARCHITECTURES = ("ssdlite320_mobilenet_v3", "ssd300_vgg16")
 # File suffix -> what it is. A checkpoint runs on every backend (exported in memory for the fast runtimes).
 MODEL_SUFFIXES = {".pt": "checkpoint", ".onnx": "ONNX export", ".xml": "OpenVINO IR"}
 # Backends that can run each kind of file ("auto" picks among them: ssd_ros.vision.cpu).
 RUNNERS = {".pt": ("torch", "onnxruntime", "openvino"), ".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",)}
-# Backend -> the pip requirement that installs it, pinned as requirements/workspace.txt is (known-bad aarch64 builds,
-# such as onnxruntime 1.21.0's illegal instruction on the Pi 4, are excluded by the pin).
-RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime==1.31.1", "openvino": "openvino==2026.4.1"}
 METADATA_KEY = "ssd_ros"  # the export metadata entry (ssd_ros.vision.export writes it)
 
 
@@ -45,10 +43,11 @@ class ModelFileError(ValueError):
     """A model file that cannot run as asked; the message names the file and the fix."""
 
 
-def missing_runtime(backend: str) -> str | None:
-    """The one-line install advice when ``backend``'s runtime is not importable here, else None."""
-    if backend in RUNTIME_PACKAGES and importlib.util.find_spec(backend) is None:
-        return f"backend {backend} is not installed: pip install {RUNTIME_PACKAGES[backend]}"
+def _runtime_problem(backend: str) -> str | None:
+    try:
+        require_runtime(backend)
+    except ValueError as problem:
+        return str(problem)
     return None
 
 
@@ -113,7 +112,7 @@ def check_model_file(path: str | os.PathLike, backend: str = "auto", precision: 
             + " or ".join(("auto", *runners))
         )
     candidates = runners if backend == "auto" else (backend,)
-    problems = [missing_runtime(name) for name in candidates]
+    problems = [_runtime_problem(name) for name in candidates]
     if all(problems):
         raise ModelFileError(f"model_path:={path}: " + "; ".join(problems))
     if path.suffix == ".pt":
