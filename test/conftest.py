@@ -1,8 +1,14 @@
 """Shared test helpers: paths, the real-data location, running the installed node executables, the test's own
-ROS node (``RosProbe``), and small checkpoints."""
+ROS node (``RosProbe``), the one wait helper (``wait_until``), small checkpoints, and the ``ros`` marker.
+
+Tests that start DDS participants (the test's own node, node processes) are marked ``ros`` automatically:
+``make test-fast`` runs the rest (``-m "not ros"``) and ``make test`` runs everything.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
 import signal
 import socket
@@ -25,10 +31,49 @@ PICAR_CLASSES = ("Green Traffic Light", "Person", "Red Traffic Light", "Speed Li
 EXECUTABLES = REPO_ROOT / "install" / "ssd_ros" / "lib" / "ssd_ros"
 
 
+# What starts DDS participants in a test: the test's own node, node processes (whose environment every child
+# ROS process must take from ros_env). A test module naming one of them is marked ``ros``, so a new DDS test
+# is never in the fast subset by mistake; an unmarked test that starts rclpy anyway fails (_no_dds_unless_marked).
+DDS_ENTRY_POINTS = frozenset({"RosProbe", "start_executable", "ros_env"})
+
+
 def pytest_configure(config):
-    """Refuse to run ROS tests with discovery that could leave the machine."""
+    """Refuse to run ROS tests with discovery that could leave the machine; declare the ``ros`` marker."""
     if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST":
         raise pytest.UsageError("run the suite with scripts/test.sh (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)")
+    config.addinivalue_line(
+        "markers", f"ros: starts DDS participants (automatic: the module names {sorted(DDS_ENTRY_POINTS)})"
+    )
+
+
+@functools.cache
+def _starts_dds(path: str) -> bool:
+    """Whether the test module at ``path`` names one of the DDS entry points."""
+    tree = ast.parse(Path(path).read_text(), path)
+    return any(isinstance(node, ast.Name) and node.id in DDS_ENTRY_POINTS for node in ast.walk(tree))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test of a module that starts DDS participants ``ros``."""
+    for item in items:
+        if _starts_dds(str(item.path)):
+            item.add_marker(pytest.mark.ros)
+
+
+@pytest.fixture(autouse=True)
+def _no_dds_unless_marked(request, monkeypatch):
+    """An rclpy context initialised by a test not marked ``ros`` fails it, naming the fix."""
+    if request.node.get_closest_marker("ros") is not None:
+        return
+    from rclpy.context import Context
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            f"{request.node.nodeid} starts DDS without the ros marker: start it through conftest's "
+            f"{', '.join(sorted(DDS_ENTRY_POINTS))} (marked automatically) or mark it @pytest.mark.ros"
+        )
+
+    monkeypatch.setattr(Context, "init", refuse)
 
 
 # CI (CI=true, as CI services set it) always has ../shared/data: there a missing file is a broken set-up,
@@ -76,6 +121,26 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout_s: float,
+    what: str,
+    *,
+    detail: Callable[[], str] | None = None,
+    step: Callable[[], Any] = lambda: time.sleep(0.02),
+) -> Any:
+    """Run ``step`` until ``predicate()`` is truthy and return it; on timeout fail naming ``what`` and ``detail()``.
+
+    The one wait of the suite (``RosProbe.spin_until`` spins with it): tests wait for the event, never for a time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}" + (f"; {detail()}" if detail else ""))
+        step()
+    return value
 
 
 class RosProbe:
@@ -137,12 +202,7 @@ class RosProbe:
 
     def spin_until(self, predicate: Callable[[], Any], timeout_s: float, what: str, *, detail=None) -> Any:
         """Spin until ``predicate()`` is truthy and return it; on timeout fail naming ``what`` and ``detail()``."""
-        deadline = time.monotonic() + timeout_s
-        while not (value := predicate()):
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout_s} s waiting for {what}" + (f"; {detail()}" if detail else ""))
-            self.spin_once()
-        return value
+        return wait_until(predicate, timeout_s, what, detail=detail, step=self.spin_once)
 
     def call(self, srv_type: Any, service: str, request: Any, timeout_s: float = 10.0, attempts: int = 3) -> Any:
         """The response of ``service`` to ``request``, once the service is discovered (within ``timeout_s``).
@@ -254,7 +314,6 @@ def plant_coco_weights(monkeypatch, architecture: str, state_dict) -> Path:
     at that name on a port that refuses at once: loading finds the file in the cache and checks its hash as it
     checks the published file's, and nothing is downloaded. Use with the ``torch_hub_cache`` fixture.
     """
-
     from ssd_ros.vision.model import cached_weights_path, coco_weights
 
     weights = coco_weights(architecture)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, RosProbe, forged_png, make_checkpoint, start_executable, stop_process
+from conftest import REPO_ROOT, RosProbe, forged_png, make_checkpoint, start_executable, stop_process, wait_until
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.parameter import Parameter, parameter_value_to_python
@@ -94,10 +94,10 @@ class Probe:
                     self.diagnostics.append({kv.key: kv.value for kv in status.values})
 
     def wait_ready(self):
-        wait_for(lambda: self.pub.get_subscription_count() > 0 and self.sub.get_publisher_count() > 0,
-                 f"{self.namespace} detector to come up")  # fmt: skip
+        wait_until(lambda: self.pub.get_subscription_count() > 0 and self.sub.get_publisher_count() > 0,
+                   TIMEOUT_S, f"{self.namespace} detector to come up")  # fmt: skip
         services = {f"{self.namespace}/detector/{name}" for name in ("set_parameters", "get_parameters")}
-        wait_for(lambda: services <= dict(self.node.get_service_names_and_types()).keys(), f"services {services}")
+        wait_until(lambda: services <= dict(self.node.get_service_names_and_types()).keys(), TIMEOUT_S, "the services")
 
     def header(self, frame_id: str = "camera_optical") -> Header:
         """A header with a stamp no other frame of this probe uses (so answers can be matched)."""
@@ -111,7 +111,7 @@ class Probe:
         return msg.header.stamp.sec, msg.header.stamp.nanosec
 
     def answer(self, stamp: tuple[int, int]) -> Detection2DArray:
-        wait_for(lambda: stamp in self.answers, f"detections for stamp {stamp} on {self.namespace}")
+        wait_until(lambda: stamp in self.answers, TIMEOUT_S, f"detections for stamp {stamp} on {self.namespace}")
         with self.lock:
             return self.answers[stamp]
 
@@ -124,7 +124,7 @@ class Probe:
             with self.lock:
                 return any(predicate(d) for d in self.diagnostics[seen:])
 
-        wait_for(found, f"diagnostics of {self.namespace}")
+        wait_until(found, TIMEOUT_S, f"diagnostics of {self.namespace}")
         with self.lock:
             return next(d for d in self.diagnostics[seen:] if predicate(d))
 
@@ -143,14 +143,6 @@ class Probe:
         return parameter_value_to_python(response.values[0])
 
 
-def wait_for(predicate, what: str, timeout_s: float = TIMEOUT_S) -> None:
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.fixture(scope="module")
 def ssdlite_checkpoint(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "ssdlite.pt")
@@ -158,7 +150,7 @@ def ssdlite_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ros():
-    """The test's node, spun by a background thread: the test waits with plain sleeps (``wait_for``)."""
+    """The test's node, spun by a background thread: the test waits with ``wait_until``."""
     with RosProbe("detector_test_probe", background=True) as probe:
         yield probe
 
@@ -346,7 +338,7 @@ def test_each_bad_input_is_counted_and_the_next_good_frame_answered(nodes, which
         assert probe.proc.poll() is None, f"node died on {problem}"
     # The log warns too, throttled by rclpy (one warning per 5 s), naming the problem of the frame it reports.
     problems = [problem for problem, _ in cases]
-    wait_for(lambda: any(p in probe.log.read_text() for p in problems), "a warning naming a problem", timeout_s=10)
+    wait_until(lambda: any(p in probe.log.read_text() for p in problems), 10, "a warning naming a problem")
     final = probe.fresh_diagnostics()
     assert int(final["bad_frames"]) == baseline + len(cases)
     assert final["last_bad_frame"].startswith(cases[-1][0])
@@ -371,7 +363,7 @@ def test_diagnostics_report_rates_times_and_device(raw):
     def stream():  # ~10 Hz for a few seconds
         while not stop.is_set():
             raw.send(rgb_to_image_msg(test_image(6), raw.header()))
-            time.sleep(0.1)
+            stop.wait(0.1)
 
     thread = threading.Thread(target=stream)
     thread.start()
@@ -396,22 +388,30 @@ def test_annotated_image_only_while_enabled(raw, ros):
     annotated = []
     sub = ros.node.create_subscription(Image, "/raw/image_annotated", annotated.append, 10)
     try:
-        wait_for(lambda: sub.get_publisher_count() > 0, "the image_annotated publisher")
-        time.sleep(0.5)  # the node must see this subscriber before it decides to draw
         rgb = test_image(8)
-        header = raw.header("annotated_frame")
-        raw.answer(raw.send(rgb_to_image_msg(rgb, header)))
-        wait_for(lambda: annotated, "an annotated image")
+        headers = []
+
+        def first_drawn():  # the node draws once it has discovered this subscriber: frames go until one comes back
+            if not annotated:
+                headers.append(raw.header("annotated_frame"))
+                raw.answer(raw.send(rgb_to_image_msg(rgb, headers[-1])))
+            return annotated
+
+        wait_until(first_drawn, TIMEOUT_S, "an annotated image")
         msg = annotated[-1]
-        assert msg.header == header and msg.encoding == "rgb8" and (msg.width, msg.height) == (WIDTH, HEIGHT)
+        assert msg.header in headers and msg.encoding == "rgb8" and (msg.width, msg.height) == (WIDTH, HEIGHT)
         drawn = image_msg_to_rgb(msg)
         changed = (drawn != rgb).any(axis=2)
         assert 0.001 < changed.mean() < 0.9  # boxes and labels drawn over the unchanged picture
         assert all(r.successful for r in raw.set(publish_annotated=False))
-        count = len(annotated)
-        raw.answer(raw.send(rgb_to_image_msg(rgb, raw.header())))
-        time.sleep(0.5)
-        assert len(annotated) == count
+        skipped = raw.header()
+        raw.answer(raw.send(rgb_to_image_msg(rgb, skipped)))
+        # Drawing again, the node's next image arrives after the skipped one would have (one writer, in order).
+        assert all(r.successful for r in raw.set(publish_annotated=True))
+        drawn_again = raw.header()
+        raw.answer(raw.send(rgb_to_image_msg(rgb, drawn_again)))
+        wait_until(lambda: annotated[-1].header == drawn_again, TIMEOUT_S, "the next annotated image")
+        assert skipped not in [m.header for m in annotated]
     finally:
         assert all(r.successful for r in raw.set(publish_annotated=True))
         ros.node.destroy_subscription(sub)
@@ -462,7 +462,7 @@ def test_label_info_is_latched_for_late_subscribers(raw, ros):
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     sub = ros.node.create_subscription(LabelInfo, "/raw/label_info", received.append, latched)
     try:
-        wait_for(lambda: received, "latched label_info")
+        wait_until(lambda: received, TIMEOUT_S, "latched label_info")
     finally:
         ros.node.destroy_subscription(sub)
     msg = received[-1]
@@ -488,8 +488,8 @@ def test_ssd300_node_and_dropped_frames(ros, tmp_path, reference):
         for _ in range(8):
             stamps.append(probe.send(rgb_to_image_msg(rgb, probe.header())))
             time.sleep(0.05)
+        # The newest frame is answered last, and one writer's answers arrive in order: the others are in by now.
         probe.answer(stamps[-1])
-        time.sleep(2.0)
         answered = [s for s in stamps if s in probe.answers]
         assert len(answered) < len(stamps)
         report = probe.fresh_diagnostics(lambda d: float(d["input_rate_hz"]) == 0.0)
