@@ -261,6 +261,9 @@ class Detector:
         _check_choice(architecture, ARCHITECTURES, "architecture")
         _check_choice(backend, BACKENDS, "backend")
         _check_choice(precision, ("auto", *PRECISIONS), "precision")
+        if backend != "torch":  # before the download: the model is exported in memory and run there
+            require_runtime("onnx")
+            require_runtime(backend)
         resolved = resolve_device(device) if backend == "torch" else _cpu_only(backend, device)
         model, card = load_coco_pretrained(architecture, resolved, progress=progress)
         return cls._from_model(model, card, backend, precision, num_threads, resolved, **kwargs)
