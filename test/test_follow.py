@@ -6,10 +6,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from ssd_ros.control import follow
 from ssd_ros.control.camera import PinholeCamera
-from ssd_ros.control.follow import ZERO, FollowController, FollowLoop, FollowParams, class_mismatch
+from ssd_ros.control.follow import OWN_ID_PREFIX, ZERO, FollowController, FollowLoop, FollowParams, class_mismatch
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.simulation.simulator import (
+    SWAPS,
     RoverState,
     SimParams,
     Simulator,
@@ -36,12 +38,18 @@ def person_box(bearing_deg: float, height_fraction: float, p: FollowParams = PAR
     return [cx - 0.15 * h, 240 - h / 2, cx + 0.15 * h, 240 + h / 2]
 
 
-def frame(*items) -> Detections:
-    """Detections from (box, score, name) tuples."""
+def untracked(*items) -> Detections:
+    """Detections without track ids from (box, score, name) tuples."""
     if not items:
         return Detections.empty(("person",))
     boxes, scores, names = zip(*items)
     return Detections.from_named(np.array(boxes), np.array(scores), list(names))
+
+
+def frame(*items) -> Detections:
+    """Detections from (box, score, name) tuples, tracked: the k-th one has track id str(k + 1) in every frame."""
+    detections = untracked(*items)
+    return replace(detections, track_ids=tuple(str(k + 1) for k in range(len(detections))))
 
 
 def assert_ackermann(linear, angular, p: FollowParams = PARAMS):
@@ -115,7 +123,7 @@ def test_disabled_gives_zero_and_forgets_target():
         command = controller.update(far, k * PERIOD, k * PERIOD)
         assert command.linear_mps == 0.0 and command.angular_radps == 0.0
         assert controller.state == "disabled"
-    assert controller.track is None
+    assert controller.target is None
     controller.set_enabled(True)
     controller.update(far, 20 * PERIOD, 20 * PERIOD)
     assert controller.state == "tracking"
@@ -146,14 +154,14 @@ def test_nan_boxes_foreign_classes_and_low_scores_never_become_the_target():
     for k in range(20):
         command = controller.update(junk, k * PERIOD, k * PERIOD)
         assert command.linear_mps == 0.0 and command.angular_radps == 0.0
-    assert controller.track is None and controller.counters["rejected_candidates"] == 5 * 20
+    assert controller.target is None and controller.counters["rejected_candidates"] == 5 * 20
     # Mixed with a real person, only the person is followed (it is to the left: positive yaw rate).
     person = (person_box(15, 0.25), 0.8, "person")
     mixed = frame(*[(b, s, n) for b, s, n in zip(junk.boxes, junk.scores, junk.names)], person)
     for k in range(20, 40):
         command = controller.update(mixed, k * PERIOD, k * PERIOD)
         assert math.isfinite(command.linear_mps) and math.isfinite(command.angular_radps)
-    assert controller.track.class_name == "person"
+    assert controller.target.class_name == "person"
     assert command.linear_mps > 0 and command.angular_radps > 0
 
 
@@ -189,47 +197,95 @@ def test_keeps_the_acquired_person_when_another_crosses_in_front():
     assert controller.state == "tracking"
 
 
-def test_association_prefers_the_same_object_over_a_bigger_one():
-    controller = FollowController(PARAMS)
-    a = (person_box(0, 0.4), 0.8, "person")
-    controller.update(frame(a), 0.0, 0.0)
-    # A bigger, better-scoring person appears overlapping A; A itself moved a little.
-    b = (person_box(4, 0.9), 0.99, "person")
-    a_moved = (person_box(1, 0.41), 0.7, "person")
-    controller.update(frame(b, a_moved), PERIOD, PERIOD)
-    assert controller.track.box[3] - controller.track.box[1] == pytest.approx(0.41 * 480, abs=1e-3)
-    # With A occluded (only B visible) the track is not handed over to B.
-    controller.update(frame(b), 2 * PERIOD, 2 * PERIOD)
-    assert controller.track.stamp_s == PERIOD
-    # After lost_timeout the robot stops, but B is not acquired while A may still come back ...
-    t = 2 * PERIOD
-    while t < PERIOD + PARAMS.reacquire_window_s - PERIOD / 2:
-        t += PERIOD
-        command = controller.update(frame(b), t, t)
-        assert controller.track is None or controller.track.stamp_s == PERIOD
-    assert command == ZERO and controller.remembered is not None
-    # ... only once reacquire_window_s is over may any candidate be acquired: B.
-    for _ in range(2):
-        t += PERIOD
-        controller.update(frame(b), t, t)
-    assert controller.track is not None and controller.remembered is None
-    assert controller.track.box[3] - controller.track.box[1] == pytest.approx(0.9 * 480, abs=1e-3)
-
-
 def tracked(*items):
     """Detections with track ids from (box, score, name, id) tuples."""
     boxes, scores, names, ids = zip(*items)
     return Detections.from_named(np.array(boxes), np.array(scores), list(names), ids)
 
 
-def test_the_target_is_its_track_id_whatever_the_boxes_say():
+def test_detections_without_a_track_id_are_never_followed():
+    controller = FollowController(PARAMS)
+    for k in range(10):
+        command = controller.update(untracked((person_box(10, 0.25), 0.9, "person")), k * PERIOD, k * PERIOD)
+        assert command == ZERO and controller.target is None
+    assert controller.counters["untracked_candidates"] == 10 and controller.counters["rejected_candidates"] == 0
+
+
+def test_the_target_is_its_track_id_not_the_biggest_or_nearest_box():
     controller = FollowController(PARAMS)
     controller.update(tracked((person_box(0, 0.4), 0.8, "person", "7")), 0.0, 0.0)
-    assert controller.track.track_id == "7"
-    # The tracker says "7" is now the smaller box at 10 deg, the bigger one at 1 deg is "8": the id wins.
-    near, far = person_box(1, 0.5), person_box(10, 0.3)
-    controller.update(tracked((near, 0.9, "person", "8"), (far, 0.8, "person", "7")), PERIOD, PERIOD)
-    assert controller.track.track_id == "7" and controller.track.box[0] == pytest.approx(far[0], abs=1e-3)
+    assert controller.target.track_id == "7"
+    # "7" walks on a little; "8", bigger and better scoring, steps in where "7" was: the id wins.
+    a_moved, b = person_box(1, 0.41), person_box(0, 0.5)
+    controller.update(tracked((b, 0.99, "person", "8"), (a_moved, 0.8, "person", "7")), PERIOD, PERIOD)
+    assert controller.target.track_id == "7" and controller.target.box[0] == pytest.approx(a_moved[0], abs=1e-3)
+    # With "7" hidden, "8" is not taken for it: its id is waited for (the tracker keeps lost tracks' ids) ...
+    t = PERIOD
+    while t < PARAMS.reacquire_window_s - PERIOD:
+        t += PERIOD
+        command = controller.update(tracked((b, 0.99, "person", "8")), t, t)
+        assert controller.target.track_id == "7" and controller.target.stamp_s == PERIOD
+    assert command == ZERO and controller.state == "searching"
+    # ... and "7" back under its id, after the robot stopped, is the target again.
+    t += PERIOD
+    controller.update(tracked((b, 0.99, "person", "8"), (person_box(1.5, 0.41), 0.8, "person", "7")), t, t)
+    assert controller.target.stamp_s == t and controller.target.track_id == "7"
+    # Once reacquire_window_s is over without it, any candidate may be acquired: the biggest, "8".
+    for _ in range(int(PARAMS.reacquire_window_s / PERIOD) + 2):
+        t += PERIOD
+        controller.update(tracked((b, 0.99, "person", "8")), t, t)
+    assert controller.target.track_id == "8"
+
+
+def cross_and_swap(controller, frames=14, swap_frame=6, a_hidden=()):
+    """A (id "1", followed) walks right, B (id "2", nearer: 1.25x bigger) left; from ``swap_frame`` on the tracker
+    has swapped their ids. Yields, per frame, A's and B's boxes after the controller saw the frame."""
+    controller.update(tracked((person_box(-8, 0.35), 0.9, "person", "1")), -PERIOD, -PERIOD)
+    for k in range(frames):
+        a, b = person_box(-8 + 0.9 * k, 0.35), person_box(10 - 1.1 * k, 0.35 * 1.25)
+        a_id, b_id = ("1", "2") if k < swap_frame else ("2", "1")
+        items = [(b, 0.9, "person", b_id)] + ([] if k in a_hidden else [(a, 0.9, "person", a_id)])
+        controller.update(tracked(*items), k * PERIOD, k * PERIOD)
+        yield np.float32(a), np.float32(b)
+
+
+def test_when_the_tracker_swaps_two_crossing_peoples_ids_the_follower_keeps_its_person():
+    controller = FollowController(PARAMS)
+    for _a, b in cross_and_swap(controller):
+        assert not np.array_equal(controller.target.box, b)
+    a = _a
+    # Its id "1" jumped onto B: dropped; A, now "2", is where A was going.
+    assert controller.target.track_id == "2" and np.array_equal(controller.target.box, a)
+    assert controller.target.dropped_ids == {"1"} and controller.counters["id_jumps"] == 1
+
+
+def test_a_swap_while_the_person_is_hidden_waits_for_it_and_never_takes_the_other():
+    controller = FollowController(PARAMS)
+    for _a, b in cross_and_swap(controller, a_hidden=(6, 7, 8)):
+        assert not np.array_equal(controller.target.box, b)  # "1" on B alone for three frames: never taken
+    a = _a
+    assert controller.target.track_id == "2" and np.array_equal(controller.target.box, a)
+    assert controller.counters["id_jumps"] == 1
+
+
+def test_without_the_jump_check_the_swap_hands_the_target_to_the_other_person(monkeypatch):
+    """The check is what keeps the person: with an infinite gate the follower follows its id onto B."""
+    monkeypatch.setattr(follow, "JUMP_CHI2", math.inf)
+    controller = FollowController(PARAMS)
+    *_, (_, b) = cross_and_swap(controller)
+    assert controller.target.track_id == "1" and np.array_equal(controller.target.box, b)
+
+
+def test_one_implausible_box_is_noise_and_the_id_is_kept():
+    controller = FollowController(PARAMS)
+    a = person_box(0, 0.4)
+    for k in range(10):
+        controller.update(tracked((a, 0.9, "person", "1")), k * PERIOD, k * PERIOD)
+    controller.update(tracked((person_box(12, 0.4), 0.9, "person", "1")), 10 * PERIOD, 10 * PERIOD)  # one bad box
+    assert controller.target.stamp_s == 9 * PERIOD  # not taken ...
+    controller.update(tracked((a, 0.9, "person", "1")), 11 * PERIOD, 11 * PERIOD)
+    assert controller.target.track_id == "1" and controller.target.stamp_s == 11 * PERIOD  # ... nor the id dropped
+    assert controller.counters["id_jumps"] == 0
 
 
 def test_an_id_on_a_box_of_another_size_does_not_switch_the_target():
@@ -238,39 +294,19 @@ def test_an_id_on_a_box_of_another_size_does_not_switch_the_target():
     controller.update(tracked((person_box(0, 0.4), 0.9, "person", "0")), 0.0, 0.0)
     near = person_box(12, 0.9)  # a near person, first in this frame's list
     controller.update(tracked((near, 0.9, "person", "0"), (person_box(0, 0.4), 0.8, "person", "1")), PERIOD, PERIOD)
-    assert controller.track.box[3] - controller.track.box[1] == pytest.approx(0.4 * 480, abs=1e-3)
+    assert controller.target.box[3] - controller.target.box[1] == pytest.approx(0.4 * 480, abs=1e-3)
 
 
-def test_after_an_occlusion_the_target_is_reacquired_under_a_new_id_never_as_a_person_seen_beside_it():
-    controller = FollowController(PARAMS)
-    a, b = person_box(0, 0.4), person_box(3, 0.38)  # B beside A, nearly the same size and place
-    for k in range(5):
-        controller.update(tracked((a, 0.9, "person", "1"), (b, 0.9, "person", "2")), k * PERIOD, k * PERIOD)
-    assert controller.track.track_id == "1"
-    # A is hidden for 2 s (beyond lost_timeout_s: the robot stops); B stays and would pass every geometric test.
-    t = 4 * PERIOD
-    for _ in range(20):
-        t += PERIOD
-        controller.update(tracked((b, 0.9, "person", "2")), t, t)
-        assert controller.track is None or controller.track.track_id == "1"
-    assert controller.state == "searching" and controller.remembered.track_id == "1"
-    # A is back; the tracker had deleted its track, so it comes with a new id: re-associated by place and size.
-    t += PERIOD
-    controller.update(tracked((b, 0.9, "person", "2"), (person_box(0.5, 0.4), 0.9, "person", "3")), t, t)
-    assert controller.track.track_id == "3" and controller.state == "tracking"
-
-
-def test_frames_without_ids_are_tracked_by_the_loop():
+def test_frames_without_ids_are_tracked_by_the_loop_in_its_own_id_space():
     loop = FollowLoop(PARAMS)
     for k in range(3):
-        out = loop.offer(frame((person_box(0, 0.4), 0.9, "person")), k * PERIOD)
+        out = loop.offer(untracked((person_box(0, 0.4), 0.9, "person")), k * PERIOD)
         loop.tick(k * PERIOD)
-    assert out.track_ids == ("1",) and loop.controller.track.track_id == "1"
-    # Ids from the detector are used as they are; from then on its frames without ids are its unconfirmed
-    # detections, never given ids from the loop's own tracker (two id spaces would mix).
-    assert loop.offer(tracked((person_box(0, 0.4), 0.9, "person", "42")), 3 * PERIOD).track_ids == ("42",)
-    for k in range(4, 8):
-        assert loop.offer(frame((person_box(0, 0.4), 0.9, "person")), k * PERIOD).track_ids == ("",)
+    assert out.track_ids == (OWN_ID_PREFIX + "1",) and loop.controller.target.track_id == OWN_ID_PREFIX + "1"
+    # Ids from the detector are used as they are; its frames without any (only unconfirmed detections) get the
+    # loop's own, which can never be taken for the detector's "1".
+    assert loop.offer(tracked((person_box(0, 0.4), 0.9, "person", "1")), 3 * PERIOD).track_ids == ("1",)
+    assert loop.offer(untracked((person_box(0, 0.4), 0.9, "person")), 4 * PERIOD).track_ids[0].startswith(OWN_ID_PREFIX)
 
 
 def test_never_turns_in_place_and_stops_when_too_close():
@@ -400,7 +436,7 @@ def test_follow_loop_hands_the_newest_frame_to_one_tick_only():
     loop.offer(left, 0.0)
     loop.offer(right, 0.01)  # arrived before the tick: the older frame is never used
     assert loop.tick(0.02) == loop.controller.last_command and loop.controller.counters["frames"] == 1
-    assert loop.controller.track.box[0] == pytest.approx(right.boxes[0][0])
+    assert loop.controller.target.box[0] == pytest.approx(right.boxes[0][0])
     for k in range(2, 20):  # no new frame: the controller coasts on the track, counting no frame twice
         command = loop.tick(0.01 * k)
     assert loop.controller.counters["frames"] == 1 and loop.last_stamp_s == 0.01
@@ -435,10 +471,10 @@ def test_a_finite_box_far_outside_the_image_is_malformed_and_never_steers():
     slightly_outside = frame(([600.0, 180.0, 690.0, 300.0], 0.9, "person"))  # a detector that does not clip
     for k in range(20):
         command = controller.update(far_right, k * PERIOD, k * PERIOD)
-        assert command == ZERO and controller.track is None
+        assert command == ZERO and controller.target is None
     assert controller.counters["outside_image"] == 20
     controller.update(slightly_outside, 20 * PERIOD, 20 * PERIOD)
-    assert controller.track is not None and controller.counters["outside_image"] == 20
+    assert controller.target is not None and controller.counters["outside_image"] == 20
 
 
 def test_a_calibrated_1280x720_camera_gives_the_640x480_commands_for_the_same_scene():
@@ -495,3 +531,17 @@ def test_without_the_reacquisition_window_the_bigger_person_takes_over_after_a_2
 def test_a_person_crossing_in_front_at_a_similar_distance_never_takes_over(seed):
     result = outcome("crossing_people", seed)
     assert result.kept_target and not result.taken_over
+
+
+@pytest.mark.parametrize("name", list(SWAPS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_when_the_tracker_swaps_the_crossing_peoples_ids_the_target_is_kept(name, seed):
+    result = outcome(name, seed)
+    assert result.kept_target and not result.taken_over
+    assert result.id_switches >= 2  # the swap happened: each person's id changed
+
+
+def test_without_the_jump_check_the_swapped_id_takes_the_follower_to_the_other_person(monkeypatch):
+    monkeypatch.setattr(follow, "JUMP_CHI2", math.inf)
+    result = outcome("crossing_swap_front", 0)
+    assert result.taken_over and not result.kept_target

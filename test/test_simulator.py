@@ -1,4 +1,4 @@
-"""Simulator core: bicycle model, pinhole camera, simulated detector, scripted paths, metrics and the tool."""
+"""Simulator core: bicycle model, pinhole camera, simulated detector, scripted routes, metrics and the tool."""
 
 import math
 
@@ -7,14 +7,14 @@ import pytest
 
 from ssd_ros.simulation.simulator import (
     SCENARIOS,
-    CirclePath,
-    LinePath,
+    CircleRoute,
+    LineRoute,
     RoverState,
     Scenario,
     SimParams,
     Simulator,
-    StaticPath,
-    StopAndGoPath,
+    StaticRoute,
+    StopAndGoRoute,
     Target,
     Trace,
     desired_distance_m,
@@ -23,6 +23,7 @@ from ssd_ros.simulation.simulator import (
     path_metrics,
 )
 from ssd_ros.tools import tune_follower
+from ssd_ros.vision.detections import iou_matrix
 
 QUIET = SimParams(box_noise_px=0.0, miss_probability=0.0, frame_drop_probability=0.0)
 
@@ -34,7 +35,7 @@ def sim_with(targets, params=QUIET, rover=None):
 def test_pinhole_projection_size_and_side():
     p = QUIET
     d = 4.0
-    ahead = sim_with([Target("a", StaticPath(p.camera_forward_m + d, 0.0))]).capture()[0]
+    ahead = sim_with([Target("a", StaticRoute(p.camera_forward_m + d, 0.0))]).capture()[0]
     x1, y1, x2, y2 = ahead.box
     assert (x1 + x2) / 2 == pytest.approx(p.image_width / 2)
     f = p.camera.fx_px
@@ -42,16 +43,16 @@ def test_pinhole_projection_size_and_side():
     assert y2 - y1 == pytest.approx(f * 1.7 / d)
     assert x2 - x1 == pytest.approx(f * 0.5 / d)
     assert ahead.depth_m == pytest.approx(d)
-    left = sim_with([Target("a", StaticPath(p.camera_forward_m + d, 1.0))]).capture()[0]
+    left = sim_with([Target("a", StaticRoute(p.camera_forward_m + d, 1.0))]).capture()[0]
     assert (left.box[0] + left.box[2]) / 2 == pytest.approx(p.image_width / 2 - f * 1.0 / d)
-    behind = sim_with([Target("a", StaticPath(-3.0, 0.0))]).capture()
-    outside = sim_with([Target("a", StaticPath(1.0, 5.0))]).capture()
+    behind = sim_with([Target("a", StaticRoute(-3.0, 0.0))]).capture()
+    outside = sim_with([Target("a", StaticRoute(1.0, 5.0))]).capture()
     assert behind == [] and outside == []
 
 
 def test_desired_distance_matches_the_projection():
     d = desired_distance_m(1.7, 0.5, QUIET)
-    view = sim_with([Target("a", StaticPath(QUIET.camera_forward_m + d, 0.0))]).capture()[0]
+    view = sim_with([Target("a", StaticRoute(QUIET.camera_forward_m + d, 0.0))]).capture()[0]
     assert (view.box[3] - view.box[1]) / QUIET.image_height == pytest.approx(0.5)
 
 
@@ -80,7 +81,7 @@ def test_detections_arrive_after_the_latency_with_the_capture_stamp_at_the_frame
     p = SimParams(
         latency_s=0.15, detection_rate_hz=10, box_noise_px=0.0, miss_probability=0.0, frame_drop_probability=0.0
     )
-    sim = sim_with([Target("a", StaticPath(3.0, 0.0))], p)
+    sim = sim_with([Target("a", StaticRoute(3.0, 0.0))], p)
     arrivals = []
     for _ in range(300):
         sim.step(0.0, 0.0, 0.005)
@@ -97,7 +98,7 @@ def test_detections_arrive_after_the_latency_with_the_capture_stamp_at_the_frame
 
 
 def test_noise_misses_and_dropped_frames():
-    target = [Target("a", StaticPath(3.0, 0.0))]
+    target = [Target("a", StaticRoute(3.0, 0.0))]
     never = sim_with(target, SimParams(miss_probability=1.0))
     detections, truth = never.detect(never.capture())
     assert len(detections) == 0 and truth == []
@@ -108,12 +109,12 @@ def test_noise_misses_and_dropped_frames():
     exact = noisy.capture()[0].box
     errors = np.array([noisy.detect(noisy.capture())[0].boxes[0] - exact for _ in range(400)])
     assert errors.std() == pytest.approx(3.0, rel=0.15) and abs(errors.mean()) < 0.5
-    hidden = [Target("a", StaticPath(3.0, 0.0), visible=False)]
+    hidden = [Target("a", StaticRoute(3.0, 0.0), visible=False)]
     assert sim_with(hidden).capture() == []
 
 
 def test_a_hidden_target_is_not_detected_during_its_window_and_frames_carry_their_ground_truth():
-    sim = sim_with([Target("a", StaticPath(3.0, 0.0), hidden=((0.5, 1.0),)), Target("b", StaticPath(3.0, 1.0))])
+    sim = sim_with([Target("a", StaticRoute(3.0, 0.0), hidden=((0.5, 1.0),)), Target("b", StaticRoute(3.0, 1.0))])
     seen = {}
     while sim.time < 1.5:
         sim.step(0.0, 0.0, 0.01)
@@ -125,7 +126,7 @@ def test_a_hidden_target_is_not_detected_during_its_window_and_frames_carry_thei
 
 def test_follow_outcome_counts_take_overs_reacquisition_and_id_switches():
     scenario = Scenario(
-        "t", "", RoverState(), [Target("a", StaticPath(3, 0), hidden=((1.0, 2.0),)), Target("b", StaticPath(3, 1))], 4
+        "t", "", RoverState(), [Target("a", StaticRoute(3, 0), hidden=((1.0, 2.0),)), Target("b", StaticRoute(3, 1))], 4
     )
     t = [0.5 * k for k in range(9)]  # 0 .. 4 s
     followed = ["a", "a", "", "", "", "a", "a", "a", "a"]  # back on "a" at 2.5 s
@@ -146,9 +147,9 @@ def test_follow_outcome_counts_take_overs_reacquisition_and_id_switches():
 
 def test_nearer_target_occludes_farther_one():
     targets = [
-        Target("far", StaticPath(5.0, 0.0)),
-        Target("near", StaticPath(2.0, 0.05)),
-        Target("dog", StaticPath(4.0, -1.5), class_name="dog", height_m=0.5),
+        Target("far", StaticRoute(5.0, 0.0)),
+        Target("near", StaticRoute(2.0, 0.05)),
+        Target("dog", StaticRoute(4.0, -1.5), class_name="dog", height_m=0.5),
     ]
     sim = sim_with(targets)
     assert [v.name for v in sim.capture()] == ["near", "dog"]
@@ -156,14 +157,14 @@ def test_nearer_target_occludes_farther_one():
     assert dets.names == ["person", "dog"] and truth == ["near", "dog"]  # QUIET: nothing missed
 
 
-def test_scripted_paths():
-    assert StaticPath(1.0, 2.0).position(7.0) == (1.0, 2.0)
-    line = LinePath(0.0, 0.0, 1.0, -0.5, t_start=1.0, t_end=3.0)
+def test_scripted_routes():
+    assert StaticRoute(1.0, 2.0).position(7.0) == (1.0, 2.0)
+    line = LineRoute(0.0, 0.0, 1.0, -0.5, t_start=1.0, t_end=3.0)
     assert line.position(0.5) == (0.0, 0.0) and line.position(2.0) == (1.0, -0.5) and line.position(9) == (2.0, -1.0)
-    circle = CirclePath(0.0, 0.0, 2.0, 0.5)
+    circle = CircleRoute(0.0, 0.0, 2.0, 0.5)
     quarter = math.pi / 2 * 2.0 / 0.5
     assert circle.position(quarter) == pytest.approx((0.0, 2.0))
-    stop_go = StopAndGoPath(0.0, 0.0, 0.0, 0.5, move_s=2.0, stop_s=3.0)
+    stop_go = StopAndGoRoute(0.0, 0.0, 0.0, 0.5, move_s=2.0, stop_s=3.0)
     assert stop_go.position(2.0) == pytest.approx((1.0, 0.0))
     assert stop_go.position(4.9) == pytest.approx((1.0, 0.0))
     assert stop_go.position(6.0) == pytest.approx((1.5, 0.0))
@@ -217,3 +218,24 @@ def test_tune_follower_tool_reports_who_was_followed_over_seeds(tmp_path, capsys
     out = capsys.readouterr().out
     assert "| occlusion_0.5s | 2 | 100 % | 100 %" in out and "| crossing_people | 2 | 100 % | - | 0 % |" in out
     assert plot.stat().st_size > 5_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frames_are_tracked_and_the_scripted_swap_exchanges_the_crossing_peoples_ids():
+    """A stands, B walks in front of it from the left: from their first overlap on, each carries the other's id."""
+    a, b = Target("a", StaticRoute(4.0, 0.0)), Target("b", LineRoute(3.0, 1.0, 0.0, -0.5))
+    sim = Simulator(QUIET, Scenario("swap", "", RoverState(), [a, b], 10.0, swap_ids_at_iou=0.05))
+    untracked = Simulator(QUIET, Scenario("swap", "", RoverState(), [a, b], 10.0), tracking=False)
+    ids_of = {"a": [], "b": []}
+    while sim.time < 1.8:
+        sim.step(0.0, 0.0, 0.01)
+        untracked.step(0.0, 0.0, 0.01)
+        assert all(d.track_ids is None for _, d in untracked.poll())
+        for stamp, detections in sim.poll():
+            boxes = detections.boxes
+            overlap = len(boxes) == 2 and float(iou_matrix(boxes[:1], boxes[1:])[0, 0]) >= 0.05
+            for name, track_id in zip(sim.truth[stamp], detections.ids):
+                ids_of[name].append((track_id, overlap))
+    first = [k for k, (_, overlap) in enumerate(ids_of["a"]) if overlap][0]
+    before = {name: {i for i, _ in ids[1:first]} for name, ids in ids_of.items()}  # frame 0: tentative
+    after = {name: {i for i, _ in ids[first:]} for name, ids in ids_of.items()}
+    assert before == {"a": {"1"}, "b": {"2"}} and after == {"a": {"2"}, "b": {"1"}}

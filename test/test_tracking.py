@@ -200,3 +200,35 @@ def test_ground_truth_is_matched_to_detections_by_iou():
     found = np.array([box(405, 240), box(600, 240), box(98, 240)])
     assert sorted(match_truth(truth, found)) == [(0, 2), (1, 0)]
     assert match_truth(truth, np.zeros((0, 4))) == []
+
+
+def test_a_persons_track_never_continues_on_a_dogs_box():
+    """The class gate: a dog where the person was (the person left, a dog walked in) is another track."""
+    tracker = Tracker()
+    run(tracker, [frame((box(300 + 5 * k, 240), 0.9, "person")) for k in range(5)])
+    dog = [frame((box(325 + 5 * k, 240), 0.9, "dog")) for k in range(3)]
+    assert run(tracker, dog, start=5) == [[""], ["2"], ["2"]]
+    assert tracker.state("1") == "lost"
+
+
+def test_a_lost_track_is_re_activated_under_its_old_id_and_removed_after_its_max_age():
+    tracker = Tracker(TrackerParams(track_max_age_s=1.0))
+    run(tracker, [frame((box(300, 240), 0.9)) for _ in range(3)])
+    assert tracker.state("1") == "tracked"
+    tracker.update(frame(), 3 * PERIOD)
+    assert tracker.state("1") == "lost"
+    assert tracker.update(frame((box(302, 240), 0.9)), 4 * PERIOD).track_ids == ("1",)
+    assert tracker.state("1") == "tracked"
+    for k in range(5, 16):  # 1.1 s unseen
+        tracker.update(frame(), k * PERIOD)
+    assert tracker.state("1") == "removed" and tracker.state("2") is None and tracker.state("person") is None
+
+
+def test_a_lost_track_is_recovered_where_it_was_last_seen_after_its_prediction_drifted():
+    """Observation-centric recovery: it walked fast, stopped behind something and stepped out where it stopped."""
+    tracker = Tracker()
+    run(tracker, [frame((box(100 + 20 * k, 240), 0.9)) for k in range(8)])
+    last = box(100 + 20 * 7, 240)
+    for k in range(8, 23):  # hidden 1.5 s: the prediction walked on 300 px
+        tracker.update(frame(), k * PERIOD)
+    assert tracker.update(frame((last, 0.9)), 23 * PERIOD).track_ids == ("1",)

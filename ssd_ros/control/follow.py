@@ -6,12 +6,15 @@ silent. Pipeline of one tick:
 
 1. Frame intake: stale or out-of-order frames are ignored; the configured classes above the score
    threshold with finite, non-degenerate boxes are candidates.
-2. Target selection: with no target, acquire the largest (or best-scoring) candidate; with one, keep
-   the *same* object: the detection with the target's track id (``Detection2D.id``, from the detector's
-   tracker or :class:`FollowLoop`'s own), else the best re-association by class, IoU / centre distance and
-   a box-size gate, never one whose id was seen beside the target (another person). A second person
-   crossing in front (bigger box, other id) is not taken over. After ``lost_timeout_s`` the robot stops,
-   but the target is re-acquired for ``reacquire_window_s``; only then may another object be acquired.
+2. Target selection by track id only (``Detection2D.id``: the tracker owns identity, see
+   :mod:`ssd_ros.control.tracking`): with no target, acquire the largest (or best-scoring) tracked
+   candidate; with one, the detection carrying its id, if its box moved plausibly (the target's own
+   constant-velocity filter, corrected for the rover's turning, predicts where it should be). A box that
+   jumped is another object under the target's id (the tracker swapped two people's ids where they
+   crossed): that id is dropped, and the target is the candidate that is where it was going (the
+   nearest plausible one, from then on by its id), never the dropped id. After ``lost_timeout_s`` the
+   robot stops, but only the target's id is re-acquired for ``reacquire_window_s``; only then may
+   another object be acquired.
 3. Errors: bearing from the box centre through a pinhole model of the camera's horizontal field of
    view, corrected for the yaw the rover has turned since the image was taken (latency compensation);
    relative distance from the box height against ``desired_height_fraction`` (height ~ 1 / distance).
@@ -25,18 +28,19 @@ silent. Pipeline of one tick:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 
 from ssd_ros.control.ackermann import steering_angle, yaw_rate
 from ssd_ros.control.camera import PinholeCamera
-from ssd_ros.control.tracking import Tracker
+from ssd_ros.control.tracking import BoxFilter, Tracker
 from ssd_ros.settings import check_settings, setting
-from ssd_ros.vision.detections import Detections, iou_matrix, similar_size
+from ssd_ros.vision.detections import Detections
 
 SEARCH_MODES = ("stop", "arc")
 ACQUIRE_MODES = ("largest", "score")
@@ -123,7 +127,7 @@ class FollowParams:
     compensate_yaw: bool = setting(True, "correct the bearing for the yaw turned since the image was taken")
     max_detection_age_s: float = setting(
         0.5,
-        "detections older than this (header stamp vs node clock) are ignored; a track older is not steered on (s)",
+        "detections older than this (header stamp vs node clock) are ignored; a sighting older is not steered on (s)",
         limits=(0.01, 60.0),
         read_only=True,
     )
@@ -146,19 +150,10 @@ class FollowParams:
     search_timeout_s: float = setting(
         10.0, "the search arc stops after this long (s)", limits=(0.0, 3600.0), read_only=True
     )
-    association_min_iou: float = setting(
-        0.2, "IoU with the last box that makes a candidate the same object", limits=(0.0, 1.0)
-    )
-    association_max_shift: float = setting(
-        0.15, "centre shift (fraction of image width) still counted as the same object", limits=(0.001, 10.0)
-    )
-    association_max_size_ratio: float = setting(
-        1.5, "box width or height ratio beyond which a candidate is another object", limits=(1.0, 100.0)
-    )
     reacquire_window_s: float = setting(
         3.0,
-        "after the last sighting, only the target is re-acquired (same track id or re-association) for this long; "
-        "then any candidate may be (s)",
+        "after the last sighting, only the target's track id is re-acquired for this long; then any candidate "
+        "may be (s)",
         limits=(0.0, 3600.0),
     )
 
@@ -190,18 +185,36 @@ ZERO = Command(0.0, 0.0)
 
 
 @dataclass
-class Track:
-    """The object being followed: its last associated box, when that image was taken, and its track id."""
+class Target:
+    """The object being followed: its track id, last box, when that image was taken, and its image motion.
+
+    ``track_id`` is "" while the target is re-found after its id's box jumped; ``dropped_ids`` are the ids
+    that carried it and then jumped to another object (they are never taken for it again).
+    """
 
     class_name: str
     box: np.ndarray  # xyxy pixels
     score: float
     stamp_s: float
-    track_id: str = ""  # the tracker's id ("" when untracked)
+    track_id: str
+    motion: BoxFilter  # one row: the box filtered at stamp_s, in the image of then
+    dropped_ids: set[str] = field(default_factory=set)
+    noise_scale: float = 1.0  # the measured innovation variance over the filter's (the detector's own noise)
+    suspect_frames: int = 0  # consecutive frames in which its id's box was implausible
 
 
-# Ids remembered as "another object seen beside the target": bounded, oldest forgotten first.
-MAX_OTHER_IDS = 256
+# A box whose squared Mahalanobis distance from the target's predicted box is beyond this is not the target:
+# chi-square with 4 degrees of freedom (centre x, centre y, width, height) at 99.9 %. The distance is taken
+# against the target's measured innovation (``Target.noise_scale``: the filter's noise model is the tracker's,
+# made for any detector, and far wider than a good one's), so the gate is as tight as the detector is steady.
+JUMP_CHI2 = 18.47
+# The noise scale is a running mean (this weight per sighting) of the distance over its expected value (4),
+# never below MIN_NOISE_SCALE: boxes repeated exactly must not make every later move a jump.
+NOISE_SCALE_RATE = 0.1
+MIN_NOISE_SCALE = 0.05
+# An implausible box is a jump when another box is where the target was going (its id went to another person
+# and its own box got another id), or when it stays implausible this many frames in a row: once is noise.
+JUMP_FRAMES = 2
 
 
 def _soft_deadband(error: float, band: float) -> float:
@@ -219,8 +232,8 @@ class FollowController:
 
     Attributes:
         state: "disabled" | "searching" | "tracking" | "lost".
-        enabled: when False every update returns zero and the track is forgotten.
-        track: the followed object, or None.
+        enabled: when False every update returns zero and the target is forgotten.
+        target: the followed object, or None (kept for ``reacquire_window_s`` after its last sighting).
         counters: frames used / ignored as stale / candidates rejected (for diagnostics).
     """
 
@@ -243,6 +256,8 @@ class FollowController:
             "stale_frames": 0,
             "rejected_candidates": 0,
             "outside_image": 0,
+            "untracked_candidates": 0,
+            "id_jumps": 0,
             "non_finite_commands": 0,
         }
         self.reset()
@@ -250,9 +265,7 @@ class FollowController:
     # -- public API ---------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the target and the motion state (the next command starts from standstill)."""
-        self.track: Track | None = None
-        self.remembered: Track | None = None  # the target after lost_timeout_s, re-acquired within the window
-        self._other_ids: dict[str, None] = {}  # track ids seen in the same frame as the target: other objects
+        self.target: Target | None = None
         self.state = "searching" if self.enabled else "disabled"
         self.last_command = ZERO
         self.steering_rad = 0.0
@@ -265,7 +278,7 @@ class FollowController:
         self._yaw_history: deque[tuple[float, float, float]] = deque()  # (t0, t1, yaw rate)
 
     def set_params(self, params: FollowParams) -> None:
-        """Swap in new tuning at runtime (validated first; the track and motion state are kept)."""
+        """Swap in new tuning at runtime (validated first; the target and motion state are kept)."""
         params.validate()
         self.params = params
 
@@ -294,7 +307,7 @@ class FollowController:
         if self._last_now is not None and dt > 0.0:
             self._yaw_history.append((now_s - dt, now_s, self.last_command.angular_radps))
         self._last_now = now_s
-        keep_s = p.max_detection_age_s + max(p.lost_timeout_s, p.reacquire_window_s)  # re-association needs it
+        keep_s = p.max_detection_age_s + max(p.lost_timeout_s, p.reacquire_window_s)  # the target's prediction needs it
         while self._yaw_history and self._yaw_history[0][1] < now_s - keep_s:
             self._yaw_history.popleft()
 
@@ -304,22 +317,20 @@ class FollowController:
         if detections is not None:
             self._intake(detections, now_s if stamp_s is None else stamp_s, now_s)
 
-        track = self.track
+        target = self.target
         # A sighting is steered on until it is max_detection_age_s old, so a missed frame or two coast
         # on the (yaw-compensated) last bearing instead of braking.
-        if track is not None and now_s - track.stamp_s <= p.max_detection_age_s:
+        if target is not None and now_s - target.stamp_s <= p.max_detection_age_s:
             self.state = "tracking"
             self._search_since = None
-            return self._emit(self._tracking_command(track, now_s, dt))
-        if track is not None and now_s - track.stamp_s < p.lost_timeout_s:
+            return self._emit(self._tracking_command(target, now_s, dt))
+        if target is not None and now_s - target.stamp_s < p.lost_timeout_s:
             self.state = "lost"
             return self._emit(self._braking_command(dt))
-        # Gone for lost_timeout_s (or never seen): stop steering on it; it is re-acquired if it comes back
+        # Gone for lost_timeout_s (or never seen): stop steering on it; its id is re-acquired if it comes back
         # within reacquire_window_s, after which any candidate may be acquired.
-        if track is not None:
-            self._search_since = track.stamp_s + p.lost_timeout_s
-            self.remembered = track
-        self.track = None
+        if target is not None:
+            self._search_since = target.stamp_s + p.lost_timeout_s
         self.state = "searching"
         return self._emit(self._search_command(now_s, dt))
 
@@ -337,36 +348,74 @@ class FollowController:
         self.counters["frames"] += 1
         self._last_frame_stamp = stamp_s
         boxes, scores, names, ids = self._candidates(detections)
-        if self.remembered is not None and stamp_s - self.remembered.stamp_s > p.reacquire_window_s:
-            self.remembered = None  # the re-acquisition window is over
-        track = self.track or self.remembered
-        if track is None:
+        target = self.target
+        if target is not None and stamp_s - target.stamp_s > p.reacquire_window_s:
+            target = self.target = None  # the re-acquisition window is over
+        if target is None:
             if len(scores):
                 key = scores if p.acquire == "score" else (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
                 i = int(np.argmax(key))
-                self._other_ids = {}
-                self._take(i, boxes, scores, names, ids, stamp_s)
+                self.target = Target(names[i], boxes[i], float(scores[i]), stamp_s, ids[i], BoxFilter(boxes[i]))
             return
-        i = self._associate(track, boxes, names, ids, stamp_s)
-        if i is not None:
-            self._take(i, boxes, scores, names, ids, stamp_s)
+        self._keep(target, boxes, scores, names, ids, stamp_s)
 
-    def _take(self, i: int, boxes, scores, names, ids, stamp_s: float) -> None:
-        """Candidate ``i`` is the target now; the other ids in the frame are other objects from now on."""
-        self.track = Track(names[i], boxes[i], float(scores[i]), stamp_s, ids[i])
-        self.remembered = None
-        for k, other in enumerate(ids):
-            if other and k != i:
-                self._other_ids.pop(other, None)
-                self._other_ids[other] = None  # re-inserted: the newest are kept
-        while len(self._other_ids) > MAX_OTHER_IDS:
-            del self._other_ids[next(iter(self._other_ids))]
+    def _keep(self, target: Target, boxes, scores, names, ids, stamp_s: float) -> None:
+        """Find the target among the candidates: its id while its box moves plausibly, else re-found by its motion.
+
+        Plausible = within :data:`JUMP_CHI2` of the target's predicted box (its own innovation scale). Its id on
+        an implausible box is dropped when another candidate is where it was going, or after :data:`JUMP_FRAMES`
+        such frames; while its id is dropped, the most plausible candidate (never a dropped id) is the target.
+        An id that is simply missing is waited for: the tracker re-activates lost tracks under their old id.
+        """
+        motion = self._predict(target, stamp_s)
+        same_class = np.array([n == target.class_name for n in names], bool)
+        distance = np.where(same_class, motion.mahalanobis2(0, boxes) / target.noise_scale, np.inf)
+        plausible = distance <= JUMP_CHI2
+        if target.track_id in ids:
+            i = ids.index(target.track_id)
+            if plausible[i]:
+                measured = max(distance[i] * target.noise_scale / 4, MIN_NOISE_SCALE)  # 4: the expected chi-square
+                target.noise_scale += NOISE_SCALE_RATE * (measured - target.noise_scale)
+                target.suspect_frames = 0
+                self._see(target, motion, i, boxes, scores, ids, stamp_s)
+                return
+            target.suspect_frames += 1
+            plausible[i] = False
+            others = plausible & [k not in target.dropped_ids for k in ids]
+            if not others.any() and target.suspect_frames < JUMP_FRAMES:
+                return  # one implausible box alone may be noise: coast on where it was going
+            # Its id is on a box where the target cannot be: the tracker gave it to another object.
+            self.counters["id_jumps"] += 1
+            target.dropped_ids.add(target.track_id)
+            target.track_id = ""
+        if not target.track_id:
+            distance[~plausible | [k in target.dropped_ids for k in ids]] = np.inf
+            if np.isfinite(distance).any():
+                self._see(target, motion, int(np.argmin(distance)), boxes, scores, ids, stamp_s)
+
+    def _predict(self, target: Target, stamp_s: float) -> BoxFilter:
+        """The target's box filter predicted to ``stamp_s``, in the image of then (the rover's turning undone)."""
+        motion = copy.deepcopy(target.motion)
+        motion.predict(stamp_s - target.stamp_s)
+        if self.params.compensate_yaw:
+            camera, turned = self.camera, self._yaw_between(target.stamp_s, stamp_s)
+            centre = float(motion.x[0, 0])
+            motion.shift_x(np.array([0]), camera.column_px(camera.bearing_rad(centre) - turned) - centre)
+        return motion
+
+    @staticmethod
+    def _see(target: Target, motion: BoxFilter, i: int, boxes, scores, ids, stamp_s: float) -> None:
+        """Candidate ``i`` is the target, seen at ``stamp_s``: its box, id and motion from now on."""
+        motion.correct(np.array([0]), boxes[i : i + 1])
+        target.box, target.score, target.stamp_s = boxes[i], float(scores[i]), stamp_s
+        target.track_id, target.motion = ids[i], motion
 
     def _candidates(self, detections: Detections) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
         """Boxes / scores / names / track ids of the detections that may be followed; the rest are counted.
 
         A finite box far outside the image (beyond ``OUTSIDE_MARGIN`` of its size) is malformed: its
         bearing would be nonsense (a centre at 1e7 px is full lock), so it is counted and never steers.
+        A detection without a track id (the tracker's tentative ones) is counted and never followed.
         """
         p, camera = self.params, self.camera
         boxes = np.asarray(detections.boxes, np.float64).reshape(-1, 4)
@@ -383,55 +432,19 @@ class FollowController:
         self.counters["outside_image"] += int(outside.sum())
         keep &= ~outside
         self.counters["rejected_candidates"] += int(len(keep) - keep.sum())
-        index = np.flatnonzero(keep)
         ids = detections.ids
+        tracked = np.array([bool(i) for i in ids], bool)
+        self.counters["untracked_candidates"] += int((keep & ~tracked).sum())
+        index = np.flatnonzero(keep & tracked)
         return boxes[index], scores[index], [names[i] for i in index], [ids[i] for i in index]
 
-    def _associate(
-        self, track: Track, boxes: np.ndarray, names: list[str], ids: list[str], stamp_s: float
-    ) -> int | None:
-        """Index of the candidate that is the tracked object, or None.
-
-        The candidate with the target's track id, if any (and of its class and size). Otherwise (no ids, or the
-        tracker lost it and gave it a new one) a geometric re-association: the reference box is the last one
-        shifted by the image motion the rover's own turning caused since then; candidates of another class,
-        whose width or height differs by more than ``association_max_size_ratio`` (another object at another
-        depth), or whose id was seen beside the target (another object), are not the same object.
-        """
-        p, camera = self.params, self.camera
-        if not len(boxes):
-            return None
-        reference = track.box.copy()
-        if p.compensate_yaw:
-            turned = self._yaw_between(track.stamp_s, stamp_s)
-            center = (reference[0] + reference[2]) / 2.0
-            reference[[0, 2]] += camera.column_px(camera.bearing_rad(center) - turned) - center
-        same_class = np.array([n == track.class_name for n in names])
-        size_ok = similar_size(reference[None], boxes, p.association_max_size_ratio)[0]
-        if track.track_id and track.track_id in ids:
-            # The class and size gates still apply: a detector that puts something else in Detection2D.id
-            # (a per-frame index) must not switch the target to another object.
-            i = ids.index(track.track_id)
-            if same_class[i] and size_ok[i]:
-                return i
-        ious = iou_matrix(reference[None], boxes)[0]
-        shift = np.abs((boxes[:, 0] + boxes[:, 2]) - (reference[0] + reference[2])) / (2.0 * camera.width_px)
-        close = (ious >= p.association_min_iou) | (shift <= p.association_max_shift)
-        other = np.array([bool(i) and i in self._other_ids for i in ids], bool)
-        ok = same_class & size_ok & close & ~other
-        if not ok.any():
-            return None
-        # Best overlap first; among non-overlapping candidates the nearest centre.
-        cost = np.where(ok, -ious + shift, np.inf)
-        return int(np.argmin(cost))
-
     # -- commands ------------------------------------------------------------------------------------------
-    def _tracking_command(self, track: Track, now_s: float, dt: float) -> Command:
+    def _tracking_command(self, target: Target, now_s: float, dt: float) -> Command:
         p = self.params
-        x1, y1, x2, y2 = track.box
+        x1, y1, x2, y2 = target.box
         bearing = self.camera.bearing_rad((x1 + x2) / 2.0)
         if p.compensate_yaw:
-            bearing -= self._yaw_between(track.stamp_s, now_s)
+            bearing -= self._yaw_between(target.stamp_s, now_s)
         self._last_bearing = bearing
         height_fraction = (y2 - y1) / self.camera.height_px
         distance_error = p.desired_height_fraction / height_fraction - 1.0  # > 0: too far
@@ -502,6 +515,11 @@ class FollowController:
         return total
 
 
+# The ids of FollowLoop's own tracker: a tracking source whose frame has only unconfirmed detections sends no ids
+# at all, and that frame's own ids must not be taken for the source's ("1" there is another object).
+OWN_ID_PREFIX = "follower:"
+
+
 class FollowLoop:
     r"""The follower's timer loop around :class:`FollowController`, whatever supplies frames and time.
 
@@ -509,11 +527,11 @@ class FollowLoop:
     given to :meth:`offer` as they arrive, and every :meth:`tick` of the fixed-rate timer hands the controller
     the newest frame not yet given to it (or None: the controller decides on every tick, so a silent
     detector still stops the robot). An older frame that was never ticked on is dropped, as a live
-    follower would drop it. ``offer`` is the single entry point of frames: frames without track ids (a
-    detector with ``tracking`` off, another detector, the simulator's raw detections) go through the loop's
-    own :class:`~ssd_ros.control.tracking.Tracker` there, so the controller always locks onto a track id; once a frame
-    came with ids the source is known to track, and its frames without any are left untracked. The camera
-    model they are measured in is ``controller.measured_camera`` (from CameraInfo).
+    follower would drop it. ``offer`` is the single entry point of frames: a frame without any track id (a
+    detector with ``tracking`` off, another detector) goes through the loop's own
+    :class:`~ssd_ros.control.tracking.Tracker` there, whose ids carry :data:`OWN_ID_PREFIX` so that they can never
+    be taken for the source's ids. The camera model they are measured in is ``controller.measured_camera``
+    (from CameraInfo).
 
     It also knows why the robot may never move: :meth:`class_problem` compares the target classes
     with the model's classes (:attr:`model_classes`, from the detector's label map) or, while those
@@ -524,7 +542,6 @@ class FollowLoop:
         """A loop around a new controller for ``params`` (validated: ``ValueError`` on bad values)."""
         self.controller = FollowController(params)
         self.tracker = Tracker()  # for frames that arrive without track ids
-        self.source_tracks = False  # a frame with track ids arrived: the source tracks, never mix in our ids
         self.last_stamp_s: float | None = None  # stamp of the newest frame offered, for the age in diagnostics
         self.model_classes: tuple[str, ...] | None = None  # the detector's classes, once known
         self.seen_classes: set[str] = set()
@@ -532,12 +549,9 @@ class FollowLoop:
 
     def offer(self, detections: Detections, stamp_s: float | None) -> Detections:
         """A frame arrived: its detections and when the image was taken (None: now); returns them with track ids."""
-        if detections.track_ids is not None:
-            self.source_tracks = True
-        elif self.source_tracks:  # all its detections unconfirmed (msg_to_detections gives None for all-empty ids)
-            detections = replace(detections, track_ids=detections.ids)
-        else:
-            detections = self.tracker.update(detections, math.nan if stamp_s is None else stamp_s)
+        if detections.track_ids is None:
+            own = self.tracker.update(detections, math.nan if stamp_s is None else stamp_s).ids
+            detections = replace(detections, track_ids=tuple(OWN_ID_PREFIX + i if i else "" for i in own))
         self._pending = (detections, stamp_s)
         self.last_stamp_s = stamp_s
         self.seen_classes.update(detections.names)

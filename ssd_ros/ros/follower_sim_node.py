@@ -29,7 +29,6 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.control.follow import FollowParams
-from ssd_ros.control.tracking import Tracker
 from ssd_ros.ros.messages import camera_info_msg, detections_to_msg, stamp_msg, twist_to_command
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
@@ -103,7 +102,7 @@ class SimNode(Node):
         scenario = make_scenario(scenario_name, distance, params)
         for target in scenario.targets:
             target.height_m = get("target_height_m")
-        self.sim = Simulator(params, scenario, seed=get("seed"))
+        self.sim = Simulator(params, scenario, seed=get("seed"), tracking=get("tracking"))
         self._camera_frame = get("camera_frame_id")
         self._world_frame = get("world_frame_id")
         self._cmd_timeout_s = get("cmd_timeout_s")
@@ -127,7 +126,6 @@ class SimNode(Node):
         self.detections_pub = self.create_publisher(Detection2DArray, "detections", 10)
         self.camera_info_pub = self.create_publisher(CameraInfo, "camera/camera_info", 10)
         self._camera = params.camera
-        self._tracker = Tracker() if get("tracking") else None
         self.rover_pub = self.create_publisher(PoseStamped, "sim/rover_pose", 10)
         self.targets_pub = self.create_publisher(PoseArray, "sim/target_poses", 10)
         twist_type = TwistStamped if get("twist_stamped") else Twist
@@ -181,8 +179,6 @@ class SimNode(Node):
         for stamp_s, detections in self.sim.poll():
             header = Header(stamp=stamp_msg(round((self._origin_s + stamp_s) * 1e9)), frame_id=self._camera_frame)
             self.camera_info_pub.publish(camera_info_msg(self._camera, header))  # as a camera does with each frame
-            if self._tracker is not None:
-                detections = self._tracker.update(detections, self._origin_s + stamp_s)
             self.detections_pub.publish(detections_to_msg(detections, header))
         if self.sim.time + 1e-9 >= self._next_pose_s:
             self._next_pose_s += self._pose_period

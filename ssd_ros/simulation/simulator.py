@@ -1,7 +1,8 @@
 """Closed-loop follower simulator core (no rclpy): rover, scripted targets, camera and detector.
 
-A kinematic bicycle model of the PiCar-B, targets on scripted paths, and a pinhole camera +
-"detector" that turns them into pixel boxes with noise, dropouts and latency.
+A kinematic bicycle model of the PiCar-B, targets on scripted routes, and a pinhole camera +
+"detector" that turns them into pixel boxes with noise, dropouts and latency, tracked like the detector
+node's (the real :class:`~ssd_ros.control.tracking.Tracker`), with scripted id swaps.
 
 World frame: x forward / y left of the rover's start pose, z up, metres; yaw positive to the left.
 The rover's reference point is the rear-axle centre (where the bicycle model is exact); the camera
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Protocol
 
@@ -24,9 +25,9 @@ import numpy as np
 
 from ssd_ros.control.ackermann import steering_angle
 from ssd_ros.control.camera import PinholeCamera
-from ssd_ros.control.tracking import IdSwitchCounter
+from ssd_ros.control.tracking import IdSwitchCounter, Tracker
 from ssd_ros.settings import setting
-from ssd_ros.vision.detections import Detections
+from ssd_ros.vision.detections import Detections, iou_matrix
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class SimParams:
         return PinholeCamera.from_hfov(self.image_width, self.image_height, self.camera_hfov_deg)
 
 
-class Path(Protocol):
+class Route(Protocol):
     """A target's scripted motion on the ground plane."""
 
     def position(self, t: float) -> tuple[float, float]:
@@ -75,7 +76,7 @@ class Path(Protocol):
 
 
 @dataclass(frozen=True)
-class StaticPath:
+class StaticRoute:
     """Standing still."""
 
     x: float
@@ -86,7 +87,7 @@ class StaticPath:
 
 
 @dataclass(frozen=True)
-class LinePath:
+class LineRoute:
     """Walking in a straight line at constant velocity between ``t_start`` and ``t_end``, still otherwise."""
 
     x: float
@@ -102,7 +103,7 @@ class LinePath:
 
 
 @dataclass(frozen=True)
-class CirclePath:
+class CircleRoute:
     """Walking a circle at constant speed (counter-clockwise for positive speed)."""
 
     cx: float
@@ -117,7 +118,7 @@ class CirclePath:
 
 
 @dataclass(frozen=True)
-class StopAndGoPath:
+class StopAndGoRoute:
     """Walking along ``heading_rad`` for ``move_s``, standing for ``stop_s``, repeating."""
 
     x: float
@@ -139,7 +140,7 @@ class Target:
     """Something the camera can see: a box-shaped object of a class standing on the ground."""
 
     name: str
-    path: Path
+    route: Route
     class_name: str = "person"
     height_m: float = 1.7
     width_m: float = 0.5
@@ -164,13 +165,18 @@ class RoverState:
 
 @dataclass
 class Scenario:
-    """A starting pose and scripted targets; ``targets[0]`` is the one the follower should follow."""
+    """A starting pose and scripted targets; ``targets[0]`` is the one the follower should follow.
+
+    ``swap_ids_at_iou``: the tracker swaps the ids of ``targets[0]`` and ``targets[1]`` at the first frame in
+    which both are tracked and their boxes overlap at least this much (IoU), as trackers do where people cross.
+    """
 
     name: str
     description: str
     rover: RoverState
     targets: list[Target]
     duration_s: float
+    swap_ids_at_iou: float | None = None
 
 
 @dataclass(frozen=True)
@@ -213,10 +219,11 @@ class Simulator:
 
     Frames are taken every ``1 / detection_rate_hz`` seconds; their detections become available
     ``latency_s`` later (:meth:`poll`) with the capture time as stamp, exactly as a detector
-    publishes the image header's stamp after inference.
+    publishes the image header's stamp after inference, with track ids when ``tracking`` (the detector
+    node's default) and the scenario's id swap applied.
     """
 
-    def __init__(self, params: SimParams, scenario: Scenario, seed: int = 0):
+    def __init__(self, params: SimParams, scenario: Scenario, seed: int = 0, tracking: bool = True):
         """Start ``scenario`` at time 0 with a reproducible noise ``seed``."""
         self.params = params
         self.scenario = scenario
@@ -231,6 +238,8 @@ class Simulator:
         # Ground truth of the recent frames: stamp -> the target name of each detection (for the metrics).
         self.truth: dict[float, list[str]] = {}
         self._image_size = np.array([params.image_width, params.image_height] * 2, np.float64)  # clip to it
+        self.tracker = Tracker() if tracking else None
+        self._swapped: dict[str, str] = {}  # the tracker's id -> the id published, once the scripted swap happened
 
     def step(self, linear_mps: float, angular_radps: float, dt: float) -> None:
         """Advance ``dt`` seconds with the given Twist command, mapped to wheels like the base driver."""
@@ -258,6 +267,8 @@ class Simulator:
         while self.time + 1e-9 >= self._next_frame_s:
             if self.detections_enabled:
                 detections, self.truth[self.time] = self.detect(self.capture())
+                if self.tracker is not None:
+                    detections = self._swap_ids(self.tracker.update(detections, self.time), self.truth[self.time])
                 self._pending.append((self.time + p.latency_s, self.time, detections))
                 while len(self.truth) > MAX_TRUTH_FRAMES:
                     del self.truth[next(iter(self.truth))]
@@ -273,7 +284,7 @@ class Simulator:
 
     def target_positions(self) -> list[tuple[float, float]]:
         """World (x, y) of every target now."""
-        return [t.path.position(self.time) for t in self.targets]
+        return [t.route.position(self.time) for t in self.targets]
 
     def capture(self) -> list[TargetView]:
         """Project every visible target through the pinhole camera; nearer targets occlude farther ones."""
@@ -284,7 +295,7 @@ class Simulator:
         for target in self.targets:
             if not target.detectable(self.time):
                 continue
-            tx, ty = target.path.position(self.time)
+            tx, ty = target.route.position(self.time)
             depth = (tx - cam_x) * cos_y + (ty - cam_y) * sin_y
             lateral = -(tx - cam_x) * sin_y + (ty - cam_y) * cos_y  # positive = left
             if depth < 0.05:
@@ -307,6 +318,21 @@ class Simulator:
                 if w > 0 and h > 0 and w * h >= self.params.occlusion_fraction * area:
                     return True
         return False
+
+    def _swap_ids(self, detections: Detections, names: list[str]) -> Detections:
+        """The scenario's id swap: from its frame on, targets[0] and targets[1] carry each other's ids."""
+        threshold = self.scenario.swap_ids_at_iou
+        if threshold is not None and not self._swapped:
+            first, second = (t.name for t in self.scenario.targets[:2])
+            ids = detections.ids
+            if first in names and second in names:
+                i, j = names.index(first), names.index(second)
+                boxes = np.asarray(detections.boxes, np.float64)[[i, j]]
+                if ids[i] and ids[j] and iou_matrix(boxes[:1], boxes[1:])[0, 0] >= threshold:
+                    self._swapped = {ids[i]: ids[j], ids[j]: ids[i]}
+        if not self._swapped:
+            return detections
+        return replace(detections, track_ids=tuple(self._swapped.get(i, i) for i in detections.ids))
 
     def detect(self, views: list[TargetView]) -> tuple[Detections, list[str]]:
         """What a detector reports for these views, and the ground truth: the name of each detection's target.
@@ -335,7 +361,7 @@ def make_scenario(name: str, desired_distance: float, params: SimParams = SimPar
             name,
             "standing person 25 deg off-axis at twice the desired distance",
             RoverState(),
-            [Target("person_a", StaticPath(cam + 2 * d * math.cos(bearing), 2 * d * math.sin(bearing)))],
+            [Target("person_a", StaticRoute(cam + 2 * d * math.cos(bearing), 2 * d * math.sin(bearing)))],
             40.0,
         )
     if name == "crossing":
@@ -343,7 +369,7 @@ def make_scenario(name: str, desired_distance: float, params: SimParams = SimPar
             name,
             "person walking across the view at 0.25 m/s, 1.3x the desired distance ahead",
             RoverState(),
-            [Target("person_a", LinePath(cam + 1.3 * d, 0.4 * d, 0.0, -0.25))],
+            [Target("person_a", LineRoute(cam + 1.3 * d, 0.4 * d, 0.0, -0.25))],
             40.0,
         )
     if name == "circle":
@@ -351,7 +377,7 @@ def make_scenario(name: str, desired_distance: float, params: SimParams = SimPar
             name,
             "person walking a 3 m-radius circle at 0.2 m/s, starting 1.3x the desired distance ahead",
             RoverState(),
-            [Target("person_a", CirclePath(cam + 1.3 * d, 3.0, 3.0, 0.2, -math.pi / 2))],
+            [Target("person_a", CircleRoute(cam + 1.3 * d, 3.0, 3.0, 0.2, -math.pi / 2))],
             60.0,
         )
     if name == "stop_and_go":
@@ -359,7 +385,7 @@ def make_scenario(name: str, desired_distance: float, params: SimParams = SimPar
             name,
             "person walking away at 0.25 m/s for 4 s, standing for 4 s, repeating",
             RoverState(),
-            [Target("person_a", StopAndGoPath(cam + 1.2 * d, 0.0, 0.0, 0.25, 4.0, 4.0))],
+            [Target("person_a", StopAndGoRoute(cam + 1.2 * d, 0.0, 0.0, 0.25, 4.0, 4.0))],
             40.0,
         )
     if name == "two_people":
@@ -371,8 +397,8 @@ def make_scenario(name: str, desired_distance: float, params: SimParams = SimPar
             "person B crosses in front of the followed person A and stays in view",
             RoverState(),
             [
-                Target("person_a", StaticPath(cam + 1.2 * d, 0.0)),
-                Target("person_b", LinePath(cam + near, near * 0.9, 0.0, -1.0, 2.0, 2.0 + near * 1.2)),
+                Target("person_a", StaticRoute(cam + 1.2 * d, 0.0)),
+                Target("person_b", LineRoute(cam + near, near * 0.9, 0.0, -1.0, 2.0, 2.0 + near * 1.2)),
             ],
             20.0,
         )
@@ -386,11 +412,13 @@ def make_scenario(name: str, desired_distance: float, params: SimParams = SimPar
             "person B walks across in front of the followed person A, in the opposite direction",
             RoverState(),
             [
-                Target("person_a", LinePath(cam + 1.3 * d, 0.2 * d, 0.0, -0.2)),
-                Target("person_b", LinePath(cam + 1.1 * d, -0.9 * d, 0.0, 0.5, 2.0)),
+                Target("person_a", LineRoute(cam + 1.3 * d, 0.2 * d, 0.0, -0.2)),
+                Target("person_b", LineRoute(cam + 1.1 * d, -0.9 * d, 0.0, 0.5, 2.0)),
             ],
             16.0,
         )
+    if name in SWAPS:
+        return _swap_scenario(name, *SWAPS[name], d, cam)
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 
@@ -411,16 +439,41 @@ def _occlusion_scenario(name: str, hidden_s: float, d: float, cam: float) -> Sce
         f"the followed person A, walking across, is hidden for {hidden_s:g} s while a nearer person B stands beside",
         RoverState(),
         [
-            Target("person_a", LinePath(cam + 1.2 * d, 0.15 * d, 0.0, -0.1), hidden=(hide,)),
-            Target("person_b", LinePath(cam + 0.8 * d, -0.8 * d, 0.0, 0.5, 2.0, 2.0 + 0.55 * d / 0.5)),
+            Target("person_a", LineRoute(cam + 1.2 * d, 0.15 * d, 0.0, -0.1), hidden=(hide,)),
+            Target("person_b", LineRoute(cam + 0.8 * d, -0.8 * d, 0.0, 0.5, 2.0, 2.0 + 0.55 * d / 0.5)),
         ],
         hide[1] + 6.0,
     )
 
 
-SCENARIOS = ("static", "crossing", "circle", "stop_and_go", "two_people", *OCCLUSIONS, "crossing_people")
+# Crossings with an id swap: B's depth as a multiple of A's, and the overlap (IoU) at which the ids swap.
+SWAPS = {"crossing_swap_front": (0.8, 0.05), "crossing_swap_behind": (1.25, 0.05), "crossing_swap_overlap": (0.8, 0.15)}
+
+
+def _swap_scenario(name: str, depth: float, swap_iou: float, d: float, cam: float) -> Scenario:
+    """A walks right across the view; B, at ``depth`` times A's distance, walks left across it; their ids swap.
+
+    The tracker gives A's id to B and B's to A where their boxes first overlap ``swap_iou``: the follower's id
+    now steers on B, who walks on out of view, while A carries the id the follower has never followed.
+    """
+    a_x, b_x = cam + 1.3 * d, cam + 1.3 * d * depth
+    where = "in front of" if depth < 1.0 else "behind"
+    return Scenario(
+        name,
+        f"person B walks across {where} the followed person A; their track ids swap at IoU {swap_iou:g}",
+        RoverState(),
+        [
+            Target("person_a", LineRoute(a_x, 0.2 * d, 0.0, -0.2)),
+            Target("person_b", LineRoute(b_x, -0.7 * b_x, 0.0, 0.5, 2.0)),
+        ],
+        16.0,
+        swap_ids_at_iou=swap_iou,
+    )
+
+
+SCENARIOS = ("static", "crossing", "circle", "stop_and_go", "two_people", *OCCLUSIONS, "crossing_people", *SWAPS)
 # Scenarios with a second person: who is followed is what they test (see follow_outcome).
-MULTI_PERSON_SCENARIOS = ("two_people", *OCCLUSIONS, "crossing_people")
+MULTI_PERSON_SCENARIOS = ("two_people", *OCCLUSIONS, "crossing_people", *SWAPS)
 
 
 # -- closed loop and metrics --------------------------------------------------------------------------------
@@ -485,13 +538,13 @@ def followed_target(controller, frames) -> str:
     The controller's target box is one of the detections of the frame it came from; the frame's ground truth
     names that detection's target (matched by track id, the boxes being the same detection).
     """
-    track = controller.track
-    if track is None or controller.state != "tracking" or not track.track_id:
+    target = controller.target
+    if target is None or controller.state != "tracking" or not target.track_id:
         return ""
     for stamp, names, ids in reversed(frames):
-        if stamp == track.stamp_s:
-            return names[ids.index(track.track_id)] if track.track_id in ids and len(names) == len(ids) else ""
-        if stamp < track.stamp_s:
+        if stamp == target.stamp_s:
+            return names[ids.index(target.track_id)] if target.track_id in ids and len(names) == len(ids) else ""
+        if stamp < target.stamp_s:
             break
     return ""
 
