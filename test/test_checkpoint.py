@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import torchvision_coco_model
+from conftest import torchvision_coco_model, wait_until
 
 import ssd_ros
 from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload, save_checkpoint
@@ -338,9 +338,10 @@ def kill_9_while_saving(path):
     saver = subprocess.Popen([sys.executable, "-c", _KILLED_SAVER, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert saver.stdout.readline() == "saving\n"
-        deadline = time.monotonic() + 120
-        while not list(path.parent.glob(f".{path.name}.*.tmp")) and time.monotonic() < deadline:
-            time.sleep(0.001)
+        # Polled every millisecond: the kill must land while the temp file is being written.
+        wait_until(
+            lambda: list(path.parent.glob(f".{path.name}.*.tmp")), 120, "the temp file", step=lambda: time.sleep(0.001)
+        )
         saver.kill()  # SIGKILL: no handler, no cleanup
     finally:
         saver.kill()
