@@ -10,7 +10,9 @@ Subscribes ``<image_topic>`` (``sensor_msgs/Image``) or ``<image_topic>/compress
 
 Inference never queues frames: the subscription callback decodes the image and keeps only the newest
 one (a frame replaced before the worker took it counts as dropped); a worker thread runs the model on
-whatever is newest when it becomes free. See ``docs/detector_node.md``.
+whatever is newest when it becomes free. A lifecycle node (:mod:`ssd_ros.ros.managed`): configure loads
+the model, activate subscribes and starts the worker, deactivate leaves it idle, cleanup releases the model;
+an :class:`~ssd_ros.ros.silence.InputWatcher` says why no image arrives. See ``docs/detector_node.md``.
 """
 
 from __future__ import annotations
@@ -27,21 +29,23 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from ssd_ros.control.tracking import Tracker, TrackerParams
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
+from ssd_ros.ros.managed import AUTOSTART, ManagedNode
 from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, diagnostics_msg, label_info_msg, stamp_ns
-from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, dataclass_table, declare_all, param
+from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, dataclass_table, param
 from ssd_ros.ros.runner import StartupError, run_node
+from ssd_ros.ros.silence import InputWatcher
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.vision.checkpoint import CheckpointError
 from ssd_ros.vision.detector import LIVE_SETTINGS, Detector
 from ssd_ros.vision.drawing import draw_detections
-from ssd_ros.vision.image_codec import ImageDecodeError
+from ssd_ros.vision.image_codec import COMPRESSED_FORMATS, RAW_ENCODINGS, ImageDecodeError
 from ssd_ros.vision.model import WeightsUnavailableError
 
 # Parameters applied while running (the others are read-only: restart to change them); the first four are
@@ -49,6 +53,8 @@ from ssd_ros.vision.model import WeightsUnavailableError
 DETECTOR_SETTINGS = ("score_threshold", "nms_iou", "max_detections", "class_filter")
 RUNTIME = (*DETECTOR_SETTINGS, "publish_annotated")
 
+# What a camera driver must send (the rejection line of the input watcher names it).
+BAD_FRAME_FIX = f"raw: {', '.join(RAW_ENCODINGS)}; compressed: {', '.join(COMPRESSED_FORMATS)}"
 WARNING_INTERVAL_S = 5.0  # at most one bad-input warning and one processing error per interval
 DIAGNOSTICS_PERIOD_S = 1.0
 STATS_WINDOW = 100  # inference times / image ages kept for the percentiles
@@ -74,10 +80,10 @@ PARAMETERS: ParameterTable = {
     "num_threads": param(
         0, "CPU threads for the network (0: the backend's default, all cores)", limits=(0, 256), read_only=True
     ),
-    "use_coco_weights": param(
-        False,
-        "ignore model_path and use torchvision's COCO-trained SSD300 (needs internet once or torch's cache; "
-        "restart required)",
+    "coco_model": param(
+        "",
+        "torchvision's COCO-trained model instead of model_path: ssd300_vgg16 | ssdlite320_mobilenet_v3 "
+        "('': use model_path; needs internet once or torch's cache; restart required)",
         read_only=True,
     ),
     "device": param("auto", "inference device: auto | cpu | cuda | cuda:N (restart required)", read_only=True),
@@ -118,6 +124,7 @@ PARAMETERS: ParameterTable = {
     ),
     # The tracker's tuning (ssd_ros.control.tracking.TrackerParams); score_threshold above is its lowest score used.
     **dataclass_table(TrackerParams, read_only=True),
+    **AUTOSTART,
 }
 
 _RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
@@ -133,19 +140,21 @@ def _percentile_ms(values, q: float) -> str:
     return f"{np.percentile(np.asarray(values), q) * 1e3:.1f}" if values else "n/a"
 
 
-class DetectorNode(Node):
-    """Runs the SSD detector on the newest camera frame and publishes detections and diagnostics."""
+class DetectorNode(ManagedNode):
+    """Runs the SSD detector on the newest camera frame and publishes detections and diagnostics.
+
+    A lifecycle node: configure loads the model, activate subscribes and starts the inference worker,
+    deactivate unsubscribes and stops it (no frame reaches an inactive detector), cleanup releases the model.
+    """
 
     def __init__(self) -> None:
-        super().__init__("detector")
-        values = declare_all(self, PARAMETERS)
-        reliability = values["qos_reliability"]
-        if reliability not in _RELIABILITY:
-            raise StartupError(f"qos_reliability must be one of {', '.join(_RELIABILITY)}, got {reliability!r}")
-
-        self._detector, self._model_name = self._load_detector(values)
-        self._tracker = self._make_tracker(values)
-        self._publish_annotated = values["publish_annotated"]
+        """Declare the parameters and start the diagnostics (configure loads the model)."""
+        super().__init__("detector", PARAMETERS)
+        self._detector: Detector | None = None
+        self._tracker: Tracker | None = None
+        self._model_name = ""
+        self._watch: InputWatcher | None = None
+        self._worker: threading.Thread | None = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         # Newest decoded frame and the counters shared between the callback, the worker and diagnostics.
@@ -159,37 +168,62 @@ class DetectorNode(Node):
         # (start, received, processed, bad, failed) at the start of the current rate window
         self._window = (time.monotonic(), 0, 0, 0, 0)
 
-        self._detections_pub = self.create_publisher(Detection2DArray, "detections", 10)
-        self._annotated_pub = self.create_publisher(Image, "image_annotated", 1)
-        self._label_info_pub = self.create_publisher(LabelInfo, "label_info", LATCHED_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._publish_label_info()
-
-        qos = QoSProfile(depth=values["qos_depth"], reliability=_RELIABILITY[reliability])
-        topic = values["image_topic"]
-        if values["compressed"]:
-            topic = topic.rstrip("/") + "/compressed"
-            self._subscription = self.create_subscription(
-                CompressedImage, topic, lambda msg: self._on_image(msg, compressed_msg_to_rgb), qos
-            )
-        else:
-            self._subscription = self.create_subscription(
-                Image, topic, lambda msg: self._on_image(msg, image_msg_to_rgb), qos
-            )
-
-        # Diagnostics run on the steady clock: with use_sim_time and a paused bag they still report.
+        # In every state (an unconfigured node says why); on the steady clock: with use_sim_time and a paused
+        # bag it still reports.
         self._diagnostics_timer = self.create_timer(
             DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
         )
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    def configure(self, values: dict[str, object]) -> None:
+        """Check the parameters, load the model and make the tracker (``StartupError`` naming the problem)."""
+        reliability = values["qos_reliability"]
+        if reliability not in _RELIABILITY:
+            raise StartupError(f"qos_reliability must be one of {', '.join(_RELIABILITY)}, got {reliability!r}")
+        self._values = values
+        self._tracker = self._make_tracker(values)
+        self._detector, self._model_name = self._load_detector(values)
+        self._publish_annotated = values["publish_annotated"]
+
+    def activate(self) -> None:
+        """Publishers, the watched image subscription and the inference worker."""
+        values = self._values
+        self._detections_pub = self.own(self.create_publisher(Detection2DArray, "detections", 10))
+        self._annotated_pub = self.own(self.create_publisher(Image, "image_annotated", 1))
+        self._label_info_pub = self.own(self.create_publisher(LabelInfo, "label_info", LATCHED_QOS))
+        self._publish_label_info()
+
+        self._stopping = False
         self._worker = threading.Thread(target=self._run_worker, name="detector-worker", daemon=True)
         self._worker.start()
+        qos = QoSProfile(depth=values["qos_depth"], reliability=_RELIABILITY[values["qos_reliability"]])
+        topic, compressed = values["image_topic"], values["compressed"]
+        self._watch = self.own(_image_watcher(self, topic, compressed))
+        if compressed:
+            topic = topic.rstrip("/") + "/compressed"
+            self._watch.subscribe(CompressedImage, topic, lambda msg: self._on_image(msg, compressed_msg_to_rgb), qos)
+        else:
+            self._watch.subscribe(Image, topic, lambda msg: self._on_image(msg, image_msg_to_rgb), qos)
         self.get_logger().info(
             f"{self._model_name}, {self._detector.backend} {self._detector.precision} "
             f"x{self._detector.num_threads} threads on {self._detector.device}: {self.resolve_topic_name(topic)} "
-            f"({'CompressedImage' if values['compressed'] else 'Image'}, {reliability}, depth {values['qos_depth']}) "
-            f"-> {self.resolve_topic_name('detections')}, {len(self._detector.class_names)} classes, "
-            f"score_threshold {self._detector.score_threshold}"
+            f"({'CompressedImage' if compressed else 'Image'}, {values['qos_reliability']}, depth "
+            f"{values['qos_depth']}) -> {self.resolve_topic_name('detections')}, "
+            f"{len(self._detector.class_names)} classes, score_threshold {self._detector.score_threshold}"
         )
+
+    def deactivate(self) -> None:
+        """Stop the worker (after its current frame) before its publishers go."""
+        self.stop_worker()
+        with self._lock:
+            self._pending = None
+
+    def cleanup(self) -> None:
+        """Release the model and the tracker."""
+        self._detector = self._tracker = None
+        self._model_name = ""
 
     # --- model and parameters -------------------------------------------------------------------------------
 
@@ -197,12 +231,14 @@ class DetectorNode(Node):
         settings = {name: values[name] for name in DETECTOR_SETTINGS}  # class_filter unset (None): all classes
         settings.update({name: values[name] for name in ("device", "backend", "precision", "num_threads")})
         try:
-            if values["use_coco_weights"]:
-                detector = Detector.from_coco(**settings)
-                return detector, "torchvision COCO ssd300_vgg16"
+            if values["coco_model"]:
+                detector = Detector.from_coco(architecture=values["coco_model"], **settings)
+                return detector, f"torchvision COCO {values['coco_model']}"
             path = values["model_path"]
             if not path:
-                raise StartupError("no model: set model_path to a checkpoint (or use_coco_weights:=true)")
+                raise StartupError(
+                    "no model: set model_path to a checkpoint or export (or coco_model:=ssdlite320_mobilenet_v3)"
+                )
             detector = Detector.from_checkpoint(path, **settings)
         except (CheckpointError, WeightsUnavailableError) as error:
             raise StartupError(str(error)) from error
@@ -222,6 +258,8 @@ class DetectorNode(Node):
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         """Apply runtime changes all together or not at all; the Detector's setters validate the values."""
         changes = {p.name: p.value for p in parameters if p.name in RUNTIME}
+        if self._detector is None:  # unconfigured: configure reads and checks them
+            return SetParametersResult(successful=True)
         before = {name: getattr(self._detector, name) for name in DETECTOR_SETTINGS}
         try:
             for name, value in changes.items():
@@ -235,7 +273,7 @@ class DetectorNode(Node):
             self._publish_annotated = bool(changes["publish_annotated"])
         if changes:
             self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
-        if "score_threshold" in changes:
+        if "score_threshold" in changes and self.active:
             self._publish_label_info()
         return SetParametersResult(successful=True)
 
@@ -257,12 +295,14 @@ class DetectorNode(Node):
                 self._received += 1
                 self._bad += 1
                 self._last_problem = problem
+            self._watch.rejected(f"{problem}; fix the camera driver's encoding ({BAD_FRAME_FIX})")
             # Every bad frame is counted in diagnostics; the log says what is wrong, not how often.
             self.get_logger().warning(
                 f"bad image in frame {msg.header.frame_id!r} dropped: {problem}",
                 throttle_duration_sec=WARNING_INTERVAL_S,
             )
             return
+        self._watch.accepted()
         with self._lock:
             self._received += 1
             if self._pending is not None:
@@ -309,6 +349,11 @@ class DetectorNode(Node):
     # --- diagnostics ------------------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
+        if (status := self.lifecycle_status()) is not None:
+            level, message = status
+            values = {"lifecycle_state": self.state_label, "model": self._model_name}
+            self._diagnostics_pub.publish(diagnostics_msg(self, "inference", level, message, "", values))
+            return
         now = time.monotonic()
         with self._lock:
             start, received, processed, bad, failed = self._window
@@ -332,6 +377,8 @@ class DetectorNode(Node):
             level, message = DiagnosticStatus.WARN, f"{new_bad} bad frame(s) and none processed"
         elif input_hz == 0.0:
             level, message = DiagnosticStatus.WARN, "no input images"
+            if self._watch.problem:  # why, when the watcher knows
+                message += f": {self._watch.problem}"
         elif processed_hz == 0.0 and not inference:
             level, message = DiagnosticStatus.WARN, "images arrive but none was processed yet"
         else:
@@ -351,6 +398,8 @@ class DetectorNode(Node):
             "num_threads": str(self._detector.num_threads),
             "model": self._model_name,
             "score_threshold": f"{self._detector.score_threshold:g}",
+            "lifecycle_state": self.state_label,
+            "input_problem": self._watch.problem or "",
         }
         device = str(self._detector.device)
         self._diagnostics_pub.publish(diagnostics_msg(self, "inference", level, message, device, values))
@@ -362,13 +411,36 @@ class DetectorNode(Node):
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
-        self._worker.join(timeout_s)
+        if self._worker is not None:
+            self._worker.join(timeout_s)
+            self._worker = None
 
     def destroy_node(self) -> None:
         """Stop the worker before the publishers it uses go away."""
-        if hasattr(self, "_worker"):
+        if getattr(self, "_worker", None) is not None:
             self.stop_worker()
         super().destroy_node()
+
+
+def _image_watcher(node: Node, image_topic: str, compressed: bool) -> InputWatcher:
+    """The input watcher of the image subscription, with the fixes for raw vs compressed topics."""
+    image, compressed_image = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
+
+    def to_compressed(topic: str) -> str:  # the node reads <image_topic>/compressed
+        if topic.endswith("/compressed"):
+            return f"set -p compressed:=true -p image_topic:={topic.removesuffix('/compressed')}"
+        return f"set -p compressed:=true and remap -r {image_topic.rstrip('/')}/compressed:={topic}"
+
+    def to_raw(topic: str) -> str:
+        return f"set -p compressed:=false -p image_topic:={topic}" if compressed else f"set -p image_topic:={topic}"
+
+    return InputWatcher(
+        node,
+        "image",
+        topic_fix=to_compressed if compressed else to_raw,
+        other_forms={image: to_raw} if compressed else {compressed_image: to_compressed},
+        qos_fixes={QoSPolicyKind.RELIABILITY: "set -p qos_reliability:=best_effort (matches every publisher)"},
+    )
 
 
 def main(args=None) -> int:

@@ -2,8 +2,10 @@
 
 The control law lives in :mod:`ssd_ros.control.follow`; this adapter declares the parameters, converts
 messages, runs the controller on its own timer (so a silent detector still stops the robot within
-``lost_timeout_s``), offers the ``enable`` service, reports ``/diagnostics`` and sends a final zero
-command on shutdown.
+``lost_timeout_s``), offers the ``enable`` service, reports ``/diagnostics`` and says why its inputs are
+silent (:mod:`ssd_ros.ros.silence`). It is a lifecycle node (:mod:`ssd_ros.ros.managed`): configure builds
+the controller, activate brings up topics, service and timer, deactivate (and shutdown) first publishes one
+exact zero command.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from dataclasses import fields
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from ssd_ros.control.follow import ZERO, Command, FollowLoop, FollowParams
+from ssd_ros.ros.managed import AUTOSTART, ManagedNode
 from ssd_ros.ros.messages import (
     LATCHED_QOS,
     camera_from_info,
@@ -31,8 +34,9 @@ from ssd_ros.ros.messages import (
     stamp_ns,
     twist_msg,
 )
-from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
+from ssd_ros.ros.params import ParameterTable, dataclass_table, param
 from ssd_ros.ros.runner import run_node
+from ssd_ros.ros.silence import InputWatcher
 from ssd_ros.settings import settings_from_mapping
 
 # The control law's parameters come from FollowParams' fields; these are the node's own.
@@ -49,6 +53,7 @@ PARAMETERS: ParameterTable = {
         "size; without one, camera_hfov_deg, image_width and image_height are used (with one warning)",
         read_only=True,
     ),
+    **AUTOSTART,
 }
 # Detection messages that may arrive before the camera's calibration does (discovery, start-up order)
 # before the configured field of view is reported as the fallback in use.
@@ -56,50 +61,78 @@ CAMERA_INFO_GRACE_MESSAGES = 10
 FOLLOW_FIELDS = frozenset(f.name for f in fields(FollowParams))
 
 
-class FollowerNode(Node):
-    """Runs :class:`FollowController` on a fixed-rate timer and publishes velocity commands."""
+class FollowerNode(ManagedNode):
+    """Runs :class:`FollowController` on a fixed-rate timer and publishes velocity commands (a lifecycle node)."""
 
     def __init__(self):
-        """Declare parameters, create the controller, topics, service and timers."""
-        super().__init__("follower")
-        values = declare_all(self, PARAMETERS)
-        self.loop = FollowLoop(settings_from_mapping(FollowParams, values))  # ignores the node's own parameters
-        self.controller = self.loop.controller
-        self.controller.set_enabled(values["start_enabled"])
+        """Declare the parameters and start the diagnostics (configure builds the controller)."""
+        super().__init__("follower", PARAMETERS)
+        self.loop: FollowLoop | None = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # In every state, so an unconfigured follower says why (on the steady clock: sim time may not run).
+        self.create_timer(
+            self.get_parameter("diagnostics_period_s").value,
+            self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+        )
 
+    @property
+    def controller(self):
+        """The control law (``None`` while unconfigured)."""
+        return None if self.loop is None else self.loop.controller
+
+    def configure(self, values: dict[str, object]) -> None:
+        """Build the controller from the parameters (``ValueError`` naming a bad one)."""
+        self.loop = FollowLoop(settings_from_mapping(FollowParams, values))  # ignores the node's own parameters
+        self.controller.set_enabled(values["start_enabled"])
         self._stamped = values["twist_stamped"]
+        self.period_s = 1.0 / values["rate_hz"]
         self.malformed_detections = 0
         self._stale_reported = 0
+        self._frames_seen = 0
         self._class_problem: str | None = None  # why the target classes are never followed, if they are not
         self._outside_reported = 0
         self._detection_messages = 0
         self._camera_info_topic = self.resolve_topic_name(values["camera_info_topic"])
+        self._detections_watch = self._camera_watch = None
 
-        self.cmd_pub = self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", 10)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    def activate(self) -> None:
+        """Publisher, subscriptions (watched), the enable service and the control timer."""
+        self.cmd_pub = self.own(self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", 10))
+        self._detections_watch = self.own(
+            InputWatcher(self, "detections", topic_fix=lambda topic: f"remap -r detections:={topic}")
+        )
         # Best effort accepts both reliable and best-effort detector publishers.
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
-        self.create_subscription(Detection2DArray, "detections", self._on_detections, qos)
+        self._detections_watch.subscribe(Detection2DArray, "detections", self._on_detections, qos)
         # The detector's class map (latched, so it arrives whenever this node starts).
-        self.create_subscription(LabelInfo, "label_info", self._on_label_info, LATCHED_QOS)
+        self.own(self.create_subscription(LabelInfo, "label_info", self._on_label_info, LATCHED_QOS))
         # Best effort, newest only: cameras publish it with every frame, reliable or not.
+        self._camera_watch = self.own(
+            InputWatcher(self, "camera_info", topic_fix=lambda topic: f"set -p camera_info_topic:={topic}")
+        )
         latest = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-        self.create_subscription(CameraInfo, self._camera_info_topic, self._on_camera_info, latest)
-        self.create_service(SetBool, "enable", self._on_enable)
-        rate_hz = values["rate_hz"]
-        self.period_s = 1.0 / rate_hz
-        self.create_timer(self.period_s, self._on_timer)
-        self.create_timer(values["diagnostics_period_s"], self._publish_diagnostics)
+        self._camera_watch.subscribe(CameraInfo, self._camera_info_topic, self._on_camera_info, latest)
+        self.own(self.create_service(SetBool, "enable", self._on_enable))
+        self.own(self.create_timer(self.period_s, self._on_timer))
         params = self.controller.params
         self.get_logger().info(
-            f"following {list(params.target_classes)} at {rate_hz:.0f} Hz on "
+            f"following {list(params.target_classes)} at {1.0 / self.period_s:.0f} Hz on "
             f"{'TwistStamped' if self._stamped else 'Twist'} (enabled: {self.controller.enabled})"
         )
 
+    def deactivate(self) -> None:
+        """One exact zero command, delivered, then no topic, service or timer: the base's watchdog holds the stop."""
+        self._publish_final_zero()
+
+    def cleanup(self) -> None:
+        """Forget the controller (its target, tracker and counters)."""
+        self.loop = None
+
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         changes = {p.name: p.value for p in parameters if p.name in FOLLOW_FIELDS}
-        if not changes:
+        if not changes or self.loop is None:  # unconfigured: configure validates them
             return SetParametersResult(successful=True)
         try:
             self.controller.set_params(settings_from_mapping(self.controller.params, changes))
@@ -135,6 +168,10 @@ class FollowerNode(Node):
     def _on_detections(self, msg: Detection2DArray) -> None:
         detections = msg_to_detections(msg)
         dropped = len(msg.detections) - len(detections)
+        if dropped and not detections:
+            self._detections_watch.rejected(
+                "every detection malformed (non-finite or negative box/score, or no results); fix the publisher"
+            )
         if dropped:
             self.malformed_detections += dropped
             self.get_logger().warning(
@@ -166,8 +203,17 @@ class FollowerNode(Node):
 
     def _on_timer(self) -> None:
         command = self.loop.tick(self._now_s())
-        stale = self.controller.counters["stale_frames"]
+        counters = self.controller.counters
+        if counters["frames"] > self._frames_seen:
+            self._frames_seen = counters["frames"]
+            self._detections_watch.accepted()
+        stale = counters["stale_frames"]
         if stale > self._stale_reported:
+            for _ in range(stale - self._stale_reported):
+                self._detections_watch.rejected(
+                    f"stamps older than max_detection_age_s {self.controller.params.max_detection_age_s} s by this "
+                    "node's clock; fix: the detector's stamps, the clocks (chrony) or use_sim_time on both"
+                )
             self._stale_reported = stale
             self.get_logger().warning(
                 f"ignoring detections older than {self.controller.params.max_detection_age_s} s "
@@ -192,8 +238,13 @@ class FollowerNode(Node):
 
     def _publish_diagnostics(self) -> None:
         controller = self.controller
+        if controller is None:
+            level, message = self.lifecycle_status()
+            values = {"lifecycle_state": self.state_label}
+            self.diag_pub.publish(diagnostics_msg(self, "follower", level, message, "picar_b", values))
+            return
         command = controller.last_command
-        track = controller.track
+        track = controller.target
         last = self.loop.last_stamp_s
         age = "none" if last is None else f"{self._now_s() - last:.3f}"
         values = {
@@ -211,10 +262,17 @@ class FollowerNode(Node):
             "target_classes": ", ".join(controller.params.target_classes),
             "model_classes": "unknown" if self.loop.model_classes is None else ", ".join(self.loop.model_classes),
             "camera": self._camera_description(),
+            "lifecycle_state": self.state_label,
+            "detections_problem": (self._detections_watch and self._detections_watch.problem) or "",
+            "camera_info_problem": (self._camera_watch and self._camera_watch.problem) or "",
         }
         message, level = controller.state, DiagnosticStatus.OK
         if controller.state == "lost" or controller.counters["non_finite_commands"] > 0:
             level = DiagnosticStatus.WARN
+        if values["detections_problem"]:  # the usual reason for "lost" or "searching": say it
+            message, level = f"{controller.state}: {values['detections_problem']}", DiagnosticStatus.WARN
+        if (status := self.lifecycle_status()) is not None:
+            level, message = status
         if self._class_problem is not None:  # it will never move: that outranks any state
             message, level = f"{controller.state}: {self._class_problem}", DiagnosticStatus.ERROR
         self.diag_pub.publish(diagnostics_msg(self, "follower", level, message, "picar_b", values))
@@ -228,8 +286,8 @@ class FollowerNode(Node):
             f"CameraInfo: {camera.width_px}x{camera.height_px} px, fx {camera.fx_px:.1f} px, cx {camera.cx_px:.1f} px"
         )
 
-    def stop(self) -> None:
-        """Publish a final zero command (shutdown path)."""
+    def _publish_final_zero(self) -> None:
+        """Disable, publish one exact zero command and let reliable readers have it (deactivate, shutdown)."""
         self.controller.set_enabled(False)
         if not self.context.ok():
             return
@@ -240,8 +298,11 @@ class FollowerNode(Node):
 
 
 def main(args=None) -> int:
-    """Spin the follower; on Ctrl-C / SIGTERM publish a final zero command. Exit code 1 on invalid parameters."""
-    return run_node("follower", FollowerNode, on_stop=FollowerNode.stop, args=args, parameters=PARAMETERS)
+    """Spin the follower; on Ctrl-C / SIGTERM the shutdown transition publishes a final zero command.
+
+    Exit code 1 on invalid parameters or a failed configure (with autostart).
+    """
+    return run_node("follower", FollowerNode, args=args, parameters=PARAMETERS)
 
 
 if __name__ == "__main__":

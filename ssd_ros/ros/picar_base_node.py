@@ -44,6 +44,7 @@ from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 from ssd_ros.ros.messages import LATCHED_QOS, diagnostics_msg
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import StartupError, run_node
+from ssd_ros.ros.silence import cmd_vel_watcher, warn_undeclared_parameters
 from ssd_ros.rover.picar_base import (
     ActuatorError,
     Calibration,
@@ -88,6 +89,7 @@ class PicarBaseNode(Node):
     def __init__(self) -> None:
         super().__init__("picar_base")
         self._values = declare_all(self, PARAMETERS)
+        warn_undeclared_parameters(self)
         try:
             settings = settings_from_mapping(HardwareSettings, self._values)
             self._controller = PicarController(settings_from_mapping(Calibration, self._values).config())
@@ -116,10 +118,11 @@ class PicarBaseNode(Node):
         # Best effort matches every publisher (reliable teleop, best-effort remote followers); depth 1: only
         # the newest command matters.
         commands = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self._watch = cmd_vel_watcher(self, self._values["twist_stamped"])
         if self._values["twist_stamped"]:
-            self.create_subscription(TwistStamped, "cmd_vel", lambda msg: self._on_command(msg.twist), commands)
+            self._watch.subscribe(TwistStamped, "cmd_vel", lambda msg: self._on_command(msg.twist), commands)
         else:
-            self.create_subscription(Twist, "cmd_vel", self._on_command, commands)
+            self._watch.subscribe(Twist, "cmd_vel", self._on_command, commands)
         self._watchdog_period_s = min(0.05, self._values["cmd_timeout_s"] / 4)
         self.create_timer(self._watchdog_period_s, self._on_watchdog, clock=self._steady)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, clock=self._steady)
@@ -139,6 +142,10 @@ class PicarBaseNode(Node):
             self._controller.counters.received += 1
             return
         output = self._controller.command(twist.linear.x, twist.angular.z, self._now_s())
+        if output is None:
+            self._watch.rejected("non-finite linear.x or angular.z; fix the publisher")
+        else:
+            self._watch.accepted()
         if output is None:
             self.get_logger().warning(
                 f"rejected cmd_vel with non-finite values (linear.x={twist.linear.x}, angular.z={twist.angular.z})",
@@ -251,7 +258,7 @@ class PicarBaseNode(Node):
         else:
             level, message = (
                 DiagnosticStatus.OK,
-                "driving" if last_command is not None else "stopped (no recent cmd_vel)",
+                "driving" if last_command is not None else f"stopped (no recent cmd_vel{self._silence()})",
             )
 
         def shown(value: float | None, fmt: str) -> str:
@@ -270,10 +277,14 @@ class PicarBaseNode(Node):
             "motor_duty": shown(readback.motor_duty, ".3f"),
             "command_age_s": f"{self._now_s() - last_command:.3f}" if last_command is not None else "n/a",
             "cmd_timeout_s": str(self._values["cmd_timeout_s"]),
+            "cmd_vel_problem": self._watch.problem or "",
         }
         values.update({f"count_{name}": str(value) for name, value in vars(counters).items()})
         hardware_id = f"pca9685@0x{self._settings.pca9685_address:02X} i2c-{self._settings.i2c_bus}"
         self._diagnostics_pub.publish(diagnostics_msg(self, "PiCar-B base", level, message, hardware_id, values))
+
+    def _silence(self) -> str:
+        return f": {self._watch.problem}" if self._watch.problem else ""
 
     # --- shutdown ----------------------------------------------------------------------------------------
     def stop_safely(self) -> None:

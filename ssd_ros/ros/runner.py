@@ -11,6 +11,7 @@ from typing import TypeVar
 import rclpy
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException, NameValidationException
 from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
@@ -76,13 +77,18 @@ def run_node(
     ``parameters`` (the node's table; the first line of ``factory``'s docstring says what it is) and
     return 0 without starting anything.
 
+    A lifecycle node (:class:`ssd_ros.ros.managed.ManagedNode`) with ``autostart`` is configured and activated
+    before spinning; a failure of either step is a failure to start. Without ``autostart`` it waits, unconfigured,
+    for a lifecycle manager.
+
     ``on_stop`` runs once after spinning ends (a final zero command, stop + centre) with further stop
-    signals ignored, so a second Ctrl-C or launch's follow-up SIGTERM cannot cut it short. An exception
-    escaping a callback (a bug, or input nobody foresaw) is logged and the node keeps running.
+    signals ignored, so a second Ctrl-C or launch's follow-up SIGTERM cannot cut it short; a lifecycle node
+    then takes its shutdown transition (deactivate, cleanup). An exception escaping a callback (a bug, or
+    input nobody foresaw) is logged and the node keeps running.
 
     Returns:
-        0 after a clean stop or ``--help``; 1 when the node cannot start (``StartupError``, ``ValueError`` or an invalid
-        parameter), after one ``cannot start: <reason>`` log line and no traceback.
+        0 after a clean stop or ``--help``; 1 when the node cannot start (``StartupError``, ``ValueError``, an invalid
+        parameter, a failed autostart), after one ``cannot start: <reason>`` log line and no traceback.
     """
     logger = rclpy.logging.get_logger(name)
     try:
@@ -96,6 +102,10 @@ def run_node(
         return 0
     node, status = _start_node(factory, args, logger)
     if node is None:
+        return status
+    if isinstance(node, LifecycleNode) and node.autostart and (status := _autostart(node, logger)) is not None:
+        node.destroy_node()
+        rclpy.try_shutdown()
         return status
     _spin_until_stopped(node, on_stop, logger)
     return 0
@@ -129,6 +139,18 @@ def _start_node(factory: Callable[[], NodeT], args: list[str] | None, logger) ->
     return node, 0
 
 
+def _autostart(node, logger) -> int | None:
+    """Configure and activate a lifecycle node: None once active, else the exit status (1: a step failed)."""
+    try:
+        for step in (node.trigger_configure, node.trigger_activate):
+            if step() != TransitionCallbackReturn.SUCCESS:
+                logger.fatal(f"cannot start: {node.problem}")
+                return 1
+    except KeyboardInterrupt:  # a stop signal while the model loads
+        return 0
+    return None
+
+
 def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], None] | None, logger) -> None:
     """Spin until a stop signal, then run ``on_stop`` with further signals ignored and release everything."""
     # While spinning, a signal only raises a flag: an exception injected into rclpy's C++ bindings (in the
@@ -153,6 +175,8 @@ def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], None] | None, lo
         try:
             if on_stop is not None:
                 on_stop(node)  # handles the faults it expects itself: anything raised here is a bug, shown as one
+            if isinstance(node, LifecycleNode) and node.state_label != "finalized" and rclpy.ok():
+                node.trigger_shutdown()
         finally:
             node.destroy_node()
             rclpy.try_shutdown()
