@@ -286,14 +286,15 @@ class Tracker:
         low = np.flatnonzero(valid & (scores < p.track_high_score))
         rows = np.arange(len(self._ids))
         # (track row -> detection index); stage 1: confident detections against every track's prediction.
-        predicted = self._gate(self._filter.boxes(), boxes, names)
-        matches = self._match(predicted, rows, high, p.track_match_iou)
+        predicted = self._filter.boxes()
+        matches = self._match(predicted, rows, boxes, names, high, p.track_match_iou)
         tracked = np.array([k for k in rows if self._states[k] == TRACKED and k not in matches], np.int64)
-        matches.update(self._match(predicted, tracked, low, p.track_low_match_iou))
+        matches.update(self._match(predicted, tracked, boxes, names, low, p.track_low_match_iou))
         # Stage 3: lost tracks against where they were last seen.
         lost = np.array([k for k in rows if self._states[k] == LOST and k not in matches], np.int64)
-        left = np.array([d for d in high if d not in matches.values()], np.int64)
-        matches.update(self._match(self._gate(self._observed, boxes, names), lost, left, p.track_match_iou))
+        taken = set(matches.values())
+        left = np.array([d for d in high if d not in taken], np.int64)
+        matches.update(self._match(self._observed, lost, boxes, names, left, p.track_match_iou))
         self._correct(matches, boxes)
         ids = [""] * len(scores)
         for k, d in matches.items():
@@ -306,22 +307,23 @@ class Tracker:
         return replace(detections, track_ids=tuple(ids))
 
     # -- steps -----------------------------------------------------------------------------------------------
-    def _gate(self, track_boxes: np.ndarray, boxes: np.ndarray, names: list[str]) -> np.ndarray:
-        """IoU of every track's box with every detection, zero where class or size rule them out."""
-        if not len(self._ids) or not len(boxes):
-            return np.zeros((len(self._ids), len(boxes)))
+    def _match(
+        self, track_boxes: np.ndarray, rows: np.ndarray, boxes: np.ndarray, names: list[str], columns, minimum: float
+    ) -> dict[int, int]:
+        """Pairs (track row -> detection index) of tracks ``rows`` and detections ``columns``, greedy by IoU.
+
+        A track's box is its row of ``track_boxes``; a pair needs an IoU of ``minimum`` and the class and size gates.
+        """
+        if not len(rows) or not len(columns):
+            return {}
+        track_boxes, boxes = track_boxes[rows], boxes[columns]
+        track_names, names = [self._names[k] for k in rows], [names[d] for d in columns]
         with np.errstate(invalid="ignore"):
             iou = np.nan_to_num(iou_matrix(track_boxes, boxes))
         size_ok = similar_size(track_boxes, boxes, self.params.track_max_size_change)
-        code = {name: i for i, name in enumerate(dict.fromkeys(self._names + names))}  # compared as integers
-        same_class = np.array([code[n] for n in self._names])[:, None] == np.array([code[n] for n in names])[None, :]
-        return np.where(size_ok & same_class, iou, 0.0)
-
-    @staticmethod
-    def _match(gate: np.ndarray, rows: np.ndarray, columns: np.ndarray, minimum: float) -> dict[int, int]:
-        if not len(rows) or not len(columns):
-            return {}
-        pairs = greedy_match(gate[np.ix_(rows, columns)], max(minimum, 1e-9))
+        code = {name: i for i, name in enumerate(dict.fromkeys(track_names + names))}  # compared as integers
+        same_class = np.array([code[n] for n in track_names])[:, None] == np.array([code[n] for n in names])[None, :]
+        pairs = greedy_match(np.where(size_ok & same_class, iou, 0.0), max(minimum, 1e-9))
         return {int(rows[r]): int(columns[c]) for r, c in pairs}
 
     def _correct(self, matches: dict[int, int], boxes: np.ndarray) -> None:

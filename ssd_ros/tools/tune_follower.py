@@ -6,7 +6,7 @@ what you tune here is what the node runs::
 
     python -m ssd_ros.tools.tune_follower --params config/follower.yaml --plot docs/images/follower_sim.png
 
-With ``--trials N`` it runs the scenarios with a second person (occlusions, crossings) over seeds 0..N-1
+With ``--trials N`` it runs the scenarios with a second person (occlusions, crossings, id swaps) over seeds 0..N-1
 instead and reports who was followed: the original target kept, re-acquired after its occlusion, taken
 over by the other person, and the tracker's id switches per minute (a bar chart goes to ``--plot``)::
 

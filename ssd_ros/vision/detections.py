@@ -84,7 +84,7 @@ def iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
 def similar_size(boxes: np.ndarray, others: np.ndarray, max_ratio: float) -> np.ndarray:
     """(N, M) whether the width and the height of xyxy boxes are both within a factor ``max_ratio`` of another's.
 
-    The box-size gate of the tracker and the follower's re-association: a nearer person is much bigger than a
+    The tracker's box-size gate: a nearer person is much bigger than a
     farther one it overlaps. Width and height both, as a near person's box clipped at the image top can have a
     far person's height. An empty, inverted or non-finite box is of no other's size.
     """
