@@ -96,7 +96,15 @@ def test_output_bag_reads_back_with_rclpy(tmp_path, camera_bags, checkpoint, kin
     source = camera_bags[kind, storage]
     out = tmp_path / "eval"
     argv = [source, "--checkpoint", checkpoint, "--out", out, "--storage", storage, *DETECTOR_ARGS]
-    argv += ["--follow-classes", *MODEL_CLASSES, "--follow-param", "min_score=0.0"]
+    # The follower follows track ids only: the random model's scores (>= 0.1) must start tracks.
+    argv += [
+        "--follow-classes",
+        *MODEL_CLASSES,
+        "--follow-param",
+        "min_score=0.0",
+        "--track-param",
+        "track_high_score=0.1",
+    ]
     status, stdout, _ = run_eval(argv, capsys)
     assert status == 0
 
@@ -409,7 +417,15 @@ def test_the_follower_uses_the_bags_camera_info(tmp_path, camera_bags, checkpoin
             writer.write(images, bag_ns, raw)
     out = tmp_path / "eval"
     argv = [bag, "--checkpoint", checkpoint, "--out", out, *DETECTOR_ARGS, "--no-annotated"]
-    status, stdout, _ = run_eval([*argv, "--follow-classes", *MODEL_CLASSES, "--follow-param", "min_score=0.0"], capsys)
+    follow = [
+        "--follow-classes",
+        *MODEL_CLASSES,
+        "--follow-param",
+        "min_score=0.0",
+        "--track-param",
+        "track_high_score=0.1",
+    ]
+    status, stdout, _ = run_eval([*argv, *follow], capsys)
     assert status == 0
     report = json.loads((out / "bag_eval_report.json").read_text())["cmd_vel"]["camera"]
     assert report == {
