@@ -221,9 +221,10 @@ class InputWatcher:
             if again:
                 self._reject_logged_s = now
                 self._node.get_logger().warning(f"{self._what}: {text}")
-        elif self._accepted:
-            self._reject_logged_s = None
+        else:  # something used, or nothing arrived (then the publisher checks above say why)
             self._clear("rejected")
+            if self._accepted:
+                self._reject_logged_s = None
         self._window_start_s, self._accepted, self._rejected = now, 0, 0
 
     def destroy(self) -> None:
