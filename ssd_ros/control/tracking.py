@@ -109,9 +109,6 @@ class BoxFilter:
         self.p[..., 0] = (MEASUREMENT_STD * h) ** 2
         self.p[..., 2] = (INITIAL_VELOCITY_STD_PER_S * h) ** 2
 
-    def __len__(self) -> int:
-        return len(self.x)
-
     def boxes(self) -> np.ndarray:
         """The filtered boxes, xyxy (N, 4)."""
         return to_xyxy(self.x)
