@@ -337,7 +337,15 @@ def test_from_coco_equals_torchvisions_own_model(torch_hub_cache, monkeypatch, v
     assert len(people) == sum(1 for name in ours.names if name == "person")
 
 
+def test_from_coco_backend_auto_is_torch(torch_hub_cache, monkeypatch):
+    plant_coco_weights(monkeypatch, LITE, torchvision_coco_model(LITE).state_dict())
+    detector = Detector.from_coco(LITE, backend="auto", device="cpu", warmup_runs=0)
+    assert (detector.backend, detector.precision, detector.card.architecture) == ("torch", "fp32", LITE)
+
+
 def test_from_coco_refuses_bad_choices_before_loading(torch_hub_cache):
+    with pytest.raises(ValueError, match=f"int8 needs a calibrated int8 export: export_model --coco {LITE} --int8"):
+        Detector.from_coco(LITE, backend="onnxruntime", precision="int8")
     with pytest.raises(ValueError, match="unknown architecture 'ssdlite'; expected one of ssd300_vgg16, ssdlite320"):
         Detector.from_coco("ssdlite")
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):

@@ -97,6 +97,15 @@ def test_coco_alone_means_ssd300():
     assert export_model.parse_args(["--coco", "--format", "openvino", "--out", "a.xml"]).format == "openvino"
 
 
+def test_format_follows_the_output_name_unless_given(capsys):
+    assert export_model.parse_args(["--coco", LITE, "--out", "coco.xml"]).format == "openvino"
+    assert export_model.parse_args(["--coco", LITE, "--out", "coco.onnx"]).format == "onnx"
+    with pytest.raises(SystemExit) as info:
+        export_model.parse_args(["--coco", LITE, "--out", "coco.pt"])
+    assert info.value.code == 2
+    assert "--out coco.pt: name a .onnx or .xml (OpenVINO) file, or give --format" in capsys.readouterr().err
+
+
 def test_coco_typo_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         export_model.parse_args(["--coco", "ssdlite", "--out", "a.onnx"])

@@ -49,7 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"torchvision's COCO-trained {' or '.join(ARCHITECTURES)} (default {ARCHITECTURES[0]}; needs internet "
         "once or the weights in torch's hub cache)",
     )
-    parser.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="onnx (.onnx) or openvino (.xml+.bin)")
+    parser.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        help="onnx (.onnx) or openvino (.xml+.bin); default: the one --out's suffix names",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output file (.onnx, or .xml for openvino)")
     parser.add_argument(
         "--int8", action="store_true", help="post-training static int8 quantisation (needs --calibration)"
@@ -66,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--int8 and --calibration go together (int8 is calibrated on real images)")
     if args.calibration_limit < 1:
         parser.error("--calibration-limit must be >= 1")
+    if args.format is None:
+        formats = {suffix: export_format for export_format, suffix in SUFFIXES.items()}
+        if args.out.suffix not in formats:
+            parser.error(f"--out {args.out}: name a .onnx or .xml (OpenVINO) file, or give --format")
+        args.format = formats[args.out.suffix]
     return args
 
 

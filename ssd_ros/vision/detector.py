@@ -25,7 +25,6 @@ from torch import nn
 
 from ssd_ros.vision.backends import (
     BACKEND_CHOICES,
-    BACKENDS,
     PRECISIONS,
     OnnxRuntimeNetwork,
     OpenVinoNetwork,
@@ -255,17 +254,24 @@ class Detector:
         the one a Raspberry Pi can run). Downloads the weights once (torch hub cache); raises
         :class:`~ssd_ros.vision.model.WeightsUnavailableError` when offline or when the cached file is not the
         published one, saying what to do, and ValueError for an unknown architecture, backend or precision.
-        ``backend``, ``precision`` and ``num_threads`` as for :meth:`from_checkpoint` (int8 needs an int8
-        export: ``export_model --coco ARCH --int8 --calibration DIR``).
+        ``backend``, ``precision`` and ``num_threads`` as for a ``.pt`` checkpoint in :meth:`from_checkpoint`
+        (``auto`` is torch; int8 needs an int8 export: ``export_model --coco ARCH --int8 --calibration DIR``).
         """
         _check_choice(architecture, ARCHITECTURES, "architecture")
-        _check_choice(backend, BACKENDS, "backend")
+        _check_choice(backend, BACKEND_CHOICES, "backend")
         _check_choice(precision, ("auto", *PRECISIONS), "precision")
+        if precision == "int8":  # calibrated on the user's frames, so only ever an export
+            raise ValueError(
+                f"int8 needs a calibrated int8 export: export_model --coco {architecture} --int8 --calibration "
+                "FRAMES_DIR --format openvino --out coco_int8.xml, then run that file"
+            )
+        backend = "torch" if backend == "auto" else backend  # the weights are a torch checkpoint
         if backend != "torch":  # before the download: the model is exported in memory and run there
             require_runtime("onnx")
             require_runtime(backend)
         resolved = resolve_device(device) if backend == "torch" else _cpu_only(backend, device)
         model, card = load_coco_pretrained(architecture, resolved, progress=progress)
+        precision = _chosen_precision(backend, "fp32", precision, architecture)
         return cls._from_model(model, card, backend, precision, num_threads, resolved, **kwargs)
 
     @classmethod
