@@ -14,6 +14,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -186,6 +188,24 @@ def test_detector_subscribes_only_while_active_and_releases_its_model_on_cleanup
         # Configured again from the same parameters: the model loads a second time.
         assert change(probe, node, Transition.TRANSITION_CONFIGURE)
         assert log.read_text().count("lifecycle: configure -> inactive") == 2
+        assert state(probe, node) == "inactive"
+    finally:
+        assert stop_process(process) == 0, log.read_text()
+
+
+def test_follower_with_a_bad_value_stays_unconfigured_until_it_is_mended_and_configured_again(probe, tmp_path):
+    """autostart:=false: a configure failure leaves the node running, and a runtime parameter can mend it."""
+    log = tmp_path / "follower.log"
+    args = ("-p", "autostart:=false", "-p", "search_steering_deg:=40.0", "-r", "__ns:=/mend")
+    process = start_executable("follower", *args, log_path=log)
+    node = "/mend/follower"
+    try:
+        assert not change(probe, node, Transition.TRANSITION_CONFIGURE)
+        assert state(probe, node) == "unconfigured" and process.poll() is None
+        assert "configure failed: search_steering_deg must be <= max_steering_deg" in log.read_text()
+        request = SetParameters.Request(parameters=[Parameter("search_steering_deg", value=10.0).to_parameter_msg()])
+        assert probe.call(SetParameters, f"{node}/set_parameters", request).results[0].successful
+        assert change(probe, node, Transition.TRANSITION_CONFIGURE)
         assert state(probe, node) == "inactive"
     finally:
         assert stop_process(process) == 0, log.read_text()
