@@ -108,6 +108,12 @@ ARGUMENTS = [
         description="start RViz with config/rover.rviz (needs rviz2; closing RViz stops the launch)",
     ),
     DeclareLaunchArgument(
+        "autostart",
+        default_value="true",
+        description="detector and follower configure and activate themselves (lifecycle nodes); false: they wait "
+        "unconfigured for a lifecycle manager (ros2 lifecycle set /detector configure, then activate)",
+    ),
+    DeclareLaunchArgument(
         "namespace", default_value="", description="ROS namespace for every node (e.g. picar1 for several cars)"
     ),
     DeclareLaunchArgument(
@@ -199,6 +205,7 @@ def _detector_parameters(context, namespace: str, compressed: bool, use_sim_time
         "image_topic": _text(context, "image_topic"),
         "compressed": compressed,
         "use_sim_time": use_sim_time,
+        "autostart": _flag(context, "autostart"),
     }
     if _text(context, "backend"):
         overrides["backend"] = _choice(context, "backend", BACKEND_CHOICES)
@@ -346,6 +353,7 @@ def _follower_node(context, stamped: bool, use_sim_time: bool) -> Node:
                 "target_classes": [name for name in target_classes if name],
                 "twist_stamped": stamped,
                 "use_sim_time": use_sim_time,
+                "autostart": _flag(context, "autostart"),
             },
         ],
         output="screen",

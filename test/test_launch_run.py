@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO_ROOT, RosProbe, make_checkpoint, ros_env, shared_data
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import GetParameters
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.parameter import parameter_value_to_python
@@ -39,7 +41,7 @@ VENDOR = REPO_ROOT.parent / "shared" / "vendor"
 DRIVERS = {"camera_ros": "camera_node", "v4l2_camera": "v4l2_camera_node"}  # package -> executable
 ARGUMENTS = (
     "model_path coco_model backend precision num_threads detector_params device target_class image_topic compressed "
-    "camera base detector follower twist_stamped rviz namespace use_sim_time"
+    "camera base detector follower twist_stamped rviz autostart namespace use_sim_time"
 ).split()
 # Generous ceilings for a node to appear: two shared cores, torch imports; a healthy run takes a few seconds.
 START_TIMEOUT_S = 90.0
@@ -378,6 +380,34 @@ def test_exported_models_run_from_the_launch(rover, probe, exports, model, backe
     )
     values = get_parameters(probe, "/detector", ["model_path", "backend", "num_threads"])
     assert values == {"model_path": str(exports[model]), "backend": backend, "num_threads": 1}
+    assert launch.interrupt() == 0
+    launch.assert_nothing_left()
+
+
+def test_autostart_false_leaves_detector_and_follower_to_a_lifecycle_manager(rover, probe, checkpoint):
+    """autostart:=false: both nodes wait unconfigured (no subscription) until a manager configures and activates."""
+    launch = rover(f"model_path:={checkpoint}", "device:=cpu", "autostart:=false", "base:=none")
+    for name in ("detector", "follower"):
+        wait_until(
+            probe,
+            lambda name=name: f"/{name}/get_state" in dict(probe.node.get_service_names_and_types()),
+            START_TIMEOUT_S,
+            f"/{name}'s lifecycle services",
+            launch,
+        )
+        state = probe.call(GetState, f"/{name}/get_state", GetState.Request(), 30.0).current_state.label
+        assert state == "unconfigured", name
+        assert not topics(probe, name, "/", "subscriber"), f"{name} subscribes before it is active"
+    for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+        request = ChangeState.Request(transition=Transition(id=transition))
+        assert probe.call(ChangeState, "/detector/change_state", request, START_TIMEOUT_S, attempts=1).success
+    wait_until(
+        probe,
+        lambda: "/camera/image_raw" in topics(probe, "detector", "/", "subscriber"),
+        START_TIMEOUT_S,
+        "/detector subscribing /camera/image_raw once active",
+        launch,
+    )
     assert launch.interrupt() == 0
     launch.assert_nothing_left()
 
