@@ -1,4 +1,4 @@
-.PHONY: setup test test-fast demo lint bench
+.PHONY: setup test test-fast demo lint bench bench-pi
 setup:  ## install and build everything (venv, ROS 2 Jazzy wheels, vision_msgs, ssd_ros)
 	scripts/setup.sh
 test:   ## run the whole test suite (local-only DDS, own ROS_DOMAIN_ID)
@@ -11,5 +11,7 @@ demo:   ## closed-loop rover demo without hardware [OUT=dir SCENARIO=static]; CH
 	  $(if $(IMAGES),--images $(IMAGES)) $(if $(VIDEO),--video $(VIDEO))
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+bench-pi:  ## on the robot (ROS 2 from apt, colcon workspace): the detector's tables for this CPU -> docs/benchmarks/inference_pi.md
+	python3 benchmarks/bench_inference.py --pi $(if $(FRAMES),--frames $(FRAMES))
 bench:  ## all benchmarks (minutes; results in docs/benchmarks/)
 	for b in benchmarks/bench_*.py; do scripts/run.sh python $$b || exit 1; done

@@ -38,7 +38,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms.functional import to_tensor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXECUTABLE = REPO_ROOT / "install" / "ssd_ros" / "lib" / "ssd_ros" / "detector"
+
+
+def detector_executable() -> Path:
+    """The installed ``detector``: this workspace's install/ here, the colcon workspace's on a robot."""
+    from ament_index_python.packages import get_package_prefix
+
+    return Path(get_package_prefix("ssd_ros")) / "lib" / "ssd_ros" / "detector"
+
+
 FRAME_SHAPE = (480, 640, 3)
 
 
@@ -123,8 +131,9 @@ class NodeUnderTest:
         from vision_msgs.msg import Detection2DArray
 
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in close()
+        executable = detector_executable()
         self.proc = subprocess.Popen(
-            [sys.executable, str(EXECUTABLE), "--ros-args", "--params-file", str(REPO_ROOT / "config/detector.yaml"),
+            [sys.executable, str(executable), "--ros-args", "--params-file", str(REPO_ROOT / "config/detector.yaml"),
              "-p", f"model_path:={checkpoint}", "-p", "device:=cpu", "-r", "__ns:=/bench",
              "-p", "image_topic:=/bench/image_raw",
              *(["-p", "qos_reliability:=reliable"] if camera_qos == "reliable" else []),

@@ -20,6 +20,8 @@ AMX and VNNI). Results: stdout and ``docs/benchmarks/inference.md``.
     scripts/run.sh python benchmarks/bench_inference.py --architectures ssdlite320_mobilenet_v3 --stream-s 10
     # with trained models, also int8/bf16 accuracy against fp32 on labelled frames:
     scripts/run.sh python benchmarks/bench_inference.py --checkpoints vgg.pt lite.pt --agreement-frames frames/
+    # on the robot (ROS 2 from apt, in the colcon workspace): the Pi's page, docs/benchmarks/inference_pi.md
+    make bench-pi          # = python3 benchmarks/bench_inference.py --pi [--frames your/rover/frames]
 """
 
 from __future__ import annotations
@@ -75,16 +77,45 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=15, help="timed calls per configuration and measurement")
     parser.add_argument("--node-iterations", type=int, default=10, help="round trips per node configuration")
     parser.add_argument("--stream-s", type=float, default=30.0, help="length of the 30 Hz stream (s)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks" / "inference.md")
+    parser.add_argument("--out", type=Path, help="result page (default: docs/benchmarks/inference.md, inference_pi.md)")
+    parser.add_argument(
+        "--pi",
+        action="store_true",
+        help="the robot's run: SSDlite320 only, 1 and 4 threads, a 10 s stream, the installed runtimes only; "
+        "writes docs/benchmarks/inference_pi.md (docs/benchmarks/pi.md)",
+    )
+    parser.add_argument(
+        "--frames", type=Path, default=CALIBRATION, help="real rover frames: the timed frame and int8 calibration"
+    )
     parser.add_argument(
         "--domain-id",
         default=os.environ.get("ROS_DOMAIN_ID", str(os.getpid() % 100 + 101)),
         help="ROS_DOMAIN_ID for this run (default: $ROS_DOMAIN_ID, as scripts/run.sh sets it)",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.pi:
+        args.architectures, args.stream_s = ["ssdlite320_mobilenet_v3"], min(args.stream_s, 10.0)
+    args.out = args.out or REPO_ROOT / "docs" / "benchmarks" / ("inference_pi.md" if args.pi else "inference.md")
+    return args
 
 
-def make_models(architecture: str, checkpoint: Path | None, workdir: Path) -> dict[str, Path]:
+def runnable_configs() -> list[tuple[str, str, str]]:
+    """CONFIGS whose runtime is installed here (a robot may have only one of them)."""
+    from ssd_ros.vision.cpu import require_runtime
+
+    def installed(backend: str) -> bool:
+        try:
+            require_runtime(backend)
+        except ValueError as missing:
+            print(f"skipping {backend}: {missing}", file=sys.stderr)
+            return False
+        return True
+
+    backends = {backend for backend, _, _ in CONFIGS if installed(backend)}
+    return [config for config in CONFIGS if config[0] in backends]
+
+
+def make_models(architecture: str, checkpoint: Path | None, workdir: Path, frames_dir: Path) -> dict[str, Path]:
     """The checkpoint and its fp32 and int8 ONNX exports (int8 calibrated on rover frames)."""
     from ssd_ros.vision.checkpoint import load_checkpoint, save_checkpoint
     from ssd_ros.vision.export import export_onnx_bytes, quantize_int8, write_export
@@ -99,7 +130,7 @@ def make_models(architecture: str, checkpoint: Path | None, workdir: Path) -> di
     model, card = load_checkpoint(checkpoint)
     onnx = export_onnx_bytes(model, card)
     # Not the first 8 frames: the tests train and evaluate on those.
-    frames = sorted(CALIBRATION.glob("*.jpg"))[8:40]
+    frames = sorted(frames_dir.glob("*.jpg"))[8:40]
     images = [decode_compressed("jpeg", p.read_bytes()) for p in frames] or [test_frame()]
     int8 = quantize_int8(onnx, images, progress=False)
     return {
@@ -132,7 +163,7 @@ def in_process(files: dict[str, Path], threads: int, rgb: np.ndarray, iterations
     from ssd_ros.vision.inference import preprocess
 
     detectors = {}
-    for backend, precision, _ in CONFIGS:
+    for backend, precision, _ in runnable_configs():
         name = f"{backend} {precision}"
         try:
             detectors[name] = detector_for(files, backend, precision, threads)
@@ -200,10 +231,15 @@ def node_round_trips(files: dict[str, Path], backend: str, precision: str, threa
 
 def header(args, rgb: np.ndarray) -> list[str]:
     """What ran where: CPU and its SIMD features, library versions, frame, weights, command."""
-    import onnxruntime
-    import openvino
+    from importlib.metadata import PackageNotFoundError, version
 
     from ssd_ros.vision.backends import cpu_has_bf16, cpu_summary
+
+    def installed(package: str) -> str:
+        try:
+            return f"{package} {version(package)}"
+        except PackageNotFoundError:
+            return f"{package} not installed"
 
     cpu = cpu_summary()
     return [
@@ -211,7 +247,7 @@ def header(args, rgb: np.ndarray) -> list[str]:
         "",
         f"- CPU: {cpu['model']}, {cpu['cores']} cores; SIMD: {', '.join(cpu['features']) or 'none of interest'}; "
         f"bf16 units: {'yes' if cpu_has_bf16() else 'no (OpenVINO bf16 falls back to fp32)'}",
-        f"- torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}, "
+        f"- torch {torch.__version__}, {installed('onnxruntime')}, {installed('openvino')}, "
         f"Python {platform.python_version()}",
         f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} real rover frame; weights: "
         f"{', '.join(f'`{c}`' for c in args.checkpoints) or 'random init'} (speed does not depend on them); "
@@ -256,20 +292,23 @@ def speed_section(files: dict[str, Path], threads: int, args, workdir: Path) -> 
 
 
 def main() -> int:
+    from ssd_ros.vision.image_codec import decode_compressed
+
     args = parse_args()
     os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=args.domain_id)
     # This process is the camera: raw frames as the launch file sends them (config/fastdds_large_frames.xml).
     os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_large_frames.xml"))
-    args.rgb = test_frame()
+    own = sorted(args.frames.glob("*.jpg"))
+    args.rgb = decode_compressed("jpeg", own[0].read_bytes()) if own else test_frame()
     workdir = Path(tempfile.mkdtemp(prefix="bench_inference_"))
     lines = header(args, args.rgb)
     checkpoints = dict(zip(args.architectures, args.checkpoints))
     summary = []
     for architecture in args.architectures:
-        files = make_models(architecture, checkpoints.get(architecture), workdir)
+        files = make_models(architecture, checkpoints.get(architecture), workdir, args.frames)
         lines += [f"## {architecture}", ""]
         node_times = {}
-        for threads in sorted({1, os.cpu_count() or 1}):
+        for threads in sorted({1, 4 if args.pi else os.cpu_count() or 1}):
             section, times = speed_section(files, threads, args, workdir)
             lines += section
             node_times.update(times)
