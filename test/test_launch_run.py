@@ -23,13 +23,22 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, RosProbe, make_checkpoint, ros_env, shared_data
+from conftest import (
+    REPO_ROOT,
+    RosProbe,
+    make_checkpoint,
+    plant_coco_weights,
+    ros_env,
+    shared_data,
+    torchvision_coco_model,
+)
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import GetParameters
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.parameter import parameter_value_to_python
-from vision_msgs.msg import Detection2DArray
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from ssd_ros.cli import read_params_file
 
@@ -95,6 +104,10 @@ def exports(checkpoint, tmp_path_factory) -> dict[str, Path]:
         argv = ["--checkpoint", str(checkpoint), *options, "--out", str(folder / name), "--quiet"]
         assert export_model.main(argv) == 0, name
     return {name: folder / name for name in outputs}
+
+
+# label_info is latched (transient local, reliable), as the detector publishes it.
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def session_processes(session: int) -> list[str]:
@@ -382,6 +395,35 @@ def test_exported_models_run_from_the_launch(rover, probe, exports, model, backe
     assert values == {"model_path": str(exports[model]), "backend": backend, "num_threads": 1}
     assert launch.interrupt() == 0
     launch.assert_nothing_left()
+
+
+def test_a_coco_person_model_follows_people_without_training(rover, probe, torch_hub_cache, monkeypatch, tmp_path):
+    """The README's fresh-Pi path: export_model --coco ssdlite320_mobilenet_v3 (planted weights of the published
+    shapes stand in for the download), then the launch with that file and target_class:=person: the detector
+    reports the 80 COCO names and the follower takes person as one of the model's classes."""
+    from ssd_ros.tools import export_model
+
+    architecture = "ssdlite320_mobilenet_v3"
+    plant_coco_weights(monkeypatch, architecture, torchvision_coco_model(architecture).state_dict())
+    model = tmp_path / "coco_ssdlite.onnx"
+    assert export_model.main(["--coco", architecture, "--out", str(model), "--quiet"]) == 0
+    labels = []
+    probe.node.create_subscription(LabelInfo, "/label_info", labels.append, LATCHED)
+    launch = rover(f"model_path:={model}", "num_threads:=1", "target_class:=person", "base:=none")
+    wait_until(probe, lambda: labels, START_TIMEOUT_S, "the detector's label_info", launch)
+    names = [entry.class_name for entry in labels[-1].class_map]
+    assert len(names) == 80 and "person" in names
+    wait_until(
+        probe,
+        lambda: "/detections" in topics(probe, "follower", "/", "subscriber"),
+        START_TIMEOUT_S,
+        "/follower subscribing /detections",
+        launch,
+    )
+    assert get_parameters(probe, "/follower", ["target_classes"]) == {"target_classes": ["person"]}
+    assert launch.interrupt() == 0
+    launch.assert_nothing_left()
+    assert "not among the model" not in launch.output(), launch.output()
 
 
 def test_autostart_false_leaves_detector_and_follower_to_a_lifecycle_manager(rover, probe, checkpoint):

@@ -67,8 +67,9 @@ PARAMETERS: ParameterTable = {
         read_only=True,
     ),
     "backend": param(
-        "torch",
-        "what runs the network: torch (reference) | onnxruntime | openvino (restart required)",
+        "auto",
+        "what runs the network: auto (from the file and the CPU: torch for a .pt, openvino for a .xml, onnxruntime "
+        "for a .onnx) | torch (reference) | onnxruntime | openvino (restart required)",
         read_only=True,
     ),
     "precision": param(
