@@ -287,6 +287,21 @@ class FollowController:
         """The camera the boxes are measured in: the calibrated one when known, else the configured field of view."""
         return self.measured_camera or self.params.camera
 
+    @property
+    def status(self) -> str:
+        """What pictures of the follower say it does: ``state`` with ``searching`` split by whether a target is held.
+
+        ``following`` (tracking its id), ``lost`` (missing for less than ``lost_timeout_s``: braking),
+        ``re-acquiring`` (stopped, only its id is taken back until ``reacquire_window_s``; also while tracking a
+        target whose id was dropped and not yet re-found), ``searching`` (no target) or ``disabled``.
+        """
+        if self.state == "tracking":
+            return "following" if self.target.track_id else "re-acquiring"
+        held = self.target is not None and self._last_now - self.target.stamp_s <= self.params.reacquire_window_s
+        if self.state == "searching" and held:
+            return "re-acquiring"
+        return self.state
+
     def set_enabled(self, enabled: bool) -> None:
         """Enable or disable; either transition restarts from standstill with no target."""
         if enabled != self.enabled:
