@@ -26,13 +26,13 @@ from geometry_msgs.msg import PoseArray, PoseStamped, Twist, TwistStamped  # noq
 from rcl_interfaces.srv import DescribeParameters, SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.time import Time  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
+from std_msgs.msg import Header, String  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
-from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
+from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo  # noqa: E402
 
 from ssd_ros.control.follow import FollowParams  # noqa: E402
 from ssd_ros.ros.follower_node import PARAMETERS  # noqa: E402
-from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, label_info_msg  # noqa: E402
+from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, label_info_msg, stamp_ns  # noqa: E402
 from ssd_ros.settings import settings_from_mapping  # noqa: E402
 from ssd_ros.simulation.simulator import RoverState, SimParams, bearing_and_distance, desired_distance_m  # noqa: E402
 from ssd_ros.vision.detections import Detections  # noqa: E402
@@ -508,3 +508,56 @@ def test_the_shipped_config_sets_every_parameter_and_marks_the_read_only_ones():
     marked = {line.split(":")[0].strip() for line in text.splitlines() if "# restart" in line}
     assert marked == {name for name, (_, descriptor) in PARAMETERS.items() if descriptor.read_only}
     assert settings_from_mapping(FollowParams, values) == FOLLOW  # the file documents the defaults
+
+
+def test_follow_target_is_the_person_it_follows_when_the_ids_swap_sides(probe, launch):
+    """Two people cross; after the crossing the tracker swaps their ids (issue 20 item 4).
+
+    ``follow_target`` is A's box in every frame the follower decided on, under A's id of that frame (3 on the
+    left, then 7 once A is on the right), and ``follow_state`` goes following -> lost -> re-acquiring ->
+    searching when the people leave, then disabled. The boxes move linearly in stamp time, as the follower's
+    motion model predicts, so the test does not depend on how regularly this process publishes.
+    """
+    targets = Recorder(probe, Detection2D, "follow_target")
+    states = Recorder(probe, String, "follow_state", LATCHED_QOS)
+    launch("follower")
+    publisher = probe.node.create_publisher(Detection2DArray, "detections", 10)
+    probe.spin_until(
+        lambda: probe.node.count_subscribers("detections") and probe.node.count_publishers("follow_target"),
+        20.0,
+        "the active follower",
+    )
+    speed_pxps, swap_s, walk_s = 130.0, 2.0, 3.0
+    frames = {}  # stamp (ns) -> A's id and box in that frame
+    start_ns = probe.node.get_clock().now().nanoseconds
+    while (now_ns := probe.node.get_clock().now().nanoseconds) < start_ns + walk_s * 1e9:
+        t = (now_ns - start_ns) / 1e9
+        a = [100 + speed_pxps * t, 150, 190 + speed_pxps * t, 370]  # A: bigger (acquired first), walks right
+        b = [500 - speed_pxps * t, 160, 580 - speed_pxps * t, 360]  # B walks left; they cross at t = 1.5 s
+        id_a, id_b = ("3", "7") if t < swap_s else ("7", "3")
+        header = Header(frame_id="camera", stamp=Time(nanoseconds=now_ns).to_msg())
+        people = Detections.from_named(np.array([a, b]), [0.9, 0.9], ["person", "person"], [id_a, id_b])
+        publisher.publish(detections_to_msg(people, header))
+        frames[now_ns] = (id_a, a)
+        probe.spin_for(PERIOD)
+
+    def sequence():
+        names = [m.data for _, m in states.messages]
+        return [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]]
+
+    probe.spin_until(lambda: sequence()[-1] == "searching", FOLLOW.reacquire_window_s + 10.0, "searching")
+    assert sequence()[-4:] == ["following", "lost", "re-acquiring", "searching"], sequence()
+    assert "re-acquiring" not in sequence()[:-2]  # the swap did not make it lose A, not even for a tick
+    decided = [(stamp_ns(m.header), m) for _, m in targets.messages]
+    assert {stamp for stamp, _ in decided} <= set(frames), "follow_target carries the header of a frame it was sent"
+    for stamp, msg in decided:
+        id_a, (x1, y1, x2, y2) = frames[stamp]
+        assert msg.id == id_a, (stamp - start_ns) / 1e9
+        assert msg.bbox.center.position.x == pytest.approx((x1 + x2) / 2, abs=0.01)
+        assert msg.bbox.size_y == pytest.approx(y2 - y1, abs=0.01)
+        assert msg.results[0].hypothesis.class_id == "person"
+    # Both sides of the swap were decided on, many frames each.
+    ids = [msg.id for _, msg in decided]
+    assert ids.count("3") >= 10 and ids.count("7") >= 5
+    assert probe.call(SetBool, "/enable", SetBool.Request(data=False)).success
+    probe.spin_until(lambda: sequence()[-1] == "disabled", 10.0, "follow_state disabled")

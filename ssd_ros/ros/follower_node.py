@@ -3,9 +3,11 @@
 The control law lives in :mod:`ssd_ros.control.follow`; this adapter declares the parameters, converts
 messages, runs the controller on its own timer (so a silent detector still stops the robot within
 ``lost_timeout_s``), offers the ``enable`` service, reports ``/diagnostics`` and says why its inputs are
-silent (:mod:`ssd_ros.ros.silence`). It is a lifecycle node (:mod:`ssd_ros.ros.managed`): configure builds
-the controller, activate brings up topics, service and timer, deactivate (and shutdown) first publishes one
-exact zero command.
+silent (:mod:`ssd_ros.ros.silence`). It says what it follows: ``follow_target`` (the followed detection, with
+the header of the frame it was chosen in) and ``follow_state`` (latched: following, lost, re-acquiring,
+searching, disabled or inactive), which the detector's annotated image draws. It is a lifecycle node
+(:mod:`ssd_ros.ros.managed`): configure builds the controller, activate brings up topics, service and timer,
+deactivate (and shutdown) first publishes one exact zero command.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo
+from std_msgs.msg import String
 from std_srvs.srv import SetBool
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo
 
 from ssd_ros.control.follow import ZERO, Command, FollowLoop, FollowParams
 from ssd_ros.ros.managed import AUTOSTART, ManagedNode
 from ssd_ros.ros.messages import (
     LATCHED_QOS,
     camera_from_info,
+    detections_to_msg,
     diagnostics_msg,
     msg_to_detections,
     stamp_ns,
@@ -38,6 +42,7 @@ from ssd_ros.ros.params import ParameterTable, dataclass_table, param
 from ssd_ros.ros.runner import run_node
 from ssd_ros.ros.silence import InputWatcher
 from ssd_ros.settings import settings_from_mapping
+from ssd_ros.vision.detections import Detections
 
 # The control law's parameters come from FollowParams' fields; these are the node's own.
 PARAMETERS: ParameterTable = {
@@ -70,6 +75,10 @@ class FollowerNode(ManagedNode):
         self.loop: FollowLoop | None = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # In every state (latched), so a picture of an inactive follower says so.
+        self.state_pub = self.create_publisher(String, "follow_state", LATCHED_QOS)
+        self._state: str | None = None
+        self._publish_state("inactive")
         # In every state, so an unconfigured follower says why (on the steady clock: sim time may not run).
         self.create_timer(
             self.get_parameter("diagnostics_period_s").value,
@@ -100,6 +109,7 @@ class FollowerNode(ManagedNode):
     def activate(self) -> None:
         """Publisher, subscriptions (watched), the enable service and the control timer."""
         self.cmd_pub = self.own(self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", 10))
+        self.target_pub = self.own(self.create_publisher(Detection2D, "follow_target", 10))
         self._detections_watch = self.own(
             InputWatcher(self, "detections", topic_fix=lambda topic: f"remap -r detections:={topic}")
         )
@@ -125,6 +135,7 @@ class FollowerNode(ManagedNode):
     def deactivate(self) -> None:
         """One exact zero command, delivered, then no topic, service or timer: the base's watchdog holds the stop."""
         self._publish_final_zero()
+        self._publish_state("inactive")
 
     def cleanup(self) -> None:
         """Forget the controller (its target, tracker and counters)."""
@@ -180,6 +191,7 @@ class FollowerNode(ManagedNode):
                 throttle_duration_sec=5.0,
             )
         self._detection_messages += 1
+        self._offered_header = msg.header  # the frame the next tick decides on
         if self._detection_messages == CAMERA_INFO_GRACE_MESSAGES and self.controller.measured_camera is None:
             self.get_logger().warning(
                 f"no calibrated CameraInfo on {self._camera_info_topic}: bearing from {self._camera_description()}"
@@ -207,6 +219,8 @@ class FollowerNode(ManagedNode):
         if counters["frames"] > self._frames_seen:
             self._frames_seen = counters["frames"]
             self._detections_watch.accepted()
+            self._publish_target(self._offered_header)
+        self._publish_state(self.controller.status)
         stale = counters["stale_frames"]
         if stale > self._stale_reported:
             for _ in range(stale - self._stale_reported):
@@ -230,6 +244,21 @@ class FollowerNode(ManagedNode):
                 throttle_duration_sec=5.0,
             )
         self.publish(command)
+
+    def _publish_target(self, header) -> None:
+        """What this tick chose in the frame of ``header``: the target as last seen (id "" and no box: none)."""
+        target = self.controller.target
+        if target is None:
+            self.target_pub.publish(Detection2D(header=header))
+            return
+        chosen = Detections.from_named(target.box[None], [target.score], [target.class_name], [target.track_id])
+        self.target_pub.publish(detections_to_msg(chosen, header).detections[0])
+
+    def _publish_state(self, state: str) -> None:
+        """``follow_state`` when it changes (latched: a late subscriber gets the current one)."""
+        if state != self._state and self.context.ok():
+            self._state = state
+            self.state_pub.publish(String(data=state))
 
     def publish(self, command: Command) -> None:
         """Publish ``command`` as Twist or TwistStamped (stamped with the node clock)."""
