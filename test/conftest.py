@@ -1,8 +1,9 @@
 """Shared test helpers: paths, the real-data location, running the installed node executables, the test's own
 ROS node (``RosProbe``), the one wait helper (``wait_until``), small checkpoints, and the ``ros`` marker.
 
-Tests that start DDS participants (the test's own node, node processes) are marked ``ros`` automatically:
-``make test-fast`` runs the rest (``-m "not ros"``) and ``make test`` runs everything.
+Tests that start DDS participants (the test's own node, node processes) are marked ``ros`` automatically, those
+of the modules that run networks or training ``slow``: ``make test-fast`` runs the rest (``-m "not ros and not
+slow"``) and ``make test`` runs everything.
 """
 
 from __future__ import annotations
@@ -35,6 +36,24 @@ EXECUTABLES = REPO_ROOT / "install" / "ssd_ros" / "lib" / "ssd_ros"
 # ROS process must take from ros_env). A test module naming one of them is marked ``ros``, so a new DDS test
 # is never in the fast subset by mistake; an unmarked test that starts rclpy anyway fails (_no_dds_unless_marked).
 DDS_ENTRY_POINTS = frozenset({"RosProbe", "start_executable", "ros_env"})
+# Modules that build, train, export or run SSD networks (or augment thousands of samples): 7 of the 8 CPU minutes
+# of the tests without DDS on the project's 2-core machine (pytest --durations). Marked ``slow``: ``make test-fast``
+# leaves them to ``make test``.
+SLOW_MODULES = frozenset(
+    {
+        "test_augment.py",
+        "test_backends.py",
+        "test_bag_eval.py",
+        "test_checkpoint.py",
+        "test_cpu.py",
+        "test_detector.py",
+        "test_evaluate.py",
+        "test_export_model.py",
+        "test_model.py",
+        "test_model_file.py",
+        "test_train.py",
+    }
+)
 
 
 def pytest_configure(config):
@@ -44,6 +63,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", f"ros: starts DDS participants (automatic: the module names {sorted(DDS_ENTRY_POINTS)})"
     )
+    config.addinivalue_line("markers", "slow: runs SSD networks or training (automatic: the module is in SLOW_MODULES)")
 
 
 @functools.cache
@@ -54,10 +74,12 @@ def _starts_dds(path: str) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark every test of a module that starts DDS participants ``ros``."""
+    """Mark every test of a module that starts DDS participants ``ros``, of a slow module ``slow``."""
     for item in items:
         if _starts_dds(str(item.path)):
             item.add_marker(pytest.mark.ros)
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
