@@ -22,14 +22,15 @@ from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from std_msgs.msg import Header, String
+from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo
 
 from ssd_ros.control.tracking import Tracker, TrackerParams
 from ssd_ros.ros.images import image_msg_to_rgb, rgb_to_compressed_msg, rgb_to_image_msg
-from ssd_ros.ros.messages import msg_to_detections
+from ssd_ros.ros.messages import LATCHED_QOS, msg_to_detections
 from ssd_ros.tools import export_model
 from ssd_ros.vision.detector import Detector
+from ssd_ros.vision.drawing import FOLLOW_COLORS, OTHER_COLOR
 from ssd_ros.vision.image_codec import decode_compressed, encode_compressed
 from ssd_ros.vision.model import VOC_CLASSES
 
@@ -417,6 +418,76 @@ def test_annotated_image_only_while_enabled(raw, ros):
     finally:
         assert all(r.successful for r in raw.set(publish_annotated=True))
         ros.node.destroy_subscription(sub)
+
+
+def test_annotated_image_marks_what_the_follower_follows(ros, tmp_path, ssdlite_checkpoint):
+    """A follower's ``follow_state`` and ``follow_target`` on the wire: image_annotated marks the target's box.
+
+    The mark moves to whichever track id the follower names, and goes when no follower publishes (issue 20).
+    Track thresholds 0: the random head's scores (~1/21) must start tracks.
+    """
+    options = ("-p", "qos_reliability:=reliable", "-p", "track_high_score:=0.0", "-p", "track_low_score:=0.0")
+    proc = start_detector(tmp_path / "follow.log", ssdlite_checkpoint, "/follow", *options)
+    follow = Probe(ros, "/follow", compressed=False)
+    annotated: dict[tuple[int, int], Image] = {}
+
+    def on_annotated(msg):
+        annotated[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+
+    sub = ros.node.create_subscription(Image, "/follow/image_annotated", on_annotated, 10)
+    state_pub = ros.node.create_publisher(String, "/follow/follow_state", LATCHED_QOS)
+    target_pub = ros.node.create_publisher(Detection2D, "/follow/follow_target", 10)
+    rgb = test_image(9)
+
+    def drawn_frame():
+        """A frame's answer and its annotated image."""
+        stamp = follow.send(rgb_to_image_msg(rgb, follow.header()))
+        answer = follow.answer(stamp)
+        wait_until(lambda: stamp in annotated, TIMEOUT_S, f"the annotated image of {stamp}")
+        return {d.id: d for d in answer.detections if d.id}, image_msg_to_rgb(annotated[stamp])
+
+    def edge(drawn, det):  # the left edge of a box, halfway down
+        x = round(det.bbox.center.position.x - det.bbox.size_x / 2)
+        return tuple(drawn[round(det.bbox.center.position.y), max(x, 0)])
+
+    def first_drawn():  # the node draws once it has discovered this subscriber: frames go until one comes back
+        follow.answer(follow.send(rgb_to_image_msg(rgb, follow.header())))
+        return annotated
+
+    def apart():  # two confirmed tracks far apart on the repeated picture (no line of one crosses the other's edge)
+        tracks, drawn = drawn_frame()
+        if tuple(drawn[1, 1]) != FOLLOW_COLORS["following"]:  # the follower's state has not arrived yet
+            return None
+        spans = {i: (d.bbox.center.position.x - d.bbox.size_x / 2, d.bbox.center.position.x + d.bbox.size_x / 2)
+                 for i, d in tracks.items()}  # fmt: skip
+        pairs = [(a, b) for a in spans for b in spans if spans[a][1] + 20 < spans[b][0]]
+        return pairs[0] if pairs else None
+
+    try:
+        follow.wait_ready()
+        state_pub.publish(String(data="following"))
+        wait_until(lambda: target_pub.get_subscription_count(), TIMEOUT_S, "the detector's follow_target subscription")
+        wait_until(first_drawn, TIMEOUT_S, "an annotated image")
+        pair = wait_until(apart, TIMEOUT_S, "two confirmed tracks apart, drawn with the follower's state")
+        for chosen, other in (pair, pair[::-1]):
+            target_pub.publish(Detection2D(id=chosen))
+
+            def marked(chosen=chosen):
+                tracks, drawn = drawn_frame()
+                return (tracks, drawn) if edge(drawn, tracks[chosen]) == FOLLOW_COLORS["following"] else None
+
+            tracks, drawn = wait_until(marked, TIMEOUT_S, f"the mark on track {chosen}")
+            assert edge(drawn, tracks[other]) == OTHER_COLOR
+        # The follower goes: its state is stale, the boxes get their class colours again.
+        ros.node.destroy_publisher(state_pub)
+        state_pub = None
+        wait_until(lambda: tuple(drawn_frame()[1][1, 1]) != FOLLOW_COLORS["following"], TIMEOUT_S, "no mark")
+    finally:
+        ros.node.destroy_subscription(sub)
+        ros.node.destroy_publisher(target_pub)
+        if state_pub is not None:
+            ros.node.destroy_publisher(state_pub)
+        assert stop_process(proc) == 0
 
 
 def test_track_ids_over_dds_are_the_core_trackers_and_follow_moving_boxes(ros, tmp_path, ssdlite_checkpoint):

@@ -5,7 +5,8 @@ Subscribes ``<image_topic>`` (``sensor_msgs/Image``) or ``<image_topic>/compress
 
 * ``detections`` (``vision_msgs/Detection2DArray``, header = the source image header),
 * ``label_info`` (``vision_msgs/LabelInfo``, latched: transient local, reliable, depth 1),
-* ``image_annotated`` (``sensor_msgs/Image`` rgb8, drawn only while someone subscribes),
+* ``image_annotated`` (``sensor_msgs/Image`` rgb8, drawn only while someone subscribes; while a follower
+  publishes ``follow_state``, its target, from ``follow_target``, is marked apart from the others),
 * ``/diagnostics`` (``diagnostic_msgs/DiagnosticArray``, ~1 Hz).
 
 Inference never queues frames: the subscription callback decodes the image and keeps only the newest
@@ -31,8 +32,8 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import QoSPolicyKind, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from std_msgs.msg import Header, String
+from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo
 
 from ssd_ros.control.tracking import Tracker, TrackerParams
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
@@ -44,7 +45,7 @@ from ssd_ros.ros.silence import InputWatcher
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.vision.checkpoint import CheckpointError
 from ssd_ros.vision.detector import LIVE_SETTINGS, Detector
-from ssd_ros.vision.drawing import draw_detections
+from ssd_ros.vision.drawing import FollowMark, draw_detections
 from ssd_ros.vision.image_codec import COMPRESSED_FORMATS, RAW_ENCODINGS, ImageDecodeError
 from ssd_ros.vision.model import WeightsUnavailableError
 
@@ -195,6 +196,10 @@ class DetectorNode(ManagedNode):
         self._annotated_pub = self.own(self.create_publisher(Image, "image_annotated", 1))
         self._label_info_pub = self.own(self.create_publisher(LabelInfo, "label_info", LATCHED_QOS))
         self._publish_label_info()
+        # What the follower follows, for image_annotated: its newest choice (a frame older than the one drawn).
+        self._follow_state, self._follow_id = "", ""
+        self.own(self.create_subscription(String, "follow_state", self._on_follow_state, LATCHED_QOS))
+        self.own(self.create_subscription(Detection2D, "follow_target", self._on_follow_target, 10))
 
         self._stopping = False
         self._worker = threading.Thread(target=self._run_worker, name="detector-worker", daemon=True)
@@ -341,11 +346,29 @@ class DetectorNode(ManagedNode):
         self._detections_pub.publish(detections_to_msg(detections, frame.header))
         age_s = (self.get_clock().now().nanoseconds - stamp_ns(frame.header)) * 1e-9
         if self._publish_annotated and self._annotated_pub.get_subscription_count() > 0:
-            self._annotated_pub.publish(rgb_to_image_msg(draw_detections(frame.rgb, detections), frame.header))
+            drawn = draw_detections(frame.rgb, detections, follow=self._follow_mark())
+            self._annotated_pub.publish(rgb_to_image_msg(drawn, frame.header))
         with self._lock:
             self._processed += 1
             self._inference_s.append(inference_s)
             self._age_s.append(age_s)
+
+    def _on_follow_state(self, msg: String) -> None:
+        self._follow_state = msg.data
+
+    def _on_follow_target(self, msg: Detection2D) -> None:
+        self._follow_id = msg.id
+
+    def _follow_mark(self) -> FollowMark | None:
+        """The follower's state and target to draw; None while no follower publishes (a dead one's state is stale)."""
+        state = self._follow_state
+        if not state or self.count_publishers("follow_state") == 0:
+            return None
+        try:
+            return FollowMark(state, self._follow_id if state in ("following", "lost", "re-acquiring") else "")
+        except ValueError as error:  # another follower's vocabulary: draw plainly, say it once in a while
+            self.get_logger().warning(f"follow_state: {error}; drawn without it", throttle_duration_sec=30.0)
+            return None
 
     # --- diagnostics ------------------------------------------------------------------------------------
 
