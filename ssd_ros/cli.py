@@ -82,3 +82,11 @@ def read_params_file(path: str | Path, node: str, namespace: str = "") -> dict:
         f"parameters file {path} sets nothing for {full_name}: it needs a section keyed "
         f"{' or '.join(map(repr, keys))} holding ros__parameters"
     )
+
+
+def read_params_files(paths, node: str, namespace: str = "") -> dict:
+    """The parameters several files set for ``node``, a later file's value winning (as repeated ``--params-file``).
+
+    For the shared ``config/rover.yaml`` followed by a node's own file, as the launch file passes them.
+    """
+    return {name: value for path in paths for name, value in read_params_file(path, node, namespace).items()}
