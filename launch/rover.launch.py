@@ -293,6 +293,7 @@ def _launch_setup(context):
                 executable="picar_base",
                 name="picar_base",
                 parameters=[
+                    _config("rover.yaml"),
                     _config("picar_base.yaml"),
                     {"hardware": base, "twist_stamped": stamped, "use_sim_time": use_sim_time},
                 ],
@@ -341,13 +342,14 @@ def _detector_node(extra_files: list, overrides: dict) -> Node:
 
 
 def _follower_node(context, stamped: bool, use_sim_time: bool) -> Node:
-    """The follower: config/follower.yaml with target_class's comma-separated names."""
+    """The follower: config/rover.yaml, config/follower.yaml, then target_class's comma-separated names."""
     target_classes = [name.strip() for name in LaunchConfiguration("target_class").perform(context).split(",")]
     return _required(
         package=PACKAGE,
         executable="follower",
         name="follower",
         parameters=[
+            _config("rover.yaml"),
             _config("follower.yaml"),
             {
                 "target_classes": [name for name in target_classes if name],

@@ -1,8 +1,11 @@
 """Settings declared once: a dataclass field carries its default, description, limits and mutability.
 
-The core's parameter dataclasses (``FollowParams``, ``TrackerParams``, ``SimParams``, the base driver's
-``HardwareSettings`` and ``Calibration``) define their fields with :func:`setting`;
-:func:`check_settings` validates an instance against that metadata, the ROS nodes generate their
+The core's parameter dataclasses (``RoverGeometry`` and the classes that extend it, ``FollowParams``,
+``SimParams`` and the base driver's ``Calibration``; ``FollowerSettings``, ``TrackerParams``,
+``DetectorSettings``, the base driver's ``HardwareSettings``) subclass :class:`Settings` and define their
+fields with :func:`setting`. Every instance is validated when it is made (:meth:`Settings.__post_init__`:
+:func:`check_settings` against the metadata, then the class's own cross-field rules), so an invalid one
+never exists; the ROS nodes generate their
 parameter declarations (description, range, read-only) from the same fields
 (``ssd_ros.ros.params.dataclass_table``), and :func:`settings_from_mapping` reads an instance from a
 node's parameter values, a parameters file or command-line options. Adding a parameter therefore
@@ -53,6 +56,22 @@ def check_settings(obj) -> None:
             raise ValueError(f"{f.name} must be one of {choices}, got {value!r}")
 
 
+class Settings:
+    """Base of the settings dataclasses: an instance is validated when it is made, one way for all of them.
+
+    ``__post_init__`` checks every field against its metadata (:func:`check_settings`) and then calls
+    :meth:`check`, where a class states the rules between its fields. ``ValueError`` names the first bad one.
+    """
+
+    def __post_init__(self):
+        """Validate the new instance (see the class docstring)."""
+        check_settings(self)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields (``ValueError`` naming the field); none unless a subclass has some."""
+
+
 # How a value of the type of a field's default is named in an error.
 KIND_NAMES = {int: "an integer", float: "a number", str: "a string", tuple: "a list of strings"}
 
@@ -61,9 +80,10 @@ def settings_from_mapping(base, mapping: Mapping[str, object]):
     """Validated settings: ``base`` (a settings dataclass for its defaults, or an instance) updated from ``mapping``.
 
     Only the keys that name a field are used; the others (a node's own parameters in the same YAML) are
-    ignored. Each value is converted to the type of the field's default: a sequence (or one string) to a
-    tuple of strings, a number to int or float; a bool must be a bool. The result is validated by its
-    ``validate()`` (:func:`check_settings` where it has none). Raises ``ValueError`` naming the bad key.
+    ignored. Each value is converted to the type of the field's default: a sequence (or one string) to a tuple
+    of strings (``None``, a string array parameter nobody set, to an empty one), a number to int or float; a
+    bool must be a bool. The result is validated as it is made
+    (:class:`Settings`). Raises ``ValueError`` naming the bad key.
     """
     if isinstance(base, type):
         base = base()
@@ -72,13 +92,7 @@ def settings_from_mapping(base, mapping: Mapping[str, object]):
         for f in fields(base)
         if f.name in mapping
     }
-    settings = replace(base, **changes)
-    validate = getattr(settings, "validate", None)
-    if validate is not None:
-        validate()
-    else:
-        check_settings(settings)
-    return settings
+    return replace(base, **changes)
 
 
 def _convert(name: str, value, kind: type):
@@ -89,6 +103,8 @@ def _convert(name: str, value, kind: type):
         return value
     try:
         if kind is tuple:
+            if value is None:
+                return ()
             return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
         return kind(value)
     except (TypeError, ValueError, OverflowError):  # int(inf) overflows

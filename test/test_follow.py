@@ -9,6 +9,7 @@ import pytest
 from ssd_ros.control import follow
 from ssd_ros.control.camera import PinholeCamera
 from ssd_ros.control.follow import OWN_ID_PREFIX, ZERO, FollowController, FollowLoop, FollowParams, class_mismatch
+from ssd_ros.control.geometry import PERSON_HEIGHT_M
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.simulation.simulator import (
     SWAPS,
@@ -27,7 +28,7 @@ from ssd_ros.vision.detections import Detections
 
 PARAMS = FollowParams()
 SIM = SimParams()
-DESIRED = desired_distance_m(1.7, PARAMS.desired_height_fraction, SIM)
+DESIRED = desired_distance_m(PERSON_HEIGHT_M, PARAMS.desired_height_fraction, SIM)
 PERIOD = 1.0 / 20.0
 
 
@@ -499,7 +500,7 @@ def test_a_calibrated_1280x720_camera_gives_the_640x480_commands_for_the_same_sc
 def test_closed_loop_with_another_camera_converges_like_the_configured_one():
     """The simulated 1280x720 75-deg camera is known from its calibration, as the node knows it from CameraInfo."""
     camera = SimParams(image_width=1280, image_height=720, camera_hfov_deg=75.0)
-    desired = desired_distance_m(1.7, PARAMS.desired_height_fraction, camera)
+    desired = desired_distance_m(PERSON_HEIGHT_M, PARAMS.desired_height_fraction, camera)
     sim = Simulator(camera, make_scenario("static", desired, camera), seed=0)
     trace = run_closed_loop(FollowLoop(PARAMS), sim, 30.0)  # PARAMS: configured for 640x480 at 62 deg
     assert math.degrees(trace.bearing[0]) == pytest.approx(25.0, abs=0.5)

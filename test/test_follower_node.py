@@ -31,6 +31,7 @@ from std_srvs.srv import SetBool  # noqa: E402
 from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo  # noqa: E402
 
 from ssd_ros.control.follow import FollowParams  # noqa: E402
+from ssd_ros.control.geometry import PERSON_HEIGHT_M  # noqa: E402
 from ssd_ros.ros.follower_node import PARAMETERS  # noqa: E402
 from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, label_info_msg, stamp_ns  # noqa: E402
 from ssd_ros.settings import settings_from_mapping  # noqa: E402
@@ -39,7 +40,7 @@ from ssd_ros.vision.detections import Detections  # noqa: E402
 
 FOLLOW = FollowParams()
 SIM = SimParams()
-DESIRED = desired_distance_m(1.7, FOLLOW.desired_height_fraction, SIM)
+DESIRED = desired_distance_m(PERSON_HEIGHT_M, FOLLOW.desired_height_fraction, SIM)
 PERIOD = 1.0 / 20.0
 SPEEDUP = 3.0
 DIAG_OK, DIAG_ERROR = DiagnosticStatus.OK, DiagnosticStatus.ERROR
@@ -160,7 +161,7 @@ def closed_loop(probe, launch, scenario, sim_seconds, **sim_params):
 def test_converges_from_25deg_off_axis_at_twice_the_distance(probe, launch, tmp_path, camera):
     track, commands = closed_loop(probe, launch, "static", 30.0, **camera)
     sim = SimParams(**camera)
-    desired = desired_distance_m(1.7, FOLLOW.desired_height_fraction, sim)
+    desired = desired_distance_m(PERSON_HEIGHT_M, FOLLOW.desired_height_fraction, sim)
     errors = [(t, *bearing_and_distance(rover, pts[0], sim)) for t, rover, pts in track]
     # The start (the probe may discover the sim's topics after it began): rover at the origin.
     bearing0, distance0 = bearing_and_distance(RoverState(), track[0][2][0], sim)
@@ -501,12 +502,17 @@ def test_malformed_command_line_exits_with_a_clear_message(ros_args, message):
 
 
 def test_the_shipped_config_sets_every_parameter_and_marks_the_read_only_ones():
-    """config/follower.yaml's "restart" comments and values agree with the declarations generated from FollowParams."""
-    text = (Path(__file__).resolve().parents[1] / "config" / "follower.yaml").read_text()
-    values = yaml.safe_load(text)["/**"]["ros__parameters"]
+    """config/rover.yaml and config/follower.yaml set every parameter the follower declares; follower.yaml's "restart"
+    comments and both files' values agree with the declarations generated from the settings classes (rover.yaml's
+    geometry is all read-only)."""
+    config = Path(__file__).resolve().parents[1] / "config"
+    rover = yaml.safe_load((config / "rover.yaml").read_text())["/**"]["ros__parameters"]
+    text = (config / "follower.yaml").read_text()
+    values = {**rover, **yaml.safe_load(text)["/**"]["ros__parameters"]}
     assert set(values) == set(PARAMETERS)
     marked = {line.split(":")[0].strip() for line in text.splitlines() if "# restart" in line}
-    assert marked == {name for name, (_, descriptor) in PARAMETERS.items() if descriptor.read_only}
+    read_only = {name for name, (_, descriptor) in PARAMETERS.items() if descriptor.read_only}
+    assert marked == read_only - set(rover) and set(rover) <= read_only
     assert settings_from_mapping(FollowParams, values) == FOLLOW  # the file documents the defaults
 
 

@@ -7,6 +7,7 @@ parse and show the detector's annotated image, and every argument must be declar
 """
 
 import ast
+import dataclasses
 import importlib
 import subprocess
 import sys
@@ -232,31 +233,41 @@ def test_rviz_config_shows_annotated_image(launch):
 @pytest.mark.parametrize("executable", ["detector", "follower", "picar_base"])
 def test_parameter_files_match_declared_parameters(launch, executable, tmp_path):
     [node] = [n for n in launch.nodes if n["package"] == "ssd_ros" and n["executable"] == executable]
-    assert len(node["params_files"]) == 1, f"{executable} should take one parameter file"
-    path = CONFIG / node["params_files"][0]
-    if not path.is_file():
-        pytest.fail(f"config/{path.name} missing (owned by the {executable} node)")
-    data = yaml.safe_load(path.read_text())
-    keys = [key for key in data if key in ("/**", node["name"], f"/{node['name']}")]
-    assert keys, f"config/{path.name} has no section for node {node['name']} (or /**)"
+    assert node["params_files"], f"{executable} takes no parameter file"
     in_file = set()
-    for key in keys:
-        assert "ros__parameters" in data[key], f"config/{path.name}: {key} lacks ros__parameters"
-        in_file |= set(data[key]["ros__parameters"])
-    declared = declared_parameters(executable, node["name"], path, tmp_path)
-    assert in_file - declared == set(), f"config/{path.name} sets parameters {executable} does not declare"
+    for name in node["params_files"]:
+        path = CONFIG / name
+        if not path.is_file():
+            pytest.fail(f"config/{path.name} missing (loaded for the {executable} node)")
+        data = yaml.safe_load(path.read_text())
+        keys = [key for key in data if key in ("/**", node["name"], f"/{node['name']}")]
+        assert keys, f"config/{path.name} has no section for node {node['name']} (or /**)"
+        for key in keys:
+            assert "ros__parameters" in data[key], f"config/{path.name}: {key} lacks ros__parameters"
+            in_file |= set(data[key]["ros__parameters"])
+    declared = declared_parameters(executable, node["name"], CONFIG / node["params_files"][-1], tmp_path)
+    assert in_file - declared == set(), f"{node['params_files']} set parameters {executable} does not declare"
     assert node["overrides"] - declared == set(), f"launch file overrides undeclared parameters of {executable}"
 
 
-def test_follower_and_base_agree_on_geometry():
-    """The follower plans turns with the same wheelbase and steering limit the base driver applies."""
-    from ssd_ros.control.follow import FollowParams
+def test_the_rover_geometry_is_set_once_for_follower_and_base(launch):
+    """The follower plans turns with the wheelbase and steering limit the base driver applies: one file sets them.
 
-    follower_file = CONFIG / "follower.yaml"
-    if not follower_file.is_file():
-        pytest.fail("config/follower.yaml missing (owned by the follower node)")
-    follower = yaml.safe_load(follower_file.read_text())["/**"]["ros__parameters"]
-    base = yaml.safe_load((CONFIG / "picar_base.yaml").read_text())["/**"]["ros__parameters"]
-    defaults = FollowParams()
-    for name in ("wheelbase_m", "max_steering_deg"):
-        assert follower.get(name, getattr(defaults, name)) == base[name], f"{name} differs between follower and base"
+    config/rover.yaml holds RoverGeometry's fields and nothing else, both nodes load it first, and no node's own
+    file sets any of them again (where two files could disagree).
+    """
+    from ssd_ros.control.geometry import RoverGeometry
+
+    geometry = {f.name for f in dataclasses.fields(RoverGeometry)}
+    rover = yaml.safe_load((CONFIG / "rover.yaml").read_text())["/**"]["ros__parameters"]
+    assert set(rover) == geometry
+    for executable in ("follower", "picar_base"):
+        [node] = [n for n in launch.nodes if n["package"] == "ssd_ros" and n["executable"] == executable]
+        assert node["params_files"][0] == "rover.yaml", f"{executable} must load config/rover.yaml first"
+        assert not node["overrides"] & geometry, f"the launch file overrides the rover's geometry for {executable}"
+    for path in CONFIG.glob("*.yaml"):
+        if path.name != "rover.yaml":
+            sections = yaml.safe_load(path.read_text()).values()
+            for section in sections:
+                again = set(section.get("ros__parameters", {})) & geometry
+                assert not again, f"config/{path.name} sets {sorted(again)} again: they belong to config/rover.yaml"

@@ -64,13 +64,15 @@ def test_any_settings_dataclass_reads_from_a_mapping_converted_and_validated():
     assert isinstance(tracker.track_min_hits, int)
     # From an instance: its values are the base (a runtime change of some parameters).
     assert settings_from_mapping(tracker, {"track_low_score": 0.2}) == replace(tracker, track_low_score=0.2)
-    with pytest.raises(ValueError, match="track_low_score must be <= track_high_score"):  # TrackerParams.validate
+    with pytest.raises(ValueError, match="track_low_score must be <= track_high_score"):  # TrackerParams.check
         settings_from_mapping(TrackerParams, {"track_low_score": 0.9})
     with pytest.raises(ValueError, match="track_min_hits must be an integer, got 'many'"):
         settings_from_mapping(TrackerParams, {"track_min_hits": "many"})
     with pytest.raises(ValueError, match="track_min_hits must be an integer, got inf"):
         settings_from_mapping(TrackerParams, {"track_min_hits": float("inf")})
-    # SimParams has no validate(): its fields' limits are checked.
+    # Every settings class is validated as it is made, SimParams too (it once never was).
+    with pytest.raises(ValueError, match=r"miss_probability must be in \[0, 1\]"):
+        SimParams(miss_probability=2)
     assert settings_from_mapping(SimParams, {"image_width": 320}).camera.width_px == 320
     with pytest.raises(ValueError, match=r"miss_probability must be in \[0, 1\]"):
         settings_from_mapping(SimParams, {"miss_probability": 2})

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from ssd_ros.control.geometry import PERSON_HEIGHT_M
 from ssd_ros.simulation.simulator import (
     SCENARIOS,
     CircleRoute,
@@ -40,7 +41,7 @@ def test_pinhole_projection_size_and_side():
     assert (x1 + x2) / 2 == pytest.approx(p.image_width / 2)
     f = p.camera.fx_px
     assert f == pytest.approx(320 / math.tan(math.radians(31)))  # 62 deg across 640 px
-    assert y2 - y1 == pytest.approx(f * 1.7 / d)
+    assert y2 - y1 == pytest.approx(f * PERSON_HEIGHT_M / d)
     assert x2 - x1 == pytest.approx(f * 0.5 / d)
     assert ahead.depth_m == pytest.approx(d)
     left = sim_with([Target("a", StaticRoute(p.camera_forward_m + d, 1.0))]).capture()[0]
@@ -51,7 +52,7 @@ def test_pinhole_projection_size_and_side():
 
 
 def test_desired_distance_matches_the_projection():
-    d = desired_distance_m(1.7, 0.5, QUIET)
+    d = desired_distance_m(PERSON_HEIGHT_M, 0.5, QUIET)
     view = sim_with([Target("a", StaticRoute(QUIET.camera_forward_m + d, 0.0))]).capture()[0]
     assert (view.box[3] - view.box[1]) / QUIET.image_height == pytest.approx(0.5)
 

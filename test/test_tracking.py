@@ -161,7 +161,7 @@ def test_parameters_are_validated():
     with pytest.raises(ValueError, match="track_low_score"):
         Tracker(TrackerParams(track_low_score=0.6, track_high_score=0.5))
     with pytest.raises(ValueError, match="track_min_hits"):
-        TrackerParams(track_min_hits=0).validate()
+        TrackerParams(track_min_hits=0)
 
 
 def test_greedy_match_takes_the_best_pairs_first_and_breaks_ties_by_index():

@@ -32,14 +32,14 @@ import copy
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 
 import numpy as np
 
 from ssd_ros.control.ackermann import steering_angle, yaw_rate
 from ssd_ros.control.camera import PinholeCamera
+from ssd_ros.control.geometry import RoverGeometry
 from ssd_ros.control.tracking import BoxFilter, Tracker
-from ssd_ros.settings import check_settings, setting
+from ssd_ros.settings import Settings, setting
 from ssd_ros.vision.detections import Detections
 
 SEARCH_MODES = ("stop", "arc")
@@ -47,13 +47,12 @@ ACQUIRE_MODES = ("largest", "score")
 
 
 @dataclass(frozen=True)
-class FollowParams:
+class FollowParams(RoverGeometry):
     """Tuning of :class:`FollowController`. Units are in the names; angles in degrees for humans.
 
-    Geometry defaults describe the Adeept PiCar-B: Raspberry Pi camera v2 at 640x480 (about 62 deg
-    horizontal field of view), wheelbase about 0.14 m between the rear axle and the steered front
-    axle, steering servo travel about +-30 deg at the wheels. ``read_only`` fields bound speed,
-    timeouts or calibration (see :func:`ssd_ros.settings.setting`); the others are tuning knobs.
+    The rover's geometry and camera are :class:`~ssd_ros.control.geometry.RoverGeometry`'s fields (the
+    camera's only until a calibrated CameraInfo arrives). ``read_only`` fields bound speed, timeouts or
+    calibration (see :func:`ssd_ros.settings.setting`); the others are tuning knobs.
     """
 
     target_classes: tuple[str, ...] = setting(
@@ -64,18 +63,6 @@ class FollowParams:
         "largest",
         "which candidate to acquire when no target is tracked: largest box or best score",
         choices=ACQUIRE_MODES,
-    )
-    camera_hfov_deg: float = setting(
-        62.0,
-        "camera horizontal field of view (deg); Pi camera v2 at 640x480 is about 62",
-        limits=(1.0, 179.0),
-        read_only=True,
-    )
-    image_width: int = setting(
-        640, "width (px) of the images the detections refer to", limits=(1, 100_000), read_only=True
-    )
-    image_height: int = setting(
-        480, "height (px) of the images the detections refer to", limits=(1, 100_000), read_only=True
     )
     desired_height_fraction: float = setting(
         0.5, "target box height / image height at the desired following distance", limits=(0.01, 1.0)
@@ -115,15 +102,6 @@ class FollowParams:
         0.15, "reverse speed cap (m/s), used only with allow_reverse", limits=(0.0, 10.0), read_only=True
     )
     allow_reverse: bool = setting(False, "back off when closer than desired", read_only=True)
-    wheelbase_m: float = setting(
-        0.14, "distance between rear axle and steered front axle (m)", limits=(0.01, 10.0), read_only=True
-    )
-    max_steering_deg: float = setting(
-        30.0,
-        "steering angle limit at the wheels (deg); minimum turning radius follows",
-        limits=(1.0, 89.0),
-        read_only=True,
-    )
     compensate_yaw: bool = setting(True, "correct the bearing for the yaw turned since the image was taken")
     max_detection_age_s: float = setting(
         0.5,
@@ -157,9 +135,8 @@ class FollowParams:
         limits=(0.0, 3600.0),
     )
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field (field limits and choices, then cross-checks)."""
-        check_settings(self)
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first field that contradicts another (or an empty class name)."""
         if not (self.target_classes and all(self.target_classes)):
             raise ValueError("target_classes must be non-empty names")
         if self.search_steering_deg > self.max_steering_deg:
@@ -167,10 +144,28 @@ class FollowParams:
         if self.reacquire_window_s < self.lost_timeout_s:
             raise ValueError("reacquire_window_s must be >= lost_timeout_s (the target is kept that long anyway)")
 
-    @cached_property
-    def camera(self) -> PinholeCamera:
-        """The camera the configured image size and horizontal field of view describe (built once: they are frozen)."""
-        return PinholeCamera.from_hfov(self.image_width, self.image_height, self.camera_hfov_deg)
+
+@dataclass(frozen=True)
+class FollowerSettings(Settings):
+    """How the follower node runs the loop: its rate and its command messages (the node's own parameters).
+
+    Read by the node and by every tool that replays or simulates it (``bag_eval``, ``tune_follower``), from
+    the same parameters file.
+    """
+
+    rate_hz: float = setting(20.0, "control and cmd_vel publication rate (Hz)", limits=(0.1, 1000.0), read_only=True)
+    twist_stamped: bool = setting(False, "publish geometry_msgs/TwistStamped instead of Twist", read_only=True)
+    start_enabled: bool = setting(True, "follow from start-up; otherwise wait for the enable service", read_only=True)
+    diagnostics_period_s: float = setting(
+        1.0, "period of /diagnostics messages (s)", limits=(0.05, 60.0), read_only=True
+    )
+    cmd_frame_id: str = setting("base_link", "frame_id of TwistStamped commands")
+    camera_info_topic: str = setting(
+        "camera/camera_info",
+        "sensor_msgs/CameraInfo of the camera the detector sees: bearing and distance from its intrinsics and image "
+        "size; without one, camera_hfov_deg, image_width and image_height are used (with one warning)",
+        read_only=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -246,8 +241,7 @@ class FollowController:
     OUTSIDE_MARGIN = 0.1
 
     def __init__(self, params: FollowParams):
-        """Create a controller; ``params`` is validated (``ValueError`` on bad values)."""
-        params.validate()
+        """Create a controller for ``params`` (validated when they were made)."""
         self.params = params
         self.measured_camera: PinholeCamera | None = None  # from the camera's calibration (CameraInfo), if known
         self.enabled = True
@@ -278,8 +272,7 @@ class FollowController:
         self._yaw_history: deque[tuple[float, float, float]] = deque()  # (t0, t1, yaw rate)
 
     def set_params(self, params: FollowParams) -> None:
-        """Swap in new tuning at runtime (validated first; the target and motion state are kept)."""
-        params.validate()
+        """Swap in new tuning at runtime (the target and motion state are kept)."""
         self.params = params
 
     @property
@@ -554,7 +547,7 @@ class FollowLoop:
     """
 
     def __init__(self, params: FollowParams):
-        """A loop around a new controller for ``params`` (validated: ``ValueError`` on bad values)."""
+        """A loop around a new controller for ``params``."""
         self.controller = FollowController(params)
         self.tracker = Tracker()  # for frames that arrive without track ids
         self.last_stamp_s: float | None = None  # stamp of the newest frame offered, for the age in diagnostics

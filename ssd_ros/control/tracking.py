@@ -38,14 +38,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ssd_ros.settings import check_settings, setting
+from ssd_ros.settings import Settings, setting
 from ssd_ros.vision.detections import Detections, iou_matrix, similar_size
 
 TENTATIVE, TRACKED, LOST, REMOVED = "tentative", "tracked", "lost", "removed"
 
 
 @dataclass(frozen=True)
-class TrackerParams:
+class TrackerParams(Settings):
     """Tuning of :class:`Tracker` (field names are the detector node's parameter names)."""
 
     track_high_score: float = setting(
@@ -76,9 +76,8 @@ class TrackerParams:
         limits=(0.0, 3600.0),
     )
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
-        check_settings(self)
+    def check(self) -> None:
+        """Raise ``ValueError`` if the low score threshold is above the high one."""
         if self.track_low_score > self.track_high_score:
             raise ValueError("track_low_score must be <= track_high_score")
 
@@ -242,8 +241,7 @@ class Tracker:
     """
 
     def __init__(self, params: TrackerParams = TrackerParams()):
-        """A tracker with no tracks; ``params`` is validated (``ValueError`` on bad values)."""
-        params.validate()
+        """A tracker with no tracks, tuned by ``params`` (validated when they were made)."""
         self.params = params
         self._filter = BoxFilter()
         self._observed = np.zeros((0, 4))

@@ -27,7 +27,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo
 
-from ssd_ros.control.follow import ZERO, Command, FollowLoop, FollowParams
+from ssd_ros.control.follow import ZERO, Command, FollowerSettings, FollowLoop, FollowParams
 from ssd_ros.ros.managed import AUTOSTART, ManagedNode
 from ssd_ros.ros.messages import (
     LATCHED_QOS,
@@ -38,28 +38,14 @@ from ssd_ros.ros.messages import (
     stamp_ns,
     twist_msg,
 )
-from ssd_ros.ros.params import ParameterTable, dataclass_table, param
+from ssd_ros.ros.params import ParameterTable, dataclass_table
 from ssd_ros.ros.runner import run_node
 from ssd_ros.ros.silence import InputWatcher
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.vision.detections import Detections
 
-# The control law's parameters come from FollowParams' fields; these are the node's own.
-PARAMETERS: ParameterTable = {
-    **dataclass_table(FollowParams),
-    "rate_hz": param(20.0, "control and cmd_vel publication rate (Hz)", limits=(0.1, 1000.0), read_only=True),
-    "twist_stamped": param(False, "publish geometry_msgs/TwistStamped instead of Twist", read_only=True),
-    "start_enabled": param(True, "follow from start-up; otherwise wait for the enable service", read_only=True),
-    "diagnostics_period_s": param(1.0, "period of /diagnostics messages (s)", limits=(0.05, 60.0), read_only=True),
-    "cmd_frame_id": param("base_link", "frame_id of TwistStamped commands"),
-    "camera_info_topic": param(
-        "camera/camera_info",
-        "sensor_msgs/CameraInfo of the camera the detector sees: bearing and distance from its intrinsics and image "
-        "size; without one, camera_hfov_deg, image_width and image_height are used (with one warning)",
-        read_only=True,
-    ),
-    **AUTOSTART,
-}
+# The control law's parameters (with the rover's geometry) and the node's own, from their settings classes.
+PARAMETERS: ParameterTable = {**dataclass_table(FollowParams), **dataclass_table(FollowerSettings), **AUTOSTART}
 # Detection messages that may arrive before the camera's calibration does (discovery, start-up order)
 # before the configured field of view is reported as the fallback in use.
 CAMERA_INFO_GRACE_MESSAGES = 10
@@ -94,16 +80,17 @@ class FollowerNode(ManagedNode):
     def configure(self, values: dict[str, object]) -> None:
         """Build the controller from the parameters (``ValueError`` naming a bad one)."""
         self.loop = FollowLoop(settings_from_mapping(FollowParams, values))  # ignores the node's own parameters
-        self.controller.set_enabled(values["start_enabled"])
-        self._stamped = values["twist_stamped"]
-        self.period_s = 1.0 / values["rate_hz"]
+        settings = settings_from_mapping(FollowerSettings, values)
+        self.controller.set_enabled(settings.start_enabled)
+        self._stamped = settings.twist_stamped
+        self.period_s = 1.0 / settings.rate_hz
         self.malformed_detections = 0
         self._stale_reported = 0
         self._frames_seen = 0
         self._class_problem: str | None = None  # why the target classes are never followed, if they are not
         self._outside_reported = 0
         self._detection_messages = 0
-        self._camera_info_topic = self.resolve_topic_name(values["camera_info_topic"])
+        self._camera_info_topic = self.resolve_topic_name(settings.camera_info_topic)
         self._detections_watch = self._camera_watch = None
 
     def activate(self) -> None:

@@ -29,6 +29,7 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.control.follow import FollowParams
+from ssd_ros.control.geometry import PERSON_HEIGHT_M
 from ssd_ros.ros.messages import camera_info_msg, detections_to_msg, stamp_msg, twist_to_command
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
@@ -46,7 +47,7 @@ PARAMETERS: ParameterTable = {
         limits=(0.01, 1.0),
         read_only=True,
     ),
-    "target_height_m": param(1.7, "height of the simulated people (m)", limits=(0.1, 10.0), read_only=True),
+    "target_height_m": param(PERSON_HEIGHT_M, "height of the simulated people (m)", limits=(0.1, 10.0), read_only=True),
     "physics_rate_hz": param(
         100.0, "simulation steps per second of simulated time", limits=(1.0, 10000.0), read_only=True
     ),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ssd_ros.control.ackermann import limit_angular, steering_angle
+from ssd_ros.control.geometry import RoverGeometry
 from ssd_ros.rover.motor import GpioMotor, MotorPort, Pca9685Motor, SimulatedGpio, import_rpi_gpio
 from ssd_ros.rover.pca9685 import (
     TICKS_PER_PERIOD,
@@ -27,7 +28,7 @@ from ssd_ros.rover.pca9685 import (
     open_smbus,
     ticks_to_us,
 )
-from ssd_ros.settings import check_settings, setting
+from ssd_ros.settings import Settings, setting
 
 HARDWARE_KINDS = ("sim", "picar_b")
 MOTOR_DRIVERS = ("gpio", "pca9685")
@@ -128,12 +129,13 @@ class PicarConfig:
 
 
 @dataclass(frozen=True)
-class Calibration:
+class Calibration(RoverGeometry):
     """The car's calibration and limits in the units they are measured in; :meth:`config` is the controller's.
 
-    The base node declares these as read-only parameters: each of them can make the car faster or blind to
-    a lost sender (speed_at_full_duty_mps 0.01 turns any command into full duty), so nobody on the DDS
-    domain may change them at runtime.
+    Wheelbase and steering limit are the rover's geometry (:class:`~ssd_ros.control.geometry.RoverGeometry`,
+    whose camera fields the base does not use). The base node declares these as read-only parameters: each of
+    them can make the car faster or blind to a lost sender (speed_at_full_duty_mps 0.01 turns any command into
+    full duty), so nobody on the DDS domain may change them at runtime.
     """
 
     servo_centre_ticks: int = setting(
@@ -145,19 +147,10 @@ class Calibration:
     servo_right_ticks: int = setting(
         150, "servo ticks with the wheels at max_steering_deg to the right", limits=(1, 4095), read_only=True
     )
-    max_steering_deg: float = setting(
-        30.0, "front-wheel angle at servo_left_ticks / servo_right_ticks", limits=(1.0, 60.0), read_only=True
-    )
     steering_trim_deg: float = setting(
         0.0,
         "wheel angle added to every command so the car drives straight (positive = left)",
         limits=(-15.0, 15.0),
-        read_only=True,
-    )
-    wheelbase_m: float = setting(
-        0.14,
-        "distance between front and rear axles (PiCar-B: measure; 0.14 is an estimate)",
-        limits=(0.01, 2.0),
         read_only=True,
     )
     speed_at_full_duty_mps: float = setting(
@@ -172,9 +165,9 @@ class Calibration:
         0.5, "no valid cmd_vel for this long -> motor stop and steering centre", limits=(0.05, 10.0), read_only=True
     )
 
-    def __post_init__(self):
-        """Reject values out of their limits (the node's parameters are range-checked by rclpy already)."""
-        check_settings(self)
+    def check(self) -> None:
+        """Reject a calibration that cannot be right (the servo's centre outside its limits, a trim past them)."""
+        self.config()
 
     def config(self) -> PicarConfig:
         """The controller's configuration; raises ValueError for a calibration that cannot be right."""
@@ -270,7 +263,7 @@ class PicarController:
 
 
 @dataclass(frozen=True)
-class HardwareSettings:
+class HardwareSettings(Settings):
     """Where the PiCar-B's actuators are (defaults: Adeept PiCar-B, see docs/picar_b.md for sources).
 
     The base node declares these as read-only parameters: they are read once, when the hardware opens.
@@ -311,9 +304,8 @@ class HardwareSettings:
         14, "pca9685 driver: channel held high to reverse (B2 M1: 14)", limits=(0, 15), read_only=True
     )
 
-    def __post_init__(self):
-        """Reject unknown kinds, out-of-range wiring and channel clashes before touching any hardware."""
-        check_settings(self)
+    def check(self) -> None:
+        """Reject channel clashes before touching any hardware."""
         if self.motor_driver == "pca9685" and self.steering_channel in (
             self.motor_forward_channel,
             self.motor_reverse_channel,

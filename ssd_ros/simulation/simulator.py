@@ -18,37 +18,35 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Protocol
 
 import numpy as np
 
 from ssd_ros.control.ackermann import steering_angle
-from ssd_ros.control.camera import PinholeCamera
+from ssd_ros.control.geometry import PERSON_HEIGHT_M, RoverGeometry
 from ssd_ros.control.tracking import IdSwitchCounter, Tracker
 from ssd_ros.settings import setting
 from ssd_ros.vision.detections import Detections, iou_matrix
 
 
 @dataclass(frozen=True)
-class SimParams:
-    """Rover, camera and simulated-detector parameters (defaults: PiCar-B with a Pi camera v2 at 640x480).
+class SimParams(RoverGeometry):
+    """The simulated rover's actuators, camera mounting and detector (defaults: PiCar-B, Pi camera v2 at 640x480).
+
+    Its geometry and camera are :class:`~ssd_ros.control.geometry.RoverGeometry`'s.
 
     The limits keep the physics meaningful: rates and time constants divide, probabilities are probabilities.
     """
 
-    wheelbase_m: float = setting(0.14, "rover wheelbase (m)", limits=(0.01, 5.0))
-    max_steering_deg: float = setting(30.0, "steering limit at the wheels (deg)", limits=(1.0, 60.0))
-    servo_rate_degps: float = setting(400.0, "steering servo slew rate at the wheels (deg/s)", limits=(1.0, 10000.0))
+    servo_rate_degps: float = setting(
+        400.0, "steering servo slew rate at the wheels (deg/s; 1e6: instantaneous)", limits=(1.0, 1e6)
+    )
     motor_time_constant_s: float = setting(
         0.15, "first-order lag of the wheel speed to the command (s)", limits=(0.001, 10.0)
     )
     max_speed_mps: float = setting(0.6, "rover top speed (m/s)", limits=(0.01, 20.0))
     camera_forward_m: float = setting(0.1, "camera position ahead of the rear axle (m)")
     camera_height_m: float = setting(0.12, "camera height above ground (m)")
-    image_width: int = setting(640, "simulated image width (px)", limits=(1, 10000))
-    image_height: int = setting(480, "simulated image height (px)", limits=(1, 10000))
-    camera_hfov_deg: float = setting(62.0, "camera horizontal field of view (deg)", limits=(1.0, 179.0))
     detection_rate_hz: float = setting(10.0, "simulated detector frame rate (Hz)", limits=(0.1, 1000.0))
     latency_s: float = setting(
         0.1, "image stamp to detections available: the simulated inference time (s)", limits=(0.0, 10.0)
@@ -61,11 +59,6 @@ class SimParams:
         0.6, "a target whose box is covered this much by a nearer one is not detected", limits=(0.0, 1.0)
     )
     min_box_px: float = setting(4.0, "smallest detectable box side (px)", limits=(0.0, 10000.0))
-
-    @cached_property
-    def camera(self) -> PinholeCamera:
-        """The simulated camera's intrinsics (built once: the parameters are frozen)."""
-        return PinholeCamera.from_hfov(self.image_width, self.image_height, self.camera_hfov_deg)
 
 
 class Route(Protocol):
@@ -142,7 +135,7 @@ class Target:
     name: str
     route: Route
     class_name: str = "person"
-    height_m: float = 1.7
+    height_m: float = PERSON_HEIGHT_M
     width_m: float = 0.5
     visible: bool = True  # False = removed from the scene (e.g. walked out of the room)
     hidden: tuple[tuple[float, float], ...] = ()  # (start, end) times (s) when it is not detected (occluded)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ssd_ros.cli import add_inference_arguments, inference_kwargs
+from ssd_ros.control.geometry import PERSON_HEIGHT_M
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Labelled rover frames with the rover model's classes (the lane video in ../shared shows none of them).
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rec["rover"] or not rec["detections"]:
         print(f"demo: the closed loop produced no data; see the logs in {args.out}", file=sys.stderr)
         return 1
-    desired = desired_distance_m(1.7, FollowParams.desired_height_fraction, SimParams())
+    desired = desired_distance_m(PERSON_HEIGHT_M, FollowParams.desired_height_fraction, SimParams())
     plot_trajectory(rec, desired, args.out / "trajectory.png")
     gif_frames = write_camera_gif(rec["detections"], args.out / "camera.gif")
     ticks = [s[STATE_FIELDS.index("servo_ticks")] for s in rec["state"]]

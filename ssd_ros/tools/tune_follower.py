@@ -4,7 +4,8 @@ Prints, per path, the settle time, overshoot and steady-state error of the follo
 desired following distance, and saves a trajectory plot. Gains come from the follower's YAML so
 what you tune here is what the node runs::
 
-    python -m ssd_ros.tools.tune_follower --params config/follower.yaml --plot docs/images/follower_sim.png
+    python -m ssd_ros.tools.tune_follower --params config/rover.yaml config/follower.yaml \
+        --plot docs/images/follower_sim.png
 
 With ``--trials N`` it runs the scenarios with a second person (occlusions, crossings, id swaps) over seeds 0..N-1
 instead and reports who was followed: the original target kept, re-acquired after its occlusion, taken
@@ -22,8 +23,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ssd_ros.cli import read_params_file
-from ssd_ros.control.follow import FollowLoop, FollowParams
+from ssd_ros.cli import read_params_files
+from ssd_ros.control.follow import FollowerSettings, FollowLoop, FollowParams
+from ssd_ros.control.geometry import geometry_of
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.simulation.simulator import (
     MULTI_PERSON_SCENARIOS,
@@ -191,9 +193,18 @@ def main(argv=None) -> int:
         help=f"scripted paths to run (default: {' '.join(DEFAULT_PATHS)}; "
         f"with --trials: {' '.join(MULTI_PERSON_SCENARIOS)})",
     )
-    parser.add_argument("--params", type=Path, help="follower parameter YAML (default: built-in defaults)")
+    parser.add_argument(
+        "--params",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="the follower's parameter files, a later one winning as with --params-file: config/rover.yaml (the "
+        "rover's geometry) and config/follower.yaml (default: built-in defaults)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
-    parser.add_argument("--rate", type=float, help="control rate (Hz; default: the file's rate_hz, else 20)")
+    parser.add_argument(
+        "--rate", type=float, help=f"control rate (Hz; default: the file's rate_hz, else {FollowerSettings.rate_hz:g})"
+    )
     parser.add_argument("--latency", type=float, default=SimParams.latency_s, help="detector latency (s)")
     parser.add_argument(
         "--detection-rate", type=float, default=SimParams.detection_rate_hz, help="detector frame rate (Hz)"
@@ -207,18 +218,14 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        config = read_params_file(args.params, "follower") if args.params else {}
+        config = read_params_files(args.params, "follower")
         follow_params = settings_from_mapping(FollowParams, config)
-        rate_hz = float(args.rate or config.get("rate_hz", 20.0))
+        rate_hz = args.rate or settings_from_mapping(FollowerSettings, config).rate_hz
     except (TypeError, ValueError) as error:
-        print(f"tune_follower: cannot use {args.params}: {error}", file=sys.stderr)
+        print(f"tune_follower: cannot use {' '.join(map(str, args.params))}: {error}", file=sys.stderr)
         return 2
     sim_params = SimParams(
-        camera_hfov_deg=follow_params.camera_hfov_deg,
-        image_width=follow_params.image_width,
-        image_height=follow_params.image_height,
-        wheelbase_m=follow_params.wheelbase_m,
-        max_steering_deg=follow_params.max_steering_deg,
+        **geometry_of(follow_params),
         latency_s=args.latency,
         detection_rate_hz=args.detection_rate,
     )
