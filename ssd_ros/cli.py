@@ -18,7 +18,7 @@ __all__ = ["BACKENDS", "PRECISIONS", "add_inference_arguments", "inference_kwarg
 # (and torch); ssd_ros.vision.backends takes them from here.
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 """What can run the network; ``auto`` chooses one of them from the model file and the CPU."""
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
 """The network's arithmetic; ``auto`` is the file's own (see ssd_ros.vision.cpu)."""
 
 
@@ -46,7 +46,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("auto", *PRECISIONS),
         default="auto",
-        help="auto: the file's (int8 for an int8 export, else fp32); bf16: torch/openvino; int8: an int8 export",
+        help="auto: the file's (int8 for an int8 export, else fp32); bf16: torch/openvino; fp16: openvino; "
+        "int8: an int8 export",
     )
     group.add_argument("--threads", type=int, default=0, help="CPU threads for the network (0: the backend's default)")
 

@@ -10,6 +10,7 @@ match >= 95% of its detections (same class, IoU >= 0.5).
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,11 @@ from torchvision.models.detection import ssd300_vgg16
 from ssd_ros.evaluation.voc import VocSplit
 from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction
 from ssd_ros.tools import export_model
-from ssd_ros.vision.backends import cpu_has_bf16
+from ssd_ros.vision.backends import cpu_has_bf16, cpu_has_fp16
 from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.detector import Detector
-from ssd_ros.vision.export import export_onnx_bytes, read_exported, write_export
+from ssd_ros.vision.export import INT8_SCHEMES, export_onnx_bytes, read_exported, write_export
 from ssd_ros.vision.image_codec import read_image_file
 from ssd_ros.vision.model import VOC_CLASSES, build_model
 from ssd_ros.vision.model_card import ModelCard, coco_model_card
@@ -145,7 +146,15 @@ def test_int8_and_bf16_keep_the_accuracy_of_fp32(trained, tmp_path, capsys):
     int8 = tmp_path / "lite_int8.onnx"
     argv = ["--checkpoint", str(trained["checkpoint"]), "--int8", "--calibration", str(trained["calibration"])]
     assert export_model.main([*argv, "--out", str(int8), "--quiet"]) == 0
-    assert read_exported(int8).precision == "int8"
+    exported = read_exported(int8)
+    assert exported.precision == "int8" and exported.int8["scheme"] in INT8_SCHEMES
+    # The export kept the scheme it measured closest to fp32, in the worse of the two runtimes.
+    measured = exported.int8["measured"]
+    assert set(measured) == set(INT8_SCHEMES)
+    worst = {scheme: max(m["score_error_p95"] for m in runtimes.values()) for scheme, runtimes in measured.items()}
+    assert worst[exported.int8["scheme"]] == min(worst.values())
+    used = exported.int8["calibration_images"] + exported.int8["agreement_images"]
+    assert exported.int8["agreement_images_held_out"] and used == len(list(trained["calibration"].glob("*.jpg")))
     int8_nodes = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= int8_nodes
 
@@ -162,6 +171,15 @@ def test_int8_and_bf16_keep_the_accuracy_of_fp32(trained, tmp_path, capsys):
         candidates["openvino bf16"] = Detector.from_checkpoint(
             trained["checkpoint"], backend="openvino", precision="bf16", **settings
         )
+    # fp16 is what OpenVINO runs on Arm CPUs by default; where the CPU has no fp16 arithmetic (most x86) the
+    # plugin runs f32 and the detector says so.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fp16 = Detector.from_checkpoint(trained["checkpoint"], backend="openvino", precision="fp16", **settings)
+    runs_fp16 = "fp16" if cpu_has_fp16() else "fp32"
+    assert fp16.precision == runs_fp16
+    assert (runs_fp16 == "fp32") == any("fp16 requested but OpenVINO runs f32" in str(w.message) for w in caught)
+    candidates[f"openvino {runs_fp16}"] = fp16
     with capsys.disabled():
         print(f"\nfp32 AP {fp32_ap:.4f}, {sum(map(len, fp32))} detections")
     for name, detector in candidates.items():
@@ -215,6 +233,8 @@ def test_corrupted_and_foreign_files_are_clear_errors(checkpoints, tmp_path):
         Detector.from_checkpoint(good, backend="onnxruntime", precision="int8")
     with pytest.raises(ValueError, match="no bf16 CPU path"):
         Detector.from_checkpoint(good, backend="onnxruntime", precision="bf16")
+    with pytest.raises(ValueError, match="no fp16 CPU path for SSD; use backend openvino"):
+        Detector.from_checkpoint(good, backend="onnxruntime", precision="fp16")
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
         Detector.from_checkpoint(good, backend="tensorrt")
     with pytest.raises(ValueError, match="runs on the CPU"):

@@ -6,8 +6,10 @@ float32 batch from :func:`ssd_ros.vision.inference.preprocess` and returning tor
 The :class:`~ssd_ros.vision.detector.Detector` wraps one and does the rest.
 
 Precisions: ``fp32`` everywhere; ``bf16`` with torch (autocast) and OpenVINO where the CPU has bf16 units
-(AVX512-BF16 or AMX; elsewhere OpenVINO runs fp32 and ``precision`` says so); ``int8`` with ONNX Runtime and
-OpenVINO from an int8 export (``export_model --int8``, calibrated on real images).
+(AVX512-BF16 or AMX; elsewhere OpenVINO runs fp32 and ``precision`` says so); ``fp16`` with OpenVINO where its
+CPU plugin runs f16 (Arm CPUs with fp16 arithmetic, where it is OpenVINO's own default; x86 with AVX512-FP16 or
+AMX-FP16; elsewhere fp32, and ``precision`` says so); ``int8`` with ONNX Runtime and OpenVINO from an int8
+export (``export_model --int8``, calibrated on real images).
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class TorchNetwork:
         if precision not in ("fp32", "bf16"):
             raise ValueError(
                 f"the torch backend runs fp32 or bf16, not {precision!r}; int8 needs an int8 export "
-                "(export_model --int8) run by onnxruntime or openvino"
+                "(export_model --int8) run by onnxruntime or openvino, fp16 runs with backend openvino"
             )
         if num_threads > 0:
             torch.set_num_threads(num_threads)
@@ -129,7 +131,7 @@ def _post_processing_threads() -> None:
 class OnnxRuntimeNetwork:
     """An exported network run by ONNX Runtime's CPU execution provider (fp32 or an int8 QDQ export).
 
-    ONNX Runtime has no bf16 CPU kernels for these layers; ``bf16`` is refused with a pointer to OpenVINO.
+    ONNX Runtime has no bf16 or fp16 CPU kernels for these layers; both are refused with a pointer to OpenVINO.
     """
 
     name = "onnxruntime"
@@ -140,8 +142,8 @@ class OnnxRuntimeNetwork:
     ):
         import onnxruntime as ort
 
-        if precision == "bf16":
-            raise ValueError("onnxruntime has no bf16 CPU path for SSD; use backend openvino for bf16")
+        if precision in ("bf16", "fp16"):
+            raise ValueError(f"onnxruntime has no {precision} CPU path for SSD; use backend openvino for {precision}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads if num_threads > 0 else os.cpu_count() or 1
         options.inter_op_num_threads = 1
@@ -159,6 +161,13 @@ class OnnxRuntimeNetwork:
         return torch.from_numpy(regression), torch.from_numpy(logits)
 
 
+def cpu_has_fp16() -> bool:
+    """Whether OpenVINO runs fp16 on this CPU (Arm with fp16 arithmetic; x86 with AVX512-FP16 or AMX-FP16)."""
+    import openvino as ov
+
+    return "FP16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO can run bf16 on this CPU (AVX512-BF16 or AMX)."""
     import openvino as ov
@@ -171,7 +180,8 @@ class OpenVinoNetwork:
 
     The inference precision is always set explicitly: OpenVINO's own default on bf16-capable CPUs is bf16,
     which would make ``fp32`` a lie. ``bf16`` on a CPU without bf16 units runs fp32, with a warning, and
-    ``precision`` then reads ``fp32``.
+    ``precision`` then reads ``fp32``; so does ``fp16`` where the compiled model reports that it runs f32 (x86
+    CPUs without AVX512-FP16 or AMX-FP16: the plugin ignores the f16 hint there).
     """
 
     name = "openvino"
@@ -189,10 +199,14 @@ class OpenVinoNetwork:
         core = ov.Core()
         if not isinstance(model, ov.Model):
             model = core.read_model(model if isinstance(model, bytes) else os.fspath(model))
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        hint = {"bf16": "bf16", "fp16": "f16"}.get(precision, "f32")
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if num_threads > 0:
             config["INFERENCE_NUM_THREADS"] = num_threads
         self.compiled = core.compile_model(model, "CPU", config)
+        if precision == "fp16" and self.compiled.get_property("INFERENCE_PRECISION_HINT") != ov.Type.f16:
+            warnings.warn("fp16 requested but OpenVINO runs f32 on this CPU (no fp16 arithmetic)", stacklevel=2)
+            precision = "fp32"
         _post_processing_threads()
         self.request = self.compiled.create_infer_request()
         self.spec = spec
