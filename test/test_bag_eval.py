@@ -34,6 +34,7 @@ from ssd_ros.settings import settings_from_mapping
 from ssd_ros.tools import bag_eval, bagio, export_model, make_bag
 from ssd_ros.tools.bagio import add_topic, open_writer, serialize
 from ssd_ros.vision.detector import Detector
+from ssd_ros.vision.drawing import FOLLOW_COLORS, TARGET_STATES
 from ssd_ros.vision.image_codec import read_image_file
 
 # The test checkpoint's own class order (not the sorted order of conftest.PICAR_CLASSES).
@@ -125,7 +126,7 @@ def test_output_bag_reads_back_with_rclpy(tmp_path, camera_bags, checkpoint, kin
     detector = Detector.from_checkpoint(checkpoint, score_threshold=0.1, max_detections=5, device="cpu")
     detections = messages["/detections"]
     assert len(detections) == len(messages["/image_annotated"]) == FRAMES
-    total = 0
+    total, pictures = 0, []
     for (image_ns, image_raw), (det_ns, det_raw), (ann_ns, ann_raw) in zip(
         messages[image_topic], detections, messages["/image_annotated"]
     ):
@@ -146,8 +147,7 @@ def test_output_bag_reads_back_with_rclpy(tmp_path, camera_bags, checkpoint, kin
         np.testing.assert_allclose(got.scores, expected.scores, atol=1e-6)
         total += len(got)
         assert (annotated.encoding, annotated.height, annotated.width) == ("rgb8", rgb.shape[0], rgb.shape[1])
-        drawn = np.frombuffer(annotated.data, np.uint8).reshape(rgb.shape)
-        assert (len(got) > 0) == (not np.array_equal(drawn, rgb))
+        pictures.append(np.frombuffer(annotated.data, np.uint8).reshape(rgb.shape))
     assert total > 0, "the test model should detect something at this threshold"
 
     # The follower ticks at 20 Hz on bag time from the first to the last frame; the video is 20 fps, so
@@ -157,11 +157,18 @@ def test_output_bag_reads_back_with_rclpy(tmp_path, camera_bags, checkpoint, kin
     assert [t for t, _ in commands] == [t for t, _ in messages[image_topic]]
     params = {"image_width": 320, "image_height": 240, "target_classes": list(MODEL_CLASSES), "min_score": 0.0}
     controller = FollowController(settings_from_mapping(FollowParams, params))
-    moving = 0
-    for (tick_ns, cmd_raw), (_, det_raw) in zip(commands, detections, strict=True):
+    moving, marked = 0, 0
+    for (tick_ns, cmd_raw), (_, det_raw), drawn in zip(commands, detections, pictures, strict=True):
         array = deserialize_message(det_raw, Detection2DArray)
         stamp_s = array.header.stamp.sec + array.header.stamp.nanosec * 1e-9
         expected = controller.update(msg_to_detections(array), stamp_s, tick_ns / 1e9)
+        # The frame's picture shows what the follower decided on it: its state, and the target's box marked.
+        assert tuple(drawn[1, 1]) == FOLLOW_COLORS[controller.status]
+        for det in array.detections:
+            if controller.status in TARGET_STATES and det.id == controller.target.track_id:
+                x, y = round(det.bbox.center.position.x - det.bbox.size_x / 2), round(det.bbox.center.position.y)
+                assert tuple(drawn[y, max(x, 0)]) == FOLLOW_COLORS[controller.status], det.id
+                marked += 1
         twist = deserialize_message(cmd_raw, Twist)
         assert math.isfinite(twist.linear.x) and math.isfinite(twist.angular.z)
         assert twist.linear.x == pytest.approx(expected.linear_mps, rel=1e-5, abs=1e-9)
@@ -169,6 +176,7 @@ def test_output_bag_reads_back_with_rclpy(tmp_path, camera_bags, checkpoint, kin
         assert twist.linear.y == twist.linear.z == twist.angular.x == twist.angular.y == 0.0
         moving += twist.linear.x != 0.0
     assert moving > 0, "following every class at min_score 0, the rover should have moved"
+    assert marked > 0, "the followed box should have been marked"
 
     report = json.loads((out / "bag_eval_report.json").read_text())
     assert report["frames"] == report["processed_frames"] == FRAMES and report["bad_frames"] == 0

@@ -61,8 +61,9 @@ def test_a_missing_target_marks_nobody_and_the_banner_says_why(two_people):
         drawn = draw_detections(rgb, detections, follow=FollowMark(state, "12"))
         assert _left_edge(drawn, left) == _left_edge(drawn, right) == OTHER_COLOR
         assert tuple(drawn[1, 1]) == FOLLOW_COLORS[state]
-    searching = draw_detections(rgb, detections, follow=FollowMark("searching"))
+    searching = draw_detections(rgb, detections, follow=FollowMark("searching", "7"))
     assert tuple(searching[1, 1]) == FOLLOW_COLORS["searching"] != FOLLOW_COLORS["following"]
+    assert _left_edge(searching, left) == _left_edge(searching, right) == OTHER_COLOR
     # A longer state text makes a wider banner: "re-acquiring #12" is wider than "searching".
     banner_row = 1
     widths = {
@@ -82,6 +83,8 @@ def test_follow_mark_text_and_states():
     assert FollowMark("following", "7").text == "following #7"
     assert FollowMark("searching").text == "searching"
     assert FollowMark("inactive").text == "inactive"
+    # A follower that holds no target marks no box, whatever id it last had.
+    assert FollowMark("searching", "7").text == "searching" and FollowMark("searching", "7").target_id == ""
     with pytest.raises(ValueError, match="unknown follower state 'tracking'; one of following, lost"):
         FollowMark("tracking", "7")
 

@@ -365,7 +365,7 @@ class DetectorNode(ManagedNode):
         if not state or self.count_publishers("follow_state") == 0:
             return None
         try:
-            return FollowMark(state, self._follow_id if state in ("following", "lost", "re-acquiring") else "")
+            return FollowMark(state, self._follow_id)
         except ValueError as error:  # another follower's vocabulary: draw plainly, say it once in a while
             self.get_logger().warning(f"follow_state: {error}; drawn without it", throttle_duration_sec=30.0)
             return None

@@ -18,7 +18,7 @@ import numpy as np
 from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.image_codec import validate_image
 
-__all__ = ["FOLLOW_COLORS", "OTHER_COLOR", "FollowMark", "class_color", "draw_detections"]
+__all__ = ["FOLLOW_COLORS", "OTHER_COLOR", "TARGET_STATES", "FollowMark", "class_color", "draw_detections"]
 
 # What a follower can be doing (FollowController.status, or "inactive" for a node that is not active), and
 # its colour (RGB): green while it follows, amber while the target is missing, grey when it follows nobody.
@@ -30,13 +30,18 @@ FOLLOW_COLORS: dict[str, tuple[int, int, int]] = {
     "disabled": (200, 200, 200),
     "inactive": (200, 200, 200),
 }
+# The states in which the follower holds a target (its track id is marked); in the others it follows nobody.
+TARGET_STATES = ("following", "lost", "re-acquiring")
 # The boxes a follower does not follow: grey, so that no class colour can be taken for the target's.
 OTHER_COLOR = (150, 150, 150)
 
 
 @dataclass(frozen=True)
 class FollowMark:
-    """What a follower follows: its state (a key of :data:`FOLLOW_COLORS`) and the target's track id ("" none)."""
+    """What a follower follows: its state (a key of :data:`FOLLOW_COLORS`) and the target's track id.
+
+    The id counts only in :data:`TARGET_STATES` ("" while the target's id is not known).
+    """
 
     state: str
     track_id: str = ""
@@ -48,7 +53,12 @@ class FollowMark:
     @property
     def text(self) -> str:
         """The banner: ``following #7``, ``re-acquiring #7``, ``searching``, ..."""
-        return f"{self.state} #{self.track_id}" if self.track_id else self.state
+        return f"{self.state} #{self.target_id}" if self.target_id else self.state
+
+    @property
+    def target_id(self) -> str:
+        """The followed track id, "" when the follower follows nobody."""
+        return self.track_id if self.state in TARGET_STATES else ""
 
 
 def class_color(name: str) -> tuple[int, int, int]:
@@ -84,7 +94,7 @@ def draw_detections(
     height, width = out.shape[:2]
     scale = max(0.4, min(height, width) / 600.0)  # text and lines grow with the image
     thickness = max(1, round(2 * scale))
-    target = follow.track_id if follow is not None else ""
+    target = follow.target_id if follow is not None else ""
     ids = detections.ids
     # Lowest scores first, so the most confident boxes and labels end up on top; the target last of all.
     order = sorted(np.argsort(detections.scores, kind="stable"), key=lambda i: bool(target) and ids[i] == target)

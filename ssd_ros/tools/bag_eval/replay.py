@@ -4,7 +4,9 @@ Every frame of the image topic goes through the ``detector`` node's path: the sa
 (:mod:`ssd_ros.ros.images`), the same :class:`~ssd_ros.vision.detector.Detector`, the same
 ``Detection2DArray`` conversion (:mod:`ssd_ros.ros.messages`) and drawing. The follower's commands come
 from the same :class:`~ssd_ros.control.follow.FollowLoop` as the node's, ticked at its rate on bag time.
-Nothing is dropped and nothing depends on wall time, so a run is reproducible.
+A frame's annotated image is drawn once the follower has decided on it (the tick after it), marking the
+target it chose there and its state. Nothing is dropped and nothing depends on wall time, so a run is
+reproducible.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ssd_ros.tools.bagio import (
 )
 from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.detector import Detector
-from ssd_ros.vision.drawing import draw_detections
+from ssd_ros.vision.drawing import FollowMark, draw_detections
 from ssd_ros.vision.image_codec import ImageDecodeError
 
 DETECTIONS_TOPIC = "/detections"
@@ -139,6 +141,7 @@ class Evaluation:
         self.annotated_conn = add_topic(writer, ANNOTATED_TOPIC, "sensor_msgs/msg/Image") if config.annotated else None
         cmd_type = "geometry_msgs/msg/TwistStamped" if follower.twist_stamped else "geometry_msgs/msg/Twist"
         self.cmd_conn = add_topic(writer, CMD_VEL_TOPIC, cmd_type)
+        self.undrawn: tuple[Frame, Detections] | None = None  # offered to the follower, drawn after its tick
         self.loop: FollowLoop | None = None  # made at the first good frame (needs the image size)
         self.tracker = tracker  # None with --no-tracking
         self.id_switches = IdSwitchCounter()
@@ -232,12 +235,19 @@ class Evaluation:
             self.id_switches.add((truth_ids[t], detections.track_ids[d]) for t, d in pairs)
 
     def _write_detections(self, frame: Frame) -> None:
-        """``/detections`` with the image's header, and the drawn image unless ``--no-annotated``."""
+        """``/detections`` with the image's header."""
         message = detections_to_msg(frame.detections, frame.header)
         self.writer.write(self.detections_conn, frame.bag_ns, serialize(message))
-        if self.annotated_conn is not None:
-            annotated = rgb_to_image_msg(draw_detections(frame.rgb, frame.detections), frame.header)
-            self.writer.write(self.annotated_conn, frame.bag_ns, serialize(annotated))
+
+    def _draw(self) -> None:
+        """The offered frame's annotated image (unless ``--no-annotated``), with the follower's target and state now."""
+        if self.undrawn is None:
+            return
+        (frame, detections), self.undrawn = self.undrawn, None
+        controller = self.loop.controller
+        mark = FollowMark(controller.status, controller.target.track_id if controller.target else "")
+        annotated = rgb_to_image_msg(draw_detections(frame.rgb, detections, follow=mark), frame.header)
+        self.writer.write(self.annotated_conn, frame.bag_ns, serialize(annotated))
 
     def _follow(self, frame: Frame) -> None:
         """Offer the detections to the follower (made at the first good frame, which gives the image size)."""
@@ -246,7 +256,10 @@ class Evaluation:
             self.loop = FollowLoop(follow_params(self.config, self.detector.class_names, frame.rgb.shape, node_config))
             self.loop.controller.measured_camera = self.camera
             self.next_tick_ns = frame.bag_ns
-        self.loop.offer(frame.detections, stamp_ns(frame.header) / 1e9)
+        self._draw()  # a frame replaced before any tick was never decided on: drawn with the state it met
+        offered = self.loop.offer(frame.detections, stamp_ns(frame.header) / 1e9)  # with the loop's ids, if own
+        if self.annotated_conn is not None:
+            self.undrawn = (frame, offered)
 
     def _score(self, frame: Frame) -> None:
         """Keep the detections with the frame's annotation, for the AP table."""
@@ -266,11 +279,14 @@ class Evaluation:
             twist = twist_msg(command, self.follower.twist_stamped, self.follower.frame_id, now_ns)
             self.writer.write(self.cmd_conn, now_ns, serialize(twist))
             self.next_tick_ns += self.period_ns
+            self._draw()
 
     def finish(self) -> None:
-        """Ticks up to and including the last image's time."""
+        """Ticks up to and including the last image's time; the last frame drawn."""
         if self.last_image_ns is not None:
             self._ticks_before(self.last_image_ns, inclusive=True)
+        if self.loop is not None:
+            self._draw()
 
 
 def stream(config: EvalConfig, evaluation: Evaluation, reader, image_conn) -> tuple[float, str | None]:
