@@ -210,6 +210,17 @@ def wait_until(probe: RosProbe, condition, timeout: float, what: str, launch: Ro
     return probe.spin_until(met, timeout, what, detail=lambda: f"launch output:\n{launch.output()}")
 
 
+def wait_for_detector(probe: RosProbe, launch: RoverLaunch) -> None:
+    """Until the detector is active: its image subscription is the last thing it creates."""
+    wait_until(
+        probe,
+        lambda: "/camera/image_raw" in topics(probe, "detector", "/", "subscriber"),
+        START_TIMEOUT_S,
+        "/detector subscribing /camera/image_raw",
+        launch,
+    )
+
+
 def topics(probe: RosProbe, name: str, namespace: str, kind: str) -> dict[str, list[str]]:
     """Topics a remote node publishes or subscribes (``kind``: 'publisher' | 'subscriber') -> types."""
     getter = getattr(probe.node, f"get_{kind}_names_and_types_by_node")
@@ -384,13 +395,7 @@ def test_exported_models_run_from_the_launch(rover, probe, exports, model, backe
     """The README's fast path: an export (int8 ONNX, OpenVINO IR) runs from launch arguments alone."""
     arguments = [f"model_path:={exports[model]}", f"backend:={backend}", "num_threads:=1", "follower:=false"]
     launch = rover(*arguments, *([f"precision:={precision}"] if precision else []), "base:=none")
-    wait_until(
-        probe,
-        lambda: "/camera/image_raw" in topics(probe, "detector", "/", "subscriber"),
-        START_TIMEOUT_S,
-        "/detector subscribing /camera/image_raw",
-        launch,
-    )
+    wait_for_detector(probe, launch)
     values = get_parameters(probe, "/detector", ["model_path", "backend", "num_threads"])
     assert values == {"model_path": str(exports[model]), "backend": backend, "num_threads": 1}
     assert launch.interrupt() == 0
@@ -443,13 +448,7 @@ def test_autostart_false_leaves_detector_and_follower_to_a_lifecycle_manager(rov
     for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
         request = ChangeState.Request(transition=Transition(id=transition))
         assert probe.call(ChangeState, "/detector/change_state", request, START_TIMEOUT_S, attempts=1).success
-    wait_until(
-        probe,
-        lambda: "/camera/image_raw" in topics(probe, "detector", "/", "subscriber"),
-        START_TIMEOUT_S,
-        "/detector subscribing /camera/image_raw once active",
-        launch,
-    )
+    wait_for_detector(probe, launch)
     assert launch.interrupt() == 0
     launch.assert_nothing_left()
 
@@ -462,13 +461,7 @@ def test_a_detector_parameters_file_sets_the_model_and_backend(rover, probe, exp
         "    score_threshold: 0.6\n"
     )
     launch = rover(f"detector_params:={params}", "follower:=false", "base:=none")
-    wait_until(
-        probe,
-        lambda: "/camera/image_raw" in topics(probe, "detector", "/", "subscriber"),
-        START_TIMEOUT_S,
-        "/detector subscribing /camera/image_raw",
-        launch,
-    )
+    wait_for_detector(probe, launch)
     values = get_parameters(probe, "/detector", ["model_path", "backend", "score_threshold"])
     assert values == {"model_path": str(exports["int8.onnx"]), "backend": "onnxruntime", "score_threshold": 0.6}
     assert launch.interrupt() == 0
