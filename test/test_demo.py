@@ -9,9 +9,11 @@ import cv2
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, make_checkpoint, ros_env
+from PIL import Image, ImageSequence
 
 from ssd_ros.simulation.simulator import SCENARIOS
 from ssd_ros.tools import demo
+from ssd_ros.vision.drawing import FOLLOW_COLORS
 
 MODEL_CLASSES = ("Person", "Stop Sign")  # a randomly initialised SSDlite with some of the rover's classes
 
@@ -40,6 +42,12 @@ def test_demo_runs_the_closed_loop_and_the_ssd_and_stops_every_node_cleanly(tmp_
     assert (out / "trajectory.png").stat().st_size > 0 and (out / "camera.gif").stat().st_size > 0
     for log in ("follower_sim", "follower", "picar_base"):
         assert "Traceback" not in (out / f"{log}.log").read_text(), log
+    # The GIF shows whom the follower follows (its follow_target and follow_state): the banner in the corner is
+    # the following colour in most frames (the palette of a GIF shifts colours a little).
+    with Image.open(out / "camera.gif") as gif:
+        corners = [np.asarray(frame.convert("RGB"))[1, 1].astype(int) for frame in ImageSequence.Iterator(gif)]
+    following = sum(np.abs(corner - FOLLOW_COLORS["following"]).max() < 40 for corner in corners)
+    assert following > len(corners) / 2, corners
     # Part 2: the count printed is bag_eval's own count on the footage.
     report = json.loads((out / "bag_eval_report.json").read_text())
     assert report["frames"] == 3

@@ -203,11 +203,11 @@ class FollowerNode(ManagedNode):
     def _on_timer(self) -> None:
         command = self.loop.tick(self._now_s())
         counters = self.controller.counters
+        self._publish_state(self.controller.status)  # before the target: a reader pairs a target with the state then
         if counters["frames"] > self._frames_seen:
             self._frames_seen = counters["frames"]
             self._detections_watch.accepted()
             self._publish_target(self._offered_header)
-        self._publish_state(self.controller.status)
         stale = counters["stale_frames"]
         if stale > self._stale_reported:
             for _ in range(stale - self._stale_reported):

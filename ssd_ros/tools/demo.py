@@ -4,7 +4,8 @@ Part 1, closed loop over real DDS: ``follower_sim`` (camera + detector + car, si
 ``follower`` -> ``picar_base`` on the simulated PCA9685, each a separate process with the rover's
 parameter files. The simulator stands in for the detector, so its boxes are the simulator's own
 projections of the scripted people, never a pretend SSD result; the GIF says so on every frame.
-Writes ``camera.gif`` (what the follower saw), ``trajectory.png`` and a summary.
+Writes ``camera.gif`` (what the follower saw, its target marked from ``follow_target`` / ``follow_state``),
+``trajectory.png`` and a summary.
 
 Part 2, only with ``--checkpoint`` (trained weights; none ship with the repository): a camera bag
 made from rover footage (by default the labelled rover frames in ../shared/data, which show the
@@ -65,10 +66,11 @@ def record_closed_loop(scenario: str, duration_s: float, out: Path) -> dict:
     """Run sim + follower + base as processes for ``duration_s`` simulated seconds and record the topics."""
     import rclpy
     from geometry_msgs.msg import PoseArray, PoseStamped, Twist
-    from std_msgs.msg import Float32MultiArray
-    from vision_msgs.msg import Detection2DArray
+    from std_msgs.msg import Float32MultiArray, String
+    from vision_msgs.msg import Detection2D, Detection2DArray
 
     from ssd_ros.ros.messages import LATCHED_QOS, stamp_ns
+    from ssd_ros.vision.drawing import FollowMark
 
     env = _ros_env()
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")})
@@ -84,7 +86,8 @@ def record_closed_loop(scenario: str, duration_s: float, out: Path) -> dict:
         _start("follower", "follower.yaml", [sim_time], env, out / "follower.log"),
         _start("picar_base", "picar_base.yaml", [sim_time, "hardware:=sim"], env, out / "picar_base.log"),
     ]
-    rec = {"rover": [], "targets": [], "detections": [], "cmd_vel": [], "state": []}
+    rec = {"rover": [], "targets": [], "detections": [], "cmd_vel": [], "state": [], "follow": {}}
+    follow_state = ["inactive"]  # the follower's, latched; each follow_target is paired with the one before it
     rclpy.init()
     node = rclpy.create_node("demo_recorder")
 
@@ -100,6 +103,13 @@ def record_closed_loop(scenario: str, duration_s: float, out: Path) -> dict:
         50,
     )
     node.create_subscription(Detection2DArray, "/detections", lambda m: rec["detections"].append(m), 50)
+    node.create_subscription(String, "/follow_state", lambda m: follow_state.__setitem__(0, m.data), LATCHED_QOS)
+    node.create_subscription(
+        Detection2D,
+        "/follow_target",
+        lambda m: rec["follow"].__setitem__(stamp_ns(m.header), FollowMark(follow_state[0], m.id)),
+        50,
+    )
     node.create_subscription(Twist, "/cmd_vel", lambda m: rec["cmd_vel"].append((m.linear.x, m.angular.z)), 100)
     node.create_subscription(
         Float32MultiArray, "/picar_base/state", lambda m: rec["state"].append(list(m.data)), LATCHED_QOS
@@ -155,18 +165,25 @@ def _start_when_connected(node, processes, timeout_s: float = 60.0) -> None:
     node.destroy_client(client)
 
 
-def write_camera_gif(detections, path: Path, every: int = 3) -> int:
-    """A GIF of the follower's view: the simulator's boxes on a blank 640x480 frame, labelled as simulated."""
+def write_camera_gif(detections, path: Path, every: int = 3, follow=None) -> int:
+    """A GIF of the follower's view: the simulator's boxes on a blank 640x480 frame, labelled as simulated.
+
+    ``follow`` maps a frame's stamp (ns) to the :class:`~ssd_ros.vision.drawing.FollowMark` the follower published
+    for it; a frame it did not decide on shows the previous one.
+    """
     import cv2
     from PIL import Image
 
     from ssd_ros.ros.messages import msg_to_detections, stamp_ns
     from ssd_ros.vision.drawing import draw_detections
 
-    frames = []
-    for msg in detections[::every]:
+    frames, mark = [], None
+    for k, msg in enumerate(detections):
+        mark = (follow or {}).get(stamp_ns(msg.header), mark)
+        if k % every:
+            continue
         canvas = np.full((480, 640, 3), 60, np.uint8)
-        canvas = draw_detections(canvas, msg_to_detections(msg))
+        canvas = draw_detections(canvas, msg_to_detections(msg), follow=mark)
         stamp = stamp_ns(msg.header) / 1e9
         cv2.putText(
             canvas,
@@ -342,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     desired = desired_distance_m(PERSON_HEIGHT_M, FollowParams.desired_height_fraction, SimParams())
     plot_trajectory(rec, desired, args.out / "trajectory.png")
-    gif_frames = write_camera_gif(rec["detections"], args.out / "camera.gif")
+    gif_frames = write_camera_gif(rec["detections"], args.out / "camera.gif", follow=rec["follow"])
     ticks = [s[STATE_FIELDS.index("servo_ticks")] for s in rec["state"]]
     final = dict(zip(STATE_FIELDS, rec["state"][-1])) if rec["state"] else {}
     t, x, y, yaw = rec["rover"][-1]
