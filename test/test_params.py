@@ -78,3 +78,36 @@ def test_any_settings_dataclass_reads_from_a_mapping_converted_and_validated():
         settings_from_mapping(SimParams, {"miss_probability": 2})
     with pytest.raises(ValueError, match="camera_height_m must be finite"):
         settings_from_mapping(SimParams, {"camera_height_m": float("nan")})
+
+
+def test_every_settings_class_is_validated_as_it_is_made():
+    """One way for all: a value out of its field's limits is refused by the constructor, naming the field."""
+    from ssd_ros.control.follow import FollowerSettings, FollowParams
+    from ssd_ros.control.geometry import RoverGeometry
+    from ssd_ros.rover.picar_base import Calibration, HardwareSettings
+    from ssd_ros.vision.detector import DetectorSettings
+
+    for settings_class, name, value in [
+        (RoverGeometry, "wheelbase_m", 0.0),
+        (FollowParams, "max_steering_deg", 80.0),  # the geometry's limits, whichever class extends it
+        (SimParams, "max_steering_deg", 80.0),
+        (Calibration, "max_steering_deg", 80.0),
+        (FollowerSettings, "rate_hz", 0.0),
+        (TrackerParams, "track_min_hits", 0),
+        (HardwareSettings, "steering_channel", 16),
+        (DetectorSettings, "nms_iou", 1.5),
+    ]:
+        with pytest.raises(ValueError, match=f"{name} must be in"):
+            settings_class(**{name: value})
+
+
+def test_the_rover_file_and_a_node_file_are_read_in_order(tmp_path):
+    """tune_follower --params / bag_eval --follow-config: rover.yaml then the node's file, the later one winning."""
+    from ssd_ros.cli import read_params_files
+    from ssd_ros.control.follow import FollowParams
+
+    rover, own = tmp_path / "rover.yaml", tmp_path / "follower.yaml"
+    rover.write_text("/**:\n  ros__parameters:\n    wheelbase_m: 0.2\n    image_width: 320\n")
+    own.write_text("/**:\n  ros__parameters:\n    image_width: 800\n    max_linear_mps: 0.2\n")
+    params = settings_from_mapping(FollowParams, read_params_files([rover, own], "follower"))
+    assert (params.wheelbase_m, params.image_width, params.max_linear_mps) == (0.2, 800, 0.2)

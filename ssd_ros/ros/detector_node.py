@@ -39,12 +39,12 @@ from ssd_ros.control.tracking import Tracker, TrackerParams
 from ssd_ros.ros.images import compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
 from ssd_ros.ros.managed import AUTOSTART, ManagedNode
 from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, diagnostics_msg, label_info_msg, stamp_ns
-from ssd_ros.ros.params import STRING_ARRAY, ParameterTable, dataclass_table, param
+from ssd_ros.ros.params import ParameterTable, dataclass_table, param
 from ssd_ros.ros.runner import StartupError, run_node
 from ssd_ros.ros.silence import InputWatcher
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.vision.checkpoint import CheckpointError
-from ssd_ros.vision.detector import LIVE_SETTINGS, Detector
+from ssd_ros.vision.detector import Detector, DetectorSettings
 from ssd_ros.vision.drawing import FollowMark, draw_detections
 from ssd_ros.vision.image_codec import COMPRESSED_FORMATS, RAW_ENCODINGS, ImageDecodeError
 from ssd_ros.vision.model import WeightsUnavailableError
@@ -61,40 +61,9 @@ DIAGNOSTICS_PERIOD_S = 1.0
 STATS_WINDOW = 100  # inference times / image ages kept for the percentiles
 
 
+# The model and reporting settings come from DetectorSettings' fields; the others are the node's own.
 PARAMETERS: ParameterTable = {
-    "model_path": param(
-        "",
-        "SSD checkpoint (.pt) or exported model (.onnx, OpenVINO .xml from export_model) to load (restart required)",
-        read_only=True,
-    ),
-    "backend": param(
-        "auto",
-        "what runs the network: auto (from the file and the CPU: torch for a .pt, openvino for a .xml, onnxruntime "
-        "for a .onnx) | torch (reference) | onnxruntime | openvino (restart required)",
-        read_only=True,
-    ),
-    "precision": param(
-        "auto",
-        "network arithmetic: auto (the file's: int8 for an int8 export, else fp32) | fp32 | bf16 | int8 "
-        "(restart required)",
-        read_only=True,
-    ),
-    "num_threads": param(
-        0, "CPU threads for the network (0: the backend's default, all cores)", limits=(0, 256), read_only=True
-    ),
-    "coco_model": param(
-        "",
-        "torchvision's COCO-trained model instead of model_path: ssd300_vgg16 | ssdlite320_mobilenet_v3 "
-        "('': use model_path; needs internet once or torch's cache; restart required)",
-        read_only=True,
-    ),
-    "device": param("auto", "inference device: auto | cpu | cuda | cuda:N (restart required)", read_only=True),
-    "score_threshold": param(LIVE_SETTINGS["score_threshold"], "minimum detection score in [0, 1]", limits=(0.0, 1.0)),
-    "nms_iou": param(
-        LIVE_SETTINGS["nms_iou"], "IoU above which same-class boxes are suppressed, in [0, 1]", limits=(0.0, 1.0)
-    ),
-    "max_detections": param(LIVE_SETTINGS["max_detections"], "most detections per image (>= 1)", limits=(1, 10000)),
-    "class_filter": param(STRING_ARRAY, "class names to report (empty: all classes of the model)"),
+    **dataclass_table(DetectorSettings),
     "image_topic": param(
         "image_raw",
         "input image topic; with compressed=true the node subscribes <image_topic>/compressed (restart required)",
@@ -234,18 +203,17 @@ class DetectorNode(ManagedNode):
     # --- model and parameters -------------------------------------------------------------------------------
 
     def _load_detector(self, values: dict) -> tuple[Detector, str]:
-        settings = {name: values[name] for name in DETECTOR_SETTINGS}  # class_filter unset (None): all classes
-        settings.update({name: values[name] for name in ("device", "backend", "precision", "num_threads")})
         try:
-            if values["coco_model"]:
-                detector = Detector.from_coco(architecture=values["coco_model"], **settings)
-                return detector, f"torchvision COCO {values['coco_model']}"
-            path = values["model_path"]
+            settings = settings_from_mapping(DetectorSettings, values)  # class_filter unset (None): all classes
+            if settings.coco_model:
+                detector = Detector.from_coco(architecture=settings.coco_model, **settings.detector_options())
+                return detector, f"torchvision COCO {settings.coco_model}"
+            path = settings.model_path
             if not path:
                 raise StartupError(
                     "no model: set model_path to a checkpoint or export (or coco_model:=ssdlite320_mobilenet_v3)"
                 )
-            detector = Detector.from_checkpoint(path, **settings)
+            detector = Detector.from_checkpoint(path, **settings.detector_options())
         except (CheckpointError, WeightsUnavailableError) as error:
             raise StartupError(str(error)) from error
         except ValueError as error:  # a device that does not exist here, an out-of-range setting, a wrong class

@@ -52,12 +52,14 @@ def dataclass_table(settings_class, *, read_only: bool = False) -> ParameterTabl
     """The table of a core settings dataclass, its fields made with :func:`ssd_ros.settings.setting`.
 
     Description, limits and read-only come from the field metadata; ``read_only`` makes every
-    parameter read-only (a node that reads them only at start-up).
+    parameter read-only (a node that reads them only at start-up). An empty tuple default is an unset string
+    array (see ``STRING_ARRAY``).
     """
     table = {}
     for f in fields(settings_class):
         meta = f.metadata
+        default = STRING_ARRAY if f.default == () else f.default
         table[f.name] = param(
-            f.default, meta["description"], limits=meta["limits"], read_only=read_only or meta["read_only"]
+            default, meta["description"], limits=meta["limits"], read_only=read_only or meta["read_only"]
         )
     return table

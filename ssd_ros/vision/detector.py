@@ -16,6 +16,7 @@ import os
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssd_ros.settings import Settings, setting
 from ssd_ros.vision.backends import (
     BACKEND_CHOICES,
     PRECISIONS,
@@ -40,12 +42,58 @@ from ssd_ros.vision.model_card import ModelCard
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 
-LIVE_SETTINGS = {"score_threshold": 0.3, "nms_iou": 0.45, "max_detections": 100}
+
+@dataclass(frozen=True)
+class DetectorSettings(Settings):
+    """The detector node's model and reporting settings (its parameter names; all but the last four need a restart).
+
+    The node declares its parameters from these fields; :meth:`detector_options` are the keyword arguments of
+    :meth:`Detector.from_checkpoint` and :meth:`Detector.from_coco`.
+    """
+
+    model_path: str = setting(
+        "",
+        "SSD checkpoint (.pt) or exported model (.onnx, OpenVINO .xml from export_model) to load (restart required)",
+        read_only=True,
+    )
+    backend: str = setting(
+        "auto",
+        "what runs the network: auto (from the file and the CPU: torch for a .pt, openvino for a .xml, onnxruntime "
+        "for a .onnx) | torch (reference) | onnxruntime | openvino (restart required)",
+        read_only=True,
+    )
+    precision: str = setting(
+        "auto",
+        "network arithmetic: auto (the file's: int8 for an int8 export, else fp32) | fp32 | bf16 | int8 "
+        "(restart required)",
+        read_only=True,
+    )
+    num_threads: int = setting(
+        0, "CPU threads for the network (0: the backend's default, all cores)", limits=(0, 256), read_only=True
+    )
+    coco_model: str = setting(
+        "",
+        "torchvision's COCO-trained model instead of model_path: ssd300_vgg16 | ssdlite320_mobilenet_v3 "
+        "('': use model_path; needs internet once or torch's cache; restart required)",
+        read_only=True,
+    )
+    device: str = setting("auto", "inference device: auto | cpu | cuda | cuda:N (restart required)", read_only=True)
+    score_threshold: float = setting(0.3, "minimum detection score in [0, 1]", limits=(0.0, 1.0))
+    nms_iou: float = setting(0.45, "IoU above which same-class boxes are suppressed, in [0, 1]", limits=(0.0, 1.0))
+    max_detections: int = setting(100, "most detections per image (>= 1)", limits=(1, 10000))
+    class_filter: tuple[str, ...] = setting((), "class names to report (empty: all classes of the model)")
+
+    def detector_options(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`Detector.from_checkpoint` / :meth:`Detector.from_coco` (all but the model)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model_path", "coco_model")}
+
+
+LIVE_SETTINGS = {name: getattr(DetectorSettings, name) for name in ("score_threshold", "nms_iou", "max_detections")}
 """What the robot reports by default (the detector node, ``bag_eval``, the Detector's own defaults)."""
 EVALUATION_SETTINGS = {"score_threshold": 0.01, "nms_iou": 0.45, "max_detections": 200}
 """The SSD paper's VOC evaluation setting: every detection down to 0.01, at most 200 per image."""
 
-__all__ = ["EVALUATION_SETTINGS", "LIVE_SETTINGS", "Detector", "resolve_device"]
+__all__ = ["EVALUATION_SETTINGS", "LIVE_SETTINGS", "Detector", "DetectorSettings", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -81,10 +81,15 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
     parser.add_argument("--no-annotated", dest="annotated", action="store_false", help=f"skip {ANNOTATED_TOPIC}")
     parser.add_argument(
-        "--control-rate-hz", type=float, help="follower timer rate on bag time (default: rate_hz of the config, or 20)"
+        "--control-rate-hz", type=float, help="follower timer rate on bag time (default: rate_hz of the config)"
     )
     parser.add_argument(
-        "--follow-config", type=Path, help="the follower node's parameters file, e.g. config/follower.yaml"
+        "--follow-config",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="the follower node's parameters files, a later one winning as with --params-file: e.g. "
+        "config/rover.yaml config/follower.yaml",
     )
     parser.add_argument("--follow-classes", nargs="+", help="classes the follower follows (default: FollowParams)")
     parser.add_argument(

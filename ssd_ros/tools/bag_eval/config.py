@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from ssd_ros.cli import inference_kwargs, read_params_file
-from ssd_ros.control.follow import FollowParams, class_mismatch
+from ssd_ros.cli import inference_kwargs, read_params_files
+from ssd_ros.control.follow import FollowerSettings, FollowParams, class_mismatch
 from ssd_ros.control.tracking import Tracker, TrackerParams
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.tools.bagio import BagToolError
@@ -46,7 +46,7 @@ class EvalConfig:
     max_frames: int | None
     annotated: bool
     control_rate_hz: float | None
-    follow_config: Path | None
+    follow_config: tuple[Path, ...]
     follow_classes: tuple[str, ...] | None
     camera_info_topic: str | None
     follow_param: tuple[str, ...]
@@ -115,11 +115,15 @@ def make_tracker(config: EvalConfig) -> Tracker | None:
 def follower_options(config: EvalConfig, class_names) -> FollowerOptions:
     """How the follower node would run, from ``--follow-config`` and the options; bad values fail here."""
     node_config = read_follower_config(config.follow_config)
+    try:
+        node = settings_from_mapping(FollowerSettings, node_config)
+    except ValueError as exc:
+        raise BagToolError(f"follower parameters: {exc}") from exc
     follower = FollowerOptions(
         config=node_config,
-        rate_hz=config.control_rate_hz or float(node_config.get("rate_hz", 20.0)),
-        twist_stamped=config.twist_stamped or bool(node_config.get("twist_stamped", False)),
-        frame_id=str(node_config.get("cmd_frame_id", "base_link")),
+        rate_hz=config.control_rate_hz or node.rate_hz,
+        twist_stamped=config.twist_stamped or node.twist_stamped,
+        frame_id=node.cmd_frame_id,
     )
     if not follower.rate_hz > 0:
         raise BagToolError(f"the follower's rate must be > 0 Hz, got {follower.rate_hz}")
@@ -131,12 +135,10 @@ def follower_options(config: EvalConfig, class_names) -> FollowerOptions:
     return follower
 
 
-def read_follower_config(path: Path | None) -> dict:
-    """The follower node's parameters from ``path`` (none: an empty mapping); see :func:`read_params_file`."""
-    if path is None:
-        return {}
+def read_follower_config(paths) -> dict:
+    """The follower node's parameters from ``paths`` (none: an empty mapping); see :func:`read_params_files`."""
     try:
-        return read_params_file(path, "follower")
+        return read_params_files(paths, "follower")
     except ValueError as exc:
         raise BagToolError(str(exc)) from exc
 
