@@ -150,7 +150,7 @@ def test_int8_and_bf16_keep_the_accuracy_of_fp32(trained, tmp_path, capsys):
     assert exported.precision == "int8" and exported.int8["scheme"] in INT8_SCHEMES
     # The export kept the scheme it measured closest to fp32, in the worse of the two runtimes.
     measured = exported.int8["measured"]
-    assert set(measured) == set(INT8_SCHEMES)
+    assert set(measured) == set(INT8_SCHEMES)  # SSDlite has squeeze-excitation blocks: every scheme fits
     worst = {scheme: max(m["score_error_p95"] for m in runtimes.values()) for scheme, runtimes in measured.items()}
     assert worst[exported.int8["scheme"]] == min(worst.values())
     used = exported.int8["calibration_images"] + exported.int8["agreement_images"]
