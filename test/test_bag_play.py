@@ -32,7 +32,7 @@ def test_unknown_message_types_are_skipped_and_the_rest_is_played(tmp_path):
     with RosProbe("bag_play_listener", background=True) as probe:
         probe.node.create_subscription(String, "/chatter", lambda msg: received.append(msg.data), 10)
         result = subprocess.run(
-            [str(EXECUTABLES / "bag_play"), str(bag), "--start-delay", "2"],
+            [str(EXECUTABLES / "bag_play"), str(bag), "--start-delay", "30"],  # returns once /chatter is matched
             capture_output=True,
             text=True,
             timeout=60,

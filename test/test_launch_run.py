@@ -350,7 +350,9 @@ def test_camera_frames_reach_the_detector(rover, probe, checkpoint, tmp_path, dr
         launch,
     )
     image = "/picar1/camera/image_raw" + ("/compressed" if compressed else "")
-    assert set(topics(probe, "detector", "/picar1", "subscriber")) == {image}
+    # Besides the camera, the detector reads only what the follower says it follows (to mark it).
+    subscribed = set(topics(probe, "detector", "/picar1", "subscriber"))
+    assert subscribed == {image, "/picar1/follow_target", "/picar1/follow_state"}
     camera_topics = {"/picar1/camera/image_raw", "/picar1/camera/image_raw/compressed", "/picar1/camera/camera_info"}
     # camera_ros: its node name is the topics' prefix; v4l2_camera: the launch's namespace "camera" is.
     camera_node = {"camera_ros": ("camera", "/picar1"), "v4l2_camera": ("v4l2_camera", "/picar1/camera")}[driver]

@@ -41,7 +41,7 @@ from ssd_ros.evaluation.voc_metric import METRICS, VocEvaluation, evaluate_detec
 from ssd_ros.evaluation.voc_report import format_ap_table, plot_pr_curves
 from ssd_ros.vision.checkpoint import CheckpointError
 from ssd_ros.vision.detections import Detections
-from ssd_ros.vision.detector import EVALUATION_SETTINGS, Detector, resolve_device
+from ssd_ros.vision.detector import EVALUATION_SETTINGS, Detector
 from ssd_ros.vision.image_codec import ImageDecodeError, read_image_file
 from training.detect import detect_split
 
@@ -269,15 +269,17 @@ def _check_inputs(args: argparse.Namespace):
     split = _load_split(args)
     items = split.items[: args.limit] if args.limit else split.items
     annotations = [item.annotation() for item in items]
-    device = resolve_device(args.device) if args.backend == "torch" else "cpu"
+    # The Detector resolves the device with the backend (auto: torch for a checkpoint): CUDA asked for where it
+    # is missing, or for a CPU-only runtime, is refused there.
     detector = Detector.from_checkpoint(
         args.checkpoint,
         score_threshold=args.score_threshold,
         nms_iou=args.nms_iou,
         max_detections=args.max_detections,
-        device=device,
+        device=args.device,
         **inference_kwargs(args),
     )
+    device = detector.device
     unknown = sorted({n for a in annotations for n in a.names} - set(detector.class_names))
     if unknown:
         raise UsageError(

@@ -23,6 +23,17 @@ from rosgraph_msgs.msg import Clock
 from ssd_ros.tools.bagio import BagToolError, message_class, open_bag
 
 
+def _wait_for_discovery(publishers: list, timeout_s: float) -> None:
+    """Wait until every topic has a matched subscriber, at most ``timeout_s``.
+
+    Messages sent before a subscriber has discovered its publisher are lost to it, and discovery takes longer on a
+    loaded machine than any fixed pause would allow for.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(p.get_subscription_count() for p in publishers):
+        time.sleep(0.05)
+
+
 def play(bag: Path, *, topics: list[str] | None, rate: float, clock: bool, loop: bool, start_delay_s: float) -> int:
     """Publish the bag's messages; returns the number published."""
     node = rclpy.create_node("bag_player")
@@ -49,7 +60,7 @@ def play(bag: Path, *, topics: list[str] | None, rate: float, clock: bool, loop:
                 raise SystemExit(f"bag_play: no topic of {bag} has an installed message type")
             connections = [c for c in connections if c.id in publishers]
             clock_pub = node.create_publisher(Clock, "/clock", 10) if clock else None
-            time.sleep(start_delay_s)  # let subscribers discover the publishers before the first message
+            _wait_for_discovery(list(publishers.values()), start_delay_s)
             while True:
                 wall_start, bag_start = time.monotonic(), None
                 for connection, stamp_ns, raw in reader.messages(connections=connections):
@@ -81,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
     parser.add_argument("--clock", action="store_true", help="publish bag time on /clock (for use_sim_time)")
     parser.add_argument("--loop", action="store_true", help="start over at the end")
-    parser.add_argument("--start-delay", type=float, default=1.0, help="seconds to wait for discovery (default 1)")
+    parser.add_argument(
+        "--start-delay",
+        type=float,
+        default=1.0,
+        help="at most this many seconds to wait for every topic's subscribers to be discovered (default 1)",
+    )
     args = parser.parse_args(rclpy.utilities.remove_ros_args(argv if argv is not None else sys.argv)[1:])
     if args.rate <= 0:
         parser.error("--rate must be positive")
