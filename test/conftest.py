@@ -87,7 +87,10 @@ def _no_dds_unless_marked(request, monkeypatch):
     """An rclpy context initialised by a test not marked ``ros`` fails it, naming the fix."""
     if request.node.get_closest_marker("ros") is not None:
         return
-    from rclpy.context import Context
+    try:
+        from rclpy.context import Context
+    except ImportError:  # no ROS installed (the aarch64 check's root): no DDS to guard against
+        return
 
     def refuse(*args, **kwargs):
         raise RuntimeError(
