@@ -170,19 +170,28 @@ def test_greedy_match_takes_the_best_pairs_first_and_breaks_ties_by_index():
     assert greedy_match(np.array([[0.5, 0.5], [0.5, 0.5]]), 0.2) == [(0, 0), (1, 1)]
 
 
-def test_cost_with_100_detections_is_far_below_the_frame_time():
-    # The < 2 ms target on one core is measured in benchmarks/bench_tracking.py; this bound only catches a
-    # quadratic Python loop (which costs tens of ms at this size).
+def test_cost_grows_far_less_than_the_pairs_of_detections_and_tracks():
+    # The < 2 ms target on one core is measured in benchmarks/bench_tracking.py. This catches a Python loop over
+    # track x detection pairs (10x the objects = 100x the pairs): it compares 100 objects with 10, timed the
+    # same way in the same test (best of several runs), so machine load cancels out instead of a fixed bound.
     rng = np.random.default_rng(0)
-    tracker = Tracker()
-    centres = rng.uniform(0, 1200, (100, 2))
-    for k in range(5):
-        tracker.update(frame(*[(box(x + 2 * k, y, 30, 70), 0.9) for x, y in centres]), k * PERIOD)
-    detections = frame(*[(box(x + 10, y, 30, 70), 0.9) for x, y in centres])
-    start = time.perf_counter()
-    tracked = tracker.update(detections, 5 * PERIOD)
-    assert time.perf_counter() - start < 0.02
-    assert sum(1 for i in tracked.track_ids if i) == 100
+
+    def fastest_update(count: int) -> float:
+        centres = rng.uniform(0, 1200, (count, 2))
+        best = float("inf")
+        for _ in range(5):
+            tracker = Tracker()
+            for k in range(5):
+                tracker.update(frame(*[(box(x + 2 * k, y, 30, 70), 0.9) for x, y in centres]), k * PERIOD)
+            detections = frame(*[(box(x + 10, y, 30, 70), 0.9) for x, y in centres])
+            start = time.perf_counter()
+            tracked = tracker.update(detections, 5 * PERIOD)
+            best = min(best, time.perf_counter() - start)
+            assert sum(1 for i in tracked.track_ids if i) == count
+        return best
+
+    few, many = fastest_update(10), fastest_update(100)
+    assert many < 30 * few, f"100 objects took {many * 1e3:.2f} ms, 10 took {few * 1e3:.2f} ms"
 
 
 def test_id_switches_against_ground_truth_count_changes_of_a_true_objects_track_id():

@@ -22,10 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ssd_ros.tools.make_bag import BagToolError, image_files
 from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, load_coco_pretrained
 from ssd_ros.vision.export import EXPORT_FORMATS, export_onnx_bytes, quantize_int8, write_export
-from ssd_ros.vision.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
+from ssd_ros.vision.image_codec import IMAGE_SUFFIXES, ImageDecodeError, ImageFolderError, image_files, read_image_file
 from ssd_ros.vision.model import ARCHITECTURES, WeightsUnavailableError
 
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
@@ -94,7 +93,7 @@ def _check_output(out: Path, export_format: str) -> None:
 def _calibration_images(folder: Path, limit: int) -> list[Path]:
     try:
         files = image_files(folder)
-    except BagToolError as error:
+    except ImageFolderError as error:
         raise ExportInputError(f"--calibration: {error}") from error
     # Spread over the whole folder (frames of a drive are sorted in time): every n-th file.
     step = max(1, len(files) // limit)

@@ -38,7 +38,7 @@ from ssd_ros.tools.bagio import (
     open_writer,
     serialize,
 )
-from ssd_ros.vision.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
+from ssd_ros.vision.image_codec import ImageDecodeError, ImageFolderError, image_files, read_image_file
 
 DEFAULT_IMAGE_RATE_HZ = 10.0
 
@@ -62,16 +62,6 @@ def video_frames(path: Path) -> tuple[Iterator[np.ndarray], float, int]:
             capture.release()
 
     return frames(), fps, count
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files of ``folder`` (IMAGE_SUFFIXES in any letter case) in sorted name order (the frame order)."""
-    if not folder.is_dir():
-        raise BagToolError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise BagToolError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return files
 
 
 def make_bag(
@@ -154,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise BagToolError(f"{args.video} does not state its frame rate: pass --rate-hz")
             files = []
         else:
-            files = image_files(args.images)
+            try:
+                files = image_files(args.images)
+            except ImageFolderError as error:
+                raise BagToolError(str(error)) from error
             frames, count = (read_image_file(p) for p in files), len(files)
             rate_hz = args.rate_hz or DEFAULT_IMAGE_RATE_HZ
         if args.max_frames is not None:

@@ -51,10 +51,12 @@ __all__ = [
     "RAW_ENCODINGS",
     "MAX_PIXELS",
     "ImageDecodeError",
+    "ImageFolderError",
     "decode_compressed",
     "decode_raw",
     "encode_compressed",
     "encode_raw",
+    "image_files",
     "read_image_file",
     "validate_image",
 ]
@@ -117,6 +119,22 @@ COMPRESSED_FORMATS: tuple[str, ...] = tuple(_CODECS)
 """Codec names :func:`decode_compressed` accepts (also inside ``"rgb8; jpeg compressed bgr8"`` strings)."""
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class ImageFolderError(ValueError):
+    """A folder of images that is missing or holds none; the message names it."""
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files of ``folder`` (IMAGE_SUFFIXES in any letter case) in sorted name order (the frame order)."""
+    if not folder.is_dir():
+        raise ImageFolderError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ImageFolderError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
 """Image file name endings, compared case-insensitively (``a.JPG`` is an image), in order of preference."""
 
 _JPEG_START = b"\xff\xd8"
