@@ -88,6 +88,22 @@ def test_the_apt_route_pins_what_pip_must_install():
     assert "-r apt_ros.txt" in (REPO_ROOT / "requirements" / "workspace.txt").read_text().splitlines()
 
 
+def test_the_aarch64_check_pins_what_the_robot_and_workspace_pin():
+    """requirements/pi.txt (the emulated root's full set: no rosdep there) may not drift from the pins a robot
+    (apt_ros.txt, aarch64) and this workspace (workspace.txt) install."""
+    from packaging.requirements import Requirement
+
+    def pins(name: str) -> dict[str, str]:
+        lines = (REPO_ROOT / "requirements" / name).read_text().splitlines()
+        found = [Requirement(line.split("#")[0]) for line in lines if line.strip() and line[0] not in "#-"]
+        aarch64 = [r for r in found if r.marker is None or r.marker.evaluate({"platform_machine": "aarch64"})]
+        return {r.name.lower(): str(r.specifier) for r in aarch64}
+
+    robot, workspace = pins("apt_ros.txt"), pins("workspace.txt")
+    for package, version in pins("pi.txt").items():
+        assert version == robot.get(package, workspace.get(package)), package
+
+
 @pytest.mark.parametrize("name", EXPECTED_EXECUTABLES)
 def test_console_script_installed(name):
     exe = EXECUTABLES / name
