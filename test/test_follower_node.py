@@ -254,11 +254,14 @@ def test_enable_service_stops_and_resumes(probe, launch):
     # node clock, here the wall clock), class names, scores in [0, 1]. A detection is published latency_s
     # after its capture, never earlier; how much later depends on the load, so the upper bound is measured
     # on the same simulator's pose stream (stamped when published): its worst transport delay plus its
-    # longest gap between steps (a late timer publishes a ready detection late).
+    # longest gap between steps (a late timer publishes a ready detection late). The pose stream must cover
+    # the detections' whole span, so a stall just before the last detection shows in it too.
+    checked = list(detections.messages)
+    probe.spin_until(lambda: stamp_s(rover.messages[-1][1]) > checked[-1][0], 10.0, "a pose after the last detection")
     pose_stamps = [stamp_s(m) for _, m in rover.messages]
     pose_delay = max(arrival - stamp for (arrival, _), stamp in zip(rover.messages, pose_stamps))
     step_gap = max(b - a for a, b in zip(pose_stamps, pose_stamps[1:]))
-    for arrival, msg in detections.messages:
+    for arrival, msg in checked:
         assert msg.header.frame_id == "sim_camera"
         delay = arrival - stamp_s(msg)
         assert SIM.latency_s - 1e-3 <= delay <= SIM.latency_s + step_gap + pose_delay, (delay, step_gap, pose_delay)
