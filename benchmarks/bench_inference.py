@@ -65,6 +65,11 @@ TRAIN_RECIPES = {
 }
 
 
+def shown(path: Path) -> str:
+    """``path`` as the result page names it: relative to the repository (``../shared/...``), not this machine's."""
+    return os.path.relpath(Path(path).resolve(), REPO_ROOT)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -459,10 +464,11 @@ def agreement_section(files: dict[str, Path], frames: Path, video: Path | None) 
     fp32 = run(detector_for(files, "torch", "fp32", 0))
     int8 = read_exported(files["int8"]).int8
     lines = [
-        f"### Accuracy against torch fp32 ({len(images)} labelled frames of `{frames}`, score > {LIVE_THRESHOLD})",
+        f"### Accuracy against torch fp32 ({len(images)} labelled frames of `{shown(frames)}`, "
+        f"score > {LIVE_THRESHOLD})",
         "",
         f"torch fp32: VOC07 AP {fp32[0]:.4f}, {sum(map(len, fp32[1]))} detections on the labelled frames; "
-        f"{sum(map(len, fp32[2]))} on the {len(footage)} frames of `{video}`. The int8 export kept the scheme "
+        f"{sum(map(len, fp32[2]))} on the {len(footage)} frames of `{shown(video)}`. The int8 export kept the scheme "
         f"'{int8['scheme']}' (of {', '.join(int8['measured'])}; p95 score error on its {int8['agreement_images']} "
         "held-out frames: "
         + "; ".join(
