@@ -27,7 +27,6 @@ from ssd_ros.vision.inference import NetworkSpec, anchors
 
 __all__ = [
     "BACKENDS",
-    "BACKEND_CHOICES",
     "PRECISIONS",
     "OnnxRuntimeNetwork",
     "OpenVinoNetwork",
@@ -36,8 +35,6 @@ __all__ = [
     "cpu_summary",
 ]
 
-BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
-"""What a caller may ask for: a backend, or ``auto`` (ssd_ros.vision.cpu.choose_backend)."""
 OUTPUT_NAMES = ("bbox_regression", "cls_logits")
 INPUT_NAME = "images"
 

@@ -25,13 +25,7 @@ import torch
 from torch import nn
 
 from ssd_ros.settings import Settings, setting
-from ssd_ros.vision.backends import (
-    BACKEND_CHOICES,
-    PRECISIONS,
-    OnnxRuntimeNetwork,
-    OpenVinoNetwork,
-    TorchNetwork,
-)
+from ssd_ros.vision.backends import PRECISIONS, OnnxRuntimeNetwork, OpenVinoNetwork, TorchNetwork
 from ssd_ros.vision.checkpoint import check_card, load_checkpoint, load_coco_pretrained
 from ssd_ros.vision.cpu import choose_backend, choose_precision, require_runtime, this_cpu
 from ssd_ros.vision.detections import Detections
@@ -39,6 +33,7 @@ from ssd_ros.vision.image_codec import validate_image
 from ssd_ros.vision.inference import postprocess, preprocess
 from ssd_ros.vision.model import ARCHITECTURES
 from ssd_ros.vision.model_card import ModelCard
+from ssd_ros.vision.model_file import BACKEND_CHOICES
 
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 

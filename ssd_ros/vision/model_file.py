@@ -27,7 +27,8 @@ __all__ = [
     "export_precision",
 ]
 
-# The choices of the detector's backend and precision parameters (and the tools' options), "auto" first.
+# The choices of the detector's backend and precision parameters (and the tools' options), "auto" first: "auto"
+# picks one of them from the file and the CPU (ssd_ros.vision.cpu.choose_backend / choose_precision).
 BACKEND_CHOICES = ("auto", *BACKENDS)
 PRECISION_CHOICES = ("auto", *PRECISIONS)
 # The architectures torchvision has COCO weights for (ssd_ros.vision.model builds them).
