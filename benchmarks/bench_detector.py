@@ -168,6 +168,7 @@ class NodeUnderTest:
             if status.name.startswith("/bench/detector"):
                 with self.cond:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
+                    self.cond.notify_all()
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Wait until the node is up and matched both ways."""
@@ -177,6 +178,12 @@ class NodeUnderTest:
                 raise RuntimeError(f"detector node did not come up (see {self.log.name})")
             time.sleep(0.05)
         time.sleep(1.0)  # let discovery settle both ways
+
+    def wait_diagnostics(self, predicate, timeout_s: float = 10.0) -> None:
+        """Wait until the node's latest diagnostics satisfy ``predicate`` (RuntimeError after ``timeout_s``)."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.diagnostics and predicate(self.diagnostics), timeout_s):
+                raise RuntimeError("the node's diagnostics did not report the frames sent")
 
     def publish(self, msg) -> tuple[int, int]:
         """Stamp ``msg`` with the wall clock (the node's clock) and publish it."""

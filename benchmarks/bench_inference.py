@@ -229,34 +229,88 @@ def in_process(files: dict[str, Path], threads: int, rgb: np.ndarray, iterations
     return samples
 
 
-def frame_path_parts(files: dict[str, Path], rgb: np.ndarray, iterations: int) -> dict[str, float]:
-    """p50 ms of the steps around the network (one thread), for the fastest network of this run."""
+def frame_path_parts(files: dict[str, Path], rgb: np.ndarray, iterations: int) -> list[str]:
+    """The steps around the network (one thread, p50 ms), each as it was before issue 22 and as it is now.
+
+    The "before" rows re-run the earlier formulas, kept here only as the reference: the normalisation on
+    interleaved (HWC) pixels and the softmax in torch. The in-graph row is the measured alternative to the
+    Python preprocessing: OpenVINO's pre-processing API taking the uint8 HWC frame (resize and normalisation in
+    its graph), timed against the Python preprocessing plus the same network.
+    """
+    import cv2
+
     from ssd_ros.ros.images import image_msg_to_rgb, rgb_to_image_msg
     from ssd_ros.ros.messages import detections_to_msg
     from ssd_ros.vision.image_codec import decode_compressed, encode_compressed
     from ssd_ros.vision.inference import postprocess, preprocess
 
-    detector = detector_for(files, "onnxruntime", "fp32", 1)
+    detector = detector_for(files, "openvino", "fp32", 1)
     spec = detector.network.spec
-    regression, logits = detector.network(preprocess([rgb], spec))
+    regression, scores = detector.network(preprocess([rgb], spec))
+    logits = torch.log(scores)  # the softmax's input up to a constant per box: what torch's softmax got before
     detections = detector(rgb)
     msg = rgb_to_image_msg(rgb, encoding="rgb8")
     jpeg = encode_compressed(rgb, "jpeg")
     settings = {"score_threshold": 0.3, "nms_iou": 0.45, "max_detections": 100, "keep_outputs": detector._keep_outputs}
-    parts = {
-        "decode raw Image (rgb8) -> array": lambda: image_msg_to_rgb(msg),
-        "decode CompressedImage (JPEG)": lambda: decode_compressed("jpeg", jpeg),
-        "preprocess (resize + normalise)": lambda: preprocess([rgb], spec),
-        "post-processing (softmax, decode, NMS)": lambda: postprocess(
-            regression, logits, spec, [rgb.shape], **settings
-        ),
-        "Detection2DArray from detections": lambda: detections_to_msg(detections, msg.header),
-    }
-    return {name: percentiles(time_calls(fn, iterations * 4))[0] for name, fn in parts.items()}
+    height, width = spec.input_size
+    scale, offset = spec.normalisation
+
+    def preprocess_before():  # normalised on HWC pixels: NumPy's inner loop over 3 channels
+        small = cv2.resize(rgb.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        return (small * scale + offset).transpose(2, 0, 1)[None].copy()
+
+    in_graph = _openvino_in_graph_preprocessing(files["onnx"], spec)
+    rows = [  # (step, before, now)
+        ("decode raw Image (rgb8) -> array", None, lambda: image_msg_to_rgb(msg)),
+        ("decode CompressedImage (JPEG)", None, lambda: decode_compressed("jpeg", jpeg)),
+        ("preprocess (resize + normalise)", preprocess_before, lambda: preprocess([rgb], spec)),
+        ("OpenVINO fp32: Python preprocess + network", None, lambda: detector.network(preprocess([rgb], spec))),
+        ("the alternative: OpenVINO fp32 with preprocessing in its graph (uint8 HWC frame in)", None,
+         lambda: in_graph(rgb)),
+        ("softmax (now in the runtime's graph: part of the network time)",
+         lambda: torch.softmax(logits[0], dim=-1), None),
+        ("post-processing (threshold, top-k, decode, NMS)", None,
+         lambda: postprocess(regression, scores, spec, [rgb.shape], **settings)),
+        ("Detection2DArray from detections", None, lambda: detections_to_msg(detections, msg.header)),
+    ]  # fmt: skip
+    lines = [
+        "### The frame path around the network (1 thread, p50 ms; before = as it was before issue 22)",
+        "",
+        "| step | before | now |",
+        "|---|---:|---:|",
+    ]
+    for name, before, now in rows:
+        cells = [f"{percentiles(time_calls(fn, iterations * 4))[0]:.2f}" if fn else "-" for fn in (before, now)]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return [*lines, ""]
 
 
-def node_round_trips(files: dict[str, Path], backend: str, precision: str, threads: int, args, workdir: Path):
-    """p50/p95 ms of the node end to end for one configuration, or None when it cannot run here."""
+def _openvino_in_graph_preprocessing(onnx_path: Path, spec):
+    """The fp32 network compiled by OpenVINO with its pre-processing API in front (uint8 HWC frame in)."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor, ResizeAlgorithm
+
+    core = ov.Core()
+    steps = PrePostProcessor(core.read_model(str(onnx_path)))
+    steps.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")).set_spatial_dynamic_shape()
+    steps.input().model().set_layout(ov.Layout("NCHW"))
+    steps.input().preprocess().convert_element_type(ov.Type.f32).resize(ResizeAlgorithm.RESIZE_LINEAR).mean(
+        [255.0 * m for m in spec.image_mean]
+    ).scale([255.0 * s for s in spec.image_std])
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    request = core.compile_model(steps.build(), "CPU", config).create_infer_request()
+    return lambda rgb: request.infer({0: rgb[None]})
+
+
+def node_round_trips(
+    files: dict[str, Path], backend: str, precision: str, threads: int, args, workdir: Path, network
+) -> dict | None:
+    """The node end to end for one configuration (None when it cannot run here).
+
+    Each round trip is followed by one call of ``network`` (the same configuration in this process), so the
+    node / network ratio compares samples taken under the same load. Also the node's own timeline from its
+    diagnostics (receive delay, queue wait, Detector call, image age at publish).
+    """
     from ssd_ros.ros.images import rgb_to_image_msg
 
     source = model_file(files, backend, precision)
@@ -269,7 +323,13 @@ def node_round_trips(files: dict[str, Path], backend: str, precision: str, threa
         node.wait_ready()
         msg = rgb_to_image_msg(args.rgb, encoding="rgb8")
         node.round_trip(msg)
-        return percentiles([node.round_trip(msg) for _ in range(args.node_iterations)])
+        trips, calls = [], []
+        for _ in range(args.node_iterations):
+            trips.append(node.round_trip(msg))
+            calls += time_calls(network, 1, warmup=0)
+        node.wait_diagnostics(lambda d: int(d.get("processed", 0)) >= args.node_iterations + 1)
+        ratios = np.asarray(trips) / np.asarray(calls)
+        return {"node": percentiles(trips), "ratio": float(np.median(ratios)), "diagnostics": dict(node.diagnostics)}
     except RuntimeError as error:
         print(f"node {backend} {precision} x{threads}: {error}", file=sys.stderr)
         return None
@@ -328,23 +388,57 @@ def speed_section(files: dict[str, Path], threads: int, args, workdir: Path) -> 
         "| node end to end p50 (p95) | node / network | node speed-up |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    node_times, reference_node = {}, None
+    node_times, reference_node, timelines = {}, None, {}
     for name, sample in samples.items():
         backend, precision = name.split()
         (n50, n95), (c50, c95) = percentiles(sample["network"]), percentiles(sample["call"])
-        result = node_round_trips(files, backend, precision, threads, args, workdir)
+        network = _network_call(files, backend, precision, threads, args.rgb)
+        result = node_round_trips(files, backend, precision, threads, args, workdir, network)
         if result is None:
             node_cells = "n/a | n/a | n/a"
         else:
-            (e50, e95) = result
+            (e50, e95) = result["node"]
             reference_node = reference_node or e50
             node_times[(name, threads)] = e50
-            node_cells = f"{e50:.1f} ({e95:.1f}) | {e50 / n50:.2f} | {reference_node / e50:.1f}x"
+            node_cells = f"{e50:.1f} ({e95:.1f}) | {result['ratio']:.2f} | {reference_node / e50:.1f}x"
+            timelines[name] = result["diagnostics"], e50
         lines.append(
             f"| {backend} | {precision} ({sample['precision']}) | {n50:.1f} ({n95:.1f}) | "
             f"{reference_network / n50:.1f}x | {c50:.1f} ({c95:.1f}) | {reference_call / c50:.1f}x | {node_cells} |"
         )
-    return [*lines, ""], node_times
+    return [*lines, "", *node_timeline(timelines, threads)], node_times
+
+
+def _network_call(files: dict[str, Path], backend: str, precision: str, threads: int, rgb: np.ndarray):
+    """One network call of a configuration in this process, to interleave with the node's round trips."""
+    from ssd_ros.vision.inference import preprocess
+
+    network = detector_for(files, backend, precision, threads).network
+    batch = preprocess([rgb], network.spec)
+    network(batch)  # first-call allocations
+    return lambda: network(batch)
+
+
+TIMELINE_KEYS = ("receive_delay_p50_ms", "queue_wait_p50_ms", "inference_time_p50_ms", "image_age_at_publish_p50_ms")
+
+
+def node_timeline(timelines: dict[str, tuple[dict, float]], threads: int) -> list[str]:
+    """Where a frame's round trip goes in each configuration's node (its diagnostics, p50 ms)."""
+    lines = [
+        f"#### Where the node's time goes ({threads} thread(s); the node's diagnostics over the same round trips)",
+        "",
+        "| configuration | camera -> node callback | callback -> worker | `Detector` call | stamp -> detections "
+        "published | -> the camera's process (rest of the round trip) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, (diagnostics, round_trip) in timelines.items():
+        cells = [diagnostics.get(key, "n/a") for key in TIMELINE_KEYS]
+        try:
+            rest = f"{round_trip - float(cells[3]):.1f}"
+        except ValueError:
+            rest = "n/a"
+        lines.append(f"| {name} | {' | '.join(cells)} | {rest} |")
+    return [*lines, ""]
 
 
 def main() -> int:
@@ -372,10 +466,7 @@ def main() -> int:
             section, times = speed_section(files, threads, args, workdir)
             lines += section
             node_times.update(times)
-        parts = frame_path_parts(files, args.rgb, args.iterations)
-        lines += ["### The frame path around the network (1 thread, p50 ms)", "", "| step | ms |", "|---|---:|"]
-        lines += [f"| {name} | {ms:.2f} |" for name, ms in parts.items()]
-        lines.append("")
+        lines += frame_path_parts(files, args.rgb, args.iterations)
         if architecture.startswith("ssdlite"):
             lines += layer_profile_section(files)
         if args.agreement_frames and architecture in checkpoints:

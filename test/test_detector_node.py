@@ -381,6 +381,9 @@ def test_diagnostics_report_rates_times_and_device(raw):
     assert float(report["input_rate_hz"]) < 15
     # Image age = node clock - header stamp; the test stamps are from 1970, so the age is ~now.
     assert float(report["image_age_at_publish_mean_ms"]) / 1e3 > time.time() - 1e6
+    # Each frame reached the callback before its detections were published, and the worker took it after that.
+    assert float(report["receive_delay_p50_ms"]) <= float(report["image_age_at_publish_p95_ms"])
+    assert float(report["queue_wait_p50_ms"]) >= 0
     idle = raw.fresh_diagnostics(lambda d: float(d["input_rate_hz"]) == 0.0)
     # Every good frame that arrived was either processed or replaced by a newer one.
     received, processed = int(idle["received"]), int(idle["processed"])

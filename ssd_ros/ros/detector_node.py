@@ -105,6 +105,7 @@ _RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": Reliab
 class _Frame:
     header: Header
     rgb: np.ndarray
+    received_ns: int  # the node's clock when the message reached its callback
 
 
 def _percentile_ms(values, q: float) -> str:
@@ -135,6 +136,10 @@ class DetectorNode(ManagedNode):
         self._received = self._processed = self._dropped = self._bad = self._failed = 0
         self._inference_s: deque[float] = deque(maxlen=STATS_WINDOW)
         self._age_s: deque[float] = deque(maxlen=STATS_WINDOW)
+        # Where a frame's time goes before the model: camera stamp -> callback (transport and executor), then
+        # callback -> worker (decode and the hand-over to the inference thread).
+        self._receive_s: deque[float] = deque(maxlen=STATS_WINDOW)
+        self._wait_s: deque[float] = deque(maxlen=STATS_WINDOW)
         self._last_problem = ""
         # (start, received, processed, bad, failed) at the start of the current rate window
         self._window = (time.monotonic(), 0, 0, 0, 0)
@@ -261,6 +266,7 @@ class DetectorNode(ManagedNode):
 
     def _on_image(self, msg, decode) -> None:
         """Decode and keep only the newest frame; the worker picks it up."""
+        received_ns = self.get_clock().now().nanoseconds
         try:
             rgb = decode(msg)
         except Exception as error:  # noqa: BLE001 - any message that does not decode is a bad frame, never a dead node
@@ -281,7 +287,7 @@ class DetectorNode(ManagedNode):
             self._received += 1
             if self._pending is not None:
                 self._dropped += 1
-            self._pending = _Frame(msg.header, rgb)
+            self._pending = _Frame(msg.header, rgb, received_ns)
             self._lock.notify()
 
     # --- worker -----------------------------------------------------------------------------------------
@@ -306,6 +312,7 @@ class DetectorNode(ManagedNode):
                 self.get_logger().error(problem, throttle_duration_sec=WARNING_INTERVAL_S)
 
     def _process(self, frame: _Frame) -> None:
+        started_ns = self.get_clock().now().nanoseconds
         start = time.perf_counter()
         detections = self._detector(frame.rgb)
         inference_s = time.perf_counter() - start
@@ -320,6 +327,8 @@ class DetectorNode(ManagedNode):
             self._processed += 1
             self._inference_s.append(inference_s)
             self._age_s.append(age_s)
+            self._receive_s.append((frame.received_ns - stamp_ns(frame.header)) * 1e-9)
+            self._wait_s.append((started_ns - frame.received_ns) * 1e-9)
 
     def _on_follow_state(self, msg: String) -> None:
         self._follow_state = msg.data
@@ -355,6 +364,7 @@ class DetectorNode(ManagedNode):
             new_bad, new_failed = self._bad - bad, self._failed - failed
             self._window = (now, self._received, self._processed, self._bad, self._failed)
             inference, ages = list(self._inference_s), list(self._age_s)
+            receive, wait = list(self._receive_s), list(self._wait_s)
             counters = {
                 "received": self._received,
                 "processed": self._processed,
@@ -381,7 +391,10 @@ class DetectorNode(ManagedNode):
             "inference_time_p50_ms": _percentile_ms(inference, 50),
             "inference_time_p95_ms": _percentile_ms(inference, 95),
             "image_age_at_publish_mean_ms": f"{np.mean(ages) * 1e3:.1f}" if ages else "n/a",
+            "image_age_at_publish_p50_ms": _percentile_ms(ages, 50),
             "image_age_at_publish_p95_ms": _percentile_ms(ages, 95),
+            "receive_delay_p50_ms": _percentile_ms(receive, 50),
+            "queue_wait_p50_ms": _percentile_ms(wait, 50),
             **{name: str(count) for name, count in counters.items()},
             "last_bad_frame": last_problem,
             "device": str(self._detector.device),

@@ -409,9 +409,9 @@ class Detector:
                 "max_detections": self._max_detections,
                 "keep_outputs": self._keep_outputs,
             }
-            regression, logits = self.network(preprocess(arrays, self.network.spec))
+            regression, scores = self.network(preprocess(arrays, self.network.spec))
             with torch.inference_mode():
-                outputs = postprocess(regression, logits, self.network.spec, [a.shape for a in arrays], **settings)
+                outputs = postprocess(regression, scores, self.network.spec, [a.shape for a in arrays], **settings)
         return [self._to_detections(output, array.shape) for output, array in zip(outputs, arrays)]
 
     def warmup(self, size: tuple[int, int] = (480, 640)) -> None:

@@ -1,20 +1,22 @@
 """The SSD frame path around the network, shared by every inference backend.
 
 A backend (torch, ONNX Runtime, OpenVINO; see :mod:`ssd_ros.vision.backends`) only runs the network: a batch of
-normalised ``(N, 3, H, W)`` float32 images in, raw ``bbox_regression`` ``(N, A, 4)`` and ``cls_logits``
-``(N, A, C)`` for the ``A`` default boxes out. Everything else is here, once, so backends differ only in
-the network's arithmetic:
+normalised ``(N, 3, H, W)`` float32 images in, raw ``bbox_regression`` ``(N, A, 4)`` and the class scores
+(softmax of the logits) ``(N, A, C)`` for the ``A`` default boxes out. Everything else is here, once, so
+backends differ only in the network's arithmetic:
 
 * :func:`preprocess`: uint8 RGB images of any size -> the network input, equal to torchvision's
   ``GeneralizedRCNNTransform`` for SSD (scale to [0, 1], normalise, bilinear resize without antialias,
-  half-pixel centres) to float rounding, but with OpenCV: ~0.2 ms for a 640x480 frame where the torch
-  path takes ~1.7 ms (one core; ``benchmarks/bench_inference.py``). The resize runs on float32 after the
+  half-pixel centres) to float rounding, but with OpenCV and NumPy: ~0.9 ms for a 640x480 frame where the
+  torch path takes ~1.7 ms (one core; ``benchmarks/bench_inference.py``). The normalisation runs on the
+  planar (CHW) copy: on interleaved pixels NumPy's inner loop is the 3 channels, and the same arithmetic
+  took 1.7 ms instead of 0.2. The resize runs on float32 after the
   conversion: resizing the uint8 image first is no faster at VGA (0.17 vs 0.19 ms) and its fixed-point
   rounding moves boxes by up to 0.5 px and reorders near-tied scores, which breaks exact parity with
   torchvision. Normalisation is per-channel affine and bilinear weights sum to one, so it is applied
   after the resize, on 300x300 pixels instead of the whole frame.
-* :func:`postprocess`: torchvision's ``SSD.postprocess_detections`` (softmax, per-class score threshold and
-  top-k candidates, box decoding with the (10, 10, 5, 5) box coder, clipping to the network input,
+* :func:`postprocess`: torchvision's ``SSD.postprocess_detections`` (after the backend's softmax: per-class
+  score threshold and top-k candidates, box decoding with the (10, 10, 5, 5) box coder, clipping to the network input,
   per-class NMS, top-N) followed by ``GeneralizedRCNNTransform.postprocess`` (scaling to the original
   image), written vectorised over classes (torchvision loops over them in Python) and with a mask of the
   model outputs to keep, so class filters and dropped labels act before NMS and the top-N.
@@ -103,13 +105,15 @@ def preprocess(images: Sequence[np.ndarray], spec: NetworkSpec) -> np.ndarray:
     batch = np.empty((len(images), 3, height, width), np.float32)
     for i, image in enumerate(images):
         small = cv2.resize(image.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        batch[i] = (small * scale + offset).transpose(2, 0, 1)
+        batch[i] = small.transpose(2, 0, 1)
+        batch[i] *= scale[:, None, None]
+        batch[i] += offset[:, None, None]
     return batch
 
 
 def postprocess(
     bbox_regression: torch.Tensor,
-    cls_logits: torch.Tensor,
+    class_scores: torch.Tensor,
     spec: NetworkSpec,
     image_shapes: Sequence[Sequence[int]],
     *,
@@ -122,7 +126,7 @@ def postprocess(
 
     Args:
         bbox_regression: the network's ``(N, A, 4)`` box regressions.
-        cls_logits: the network's ``(N, A, C)`` class logits.
+        class_scores: the network's ``(N, A, C)`` class scores (softmax over the ``C`` outputs).
         spec: the network's :class:`NetworkSpec`.
         image_shapes: ``(height, width, ...)`` of each original image.
         score_threshold: candidates need a softmax score strictly above this.
@@ -133,10 +137,10 @@ def postprocess(
     Labels are model output indices (1..C-1); scores are sorted descending.
     """
     anchors = spec.anchors.to(bbox_regression.device)
-    keep_outputs = keep_outputs.to(cls_logits.device)
+    keep_outputs = keep_outputs.to(class_scores.device)
     results = []
-    for regression, logits, shape in zip(bbox_regression, cls_logits, image_shapes):
-        scores = torch.softmax(logits.float(), dim=-1) * keep_outputs
+    for regression, all_scores, shape in zip(bbox_regression, class_scores, image_shapes):
+        scores = all_scores.float() * keep_outputs
         anchor_idx, labels = torch.nonzero(scores > score_threshold, as_tuple=True)
         candidate_scores = scores[anchor_idx, labels]
         # Per-class top-k without a Python loop over classes: sort by score, then (stably) by class, and
