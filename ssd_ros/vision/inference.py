@@ -39,7 +39,7 @@ from torchvision.ops import boxes as box_ops
 
 from ssd_ros.vision import model as model_lib
 
-__all__ = ["NetworkSpec", "anchors", "postprocess", "preprocess"]
+__all__ = ["NetworkSpec", "anchors", "candidates", "decode_boxes", "postprocess", "preprocess"]
 
 # SSD's box coder (torchvision.models.detection.ssd.SSD uses the same weights).
 _BOX_CODER = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
@@ -136,26 +136,13 @@ def postprocess(
 
     Labels are model output indices (1..C-1); scores are sorted descending.
     """
-    anchors = spec.anchors.to(bbox_regression.device)
     keep_outputs = keep_outputs.to(class_scores.device)
     results = []
     for regression, all_scores, shape in zip(bbox_regression, class_scores, image_shapes):
-        scores = all_scores.float() * keep_outputs
-        anchor_idx, labels = torch.nonzero(scores > score_threshold, as_tuple=True)
-        candidate_scores = scores[anchor_idx, labels]
-        # Per-class top-k without a Python loop over classes: sort by score, then (stably) by class, and
-        # keep each candidate whose rank inside its class is below topk_candidates.
-        order = torch.argsort(candidate_scores, descending=True, stable=True)
-        order = order[torch.argsort(labels[order], stable=True)]
-        anchor_idx, labels, candidate_scores = anchor_idx[order], labels[order], candidate_scores[order]
-        counts = torch.bincount(labels, minlength=scores.shape[1])
-        first_of_class = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(len(labels), device=labels.device) - first_of_class[labels]
-        top = rank < spec.topk_candidates
-        anchor_idx, labels, candidate_scores = anchor_idx[top], labels[top], candidate_scores[top]
-
-        boxes = _BOX_CODER.decode_single(regression[anchor_idx].float(), anchors[anchor_idx])
-        boxes = box_ops.clip_boxes_to_image(boxes, spec.input_size)
+        anchor_idx, labels, candidate_scores = candidates(
+            all_scores.float() * keep_outputs, score_threshold, spec.topk_candidates
+        )
+        boxes = decode_boxes(regression, anchor_idx, spec)
         keep = box_ops.batched_nms(boxes, candidate_scores, labels, nms_iou)[:max_detections]
         height, width = shape[:2]
         scale = torch.tensor(
@@ -163,3 +150,31 @@ def postprocess(
         )
         results.append((boxes[keep] * scale, candidate_scores[keep], labels[keep]))
     return results
+
+
+def candidates(
+    scores: torch.Tensor, score_threshold: float, topk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(anchor index, label, score)`` of the ``(A, C)`` scores above the threshold, the best ``topk`` per class.
+
+    Sorted by class, then by score descending (the first step of :func:`postprocess`).
+    """
+    anchor_idx, labels = torch.nonzero(scores > score_threshold, as_tuple=True)
+    candidate_scores = scores[anchor_idx, labels]
+    # Per-class top-k without a Python loop over classes: sort by score, then (stably) by class, and
+    # keep each candidate whose rank inside its class is below topk.
+    order = torch.argsort(candidate_scores, descending=True, stable=True)
+    order = order[torch.argsort(labels[order], stable=True)]
+    anchor_idx, labels, candidate_scores = anchor_idx[order], labels[order], candidate_scores[order]
+    counts = torch.bincount(labels, minlength=scores.shape[1])
+    first_of_class = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(labels), device=labels.device) - first_of_class[labels]
+    top = rank < topk
+    return anchor_idx[top], labels[top], candidate_scores[top]
+
+
+def decode_boxes(regression: torch.Tensor, anchor_idx: torch.Tensor, spec: NetworkSpec) -> torch.Tensor:
+    """The xyxy boxes, in network-input pixels and clipped to it, that ``regression`` gives these default boxes."""
+    anchors = spec.anchors.to(regression.device)[anchor_idx]
+    boxes = _BOX_CODER.decode_single(regression[anchor_idx].float(), anchors)
+    return box_ops.clip_boxes_to_image(boxes, spec.input_size)
