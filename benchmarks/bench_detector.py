@@ -125,11 +125,10 @@ class NodeUnderTest:
         """
         import rclpy
         from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
         from vision_msgs.msg import Detection2DArray
-
-        from ssd_ros.ros.runner import make_executor
 
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in close()
         executable = detector_executable()
@@ -153,8 +152,7 @@ class NodeUnderTest:
         from diagnostic_msgs.msg import DiagnosticArray
 
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        # As the node itself spins (a camera driver in C++ would add less than either executor).
-        self.executor = make_executor(context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()

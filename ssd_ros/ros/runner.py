@@ -151,7 +151,7 @@ def _autostart(node, logger) -> int | None:
     return None
 
 
-def make_executor(context=None):
+def make_executor():
     """The EventsExecutor where this rclpy has it (Jazzy since rclpy 7.1.4), else a SingleThreadedExecutor.
 
     The events executor dispatches from C++: in the detector a camera frame reached its callback in 1.7 ms
@@ -161,8 +161,9 @@ def make_executor(context=None):
     try:
         from rclpy.experimental.events_executor import EventsExecutor
     except ImportError:
-        return SingleThreadedExecutor(context=context)
-    return EventsExecutor(context=context)
+        return SingleThreadedExecutor()
+    # Spun with spin_once from the main thread only: its spin() in a second thread held the GIL here.
+    return EventsExecutor()
 
 
 def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], None] | None, logger) -> None:
