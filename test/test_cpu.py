@@ -121,6 +121,24 @@ def test_int8_export_runs_int8_and_warns_where_it_does_not_pay_off(profile, back
         assert drawback in choice.warning and "run the fp32 export (export_model without --int8)" in choice.warning
 
 
+@pytest.mark.parametrize(("kept", "warns"), [(0.806, True), (0.969, True), (0.97, False), (1.0, False), (None, False)])
+def test_int8_export_that_measured_itself_unfaithful_warns(kept, warns):
+    """Where int8 pays off (SSD300, x86 with VNNI) only the export's own measured agreement can warn."""
+    choice = choose_precision(
+        "openvino", "int8", "auto", cpu=PROFILES["x86_vnni"], architecture="ssd300_vgg16", int8_kept=kept
+    )
+    assert choice.precision == "int8"
+    if warns:
+        assert f"kept {kept:.1%} of fp32's candidates" in choice.warning and "in openvino" in choice.warning
+        assert "run the fp32 export" in choice.warning
+    else:
+        assert choice.warning is None
+    # Beside a CPU drawback, both reasons are given.
+    both = choose_precision("onnxruntime", "int8", "auto", cpu=PROFILES["x86_old"], architecture="ssd300_vgg16",
+                            int8_kept=0.5)  # fmt: skip
+    assert "no VNNI" in both.warning and "kept 50.0%" in both.warning
+
+
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
 def test_auto_never_lowers_an_fp32_file(profile, backend):

@@ -32,6 +32,7 @@ __all__ = [
     "CpuInfo",
     "PrecisionChoice",
     "choose_backend",
+    "FAITHFUL_INT8",
     "choose_precision",
     "int8_drawback",
     "parse_cpuinfo",
@@ -158,20 +159,37 @@ def int8_drawback(cpu: CpuInfo, backend: str, architecture: str) -> str | None:
     return None
 
 
+FAITHFUL_INT8 = 0.97
+"""Share of fp32's live candidates an int8 export must keep, on its own held-out frames, to count as faithful."""
+
+
 def choose_precision(
-    backend: str, file_precision: str, requested: str = "auto", *, cpu: CpuInfo, architecture: str
+    backend: str,
+    file_precision: str,
+    requested: str = "auto",
+    *,
+    cpu: CpuInfo,
+    architecture: str,
+    int8_kept: float | None = None,
 ) -> PrecisionChoice:
     """The precision to run a ``file_precision`` model (``fp32`` or ``int8``) with ``backend`` on ``cpu``.
 
     ``auto`` is the file's own precision: never lower (bf16 and int8 are less faithful than fp32), and an
     int8 export holds nothing else. Whenever the result is int8 or bf16 and the CPU lacks what makes it pay
-    off, the choice carries a warning naming the fp32 alternative. Whether a combination can run at all is
-    the caller's check.
+    off, or the int8 export measured itself less faithful than :data:`FAITHFUL_INT8` in this runtime
+    (``int8_kept``: the share of fp32's live candidates it kept, from its metadata), the choice carries a
+    warning naming the fp32 alternative. Whether a combination can run at all is the caller's check.
     """
     precision = file_precision if requested == "auto" else requested
     warning = None
     if precision == "int8":
         drawback = int8_drawback(cpu, backend, architecture)
+        if int8_kept is not None and int8_kept < FAITHFUL_INT8:
+            unfaithful = (
+                f"this int8 export kept {int8_kept:.1%} of fp32's candidates above the live score threshold on its own "
+                f"agreement frames in {backend} (faithful: >= {FAITHFUL_INT8:.0%})"
+            )
+            drawback = f"{drawback}; {unfaithful}" if drawback else unfaithful
         if drawback:
             warning = f"int8 does not pay off here: {drawback}; run the fp32 export (export_model without --int8)"
     elif precision == "bf16" and not cpu.bf16:

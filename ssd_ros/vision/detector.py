@@ -274,7 +274,9 @@ class Detector:
                 f"{path} is a {exported.precision} export; precision {precision} needs "
                 + ("an int8 export (export_model --int8)" if precision == "int8" else "the fp32 export")
             )
-        precision = _chosen_precision(backend, exported.precision, precision, exported.card.architecture)
+        precision = _chosen_precision(
+            backend, exported.precision, precision, exported.card.architecture, exported.int8_kept(backend)
+        )
         network = _NETWORKS[backend](path, exported.spec, precision=precision, num_threads=num_threads)
         card = exported.card
         return cls(network, card.class_names, label_map=card.label_map, card=card, **kwargs)
@@ -462,9 +464,13 @@ def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
 
 
-def _chosen_precision(backend: str, file_precision: str, requested: str, architecture: str) -> str:
+def _chosen_precision(
+    backend: str, file_precision: str, requested: str, architecture: str, int8_kept: float | None = None
+) -> str:
     """The precision :meth:`Detector.from_checkpoint` runs, with the choice's warning (if any) issued."""
-    choice = choose_precision(backend, file_precision, requested, cpu=this_cpu(), architecture=architecture)
+    choice = choose_precision(
+        backend, file_precision, requested, cpu=this_cpu(), architecture=architecture, int8_kept=int8_kept
+    )
     if choice.warning:
         warnings.warn(choice.warning, stacklevel=3)
     return choice.precision

@@ -79,6 +79,13 @@ class ExportedModel:
         """The frame-path description of this network."""
         return NetworkSpec.from_card(self.card, self.feature_map_sizes)
 
+    def int8_kept(self, runtime: str) -> float | None:
+        """The share of fp32's live candidates this int8 export kept in ``runtime`` (None where not recorded)."""
+        if not self.int8:
+            return None
+        measured = self.int8.get("measured", {}).get(self.int8.get("scheme"), {}).get(runtime)
+        return None if measured is None else float(measured["live_pairs_kept"])
+
 
 def _metadata(card: ModelCard, feature_map_sizes: Sequence[Sequence[int]], precision: str) -> str:
     return json.dumps(
