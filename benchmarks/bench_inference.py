@@ -255,7 +255,8 @@ def frame_path_parts(files: dict[str, Path], rgb: np.ndarray, iterations: int) -
     settings = {"score_threshold": 0.3, "nms_iou": 0.45, "max_detections": 100, "keep_outputs": detector._keep_outputs}
     keep = detector._keep_outputs
     anchor_idx, labels, candidate_scores = candidates(scores[0] * keep, 0.3, spec.topk_candidates)
-    boxes = decode_boxes(regression[0], anchor_idx, spec)
+    picked = regression[0][anchor_idx], spec.anchors[anchor_idx]
+    boxes = decode_boxes(*picked, spec.input_size)
     height, width = spec.input_size
     scale, offset = spec.normalisation
 
@@ -280,7 +281,7 @@ def frame_path_parts(files: dict[str, Path], rgb: np.ndarray, iterations: int) -
          lambda: postprocess(regression, scores, spec, [rgb.shape], **settings)),
         ("- of which: candidates (score threshold, per-class top-k)", None,
          lambda: candidates(scores[0] * keep, 0.3, spec.topk_candidates)),
-        ("- of which: box decoding and clipping", None, lambda: decode_boxes(regression[0], anchor_idx, spec)),
+        ("- of which: box decoding and clipping", None, lambda: decode_boxes(*picked, spec.input_size)),
         ("- of which: per-class NMS", None, lambda: batched_nms(boxes, candidate_scores, labels, 0.45)),
         ("Detection2DArray from detections", None, lambda: detections_to_msg(detections, msg.header)),
     ]  # fmt: skip

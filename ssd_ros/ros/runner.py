@@ -154,8 +154,8 @@ def _autostart(node, logger) -> int | None:
 def make_executor():
     """The EventsExecutor where this rclpy has it (Jazzy since rclpy 7.1.4), else a SingleThreadedExecutor.
 
-    The events executor dispatches from C++: in the detector a camera frame reached its callback in 1.7 ms
-    instead of 2.2-3.0, and the inference thread took it over in 0.3 ms instead of 0.9 (VGA rgb8, 2 cores;
+    The events executor dispatches from C++: in the detector a camera frame reached its callback in 1.6-1.9 ms
+    instead of 2.0-2.4, and the inference thread took it over in 0.3-0.4 ms instead of 0.8-1.2 (VGA rgb8, 2 cores;
     ``benchmarks/bench_inference.py``'s node timeline). It is still under ``rclpy.experimental``.
     """
     try:

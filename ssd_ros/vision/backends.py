@@ -2,8 +2,8 @@
 
 Every backend is a callable ``network(batch) -> (bbox_regression, class_scores)`` taking the ``(N, 3, H, W)``
 float32 batch from :func:`ssd_ros.vision.inference.preprocess` and returning torch tensors (the class scores
-are the softmax of the logits, computed in the runtime's own graph: a softmax over a few classes per default
-box costs torch ~0.5 ms a frame in Python-side kernels, the runtimes ~0.03 ms), with the attributes
+are the softmax of the logits; ONNX Runtime and OpenVINO compute it in their own graph, where torch's softmax
+over a few classes per default box took ~0.5 ms a frame), with the attributes
 ``name``, ``precision``, ``num_threads``, ``device`` and ``spec`` (:class:`~ssd_ros.vision.inference.NetworkSpec`).
 The :class:`~ssd_ros.vision.detector.Detector` wraps one and does the rest.
 
@@ -116,7 +116,7 @@ class TorchNetwork:
         tensor = torch.from_numpy(batch).to(self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
             regression, logits = self.network(tensor)
-            return regression, torch.softmax(logits.float(), dim=-1)
+        return regression, torch.softmax(logits.float(), dim=-1)
 
 
 def _post_processing_threads() -> None:

@@ -32,7 +32,6 @@ __all__ = [
     "CpuInfo",
     "PrecisionChoice",
     "choose_backend",
-    "FAITHFUL_INT8",
     "choose_precision",
     "int8_drawback",
     "parse_cpuinfo",
@@ -160,7 +159,7 @@ def int8_drawback(cpu: CpuInfo, backend: str, architecture: str) -> str | None:
 
 
 FAITHFUL_INT8 = 0.97
-"""Share of fp32's live candidates an int8 export must keep, on its own held-out frames, to count as faithful."""
+"""Share of fp32's live candidates an int8 export must keep, on its own agreement frames, to count as faithful."""
 
 
 def choose_precision(

@@ -136,13 +136,14 @@ def postprocess(
 
     Labels are model output indices (1..C-1); scores are sorted descending.
     """
+    anchors = spec.anchors.to(bbox_regression.device)
     keep_outputs = keep_outputs.to(class_scores.device)
     results = []
     for regression, all_scores, shape in zip(bbox_regression, class_scores, image_shapes):
         anchor_idx, labels, candidate_scores = candidates(
             all_scores.float() * keep_outputs, score_threshold, spec.topk_candidates
         )
-        boxes = decode_boxes(regression, anchor_idx, spec)
+        boxes = decode_boxes(regression[anchor_idx], anchors[anchor_idx], spec.input_size)
         keep = box_ops.batched_nms(boxes, candidate_scores, labels, nms_iou)[:max_detections]
         height, width = shape[:2]
         scale = torch.tensor(
@@ -173,8 +174,7 @@ def candidates(
     return anchor_idx[top], labels[top], candidate_scores[top]
 
 
-def decode_boxes(regression: torch.Tensor, anchor_idx: torch.Tensor, spec: NetworkSpec) -> torch.Tensor:
-    """The xyxy boxes, in network-input pixels and clipped to it, that ``regression`` gives these default boxes."""
-    anchors = spec.anchors.to(regression.device)[anchor_idx]
-    boxes = _BOX_CODER.decode_single(regression[anchor_idx].float(), anchors)
-    return box_ops.clip_boxes_to_image(boxes, spec.input_size)
+def decode_boxes(regression: torch.Tensor, anchors: torch.Tensor, input_size: Sequence[int]) -> torch.Tensor:
+    """The xyxy boxes that ``regression`` gives these default boxes, in network-input pixels and clipped to it."""
+    boxes = _BOX_CODER.decode_single(regression.float(), anchors)
+    return box_ops.clip_boxes_to_image(boxes, input_size)
