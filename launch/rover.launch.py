@@ -22,7 +22,7 @@ from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, S
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node, PushRosNamespace
 
-from ssd_ros.cli import read_params_file
+from ssd_ros.cli import EXECUTOR_ENV, EXECUTORS, read_params_file
 from ssd_ros.vision.model_file import BACKEND_CHOICES, COCO_ARCHITECTURES, PRECISION_CHOICES, check_model_file
 
 PACKAGE = "ssd_ros"
@@ -112,6 +112,12 @@ ARGUMENTS = [
         default_value="true",
         description="detector and follower configure and activate themselves (lifecycle nodes); false: they wait "
         "unconfigured for a lifecycle manager (ros2 lifecycle set /detector configure, then activate)",
+    ),
+    DeclareLaunchArgument(
+        "executor",
+        default_value="",
+        description="what spins the ssd_ros nodes: events (rclpy's EventsExecutor) | single (its "
+        "SingleThreadedExecutor, should the events executor misbehave); empty keeps $SSD_ROS_EXECUTOR (unset: events)",
     ),
     DeclareLaunchArgument(
         "namespace", default_value="", description="ROS namespace for every node (e.g. picar1 for several cars)"
@@ -275,7 +281,10 @@ def _launch_setup(context):
             "ros-jazzy-rviz2), or rviz:=false and view image_annotated from another machine"
         )
     detector_parameters = _detector_parameters(context, namespace, compressed, use_sim_time) if detector else None
+    executor = LaunchConfiguration("executor").perform(context).strip()
     actions = []
+    if executor:
+        actions.append(SetEnvironmentVariable(EXECUTOR_ENV, _choice(context, "executor", EXECUTORS)))
     if "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ:
         # Raw frames need bigger shared-memory segments in the camera's process than Fast DDS's default (most
         # best-effort VGA frames are lost otherwise): config/fastdds_large_frames.xml says why.

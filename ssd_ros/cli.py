@@ -12,7 +12,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["BACKENDS", "PRECISIONS", "add_inference_arguments", "inference_kwargs", "positive_int", "read_params_file"]
+__all__ = [
+    "BACKENDS",
+    "EXECUTORS",
+    "EXECUTOR_ENV",
+    "PRECISIONS",
+    "add_inference_arguments",
+    "inference_kwargs",
+    "positive_int",
+    "read_params_file",
+]
 
 # Declared here, at the top level, so that the command line offers them without importing the vision room
 # (and torch); ssd_ros.vision.backends takes them from here.
@@ -20,6 +29,11 @@ BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 """What can run the network; ``auto`` chooses one of them from the model file and the CPU."""
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
 """The network's arithmetic; ``auto`` is the file's own (see ssd_ros.vision.cpu)."""
+# Here too so that the launch file sets them without importing rclpy; ssd_ros.ros.runner reads them.
+EXECUTOR_ENV = "SSD_ROS_EXECUTOR"
+"""Environment variable choosing what spins every ssd_ros node (a key of :data:`EXECUTORS`; unset: ``events``)."""
+EXECUTORS: dict[str, str] = {"events": "EventsExecutor", "single": "SingleThreadedExecutor"}
+"""rclpy's executor for each choice of :data:`EXECUTOR_ENV`."""
 
 
 def positive_int(text: str) -> int:

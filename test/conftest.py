@@ -127,13 +127,18 @@ def ros_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_executable(name: str, *ros_args: str, log_path: Path | None = None) -> subprocess.Popen:
-    """Start an installed ssd_ros executable with ``--ros-args``; output goes to ``log_path`` or a pipe."""
+def start_executable(
+    name: str, *ros_args: str, log_path: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start an installed ssd_ros executable with ``--ros-args``; output goes to ``log_path`` or a pipe.
+
+    ``env``: variables set (over :func:`ros_env`'s) for this process.
+    """
     exe = EXECUTABLES / name
     assert exe.exists(), f"{exe} missing: run make setup"
     out = open(log_path, "w") if log_path else subprocess.PIPE  # noqa: SIM115 - closed with the process
     cmd = [sys.executable, str(exe), "--ros-args", *ros_args] if ros_args else [sys.executable, str(exe)]
-    return subprocess.Popen(cmd, env=ros_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, env=ros_env(**(env or {})), stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:

@@ -50,7 +50,7 @@ VENDOR = REPO_ROOT.parent / "shared" / "vendor"
 DRIVERS = {"camera_ros": "camera_node", "v4l2_camera": "v4l2_camera_node"}  # package -> executable
 ARGUMENTS = (
     "model_path coco_model backend precision num_threads detector_params device target_class image_topic compressed "
-    "camera base detector follower twist_stamped rviz autostart namespace use_sim_time"
+    "camera base detector follower twist_stamped rviz autostart executor namespace use_sim_time"
 ).split()
 # Generous ceilings for a node to appear: two shared cores, torch imports; a healthy run takes a few seconds.
 START_TIMEOUT_S = 90.0
@@ -434,8 +434,12 @@ def test_a_coco_person_model_follows_people_without_training(rover, probe, torch
 
 
 def test_autostart_false_leaves_detector_and_follower_to_a_lifecycle_manager(rover, probe, checkpoint):
-    """autostart:=false: both nodes wait unconfigured (no subscription) until a manager configures and activates."""
-    launch = rover(f"model_path:={checkpoint}", "device:=cpu", "autostart:=false", "base:=none")
+    """autostart:=false: both nodes wait unconfigured (no subscription) until a manager configures and activates.
+
+    With executor:=single they spin rclpy's SingleThreadedExecutor, the way back from the events executor: the
+    lifecycle services and the detections go through it.
+    """
+    launch = rover(f"model_path:={checkpoint}", "device:=cpu", "autostart:=false", "base:=none", "executor:=single")
     for name in ("detector", "follower"):
         wait_until(
             probe,
@@ -453,6 +457,8 @@ def test_autostart_false_leaves_detector_and_follower_to_a_lifecycle_manager(rov
     wait_for_detector(probe, launch)
     assert launch.interrupt() == 0
     launch.assert_nothing_left()
+    spinning = [line for line in launch.output().splitlines() if "spinning with rclpy's" in line]
+    assert len(spinning) == 2 and all("SingleThreadedExecutor" in line for line in spinning), launch.output()
 
 
 def test_a_detector_parameters_file_sets_the_model_and_backend(rover, probe, exports, tmp_path):
@@ -557,8 +563,18 @@ def test_a_required_process_dying_stops_the_whole_launch(rover, tmp_path):
         (["camera:=v4l2_camera"], "camera:=v4l2_camera: the v4l2_camera package is not installed", "v4l2_camera"),
         (["base:=picar"], "base:='picar' must be one of picar_b, sim, none", None),
         (["compressed:=maybe"], "compressed:='maybe' is not a boolean", None),
+        (["executor:=multi"], "executor:='multi' must be one of events, single", None),
     ],
-    ids=["no-model", "missing-model", "rviz-absent", "camera_ros-absent", "v4l2_camera-absent", "bad-base", "bad-flag"],
+    ids=[
+        "no-model",
+        "missing-model",
+        "rviz-absent",
+        "camera_ros-absent",
+        "v4l2_camera-absent",
+        "bad-base",
+        "bad-flag",
+        "bad-executor",
+    ],
 )
 def test_refused_before_any_process_starts(rover, checkpoint, arguments, named, absent):
     """One error line naming the argument, exit code 1, and not a single process started."""

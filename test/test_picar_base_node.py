@@ -15,6 +15,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float32MultiArray
 
+from ssd_ros.cli import EXECUTOR_ENV
 from ssd_ros.ros.picar_base_node import STATE_FIELDS
 from ssd_ros.rover.motor import simulated_motor_duty
 from ssd_ros.rover.pca9685 import PRE_SCALE, output_frequency_hz, prescale_for
@@ -108,11 +109,11 @@ def ros():
     rclpy.try_shutdown()
 
 
-def start_base(tmp_path, *params):
+def start_base(tmp_path, *params, env=None):
     args = ["--params-file", str(CONFIG), "-p", "hardware:=sim"]
     for param in params:
         args += ["-p", param]
-    return start_executable("picar_base", *args, log_path=tmp_path / "picar_base.log")
+    return start_executable("picar_base", *args, log_path=tmp_path / "picar_base.log", env=env)
 
 
 def ticks_for_angle(angle):
@@ -246,7 +247,33 @@ def test_dropped_ssh_session_sighup_stops_and_centres(tmp_path):
     finally:
         stop_process(proc)
         harness.close()
-    assert "stopped: motor off, steering centred" in (tmp_path / "picar_base.log").read_text()
+    log = (tmp_path / "picar_base.log").read_text()
+    assert "stopped: motor off, steering centred" in log
+    assert "spinning with rclpy's EventsExecutor" in log  # the default
+
+
+def test_the_single_threaded_executor_drives_the_base_and_an_unknown_one_is_refused(tmp_path):
+    """SSD_ROS_EXECUTOR=single, the way back from the events executor: commands move the motor, Ctrl-C stops it."""
+    proc = start_base(tmp_path, f"cmd_timeout_s:={TIMEOUT_S}", env={EXECUTOR_ENV: "single"})
+    harness = Harness()
+    try:
+        harness.wait_for(lambda: harness.last is not None, what="startup state")
+        harness.drive(0.4, 0.0, seconds=0.3, until=lambda s: s["motor_duty"] > 0)
+        assert stop_process(proc) == 0
+        harness.wait_for(lambda: harness.last["motor_duty"] == 0.0, what="the final state")
+        assert_stop_and_centre(harness.last)
+    finally:
+        stop_process(proc)
+        harness.close()
+    assert "spinning with rclpy's SingleThreadedExecutor" in (tmp_path / "picar_base.log").read_text()
+
+    proc = start_base(tmp_path, env={EXECUTOR_ENV: "multi"})
+    try:
+        assert proc.wait(timeout=20) == 1
+    finally:
+        stop_process(proc)
+    log = (tmp_path / "picar_base.log").read_text()
+    assert "cannot start: SSD_ROS_EXECUTOR='multi': expected one of events, single" in log and "Traceback" not in log
 
 
 def test_twist_stamped_b2_motor_on_pca9685_read_only_limits_and_calibration_aid(tmp_path):

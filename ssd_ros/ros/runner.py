@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -17,6 +18,7 @@ from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from rclpy.utilities import remove_ros_args
 
+from ssd_ros.cli import EXECUTOR_ENV, EXECUTORS
 from ssd_ros.ros.params import ParameterTable
 
 NodeT = TypeVar("NodeT", bound=Node)
@@ -86,6 +88,9 @@ def run_node(
     then takes its shutdown transition (deactivate, cleanup). An exception escaping a callback (a bug, or
     input nobody foresaw) is logged and the node keeps running.
 
+    The node spins in :func:`make_executor`'s executor of :data:`EXECUTOR_ENV`'s choice (an unknown one is a
+    failure to start).
+
     Returns:
         0 after a clean stop or ``--help``; 1 when the node cannot start (``StartupError``, ``ValueError``, an invalid
         parameter, a failed autostart), after one ``cannot start: <reason>`` log line and no traceback.
@@ -100,6 +105,11 @@ def run_node(
         summary = re.sub(r":\w+:`~?([^`]+)`", r"\1", (factory.__doc__ or name).strip().splitlines()[0])  # Sphinx roles
         print(format_help(name, summary, parameters))
         return 0
+    try:
+        executor = executor_choice()
+    except ValueError as error:
+        logger.fatal(f"cannot start: {error}")
+        return 1
     node, status = _start_node(factory, args, logger)
     if node is None:
         return status
@@ -107,7 +117,7 @@ def run_node(
         node.destroy_node()
         rclpy.try_shutdown()
         return status
-    _spin_until_stopped(node, on_stop, logger)
+    _spin_until_stopped(node, on_stop, logger, executor)
     return 0
 
 
@@ -151,29 +161,42 @@ def _autostart(node, logger) -> int | None:
     return None
 
 
-def make_executor():
-    """The EventsExecutor where this rclpy has it (Jazzy since rclpy 7.1.4), else a SingleThreadedExecutor.
+def executor_choice() -> str:
+    """``events`` or ``single``, from :data:`EXECUTOR_ENV` (unset or empty: ``events``); ValueError otherwise."""
+    choice = os.environ.get(EXECUTOR_ENV, "").strip().lower() or "events"
+    if choice not in EXECUTORS:
+        raise ValueError(f"{EXECUTOR_ENV}={os.environ[EXECUTOR_ENV]!r}: expected one of {', '.join(EXECUTORS)}")
+    return choice
+
+
+def make_executor(choice: str = "events"):
+    """The executor a node spins: rclpy's EventsExecutor for ``events``, a SingleThreadedExecutor for ``single``.
 
     The events executor dispatches from C++: in the detector a camera frame reached its callback in 1.6-1.9 ms
     instead of 2.0-2.4, and the inference thread took it over in 0.3-0.4 ms instead of 0.8-1.2 (VGA rgb8, 2 cores;
-    ``benchmarks/bench_inference.py``'s node timeline). It is still under ``rclpy.experimental``.
+    ``benchmarks/bench_inference.py``'s node timeline). It is still under ``rclpy.experimental`` and needs rclpy
+    >= 7.1.4 (Jazzy's backport): with an older rclpy ``events`` falls back to the SingleThreadedExecutor, and
+    ``single`` (:data:`EXECUTOR_ENV`) is the way back should it misbehave on a robot.
     """
-    try:
-        from rclpy.experimental.events_executor import EventsExecutor
-    except ImportError:
-        return SingleThreadedExecutor()
-    # Spun with spin_once from the main thread only: its spin() in a second thread held the GIL here.
-    return EventsExecutor()
+    if choice == "events":
+        try:
+            from rclpy.experimental.events_executor import EventsExecutor
+        except ImportError:
+            return SingleThreadedExecutor()
+        # Spun with spin_once from the main thread only: its spin() in a second thread held the GIL here.
+        return EventsExecutor()
+    return SingleThreadedExecutor()
 
 
-def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], None] | None, logger) -> None:
+def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], None] | None, logger, executor_kind: str) -> None:
     """Spin until a stop signal, then run ``on_stop`` with further signals ignored and release everything."""
     # While spinning, a signal only raises a flag: an exception injected into rclpy's C++ bindings (in the
     # middle of taking a message) would surface there as an unrelated RuntimeError and a traceback.
     stop = []
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda signum, frame: stop.append(signum))
-    executor = make_executor()
+    executor = make_executor(executor_kind)
+    logger.info(f"spinning with rclpy's {type(executor).__name__} ({EXECUTOR_ENV}=events | single)")
     executor.add_node(node)
     try:
         while rclpy.ok() and not stop:
