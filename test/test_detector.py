@@ -285,7 +285,18 @@ def test_parity_on_cuda(vgg_checkpoint, camera_image):
         Detector.from_checkpoint(vgg_checkpoint, device="cuda"), load_checkpoint(vgg_checkpoint)[0]
     )
     assert detector.device.type == "cuda" and next(detector.network.network.parameters()).is_cuda
+    assert detector._keep_outputs.is_cuda  # on the device once, with the default boxes:
+    assert detector.network.spec.anchors_on(detector.device) is detector.network.spec.anchors_on(detector.device)
     _assert_valid(_assert_parity(detector, camera_image, minimum=20), camera_image)
+
+
+def test_default_boxes_are_copied_to_a_device_once(vgg_checkpoint):
+    """What a CUDA network's post-processing reads every frame, here on the meta device (no CUDA needed)."""
+    spec = Detector.from_checkpoint(vgg_checkpoint, device="cpu", warmup_runs=0).network.spec
+    assert spec.anchors_on(torch.device("cpu")) is spec.anchors
+    meta = spec.anchors_on(torch.device("meta"))
+    assert meta.device.type == "meta" and meta.shape == spec.anchors.shape
+    assert spec.anchors_on(torch.device("meta")) is meta
 
 
 def test_from_checkpoint_errors_and_expectations(vgg_checkpoint, tmp_path):

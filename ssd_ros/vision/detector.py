@@ -377,7 +377,7 @@ class Detector:
             raise ValueError(f"class_filter must be a list of class names, not the string {names!r}")
         names = None if names is None else tuple(dict.fromkeys(names))
         if not names:
-            self._class_filter, self._keep_outputs = None, self._label_map >= 0
+            self._class_filter, self._keep_outputs = None, (self._label_map >= 0).to(self.device)
             return
         unknown = [n for n in names if n not in self.class_names]
         if unknown:
@@ -388,7 +388,8 @@ class Detector:
         wanted[[self.class_names.index(n) for n in names]] = True
         # Model outputs to keep: mapped to a class (not background or an unused id) that is wanted.
         keep = (self._label_map >= 0) & wanted[self._label_map.clamp(min=0)]
-        self._class_filter, self._keep_outputs = names, keep
+        # On the network's device once, not copied there every frame.
+        self._class_filter, self._keep_outputs = names, keep.to(self.device)
 
     # -- inference --------------------------------------------------------------------------------
 

@@ -72,6 +72,17 @@ class NetworkSpec:
         std = np.asarray(self.image_std, np.float32)
         return 1.0 / (255.0 * std), -mean / std
 
+    def anchors_on(self, device: torch.device) -> torch.Tensor:
+        """:attr:`anchors` on ``device``, copied there once (a CUDA network's post-processing runs there)."""
+        copies = self._anchor_copies
+        if device not in copies:  # a race only copies twice
+            copies[device] = self.anchors.to(device)
+        return copies[device]
+
+    @functools.cached_property
+    def _anchor_copies(self) -> dict[torch.device, torch.Tensor]:
+        return {self.anchors.device: self.anchors}
+
     @classmethod
     def from_card(cls, card: Any, feature_map_sizes: Sequence[Sequence[int]]) -> NetworkSpec:
         """The spec of the network a :class:`~ssd_ros.vision.model_card.ModelCard` describes, given its feature maps."""
@@ -136,7 +147,7 @@ def postprocess(
 
     Labels are model output indices (1..C-1); scores are sorted descending.
     """
-    anchors = spec.anchors.to(bbox_regression.device)
+    anchors = spec.anchors_on(bbox_regression.device)
     keep_outputs = keep_outputs.to(class_scores.device)
     results = []
     for regression, all_scores, shape in zip(bbox_regression, class_scores, image_shapes):
