@@ -158,6 +158,12 @@ def test_int8_and_bf16_keep_the_accuracy_of_fp32(trained, tmp_path, capsys):
     assert exported.int8["agreement_images_held_out"] and used == len(list(trained["calibration"].glob("*.jpg")))
     int8_nodes = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= int8_nodes
+    # The user is told what was measured, per runtime, and warned where it is not faithful.
+    said = capsys.readouterr().out
+    assert f"int8 scheme '{exported.int8['scheme']}' (the closest to fp32 of {len(INT8_SCHEMES)} tried)" in said
+    for runtime, agreement in measured[exported.int8["scheme"]].items():
+        assert f"{runtime}: kept {agreement['live_pairs_kept']:.1%} of fp32's {agreement['live_pairs']} " in said
+    assert ("warning: below 97%" in said) == any(exported.int8_kept(runtime) < FAITHFUL_INT8 for runtime in FAST)
 
     settings = {"score_threshold": 0.3, "device": "cpu", "warmup_runs": 0}
     fp32_ap, fp32 = _ap_and_detections(Detector.from_checkpoint(trained["checkpoint"], **settings), trained["frames"])

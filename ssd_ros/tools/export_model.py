@@ -23,7 +23,16 @@ import tempfile
 from pathlib import Path
 
 from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, load_coco_pretrained
-from ssd_ros.vision.export import EXPORT_FORMATS, export_onnx_bytes, quantize_int8, write_export
+from ssd_ros.vision.cpu import FAITHFUL_INT8
+from ssd_ros.vision.detector import LIVE_SETTINGS
+from ssd_ros.vision.export import (
+    EXPORT_FORMATS,
+    ExportedModel,
+    export_onnx_bytes,
+    quantize_int8,
+    read_exported,
+    write_export,
+)
 from ssd_ros.vision.image_codec import IMAGE_SUFFIXES, ImageDecodeError, ImageFolderError, image_files, read_image_file
 from ssd_ros.vision.model import ARCHITECTURES, WeightsUnavailableError
 
@@ -118,6 +127,34 @@ def export(args: argparse.Namespace) -> Path:
     return write_export(onnx, args.out, args.format)
 
 
+def int8_report(exported: ExportedModel) -> list[str]:
+    """What an int8 export measured against fp32 (its metadata): the scheme it kept, then one line per runtime.
+
+    A last line warns where it kept fewer of fp32's live candidates than :data:`~ssd_ros.vision.cpu.FAITHFUL_INT8`
+    (the detector warns too when it loads the file there).
+    """
+    info = exported.int8
+    measured = info["measured"][info["scheme"]]
+    frames = f"{info['agreement_images']} {'held-out ' if info['agreement_images_held_out'] else ''}image(s)"
+    lines = [
+        f"int8 scheme '{info['scheme']}' (the closest to fp32 of {len(info['measured'])} tried), calibrated on "
+        f"{info['calibration_images']} image(s); against fp32 on {frames}:"
+    ]
+    threshold = LIVE_SETTINGS["score_threshold"]
+    for runtime, agreement in measured.items():
+        lines.append(
+            f"  {runtime}: kept {agreement['live_pairs_kept']:.1%} of fp32's {agreement['live_pairs']} candidates "
+            f"above {threshold:g}, p95 score error {agreement['score_error_p95']:.3f}"
+        )
+    unfaithful = [runtime for runtime in measured if exported.int8_kept(runtime) < FAITHFUL_INT8]
+    if unfaithful:
+        lines.append(
+            f"warning: below {FAITHFUL_INT8:.0%} in {' and '.join(unfaithful)}: detections near the score threshold "
+            "come and go; the fp32 export (without --int8) keeps them all"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``export_model`` executable; returns the exit status."""
     args = parse_args(argv)
@@ -129,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     size_mb = sum(p.stat().st_size for p in (out, out.with_suffix(".bin")) if p.exists()) / 1e6
     precision = "int8" if args.int8 else "fp32"
     print(f"export_model: wrote {out} ({args.format}, {precision}, {size_mb:.1f} MB)")
+    if args.int8:
+        for line in int8_report(read_exported(out)):
+            print(f"export_model: {line}")
     return 0
 
 
