@@ -32,8 +32,8 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
 # Here too so that the launch file sets them without importing rclpy; ssd_ros.ros.runner reads them.
 EXECUTOR_ENV = "SSD_ROS_EXECUTOR"
 """Environment variable choosing what spins every ssd_ros node (a key of :data:`EXECUTORS`; unset: ``events``)."""
-EXECUTORS: dict[str, str] = {"events": "EventsExecutor", "single": "SingleThreadedExecutor"}
-"""rclpy's executor for each choice of :data:`EXECUTOR_ENV`."""
+EXECUTORS: tuple[str, ...] = ("events", "single")
+"""The choices of :data:`EXECUTOR_ENV`: rclpy's EventsExecutor or its SingleThreadedExecutor."""
 
 
 def positive_int(text: str) -> int:
