@@ -51,6 +51,7 @@ def test_coco_export_gives_the_torch_models_detections(
     assert _export("--coco", architecture, "--format", export_format, "--out", str(out)) == 0
     exported = read_exported(out)
     assert exported.card == coco_model_card(architecture) and exported.precision == "fp32"
+    assert export_model.int8_report(exported) == []  # no int8 measurement to report
     fast = Detector.from_checkpoint(out, backend=backend, **SETTINGS)
     reference = Detector.from_coco(architecture, backend="torch", **SETTINGS)
     assert fast.class_names == coco_class_names() and fast.backend == backend

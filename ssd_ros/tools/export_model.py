@@ -131,9 +131,12 @@ def int8_report(exported: ExportedModel) -> list[str]:
     """What an int8 export measured against fp32 (its metadata): the scheme it kept, then one line per runtime.
 
     A last line warns where it kept fewer of fp32's live candidates than :data:`~ssd_ros.vision.cpu.FAITHFUL_INT8`
-    (the detector warns too when it loads the file there).
+    (the detector warns too when it loads the file there). Nothing for a file without that record (fp32, or an int8
+    export older than it).
     """
     info = exported.int8
+    if not info:
+        return []
     measured = info["measured"][info["scheme"]]
     frames = f"{info['agreement_images']} {'held-out ' if info['agreement_images_held_out'] else ''}image(s)"
     lines = [
