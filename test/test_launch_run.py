@@ -350,13 +350,27 @@ def test_camera_frames_reach_the_detector(rover, probe, checkpoint, tmp_path, dr
         launch,
     )
     image = "/picar1/camera/image_raw" + ("/compressed" if compressed else "")
-    # Besides the camera, the detector reads only what the follower says it follows (to mark it).
-    subscribed = set(topics(probe, "detector", "/picar1", "subscriber"))
-    assert subscribed == {image, "/picar1/follow_target", "/picar1/follow_state"}
+    # Besides the camera, the detector reads only what the follower says it follows (to mark it). Which node owns
+    # which endpoint reaches the graph on its own topic, so it may come after the frames' answers: waited for.
+    expected = {image, "/picar1/follow_target", "/picar1/follow_state"}
+    wait_until(
+        probe,
+        lambda: set(topics(probe, "detector", "/picar1", "subscriber")) >= expected,
+        START_TIMEOUT_S,
+        "the detector's subscriptions in the graph",
+        launch,
+    )
+    assert set(topics(probe, "detector", "/picar1", "subscriber")) == expected
     camera_topics = {"/picar1/camera/image_raw", "/picar1/camera/image_raw/compressed", "/picar1/camera/camera_info"}
     # camera_ros: its node name is the topics' prefix; v4l2_camera: the launch's namespace "camera" is.
     camera_node = {"camera_ros": ("camera", "/picar1"), "v4l2_camera": ("v4l2_camera", "/picar1/camera")}[driver]
-    assert camera_topics <= set(topics(probe, *camera_node, "publisher"))
+    wait_until(
+        probe,
+        lambda: camera_topics <= set(topics(probe, *camera_node, "publisher")),
+        START_TIMEOUT_S,
+        f"{driver}'s topics in the graph",
+        launch,
+    )
     # output="screen": the driver's own stdout reaches the launch output.
     assert any("stand-in publishing" in line for line in launch.lines_of(DRIVERS[driver])), launch.output()
 
