@@ -149,7 +149,7 @@ def int8_report(exported: ExportedModel) -> list[str]:
             f"  {runtime}: kept {agreement['live_pairs_kept']:.1%} of fp32's {agreement['live_pairs']} candidates "
             f"above {threshold:g}, p95 score error {agreement['score_error_p95']:.3f}"
         )
-    unfaithful = [runtime for runtime in measured if exported.int8_kept(runtime) < FAITHFUL_INT8]
+    unfaithful = [runtime for runtime, agreement in measured.items() if agreement["live_pairs_kept"] < FAITHFUL_INT8]
     if unfaithful:
         lines.append(
             f"warning: below {FAITHFUL_INT8:.0%} in {' and '.join(unfaithful)}: detections near the score threshold "
