@@ -30,6 +30,7 @@ from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.detector import Detector
 from ssd_ros.vision.export import INT8_SCHEMES, export_onnx_bytes, read_exported, write_export
 from ssd_ros.vision.image_codec import read_image_file
+from ssd_ros.vision.inference import preprocess
 from ssd_ros.vision.model import VOC_CLASSES, build_model
 from ssd_ros.vision.model_card import ModelCard, coco_model_card
 from training import train
@@ -129,6 +130,35 @@ def test_batches_through_an_exported_file(checkpoints, tmp_path):
         singles = [detector(image) for image in images]
         for single, batched in zip(singles, detector.detect_batch(images)):
             assert_same_detections(single, batched, box_px=0.01, score=1e-5)
+
+
+@pytest.mark.parametrize("export_format", ["onnx", "openvino"])
+def test_runtimes_decode_every_default_box_as_torchvision(tmp_path, export_format):
+    """The boxes the runtimes decode in their graph equal torchvision's box coder on all default boxes.
+
+    Large random regression biases push boxes past the coder's size clamp and past the image edges, where a
+    decoding step in the wrong place or order shows.
+    """
+    model = lively_ssdlite(21)
+    with torch.no_grad():
+        for layer in model.head.regression_head.module_list:
+            layer[-1].weight.mul_(0.01)
+            layer[-1].bias.normal_(0.0, 15.0)
+    card = ModelCard.for_architecture("ssdlite320_mobilenet_v3", VOC_CLASSES)
+    checkpoint = save_checkpoint(tmp_path / "lite.pt", model, card)
+    out = write_export(export_onnx_bytes(model, card), tmp_path / "lite.onnx", "onnx")
+    if export_format == "openvino":
+        out = write_export(out.read_bytes(), tmp_path / "lite.xml", "openvino")
+    reference = Detector.from_checkpoint(checkpoint, device="cpu", warmup_runs=0).network
+    batch = preprocess(_images(), reference.spec)
+    expected_boxes, expected_scores = reference(batch)
+    wh = (expected_boxes[..., 2:] - expected_boxes[..., :2]).flatten()
+    assert (wh == 0).any() and (wh > 300).any(), "the regressions should reach the edges and the clamp"
+    for backend in FAST if export_format == "onnx" else ["openvino"]:
+        boxes, scores = Detector.from_checkpoint(out, backend=backend, device="cpu", warmup_runs=0).network(batch)
+        assert boxes.shape == expected_boxes.shape
+        torch.testing.assert_close(boxes, expected_boxes, atol=0.01, rtol=1e-4)
+        torch.testing.assert_close(scores, expected_scores, atol=1e-4, rtol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------------

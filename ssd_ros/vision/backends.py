@@ -1,9 +1,11 @@
 """Inference backends: the SSD network (backbone + head, no pre/post-processing) on torch, ONNX Runtime, OpenVINO.
 
-Every backend is a callable ``network(batch) -> (bbox_regression, class_scores)`` taking the ``(N, 3, H, W)``
-float32 batch from :func:`ssd_ros.vision.inference.preprocess` and returning torch tensors (the class scores
-are the softmax of the logits; ONNX Runtime and OpenVINO compute it in their own graph, where torch's softmax
-over a few classes per default box took ~0.5 ms a frame), with the attributes
+Every backend is a callable ``network(batch) -> (boxes, class_scores)`` taking the ``(N, 3, H, W)``
+float32 batch from :func:`ssd_ros.vision.inference.preprocess` and returning torch tensors: every default box
+decoded from the network's regressions (:func:`~ssd_ros.vision.inference.decode_boxes`) and the softmax of the
+class logits. ONNX Runtime and OpenVINO compute both in their own graph, which they extend when they load an
+export: torch's softmax over a few classes per default box took ~0.5 ms a frame, and decoding the candidates'
+boxes ~0.5 ms as the node runs it (after the network has evicted it from the caches). The backends have the attributes
 ``name``, ``precision``, ``num_threads``, ``device`` and ``spec`` (:class:`~ssd_ros.vision.inference.NetworkSpec`).
 The :class:`~ssd_ros.vision.detector.Detector` wraps one and does the rest.
 
@@ -16,8 +18,10 @@ export (``export_model --int8``, calibrated on real images).
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,7 +29,7 @@ import torch
 from torch import nn
 
 from ssd_ros.cli import BACKENDS, PRECISIONS
-from ssd_ros.vision.inference import NetworkSpec, anchors
+from ssd_ros.vision.inference import BOX_CODER, NetworkSpec, anchors, decode_boxes
 
 __all__ = [
     "BACKENDS",
@@ -39,7 +43,8 @@ __all__ = [
 
 OUTPUT_NAMES = ("bbox_regression", "cls_logits")
 INPUT_NAME = "images"
-SCORES_NAME = "class_scores"  # the softmax the runtimes add to an export's graph when they load it
+# What the runtimes add to an export's graph when they load it: the decoded boxes and the softmax.
+BOXES_NAME, SCORES_NAME = "boxes", "class_scores"
 
 
 class SSDNetwork(nn.Module):
@@ -112,11 +117,13 @@ class TorchNetwork:
         self.spec = spec_of_model(model, self.network)
 
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the network on a preprocessed batch: box regressions and class scores."""
+        """Run the network on a preprocessed batch: decoded boxes and class scores."""
         tensor = torch.from_numpy(batch).to(self.device)
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            regression, logits = self.network(tensor)
-        return regression, torch.softmax(logits.float(), dim=-1)
+        with torch.inference_mode():
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+                regression, logits = self.network(tensor)
+            boxes = decode_boxes(regression, self.spec.anchors_on(self.device), self.spec.input_size)
+            return boxes, torch.softmax(logits.float(), dim=-1)
 
 
 def _post_processing_threads() -> None:
@@ -150,19 +157,83 @@ class OnnxRuntimeNetwork:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         _post_processing_threads()
-        self.session = ort.InferenceSession(_with_softmax(onnx_model), options, providers=["CPUExecutionProvider"])
+        session_model = _with_onnx_outputs(onnx_model, spec)
+        self.session = ort.InferenceSession(session_model, options, providers=["CPUExecutionProvider"])
         self.spec = spec
         self.precision = precision
         self.num_threads = options.intra_op_num_threads
 
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the network on a preprocessed batch: box regressions and class scores."""
-        regression, scores = self.session.run([OUTPUT_NAMES[0], SCORES_NAME], {INPUT_NAME: batch})
-        return torch.from_numpy(regression), torch.from_numpy(scores)
+        """Run the network on a preprocessed batch: decoded boxes and class scores."""
+        boxes, scores = self.session.run([BOXES_NAME, SCORES_NAME], {INPUT_NAME: batch})
+        return torch.from_numpy(boxes), torch.from_numpy(scores)
 
 
-def _with_softmax(onnx_model: bytes | str | os.PathLike) -> bytes:
-    """The export with a softmax over its class logits added as the output :data:`SCORES_NAME`."""
+def _graph_boxes(ops: SimpleNamespace, regression: Any, spec: NetworkSpec) -> Any:
+    """:func:`~ssd_ros.vision.inference.decode_boxes` of every default box, as ops of a runtime's graph.
+
+    ``ops`` builds the graph (:func:`_onnx_ops`, :func:`_openvino_ops`); the arithmetic is torchvision's box
+    coder in its order, with the default boxes' centres and sizes as constants. In OpenVINO's bf16 and f16 modes
+    these ops still run f32: its CPU plugin keeps the tail of a graph after the last convolution in f32.
+    """
+    corners = spec.anchors.numpy().astype(np.float32)
+    sizes = corners[:, 2:] - corners[:, :2]
+    centres = corners[:, :2] + np.float32(0.5) * sizes
+    xy_weight, _, wh_weight, _ = (np.float32(w) for w in BOX_CODER.weights)
+    height, width = spec.input_size
+    xy, wh = ops.halves(regression)
+    centre = ops.add(ops.mul(ops.div(xy, xy_weight), sizes), centres)
+    clamped = ops.minimum(ops.div(wh, wh_weight), np.float32(BOX_CODER.bbox_xform_clip))
+    half = ops.mul(ops.mul(ops.exp(clamped), sizes), np.float32(0.5))
+    boxes = ops.concat(ops.sub(centre, half), ops.add(centre, half))
+    return ops.maximum(ops.minimum(boxes, np.array([width, height, width, height], np.float32)), np.float32(0))
+
+
+def _onnx_ops(graph: Any) -> SimpleNamespace:
+    """:func:`_graph_boxes`'s ops as nodes appended to an ONNX ``graph`` (constants become initializers)."""
+    import onnx
+
+    def value(x: Any) -> str:
+        if isinstance(x, str):
+            return x
+        name = f"ssd_ros_constant_{len(graph.initializer)}"
+        graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(x), name))
+        return name
+
+    def node(op: str, *inputs: Any, outputs: int = 1, **attributes: Any) -> Any:
+        names = [f"ssd_ros_{op}_{len(graph.node)}_{i}" for i in range(outputs)]
+        graph.node.append(onnx.helper.make_node(op, [value(x) for x in inputs], names, **attributes))
+        return names if outputs > 1 else names[0]
+
+    return SimpleNamespace(
+        **{name: functools.partial(node, op) for name, op in _ONNX_OPS.items()},
+        concat=lambda a, b: node("Concat", a, b, axis=-1),
+        halves=lambda x: node("Split", x, np.array([2, 2], np.int64), outputs=2, axis=-1),
+    )
+
+
+def _openvino_ops() -> SimpleNamespace:
+    """:func:`_graph_boxes`'s ops as OpenVINO nodes (numpy constants become Constant nodes)."""
+    import openvino.opset13 as ops
+
+    return SimpleNamespace(
+        add=ops.add,
+        sub=ops.subtract,
+        mul=ops.multiply,
+        div=ops.divide,
+        minimum=ops.minimum,
+        maximum=ops.maximum,
+        exp=ops.exp,
+        concat=lambda a, b: ops.concat([a, b], -1),
+        halves=lambda x: ops.variadic_split(x, -1, [2, 2]).outputs(),
+    )
+
+
+_ONNX_OPS = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "minimum": "Min", "maximum": "Max", "exp": "Exp"}
+
+
+def _with_onnx_outputs(onnx_model: bytes | str | os.PathLike, spec: NetworkSpec) -> bytes:
+    """The export with its outputs replaced by :data:`BOXES_NAME` (decoded) and :data:`SCORES_NAME` (softmax)."""
     import onnx
 
     if isinstance(onnx_model, bytes):
@@ -170,10 +241,13 @@ def _with_softmax(onnx_model: bytes | str | os.PathLike) -> bytes:
     else:
         proto = onnx.load(os.fspath(onnx_model))
     graph = proto.graph
-    logits = next(output for output in graph.output if output.name == OUTPUT_NAMES[1])
+    ops = _onnx_ops(graph)
+    regression, logits = (next(output for output in graph.output if output.name == name) for name in OUTPUT_NAMES)
+    graph.node.append(onnx.helper.make_node("Identity", [_graph_boxes(ops, regression.name, spec)], [BOXES_NAME]))
     graph.node.append(onnx.helper.make_node("Softmax", [logits.name], [SCORES_NAME], axis=-1))
-    graph.output.remove(logits)
-    graph.output.append(onnx.helper.make_tensor_value_info(SCORES_NAME, logits.type.tensor_type.elem_type, None))
+    for old, name in ((regression, BOXES_NAME), (logits, SCORES_NAME)):
+        graph.output.remove(old)
+        graph.output.append(onnx.helper.make_tensor_value_info(name, old.type.tensor_type.elem_type, None))
     return proto.SerializeToString()
 
 
@@ -219,7 +293,7 @@ class OpenVinoNetwork:
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if num_threads > 0:
             config["INFERENCE_NUM_THREADS"] = num_threads
-        self.compiled = core.compile_model(_with_ov_softmax(model), "CPU", config)
+        self.compiled = core.compile_model(_with_openvino_outputs(model, spec), "CPU", config)
         if precision == "fp16" and self.compiled.get_property("INFERENCE_PRECISION_HINT") != ov.Type.f16:
             warnings.warn("fp16 requested but OpenVINO runs f32 on this CPU (no fp16 arithmetic)", stacklevel=2)
             precision = "fp32"
@@ -230,19 +304,24 @@ class OpenVinoNetwork:
         self.num_threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or (os.cpu_count() or 1)
 
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the network on a preprocessed batch: box regressions and class scores."""
+        """Run the network on a preprocessed batch: decoded boxes and class scores."""
         results = self.request.infer({0: batch})
-        regression, scores = (results[self.compiled.output(name)] for name in OUTPUT_NAMES)
+        boxes, scores = (results[self.compiled.output(name)] for name in OUTPUT_NAMES)
         # The request reuses its output buffers on the next call: copy out of them.
-        return torch.from_numpy(np.array(regression)), torch.from_numpy(np.array(scores))
+        return torch.from_numpy(np.array(boxes)), torch.from_numpy(np.array(scores))
 
 
-def _with_ov_softmax(model: Any) -> Any:
-    """The OpenVINO model with a softmax over its class logits (OpenVINO's post-processing API, in place)."""
+def _with_openvino_outputs(model: Any, spec: NetworkSpec) -> Any:
+    """The OpenVINO model with its box regressions decoded and a softmax over its class logits.
+
+    Both in place, with OpenVINO's post-processing API; the outputs keep the export's names.
+    """
     import openvino.opset13 as ops
     from openvino.preprocess import PrePostProcessor
 
     steps = PrePostProcessor(model)
+    graph_ops = _openvino_ops()
+    steps.output(OUTPUT_NAMES[0]).postprocess().custom(lambda r: _graph_boxes(graph_ops, r, spec).output(0))
     steps.output(OUTPUT_NAMES[1]).postprocess().custom(lambda logits: ops.softmax(logits, -1).output(0))
     return steps.build()
 

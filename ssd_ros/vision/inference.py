@@ -1,8 +1,9 @@
 """The SSD frame path around the network, shared by every inference backend.
 
 A backend (torch, ONNX Runtime, OpenVINO; see :mod:`ssd_ros.vision.backends`) only runs the network: a batch of
-normalised ``(N, 3, H, W)`` float32 images in, raw ``bbox_regression`` ``(N, A, 4)`` and the class scores
-(softmax of the logits) ``(N, A, C)`` for the ``A`` default boxes out. Everything else is here, once, so
+normalised ``(N, 3, H, W)`` float32 images in; out, for the ``A`` default boxes, the boxes the network's
+regressions give them (:func:`decode_boxes`, in network-input pixels) ``(N, A, 4)`` and the class scores (softmax
+of the logits) ``(N, A, C)``. The runtimes compute both inside their own graph. Everything else is here, once, so
 backends differ only in the network's arithmetic:
 
 * :func:`preprocess`: uint8 RGB images of any size -> the network input, equal to torchvision's
@@ -15,11 +16,11 @@ backends differ only in the network's arithmetic:
   rounding moves boxes by up to 0.5 px and reorders near-tied scores, which breaks exact parity with
   torchvision. Normalisation is per-channel affine and bilinear weights sum to one, so it is applied
   after the resize, on 300x300 pixels instead of the whole frame.
-* :func:`postprocess`: torchvision's ``SSD.postprocess_detections`` (after the backend's softmax: per-class
-  score threshold and top-k candidates, box decoding with the (10, 10, 5, 5) box coder, clipping to the network input,
-  per-class NMS, top-N) followed by ``GeneralizedRCNNTransform.postprocess`` (scaling to the original
-  image), written vectorised over classes (torchvision loops over them in Python) and with a mask of the
-  model outputs to keep, so class filters and dropped labels act before NMS and the top-N.
+* :func:`postprocess`: torchvision's ``SSD.postprocess_detections`` (after the backend's softmax and box
+  decoding: per-class score threshold and top-k candidates, per-class NMS, top-N) followed by
+  ``GeneralizedRCNNTransform.postprocess`` (scaling to the original image), written vectorised over classes
+  (torchvision loops over them in Python) and with a mask of the model outputs to keep, so class filters and
+  dropped labels act before NMS and the top-N.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from torchvision.ops import boxes as box_ops
 
 from ssd_ros.vision import model as model_lib
 
-__all__ = ["NetworkSpec", "anchors", "candidates", "decode_boxes", "postprocess", "preprocess"]
+__all__ = ["BOX_CODER", "NetworkSpec", "anchors", "candidates", "decode_boxes", "postprocess", "preprocess"]
 
 # SSD's box coder (torchvision.models.detection.ssd.SSD uses the same weights).
-_BOX_CODER = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+BOX_CODER = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def preprocess(images: Sequence[np.ndarray], spec: NetworkSpec) -> np.ndarray:
 
 
 def postprocess(
-    bbox_regression: torch.Tensor,
+    boxes: torch.Tensor,
     class_scores: torch.Tensor,
     spec: NetworkSpec,
     image_shapes: Sequence[Sequence[int]],
@@ -133,10 +134,10 @@ def postprocess(
     max_detections: int,
     keep_outputs: torch.Tensor,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Raw network outputs -> per image ``(boxes, scores, labels)`` in that image's pixels.
+    """The network's outputs -> per image ``(boxes, scores, labels)`` in that image's pixels.
 
     Args:
-        bbox_regression: the network's ``(N, A, 4)`` box regressions.
+        boxes: the ``(N, A, 4)`` boxes the network's regressions give the default boxes (:func:`decode_boxes`).
         class_scores: the network's ``(N, A, C)`` class scores (softmax over the ``C`` outputs).
         spec: the network's :class:`NetworkSpec`.
         image_shapes: ``(height, width, ...)`` of each original image.
@@ -147,20 +148,19 @@ def postprocess(
 
     Labels are model output indices (1..C-1); scores are sorted descending.
     """
-    anchors = spec.anchors_on(bbox_regression.device)
     keep_outputs = keep_outputs.to(class_scores.device)
     results = []
-    for regression, all_scores, shape in zip(bbox_regression, class_scores, image_shapes):
+    for image_boxes, all_scores, shape in zip(boxes, class_scores, image_shapes):
         anchor_idx, labels, candidate_scores = candidates(
             all_scores.float() * keep_outputs, score_threshold, spec.topk_candidates
         )
-        boxes = decode_boxes(regression[anchor_idx], anchors[anchor_idx], spec.input_size)
-        keep = box_ops.batched_nms(boxes, candidate_scores, labels, nms_iou)[:max_detections]
+        picked = image_boxes[anchor_idx].float()
+        keep = box_ops.batched_nms(picked, candidate_scores, labels, nms_iou)[:max_detections]
         height, width = shape[:2]
         scale = torch.tensor(
-            [width / spec.input_size[1], height / spec.input_size[0]] * 2, dtype=boxes.dtype, device=boxes.device
+            [width / spec.input_size[1], height / spec.input_size[0]] * 2, dtype=picked.dtype, device=picked.device
         )
-        results.append((boxes[keep] * scale, candidate_scores[keep], labels[keep]))
+        results.append((picked[keep] * scale, candidate_scores[keep], labels[keep]))
     return results
 
 
@@ -186,6 +186,10 @@ def candidates(
 
 
 def decode_boxes(regression: torch.Tensor, anchors: torch.Tensor, input_size: Sequence[int]) -> torch.Tensor:
-    """The xyxy boxes that ``regression`` gives these default boxes, in network-input pixels and clipped to it."""
-    boxes = _BOX_CODER.decode_single(regression.float(), anchors)
-    return box_ops.clip_boxes_to_image(boxes, input_size)
+    """The xyxy boxes that the ``(..., A, 4)`` ``regression`` gives the ``(A, 4)`` default boxes.
+
+    In network-input pixels and clipped to it: :data:`BOX_CODER` (torchvision's), for a batch too.
+    """
+    flat = regression.float().reshape(-1, anchors.shape[0], 4)
+    boxes = torch.stack([BOX_CODER.decode_single(codes, anchors) for codes in flat])
+    return box_ops.clip_boxes_to_image(boxes, input_size).reshape(regression.shape)
