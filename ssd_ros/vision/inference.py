@@ -186,10 +186,13 @@ def candidates(
 
 
 def decode_boxes(regression: torch.Tensor, anchors: torch.Tensor, input_size: Sequence[int]) -> torch.Tensor:
-    """The xyxy boxes that the ``(..., A, 4)`` ``regression`` gives the ``(A, 4)`` default boxes.
+    """The xyxy boxes that an ``(A, 4)`` (or ``(N, A, 4)``) ``regression`` gives the ``(A, 4)`` default boxes.
 
-    In network-input pixels and clipped to it: :data:`BOX_CODER` (torchvision's), for a batch too.
+    In network-input pixels and clipped to it: :data:`BOX_CODER` (torchvision's).
     """
-    flat = regression.float().reshape(-1, anchors.shape[0], 4)
-    boxes = torch.stack([BOX_CODER.decode_single(codes, anchors) for codes in flat])
-    return box_ops.clip_boxes_to_image(boxes, input_size).reshape(regression.shape)
+    codes = regression.float()
+    if codes.dim() == 2:
+        boxes = BOX_CODER.decode_single(codes, anchors)
+    else:
+        boxes = torch.stack([BOX_CODER.decode_single(image_codes, anchors) for image_codes in codes])
+    return box_ops.clip_boxes_to_image(boxes, input_size)
