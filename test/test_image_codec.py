@@ -158,6 +158,20 @@ def test_is_bigendian_irrelevant_for_8bit_encodings(rgb):
     )
 
 
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8"])
+def test_a_view_of_the_message_buffer_when_asked(rgb, encoding):
+    """``copy=False`` (the detector node's rgb8 frames): the pixels stay in the message's array."""
+    data, step = encode_raw(rgb, encoding)
+    buffer = array.array("B", data)
+    out = decode_raw(encoding, rgb.shape[1], rgb.shape[0], step, False, buffer, copy=False)
+    np.testing.assert_array_equal(out, rgb)
+    assert np.shares_memory(out, np.frombuffer(buffer, np.uint8)) == (encoding == "rgb8")
+    rows = np.frombuffer(data, np.uint8).reshape(rgb.shape[0], step)
+    padded = array.array("B", np.pad(rows, ((0, 0), (0, 5))).tobytes())
+    out = decode_raw(encoding, rgb.shape[1], rgb.shape[0], step + 5, False, padded, copy=False)
+    np.testing.assert_array_equal(out, rgb)
+
+
 @pytest.mark.parametrize("container", [bytes, bytearray, lambda b: array.array("B", b), memoryview])
 def test_accepts_message_buffers_and_returns_a_writable_copy(rgb, container):
     data, step = encode_raw(rgb, "rgb8")

@@ -18,6 +18,7 @@ an :class:`~ssd_ros.ros.silence.InputWatcher` says why no image arrives. See ``d
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -185,7 +186,10 @@ class DetectorNode(ManagedNode):
             topic = topic.rstrip("/") + "/compressed"
             self._watch.subscribe(CompressedImage, topic, lambda msg: self._on_image(msg, compressed_msg_to_rgb), qos)
         else:
-            self._watch.subscribe(Image, topic, lambda msg: self._on_image(msg, image_msg_to_rgb), qos)
+            # rclpy hands each callback a message it has just taken, whose data array nobody else holds: an
+            # rgb8 frame can stay a view of it (one 921 kB copy less per VGA frame, 0.06-0.27 ms).
+            decode = functools.partial(image_msg_to_rgb, copy=False)
+            self._watch.subscribe(Image, topic, lambda msg: self._on_image(msg, decode), qos)
         self.get_logger().info(
             f"{self._model_name}, {self._detector.backend} {self._detector.precision} "
             f"x{self._detector.num_threads} threads on {self._detector.device}: {self.resolve_topic_name(topic)} "

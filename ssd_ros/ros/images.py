@@ -17,9 +17,12 @@ from ssd_ros.vision.image_codec import decode_compressed, decode_raw, encode_com
 __all__ = ["compressed_msg_to_rgb", "image_msg_to_rgb", "rgb_to_compressed_msg", "rgb_to_image_msg"]
 
 
-def image_msg_to_rgb(msg: Image) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)`` copy of a ``sensor_msgs/Image``; raises ``ImageDecodeError`` naming the problem."""
-    return decode_raw(msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian), msg.data)
+def image_msg_to_rgb(msg: Image, *, copy: bool = True) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` copy of a ``sensor_msgs/Image``; raises ``ImageDecodeError`` naming the problem.
+
+    ``copy=False``: an ``rgb8`` image is a view of ``msg.data`` instead (see :func:`decode_raw`).
+    """
+    return decode_raw(msg.encoding, msg.width, msg.height, msg.step, bool(msg.is_bigendian), msg.data, copy=copy)
 
 
 def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:

@@ -174,7 +174,9 @@ def _jpeg_truncated(raw: bytes) -> bool:
     return last_scan < 0 or raw.find(_JPEG_END, last_scan) < 0
 
 
-def decode_raw(encoding: str, width: int, height: int, step: int, is_bigendian: bool, data) -> np.ndarray:
+def decode_raw(
+    encoding: str, width: int, height: int, step: int, is_bigendian: bool, data, *, copy: bool = True
+) -> np.ndarray:
     """RGB uint8 ``(height, width, 3)`` image from the fields of a ``sensor_msgs/Image``.
 
     Args:
@@ -185,6 +187,8 @@ def decode_raw(encoding: str, width: int, height: int, step: int, is_bigendian: 
         is_bigendian: byte order of multi-byte channels (only ``mono16``; ignored for 8-bit encodings).
         data: the pixel bytes (``bytes``, ``bytearray``, ``array.array('B')``, ``memoryview``...),
             exactly ``step * height`` long.
+        copy: False returns a view of ``data`` where the pixels need no conversion (``rgb8``), read-only if
+            ``data`` is: for a buffer that only the caller holds and nobody reuses.
 
     Raises:
         ImageDecodeError: unknown encoding, non-positive size, odd width for a YUV 4:2:2 encoding,
@@ -222,8 +226,8 @@ def decode_raw(encoding: str, width: int, height: int, step: int, is_bigendian: 
     channels = 2 if encoding.startswith("yuv422") else bytes_per_pixel
     pixels = rows.reshape(height, width, channels)
     if conversion is None:
-        # Always copy: the caller's buffer may be read-only or reused by the middleware.
-        return np.array(pixels, dtype=np.uint8, order="C", copy=True)
+        # By default a copy: the caller's buffer may be read-only or reused by the middleware.
+        return np.array(pixels, dtype=np.uint8, order="C", copy=True) if copy else pixels
     return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
 
 
