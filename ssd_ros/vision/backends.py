@@ -1,13 +1,14 @@
-"""Inference backends: the SSD network (backbone + head, no pre/post-processing) on torch, ONNX Runtime, OpenVINO.
+"""Inference backends: the SSD network (backbone + head, boxes decoded) on torch, ONNX Runtime, OpenVINO.
 
 Every backend is a callable ``network(batch) -> (boxes, class_scores)`` taking the ``(N, 3, H, W)``
 float32 batch from :func:`ssd_ros.vision.inference.preprocess` and returning torch tensors: every default box
 decoded from the network's regressions (:func:`~ssd_ros.vision.inference.decode_boxes`) and the softmax of the
 class logits. ONNX Runtime and OpenVINO compute both in their own graph, which they extend when they load an
 export: torch's softmax over a few classes per default box took ~0.5 ms a frame, and decoding the candidates'
-boxes ~0.5 ms as the node runs it (after the network has evicted it from the caches). The backends have the attributes
-``name``, ``precision``, ``num_threads``, ``device`` and ``spec`` (:class:`~ssd_ros.vision.inference.NetworkSpec`).
-The :class:`~ssd_ros.vision.detector.Detector` wraps one and does the rest.
+boxes ~0.6 ms as the node runs it (after the network has evicted it from the caches). The backends have the
+attributes ``name``, ``precision``, ``num_threads``, ``device`` and ``spec``
+(:class:`~ssd_ros.vision.inference.NetworkSpec`). The :class:`~ssd_ros.vision.detector.Detector` wraps one and
+does the rest.
 
 Precisions: ``fp32`` everywhere; ``bf16`` with torch (autocast) and OpenVINO where the CPU has bf16 units
 (AVX512-BF16 or AMX; elsewhere OpenVINO runs fp32 and ``precision`` says so); ``fp16`` with OpenVINO where its

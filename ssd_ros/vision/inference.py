@@ -74,7 +74,7 @@ class NetworkSpec:
         return 1.0 / (255.0 * std), -mean / std
 
     def anchors_on(self, device: torch.device) -> torch.Tensor:
-        """:attr:`anchors` on ``device``, copied there once (a CUDA network's post-processing runs there)."""
+        """:attr:`anchors` on ``device``, copied there once (the torch backend decodes a CUDA network's boxes there)."""
         copies = self._anchor_copies
         if device not in copies:  # a race only copies twice
             copies[device] = self.anchors.to(device)
