@@ -307,15 +307,15 @@ class OpenVinoNetwork:
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the network on a preprocessed batch: decoded boxes and class scores."""
         results = self.request.infer({0: batch})
-        boxes, scores = (results[self.compiled.output(name)] for name in OUTPUT_NAMES)
+        boxes, scores = (results[self.compiled.output(name)] for name in (BOXES_NAME, SCORES_NAME))
         # The request reuses its output buffers on the next call: copy out of them.
         return torch.from_numpy(np.array(boxes)), torch.from_numpy(np.array(scores))
 
 
 def _with_openvino_outputs(model: Any, spec: NetworkSpec) -> Any:
-    """The OpenVINO model with its box regressions decoded and a softmax over its class logits.
+    """The OpenVINO model with the outputs :data:`BOXES_NAME` (decoded) and :data:`SCORES_NAME` (softmax).
 
-    Both in place, with OpenVINO's post-processing API; the outputs keep the export's names.
+    In place, with OpenVINO's post-processing API.
     """
     import openvino.opset13 as ops
     from openvino.preprocess import PrePostProcessor
@@ -324,7 +324,10 @@ def _with_openvino_outputs(model: Any, spec: NetworkSpec) -> Any:
     graph_ops = _openvino_ops()
     steps.output(OUTPUT_NAMES[0]).postprocess().custom(lambda r: _graph_boxes(graph_ops, r, spec).output(0))
     steps.output(OUTPUT_NAMES[1]).postprocess().custom(lambda logits: ops.softmax(logits, -1).output(0))
-    return steps.build()
+    model = steps.build()
+    for old, name in zip(OUTPUT_NAMES, (BOXES_NAME, SCORES_NAME)):
+        model.output(old).get_tensor().set_names({name})
+    return model
 
 
 def cpu_summary() -> dict[str, Any]:
