@@ -264,7 +264,7 @@ def frame_path_parts(files: dict[str, Path], rgb: np.ndarray, iterations: int) -
     anchor_idx, labels, candidate_scores = candidates(scores[0] * keep, 0.3, spec.topk_candidates)
     boxes = all_boxes[0][anchor_idx]
     # The same arithmetic as the Python decoding of the candidates before (the values do not change its time).
-    decode_candidates = functools.partial(decode_boxes, boxes, spec.anchors[anchor_idx], spec.input_size)
+    decode_candidates = functools.partial(decode_boxes, boxes[None], spec.anchors[anchor_idx], spec.input_size)
     height, width = spec.input_size
     scale, offset = spec.normalisation
 

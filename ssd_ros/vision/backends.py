@@ -300,6 +300,7 @@ class OpenVinoNetwork:
             precision = "fp32"
         _post_processing_threads()
         self.request = self.compiled.create_infer_request()
+        self._outputs = [self.compiled.output(name) for name in (BOXES_NAME, SCORES_NAME)]
         self.spec = spec
         self.precision = precision
         self.num_threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or (os.cpu_count() or 1)
@@ -307,7 +308,7 @@ class OpenVinoNetwork:
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the network on a preprocessed batch: decoded boxes and class scores."""
         results = self.request.infer({0: batch})
-        boxes, scores = (results[self.compiled.output(name)] for name in (BOXES_NAME, SCORES_NAME))
+        boxes, scores = (results[output] for output in self._outputs)
         # The request reuses its output buffers on the next call: copy out of them.
         return torch.from_numpy(np.array(boxes)), torch.from_numpy(np.array(scores))
 

@@ -154,7 +154,7 @@ def postprocess(
         anchor_idx, labels, candidate_scores = candidates(
             all_scores.float() * keep_outputs, score_threshold, spec.topk_candidates
         )
-        picked = image_boxes[anchor_idx].float()
+        picked = image_boxes[anchor_idx]
         keep = box_ops.batched_nms(picked, candidate_scores, labels, nms_iou)[:max_detections]
         height, width = shape[:2]
         scale = torch.tensor(
@@ -186,13 +186,9 @@ def candidates(
 
 
 def decode_boxes(regression: torch.Tensor, anchors: torch.Tensor, input_size: Sequence[int]) -> torch.Tensor:
-    """The xyxy boxes that an ``(A, 4)`` (or ``(N, A, 4)``) ``regression`` gives the ``(A, 4)`` default boxes.
+    """The ``(N, A, 4)`` xyxy boxes that an ``(N, A, 4)`` ``regression`` gives the ``(A, 4)`` default boxes.
 
-    In network-input pixels and clipped to it: :data:`BOX_CODER` (torchvision's).
+    In network-input pixels and clipped to it: :data:`BOX_CODER` (torchvision's), one image at a time as SSD does.
     """
-    codes = regression.float()
-    if codes.dim() == 2:
-        boxes = BOX_CODER.decode_single(codes, anchors)
-    else:
-        boxes = torch.stack([BOX_CODER.decode_single(image_codes, anchors) for image_codes in codes])
+    boxes = torch.stack([BOX_CODER.decode_single(codes, anchors) for codes in regression.float()])
     return box_ops.clip_boxes_to_image(boxes, input_size)
