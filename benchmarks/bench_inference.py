@@ -1,7 +1,8 @@
 """Inference backends x precisions on this CPU: network, Detector call and node end to end, against torch fp32.
 
-In one run, on a real 640x480 rover frame, for SSD300 and SSDlite320 (random weights unless checkpoints are
-given; speed does not depend on the weights), at 1 thread and at all cores:
+In one run, on a real 640x480 rover frame, for SSDlite320 and SSD300 (trained here first, as the page's models
+are, unless checkpoints are given or ``--untrained`` asks for random weights: speed does not depend on them),
+at 1 thread and at all cores:
 
 * every configuration (torch fp32 = the reference, torch bf16, ONNX Runtime fp32 / int8, OpenVINO fp32 /
   bf16 / int8): network time (the backend alone), ``Detector`` call time (decode-free frame path:
@@ -16,12 +17,15 @@ int8 files are calibrated on real rover frames (``../shared/data``). The CPU mod
 are reported beside the numbers because they decide the ratios (bf16 and int8 kernels need AVX512-BF16 /
 AMX and VNNI). Results: stdout and ``docs/benchmarks/inference.md``.
 
-    scripts/run.sh python benchmarks/bench_inference.py                 # both architectures (~15 min)
-    scripts/run.sh python benchmarks/bench_inference.py --architectures ssdlite320_mobilenet_v3 --stream-s 10
-    # with trained models, also int8/bf16 accuracy against fp32 on labelled frames:
-    scripts/run.sh python benchmarks/bench_inference.py --checkpoints vgg.pt lite.pt --agreement-frames frames/
-    # the models trained here first (TRAIN_RECIPES; cached in build/bench_inference_models), as on the page:
-    scripts/run.sh python benchmarks/bench_inference.py --train ssdlite320_mobilenet_v3
+    # the page (make bench): both architectures, trained here first (TRAIN_RECIPES; ~10 and ~20 min the first
+    # time, then cached in build/bench_inference_models), int8/bf16 accuracy against fp32 on the labelled test
+    # frames and the footage; then ~40 min on 2 cores (the page's run: --iterations 8 --node-iterations 8
+    # --stream-s 10)
+    scripts/run.sh python benchmarks/bench_inference.py
+    # speed only, random weights:
+    scripts/run.sh python benchmarks/bench_inference.py --untrained --architectures ssdlite320_mobilenet_v3
+    # your trained models, accuracy on your labelled frames:
+    scripts/run.sh python benchmarks/bench_inference.py --checkpoints lite.pt vgg.pt --agreement-frames frames/
     # on the robot (ROS 2 from apt, in the colcon workspace): the Pi's page, docs/benchmarks/inference_pi.md
     make bench-pi          # = python3 benchmarks/bench_inference.py --pi [--frames your/rover/frames]
 """
@@ -79,18 +83,23 @@ def shown(path: Path) -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--architectures", nargs="+", default=["ssd300_vgg16", "ssdlite320_mobilenet_v3"], help="models to time"
+        "--architectures", nargs="+", default=["ssdlite320_mobilenet_v3", "ssd300_vgg16"], help="models to time"
     )
     parser.add_argument(
         "--checkpoints", nargs="*", type=Path, default=[], help="trained checkpoints, one per architecture, in order"
     )
-    parser.add_argument(
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument(
         "--train",
         nargs="*",
         metavar="ARCHITECTURE",
         help="train the models to measure (TRAIN_RECIPES, on --frames; these architectures, or all when none is "
         "named) where no checkpoint is given, cached in --models-dir; agreement is then measured on the "
-        "held-out test frames unless --agreement-frames says",
+        "held-out test frames unless --agreement-frames says (the default without --checkpoints, --untrained "
+        "or --pi: every architecture)",
+    )
+    models.add_argument(
+        "--untrained", action="store_true", help="random-init networks where no checkpoint is given: speed only"
     )
     parser.add_argument(
         "--models-dir",
@@ -130,6 +139,8 @@ def parse_args() -> argparse.Namespace:
         help="ROS_DOMAIN_ID for this run (default: $ROS_DOMAIN_ID, as scripts/run.sh sets it)",
     )
     args = parser.parse_args()
+    if args.train is None and not (args.untrained or args.pi or args.checkpoints):
+        args.train = []  # every architecture: the page's models
     if args.pi:
         args.architectures, args.stream_s = ["ssdlite320_mobilenet_v3"], min(args.stream_s, 10.0)
     args.out = args.out or REPO_ROOT / "docs" / "benchmarks" / ("inference_pi.md" if args.pi else "inference.md")
@@ -394,6 +405,9 @@ def header(args, rgb: np.ndarray, checkpoints: dict[str, Path]) -> list[str]:
         f"{architecture} `{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}`"
         for architecture, path in checkpoints.items()
     ]
+    untrained = [architecture for architecture in args.architectures if architecture not in checkpoints]
+    if untrained:
+        weights.append(f"{', '.join(untrained)} random init (speed does not depend on the weights)")
     return [
         "# Inference backends benchmark",
         "",
@@ -402,10 +416,10 @@ def header(args, rgb: np.ndarray, checkpoints: dict[str, Path]) -> list[str]:
         f"fp16: {'yes' if cpu_has_fp16() else 'no (OpenVINO fp16 runs fp32)'}",
         f"- torch {torch.__version__}, {installed('onnxruntime')}, {installed('openvino')}, "
         f"Python {platform.python_version()}",
-        f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} real rover frame; weights: "
-        f"{', '.join(weights) or 'random init'}, the others random init (speed does not depend on them); "
+        f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} real rover frame; weights: {', '.join(weights)}; "
         "int8 calibrated on 32 rover frames (not the agreement frames)",
-        "- Models: `--train` trains them here with `training/train.py` from scratch on the labelled rover frames "
+        "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the labelled "
+        "rover frames "
         "(TRAIN_RECIPES in the script; printed on stderr as it starts) and keeps them in `--models-dir` "
         "(default `build/bench_inference_models`) for the next run",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load average at the start: {os.getloadavg()[0]:.1f}; "
