@@ -17,10 +17,10 @@ int8 files are calibrated on real rover frames (``../shared/data``). The CPU mod
 are reported beside the numbers because they decide the ratios (bf16 and int8 kernels need AVX512-BF16 /
 AMX and VNNI). Results: stdout and ``docs/benchmarks/inference.md``.
 
-    # the page (make bench): both architectures, trained here first (TRAIN_RECIPES; ~10 and ~20 min the first
-    # time, then cached in build/bench_inference_models), int8/bf16 accuracy against fp32 on the labelled test
-    # frames and the footage; then ~40 min on 2 cores (the page's run: --iterations 8 --node-iterations 8
-    # --stream-s 10)
+    # the page (make bench): both architectures, trained here first (TRAIN_RECIPES; ~20 min each on 2 cores the
+    # first time, then cached in build/bench_inference_models), int8/bf16 accuracy against fp32 on the labelled
+    # test frames and the footage; the page's run (--iterations 8 --node-iterations 8 --stream-s 10) then took
+    # ~40 min on 2 cores, the defaults take longer
     scripts/run.sh python benchmarks/bench_inference.py
     # speed only, random weights:
     scripts/run.sh python benchmarks/bench_inference.py --untrained --architectures ssdlite320_mobilenet_v3
@@ -408,6 +408,15 @@ def header(args, rgb: np.ndarray, checkpoints: dict[str, Path]) -> list[str]:
     untrained = [architecture for architecture in args.architectures if architecture not in checkpoints]
     if untrained:
         weights.append(f"{', '.join(untrained)} random init (speed does not depend on the weights)")
+    trained = (
+        []
+        if args.train is None
+        else [
+            "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the labelled rover "
+            "frames (TRAIN_RECIPES in the script; printed on stderr as it starts) and kept in `--models-dir` (default "
+            "`build/bench_inference_models`) for the next run"
+        ]
+    )
     return [
         "# Inference backends benchmark",
         "",
@@ -418,10 +427,7 @@ def header(args, rgb: np.ndarray, checkpoints: dict[str, Path]) -> list[str]:
         f"Python {platform.python_version()}",
         f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} real rover frame; weights: {', '.join(weights)}; "
         "int8 calibrated on 32 rover frames (not the agreement frames)",
-        "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the labelled "
-        "rover frames "
-        "(TRAIN_RECIPES in the script; printed on stderr as it starts) and keeps them in `--models-dir` "
-        "(default `build/bench_inference_models`) for the next run",
+        *trained,
         f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load average at the start: {os.getloadavg()[0]:.1f}; "
         f"command: `scripts/run.sh python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
         "- Times are wall-clock p50 (p95) in ms on a shared machine; ratios are against torch fp32 measured in the",
