@@ -408,15 +408,13 @@ def header(args, rgb: np.ndarray, checkpoints: dict[str, Path]) -> list[str]:
     untrained = [architecture for architecture in args.architectures if architecture not in checkpoints]
     if untrained:
         weights.append(f"{', '.join(untrained)} random init (speed does not depend on the weights)")
-    trained = (
-        []
-        if args.train is None
-        else [
-            "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the labelled rover "
-            "frames (TRAIN_RECIPES in the script; printed on stderr as it starts) and kept in `--models-dir` (default "
-            "`build/bench_inference_models`) for the next run"
-        ]
-    )
+    trained = [
+        "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the labelled "
+        "rover frames (TRAIN_RECIPES in the script; printed on stderr as it starts) and kept in `--models-dir` "
+        "(default `build/bench_inference_models`) for the next run"
+    ]
+    if args.train is None:
+        trained = []
     return [
         "# Inference backends benchmark",
         "",
