@@ -19,8 +19,8 @@ AMX and VNNI). Results: stdout and ``docs/benchmarks/inference.md``.
 
     # the page (make bench): both architectures, trained here first (TRAIN_RECIPES; ~20 min each on 2 cores the
     # first time, then cached in build/bench_inference_models), int8/bf16 accuracy against fp32 on the labelled
-    # test frames and the footage; the page's run (--iterations 8 --node-iterations 8 --stream-s 10) then took
-    # ~40 min on 2 cores, the defaults take longer
+    # frames they did not learn from (11 + 5 test) and the footage; the page's run (--iterations 8
+    # --node-iterations 8 --stream-s 10) then took ~40 min on 2 cores, the defaults take longer
     scripts/run.sh python benchmarks/bench_inference.py
     # speed only, random weights:
     scripts/run.sh python benchmarks/bench_inference.py --untrained --architectures ssdlite320_mobilenet_v3
@@ -61,8 +61,12 @@ CONFIGS = [
     ("openvino", "int8", "int8"),
 ]
 TEST_FRAMES = CALIBRATION.parent / "test"
-# The models the page measures, trained here by --train (training/train.py from scratch on the 43 labelled rover
-# frames; the agreement tables then use the 5 held-out test frames). Speed does not depend on the weights.
+# The frames of --frames that calibrate int8 (sorted; not the first 8: the tests train and evaluate on those). --train
+# trains on these frames only, so the agreement tables can hold out the other labelled frames: five test frames
+# alone gave SSD300 23 detections, too few to tell 97% of them kept from 95%.
+CALIBRATION_FRAMES = slice(8, 40)
+# The models the page measures, trained here by --train (training/train.py from scratch on the 32 calibration
+# frames; the agreement tables then use the other 11 and the 5 test frames). Speed does not depend on the weights.
 TRAIN_RECIPES = {
     # With train.py's augmentation (its default). Trained without it (200 and 500 iterations) the same network had
     # 4x the int8 score error on the footage (p95 0.07-0.09 against 0.018-0.019), and int8 kept 80-92% of fp32's
@@ -93,10 +97,11 @@ def parse_args() -> argparse.Namespace:
         "--train",
         nargs="*",
         metavar="ARCHITECTURE",
-        help="train the models to measure (TRAIN_RECIPES, on --frames; these architectures, or all when none is "
-        "named) where no checkpoint is given, cached in --models-dir; agreement is then measured on the "
-        "held-out test frames unless --agreement-frames says (the default without --checkpoints, --untrained "
-        "or --pi: every architecture)",
+        help="train the models to measure (TRAIN_RECIPES, on the calibration frames of --frames; these "
+        "architectures, or all when none is named) where no checkpoint is given, cached in --models-dir; "
+        "agreement is then measured on the held-out labelled frames (the rest of --frames and the test frames) "
+        "unless --agreement-frames says (the default without --checkpoints, --untrained or --pi: every "
+        "architecture)",
     )
     models.add_argument(
         "--untrained", action="store_true", help="random-init networks where no checkpoint is given: speed only"
@@ -144,14 +149,38 @@ def parse_args() -> argparse.Namespace:
     if args.pi:
         args.architectures, args.stream_s = ["ssdlite320_mobilenet_v3"], min(args.stream_s, 10.0)
     args.out = args.out or REPO_ROOT / "docs" / "benchmarks" / ("inference_pi.md" if args.pi else "inference.md")
-    if args.train is not None and args.agreement_frames is None:
-        args.agreement_frames = TEST_FRAMES
     return args
+
+
+def split_frames(frames: Path, test: Path, into: Path) -> tuple[Path, Path]:
+    """Folders of links to the labelled frames: ``(training, held out)``.
+
+    Training: ``frames``' :data:`CALIBRATION_FRAMES`; held out: the rest of ``frames`` and every frame of ``test``.
+    """
+    labelled = sorted(frames.glob("*.jpg"))
+    training = labelled[CALIBRATION_FRAMES]
+    held_out = [p for p in labelled if p not in training] + sorted(test.glob("*.jpg"))
+    folders = into / "training_frames", into / "held_out_frames"
+    for folder, images in zip(folders, (training, held_out)):
+        folder.mkdir(parents=True)
+        for image in images:
+            for path in (image, image.with_suffix(".xml")):
+                (folder / path.name).symlink_to(path.resolve())
+    return folders
+
+
+def described(frames: Path) -> str:
+    """Where the labelled frames of ``frames`` come from, as the result page names them (links resolved)."""
+    sources: dict[Path, int] = {}
+    for image in sorted(frames.glob("*.jpg")):
+        sources[image.resolve().parent] = sources.get(image.resolve().parent, 0) + 1
+    return ", ".join(f"{count} of `{shown(folder)}`" for folder, count in sources.items())
 
 
 def trained_checkpoint(architecture: str, frames: Path, models_dir: Path) -> Path:
     """The checkpoint TRAIN_RECIPES makes for ``architecture`` on ``frames`` (trained once, then reused)."""
-    output = models_dir / architecture
+    # Named by the frames it learnt from, so a model trained on another split is not reused.
+    output = models_dir / f"{architecture}_{len(list(frames.glob('*.xml')))}_frames"
     if not (output / "last.pt").is_file():
         argv = [
             *("--train-folder", str(frames), "--architecture", architecture, "--no-pretrained", "--workers", "0"),
@@ -194,8 +223,7 @@ def make_models(architecture: str, checkpoint: Path | None, workdir: Path, frame
         checkpoint = save_checkpoint(workdir / f"{architecture}.pt", build_model(architecture, 21), card)
     model, card = load_checkpoint(checkpoint)
     onnx = export_onnx_bytes(model, card)
-    # Not the first 8 frames: the tests train and evaluate on those.
-    frames = sorted(frames_dir.glob("*.jpg"))[8:40]
+    frames = sorted(frames_dir.glob("*.jpg"))[CALIBRATION_FRAMES]
     images = [decode_compressed("jpeg", p.read_bytes()) for p in frames] or [test_frame()]
     int8 = quantize_int8(onnx, images, progress=False)
     return {
@@ -409,9 +437,10 @@ def header(args, rgb: np.ndarray, checkpoints: dict[str, Path]) -> list[str]:
     if untrained:
         weights.append(f"{', '.join(untrained)} random init (speed does not depend on the weights)")
     trained = [
-        "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the labelled "
-        "rover frames (TRAIN_RECIPES in the script; printed on stderr as it starts) and kept in `--models-dir` "
-        "(default `build/bench_inference_models`) for the next run"
+        "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the 32 int8 "
+        f"calibration frames of `{shown(args.frames)}` (TRAIN_RECIPES in the script; printed on stderr as it starts) "
+        "and kept in `--models-dir` (default `build/bench_inference_models`) for the next run; the agreement "
+        "tables use the labelled frames they did not learn from"
     ]
     if args.train is None:
         trained = []
@@ -511,9 +540,11 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench_inference_"))
     checkpoints = dict(zip(args.architectures, args.checkpoints))
     if args.train is not None:
+        training, held_out = split_frames(args.frames, TEST_FRAMES, workdir)
+        args.agreement_frames = args.agreement_frames or held_out
         for architecture in args.train or args.architectures:
             if architecture not in checkpoints:
-                checkpoints[architecture] = trained_checkpoint(architecture, args.frames, args.models_dir)
+                checkpoints[architecture] = trained_checkpoint(architecture, training, args.models_dir)
     lines = header(args, args.rgb, checkpoints)
     summary = []
     for architecture in args.architectures:
@@ -622,7 +653,7 @@ def agreement_section(files: dict[str, Path], frames: Path, video: Path | None) 
     fp32 = run(detector_for(files, "torch", "fp32", 0))
     int8 = read_exported(files["int8"]).int8
     lines = [
-        f"### Accuracy against torch fp32 ({len(images)} labelled frames of `{shown(frames)}`, "
+        f"### Accuracy against torch fp32 ({len(images)} labelled frames: {described(frames)}; "
         f"score > {LIVE_THRESHOLD})",
         "",
         f"torch fp32: VOC07 AP {fp32[0][0]:.4f} ({fp32[0][1]:.4f} scoring the whole ranking, as evaluate.py), "
