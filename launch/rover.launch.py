@@ -146,9 +146,9 @@ def _flag(context, name: str) -> bool:
     raise LaunchRefused(f"launch argument {name}:={text!r} is not a boolean (true/false)")
 
 
-def _choice(context, name: str, choices) -> str:
+def _choice(context, name: str, choices, *, empty_ok: bool = False) -> str:
     value = LaunchConfiguration(name).perform(context).strip()
-    if value not in choices:
+    if value not in choices and not (empty_ok and not value):
         raise LaunchRefused(f"launch argument {name}:={value!r} must be one of {', '.join(choices)}")
     return value
 
@@ -281,10 +281,10 @@ def _launch_setup(context):
             "ros-jazzy-rviz2), or rviz:=false and view image_annotated from another machine"
         )
     detector_parameters = _detector_parameters(context, namespace, compressed, use_sim_time) if detector else None
-    executor = LaunchConfiguration("executor").perform(context).strip()
+    executor = _choice(context, "executor", EXECUTORS, empty_ok=True)
     actions = []
     if executor:
-        actions.append(SetEnvironmentVariable(EXECUTOR_ENV, _choice(context, "executor", EXECUTORS)))
+        actions.append(SetEnvironmentVariable(EXECUTOR_ENV, executor))
     if "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ:
         # Raw frames need bigger shared-memory segments in the camera's process than Fast DDS's default (most
         # best-effort VGA frames are lost otherwise): config/fastdds_large_frames.xml says why.

@@ -188,7 +188,6 @@ class Detector:
         self._nms_iou = 0.0
         self._max_detections = 1
         self._class_filter: tuple[str, ...] | None = None
-        self._keep_outputs = self._label_map >= 0
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
         self.max_detections = max_detections
