@@ -449,7 +449,7 @@ def header(args, rgb: np.ndarray, checkpoints: dict[str, Path]) -> list[str]:
         "",
         f"- CPU: {cpu['model']}, {cpu['cores']} cores; SIMD: {', '.join(cpu['features']) or 'none of interest'}; "
         f"bf16 units: {'yes' if cpu_has_bf16() else 'no (OpenVINO bf16 falls back to fp32)'}; "
-        f"fp16: {'yes' if cpu_has_fp16() else 'no (OpenVINO fp16 runs fp32)'}",
+        f"fp16: {'yes' if cpu_has_fp16() else 'no (OpenVINO fp16 runs ' + ('bf16)' if cpu_has_bf16() else 'fp32)')}",
         f"- torch {torch.__version__}, {installed('onnxruntime')}, {installed('openvino')}, "
         f"Python {platform.python_version()}",
         f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} real rover frame; weights: {', '.join(weights)}; "

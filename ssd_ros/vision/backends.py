@@ -271,8 +271,9 @@ class OpenVinoNetwork:
 
     The inference precision is always set explicitly: OpenVINO's own default on bf16-capable CPUs is bf16,
     which would make ``fp32`` a lie. ``bf16`` on a CPU without bf16 units runs fp32, with a warning, and
-    ``precision`` then reads ``fp32``; so does ``fp16`` where the compiled model reports that it runs f32 (x86
-    CPUs without AVX512-FP16 or AMX-FP16: the plugin ignores the f16 hint there).
+    ``precision`` then reads ``fp32``. ``fp16`` on a CPU without fp16 arithmetic (most x86) runs what the compiled
+    model reports, with a warning: the plugin falls back to bf16 where the CPU has bf16 units (AVX512-BF16 or
+    AMX), else to f32, and ``precision`` reads ``bf16`` or ``fp32``.
     """
 
     name = "openvino"
@@ -295,9 +296,12 @@ class OpenVinoNetwork:
         if num_threads > 0:
             config["INFERENCE_NUM_THREADS"] = num_threads
         self.compiled = core.compile_model(_with_openvino_outputs(model, spec), "CPU", config)
-        if precision == "fp16" and self.compiled.get_property("INFERENCE_PRECISION_HINT") != ov.Type.f16:
-            warnings.warn("fp16 requested but OpenVINO runs f32 on this CPU (no fp16 arithmetic)", stacklevel=2)
-            precision = "fp32"
+        runs = {ov.Type.f16: "fp16", ov.Type.bf16: "bf16"}.get(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if precision == "fp16" and runs != "fp16":
+            precision = runs or "fp32"
+            warnings.warn(
+                f"fp16 requested but this CPU has no fp16 arithmetic: OpenVINO runs {precision}", stacklevel=2
+            )
         _post_processing_threads()
         self.request = self.compiled.create_infer_request()
         self._outputs = [self.compiled.output(name) for name in (BOXES_NAME, SCORES_NAME)]
