@@ -138,7 +138,9 @@ def int8_report(exported: ExportedModel) -> list[str]:
     if not info:
         return []
     measured = info["measured"][info["scheme"]]
-    frames = f"{info['agreement_images']} {'held-out ' if info['agreement_images_held_out'] else ''}image(s)"
+    frames = f"{info['agreement_images']} image(s)"
+    if info["agreement_images_held_out"]:  # files written before the scheme was calibrated again lack the count
+        frames += f" held out of its calibration on {info.get('scheme_calibration_images', 'the other')} image(s)"
     lines = [
         f"int8 scheme '{info['scheme']}' (the closest to fp32 of {len(info['measured'])} tried), calibrated on "
         f"{info['calibration_images']} image(s); against fp32 on {frames}:"

@@ -198,8 +198,8 @@ def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *,
     (symmetric int8), activations per tensor (uint8, min/max over the calibration set). Each scheme of
     :data:`INT8_SCHEMES` that fits the network is tried and measured against fp32 on every 4th image (held out
     of its calibration when there are 8 or more), in both runtimes; the export keeps the scheme with the
-    smallest worst-runtime p95 score error and writes the measurements into its metadata
-    (:attr:`ExportedModel.int8`).
+    smallest worst-runtime p95 score error, calibrated again on every image, and writes the measurements into
+    its metadata (:attr:`ExportedModel.int8`).
     """
     from tqdm import tqdm
 
@@ -230,11 +230,21 @@ def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *,
             for runtime in ("onnxruntime", "openvino")
         }
     best = min(measured, key=lambda name: max(m["score_error_p95"] for m in measured[name].values()))
+    if held_out:
+        # The kept file is calibrated again on every image: MinMax ranges come from the most extreme frames, and
+        # a quarter fewer of them cost fidelity. On the benchmark's SSD300 (32 rover frames) int8 kept 92.4-93.1%
+        # of fp32's 145 footage detections calibrated on 24 of them, 96.6% on all 32 (fp32 with +-1 grey level of
+        # noise: 97.9%). Its measurements stay those of the scheme calibrated without the held-out quarter.
+        extra_options, fp32_excitation = INT8_SCHEMES[best]
+        files[best] = _quantize_scheme(
+            fp32_onnx, extra_options, excitation if fp32_excitation else [], images, spec, progress
+        )
     proto = onnx.load_from_string(files[best])
     metadata["precision"] = "int8"
     metadata["int8"] = {
         "scheme": best,
-        "calibration_images": len(calibration),
+        "calibration_images": len(images),
+        "scheme_calibration_images": len(calibration),
         "agreement_images": len(checks),
         "agreement_images_held_out": held_out,
         "measured": measured,
