@@ -70,11 +70,12 @@ CALIBRATION_FRAMES = slice(8, 40)
 TRAIN_RECIPES = {
     # With train.py's augmentation (its default). Trained without it (200 and 500 iterations) the same network had
     # 4x the int8 score error on the footage (p95 0.07-0.09 against 0.018-0.019), and int8 kept 80-92% of fp32's
-    # footage detections instead of 98.7%.
+    # footage detections instead of 98.7% (all 43 frames). On the 32: loss 5.2, 17 minutes on a 2-core EPYC.
     "ssdlite320_mobilenet_v3": ["--iterations", "1500", "--lr", "0.01", "--warmup-iterations", "10"],
     # SSD300 from scratch (VGG16 has no batch norm) gave non-finite losses at lr 0.01 (iteration 16), 0.002
-    # (iteration 36) and 0.001 (iteration 55); at 0.0004 its loss fell steadily, 20 -> 0.66 in 250 iterations
-    # (20 minutes on 2 cores). With the augmentation it did not fall within 40 iterations at 0.0005.
+    # (iteration 36) and 0.001 (iteration 55); at 0.0004 its loss fell steadily, 20 -> 0.66 in 250 iterations on
+    # all 43 frames (20 minutes on a 2-core Xeon), 20 -> 0.55 on the 32 (11 minutes on a 2-core EPYC). With the
+    # augmentation it did not fall within 40 iterations at 0.0005.
     "ssd300_vgg16": ["--iterations", "250", "--lr", "0.0004", "--warmup-iterations", "20", "--no-augment"],
 }
 
