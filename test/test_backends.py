@@ -13,8 +13,10 @@ import shutil
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 from conftest import EXECUTABLES, assert_same_detections, lively_ssdlite, shared_data
@@ -23,12 +25,19 @@ from torchvision.models.detection import ssd300_vgg16
 from ssd_ros.evaluation.voc import VocSplit
 from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction
 from ssd_ros.tools import export_model
-from ssd_ros.vision.backends import cpu_has_bf16, cpu_has_fp16
+from ssd_ros.vision.backends import INPUT_NAME, cpu_has_bf16, cpu_has_fp16
 from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssd_ros.vision.cpu import FAITHFUL_INT8
 from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.detector import Detector
-from ssd_ros.vision.export import INT8_SCHEMES, export_onnx_bytes, read_exported, write_export
+from ssd_ros.vision.export import (
+    INT8_SCHEMES,
+    export_onnx_bytes,
+    network_spec,
+    quantize_int8,
+    read_exported,
+    write_export,
+)
 from ssd_ros.vision.image_codec import read_image_file
 from ssd_ros.vision.inference import preprocess
 from ssd_ros.vision.model import VOC_CLASSES, build_model
@@ -239,6 +248,30 @@ def test_int8_and_bf16_keep_the_accuracy_of_fp32(trained, tmp_path, capsys):
             print(f"{name}: AP {ap:.4f} (fp32 {fp32_ap:.4f}), {fraction:.1%} of fp32 detections matched")
         assert abs(ap - fp32_ap) <= 0.01, name
         assert fraction >= 0.95, name
+
+
+def test_int8_file_is_calibrated_on_every_image_the_held_out_ones_too(checkpoints):
+    """The scheme check holds every 4th image out of calibration; the file it keeps is then calibrated on all.
+
+    MinMax ranges come from the most extreme frames, so an export that dropped a quarter of them would be less
+    faithful. Here the first image (held out of the scheme check) alone spans the full grey range: the network
+    input's quantisation range must cover it.
+    """
+    rover = sorted(shared_data("picar_camera", "detection", "train").glob("*.jpg"))[8:16]
+    images = [read_image_file(p) for p in rover]
+    images[0] = cv2.normalize(images[0], None, 0, 255, cv2.NORM_MINMAX)  # spans 0..255
+    images[1:] = [(64 + image // 2).astype(np.uint8) for image in images[1:]]  # 64..191: none reaches the ends
+    model, card = load_checkpoint(checkpoints["ssdlite320_mobilenet_v3"])
+    onnx_bytes = export_onnx_bytes(model, card)
+    int8 = onnx.load_from_string(quantize_int8(onnx_bytes, images, progress=False))
+    spec = network_spec(onnx_bytes)
+    batches = [preprocess([image], spec) for image in images]
+    span_all = max(b.max() for b in batches) - min(b.min() for b in batches)
+    checked = [b for i, b in enumerate(batches) if i % 4]  # what the scheme check calibrated on
+    assert max(b.max() for b in checked) - min(b.min() for b in checked) < 0.9 * span_all
+    (node,) = [n for n in int8.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == INPUT_NAME]
+    scale = onnx.numpy_helper.to_array(next(t for t in int8.graph.initializer if t.name == node.input[1]))
+    assert float(scale) * 255 >= span_all * (1 - 1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------
