@@ -11,6 +11,7 @@ launch service handles SIGINT/SIGTERM exactly as under ``ros2 launch``.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from ament_index_python.packages import get_package_share_directory
@@ -32,6 +33,11 @@ def parse_arguments(arguments: list[str]) -> list[tuple[str, str]]:
 
 def main(argv: list[str]) -> int:
     package, file_name, *arguments = argv
+    # A shell without job control starts background commands with SIGINT ignored (POSIX), an ignored signal stays
+    # ignored across exec, and launch only hears SIGINT through Python's handler: under `make test &` (or a CI
+    # runner that starts it so) the tests' SIGINT never reached the launch. Ctrl-C in a terminal, which they
+    # stand for, always does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     path = os.path.join(get_package_share_directory(package), "launch", file_name)
     service = LaunchService(argv=arguments)
     service.include_launch_description(
