@@ -17,7 +17,7 @@ int8 files are calibrated on real rover frames (``../shared/data``). The CPU mod
 are reported beside the numbers because they decide the ratios (bf16 and int8 kernels need AVX512-BF16 /
 AMX and VNNI). Results: stdout and ``docs/benchmarks/inference.md``.
 
-    # the page (make bench): both architectures, trained here first (TRAIN_RECIPES; ~20 min each on 2 cores the
+    # the page (make bench): both architectures, trained here first (TRAIN_RECIPES; 11-20 min each on 2 cores the
     # first time, then cached in build/bench_inference_models), int8/bf16 accuracy against fp32 on the labelled
     # frames they did not learn from (11 + 5 test) and the footage; the page's run (--iterations 8
     # --node-iterations 8 --stream-s 10) then took ~40 min on 2 cores, the defaults take longer
@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -172,9 +173,7 @@ def split_frames(frames: Path, test: Path, into: Path) -> tuple[Path, Path]:
 
 def described(frames: Path) -> str:
     """Where the labelled frames of ``frames`` come from, as the result page names them (links resolved)."""
-    sources: dict[Path, int] = {}
-    for image in sorted(frames.glob("*.jpg")):
-        sources[image.resolve().parent] = sources.get(image.resolve().parent, 0) + 1
+    sources = Counter(image.resolve().parent for image in sorted(frames.glob("*.jpg")))
     return ", ".join(f"{count} of `{shown(folder)}`" for folder, count in sources.items())
 
 
@@ -437,14 +436,16 @@ def header(args, rgb: np.ndarray, checkpoints: dict[str, Path]) -> list[str]:
     untrained = [architecture for architecture in args.architectures if architecture not in checkpoints]
     if untrained:
         weights.append(f"{', '.join(untrained)} random init (speed does not depend on the weights)")
-    trained = [
-        "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the 32 int8 "
-        f"calibration frames of `{shown(args.frames)}` (TRAIN_RECIPES in the script; printed on stderr as it starts) "
-        "and kept in `--models-dir` (default `build/bench_inference_models`) for the next run; the agreement "
-        "tables use the labelled frames they did not learn from"
-    ]
-    if args.train is None:
-        trained = []
+    trained = (
+        []
+        if args.train is None
+        else [
+            "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the 32 int8 "
+            f"calibration frames of `{shown(args.frames)}` (TRAIN_RECIPES in the script; printed on stderr as it "
+            "starts) and kept in `--models-dir` (default `build/bench_inference_models`) for the next run; the "
+            "agreement tables use the labelled frames they did not learn from"
+        ]
+    )
     return [
         "# Inference backends benchmark",
         "",

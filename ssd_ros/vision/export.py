@@ -220,11 +220,14 @@ def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *,
         n.name for n in onnx.load_from_string(fp32_onnx).graph.node if n.op_type == "Conv" and "/fc" in n.name
     ]
     schemes = [name for name, (_, fp32_excitation) in INT8_SCHEMES.items() if excitation or not fp32_excitation]
+
+    def quantize(scheme: str, on: list[np.ndarray]) -> bytes:
+        extra_options, fp32_excitation = INT8_SCHEMES[scheme]
+        return _quantize_scheme(fp32_onnx, extra_options, excitation if fp32_excitation else [], on, spec, progress)
+
     measured, files = {}, {}
     for scheme in tqdm(schemes, desc="int8 schemes", unit="scheme", disable=not progress):
-        extra_options, fp32_excitation = INT8_SCHEMES[scheme]
-        excluded = excitation if fp32_excitation else []
-        files[scheme] = _quantize_scheme(fp32_onnx, extra_options, excluded, calibration, spec, progress)
+        files[scheme] = quantize(scheme, calibration)
         measured[scheme] = {
             runtime: _agreement(reference, _class_scores(runtime, files[scheme], batches))
             for runtime in ("onnxruntime", "openvino")
@@ -237,10 +240,7 @@ def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *,
         # (fp32 with +-1 grey level of noise: 97.9%); more frames are not always better, though (adding 111
         # footage frames took the other 111's share from 94.8% to 92.2-93.5%). Its measurements stay those of
         # the scheme calibrated without the held-out quarter.
-        extra_options, fp32_excitation = INT8_SCHEMES[best]
-        files[best] = _quantize_scheme(
-            fp32_onnx, extra_options, excitation if fp32_excitation else [], images, spec, progress
-        )
+        files[best] = quantize(best, images)
     proto = onnx.load_from_string(files[best])
     metadata["precision"] = "int8"
     metadata["int8"] = {
