@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -154,14 +155,12 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def split_frames(frames: Path, test: Path, into: Path) -> tuple[Path, Path]:
+def split_frames(frames: Path, training: list[Path], test: Path, into: Path) -> tuple[Path, Path]:
     """Folders of links to the labelled frames: ``(training, held out)``.
 
-    Training: ``frames``' :data:`CALIBRATION_FRAMES`; held out: the rest of ``frames`` and every frame of ``test``.
+    Training: ``training`` (the calibration frames); held out: the rest of ``frames`` and every frame of ``test``.
     """
-    labelled = sorted(frames.glob("*.jpg"))
-    training = labelled[CALIBRATION_FRAMES]
-    held_out = [p for p in labelled if p not in training] + sorted(test.glob("*.jpg"))
+    held_out = [p for p in sorted(frames.glob("*.jpg")) if p not in training] + sorted(test.glob("*.jpg"))
     folders = into / "training_frames", into / "held_out_frames"
     for folder, images in zip(folders, (training, held_out)):
         folder.mkdir(parents=True)
@@ -179,8 +178,13 @@ def described(frames: Path) -> str:
 
 def trained_checkpoint(architecture: str, frames: Path, models_dir: Path) -> Path:
     """The checkpoint TRAIN_RECIPES makes for ``architecture`` on ``frames`` (trained once, then reused)."""
-    # Named by the frames it learnt from, so a model trained on another split is not reused.
-    output = models_dir / f"{architecture}_{len(list(frames.glob('*.xml')))}_frames"
+    # Named by what it learnt from (the frames' and labels' bytes, the recipe), so that another split, other
+    # frames or another recipe train a new model rather than reuse this one.
+    learnt_from = hashlib.sha256(" ".join(TRAIN_RECIPES[architecture]).encode())
+    for path in sorted(frames.glob("*.jpg")):
+        learnt_from.update(path.read_bytes() + path.with_suffix(".xml").read_bytes())
+    count = len(list(frames.glob("*.jpg")))
+    output = models_dir / f"{architecture}_{count}_frames_{learnt_from.hexdigest()[:8]}"
     if not (output / "last.pt").is_file():
         argv = [
             *("--train-folder", str(frames), "--architecture", architecture, "--no-pretrained", "--workers", "0"),
@@ -209,8 +213,8 @@ def runnable_configs() -> list[tuple[str, str, str]]:
     return [config for config in CONFIGS if config[0] in backends]
 
 
-def make_models(architecture: str, checkpoint: Path | None, workdir: Path, frames_dir: Path) -> dict[str, Path]:
-    """The checkpoint and its fp32 and int8 ONNX exports (int8 calibrated on rover frames)."""
+def make_models(architecture: str, checkpoint: Path | None, workdir: Path, calibration: list[Path]) -> dict[str, Path]:
+    """The checkpoint and its fp32 and int8 ONNX exports (int8 calibrated on the rover frames ``calibration``)."""
     from ssd_ros.vision.checkpoint import load_checkpoint, save_checkpoint
     from ssd_ros.vision.export import export_onnx_bytes, quantize_int8, write_export
     from ssd_ros.vision.image_codec import decode_compressed
@@ -223,8 +227,7 @@ def make_models(architecture: str, checkpoint: Path | None, workdir: Path, frame
         checkpoint = save_checkpoint(workdir / f"{architecture}.pt", build_model(architecture, 21), card)
     model, card = load_checkpoint(checkpoint)
     onnx = export_onnx_bytes(model, card)
-    frames = sorted(frames_dir.glob("*.jpg"))[CALIBRATION_FRAMES]
-    images = [decode_compressed("jpeg", p.read_bytes()) for p in frames] or [test_frame()]
+    images = [decode_compressed("jpeg", p.read_bytes()) for p in calibration] or [test_frame()]
     int8 = quantize_int8(onnx, images, progress=False)
     return {
         "pt": checkpoint,
@@ -440,10 +443,11 @@ def header(args, rgb: np.ndarray, checkpoints: dict[str, Path]) -> list[str]:
         []
         if args.train is None
         else [
-            "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the 32 int8 "
-            f"calibration frames of `{shown(args.frames)}` (TRAIN_RECIPES in the script; printed on stderr as it "
-            "starts) and kept in `--models-dir` (default `build/bench_inference_models`) for the next run; the "
-            "agreement tables use the labelled frames they did not learn from"
+            "- Models: trained here (`--train`, the default) with `training/train.py` from scratch on the "
+            f"{len(args.calibration)} int8 calibration frames of `{shown(args.frames)}` (TRAIN_RECIPES in the "
+            "script; printed on stderr as it starts) and kept in `--models-dir` (default "
+            "`build/bench_inference_models`) for the next run; the agreement tables use the labelled frames they "
+            "did not learn from"
         ]
     )
     return [
@@ -455,7 +459,7 @@ def header(args, rgb: np.ndarray, checkpoints: dict[str, Path]) -> list[str]:
         f"- torch {torch.__version__}, {installed('onnxruntime')}, {installed('openvino')}, "
         f"Python {platform.python_version()}",
         f"- Frame: {rgb.shape[1]}x{rgb.shape[0]} real rover frame; weights: {', '.join(weights)}; "
-        "int8 calibrated on 32 rover frames (not the agreement frames)",
+        f"int8 calibrated on {len(args.calibration)} rover frames (not the agreement frames)",
         *trained,
         f"- Date: {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load average at the start: {os.getloadavg()[0]:.1f}; "
         f"command: `scripts/run.sh python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip(),
@@ -539,10 +543,11 @@ def main() -> int:
     os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(REPO_ROOT / "config" / "fastdds_large_frames.xml"))
     own = sorted(args.frames.glob("*.jpg"))
     args.rgb = decode_compressed("jpeg", own[0].read_bytes()) if own else test_frame()
+    args.calibration = own[CALIBRATION_FRAMES]
     workdir = Path(tempfile.mkdtemp(prefix="bench_inference_"))
     checkpoints = dict(zip(args.architectures, args.checkpoints))
     if args.train is not None:
-        training, held_out = split_frames(args.frames, TEST_FRAMES, workdir)
+        training, held_out = split_frames(args.frames, args.calibration, TEST_FRAMES, workdir)
         args.agreement_frames = args.agreement_frames or held_out
         for architecture in args.train or args.architectures:
             if architecture not in checkpoints:
@@ -550,7 +555,7 @@ def main() -> int:
     lines = header(args, args.rgb, checkpoints)
     summary = []
     for architecture in args.architectures:
-        files = make_models(architecture, checkpoints.get(architecture), workdir, args.frames)
+        files = make_models(architecture, checkpoints.get(architecture), workdir, args.calibration)
         lines += [f"## {architecture}", ""]
         node_times = {}
         for threads in sorted({1, 4 if args.pi else os.cpu_count() or 1}):

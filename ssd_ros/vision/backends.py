@@ -13,8 +13,8 @@ does the rest.
 Precisions: ``fp32`` everywhere; ``bf16`` with torch (autocast) and OpenVINO where the CPU has bf16 units
 (AVX512-BF16 or AMX; elsewhere OpenVINO runs fp32 and ``precision`` says so); ``fp16`` with OpenVINO where its
 CPU plugin runs f16 (Arm CPUs with fp16 arithmetic, where it is OpenVINO's own default; x86 with AVX512-FP16 or
-AMX-FP16; elsewhere fp32, and ``precision`` says so); ``int8`` with ONNX Runtime and OpenVINO from an int8
-export (``export_model --int8``, calibrated on real images).
+AMX-FP16; elsewhere bf16 where the CPU has bf16 units, else fp32, and ``precision`` says so); ``int8`` with ONNX
+Runtime and OpenVINO from an int8 export (``export_model --int8``, calibrated on real images).
 """
 
 from __future__ import annotations
@@ -270,10 +270,9 @@ class OpenVinoNetwork:
     """An exported network (ONNX or OpenVINO IR) run by OpenVINO on the CPU.
 
     The inference precision is always set explicitly: OpenVINO's own default on bf16-capable CPUs is bf16,
-    which would make ``fp32`` a lie. ``bf16`` on a CPU without bf16 units runs fp32, with a warning, and
-    ``precision`` then reads ``fp32``. ``fp16`` on a CPU without fp16 arithmetic (most x86) runs what the compiled
-    model reports, with a warning: the plugin falls back to bf16 where the CPU has bf16 units (AVX512-BF16 or
-    AMX), else to f32, and ``precision`` reads ``bf16`` or ``fp32``.
+    which would make ``fp32`` a lie. ``precision`` is what the compiled model reports it runs, with a warning
+    when that is not what was asked: ``bf16`` on a CPU without bf16 units (AVX512-BF16, AMX) runs fp32, and
+    ``fp16`` on a CPU without fp16 arithmetic (most x86) runs bf16 where the CPU has bf16 units, else fp32.
     """
 
     name = "openvino"
@@ -282,12 +281,6 @@ class OpenVinoNetwork:
     def __init__(self, model: Any, spec: NetworkSpec, *, precision: str, num_threads: int = 0):
         import openvino as ov
 
-        if precision == "bf16" and not cpu_has_bf16():
-            warnings.warn(
-                "bf16 requested but this CPU has no bf16 units (AVX512-BF16 or AMX): OpenVINO runs fp32",
-                stacklevel=2,
-            )
-            precision = "fp32"
         core = ov.Core()
         if not isinstance(model, ov.Model):
             model = core.read_model(model if isinstance(model, bytes) else os.fspath(model))
@@ -296,17 +289,18 @@ class OpenVinoNetwork:
         if num_threads > 0:
             config["INFERENCE_NUM_THREADS"] = num_threads
         self.compiled = core.compile_model(_with_openvino_outputs(model, spec), "CPU", config)
-        runs = {ov.Type.f16: "fp16", ov.Type.bf16: "bf16"}.get(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if precision == "fp16" and runs != "fp16":
-            precision = runs or "fp32"
-            warnings.warn(
-                f"fp16 requested but this CPU has no fp16 arithmetic: OpenVINO runs {precision}", stacklevel=2
-            )
+        # The plugin falls back silently where the CPU lacks the arithmetic (to bf16 or f32 for f16, to f32 for
+        # bf16): the compiled model says what it chose.
+        chosen = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        runs = {ov.Type.f16: "fp16", ov.Type.bf16: "bf16"}.get(chosen, "fp32")
+        if runs != precision and precision != "int8":
+            warnings.warn(f"{precision} requested but this CPU has no {precision} arithmetic: OpenVINO runs {runs}",
+                          stacklevel=2)  # fmt: skip
+        self.precision = precision if precision == "int8" else runs
         _post_processing_threads()
         self.request = self.compiled.create_infer_request()
         self._outputs = [self.compiled.output(name) for name in (BOXES_NAME, SCORES_NAME)]
         self.spec = spec
-        self.precision = precision
         self.num_threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or (os.cpu_count() or 1)
 
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

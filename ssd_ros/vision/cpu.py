@@ -5,9 +5,10 @@ configuration slower or less faithful than fp32 on this CPU. So it never lowers 
 (bf16 and int8 round the arithmetic: they are opt-in), and an int8 export, which holds nothing else, runs
 int8 with a warning naming the fp32 export to use instead wherever int8 does not pay off:
 
-- x86-64 without VNNI (``avx512_vnni``, ``avx_vnni``, ``amx_int8``): ONNX Runtime's u8s8 kernels may saturate
-  with this export's 8-bit weights (its quantisation guide asks for ``reduce_range`` there), and OpenVINO's
-  CPU guide names the same saturation issue;
+- x86-64 without VNNI (``avx512_vnni``, ``avx_vnni``, ``amx_int8``), for an int8 export with 8-bit weights
+  (made before exports switched to 7-bit ones): both runtimes' u8s8 kernels saturate there (ONNX Runtime's
+  quantisation guide asks for ``reduce_range``, OpenVINO's CPU guide names the "saturation issue"; an SSDlite
+  measured 41-46% of fp32's detections kept); 7-bit weights run right, and SSD300 int8 is faster than fp32;
 - aarch64 without the dot-product extension (``asimddp``: the Pi 4's Cortex-A72 lacks it, the Pi 5's
   Cortex-A76 has it): ONNX Runtime's MLAS and OpenVINO's aarch64 int8 kernels take their non-dot NEON path;
 - OpenVINO on aarch64: its CPU guide lists int8 inference for x86-64 only;
@@ -139,18 +140,23 @@ class PrecisionChoice:
     warning: str | None = None
 
 
-def int8_drawback(cpu: CpuInfo, backend: str, architecture: str) -> str | None:
-    """Why int8 is slower or less faithful than fp32 for ``backend`` on ``cpu``, or None when it pays off."""
+def int8_drawback(cpu: CpuInfo, backend: str, architecture: str, weight_bits: int = 7) -> str | None:
+    """Why int8 is slower or less faithful than fp32 for ``backend`` on ``cpu``, or None when it pays off.
+
+    ``weight_bits``: the int8 export's weight range (7 since exports use ``reduce_range``, 8 before).
+    """
     if not cpu.int8_dot:
         if cpu.is_arm:
             return (
                 f"{cpu.model} has no int8 dot-product instructions (asimddp): {backend} runs int8 on its slower "
                 "non-dot NEON kernels"
             )
-        return (
-            f"{cpu.model} has no VNNI ({', '.join(X86_INT8_DOT)}): 8-bit products may saturate in {backend}'s int8 "
-            "kernels (their guides' 'saturation issue'), so int8 is both slower and less faithful here"
-        )
+        if weight_bits > 7:
+            return (
+                f"{cpu.model} has no VNNI ({', '.join(X86_INT8_DOT)}): this export's 8-bit weights saturate "
+                f"{backend}'s int8 kernels (their guides' 'saturation issue'; an SSDlite kept 41-46% of fp32's "
+                "detections); export it again (7-bit weights) or run fp32"
+            )
     if backend == "openvino" and cpu.is_arm:
         return "OpenVINO's CPU plugin lists int8 inference for x86-64 only; on Arm an int8 model is not faster"
     if architecture.startswith("ssdlite"):
@@ -170,6 +176,7 @@ def choose_precision(
     cpu: CpuInfo,
     architecture: str,
     int8_kept: float | None = None,
+    int8_weight_bits: int = 7,
 ) -> PrecisionChoice:
     """The precision to run a ``file_precision`` model (``fp32`` or ``int8``) with ``backend`` on ``cpu``.
 
@@ -177,12 +184,13 @@ def choose_precision(
     int8 export holds nothing else. Whenever the result is int8 or bf16 and the CPU lacks what makes it pay
     off, or the int8 export measured itself less faithful than :data:`FAITHFUL_INT8` in this runtime
     (``int8_kept``: the share of fp32's live candidates it kept, from its metadata), the choice carries a
-    warning naming the fp32 alternative. Whether a combination can run at all is the caller's check.
+    warning naming the fp32 alternative. ``int8_weight_bits``: the export's weight range (its metadata).
+    Whether a combination can run at all is the caller's check.
     """
     precision = file_precision if requested == "auto" else requested
     warning = None
     if precision == "int8":
-        drawback = int8_drawback(cpu, backend, architecture)
+        drawback = int8_drawback(cpu, backend, architecture, int8_weight_bits)
         if int8_kept is not None and int8_kept < FAITHFUL_INT8:
             unfaithful = (
                 f"this int8 export kept {int8_kept:.1%} of fp32's candidates above the live score threshold on its own "

@@ -274,8 +274,9 @@ class Detector:
                 + ("an int8 export (export_model --int8)" if precision == "int8" else "the fp32 export")
             )
         precision = _chosen_precision(
-            backend, exported.precision, precision, exported.card.architecture, exported.int8_kept(backend)
-        )
+            backend, exported.precision, precision, exported.card.architecture, exported.int8_kept(backend),
+            exported.int8_weight_bits,
+        )  # fmt: skip
         network = _NETWORKS[backend](path, exported.spec, precision=precision, num_threads=num_threads)
         card = exported.card
         return cls(network, card.class_names, label_map=card.label_map, card=card, **kwargs)
@@ -465,12 +466,18 @@ def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
 
 
 def _chosen_precision(
-    backend: str, file_precision: str, requested: str, architecture: str, int8_kept: float | None = None
+    backend: str,
+    file_precision: str,
+    requested: str,
+    architecture: str,
+    int8_kept: float | None = None,
+    int8_weight_bits: int = 7,
 ) -> str:
     """The precision :meth:`Detector.from_checkpoint` runs, with the choice's warning (if any) issued."""
     choice = choose_precision(
-        backend, file_precision, requested, cpu=this_cpu(), architecture=architecture, int8_kept=int8_kept
-    )
+        backend, file_precision, requested, cpu=this_cpu(), architecture=architecture, int8_kept=int8_kept,
+        int8_weight_bits=int8_weight_bits,
+    )  # fmt: skip
     if choice.warning:
         warnings.warn(choice.warning, stacklevel=3)
     return choice.precision
