@@ -620,6 +620,7 @@ def agreement_section(files: dict[str, Path], frames: Path, video: Path | None) 
     from ssd_ros.evaluation.voc import VocSplit
     from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction
     from ssd_ros.tools.make_bag import video_frames
+    from ssd_ros.vision.backends import OnnxRuntimeNetwork
     from ssd_ros.vision.detections import Detections, iou_matrix
     from ssd_ros.vision.detector import EVALUATION_SETTINGS, Detector
     from ssd_ros.vision.export import read_exported
@@ -685,6 +686,10 @@ def agreement_section(files: dict[str, Path], frames: Path, video: Path | None) 
     noisy = Detector(GreyLevelNoise(fp32_network.network), fp32_network.class_names, card=fp32_network.card,
                      label_map=fp32_network.card.label_map, warmup_runs=0)  # fmt: skip
     rows = [("torch fp32, +-1 grey level of input noise (the floor)", noisy)]
+    # The int8 file's own fidelity, whatever this CPU's int8 kernels do (see OnnxRuntimeNetwork's optimize).
+    exact = OnnxRuntimeNetwork(files["int8"], read_exported(files["int8"]).spec, precision="int8", optimize=False)
+    exact_detector = Detector(exact, noisy.class_names, card=noisy.card, label_map=noisy.card.label_map, warmup_runs=0)
+    rows.append(("int8, exact arithmetic (any CPU whose int8 kernels do not saturate)", exact_detector))
     others = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8")]
     for backend, precision in [*others, ("torch", "bf16"), ("openvino", "bf16"), ("openvino", "fp16")]:
         rows.append((f"{backend} {precision}", detector_for(files, backend, precision, 0)))

@@ -25,7 +25,7 @@ from torchvision.models.detection import ssd300_vgg16
 from ssd_ros.evaluation.voc import VocSplit
 from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction
 from ssd_ros.tools import export_model
-from ssd_ros.vision.backends import INPUT_NAME, cpu_has_bf16, cpu_has_fp16
+from ssd_ros.vision.backends import INPUT_NAME, OnnxRuntimeNetwork, cpu_has_bf16, cpu_has_fp16
 from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssd_ros.vision.cpu import FAITHFUL_INT8
 from ssd_ros.vision.detections import Detections
@@ -230,6 +230,12 @@ def test_int8_and_bf16_keep_the_accuracy_of_fp32(trained, tmp_path, capsys):
         "openvino int8": int8_detectors["openvino"],
         "torch bf16": Detector.from_checkpoint(trained["checkpoint"], precision="bf16", **settings),
     }
+    # The benchmark's reference for int8: the file's arithmetic run exactly (QDQ as float ops), no int8 kernels.
+    exact = OnnxRuntimeNetwork(int8, exported.spec, precision="int8", optimize=False)
+    card = exported.card
+    candidates["onnxruntime int8 exact"] = Detector(
+        exact, card.class_names, card=card, label_map=card.label_map, warmup_runs=0, score_threshold=0.3
+    )
     if cpu_has_bf16():
         candidates["openvino bf16"] = Detector.from_checkpoint(
             trained["checkpoint"], backend="openvino", precision="bf16", **settings

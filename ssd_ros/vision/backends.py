@@ -141,13 +141,22 @@ class OnnxRuntimeNetwork:
     """An exported network run by ONNX Runtime's CPU execution provider (fp32 or an int8 QDQ export).
 
     ONNX Runtime has no bf16 or fp16 CPU kernels for these layers; both are refused with a pointer to OpenVINO.
+    ``optimize=False`` runs the graph as written: an int8 QDQ export's quantise/dequantise pairs as float ops
+    around float convolutions, which is exact int8 arithmetic free of any CPU's int8 kernels (what a CPU whose
+    kernels do not saturate computes); slow, for measurements.
     """
 
     name = "onnxruntime"
     device = torch.device("cpu")
 
     def __init__(
-        self, onnx_model: bytes | str | os.PathLike, spec: NetworkSpec, *, precision: str, num_threads: int = 0
+        self,
+        onnx_model: bytes | str | os.PathLike,
+        spec: NetworkSpec,
+        *,
+        precision: str,
+        num_threads: int = 0,
+        optimize: bool = True,
     ):
         import onnxruntime as ort
 
@@ -156,7 +165,8 @@ class OnnxRuntimeNetwork:
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads if num_threads > 0 else os.cpu_count() or 1
         options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.graph_optimization_level = level
         _post_processing_threads()
         session_model = _with_onnx_outputs(onnx_model, spec)
         self.session = ort.InferenceSession(session_model, options, providers=["CPUExecutionProvider"])
