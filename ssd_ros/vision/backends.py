@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ssd_ros.cli import BACKENDS, PRECISIONS
+from ssd_ros.vision.cpu import CpuInfo, this_cpu
 from ssd_ros.vision.inference import BOX_CODER, NetworkSpec, anchors, decode_boxes
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "SSDNetwork",
     "TorchNetwork",
     "cpu_summary",
+    "fit_int8_weights",
 ]
 
 OUTPUT_NAMES = ("bbox_regression", "cls_logits")
@@ -168,6 +170,8 @@ class OnnxRuntimeNetwork:
         level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.graph_optimization_level = level
         _post_processing_threads()
+        if precision == "int8" and optimize:
+            onnx_model = fit_int8_weights(onnx_model, this_cpu())
         session_model = _with_onnx_outputs(onnx_model, spec)
         self.session = ort.InferenceSession(session_model, options, providers=["CPUExecutionProvider"])
         self.spec = spec
@@ -243,14 +247,64 @@ def _openvino_ops() -> SimpleNamespace:
 _ONNX_OPS = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "minimum": "Min", "maximum": "Max", "exp": "Exp"}
 
 
+def _load_onnx(onnx_model: bytes | str | os.PathLike) -> Any:
+    import onnx
+
+    return onnx.load_from_string(onnx_model) if isinstance(onnx_model, bytes) else onnx.load(os.fspath(onnx_model))
+
+
+def fit_int8_weights(onnx_model: bytes | str | os.PathLike, cpu: CpuInfo) -> bytes | str | os.PathLike:
+    """An int8 QDQ export as ``cpu``'s int8 kernels compute it right: unchanged, or its weights in 7 bits.
+
+    Where the kernels saturate with 8-bit weights (:attr:`~ssd_ros.vision.cpu.CpuInfo.int8_saturates`: x86
+    without VNNI) each convolution's int8 weights become ``round(w / 2)`` (-64..64) with their scale doubled, so
+    that two uint8 x weight products always fit the int16 the kernels sum them in; its int32 bias is halved the
+    same way, because the fused kernels take the bias in units of input scale x weight scale. Neither runtime
+    does this for a CPU, and the export keeps 8-bit weights for the CPUs that do not saturate, where the bit
+    costs fidelity (exact int8 arithmetic of an SSD300 export: 96.6% of fp32's 148 footage detections kept with
+    8-bit weights, 93.9% with 7). On an AVX2-only Zen 3 the 8-bit export kept 85% as it was, 87-88% halved here
+    (rounding twice), and a 7-bit export (``export_model --int8-weight-bits 7``) 93.2%; an SSDlite 41-46%, 91-93%
+    and 95.5%.
+    """
+    if not cpu.int8_saturates:
+        return onnx_model
+    import onnx
+    import onnx.numpy_helper
+
+    proto = _load_onnx(onnx_model)
+    initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+    producers = {output: node for node in proto.graph.node for output in node.output}
+
+    def quantized(value: str, data_type: int) -> tuple | None:
+        """The (values, scale) initializers a DequantizeLinear of constant ``data_type`` data gives ``value``."""
+        node = producers.get(value)
+        if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in initializers:
+            return None
+        data, scale = initializers[node.input[0]], initializers.get(node.input[1])
+        return (data, scale) if data.data_type == data_type and scale is not None else None
+
+    def halve(data: Any, scale: Any, limit: int) -> None:
+        values = onnx.numpy_helper.to_array(data)
+        halved = np.clip(np.round(values.astype(np.int64) / 2.0), -limit, limit).astype(values.dtype)
+        data.CopyFrom(onnx.numpy_helper.from_array(halved, data.name))
+        scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * np.float32(2), scale.name))
+
+    for conv in (node for node in proto.graph.node if node.op_type == "Conv"):
+        weights = quantized(conv.input[1], onnx.TensorProto.INT8)
+        if weights is None or np.abs(onnx.numpy_helper.to_array(weights[0]).astype(np.int32)).max() <= 64:
+            continue  # a float convolution, or weights already in 7 bits (reduce_range)
+        halve(*weights, 64)
+        bias = quantized(conv.input[2], onnx.TensorProto.INT32) if len(conv.input) > 2 else None
+        if bias is not None:
+            halve(*bias, 2**31 - 1)
+    return proto.SerializeToString()
+
+
 def _with_onnx_outputs(onnx_model: bytes | str | os.PathLike, spec: NetworkSpec) -> bytes:
     """The export with its outputs replaced by :data:`BOXES_NAME` (decoded) and :data:`SCORES_NAME` (softmax)."""
     import onnx
 
-    if isinstance(onnx_model, bytes):
-        proto = onnx.load_from_string(onnx_model)
-    else:
-        proto = onnx.load(os.fspath(onnx_model))
+    proto = _load_onnx(onnx_model)
     graph = proto.graph
     ops = _onnx_ops(graph)
     regression, logits = (next(output for output in graph.output if output.name == name) for name in OUTPUT_NAMES)
@@ -292,6 +346,15 @@ class OpenVinoNetwork:
         import openvino as ov
 
         core = ov.Core()
+        if precision == "int8" and isinstance(model, bytes | str | os.PathLike):
+            if isinstance(model, bytes) or not os.fspath(model).endswith(".xml"):
+                model = fit_int8_weights(model, this_cpu())
+            elif this_cpu().int8_saturates:
+                warnings.warn(
+                    "this CPU's int8 kernels saturate with 8-bit weights (no VNNI), and an OpenVINO IR file's weights "
+                    "are not re-ranged: run the .onnx int8 export here",
+                    stacklevel=2,
+                )
         if not isinstance(model, ov.Model):
             model = core.read_model(model if isinstance(model, bytes) else os.fspath(model))
         hint = {"bf16": "bf16", "fp16": "f16"}.get(precision, "f32")

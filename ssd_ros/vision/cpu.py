@@ -5,10 +5,11 @@ configuration slower or less faithful than fp32 on this CPU. So it never lowers 
 (bf16 and int8 round the arithmetic: they are opt-in), and an int8 export, which holds nothing else, runs
 int8 with a warning naming the fp32 export to use instead wherever int8 does not pay off:
 
-- x86-64 without VNNI (``avx512_vnni``, ``avx_vnni``, ``amx_int8``), for an int8 export with 8-bit weights
-  (made before exports switched to 7-bit ones): both runtimes' u8s8 kernels saturate there (ONNX Runtime's
-  quantisation guide asks for ``reduce_range``, OpenVINO's CPU guide names the "saturation issue"; an SSDlite
-  measured 41-46% of fp32's detections kept); 7-bit weights run right, and SSD300 int8 is faster than fp32;
+- x86-64 without VNNI (``avx512_vnni``, ``avx_vnni``, ``amx_int8``): both runtimes' u8s8 kernels saturate with
+  the export's 8-bit weights (ONNX Runtime's quantisation guide asks for ``reduce_range`` there, OpenVINO's CPU
+  guide names the "saturation issue"), so the backends halve them to 7 bits at load
+  (:func:`~ssd_ros.vision.backends.fit_int8_weights`), which costs fidelity; an export with 7-bit weights
+  (``export_model --int8-weight-bits 7``) runs as measured, and SSD300 int8 is faster than fp32 there;
 - aarch64 without the dot-product extension (``asimddp``: the Pi 4's Cortex-A72 lacks it, the Pi 5's
   Cortex-A76 has it): ONNX Runtime's MLAS and OpenVINO's aarch64 int8 kernels take their non-dot NEON path;
 - OpenVINO on aarch64: its CPU guide lists int8 inference for x86-64 only;
@@ -70,6 +71,15 @@ class CpuInfo:
     def int8_dot(self) -> bool:
         """Whether the CPU has the 8-bit dot-product instructions int8 inference kernels are built on."""
         return "asimddp" in self.features if self.is_arm else any(f in self.features for f in X86_INT8_DOT)
+
+    @property
+    def int8_saturates(self) -> bool:
+        """Whether int8 kernels here overflow with 8-bit weights.
+
+        x86 without VNNI sums pairs of uint8 x int8 products into int16 (``vpmaddubsw``), which 8-bit weights
+        exceed; VNNI and Arm's dot products accumulate in 32 bits.
+        """
+        return not self.is_arm and not self.int8_dot
 
     @property
     def bf16(self) -> bool:
@@ -140,10 +150,10 @@ class PrecisionChoice:
     warning: str | None = None
 
 
-def int8_drawback(cpu: CpuInfo, backend: str, architecture: str, weight_bits: int = 7) -> str | None:
+def int8_drawback(cpu: CpuInfo, backend: str, architecture: str, weight_bits: int = 8) -> str | None:
     """Why int8 is slower or less faithful than fp32 for ``backend`` on ``cpu``, or None when it pays off.
 
-    ``weight_bits``: the int8 export's weight range (7 since exports use ``reduce_range``, 8 before).
+    ``weight_bits``: the int8 export's weight range, 8 or 7 (``export_model --int8-weight-bits``).
     """
     if not cpu.int8_dot:
         if cpu.is_arm:
@@ -153,9 +163,10 @@ def int8_drawback(cpu: CpuInfo, backend: str, architecture: str, weight_bits: in
             )
         if weight_bits > 7:
             return (
-                f"{cpu.model} has no VNNI ({', '.join(X86_INT8_DOT)}): this export's 8-bit weights saturate "
-                f"{backend}'s int8 kernels (their guides' 'saturation issue'; an SSDlite kept 41-46% of fp32's "
-                "detections); export it again (7-bit weights) or run fp32"
+                f"{cpu.model} has no VNNI ({', '.join(X86_INT8_DOT)}): {backend}'s int8 kernels saturate with "
+                "8-bit weights, so this export's run halved to 7 bits, less faithful than it measured (an SSD300 "
+                "kept 87-88% of fp32's footage detections instead of 96.6%); for this CPU export with "
+                "--int8-weight-bits 7 (93%)"
             )
     if backend == "openvino" and cpu.is_arm:
         return "OpenVINO's CPU plugin lists int8 inference for x86-64 only; on Arm an int8 model is not faster"
@@ -176,7 +187,7 @@ def choose_precision(
     cpu: CpuInfo,
     architecture: str,
     int8_kept: float | None = None,
-    int8_weight_bits: int = 7,
+    int8_weight_bits: int = 8,
 ) -> PrecisionChoice:
     """The precision to run a ``file_precision`` model (``fp32`` or ``int8``) with ``backend`` on ``cpu``.
 

@@ -471,7 +471,7 @@ def _chosen_precision(
     requested: str,
     architecture: str,
     int8_kept: float | None = None,
-    int8_weight_bits: int = 7,
+    int8_weight_bits: int = 8,
 ) -> str:
     """The precision :meth:`Detector.from_checkpoint` runs, with the choice's warning (if any) issued."""
     choice = choose_precision(

@@ -8,10 +8,10 @@ exported model is as self-describing as a checkpoint: :func:`read_exported` give
 :class:`~ssd_ros.vision.detector.Detector` needs, and pre/post-processing stay the shared ones of
 :mod:`ssd_ros.vision.inference`.
 
-int8 is post-training static quantisation with ONNX Runtime's QDQ format (7-bit weights per channel, stored
-as int8; uint8 activations), calibrated on real images the user gives. The same QDQ file runs int8 in ONNX
-Runtime and in OpenVINO (which turns QDQ pairs into its int8 kernels), so one calibration serves both runtimes.
-Of the schemes tried (:data:`INT8_SCHEMES`), the export keeps the one measured closest to fp32 and records the
+int8 is post-training static quantisation with ONNX Runtime's QDQ format (int8 weights per channel, uint8
+activations), calibrated on real images the user gives. The same QDQ file runs int8 in ONNX Runtime and in
+OpenVINO (which turns QDQ pairs into its int8 kernels), so one calibration serves both runtimes. Of the
+schemes tried (:data:`INT8_SCHEMES`), the export keeps the one measured closest to fp32 and records the
 measurements in the file.
 """
 
@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssd_ros.vision.backends import INPUT_NAME, OUTPUT_NAMES, SSDNetwork
+from ssd_ros.vision.backends import INPUT_NAME, OUTPUT_NAMES, SSDNetwork, fit_int8_weights
 from ssd_ros.vision.checkpoint import CheckpointError
+from ssd_ros.vision.cpu import this_cpu
 from ssd_ros.vision.inference import NetworkSpec, preprocess
 from ssd_ros.vision.model_card import ModelCard
 
@@ -40,7 +41,6 @@ __all__ = [
     "EXPORT_FORMATS",
     "ExportedModel",
     "INT8_SCHEMES",
-    "INT8_WEIGHT_BITS",
     "export_onnx_bytes",
     "network_spec",
     "quantize_int8",
@@ -82,7 +82,7 @@ class ExportedModel:
 
     @property
     def int8_weight_bits(self) -> int:
-        """The weights' range of an int8 export (:data:`INT8_WEIGHT_BITS`; 8 in files that do not record it)."""
+        """The weights' range of an int8 export: 8, or 7 (``export_model --int8-weight-bits 7``)."""
         return int((self.int8 or {}).get("weight_bits", 8))
 
     def int8_kept(self, runtime: str) -> float | None:
@@ -192,27 +192,31 @@ INT8_SCHEMES = {
 """The ONNX Runtime QDQ schemes :func:`quantize_int8` tries, as ``(extra_options, squeeze-excitation in fp32)``;
 it keeps the one closest to fp32."""
 
-INT8_WEIGHT_BITS = 7
-"""The weights' range in an int8 export: 7 bits (-64..64: two uint8 x weight products sum within int16), so that
-x86 CPUs without VNNI do not saturate (see :func:`_quantize_scheme`); exports made before it was recorded have 8."""
-
 _LIVE_SCORE_THRESHOLD = 0.3  # what the robot reports by default (Detector's LIVE_SETTINGS)
 _SCORED_FLOOR = 0.1  # score error is measured where fp32 gives a (default box, class) pair more than this
 
 
-def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *, progress: bool = True) -> bytes:
+def quantize_int8(
+    fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *, weight_bits: int = 8, progress: bool = True
+) -> bytes:
     """Static int8 QDQ quantisation of an fp32 export, calibrated on RGB uint8 images; returns the ONNX bytes.
 
     The images go through the detector's own :func:`~ssd_ros.vision.inference.preprocess`, so the calibration
     sees exactly the activations inference will. Convolutions are quantised: weights per output channel
-    (symmetric, 7 bits: :data:`INT8_WEIGHT_BITS`), activations per tensor (uint8, min/max over the calibration
-    set). Each scheme of :data:`INT8_SCHEMES` that fits the network is tried and measured against fp32 on every
-    4th image (held out of its calibration when there are 8 or more), in both runtimes; the export keeps the
-    scheme with the smallest worst-runtime p95 score error, calibrated again on every image, and writes the
-    measurements into its metadata (:attr:`ExportedModel.int8`).
+    (symmetric int8), activations per tensor (uint8, min/max over the calibration set). Each scheme of
+    :data:`INT8_SCHEMES` that fits the network is tried and measured against fp32 on every 4th image (held out
+    of its calibration when there are 8 or more), in both runtimes; the export keeps the scheme with the
+    smallest worst-runtime p95 score error, calibrated again on every image, and writes the measurements into
+    its metadata (:attr:`ExportedModel.int8`).
+
+    ``weight_bits`` 7 quantises the weights to -64..64 (``reduce_range``), for x86 CPUs without VNNI, whose int8
+    kernels saturate with 8-bit ones (see :func:`~ssd_ros.vision.backends.fit_int8_weights`); elsewhere 8 bits
+    are more faithful.
     """
     from tqdm import tqdm
 
+    if weight_bits not in (7, 8):
+        raise ValueError(f"int8 weights have 8 or 7 bits, not {weight_bits}")
     images = list(calibration_images)
     if not images:
         raise ValueError("no calibration images")
@@ -233,7 +237,8 @@ def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *,
 
     def quantize(scheme: str, on: list[np.ndarray]) -> bytes:
         extra_options, fp32_excitation = INT8_SCHEMES[scheme]
-        return _quantize_scheme(fp32_onnx, extra_options, excitation if fp32_excitation else [], on, spec, progress)
+        fp32_nodes = excitation if fp32_excitation else []
+        return _quantize_scheme(fp32_onnx, extra_options, fp32_nodes, on, spec, weight_bits == 7, progress)
 
     measured, files = {}, {}
     for scheme in tqdm(schemes, desc="int8 schemes", unit="scheme", disable=not progress):
@@ -257,7 +262,7 @@ def quantize_int8(fp32_onnx: bytes, calibration_images: Iterable[np.ndarray], *,
         "scheme": best,
         "calibration_images": len(images),
         "scheme_calibration_images": len(calibration),
-        "weight_bits": INT8_WEIGHT_BITS,
+        "weight_bits": weight_bits,
         "agreement_images": len(checks),
         "agreement_images_held_out": held_out,
         "measured": measured,
@@ -272,6 +277,7 @@ def _quantize_scheme(
     fp32_nodes: list[str],
     images: list[np.ndarray],
     spec: NetworkSpec,
+    reduce_range: bool,
     progress: bool,
 ) -> bytes:
     """One ONNX Runtime QDQ quantisation of ``fp32_onnx`` (see :data:`INT8_SCHEMES`), ``fp32_nodes`` left fp32."""
@@ -307,14 +313,7 @@ def _quantize_scheme(
             # NNCF's post-training quantisation (bias correction, mixed preset, the heads' final convolutions
             # ignored) gave a rover-trained SSDlite the same p95 score error as "conv inputs" (0.079-0.093).
             per_channel=True,
-            # 7-bit weights: x86 CPUs without VNNI (AVX2 or AVX512 only) multiply uint8 activations by int8 weights
-            # in pairs summed into int16 (vpmaddubsw), which saturates with full-range weights, in both runtimes
-            # (their guides' "saturation issue"). On an AVX2-only Zen 3 an SSDlite's 8-bit export kept 46% (ONNX
-            # Runtime) and 41% (OpenVINO) of fp32's 133 footage detections, its 7-bit export 95.5% in both. The
-            # bit costs nothing measurable where nothing saturates: run as exact int8 arithmetic (ONNX Runtime
-            # with graph optimisation off runs QDQ as float ops), the 8-bit export kept 95.5% and the 7-bit 96.2%.
-            # VNNI and Arm's dot products do not saturate, but the file must run right on any CPU it is copied to.
-            reduce_range=True,  # INT8_WEIGHT_BITS
+            reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             # Convolutions only (nearly all the arithmetic): quantising the head's Concat/Reshape too puts the
@@ -329,6 +328,7 @@ def _quantize_scheme(
 
 def _class_scores(runtime: str, onnx_model: bytes, batches: list[np.ndarray]) -> list[np.ndarray]:
     """Per batch, the ``(A, C)`` softmax class scores of the network (one thread: no process-wide state)."""
+    onnx_model = fit_int8_weights(onnx_model, this_cpu())  # as the backends run an int8 file on this CPU
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
