@@ -98,7 +98,7 @@ def test_cpuinfo_gives_the_features_that_decide(profile, model, int8_dot, fp16, 
     assert cpu.describe().startswith(model)
 
 
-SATURATES = "int8 kernels saturate with 8-bit weights, so this export's run halved to 7 bits"
+SATURATES = "int8 kernels saturate with 8-bit weights, so this export's weights are halved to 7 bits at load"
 
 # (profile, backend, architecture, the export's weight bits) -> whether an int8 export runs with a warning naming
 # the fp32 export. 8-bit weights saturate x86 int8 kernels without VNNI; 7-bit ones (--int8-weight-bits 7) do not.

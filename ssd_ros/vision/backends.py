@@ -352,7 +352,7 @@ class OpenVinoNetwork:
             elif this_cpu().int8_saturates:
                 warnings.warn(
                     "this CPU's int8 kernels saturate with 8-bit weights (no VNNI), and an OpenVINO IR file's weights "
-                    "are not re-ranged: run the .onnx int8 export here",
+                    "are not halved at load: run the .onnx int8 export here",
                     stacklevel=2,
                 )
         if not isinstance(model, ov.Model):

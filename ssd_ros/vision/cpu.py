@@ -164,8 +164,8 @@ def int8_drawback(cpu: CpuInfo, backend: str, architecture: str, weight_bits: in
         if weight_bits > 7:
             return (
                 f"{cpu.model} has no VNNI ({', '.join(X86_INT8_DOT)}): {backend}'s int8 kernels saturate with "
-                "8-bit weights, so this export's run halved to 7 bits, less faithful than it measured (an SSD300 "
-                "kept 87-88% of fp32's footage detections instead of 96.6%); for this CPU export with "
+                "8-bit weights, so this export's weights are halved to 7 bits at load, less faithful than it measured "
+                "(an SSD300 kept 87-88% of fp32's footage detections instead of 96.6%); for this CPU export with "
                 "--int8-weight-bits 7 (93%)"
             )
     if backend == "openvino" and cpu.is_arm:
