@@ -180,11 +180,11 @@ def trained_checkpoint(architecture: str, frames: Path, models_dir: Path) -> Pat
     """The checkpoint TRAIN_RECIPES makes for ``architecture`` on ``frames`` (trained once, then reused)."""
     # Named by what it learnt from (the frames' and labels' bytes, the recipe), so that another split, other
     # frames or another recipe train a new model rather than reuse this one.
+    images = sorted(frames.glob("*.jpg"))
     learnt_from = hashlib.sha256(" ".join(TRAIN_RECIPES[architecture]).encode())
-    for path in sorted(frames.glob("*.jpg")):
+    for path in images:
         learnt_from.update(path.read_bytes() + path.with_suffix(".xml").read_bytes())
-    count = len(list(frames.glob("*.jpg")))
-    output = models_dir / f"{architecture}_{count}_frames_{learnt_from.hexdigest()[:8]}"
+    output = models_dir / f"{architecture}_{len(images)}_frames_{learnt_from.hexdigest()[:8]}"
     if not (output / "last.pt").is_file():
         argv = [
             *("--train-folder", str(frames), "--architecture", architecture, "--no-pretrained", "--workers", "0"),

@@ -337,6 +337,7 @@ class OpenVinoNetwork:
     which would make ``fp32`` a lie. ``precision`` is what the compiled model reports it runs, with a warning
     when that is not what was asked: ``bf16`` on a CPU without bf16 units (AVX512-BF16, AMX) runs fp32, and
     ``fp16`` on a CPU without fp16 arithmetic (most x86) runs bf16 where the CPU has bf16 units, else fp32.
+    An int8 ONNX export goes through :func:`fit_int8_weights` (an ``ov.Model`` is taken as it is).
     """
 
     name = "openvino"

@@ -243,8 +243,9 @@ def quantize_int8(
     measured, files = {}, {}
     for scheme in tqdm(schemes, desc="int8 schemes", unit="scheme", disable=not progress):
         files[scheme] = quantize(scheme, calibration)
+        as_run_here = fit_int8_weights(files[scheme], this_cpu())  # as the backends load it on this CPU
         measured[scheme] = {
-            runtime: _agreement(reference, _class_scores(runtime, files[scheme], batches))
+            runtime: _agreement(reference, _class_scores(runtime, as_run_here, batches))
             for runtime in ("onnxruntime", "openvino")
         }
     best = min(measured, key=lambda name: max(m["score_error_p95"] for m in measured[name].values()))
@@ -328,7 +329,6 @@ def _quantize_scheme(
 
 def _class_scores(runtime: str, onnx_model: bytes, batches: list[np.ndarray]) -> list[np.ndarray]:
     """Per batch, the ``(A, C)`` softmax class scores of the network (one thread: no process-wide state)."""
-    onnx_model = fit_int8_weights(onnx_model, this_cpu())  # as the backends run an int8 file on this CPU
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
