@@ -1,4 +1,4 @@
-"""int8 weights on this CPU: 8 against 7 bits, exact int8 arithmetic against this CPU's int8 kernels.
+"""int8 on this CPU: the quantisers, 8 against 7 bits, exact int8 arithmetic against this CPU's int8 kernels.
 
 x86 CPUs without VNNI sum pairs of uint8 x int8 products in int16, which saturates with 8-bit weights; the
 backends halve such a file's weights at load (``fit_int8_weights``) and ``export_model --int8-weight-bits 7``
@@ -6,10 +6,12 @@ writes 7-bit ones. For each trained checkpoint, the share of torch fp32's detect
 IoU >= 0.5) each configuration keeps, on the labelled frames the benchmark models did not learn from and on the
 lane footage:
 
-* exact int8 arithmetic of the 8-bit and of the 7-bit export (ONNX Runtime with graph optimisation off runs the
-  QDQ pairs as float ops: what any CPU whose int8 kernels do not saturate computes);
-* ONNX Runtime and OpenVINO as the detector runs each file on this CPU;
-* where this CPU saturates, OpenVINO with the 8-bit weights as they are (what int8 exports did before).
+* the exports: 8-bit and 7-bit (each the scheme the export kept, NNCF's included), and 8-bit with ONNX Runtime's
+  schemes only (where the export kept NNCF's);
+* each in exact int8 arithmetic (ONNX Runtime with graph optimisation off runs the QDQ pairs as float ops: what
+  any CPU whose int8 kernels do not saturate computes), and in ONNX Runtime and OpenVINO as the detector runs
+  it on this CPU;
+* where this CPU saturates, OpenVINO with ONNX Runtime's 8-bit weights as they are (what int8 exports did before).
 
 int8 is calibrated on the 32 calibration frames of ``bench_inference.py``. Results: stdout and
 ``docs/benchmarks/int8_weights.md``.
@@ -74,7 +76,7 @@ def main() -> int:
     }
     cpu, summary = this_cpu(), cpu_summary()
     lines = [
-        "# int8 weights: 8 against 7 bits, exact arithmetic against this CPU's kernels",
+        "# int8 on this CPU: the quantisers, 8 against 7 bits, exact arithmetic against this CPU's kernels",
         "",
         f"- CPU: {summary['model']}, {summary['cores']} cores; SIMD: {', '.join(summary['features']) or 'none'}; "
         f"int8 kernels saturate with 8-bit weights: **{'yes' if cpu.int8_saturates else 'no'}** (x86 without VNNI)",
@@ -96,23 +98,32 @@ def checkpoint_section(checkpoint: Path, frames: dict, workdir: Path) -> list[st
     import openvino as ov
 
     from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction
-    from ssd_ros.vision.backends import OnnxRuntimeNetwork, OpenVinoNetwork
+    from ssd_ros.vision.backends import OnnxRuntimeNetwork, OpenVinoNetwork, fit_int8_weights
     from ssd_ros.vision.checkpoint import load_checkpoint
     from ssd_ros.vision.cpu import this_cpu
     from ssd_ros.vision.detector import Detector
-    from ssd_ros.vision.export import export_onnx_bytes, quantize_int8, read_exported, write_export
+    from ssd_ros.vision.export import INT8_SCHEMES, export_onnx_bytes, quantize_int8, read_exported, write_export
 
     model, card = load_checkpoint(checkpoint)
     fp32 = export_onnx_bytes(model, card)
-    files = {
-        bits: write_export(
-            quantize_int8(fp32, frames["calibration"], weight_bits=bits, progress=False),
-            workdir / f"{card.architecture}_{bits}.onnx",
-            "onnx",
-        )
-        for bits in (8, 7)
-    }
-    spec = read_exported(files[8]).spec
+    by_onnxruntime = [name for name, scheme in INT8_SCHEMES.items() if scheme.quantizer == "onnxruntime"]
+    files = {}  # configuration name -> export
+
+    def export(bits: int, schemes: list[str] | None = None) -> tuple[Path, str]:
+        """The int8 export and the scheme it kept."""
+        data = quantize_int8(fp32, frames["calibration"], weight_bits=bits, schemes=schemes, progress=False)
+        path = write_export(data, workdir / f"{card.architecture}_{bits}_{len(files)}.onnx", "onnx")
+        return path, read_exported(path).int8["scheme"]
+
+    for bits in (8, 7):
+        path, kept = export(bits)
+        files[f"{bits}-bit export ('{kept}')"] = path
+        if bits == 8:
+            onnxruntime_8_bit = path
+            if INT8_SCHEMES[kept].quantizer != "onnxruntime":  # what ONNX Runtime's quantiser alone gives
+                onnxruntime_8_bit, kept = export(8, by_onnxruntime)
+                files[f"8-bit export of ONNX Runtime's schemes ('{kept}')"] = onnxruntime_8_bit
+    spec = read_exported(onnxruntime_8_bit).spec
 
     def wrapped(network) -> Detector:
         return Detector(network, card.class_names, card=card, label_map=card.label_map, warmup_runs=0,
@@ -123,18 +134,19 @@ def checkpoint_section(checkpoint: Path, frames: dict, workdir: Path) -> list[st
                                         score_threshold=LIVE_THRESHOLD)  # fmt: skip
 
     configurations = []
-    for bits, path in files.items():
+    for name, path in files.items():
         exact = OnnxRuntimeNetwork(path, spec, precision="int8", optimize=False)
-        configurations.append((f"{bits}-bit export, exact int8 arithmetic", wrapped(exact)))
-    halved = " (halved to 7 bits at load)" if this_cpu().int8_saturates else ""
-    for bits, path in files.items():
+        configurations.append((f"{name}, exact int8 arithmetic", wrapped(exact)))
+        content = path.read_bytes()
+        halved = " (halved to 7 bits at load)" if fit_int8_weights(content, this_cpu()) is not content else ""
         for backend in ("onnxruntime", "openvino"):
-            name = f"{bits}-bit export, {backend} here{halved if bits == 8 else ''}"
-            configurations.append((name, loaded(path, backend)))
+            configurations.append((f"{name}, {backend} here{halved}", loaded(path, backend)))
     if this_cpu().int8_saturates:
         # An ov.Model is taken as it is: the 8-bit weights reach the saturating kernels, as before fit_int8_weights.
-        as_is = OpenVinoNetwork(ov.Core().read_model(os.fspath(files[8])), spec, precision="int8")
-        configurations.append(("8-bit export, openvino here with the 8-bit weights as they are", wrapped(as_is)))
+        as_is = OpenVinoNetwork(ov.Core().read_model(os.fspath(onnxruntime_8_bit)), spec, precision="int8")
+        configurations.append(
+            ("8-bit export of ONNX Runtime's schemes, openvino here with its weights as they are", wrapped(as_is))
+        )
 
     def run(detector: Detector) -> tuple[float, list, list]:
         labelled = detector.detect_batch(frames["images"])

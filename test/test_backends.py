@@ -316,7 +316,8 @@ def test_int8_weights_fit_cpus_whose_kernels_saturate(checkpoints, tmp_path):
         quantize_int8(fp32, images, weight_bits=bits, schemes=by_onnxruntime, progress=False) for bits in (8, 7)
     )
     for bits, onnx_model in ((8, eight), (7, seven)):
-        assert read_exported(write_export(onnx_model, tmp_path / f"{bits}.onnx", "onnx")).int8_weight_bits == bits
+        exported = read_exported(write_export(onnx_model, tmp_path / f"{bits}.onnx", "onnx"))
+        assert exported.int8_weight_bits == exported.int8_image_weight_bits == bits
     weights = _int8_weights(eight)
     assert len(weights) >= 40 and max(int(np.abs(w.astype(int)).max()) for w, _ in weights.values()) == 127
     assert max(int(np.abs(w.astype(int)).max()) for w, _ in _int8_weights(seven).values()) == 64
@@ -345,6 +346,8 @@ def test_int8_weights_fit_cpus_whose_kernels_saturate(checkpoints, tmp_path):
     ranges = {name: int(np.abs(values.astype(int)).max()) for name, (values, _) in _int8_weights(nncf_file).items()}
     assert ranges.pop(first_weights) <= 64 and max(ranges.values()) == 127
     assert fit_int8_weights(nncf_file, no_vnni) is nncf_file
+    exported = read_exported(write_export(nncf_file, tmp_path / "nncf.onnx", "onnx"))
+    assert (exported.int8_weight_bits, exported.int8_image_weight_bits) == (8, 7)  # the loader does not warn
 
 
 # ---------------------------------------------------------------------------------------------------

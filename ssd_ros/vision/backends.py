@@ -41,6 +41,7 @@ __all__ = [
     "SSDNetwork",
     "TorchNetwork",
     "cpu_summary",
+    "first_convolution_weight_bits",
     "fit_int8_weights",
 ]
 
@@ -269,10 +270,41 @@ def fit_int8_weights(onnx_model: bytes | str | os.PathLike, cpu: CpuInfo) -> byt
     """
     if not cpu.int8_saturates:
         return onnx_model
-    import onnx
-    import onnx.numpy_helper
-
     proto = _load_onnx(onnx_model)
+    convolutions = _quantized_convolutions(proto)
+    # Where the first convolution's weights are in 7 bits the quantiser made the file for these CPUs: ONNX
+    # Runtime's reduce_range puts every layer in 7 bits, NNCF's default overflow fix the first, whose dense, large
+    # inputs (every pixel) saturate most. An NNCF SSD300 ran as it is at 98% of fp32's footage detections here;
+    # halved, its p95 score error went from 0.01-0.02 to 0.06-0.08.
+    if convolutions and convolutions[0][0] is not None and _in_7_bits(convolutions[0][0]):
+        return onnx_model
+    for weights, bias in convolutions:
+        if weights is None or _in_7_bits(weights):
+            continue  # a float convolution, or weights already in 7 bits
+        _halve(*weights, 64)
+        if bias is not None:
+            _halve(*bias, 2**31 - 1)
+    return proto.SerializeToString()
+
+
+def first_convolution_weight_bits(onnx_model: bytes | str | os.PathLike) -> int | None:
+    """7 or 8: the range of the int8 weights of the convolution that sees the image; None where it is float.
+
+    That convolution is the first in the graph's (topological) order. Its range decides whether
+    :func:`fit_int8_weights` halves a file's weights on a CPU whose int8 kernels saturate.
+    """
+    convolutions = _quantized_convolutions(_load_onnx(onnx_model))
+    weights = convolutions[0][0] if convolutions else None
+    return None if weights is None else 7 if _in_7_bits(weights) else 8
+
+
+def _quantized_convolutions(proto: Any) -> list[tuple[tuple | None, tuple | None]]:
+    """Each Conv of a QDQ graph, in graph order: ``((int8 weights, scale), (int32 bias, scale))``.
+
+    Each pair is the initializers a DequantizeLinear gives that input, or None where the input is float.
+    """
+    import onnx
+
     initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
     producers = {output: node for node in proto.graph.node for output in node.output}
 
@@ -284,33 +316,30 @@ def fit_int8_weights(onnx_model: bytes | str | os.PathLike, cpu: CpuInfo) -> byt
         data, scale = initializers[node.input[0]], initializers.get(node.input[1])
         return (data, scale) if data.data_type == data_type and scale is not None else None
 
-    def halve(data: Any, scale: Any, limit: int) -> None:
-        values = onnx.numpy_helper.to_array(data)
-        halved = np.clip(np.round(values.astype(np.int64) / 2.0), -limit, limit).astype(values.dtype)
-        data.CopyFrom(onnx.numpy_helper.from_array(halved, data.name))
-        scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * np.float32(2), scale.name))
+    return [
+        (
+            quantized(conv.input[1], onnx.TensorProto.INT8),
+            quantized(conv.input[2], onnx.TensorProto.INT32) if len(conv.input) > 2 else None,
+        )
+        for conv in proto.graph.node
+        if conv.op_type == "Conv"
+    ]
 
-    def in_7_bits(weights: tuple) -> bool:
-        return np.abs(onnx.numpy_helper.to_array(weights[0]).astype(np.int32)).max() <= 64
 
-    convolutions = [node for node in proto.graph.node if node.op_type == "Conv"]
-    # The first in the graph's (topological) order is the one that sees the image. Where its weights are in 7
-    # bits the quantiser made the file for these CPUs: ONNX Runtime's reduce_range puts every layer in 7 bits,
-    # NNCF's default overflow fix the first, whose dense, large inputs (every pixel) saturate most. An NNCF
-    # SSD300 ran as it is at 98% of fp32's footage detections here; halved, its p95 score error went from
-    # 0.01-0.02 to 0.06-0.08.
-    first = quantized(convolutions[0].input[1], onnx.TensorProto.INT8) if convolutions else None
-    if first is not None and in_7_bits(first):
-        return onnx_model
-    for conv in convolutions:
-        weights = quantized(conv.input[1], onnx.TensorProto.INT8)
-        if weights is None or in_7_bits(weights):
-            continue  # a float convolution, or weights already in 7 bits
-        halve(*weights, 64)
-        bias = quantized(conv.input[2], onnx.TensorProto.INT32) if len(conv.input) > 2 else None
-        if bias is not None:
-            halve(*bias, 2**31 - 1)
-    return proto.SerializeToString()
+def _in_7_bits(weights: tuple) -> bool:
+    import onnx.numpy_helper
+
+    return int(np.abs(onnx.numpy_helper.to_array(weights[0]).astype(np.int32)).max()) <= 64
+
+
+def _halve(data: Any, scale: Any, limit: int) -> None:
+    """``data`` becomes ``round(data / 2)`` within ``limit``, its ``scale`` doubled: the same real values."""
+    import onnx.numpy_helper
+
+    values = onnx.numpy_helper.to_array(data)
+    halved = np.clip(np.round(values.astype(np.int64) / 2.0), -limit, limit).astype(values.dtype)
+    data.CopyFrom(onnx.numpy_helper.from_array(halved, data.name))
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * np.float32(2), scale.name))
 
 
 def _with_onnx_outputs(onnx_model: bytes | str | os.PathLike, spec: NetworkSpec) -> bytes:

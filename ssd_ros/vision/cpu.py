@@ -153,7 +153,8 @@ class PrecisionChoice:
 def int8_drawback(cpu: CpuInfo, backend: str, architecture: str, weight_bits: int = 8) -> str | None:
     """Why int8 is slower or less faithful than fp32 for ``backend`` on ``cpu``, or None when it pays off.
 
-    ``weight_bits``: the int8 export's weight range, 8 or 7 (``export_model --int8-weight-bits``).
+    ``weight_bits``: the weight range of the export's convolution that sees the image, 8 or 7 (``export_model
+    --int8-weight-bits 7``, NNCF's files): with 8 the loader halves the weights where the kernels saturate.
     """
     if not cpu.int8_dot:
         if cpu.is_arm:
@@ -195,7 +196,7 @@ def choose_precision(
     int8 export holds nothing else. Whenever the result is int8 or bf16 and the CPU lacks what makes it pay
     off, or the int8 export measured itself less faithful than :data:`FAITHFUL_INT8` in this runtime
     (``int8_kept``: the share of fp32's live candidates it kept, from its metadata), the choice carries a
-    warning naming the fp32 alternative. ``int8_weight_bits``: the export's weight range (its metadata).
+    warning naming the fp32 alternative. ``int8_weight_bits``: as ``weight_bits`` of :func:`int8_drawback`.
     Whether a combination can run at all is the caller's check.
     """
     precision = file_precision if requested == "auto" else requested

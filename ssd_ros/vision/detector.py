@@ -275,7 +275,7 @@ class Detector:
             )
         precision = _chosen_precision(
             backend, exported.precision, precision, exported.card.architecture, exported.int8_kept(backend),
-            exported.int8_weight_bits,
+            exported.int8_image_weight_bits,
         )  # fmt: skip
         network = _NETWORKS[backend](path, exported.spec, precision=precision, num_threads=num_threads)
         card = exported.card

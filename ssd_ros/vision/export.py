@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssd_ros.vision.backends import INPUT_NAME, OUTPUT_NAMES, SSDNetwork, fit_int8_weights
+from ssd_ros.vision.backends import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    SSDNetwork,
+    first_convolution_weight_bits,
+    fit_int8_weights,
+)
 from ssd_ros.vision.checkpoint import CheckpointError
 from ssd_ros.vision.cpu import this_cpu
 from ssd_ros.vision.inference import NetworkSpec, preprocess
@@ -84,6 +90,17 @@ class ExportedModel:
     def int8_weight_bits(self) -> int:
         """The weights' range of an int8 export: 8, or 7 (``export_model --int8-weight-bits 7``)."""
         return int((self.int8 or {}).get("weight_bits", 8))
+
+    @property
+    def int8_image_weight_bits(self) -> int:
+        """The weights' range of the int8 convolution that sees the image: 8, or 7.
+
+        With 8 the loader halves the file's weights on a CPU whose int8 kernels saturate (see
+        :func:`~ssd_ros.vision.backends.first_convolution_weight_bits`); 7 for ``--int8-weight-bits 7`` and NNCF's
+        files.
+        """
+        info = self.int8 or {}
+        return int(info.get("first_convolution_weight_bits") or info.get("weight_bits", 8))
 
     def int8_kept(self, runtime: str) -> float | None:
         """The share of fp32's live candidates this int8 export kept in ``runtime`` (None where not recorded)."""
@@ -311,6 +328,7 @@ def quantize_int8(
         "calibration_images": len(images),
         "scheme_calibration_images": len(calibration),
         "weight_bits": weight_bits,
+        "first_convolution_weight_bits": first_convolution_weight_bits(files[best]),
         "agreement_images": len(checks),
         "agreement_images_held_out": held_out,
         "measured": measured,
