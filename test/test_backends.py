@@ -9,7 +9,10 @@ match >= 95% of its detections (same class, IoU >= 0.5).
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -348,6 +351,37 @@ def test_int8_weights_fit_cpus_whose_kernels_saturate(checkpoints, tmp_path):
     assert fit_int8_weights(nncf_file, no_vnni) is nncf_file
     exported = read_exported(write_export(nncf_file, tmp_path / "nncf.onnx", "onnx"))
     assert (exported.int8_weight_bits, exported.int8_image_weight_bits) == (8, 7)  # the loader does not warn
+
+
+def test_int8_export_without_nncf_tries_onnxruntime_schemes_and_says_so(checkpoints, monkeypatch, tmp_path):
+    """NNCF is an export-only dependency the robot's requirements leave out: without it the export still works."""
+    monkeypatch.setitem(sys.modules, "nncf", None)  # how Python marks a module that cannot be imported
+    rover = sorted(shared_data("picar_camera", "detection", "train").glob("*.jpg"))[8:12]
+    model, card = load_checkpoint(checkpoints["ssdlite320_mobilenet_v3"])
+    with pytest.warns(UserWarning, match="nncf is not installed: the int8 export tries ONNX Runtime's"):
+        int8 = quantize_int8(export_onnx_bytes(model, card), [read_image_file(p) for p in rover], progress=False)
+    measured = read_exported(write_export(int8, tmp_path / "int8.onnx", "onnx")).int8["measured"]
+    assert set(measured) == {name for name, scheme in INT8_SCHEMES.items() if scheme.quantizer == "onnxruntime"}
+
+
+def test_nncf_sends_no_telemetry_from_an_export():
+    """NNCF sends usage telemetry by default, without asking (openvino_telemetry); the export switches it off.
+
+    In a process of its own: NNCF decides at import, and never sends from under pytest.
+    """
+    environment = {k: v for k, v in os.environ.items() if k not in ("NNCF_CI", "NNCF_DEV", "CI")}
+
+    def sends_telemetry_after(statement: str) -> bool:
+        code = f"{statement}; from nncf.telemetry import wrapper as w; print(isinstance(w.telemetry, w.NNCFTelemetry))"
+        return (
+            subprocess.run(
+                [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True, timeout=300
+            ).stdout.split()[-1]
+            == "True"
+        )
+
+    assert sends_telemetry_after("import nncf")  # what a plain import gives
+    assert not sends_telemetry_after("from ssd_ros.vision.export import _import_nncf; _import_nncf()")
 
 
 # ---------------------------------------------------------------------------------------------------

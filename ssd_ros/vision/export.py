@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -406,6 +407,15 @@ def _nncf_installed() -> bool:
     return True
 
 
+def _import_nncf() -> Any:
+    """NNCF, with its usage telemetry off: it sends some by default, without asking; an export sends nothing."""
+    # NNCF_CI is the variable NNCF reads, once at import, to switch its telemetry off; it changes nothing else.
+    os.environ.setdefault("NNCF_CI", "1")
+    import nncf
+
+    return nncf
+
+
 def _quantize_nncf(
     fp32_onnx: bytes,
     options: dict,
@@ -424,8 +434,9 @@ def _quantize_nncf(
     """
     import logging
 
-    import nncf
     import onnx
+
+    nncf = _import_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # it logs every node it leaves unquantised
