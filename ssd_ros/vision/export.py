@@ -302,8 +302,9 @@ def quantize_int8(
     def quantize(name: str, on: list[np.ndarray]) -> bytes:
         scheme = INT8_SCHEMES[name]
         fp32_nodes = excitation if scheme.fp32_excitation else []
-        make = _quantize_nncf if scheme.quantizer == "nncf" else _quantize_onnxruntime
-        return make(fp32_onnx, scheme.options, fp32_nodes, on, spec, weight_bits == 7, progress)
+        if scheme.quantizer == "nncf":
+            return _quantize_nncf(fp32_onnx, scheme.options, fp32_nodes, on, spec, weight_bits == 7)
+        return _quantize_onnxruntime(fp32_onnx, scheme.options, fp32_nodes, on, spec, weight_bits == 7, progress)
 
     measured, files = {}, {}
     for scheme in tqdm(schemes, desc="int8 schemes", unit="scheme", disable=not progress):
@@ -423,14 +424,12 @@ def _quantize_nncf(
     images: list[np.ndarray],
     spec: NetworkSpec,
     reduce_range: bool,
-    progress: bool,
 ) -> bytes:
     """One NNCF post-training quantisation of ``fp32_onnx`` into QDQ (see :data:`INT8_SCHEMES`).
 
     Only convolutions are quantised, as in ONNX Runtime's schemes: every other operation type is in NNCF's
     ignored scope. ``reduce_range`` puts every convolution's weights in 7 bits (NNCF's overflow fix for all
-    layers instead of the first); ``fp32_nodes`` stay fp32. NNCF shows its own progress bars (``progress`` is
-    ONNX Runtime's).
+    layers instead of the first); ``fp32_nodes`` stay fp32. NNCF shows its own progress bars.
     """
     import logging
 
