@@ -393,11 +393,14 @@ class OpenVinoNetwork:
             if isinstance(model, bytes) or not os.fspath(model).endswith(".xml"):
                 model = fit_int8_weights(model, this_cpu())
             elif this_cpu().int8_saturates:
-                warnings.warn(
-                    "this CPU's int8 kernels saturate with 8-bit weights (no VNNI), and an OpenVINO IR file's weights "
-                    "are not halved at load: run the .onnx int8 export here",
-                    stacklevel=2,
-                )
+                from ssd_ros.vision.export import read_exported  # that module builds on this one
+
+                if read_exported(model).int8_image_weight_bits > 7:  # NNCF's files need no halving
+                    warnings.warn(
+                        "this CPU's int8 kernels saturate with 8-bit weights (no VNNI), and an OpenVINO IR file's "
+                        "weights are not halved at load: run the .onnx int8 export here",
+                        stacklevel=2,
+                    )
         if not isinstance(model, ov.Model):
             model = core.read_model(model if isinstance(model, bytes) else os.fspath(model))
         hint = {"bf16": "bf16", "fp16": "f16"}.get(precision, "f32")
