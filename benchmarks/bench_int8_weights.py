@@ -38,8 +38,9 @@ LIVE_THRESHOLD = 0.3
 MODELS = REPO_ROOT / "build" / "bench_inference_models"
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def checkpoint_parser(doc: str, page: str) -> argparse.ArgumentParser:
+    """The arguments the int8 benchmarks share: ``--checkpoints`` and ``--out`` (``docs/benchmarks/<page>``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument(
         "--checkpoints",
         nargs="+",
@@ -47,13 +48,23 @@ def parse_args() -> argparse.Namespace:
         default=sorted(MODELS.glob("*/last.pt")),
         help=f"trained ssd_ros checkpoints (default: the ones bench_inference.py trained, {shown(MODELS)}/*/last.pt)",
     )
-    parser.add_argument("--frames", type=Path, default=CALIBRATION, help="labelled rover frames (VOC format)")
-    parser.add_argument("--video", type=Path, default=LANE_VIDEO, help="rover footage, every frame")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks" / "int8_weights.md")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks" / page)
+    return parser
+
+
+def parsed(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The command line, refused when there are no checkpoints to measure."""
     args = parser.parse_args()
     if not args.checkpoints:
         parser.error(f"no checkpoints in {shown(MODELS)}: run benchmarks/bench_inference.py first, or name some")
     return args
+
+
+def parse_args() -> argparse.Namespace:
+    parser = checkpoint_parser(__doc__, "int8_weights.md")
+    parser.add_argument("--frames", type=Path, default=CALIBRATION, help="labelled rover frames (VOC format)")
+    parser.add_argument("--video", type=Path, default=LANE_VIDEO, help="rover footage, every frame")
+    return parsed(parser)
 
 
 def main() -> int:
@@ -93,15 +104,13 @@ def main() -> int:
     return 0
 
 
-def checkpoint_section(checkpoint: Path, frames: dict, workdir: Path) -> list[str]:
-    """The table for one checkpoint: every configuration against torch fp32."""
-    import openvino as ov
+def int8_exports(checkpoint: Path, calibration: list, workdir: Path) -> tuple:
+    """``(card, fp32 export, {name: int8 export}, ONNX Runtime's own 8-bit export)`` of ``checkpoint``.
 
-    from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction
-    from ssd_ros.vision.backends import OnnxRuntimeNetwork, OpenVinoNetwork, fit_int8_weights
+    The int8 exports: 8-bit and 7-bit (each the scheme the export kept), and 8-bit with ONNX Runtime's schemes
+    only where the 8-bit export kept another.
+    """
     from ssd_ros.vision.checkpoint import load_checkpoint
-    from ssd_ros.vision.cpu import this_cpu
-    from ssd_ros.vision.detector import Detector
     from ssd_ros.vision.export import INT8_SCHEMES, export_onnx_bytes, quantize_int8, read_exported, write_export
 
     model, card = load_checkpoint(checkpoint)
@@ -111,7 +120,7 @@ def checkpoint_section(checkpoint: Path, frames: dict, workdir: Path) -> list[st
 
     def export(bits: int, schemes: list[str] | None = None) -> tuple[Path, str]:
         """The int8 export and the scheme it kept."""
-        data = quantize_int8(fp32, frames["calibration"], weight_bits=bits, schemes=schemes, progress=False)
+        data = quantize_int8(fp32, calibration, weight_bits=bits, schemes=schemes, progress=False)
         path = write_export(data, workdir / f"{card.architecture}_{bits}_{len(files)}.onnx", "onnx")
         return path, read_exported(path).int8["scheme"]
 
@@ -123,6 +132,20 @@ def checkpoint_section(checkpoint: Path, frames: dict, workdir: Path) -> list[st
             if INT8_SCHEMES[kept].quantizer != "onnxruntime":  # what ONNX Runtime's quantiser alone gives
                 onnxruntime_8_bit, kept = export(8, by_onnxruntime)
                 files[f"8-bit export of ONNX Runtime's schemes ('{kept}')"] = onnxruntime_8_bit
+    return card, write_export(fp32, workdir / f"{card.architecture}_fp32.onnx", "onnx"), files, onnxruntime_8_bit
+
+
+def checkpoint_section(checkpoint: Path, frames: dict, workdir: Path) -> list[str]:
+    """The table for one checkpoint: every configuration against torch fp32."""
+    import openvino as ov
+
+    from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction
+    from ssd_ros.vision.backends import OnnxRuntimeNetwork, OpenVinoNetwork, fit_int8_weights
+    from ssd_ros.vision.cpu import this_cpu
+    from ssd_ros.vision.detector import Detector
+    from ssd_ros.vision.export import read_exported
+
+    card, _, files, onnxruntime_8_bit = int8_exports(checkpoint, frames["calibration"], workdir)
     spec = read_exported(onnxruntime_8_bit).spec
 
     def wrapped(network) -> Detector:
