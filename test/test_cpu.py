@@ -175,7 +175,7 @@ BOTH = {"onnxruntime", "openvino", "onnx"}.__contains__
         (".onnx", "fp32", "ssd300_vgg16", "x86_vnni", BOTH, "onnxruntime"),
         (".onnx", "int8", "ssd300_vgg16", "x86_vnni", BOTH, "openvino"),  # measured faster there
         (".onnx", "int8", "ssdlite320_mobilenet_v3", "x86_vnni", BOTH, "onnxruntime"),
-        (".onnx", "int8", "ssd300_vgg16", "x86_old", BOTH, "onnxruntime"),
+        (".onnx", "int8", "ssd300_vgg16", "x86_old", BOTH, "openvino"),  # and on x86 without VNNI
         (".onnx", "int8", "ssd300_vgg16", "pi5_a76", BOTH, "onnxruntime"),
         (".onnx", "fp32", "ssdlite320_mobilenet_v3", "pi4_a72", BOTH, "onnxruntime"),
         (".onnx", "fp32", "ssdlite320_mobilenet_v3", "pi4_a72", {"openvino"}.__contains__, "openvino"),

@@ -232,17 +232,17 @@ def choose_backend(
 
     A checkpoint runs on torch (the reference) and OpenVINO IR on OpenVINO. An ONNX export runs on ONNX
     Runtime (on aarch64 its MLAS kernels use the dot-product extension where the CPU has it), except an int8
-    SSD300 on x86-64 with VNNI when OpenVINO is installed, which was faster there (docs/benchmarks/inference.md);
-    the other runtime when only that one is installed. Raises ValueError naming the package to install when
-    neither is.
+    SSD300 on x86-64 when OpenVINO is installed, which was faster there: with VNNI (docs/benchmarks/inference.md)
+    and without (an AVX2-only Zen 3, 1 thread, calls interleaved: 2.10x fp32 against ONNX Runtime's 1.59x,
+    docs/benchmarks/int8_speed.md); the other runtime when only that one is installed. Raises ValueError naming
+    the package to install when neither is.
     """
     if suffix == ".xml":
         return "openvino"
     if suffix != ".onnx":
         return "torch"
     if installed("openvino") and (
-        not installed("onnxruntime")
-        or (file_precision == "int8" and not cpu.is_arm and cpu.int8_dot and architecture == "ssd300_vgg16")
+        not installed("onnxruntime") or (file_precision == "int8" and not cpu.is_arm and architecture == "ssd300_vgg16")
     ):
         return "openvino"
     require_runtime("onnxruntime", installed=installed)
