@@ -132,6 +132,19 @@ def test_int8_export_runs_int8_and_warns_where_it_does_not_pay_off(profile, back
         assert drawback in choice.warning and "run the fp32 export (export_model without --int8)" in choice.warning
 
 
+@pytest.mark.parametrize("weight_bits", [8, 7])
+def test_int8_ir_file_whose_weights_saturate_this_cpu_points_to_the_onnx_export(weight_bits):
+    """An OpenVINO IR file's weights are not halved at load: 8-bit ones saturate x86 without VNNI as they are."""
+    for profile in ("x86_old", "x86_vnni"):
+        choice = choose_precision("openvino", "int8", "auto", cpu=PROFILES[profile], architecture="ssd300_vgg16",
+                                  int8_weight_bits=weight_bits, int8_halved_at_load=False)  # fmt: skip
+        if profile == "x86_old" and weight_bits == 8:
+            assert "an OpenVINO IR file's weights are not halved at load" in choice.warning
+            assert "run the .onnx int8 export here" in choice.warning and SATURATES not in choice.warning
+        else:
+            assert choice.warning is None
+
+
 @pytest.mark.parametrize(("kept", "warns"), [(0.806, True), (0.969, True), (0.97, False), (1.0, False), (None, False)])
 def test_int8_export_that_measured_itself_unfaithful_warns(kept, warns):
     """Where int8 pays off (SSD300, x86 with VNNI) only the export's own measured agreement can warn."""

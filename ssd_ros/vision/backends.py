@@ -379,7 +379,7 @@ class OpenVinoNetwork:
     which would make ``fp32`` a lie. ``precision`` is what the compiled model reports it runs, with a warning
     when that is not what was asked: ``bf16`` on a CPU without bf16 units (AVX512-BF16, AMX) runs fp32, and
     ``fp16`` on a CPU without fp16 arithmetic (most x86) runs bf16 where the CPU has bf16 units, else fp32.
-    An int8 ONNX export goes through :func:`fit_int8_weights` (an ``ov.Model`` is taken as it is).
+    An int8 ONNX export goes through :func:`fit_int8_weights` (an ``ov.Model`` and IR files are taken as they are).
     """
 
     name = "openvino"
@@ -389,18 +389,11 @@ class OpenVinoNetwork:
         import openvino as ov
 
         core = ov.Core()
-        if precision == "int8" and isinstance(model, bytes | str | os.PathLike):
-            if isinstance(model, bytes) or not os.fspath(model).endswith(".xml"):
-                model = fit_int8_weights(model, this_cpu())
-            elif this_cpu().int8_saturates:
-                from ssd_ros.vision.export import read_exported  # that module builds on this one
-
-                if read_exported(model).int8_image_weight_bits > 7:  # NNCF's files need no halving
-                    warnings.warn(
-                        "this CPU's int8 kernels saturate with 8-bit weights (no VNNI), and an OpenVINO IR file's "
-                        "weights are not halved at load: run the .onnx int8 export here",
-                        stacklevel=2,
-                    )
+        # An IR file's weights are not QDQ initializers any more and run as they are (the precision choice warns
+        # where they saturate this CPU's kernels).
+        ir_file = isinstance(model, str | os.PathLike) and os.fspath(model).endswith(".xml")
+        if precision == "int8" and isinstance(model, bytes | str | os.PathLike) and not ir_file:
+            model = fit_int8_weights(model, this_cpu())
         if not isinstance(model, ov.Model):
             model = core.read_model(model if isinstance(model, bytes) else os.fspath(model))
         hint = {"bf16": "bf16", "fp16": "f16"}.get(precision, "f32")

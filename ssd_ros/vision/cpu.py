@@ -150,17 +150,27 @@ class PrecisionChoice:
     warning: str | None = None
 
 
-def int8_drawback(cpu: CpuInfo, backend: str, architecture: str, weight_bits: int = 8) -> str | None:
+def int8_drawback(
+    cpu: CpuInfo, backend: str, architecture: str, weight_bits: int = 8, *, halved_at_load: bool = True
+) -> str | None:
     """Why int8 is slower or less faithful than fp32 for ``backend`` on ``cpu``, or None when it pays off.
 
     ``weight_bits``: the weight range of the export's convolution that sees the image, 8 or 7 (``export_model
-    --int8-weight-bits 7``, NNCF's files): with 8 the loader halves the weights where the kernels saturate.
+    --int8-weight-bits 7``, NNCF's files): with 8 the loader halves an ONNX file's weights where the kernels
+    saturate; ``halved_at_load`` False for OpenVINO IR, whose weights are no longer QDQ initializers the loader
+    can halve.
     """
     if not cpu.int8_dot:
         if cpu.is_arm:
             return (
                 f"{cpu.model} has no int8 dot-product instructions (asimddp): {backend} runs int8 on its slower "
                 "non-dot NEON kernels"
+            )
+        if weight_bits > 7 and not halved_at_load:
+            return (
+                f"{cpu.model} has no VNNI ({', '.join(X86_INT8_DOT)}): {backend}'s int8 kernels saturate with "
+                "8-bit weights, and an OpenVINO IR file's weights are not halved at load: run the .onnx int8 export "
+                "here, or export with --int8-weight-bits 7"
             )
         if weight_bits > 7:
             return (
@@ -189,6 +199,7 @@ def choose_precision(
     architecture: str,
     int8_kept: float | None = None,
     int8_weight_bits: int = 8,
+    int8_halved_at_load: bool = True,
 ) -> PrecisionChoice:
     """The precision to run a ``file_precision`` model (``fp32`` or ``int8``) with ``backend`` on ``cpu``.
 
@@ -196,13 +207,14 @@ def choose_precision(
     int8 export holds nothing else. Whenever the result is int8 or bf16 and the CPU lacks what makes it pay
     off, or the int8 export measured itself less faithful than :data:`FAITHFUL_INT8` in this runtime
     (``int8_kept``: the share of fp32's live candidates it kept, from its metadata), the choice carries a
-    warning naming the fp32 alternative. ``int8_weight_bits``: as ``weight_bits`` of :func:`int8_drawback`.
+    warning naming the fp32 alternative. ``int8_weight_bits`` and ``int8_halved_at_load``: as ``weight_bits`` and
+    ``halved_at_load`` of :func:`int8_drawback`.
     Whether a combination can run at all is the caller's check.
     """
     precision = file_precision if requested == "auto" else requested
     warning = None
     if precision == "int8":
-        drawback = int8_drawback(cpu, backend, architecture, int8_weight_bits)
+        drawback = int8_drawback(cpu, backend, architecture, int8_weight_bits, halved_at_load=int8_halved_at_load)
         if int8_kept is not None and int8_kept < FAITHFUL_INT8:
             unfaithful = (
                 f"this int8 export kept {int8_kept:.1%} of fp32's candidates above the live score threshold on its own "
