@@ -32,6 +32,7 @@ NO_ROSDEP_KEY = {
     "onnxruntime": "inference backend: pip (requirements/apt_ros.txt)",
     "openvino": "inference backend: pip (requirements/apt_ros.txt)",
     "nncf": "optional, int8 export only: pip (requirements/workspace.txt); without it ONNX Runtime's schemes alone",
+    "rich": "NNCF's own dependency, imported only where NNCF is (to quiet its progress bars)",
 }
 PIP_ON_THE_ROBOT = ("rosbags", "onnx", "onnxruntime", "openvino", "torch", "torchvision")
 # Import name -> rosdep key, where they differ.

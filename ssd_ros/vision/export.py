@@ -17,6 +17,7 @@ the one measured closest to fp32 and records the measurements in the file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -163,13 +164,16 @@ def _set_onnx_metadata(proto, value: str) -> None:
     proto.producer_name = "ssd_ros"
 
 
-def _read_onnx_metadata(onnx_model: bytes | str | os.PathLike) -> dict:
+def _read_onnx_metadata(onnx_model: Any) -> dict:
+    """The metadata of an ONNX model: its bytes, a path or an already parsed ``ModelProto``."""
     import onnx
 
     if isinstance(onnx_model, bytes):
         proto = onnx.load_from_string(onnx_model)
-    else:
+    elif isinstance(onnx_model, str | os.PathLike):
         proto = onnx.load(os.fspath(onnx_model), load_external_data=False)
+    else:
+        proto = onnx_model
     return {p.key: p.value for p in proto.metadata_props}
 
 
@@ -276,19 +280,18 @@ def quantize_int8(
     images = list(calibration_images)
     if not images:
         raise ValueError("no calibration images")
-    metadata = json.loads(_read_onnx_metadata(fp32_onnx)[_METADATA_KEY])  # the model is parsed once
+    import onnx
+
+    fp32_proto = onnx.load_from_string(fp32_onnx)
+    metadata = json.loads(_read_onnx_metadata(fp32_proto)[_METADATA_KEY])
     spec = _spec_of_metadata(metadata)
     held_out = len(images) >= 8
     checks = images[::4]
     calibration = [image for i, image in enumerate(images) if not held_out or i % 4]
     batches = [preprocess([image], spec) for image in checks]
     reference = _class_scores("onnxruntime", fp32_onnx, batches)
-    import onnx
-
     # torchvision's SqueezeExcitation names its two convolutions fc1 and fc2.
-    excitation = [
-        n.name for n in onnx.load_from_string(fp32_onnx).graph.node if n.op_type == "Conv" and "/fc" in n.name
-    ]
+    excitation = [n.name for n in fp32_proto.graph.node if n.op_type == "Conv" and "/fc" in n.name]
     schemes = [
         name
         for name, scheme in INT8_SCHEMES.items()
@@ -303,7 +306,7 @@ def quantize_int8(
         scheme = INT8_SCHEMES[name]
         fp32_nodes = excitation if scheme.fp32_excitation else []
         if scheme.quantizer == "nncf":
-            return _quantize_nncf(fp32_onnx, scheme.options, fp32_nodes, on, spec, weight_bits == 7)
+            return _quantize_nncf(fp32_onnx, scheme.options, fp32_nodes, on, spec, weight_bits == 7, progress)
         return _quantize_onnxruntime(fp32_onnx, scheme.options, fp32_nodes, on, spec, weight_bits == 7, progress)
 
     measured, files = {}, {}
@@ -424,12 +427,13 @@ def _quantize_nncf(
     images: list[np.ndarray],
     spec: NetworkSpec,
     reduce_range: bool,
+    progress: bool,
 ) -> bytes:
     """One NNCF post-training quantisation of ``fp32_onnx`` into QDQ (see :data:`INT8_SCHEMES`).
 
     Only convolutions are quantised, as in ONNX Runtime's schemes: every other operation type is in NNCF's
     ignored scope. ``reduce_range`` puts every convolution's weights in 7 bits (NNCF's overflow fix for all
-    layers instead of the first); ``fp32_nodes`` stay fp32. NNCF shows its own progress bars.
+    layers instead of the first); ``fp32_nodes`` stay fp32. ``progress``: NNCF's own progress bars.
     """
     import logging
 
@@ -439,21 +443,36 @@ def _quantize_nncf(
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # it logs every node it leaves unquantised
-    model = onnx.load_from_string(fp32_onnx)
+    model = onnx.load_from_string(fp32_onnx)  # a copy of its own: NNCF's pre-processing passes edit it
     others = sorted({node.op_type for node in model.graph.node} - {"Conv"})
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(images, lambda image: {INPUT_NAME: preprocess([image], spec)}),
-        preset=nncf.QuantizationPreset(options["preset"]),
-        target_device=nncf.TargetDevice.CPU,
-        subset_size=len(images),
-        fast_bias_correction=options["fast_bias_correction"],
-        ignored_scope=nncf.IgnoredScope(names=list(fp32_nodes), types=others),
-        advanced_parameters=AdvancedQuantizationParameters(
-            overflow_fix=OverflowFix.ENABLE if reduce_range else OverflowFix.FIRST_LAYER
-        ),
-    )
+    with _rich_console_quiet(not progress):
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(images, lambda image: {INPUT_NAME: preprocess([image], spec)}),
+            preset=nncf.QuantizationPreset(options["preset"]),
+            target_device=nncf.TargetDevice.CPU,
+            subset_size=len(images),
+            fast_bias_correction=options["fast_bias_correction"],
+            ignored_scope=nncf.IgnoredScope(names=list(fp32_nodes), types=others),
+            advanced_parameters=AdvancedQuantizationParameters(
+                overflow_fix=OverflowFix.ENABLE if reduce_range else OverflowFix.FIRST_LAYER
+            ),
+        )
     return quantized.SerializeToString()
+
+
+@contextlib.contextmanager
+def _rich_console_quiet(quiet: bool) -> Iterator[None]:
+    """Silence rich's process-wide console while inside, where ``quiet``: NNCF draws its progress bars there."""
+    import rich
+
+    console = rich.get_console()
+    was_quiet = console.quiet
+    console.quiet = was_quiet or quiet
+    try:
+        yield
+    finally:
+        console.quiet = was_quiet
 
 
 def _class_scores(runtime: str, onnx_model: bytes, batches: list[np.ndarray]) -> list[np.ndarray]:
