@@ -140,7 +140,7 @@ def checkpoint_section(checkpoint: Path, frames: dict, workdir: Path) -> list[st
     import openvino as ov
 
     from ssd_ros.evaluation.voc_metric import evaluate_detections, matched_fraction
-    from ssd_ros.vision.backends import OnnxRuntimeNetwork, OpenVinoNetwork, fit_int8_weights
+    from ssd_ros.vision.backends import OnnxRuntimeNetwork, OpenVinoNetwork, int8_saturating_convolutions
     from ssd_ros.vision.cpu import this_cpu
     from ssd_ros.vision.detector import Detector
     from ssd_ros.vision.export import read_exported
@@ -160,8 +160,8 @@ def checkpoint_section(checkpoint: Path, frames: dict, workdir: Path) -> list[st
     for name, path in files.items():
         exact = OnnxRuntimeNetwork(path, spec, precision="int8", optimize=False)
         configurations.append((f"{name}, exact int8 arithmetic", wrapped(exact)))
-        content = path.read_bytes()
-        halved = " (halved to 7 bits at load)" if fit_int8_weights(content, this_cpu()) is not content else ""
+        count = int8_saturating_convolutions(path) if this_cpu().int8_saturates else 0
+        halved = f" ({count} convolutions' weights halved to 7 bits at load)" if count else ""
         for backend in ("onnxruntime", "openvino"):
             configurations.append((f"{name}, {backend} here{halved}", loaded(path, backend)))
     if this_cpu().int8_saturates:

@@ -98,33 +98,34 @@ def test_cpuinfo_gives_the_features_that_decide(profile, model, int8_dot, fp16, 
     assert cpu.describe().startswith(model)
 
 
-SATURATES = "int8 kernels saturate with 8-bit weights, so this export's weights are halved to 7 bits at load"
+SATURATES = "int8 kernels saturate with 8-bit weights, so the weights of this export's convolutions on inputs that"
 
-# (profile, backend, architecture, the export's weight bits) -> whether an int8 export runs with a warning naming
-# the fp32 export. 8-bit weights saturate x86 int8 kernels without VNNI; 7-bit ones (--int8-weight-bits 7) do not.
+# (profile, backend, architecture, whether the export has weights that saturate int8 kernels without VNNI) ->
+# whether an int8 export runs with a warning naming the fp32 export. 8-bit weights on inputs that do not start at
+# zero saturate x86 int8 kernels without VNNI; 7-bit ones (--int8-weight-bits 7) do not.
 INT8_TABLE = [
-    ("pi4_a72", "onnxruntime", "ssd300_vgg16", 8, "no int8 dot-product instructions (asimddp)"),
-    ("pi4_a72", "openvino", "ssd300_vgg16", 8, "no int8 dot-product instructions (asimddp)"),
-    ("pi5_a76", "onnxruntime", "ssd300_vgg16", 8, None),
-    ("pi5_a76", "onnxruntime", "ssd300_vgg16", 7, None),
-    ("pi5_a76", "openvino", "ssd300_vgg16", 8, "lists int8 inference for x86-64 only"),
-    ("x86_vnni", "onnxruntime", "ssd300_vgg16", 8, None),
-    ("x86_vnni", "openvino", "ssd300_vgg16", 8, None),
-    ("x86_old", "onnxruntime", "ssd300_vgg16", 8, SATURATES),
-    ("x86_old", "openvino", "ssd300_vgg16", 8, SATURATES),
-    ("x86_old", "onnxruntime", "ssd300_vgg16", 7, None),
-    ("x86_old", "openvino", "ssd300_vgg16", 7, None),
-    ("x86_vnni", "onnxruntime", "ssdlite320_mobilenet_v3", 8, "depthwise convolutions gain nothing from int8"),
-    ("x86_old", "openvino", "ssdlite320_mobilenet_v3", 7, "depthwise convolutions gain nothing from int8"),
-    ("pi5_a76", "onnxruntime", "ssdlite320_mobilenet_v3", 8, "depthwise convolutions gain nothing from int8"),
+    ("pi4_a72", "onnxruntime", "ssd300_vgg16", True, "no int8 dot-product instructions (asimddp)"),
+    ("pi4_a72", "openvino", "ssd300_vgg16", True, "no int8 dot-product instructions (asimddp)"),
+    ("pi5_a76", "onnxruntime", "ssd300_vgg16", True, None),
+    ("pi5_a76", "onnxruntime", "ssd300_vgg16", False, None),
+    ("pi5_a76", "openvino", "ssd300_vgg16", True, "lists int8 inference for x86-64 only"),
+    ("x86_vnni", "onnxruntime", "ssd300_vgg16", True, None),
+    ("x86_vnni", "openvino", "ssd300_vgg16", True, None),
+    ("x86_old", "onnxruntime", "ssd300_vgg16", True, SATURATES),
+    ("x86_old", "openvino", "ssd300_vgg16", True, SATURATES),
+    ("x86_old", "onnxruntime", "ssd300_vgg16", False, None),
+    ("x86_old", "openvino", "ssd300_vgg16", False, None),
+    ("x86_vnni", "onnxruntime", "ssdlite320_mobilenet_v3", True, "depthwise convolutions gain nothing from int8"),
+    ("x86_old", "openvino", "ssdlite320_mobilenet_v3", False, "depthwise convolutions gain nothing from int8"),
+    ("pi5_a76", "onnxruntime", "ssdlite320_mobilenet_v3", True, "depthwise convolutions gain nothing from int8"),
 ]
 
 
-@pytest.mark.parametrize(("profile", "backend", "architecture", "weight_bits", "drawback"), INT8_TABLE)
-def test_int8_export_runs_int8_and_warns_where_it_does_not_pay_off(profile, backend, architecture, weight_bits,
+@pytest.mark.parametrize(("profile", "backend", "architecture", "saturating", "drawback"), INT8_TABLE)
+def test_int8_export_runs_int8_and_warns_where_it_does_not_pay_off(profile, backend, architecture, saturating,
                                                                     drawback):  # fmt: skip
     cpu = PROFILES[profile]
-    choice = choose_precision(backend, "int8", "auto", cpu=cpu, architecture=architecture, int8_weight_bits=weight_bits)
+    choice = choose_precision(backend, "int8", "auto", cpu=cpu, architecture=architecture, int8_saturating=saturating)
     assert choice.precision == "int8"  # the file holds nothing else
     if drawback is None:
         assert choice.warning is None
@@ -132,13 +133,13 @@ def test_int8_export_runs_int8_and_warns_where_it_does_not_pay_off(profile, back
         assert drawback in choice.warning and "run the fp32 export (export_model without --int8)" in choice.warning
 
 
-@pytest.mark.parametrize("weight_bits", [8, 7])
-def test_int8_ir_file_whose_weights_saturate_this_cpu_points_to_the_onnx_export(weight_bits):
+@pytest.mark.parametrize("saturating", [True, False])
+def test_int8_ir_file_whose_weights_saturate_this_cpu_points_to_the_onnx_export(saturating):
     """An OpenVINO IR file's weights are not halved at load: 8-bit ones saturate x86 without VNNI as they are."""
     for profile in ("x86_old", "x86_vnni"):
         choice = choose_precision("openvino", "int8", "auto", cpu=PROFILES[profile], architecture="ssd300_vgg16",
-                                  int8_weight_bits=weight_bits, int8_halved_at_load=False)  # fmt: skip
-        if profile == "x86_old" and weight_bits == 8:
+                                  int8_saturating=saturating, int8_halved_at_load=False)  # fmt: skip
+        if profile == "x86_old" and saturating:
             assert "an OpenVINO IR file's weights are not halved at load" in choice.warning
             assert "run the .onnx int8 export here" in choice.warning and SATURATES not in choice.warning
         else:

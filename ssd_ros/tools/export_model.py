@@ -150,8 +150,8 @@ def int8_report(exported: ExportedModel) -> list[str]:
     if info["agreement_images_held_out"]:  # files written before the scheme was calibrated again lack the count
         frames += f" held out of its calibration on {info.get('scheme_calibration_images', 'the other')} image(s)"
     bits = f"{exported.int8_weight_bits}-bit weights"
-    if exported.int8_image_weight_bits != exported.int8_weight_bits:
-        bits += f" (the first convolution's {exported.int8_image_weight_bits}: runs as it is on CPUs without VNNI)"
+    if exported.int8_weight_bits > 7 and not exported.int8_halved_without_vnni:
+        bits += " (none where they saturate CPUs without VNNI: runs there as it is)"
     lines = [
         f"int8 scheme '{info['scheme']}' (the closest to fp32 of {len(info['measured'])} tried), calibrated on "
         f"{info['calibration_images']} image(s), {bits}; against fp32 on {frames}:"

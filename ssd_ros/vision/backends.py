@@ -41,8 +41,8 @@ __all__ = [
     "SSDNetwork",
     "TorchNetwork",
     "cpu_summary",
-    "first_convolution_weight_bits",
     "fit_int8_weights",
+    "int8_saturating_convolutions",
 ]
 
 OUTPUT_NAMES = ("bbox_regression", "cls_logits")
@@ -255,75 +255,87 @@ def _load_onnx(onnx_model: bytes | str | os.PathLike) -> Any:
 
 
 def fit_int8_weights(onnx_model: bytes | str | os.PathLike, cpu: CpuInfo) -> bytes | str | os.PathLike:
-    """An int8 QDQ export as ``cpu``'s int8 kernels compute it right: unchanged, or its weights in 7 bits.
+    """An int8 QDQ export as ``cpu``'s int8 kernels compute it right: unchanged, or some weights in 7 bits.
 
     Where the kernels saturate with 8-bit weights (:attr:`~ssd_ros.vision.cpu.CpuInfo.int8_saturates`: x86
-    without VNNI) each convolution's int8 weights become ``round(w / 2)`` (-64..64) with their scale doubled, so
-    that two uint8 x weight products always fit the int16 the kernels sum them in; its int32 bias is halved the
-    same way, because the fused kernels take the bias in units of input scale x weight scale. Neither runtime
-    does this for a CPU, and the export keeps 8-bit weights for the CPUs that do not saturate, where the bit
-    costs fidelity (exact int8 arithmetic of an SSD300 export: 96.6% of fp32's 148 footage detections kept with
-    8-bit weights, 93.9% with 7). On an AVX2-only Zen 3 the 8-bit export kept 85% as it was, 87-88% halved here
-    (rounding twice), and a 7-bit export (``export_model --int8-weight-bits 7``) 93.2%; an SSDlite 41-46%, 91-93%
-    and 95.5%. A file whose first convolution already has 7-bit weights is returned as it is: its quantiser
-    handled these CPUs (``reduce_range``, or NNCF's overflow fix, which keeps the later layers' 8 bits).
+    without VNNI) the convolutions :func:`int8_saturating_convolutions` names get ``round(w / 2)`` (-64..64) as
+    weights, their scale doubled, so that two uint8 x weight products always fit the int16 the kernels sum them
+    in; their int32 bias is halved the same way, because the fused kernels take the bias in units of input scale
+    x weight scale. Neither runtime does this for a CPU, and the export keeps 8-bit weights for the CPUs that do
+    not saturate, where the bit costs fidelity.
     """
     if not cpu.int8_saturates:
         return onnx_model
     proto = _load_onnx(onnx_model)
-    convolutions = _quantized_convolutions(proto)
-    # Where the first convolution's weights are in 7 bits the quantiser made the file for these CPUs: ONNX
-    # Runtime's reduce_range puts every layer in 7 bits, NNCF's default overflow fix the first, whose dense, large
-    # inputs (every pixel) saturate most. An NNCF SSD300 ran as it is at 98% of fp32's footage detections here;
-    # halved, its p95 score error went from 0.01-0.02 to 0.06-0.08.
-    if convolutions and convolutions[0][0] is not None and _in_7_bits(convolutions[0][0]):
+    saturating = _saturating(proto)
+    if not saturating:
         return onnx_model
-    for weights, bias in convolutions:
-        if weights is None or _in_7_bits(weights):
-            continue  # a float convolution, or weights already in 7 bits
+    for weights, bias in saturating:
         _halve(*weights, 64)
         if bias is not None:
             _halve(*bias, 2**31 - 1)
     return proto.SerializeToString()
 
 
-def first_convolution_weight_bits(onnx_model: bytes | str | os.PathLike) -> int | None:
-    """7 or 8: the range of the int8 weights of the convolution that sees the image; None where it is float.
+def int8_saturating_convolutions(onnx_model: bytes | str | os.PathLike) -> int:
+    """How many convolutions of an int8 QDQ export saturate int8 kernels without VNNI (:func:`fit_int8_weights`).
 
-    That convolution is the first in the graph's (topological) order. Its range decides whether
-    :func:`fit_int8_weights` halves a file's weights on a CPU whose int8 kernels saturate.
+    Those with 8-bit weights whose input does not start at zero, which :func:`fit_int8_weights` halves there.
+
+    Such kernels see the input as uint8 (a signed input shifted by 128): where its zero point is 0 (a ReLU's
+    output) most values are small and 8-bit weights fit, elsewhere (the normalised image, signed or asymmetric
+    ranges) they sit around the middle of the range and the int16 sums overflow. Halving only those kept more
+    than halving every convolution, on an AVX2-only Zen 3 (50 lane-footage frames): ONNX Runtime's SSD300 file,
+    where that is the first convolution alone, 96.2% of fp32's detections against 90.6% (p95 score error 0.048
+    against 0.096); NNCF's, whose first convolution it already puts in 7 bits and whose others see ReLU outputs,
+    96.2% as it is against 90.6%; SSDlites, 89-96% against 78-93% (MobileNetV3's hard-swish outputs are
+    signed). As the file was: 89% (SSD300) and 11-41% (SSDlite).
     """
-    convolutions = _quantized_convolutions(_load_onnx(onnx_model))
-    weights = convolutions[0][0] if convolutions else None
-    return None if weights is None else 7 if _in_7_bits(weights) else 8
+    return len(_saturating(_load_onnx(onnx_model)))
 
 
-def _quantized_convolutions(proto: Any) -> list[tuple[tuple | None, tuple | None]]:
-    """Each Conv of a QDQ graph, in graph order: ``((int8 weights, scale), (int32 bias, scale))``.
-
-    Each pair is the initializers a DequantizeLinear gives that input, or None where the input is float.
-    """
-    import onnx
+def _saturating(proto: Any) -> list[tuple[tuple, tuple | None]]:
+    """``(weights, bias)`` of each convolution :func:`int8_saturating_convolutions` counts, in graph order."""
+    import onnx.numpy_helper
 
     initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
     producers = {output: node for node in proto.graph.node for output in node.output}
 
-    def quantized(value: str, data_type: int) -> tuple | None:
-        """The (values, scale) initializers a DequantizeLinear of constant ``data_type`` data gives ``value``."""
+    def dequantized(value: str) -> Any:
         node = producers.get(value)
-        if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in initializers:
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    def constant(value: str, data_type: int) -> tuple | None:
+        """The (values, scale) initializers a DequantizeLinear of constant ``data_type`` data gives ``value``."""
+        node = dequantized(value)
+        if node is None or node.input[0] not in initializers:
             return None
         data, scale = initializers[node.input[0]], initializers.get(node.input[1])
         return (data, scale) if data.data_type == data_type and scale is not None else None
 
-    return [
-        (
-            quantized(conv.input[1], onnx.TensorProto.INT8),
-            quantized(conv.input[2], onnx.TensorProto.INT32) if len(conv.input) > 2 else None,
-        )
-        for conv in proto.graph.node
-        if conv.op_type == "Conv"
-    ]
+    def starts_at_zero(value: str) -> bool:
+        """Whether ``value`` is quantised to uint8 with zero point 0 (ONNX's default), or is not quantised."""
+        node = dequantized(value)
+        if node is None:
+            return True  # a float input: the convolution does not run on int8 kernels
+        if len(node.input) < 3 or not node.input[2]:
+            return True
+        zero_point = initializers.get(node.input[2])
+        if zero_point is None:
+            return False
+        values = onnx.numpy_helper.to_array(zero_point)
+        return values.dtype == np.uint8 and not values.any()
+
+    saturating = []
+    for conv in proto.graph.node:
+        if conv.op_type != "Conv":
+            continue
+        weights = constant(conv.input[1], onnx.TensorProto.INT8)
+        if weights is None or _in_7_bits(weights) or starts_at_zero(conv.input[0]):
+            continue
+        bias = constant(conv.input[2], onnx.TensorProto.INT32) if len(conv.input) > 2 else None
+        saturating.append((weights, bias))
+    return saturating
 
 
 def _in_7_bits(weights: tuple) -> bool:

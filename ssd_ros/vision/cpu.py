@@ -6,9 +6,9 @@ configuration slower or less faithful than fp32 on this CPU. So it never lowers 
 int8 with a warning naming the fp32 export to use instead wherever int8 does not pay off:
 
 - x86-64 without VNNI (``avx512_vnni``, ``avx_vnni``, ``amx_int8``): both runtimes' u8s8 kernels saturate with
-  the export's 8-bit weights (ONNX Runtime's quantisation guide asks for ``reduce_range`` there, OpenVINO's CPU
-  guide names the "saturation issue"), so the backends halve them to 7 bits at load
-  (:func:`~ssd_ros.vision.backends.fit_int8_weights`), which costs fidelity; an export with 7-bit weights
+  the export's 8-bit weights where their inputs do not start at zero (ONNX Runtime's quantisation guide asks for
+  ``reduce_range`` there, OpenVINO's CPU guide names the "saturation issue"), so the backends halve those to 7
+  bits at load (:func:`~ssd_ros.vision.backends.fit_int8_weights`), which costs fidelity; an export with none
   (``export_model --int8-weight-bits 7``) runs as measured, and SSD300 int8 is faster than fp32 there;
 - aarch64 without the dot-product extension (``asimddp``: the Pi 4's Cortex-A72 lacks it, the Pi 5's
   Cortex-A76 has it): ONNX Runtime's MLAS and OpenVINO's aarch64 int8 kernels take their non-dot NEON path;
@@ -151,14 +151,14 @@ class PrecisionChoice:
 
 
 def int8_drawback(
-    cpu: CpuInfo, backend: str, architecture: str, weight_bits: int = 8, *, halved_at_load: bool = True
+    cpu: CpuInfo, backend: str, architecture: str, *, saturating: bool = True, halved_at_load: bool = True
 ) -> str | None:
     """Why int8 is slower or less faithful than fp32 for ``backend`` on ``cpu``, or None when it pays off.
 
-    ``weight_bits``: the weight range of the export's convolution that sees the image, 8 or 7 (``export_model
-    --int8-weight-bits 7``, NNCF's files): with 8 the loader halves an ONNX file's weights where the kernels
-    saturate; ``halved_at_load`` False for OpenVINO IR, whose weights are no longer QDQ initializers the loader
-    can halve.
+    ``saturating``: whether the export has convolutions whose 8-bit weights saturate int8 kernels without VNNI
+    (:attr:`~ssd_ros.vision.export.ExportedModel.int8_halved_without_vnni`; none with ``export_model
+    --int8-weight-bits 7``): the loader halves their weights on such CPUs, except in OpenVINO IR
+    (``halved_at_load`` False), whose weights are no longer QDQ initializers the loader can halve.
     """
     if not cpu.int8_dot:
         if cpu.is_arm:
@@ -166,18 +166,18 @@ def int8_drawback(
                 f"{cpu.model} has no int8 dot-product instructions (asimddp): {backend} runs int8 on its slower "
                 "non-dot NEON kernels"
             )
-        if weight_bits > 7 and not halved_at_load:
+        if saturating and not halved_at_load:
             return (
                 f"{cpu.model} has no VNNI ({', '.join(X86_INT8_DOT)}): {backend}'s int8 kernels saturate with "
                 "8-bit weights, and an OpenVINO IR file's weights are not halved at load: run the .onnx int8 export "
                 "here, or export with --int8-weight-bits 7"
             )
-        if weight_bits > 7:
+        if saturating:
             return (
                 f"{cpu.model} has no VNNI ({', '.join(X86_INT8_DOT)}): {backend}'s int8 kernels saturate with "
-                "8-bit weights, so this export's weights are halved to 7 bits at load, less faithful than it measured "
-                "(an SSD300 kept 87-88% of fp32's footage detections instead of 96.6%); for this CPU export with "
-                "--int8-weight-bits 7 (93%)"
+                "8-bit weights, so the weights of this export's convolutions on inputs that do not start at zero "
+                "(the image's among them) are halved to 7 bits at load, less faithful than it measured; for this "
+                "CPU export with --int8-weight-bits 7"
             )
     if backend == "openvino" and cpu.is_arm:
         return "OpenVINO's CPU plugin lists int8 inference for x86-64 only; on Arm an int8 model is not faster"
@@ -198,7 +198,7 @@ def choose_precision(
     cpu: CpuInfo,
     architecture: str,
     int8_kept: float | None = None,
-    int8_weight_bits: int = 8,
+    int8_saturating: bool = True,
     int8_halved_at_load: bool = True,
 ) -> PrecisionChoice:
     """The precision to run a ``file_precision`` model (``fp32`` or ``int8``) with ``backend`` on ``cpu``.
@@ -207,14 +207,16 @@ def choose_precision(
     int8 export holds nothing else. Whenever the result is int8 or bf16 and the CPU lacks what makes it pay
     off, or the int8 export measured itself less faithful than :data:`FAITHFUL_INT8` in this runtime
     (``int8_kept``: the share of fp32's live candidates it kept, from its metadata), the choice carries a
-    warning naming the fp32 alternative. ``int8_weight_bits`` and ``int8_halved_at_load``: as ``weight_bits`` and
+    warning naming the fp32 alternative. ``int8_saturating`` and ``int8_halved_at_load``: as ``saturating`` and
     ``halved_at_load`` of :func:`int8_drawback`.
     Whether a combination can run at all is the caller's check.
     """
     precision = file_precision if requested == "auto" else requested
     warning = None
     if precision == "int8":
-        drawback = int8_drawback(cpu, backend, architecture, int8_weight_bits, halved_at_load=int8_halved_at_load)
+        drawback = int8_drawback(
+            cpu, backend, architecture, saturating=int8_saturating, halved_at_load=int8_halved_at_load
+        )
         if int8_kept is not None and int8_kept < FAITHFUL_INT8:
             unfaithful = (
                 f"this int8 export kept {int8_kept:.1%} of fp32's candidates above the live score threshold on its own "

@@ -275,7 +275,7 @@ class Detector:
             )
         precision = _chosen_precision(
             backend, exported.precision, precision, exported.card.architecture, exported.int8_kept(backend),
-            exported.int8_image_weight_bits, int8_halved_at_load=suffix == ".onnx",
+            exported.int8_halved_without_vnni, int8_halved_at_load=suffix == ".onnx",
         )  # fmt: skip
         network = _NETWORKS[backend](path, exported.spec, precision=precision, num_threads=num_threads)
         card = exported.card
@@ -471,13 +471,13 @@ def _chosen_precision(
     requested: str,
     architecture: str,
     int8_kept: float | None = None,
-    int8_weight_bits: int = 8,
+    int8_saturating: bool = True,
     int8_halved_at_load: bool = True,
 ) -> str:
     """The precision :meth:`Detector.from_checkpoint` runs, with the choice's warning (if any) issued."""
     choice = choose_precision(
         backend, file_precision, requested, cpu=this_cpu(), architecture=architecture, int8_kept=int8_kept,
-        int8_weight_bits=int8_weight_bits, int8_halved_at_load=int8_halved_at_load,
+        int8_saturating=int8_saturating, int8_halved_at_load=int8_halved_at_load,
     )  # fmt: skip
     if choice.warning:
         warnings.warn(choice.warning, stacklevel=3)
