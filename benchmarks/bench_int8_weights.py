@@ -6,8 +6,8 @@ writes 7-bit ones. For each trained checkpoint, the share of torch fp32's detect
 IoU >= 0.5) each configuration keeps, on the labelled frames the benchmark models did not learn from and on the
 lane footage:
 
-* the exports: 8-bit and 7-bit (each the scheme the export kept, NNCF's included), and 8-bit with ONNX Runtime's
-  schemes only (where the export kept NNCF's);
+* the exports: 8-bit and 7-bit (each the scheme the export kept), and 8-bit with the other quantiser's schemes
+  only (NNCF's, or ONNX Runtime's);
 * each in exact int8 arithmetic (ONNX Runtime with graph optimisation off runs the QDQ pairs as float ops: what
   any CPU whose int8 kernels do not saturate computes), and in ONNX Runtime and OpenVINO as the detector runs
   it on this CPU;
@@ -107,16 +107,17 @@ def main() -> int:
 def int8_exports(checkpoint: Path, calibration: list, workdir: Path) -> tuple:
     """``(card, fp32 export, {name: int8 export}, ONNX Runtime's own 8-bit export)`` of ``checkpoint``.
 
-    The int8 exports: 8-bit and 7-bit (each the scheme the export kept), and 8-bit with ONNX Runtime's schemes
-    only where the 8-bit export kept another.
+    The int8 exports: 8-bit and 7-bit (each the scheme the export kept), and the 8-bit export of the other
+    quantiser's schemes (ONNX Runtime's, or NNCF's where it is installed).
     """
+    import importlib.util
+
     from ssd_ros.vision.checkpoint import load_checkpoint
     from ssd_ros.vision.export import INT8_SCHEMES, export_onnx_bytes, quantize_int8, read_exported, write_export
 
     model, card = load_checkpoint(checkpoint)
     fp32 = export_onnx_bytes(model, card)
-    by_onnxruntime = [name for name, scheme in INT8_SCHEMES.items() if scheme.quantizer == "onnxruntime"]
-    files = {}  # configuration name -> export
+    files, quantizers = {}, {"onnxruntime": "ONNX Runtime", "nncf": "NNCF"}  # configuration name -> export
 
     def export(bits: int, schemes: list[str] | None = None) -> tuple[Path, str]:
         """The int8 export and the scheme it kept."""
@@ -128,10 +129,14 @@ def int8_exports(checkpoint: Path, calibration: list, workdir: Path) -> tuple:
         path, kept = export(bits)
         files[f"{bits}-bit export ('{kept}')"] = path
         if bits == 8:
-            onnxruntime_8_bit = path
-            if INT8_SCHEMES[kept].quantizer != "onnxruntime":  # what ONNX Runtime's quantiser alone gives
-                onnxruntime_8_bit, kept = export(8, by_onnxruntime)
-                files[f"8-bit export of ONNX Runtime's schemes ('{kept}')"] = onnxruntime_8_bit
+            by_quantizer = {kept: path}
+            other = "nncf" if INT8_SCHEMES[kept].quantizer == "onnxruntime" else "onnxruntime"
+            if other == "onnxruntime" or importlib.util.find_spec("nncf"):
+                schemes = [name for name, scheme in INT8_SCHEMES.items() if scheme.quantizer == other]
+                other_path, other_kept = export(8, schemes)
+                files[f"8-bit export of {quantizers[other]}'s schemes ('{other_kept}')"] = other_path
+                by_quantizer[other_kept] = other_path
+            onnxruntime_8_bit = next(p for n, p in by_quantizer.items() if INT8_SCHEMES[n].quantizer == "onnxruntime")
     return card, write_export(fp32, workdir / f"{card.architecture}_fp32.onnx", "onnx"), files, onnxruntime_8_bit
 
 
