@@ -166,7 +166,7 @@ def checkpoint_section(checkpoint: Path, frames: dict, workdir: Path) -> list[st
         exact = OnnxRuntimeNetwork(path, spec, precision="int8", optimize=False)
         configurations.append((f"{name}, exact int8 arithmetic", wrapped(exact)))
         count = int8_saturating_convolutions(path) if this_cpu().int8_saturates else 0
-        halved = f" ({count} convolutions' weights halved to 7 bits at load)" if count else ""
+        halved = f" (weights of {count} of its convolutions halved to 7 bits at load)" if count else ""
         for backend in ("onnxruntime", "openvino"):
             configurations.append((f"{name}, {backend} here{halved}", loaded(path, backend)))
     if this_cpu().int8_saturates:

@@ -285,11 +285,11 @@ def int8_saturating_convolutions(onnx_model: bytes | str | os.PathLike) -> int:
     Such kernels see the input as uint8 (a signed input shifted by 128): where its zero point is 0 (a ReLU's
     output) most values are small and 8-bit weights fit, elsewhere (the normalised image, signed or asymmetric
     ranges) they sit around the middle of the range and the int16 sums overflow. Halving only those kept more
-    than halving every convolution, on an AVX2-only Zen 3 (50 lane-footage frames): ONNX Runtime's SSD300 file,
-    where that is the first convolution alone, 96.2% of fp32's detections against 90.6% (p95 score error 0.048
-    against 0.096); NNCF's, whose first convolution it already puts in 7 bits and whose others see ReLU outputs,
-    96.2% as it is against 90.6%; SSDlites, 89-96% against 78-93% (MobileNetV3's hard-swish outputs are
-    signed). As the file was: 89% (SSD300) and 11-41% (SSDlite).
+    than halving every convolution (AVX2-only Zen 3, share of fp32's 148 / 133 lane-footage detections,
+    docs/benchmarks/int8_weights.md): ONNX Runtime's SSD300 file, where that is the first convolution alone,
+    95.3% against 87.2-87.8%; its SSDlite file (MobileNetV3's hard-swish outputs go below zero), 40 convolutions,
+    96.2% against 91.7-93.2%. NNCF's SSD300 file has none (its overflow fix puts the first convolution in 7
+    bits) and runs as it is, at exact arithmetic's 98.0%.
     """
     return len(_saturating(_load_onnx(onnx_model)))
 

@@ -235,9 +235,9 @@ INT8_SCHEMES = {
     # (exact int8 arithmetic, 16 held-out labelled frames / 222 footage frames) it kept 97.4% / 98.0% of fp32's
     # 78 / 148 detections where ONNX Runtime's "conv inputs" kept 98.7% / 96.6%; NNCF's "mixed" preset
     # (asymmetric activations) 96.2% / 95.3%, and full bias correction 97.4% / 97.3%. On an AVX2-only Zen 3 the
-    # file ran as it is at 98.0% of the footage detections in both runtimes, where ONNX Runtime's 8-bit file
-    # needs its weights halved at load (87%). On an SSDlite NNCF kept under half of the footage detections:
-    # the export measures every scheme and keeps the closest.
+    # file ran as it is at 98.0% of the footage detections in both runtimes (ONNX Runtime's, its first
+    # convolution halved at load, 95.3%). On an SSDlite it kept 75.9% (ONNX Runtime's schemes 95.5%): the
+    # export measures every scheme and keeps the closest.
     "NNCF conv inputs, fast bias correction": Int8Scheme(
         "nncf", {"preset": "performance", "fast_bias_correction": True}
     ),
