@@ -77,8 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         choices=(8, 7),
         default=8,
-        help="8 (default), or 7 for x86 CPUs without VNNI: their int8 kernels saturate with 8-bit weights, which "
-        "the detector then halves at load, less faithfully than a 7-bit export",
+        help="8 (default), or 7 for x86 CPUs without VNNI: their int8 kernels saturate with 8-bit weights on "
+        "inputs that do not start at zero, which the detector then halves at load (rounding them twice); a 7-bit "
+        "export runs there as it measured",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
