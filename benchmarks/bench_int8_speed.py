@@ -1,7 +1,7 @@
 """int8 against fp32 speed on this CPU, per quantiser: the network alone at 1 thread, calls interleaved.
 
-For each trained checkpoint, the exports ``bench_int8_weights.py`` compares (the export's pick, ONNX Runtime's own
-8-bit file where the pick was NNCF's, the 7-bit export) and the fp32 export, each run by ONNX Runtime and by
+For each trained checkpoint, the exports ``bench_int8_weights.py`` compares (the export's pick, the other
+quantiser's 8-bit file, the 7-bit export) and the fp32 export, each run by ONNX Runtime and by
 OpenVINO as the detector runs it on this CPU (int8 weights fitted to it at load), on one preprocessed rover
 frame. The calls go round the configurations in turn, so load from other processes hits each alike; ratios
 are against the fp32 export in the same runtime. Results: stdout and ``docs/benchmarks/int8_speed.md``.

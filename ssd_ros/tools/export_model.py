@@ -151,7 +151,7 @@ def int8_report(exported: ExportedModel) -> list[str]:
     if info["agreement_images_held_out"]:  # files written before the scheme was calibrated again lack the count
         frames += f" held out of its calibration on {info.get('scheme_calibration_images', 'the other')} image(s)"
     bits = f"{exported.int8_weight_bits}-bit weights"
-    if exported.int8_weight_bits > 7 and not exported.int8_halved_without_vnni:
+    if exported.int8_weight_bits > 7 and not exported.int8_saturating:
         bits += " (none where they saturate CPUs without VNNI: runs there as it is)"
     lines = [
         f"int8 scheme '{info['scheme']}' (the closest to fp32 of {len(info['measured'])} tried), calibrated on "

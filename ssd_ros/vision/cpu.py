@@ -156,7 +156,7 @@ def int8_drawback(
     """Why int8 is slower or less faithful than fp32 for ``backend`` on ``cpu``, or None when it pays off.
 
     ``saturating``: whether the export has convolutions whose 8-bit weights saturate int8 kernels without VNNI
-    (:attr:`~ssd_ros.vision.export.ExportedModel.int8_halved_without_vnni`; none with ``export_model
+    (:attr:`~ssd_ros.vision.export.ExportedModel.int8_saturating`; none with ``export_model
     --int8-weight-bits 7``): the loader halves their weights on such CPUs, except in OpenVINO IR
     (``halved_at_load`` False), whose weights are no longer QDQ initializers the loader can halve.
     """

@@ -275,7 +275,7 @@ class Detector:
             )
         precision = _chosen_precision(
             backend, exported.precision, precision, exported.card.architecture, exported.int8_kept(backend),
-            exported.int8_halved_without_vnni, int8_halved_at_load=suffix == ".onnx",
+            exported.int8_saturating, int8_halved_at_load=suffix == ".onnx",
         )  # fmt: skip
         network = _NETWORKS[backend](path, exported.spec, precision=precision, num_threads=num_threads)
         card = exported.card

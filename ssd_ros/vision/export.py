@@ -94,12 +94,13 @@ class ExportedModel:
         return int((self.int8 or {}).get("weight_bits", 8))
 
     @property
-    def int8_halved_without_vnni(self) -> bool:
-        """Whether the loader halves some of this int8 export's weights on x86 CPUs without VNNI.
+    def int8_saturating(self) -> bool:
+        """Whether some of this int8 export's weights saturate x86 CPUs without VNNI (the loader halves them there).
 
-        It does where a convolution with 8-bit weights has an input that does not start at zero (see
-        :func:`~ssd_ros.vision.backends.int8_saturating_convolutions`), recorded at export; for files exported
-        before that was recorded, where the weights have 8 bits.
+        Where a convolution with 8-bit weights has an input that does not start at zero (see
+        :func:`~ssd_ros.vision.backends.int8_saturating_convolutions`), recorded at export, because OpenVINO IR
+        files no longer hold the QDQ weights to count; for files exported before that was recorded, where the
+        weights have 8 bits.
         """
         info = self.int8 or {}
         return bool(info.get("saturating_convolutions", self.int8_weight_bits > 7))
@@ -464,7 +465,8 @@ def _quantize_nncf(
                 # convolution's input one range per channel, the min/max of that channel over the calibration
                 # frames, which other images exceed (on the lane footage 15 of the first one's 16 channels, by up
                 # to 1.2x; deeper ones by up to 2.6x). That is why NNCF kept under half of an SSDlite's footage
-                # detections (46% -> 84%, exact arithmetic); VGG16 has no depthwise convolution (same file).
+                # detections (exact arithmetic: 44-53% -> 75.9% on the benchmark's, 46% -> 84% on another split);
+                # VGG16 has no depthwise convolution (same file).
                 activations_quantization_params=QuantizationParameters(per_channel=False),
             ),
         )
