@@ -137,7 +137,7 @@ def incompatible_qos_advice(
 
 
 class InputWatcher:
-    """Watches one subscription and says, once and throttled, why nothing usable arrives on it.
+    """Watches one subscription and says, once per change and throttled, why nothing usable arrives on it.
 
     Create the subscription with :meth:`subscribe`; the node reports each message as :meth:`accepted` or
     :meth:`rejected` (with the reason); :attr:`problem` is the current explanation for diagnostics (None
@@ -257,7 +257,8 @@ class InputWatcher:
         self._report("incompatible_qos", advice)
 
     def _report(self, kind: str, text: str) -> None:
-        if kind not in self._problems:
+        # Said again only when the advice changes: a camera started late, under another name, is news.
+        if self._problems.get(kind) != text:
             self._node.get_logger().warning(f"{self._what}: {text}")
         self._problems[kind] = text
 
