@@ -103,6 +103,14 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     with pytest.raises(SystemExit):
         make_bag.main(["--video", str(video), "--out", str(tmp_path / "d"), "--max-frames", "0"])
     assert "--max-frames: must be >= 1, got 0" in capsys.readouterr().err
+    # 0 is not "the video's rate" (leaving the option out is): every frame would get the same stamp.
+    for rate in ("0", "-5", "nan", "inf"):
+        with pytest.raises(SystemExit):
+            make_bag.main(["--video", str(video), "--out", str(tmp_path / "e"), "--rate-hz", rate])
+        assert f"--rate-hz: must be a finite rate > 0 Hz (leave it out for the video's fps), got {rate}" in (
+            capsys.readouterr().err
+        )
+    assert not (tmp_path / "e").exists()
 
 
 def test_recover_truncated_mcap(tmp_path):

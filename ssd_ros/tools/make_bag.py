@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import time
@@ -100,6 +101,21 @@ def make_bag(
     return stamps
 
 
+def positive_rate(text: str) -> float:
+    """Argparse type of ``--rate-hz``: a finite number of frames per second above 0.
+
+    Leaving the option out means the video's own rate; 0 would stamp every frame alike, so it is refused rather
+    than read as that.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of frames per second, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite rate > 0 Hz (leave it out for the video's fps), got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line of ``make_bag``."""
     parser = argparse.ArgumentParser(prog="make_bag", description=__doc__.split("\n\n")[0])
@@ -115,7 +131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--encoding", choices=["rgb8", "bgr8"], default="rgb8", help="raw Image encoding")
     parser.add_argument(
         "--rate-hz",
-        type=float,
+        type=positive_rate,
         help=f"frame rate for the stamps (default: the video's fps, {DEFAULT_IMAGE_RATE_HZ:g} for images)",
     )
     parser.add_argument(
@@ -139,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.video:
             frames, fps, count = video_frames(args.video)
-            rate_hz = args.rate_hz or fps
+            rate_hz = fps if args.rate_hz is None else args.rate_hz
             if not rate_hz:
                 raise BagToolError(f"{args.video} does not state its frame rate: pass --rate-hz")
             files = []
@@ -149,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImageFolderError as error:
                 raise BagToolError(str(error)) from error
             frames, count = (read_image_file(p) for p in files), len(files)
-            rate_hz = args.rate_hz or DEFAULT_IMAGE_RATE_HZ
+            rate_hz = DEFAULT_IMAGE_RATE_HZ if args.rate_hz is None else args.rate_hz
         if args.max_frames is not None:
             frames = (frame for _, frame in zip(range(args.max_frames), frames))
             count = min(count, args.max_frames) if count else args.max_frames
