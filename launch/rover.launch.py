@@ -62,9 +62,13 @@ ARGUMENTS = [
         "detector_params",
         default_value="",
         description="a detector parameters file (ROS 2 format) applied over config/detector.yaml; the arguments "
-        "above override both",
+        "given (not left empty) override both, device, image_topic, compressed, autostart and use_sim_time included",
     ),
-    DeclareLaunchArgument("device", default_value="auto", description="detector inference device: auto | cpu | cuda"),
+    DeclareLaunchArgument(
+        "device",
+        default_value="",
+        description="detector inference device: auto | cpu | cuda; empty keeps the parameters files' (auto)",
+    ),
     DeclareLaunchArgument(
         "target_class",
         default_value="person",
@@ -72,13 +76,15 @@ ARGUMENTS = [
     ),
     DeclareLaunchArgument(
         "image_topic",
-        default_value="camera/image_raw",
-        description="image topic the detector reads (relative names follow the namespace argument)",
+        default_value="",
+        description="image topic the detector reads (relative names follow the namespace argument); empty keeps "
+        "detector_params', else camera/image_raw (where the camera drivers publish)",
     ),
     DeclareLaunchArgument(
         "compressed",
-        default_value="false",
-        description="detector subscribes <image_topic>/compressed (sensor_msgs/CompressedImage): use over Wi-Fi",
+        default_value="",
+        description="true: the detector subscribes <image_topic>/compressed (sensor_msgs/CompressedImage), for "
+        "Wi-Fi; empty keeps the parameters files' (false)",
     ),
     DeclareLaunchArgument(
         "camera",
@@ -109,9 +115,10 @@ ARGUMENTS = [
     ),
     DeclareLaunchArgument(
         "autostart",
-        default_value="true",
-        description="detector and follower configure and activate themselves (lifecycle nodes); false: they wait "
-        "unconfigured for a lifecycle manager (ros2 lifecycle set /detector configure, then activate)",
+        default_value="",
+        description="true: detector and follower configure and activate themselves (lifecycle nodes); false: they "
+        "wait unconfigured for a lifecycle manager (ros2 lifecycle set /detector configure, then activate); empty "
+        "keeps the parameters files' (true)",
     ),
     DeclareLaunchArgument(
         "executor",
@@ -123,10 +130,16 @@ ARGUMENTS = [
         "namespace", default_value="", description="ROS namespace for every node (e.g. picar1 for several cars)"
     ),
     DeclareLaunchArgument(
-        "use_sim_time", default_value="false", description="use /clock (bag replay or simulation) as ROS time"
+        "use_sim_time",
+        default_value="",
+        description="true: every node uses /clock (bag replay or simulation) as ROS time; empty: the detector keeps "
+        "its parameters files' (false unless detector_params sets it), the other nodes use wall time",
     ),
 ]
 
+# Where the camera drivers publish, relative to the namespace: the detector's image_topic unless an argument or
+# detector_params names another (config/detector.yaml's image_raw suits the node run on its own).
+CAMERA_IMAGE_TOPIC = "camera/image_raw"
 # Camera drivers and the apt package that provides each. Both publish camera/image_raw,
 # camera/image_raw/compressed and camera/camera_info (relative to the namespace argument), 640x480.
 CAMERAS = {"camera_ros": "ros-jazzy-camera-ros", "v4l2_camera": "ros-jazzy-v4l2-camera"}
@@ -144,6 +157,11 @@ def _flag(context, name: str) -> bool:
     if text in ("false", "0", "no", "off"):
         return False
     raise LaunchRefused(f"launch argument {name}:={text!r} is not a boolean (true/false)")
+
+
+def _given_flag(context, name: str) -> bool | None:
+    """A boolean argument, or None where it is left empty: not given, so the parameters files' value stands."""
+    return _flag(context, name) if _text(context, name) else None
 
 
 def _choice(context, name: str, choices, *, empty_ok: bool = False) -> str:
@@ -194,7 +212,7 @@ def _text(context, name: str) -> str:
     return LaunchConfiguration(name).perform(context).strip()
 
 
-def _detector_parameters(context, namespace: str, compressed: bool, use_sim_time: bool) -> tuple[list, dict]:
+def _detector_parameters(context, namespace: str, use_sim_time: bool | None) -> tuple[list, dict]:
     """The detector's extra parameter files and overrides, refusing a model it could not run (before any start).
 
     config/detector.yaml comes first, then ``detector_params``, then the arguments given (an empty one keeps the
@@ -206,13 +224,25 @@ def _detector_parameters(context, namespace: str, compressed: bool, use_sim_time
         extra_files.append(os.path.expanduser(_text(context, "detector_params")))
         if not os.path.isfile(extra_files[0]):
             raise LaunchRefused(f"launch argument detector_params:={extra_files[0]}: no such file")
-    overrides = {
-        "device": _text(context, "device"),
-        "image_topic": _text(context, "image_topic"),
-        "compressed": compressed,
-        "use_sim_time": use_sim_time,
-        "autostart": _flag(context, "autostart"),
-    }
+    chosen = {}  # what detector_params sets: an argument left empty keeps it
+    try:
+        configured = read_params_file(_config("detector.yaml"), "detector", namespace)
+        for path in extra_files:
+            chosen.update(read_params_file(path, "detector", namespace))
+    except ValueError as error:
+        raise LaunchRefused(str(error)) from error
+    overrides = {}
+    if _text(context, "image_topic") or "image_topic" not in chosen:
+        overrides["image_topic"] = _text(context, "image_topic") or CAMERA_IMAGE_TOPIC
+    if _text(context, "device"):
+        overrides["device"] = _text(context, "device")
+    compressed, autostart = _given_flag(context, "compressed"), _given_flag(context, "autostart")
+    if compressed is not None:
+        overrides["compressed"] = compressed
+    if autostart is not None:
+        overrides["autostart"] = autostart
+    if use_sim_time is not None:
+        overrides["use_sim_time"] = use_sim_time
     if _text(context, "backend"):
         overrides["backend"] = _choice(context, "backend", BACKEND_CHOICES)
     if _text(context, "precision"):
@@ -227,13 +257,7 @@ def _detector_parameters(context, namespace: str, compressed: bool, use_sim_time
         overrides["model_path"] = os.path.expanduser(_text(context, "model_path"))
     if _text(context, "coco_model"):
         overrides["coco_model"] = _choice(context, "coco_model", COCO_ARCHITECTURES)
-    effective = {}
-    try:
-        for path in (_config("detector.yaml"), *extra_files):
-            effective.update(read_params_file(path, "detector", namespace))
-    except ValueError as error:
-        raise LaunchRefused(str(error)) from error
-    effective.update(overrides)
+    effective = {**configured, **chosen, **overrides}
     _check_detector_model(effective, "launch argument " if "model_path" in overrides else "")
     return extra_files, overrides
 
@@ -263,12 +287,13 @@ def _check_detector_model(effective: dict, where: str) -> None:
 def _launch_setup(context):
     """Check every argument and installed package first, then build the node list (all or nothing)."""
     _check_argument_names(context)
-    use_sim_time = _flag(context, "use_sim_time")
+    use_sim_time = _given_flag(context, "use_sim_time")
+    # Only the detector takes a user's parameters file; for the others, not given is rclpy's default.
+    sim_time = bool(use_sim_time)
     stamped = _flag(context, "twist_stamped")
     camera = _choice(context, "camera", ("none", *CAMERAS))
     base = _choice(context, "base", BASES)
     detector, follower, rviz = _flag(context, "detector"), _flag(context, "follower"), _flag(context, "rviz")
-    compressed = _flag(context, "compressed")
     namespace = LaunchConfiguration("namespace").perform(context).strip().strip("/")
     if camera != "none" and not has_resource("packages", camera):
         raise LaunchRefused(
@@ -280,7 +305,7 @@ def _launch_setup(context):
             "launch argument rviz:=true: rviz2 is not installed (a ros-base install has none; sudo apt install "
             "ros-jazzy-rviz2), or rviz:=false and view image_annotated from another machine"
         )
-    detector_parameters = _detector_parameters(context, namespace, compressed, use_sim_time) if detector else None
+    detector_parameters = _detector_parameters(context, namespace, use_sim_time) if detector else None
     executor = _choice(context, "executor", EXECUTORS, empty_ok=True)
     actions = []
     if executor:
@@ -290,11 +315,11 @@ def _launch_setup(context):
         # best-effort VGA frames are lost otherwise): config/fastdds_large_frames.xml says why.
         actions.append(SetEnvironmentVariable("FASTRTPS_DEFAULT_PROFILES_FILE", _config("fastdds_large_frames.xml")))
     if camera != "none":
-        actions.append(_camera_node(camera, use_sim_time))
+        actions.append(_camera_node(camera, sim_time))
     if detector:
         actions.append(_detector_node(*detector_parameters))
     if follower:
-        actions.append(_follower_node(context, stamped, use_sim_time))
+        actions.append(_follower_node(context, stamped, sim_time))
     if base != "none":
         actions.append(
             _required(
@@ -304,13 +329,13 @@ def _launch_setup(context):
                 parameters=[
                     _config("rover.yaml"),
                     _config("picar_base.yaml"),
-                    {"hardware": base, "twist_stamped": stamped, "use_sim_time": use_sim_time},
+                    {"hardware": base, "twist_stamped": stamped, "use_sim_time": sim_time},
                 ],
                 output="screen",
             )
         )
     if rviz:
-        actions.append(_rviz_node(namespace, use_sim_time))
+        actions.append(_rviz_node(namespace, sim_time))
     # A scoped group so the namespace applies to these nodes only.
     return [GroupAction([PushRosNamespace(namespace), *actions])] if namespace else actions
 
@@ -351,22 +376,21 @@ def _detector_node(extra_files: list, overrides: dict) -> Node:
 
 
 def _follower_node(context, stamped: bool, use_sim_time: bool) -> Node:
-    """The follower: config/rover.yaml, config/follower.yaml, then target_class's comma-separated names."""
+    """The follower: config/rover.yaml, config/follower.yaml, then target_class's names and the arguments given."""
     target_classes = [name.strip() for name in LaunchConfiguration("target_class").perform(context).split(",")]
+    follower_overrides = {
+        "target_classes": [name for name in target_classes if name],
+        "twist_stamped": stamped,
+        "use_sim_time": use_sim_time,
+    }
+    autostart = _given_flag(context, "autostart")
+    if autostart is not None:
+        follower_overrides["autostart"] = autostart
     return _required(
         package=PACKAGE,
         executable="follower",
         name="follower",
-        parameters=[
-            _config("rover.yaml"),
-            _config("follower.yaml"),
-            {
-                "target_classes": [name for name in target_classes if name],
-                "twist_stamped": stamped,
-                "use_sim_time": use_sim_time,
-                "autostart": _flag(context, "autostart"),
-            },
-        ],
+        parameters=[_config("rover.yaml"), _config("follower.yaml"), follower_overrides],
         output="screen",
     )
 

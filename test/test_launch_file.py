@@ -64,20 +64,29 @@ class LaunchModel:
         ]
 
     def _configurations(self, calls):
-        """LaunchConfiguration names: literal ones, and literals passed to helpers that forward a parameter."""
+        """LaunchConfiguration names: literal ones, and literals passed to helpers that forward a parameter.
+
+        A helper forwards when it hands a parameter to LaunchConfiguration or to another forwarding helper.
+        """
         names = set()
-        forwarding = {}  # helper function name -> index of the parameter it hands to LaunchConfiguration
-        for function in (n for n in ast.walk(self.tree) if isinstance(n, ast.FunctionDef)):
-            parameters = [a.arg for a in function.args.args]
-            for call in (c for c in ast.walk(function) if isinstance(c, ast.Call)):
-                if _call_name(call) == "LaunchConfiguration" and isinstance(call.args[0], ast.Name):
-                    assert call.args[0].id in parameters, f"LaunchConfiguration({call.args[0].id}) not resolvable"
-                    forwarding[function.name] = parameters.index(call.args[0].id)
+        forwarding = {"LaunchConfiguration": 0}  # function name -> index of the parameter that names an argument
+        functions = [n for n in ast.walk(self.tree) if isinstance(n, ast.FunctionDef)]
+        found = True
+        while found:  # until no helper is added: a helper may forward through another one defined below it
+            found = False
+            for function in (f for f in functions if f.name not in forwarding):
+                parameters = [a.arg for a in function.args.args]
+                for call in (c for c in ast.walk(function) if isinstance(c, ast.Call)):
+                    index = forwarding.get(_call_name(call))
+                    if index is not None and isinstance(call.args[index], ast.Name):
+                        name = call.args[index].id
+                        assert name in parameters, f"{_call_name(call)}({name}) not resolvable"
+                        forwarding[function.name], found = parameters.index(name), True
+                        break
         for call in calls:
-            if _call_name(call) == "LaunchConfiguration" and isinstance(call.args[0], ast.Constant):
-                names.add(call.args[0].value)
-            elif _call_name(call) in forwarding:
-                names.add(self.value(call.args[forwarding[_call_name(call)]]))
+            index = forwarding.get(_call_name(call))
+            if index is not None and not isinstance(call.args[index], ast.Name):
+                names.add(self.value(call.args[index]))
         return names
 
     def value(self, node):
@@ -190,8 +199,11 @@ def test_every_argument_is_described_defaulted_and_used(launch):
 def test_choice_defaults_are_valid(launch):
     assert launch.arguments["camera"]["default_value"] in ("none", *launch.value(launch.constants["CAMERAS"]))
     assert launch.arguments["base"]["default_value"] in launch.value(launch.constants["BASES"])
-    for name in ("compressed", "rviz", "use_sim_time", "detector", "follower", "twist_stamped"):
+    for name in ("rviz", "detector", "follower", "twist_stamped"):
         assert launch.arguments[name]["default_value"] in ("true", "false"), name
+    # Empty is "not given": the detector's parameters files (detector_params too) keep their value.
+    for name in ("compressed", "autostart", "use_sim_time", "device", "image_topic"):
+        assert launch.arguments[name]["default_value"] == "", name
 
 
 def test_every_executable_exists(launch):

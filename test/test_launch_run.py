@@ -276,9 +276,9 @@ def test_show_args_lists_every_argument_with_description_and_default():
         shown[argument.name] = default
     assert sorted(shown) == sorted(ARGUMENTS)
     assert shown["base"] == "'sim'" and shown["camera"] == "'none'" and shown["rviz"] == "'false'"
-    assert shown["image_topic"] == "'camera/image_raw'"
-    # Empty: the parameters file's value (config/detector.yaml: auto), so detector_params can set them too.
-    assert shown["backend"] == shown["precision"] == shown["num_threads"] == shown["coco_model"] == "''"
+    # Empty: the parameters files' value (config/detector.yaml's, or detector_params'), so that file can set them.
+    detector = ("backend", "precision", "num_threads", "coco_model", "device", "image_topic", "compressed", "autostart")
+    assert {shown[name] for name in (*detector, "use_sim_time")} == {"''"}
 
 
 @pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c", "sigint-to-launch"])
@@ -486,6 +486,36 @@ def test_a_detector_parameters_file_sets_the_model_and_backend(rover, probe, exp
     wait_for_detector(probe, launch)
     values = get_parameters(probe, "/detector", ["model_path", "backend", "score_threshold"])
     assert values == {"model_path": str(exports["int8.onnx"]), "backend": "onnxruntime", "score_threshold": 0.6}
+    assert launch.interrupt() == 0
+    launch.assert_nothing_left()
+
+
+def test_a_detector_parameters_file_sets_what_no_argument_gives(rover, probe, checkpoint, tmp_path):
+    """The arguments left empty keep detector_params' image_topic, compressed and device; one given still wins."""
+    params = tmp_path / "front_camera.yaml"
+    params.write_text(
+        "/**:\n  ros__parameters:\n    image_topic: front/image_raw\n    compressed: true\n    device: cpu\n"
+        "    use_sim_time: true\n"
+    )
+    launch = rover(
+        f"model_path:={checkpoint}",
+        f"detector_params:={params}",
+        "use_sim_time:=false",
+        "follower:=false",
+        "base:=none",
+    )
+    wait_until(
+        probe,
+        lambda: "/front/image_raw/compressed" in topics(probe, "detector", "/", "subscriber"),
+        START_TIMEOUT_S,
+        "/detector subscribing /front/image_raw/compressed",
+        launch,
+    )
+    assert topics(probe, "detector", "/", "subscriber")["/front/image_raw/compressed"] == [
+        "sensor_msgs/msg/CompressedImage"
+    ]
+    values = get_parameters(probe, "/detector", ["image_topic", "compressed", "device", "use_sim_time"])
+    assert values == {"image_topic": "front/image_raw", "compressed": True, "device": "cpu", "use_sim_time": False}
     assert launch.interrupt() == 0
     launch.assert_nothing_left()
 
