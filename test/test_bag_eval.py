@@ -572,3 +572,68 @@ def test_track_ids_in_the_output_bag_are_the_core_trackers_and_the_report_counts
         [source, "--checkpoint", checkpoint, "--out", refused, "--track-param", "track_min_hits=many"], capsys
     )
     assert status == 2 and "track_min_hits must be an integer, got 'many'" in stderr and not refused.exists()
+
+
+def test_labels_of_another_make_bag_run_are_refused_before_the_model_loads(tmp_path, capsys):
+    """make_bag stamps from --start-time-s: a bag made again has new stamps, so the first run's labels match no frame.
+
+    The refusal comes from the frames' header stamps alone: the checkpoint named does not exist, and is never reached.
+    """
+    folder = shared_data("picar_camera", "detection", "test")
+    first, labels, again = tmp_path / "first", tmp_path / "labels", tmp_path / "again"
+    assert make_bag.main(["--images", str(folder), "--out", str(first), "--labels-out", str(labels)]) == 0
+    assert make_bag.main(["--images", str(folder), "--out", str(again), "--start-time-s", "10"]) == 0
+    capsys.readouterr()  # make_bag's own output
+    out = tmp_path / "eval"
+    common = ["--checkpoint", tmp_path / "none.pt", "--out", out, "--ground-truth", labels, "--quiet"]
+    status, stdout, stderr = run_eval([again, *common], capsys)
+    assert status == 2 and not stdout and not out.exists()
+    assert f"no annotation in ground-truth folder {labels} matches a frame of /camera/image_raw" in stderr
+    assert "the 5 frames read are stamped 10000000000 .. 10400000000 ns" in stderr and "none.pt" not in stderr
+    # Only the first frame's label, with --max-frames 1: that frame is read and matches, so the run goes on.
+    for path in sorted(labels.glob("*.xml"))[1:]:
+        path.unlink()
+    status, _, stderr = run_eval([first, *common, "--max-frames", "1"], capsys)
+    assert status == 2 and "none.pt" in stderr  # past the labels, at the (missing) model
+    # Labels for the later frames only, which --max-frames 1 never reads: nothing to score either.
+    kept = next(labels.glob("*.xml"))
+    kept.rename(labels / f"{int(kept.stem) + 100_000_000}.xml")
+    status, _, stderr = run_eval([first, *common, "--max-frames", "1"], capsys)
+    assert status == 2 and "matches a frame" in stderr and "the 1 frames read" in stderr
+
+
+def test_the_report_folder_is_made_or_refused_before_the_run(tmp_path, camera_bags, checkpoint, capsys):
+    """--report in folders that do not exist yet: made at the end; one that cannot be made fails before any output."""
+    source = camera_bags["raw", "mcap"]
+    out = tmp_path / "eval"
+    base = [source, "--checkpoint", checkpoint, "--out", out, *DETECTOR_ARGS, "--max-frames", "2"]
+    (tmp_path / "blocker").write_text("a file where the report's folder would go")
+    (tmp_path / "a_folder").mkdir()
+    for report, message in (
+        (tmp_path / "blocker" / "day1" / "report.json", f"{tmp_path / 'blocker'} is a file"),
+        (tmp_path / "a_folder", f"--report {tmp_path / 'a_folder'} is a folder"),
+    ):
+        status, _, stderr = run_eval([*base, "--report", report], capsys)
+        assert status == 2 and message in stderr
+        assert not out.exists()
+    report = tmp_path / "reports" / "day1" / "report.json"
+    status, stdout, _ = run_eval([*base, "--report", report], capsys)
+    assert status == 0 and f"report: {report}" in stdout
+    assert json.loads(report.read_text())["frames"] == 2
+    assert not (out / "bag_eval_report.json").exists()
+
+
+def test_the_current_folder_as_the_bag_writes_its_output_beside_it(
+    tmp_path, camera_bags, checkpoint, capsys, monkeypatch
+):
+    """``bag_eval .`` inside a bag folder: the default output is ``../<folder>_eval``, as for the folder's own name."""
+    bag = tmp_path / "drive"
+    shutil.copytree(camera_bags["jpeg", "mcap"], bag)
+    monkeypatch.chdir(bag)
+    status, _, _ = run_eval([".", "--checkpoint", checkpoint, *DETECTOR_ARGS, "--max-frames", "2"], capsys)
+    assert status == 0
+    report = json.loads((tmp_path / "drive_eval" / "bag_eval_report.json").read_text())
+    assert report["output_bag"] == str(tmp_path / "drive_eval") and report["frames"] == 2
+    # The filesystem root has no name to derive one from: said before anything runs.
+    status, _, stderr = run_eval(["/", "--checkpoint", checkpoint, "--quiet"], capsys)
+    assert status == 2 and "input bag / has no folder name for the default output: give --out" in stderr

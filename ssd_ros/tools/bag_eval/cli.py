@@ -18,29 +18,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from ssd_ros.cli import add_inference_arguments, positive_int
 from ssd_ros.evaluation.voc_metric import METRICS
 from ssd_ros.tools.bag_eval.config import EvalConfig, follower_options, load_detector, make_tracker
-from ssd_ros.tools.bag_eval.ground_truth import check_ground_truth, load_ground_truth
+from ssd_ros.tools.bag_eval.ground_truth import check_ground_truth, check_stamps, load_ground_truth
 from ssd_ros.tools.bag_eval.replay import ANNOTATED_TOPIC, Evaluation, find_camera_info, find_image_topic, stream
 from ssd_ros.tools.bag_eval.report import format_report, make_report
 from ssd_ros.tools.bagio import STORAGE_PLUGINS, BagToolError, open_bag, open_writer
 from ssd_ros.vision.detector import LIVE_SETTINGS
 
+REPORT_NAME = "bag_eval_report.json"
+
+
+def report_path(config: EvalConfig) -> Path:
+    """Where the JSON report goes: ``--report``, or ``<out>/bag_eval_report.json``.
+
+    ``--report``'s missing folders are created when it is written; checked here, before the run, that they can
+    be, so a long evaluation never ends without its report (``BagToolError`` otherwise).
+    """
+    if config.report is None:
+        return config.out_bag / REPORT_NAME
+    path = config.report
+    if path.is_dir():
+        raise BagToolError(f"--report {path} is a folder: name the file, e.g. {path / REPORT_NAME}")
+    existing = next(folder for folder in path.absolute().parents if folder.exists())
+    if not existing.is_dir():
+        raise BagToolError(f"--report {path}: {existing} is a file, so no folder can be made for the report")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BagToolError(f"--report {path}: no permission to write in {existing}")
+    return path
+
 
 def run(config: EvalConfig) -> tuple[dict, int]:
     """Evaluate ``config.bag``; returns the JSON report and the exit status.
 
-    Cheap checks come first (ground truth, the bag and its image topic), so a wrong path fails before
-    the model is loaded.
+    Cheap checks come first (ground truth, the bag, its image topic and the annotations' stamps), so a wrong
+    path fails before the model is loaded.
     """
     truth = load_ground_truth(config)
     with open_bag(config.bag) as (reader, salvage_note):
         image_conn = find_image_topic(reader.connections, config.topic)
         camera_info_conn = find_camera_info(reader.connections, config.camera_info_topic, image_conn.topic)
+        check_stamps(config, truth, reader, image_conn)
         detector = load_detector(config)
         follower = follower_options(config, detector.class_names)
         tracker = make_tracker(config)  # a bad --track-param fails before any output
@@ -134,14 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bag_eval`` executable; returns the exit status."""
     config = parse_args(argv)
     try:
+        path = report_path(config)
         report, status = run(config)
     except BagToolError as exc:
         print(f"bag_eval: error: {exc}", file=sys.stderr)
         return 2
-    report_path = config.report or Path(report["output_bag"]) / "bag_eval_report.json"
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report))
-    print(f"\nreport: {report_path}")
+    print(f"\nreport: {path}")
     if report["fault"]:
         print(f"bag_eval: error: {report['fault']}", file=sys.stderr)
     return status

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,18 @@ class EvalConfig:
 
     @property
     def out_bag(self) -> Path:
-        """The output bag folder: ``--out``, or ``<bag>_eval`` beside the input."""
-        return self.out or self.bag.with_name(self.bag.stem + "_eval")
+        """The output bag folder: ``--out``, or ``<bag>_eval`` beside the input.
+
+        ``bag_eval .`` writes ``../<folder name>_eval``; an input without a name to derive it from (the filesystem
+        root) is a ``BagToolError``.
+        """
+        if self.out is not None:
+            return self.out
+        # "." and ".." name no folder of their own: the absolute path does.
+        bag = Path(os.path.abspath(self.bag)) if self.bag.name in ("", "..") else self.bag
+        if not bag.name:
+            raise BagToolError(f"input bag {self.bag} has no folder name for the default output: give --out")
+        return bag.with_name(bag.stem + "_eval")
 
 
 @dataclass(frozen=True)

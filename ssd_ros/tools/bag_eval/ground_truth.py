@@ -13,7 +13,7 @@ import numpy as np
 
 from ssd_ros.evaluation.voc import VocAnnotation, VocFormatError, parse_annotation
 from ssd_ros.tools.bag_eval.config import EvalConfig
-from ssd_ros.tools.bagio import BagToolError
+from ssd_ros.tools.bagio import BagToolError, typestore
 
 
 @dataclass(frozen=True)
@@ -116,3 +116,36 @@ def check_ground_truth(config: EvalConfig, truth: GroundTruth, class_names, imag
             f"{len(annotations)} annotations in {config.ground_truth} for {image_conn.msgcount} frames on "
             f"{image_conn.topic}: index matching needs one XML per frame (or name them <stamp_ns>.xml)"
         )
+
+
+def check_stamps(config: EvalConfig, truth: GroundTruth, reader, image_conn) -> None:
+    """Refuse ``<stamp_ns>.xml`` annotations that match no frame the run reads (another recording's labels).
+
+    Only the image messages' header stamps are read (rosbags' CDR reader, which leaves the pixels in place), so a
+    mismatch fails before the model loads, not after the whole bag was evaluated into an AP of no frames. A frame
+    that cannot be read is left to the evaluation, which counts it; a bag damaged part-way is its fault to report.
+    """
+    if truth.match != "stamp":
+        return
+    stamps = []
+    try:
+        for _, _, raw in reader.messages(connections=[image_conn]):
+            if config.max_frames and len(stamps) >= config.max_frames:
+                break
+            try:
+                stamp = typestore().deserialize_cdr(raw, image_conn.msgtype).header.stamp
+            except Exception:  # noqa: BLE001 - malformed CDR raises assorted types; the evaluation names it
+                continue
+            stamps.append(stamp.sec * 1_000_000_000 + stamp.nanosec)
+    except Exception:  # noqa: BLE001 - rosbags/apsw raise assorted types on damaged data mid-file
+        return
+    if not stamps or not truth.annotations.keys().isdisjoint(stamps):
+        return
+    labelled = sorted(truth.annotations)
+    raise BagToolError(
+        f"no annotation in ground-truth folder {config.ground_truth} matches a frame of {image_conn.topic}: its "
+        f"{len(labelled)} files are named by header stamp ({labelled[0]}.xml .. {labelled[-1]}.xml) and the "
+        f"{len(stamps)} frames read are stamped {min(stamps)} .. {max(stamps)} ns. Labels of another recording, or of "
+        "an earlier make_bag run (each stamps from its --start-time-s, default now)? Use the --labels-out of the run "
+        "that made this bag, or --gt-match index for one XML per frame in order"
+    )
