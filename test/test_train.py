@@ -13,7 +13,7 @@ from conftest import PICAR_CLASSES, REPO_ROOT, shared_data
 
 from ssd_ros.evaluation.voc import VocSplit
 from ssd_ros.evaluation.voc_metric import evaluate_detections
-from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload
+from ssd_ros.vision.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_payload, save_checkpoint
 from ssd_ros.vision.detector import Detector
 from ssd_ros.vision.image_codec import read_image_file
 from ssd_ros.vision.model import build_model
@@ -35,23 +35,48 @@ def picar_small(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def picar_train_val(picar_small, tmp_path_factory):
+    """The small frames split in two folders: 6 to train on, 2 to validate on."""
+    root = tmp_path_factory.mktemp("picar_train_val")
+    for name in ("train", "val"):
+        (root / name).mkdir()
+    for index, xml in enumerate(sorted(picar_small.glob("*.xml"))):
+        target = root / ("train" if index < 6 else "val")
+        shutil.copy(xml, target / xml.name)
+        shutil.copy(xml.with_suffix(".jpg"), target / xml.with_suffix(".jpg").name)
+    return root / "train", root / "val"
+
+
+def _argv(folder, output_dir, *extra):
+    return [
+        "--train-folder",
+        str(folder),
+        "--architecture",
+        "ssdlite320_mobilenet_v3",
+        "--no-pretrained",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--output-dir",
+        str(output_dir),
+        *extra,
+    ]
+
+
 def _args(folder, output_dir, *extra):
-    return train.parse_args(
-        [
-            "--train-folder",
-            str(folder),
-            "--architecture",
-            "ssdlite320_mobilenet_v3",
-            "--no-pretrained",
-            "--workers",
-            "0",
-            "--no-progress",
-            "--threads",
-            "1",
-            "--output-dir",
-            str(output_dir),
-            *extra,
-        ]
+    return train.parse_args(_argv(folder, output_dir, *extra))
+
+
+def _validated_argv(train_folder, val_folder, output_dir, *extra):
+    """A 2-image-batch run validated on ``val_folder`` (classes given: the 2 frames need not show them all)."""
+    return _argv(
+        train_folder,
+        output_dir,
+        *("--val-folder", str(val_folder), "--classes", *PICAR_CLASSES, "--batch-size", "2", "--log-every", "1"),
+        *extra,
     )
 
 
@@ -97,6 +122,33 @@ def test_shipped_configs_parse():
     assert picar.architecture == "ssdlite320_mobilenet_v3" and picar.train_folder == [Path("frames/train")]
     # No placeholder validation folder rides along with a user's --train-folder; no more workers than cores.
     assert picar.val_folder is None and 1 <= picar.workers <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [
+        ("--checkpoint-every", "0", "must be positive"),
+        ("--val-every", "0", "must be positive"),
+        ("--log-every", "0", "must be positive"),
+        ("--val-batch-size", "0", "must be positive"),
+        ("--workers", "-1", "must be 0 or more"),
+    ],
+)
+def test_interval_of_zero_is_a_usage_error_before_the_output_folder(
+    picar_small, tmp_path, capsys, option, value, problem
+):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(_argv(picar_small, out, "--iterations", "1", option, value))
+    assert exit_info.value.code == 2
+    assert f"{option} {problem}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_overwrite_and_resume_together_are_a_usage_error(picar_small, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(_argv(picar_small, tmp_path, "--overwrite", "--resume", str(tmp_path / "last.pt")))
+    assert exit_info.value.code == 2
 
 
 def test_validation_never_on_training_images(picar_small, tmp_path):
@@ -270,6 +322,82 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(picar_small, tmp_path,
     assert not list(tmp_path.glob(".last.pt.*")), "temporary file left behind"
     with pytest.raises(CheckpointError):
         read_checkpoint_payload(tmp_path / "missing.pt")
+
+
+def test_rerun_without_resume_keeps_the_run_and_overwrite_starts_over(picar_small, tmp_path, capsys):
+    """Rerunning a command after a crash must not empty the logs or replace the checkpoints of the run."""
+    out = tmp_path / "run"
+    argv = _argv(picar_small, out, "--batch-size", "2", "--log-every", "1")
+    assert train.main([*argv, "--iterations", "2"]) == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert {"last.pt", "train_log.csv", "val_log.csv"} <= set(before)
+    capsys.readouterr()
+
+    assert train.main([*argv, "--iterations", "1"]) == 2
+    error = capsys.readouterr().err
+    assert f"--output-dir {out} already holds a run (last.pt)" in error
+    assert f"--resume {out / 'last.pt'}" in error and "--overwrite" in error
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+    (out / "last.pt").rename(out / "best.pt")  # a best.pt alone is a run too, but not one to resume
+    assert train.main([*argv, "--iterations", "1"]) == 2
+    assert "holds a run (best.pt): give another --output-dir, or start over there with --overwrite" in (
+        capsys.readouterr().err
+    )
+
+    assert train.main([*argv, "--iterations", "1", "--overwrite"]) == 0
+    assert not (out / "best.pt").exists(), "the old run's best.pt left beside the new run"
+    assert read_checkpoint_payload(out / "last.pt").extra["training_state"]["iteration"] == 1
+    assert [row.split(",")[0] for row in (out / "train_log.csv").read_text().splitlines()[1:]] == ["1"]
+    # What Ctrl-C says: only a checkpoint that exists.
+    assert train.resume_hint(train.parse_args(argv)) == f"resume with --resume {out / 'last.pt'}"
+    fresh = train.parse_args(_argv(picar_small, tmp_path / "fresh"))
+    assert "stopped before the first checkpoint" in train.resume_hint(fresh) and "nothing to resume" in (
+        train.resume_hint(fresh)
+    )
+
+
+def test_failed_validation_keeps_the_checkpoint_of_its_iteration(picar_train_val, tmp_path, capsys):
+    """A truncated validation JPEG: one line naming it, and last.pt of the iteration being validated is kept."""
+    train_folder, val_source = picar_train_val
+    val_folder = tmp_path / "val"
+    shutil.copytree(val_source, val_folder)
+    broken = sorted(val_folder.glob("*.jpg"))[-1]
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    out = tmp_path / "run"
+    argv = _validated_argv(train_folder, val_folder, out, "--iterations", "4", "--checkpoint-every", "2")
+    assert train.main([*argv, "--val-every", "2"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {broken}: truncated JPEG"), error
+    assert error.endswith(f"(fix or remove the image; resume with --resume {out / 'last.pt'})"), error
+    assert read_checkpoint_payload(out / "last.pt").extra["training_state"]["iteration"] == 2
+
+
+def test_resume_keeps_a_best_checkpoint_better_than_last_pt_knows(picar_train_val, tmp_path):
+    """best.pt found after last.pt's save (e.g. then the run crashed) is not replaced by a worse resumed model."""
+    train_folder, val_folder = picar_train_val
+    out = tmp_path / "run"
+    argv = _validated_argv(train_folder, val_folder, out, "--val-every", "1", "--checkpoint-every", "1")
+    first = train.train(train.parse_args([*argv, "--iterations", "1"]))
+    assert first["best_map"] is not None and first["best_map"] < 0.5  # an untrained model, 1 iteration
+    # The best.pt of a later validation that scored the highest mAP there is; last.pt never learnt of it.
+    best = read_checkpoint_payload(out / "best.pt")
+    key = next(iter(best.card.training["metric"]))
+    best.card.training["metric"] = {key: 1.0}
+    model = build_model("ssdlite320_mobilenet_v3", len(PICAR_CLASSES) + 1)
+    model.load_state_dict(best.state_dict)
+    save_checkpoint(out / "best.pt", model, best.card)
+    kept = (out / "best.pt").read_bytes()
+
+    resumed = train.train(train.parse_args([*argv, "--iterations", "2", "--resume", str(out / "last.pt")]))
+    assert resumed["best_map"] == 1.0
+    assert (out / "best.pt").read_bytes() == kept
+    rows = [row.split(",") for row in (out / "val_log.csv").read_text().splitlines()[1:]]
+    assert [row[0] for row in rows] == ["1", "2"]
+    # last.pt, written before iteration 2's validation, is written again after it with what it found.
+    last = read_checkpoint_payload(out / "last.pt")
+    assert last.extra["training_state"]["best_map"] == 1.0
+    assert last.card.training["metric"] == {key: float(rows[-1][1])}
 
 
 def test_validation_leaves_the_training_model_as_it_was(picar_small):

@@ -22,9 +22,12 @@ atomically every ``--checkpoint-every`` iterations), ``best.pt`` (highest valida
 and ``val_log.csv`` (the log), ``training_curves.png`` (the log drawn, after every validation) and ``val_ap.md``. The
 checkpoints are ssd_ros checkpoints (weights + model card): the detector node and evaluate.py load them.
 
+An ``--output-dir`` that already holds a run (``last.pt`` or ``best.pt``) is refused unless ``--resume`` continues
+it or ``--overwrite`` starts over there: rerunning a command after a crash must not replace the run's checkpoints.
+
 Exit status: 0 done; 2 a usage or data error (options, ``--config``, dataset, classes, ``--resume``
-checkpoint), reported in one line before ``--output-dir`` is created; 1 a run that failed (the loss
-diverged, pretrained weights unavailable); 130 interrupted (resume with ``--resume``).
+checkpoint, an ``--output-dir`` holding a run), reported in one line before ``--output-dir`` is created; 1 a run
+that failed (the loss diverged, pretrained weights unavailable); 130 interrupted (resume with ``--resume``).
 """
 
 from __future__ import annotations
@@ -60,6 +63,21 @@ from training.detect import detect_split
 from training.distributed import DistributedContext, barrier, init_distributed, is_main_process
 from training.evaluate import mixup_hint
 from training.presets import SSDEvalPreset, SSDTrainPreset
+
+# What a run leaves in --output-dir besides its CSV logs; --overwrite removes them.
+RUN_OUTPUTS = ("last.pt", "best.pt", "val_ap.md", "training_curves.png")
+# Options that count iterations, images or batches: 0 would divide by zero or never make progress.
+POSITIVE_OPTIONS = (
+    "iterations",
+    "batch_size",
+    "checkpoint_every",
+    "val_every",
+    "log_every",
+    "val_batch_size",
+    "max_nonfinite_consecutive",
+    "max_nonfinite_total",
+)
+NON_NEGATIVE_OPTIONS = ("workers", "threads", "warmup_iterations", "val_max_images", "precise_bn_batches")
 
 TRAIN_LOG_FIELDS = ("iteration", "loss", "bbox_regression", "classification", "lr", "images_per_s", "skipped")
 VAL_LOG_FIELDS = ("iteration", "map", "metric", "images", "seconds")
@@ -188,6 +206,12 @@ def _add_augmentation_options(augment: argparse._ArgumentGroup) -> None:
 def _add_run_options(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--output-dir", type=Path, default=Path("runs/ssd300_voc0712"), help="where outputs go")
     run.add_argument("--resume", type=Path, metavar="CHECKPOINT", help="continue from a last.pt (full state)")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --output-dir that holds one, replacing its checkpoints and logs (without it, "
+        "such a folder is refused so that rerunning a command never loses a run)",
+    )
     run.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
     run.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and augmentation")
     run.add_argument("--checkpoint-every", type=int, default=5000, help="write last.pt every N iterations")
@@ -252,8 +276,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--train-image-set applies to --train-folder (use --train-sets with --data-root)")
     if args.val_image_set is not None and args.val_folder is None:
         parser.error("--val-image-set applies to --val-folder (use --val-set with --data-root)")
-    if args.iterations <= 0 or args.batch_size <= 0:
-        parser.error("--iterations and --batch-size must be positive")
+    for name in POSITIVE_OPTIONS:
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
+    for name in NON_NEGATIVE_OPTIONS:
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(args, name)})")
+    if args.overwrite and args.resume is not None:
+        parser.error("--overwrite starts a new run, --resume continues one: give one of them")
     return args
 
 
@@ -312,11 +342,16 @@ def evaluate(
     return evaluate_detections(detections, annotations, dataset.class_names, metric=metric)
 
 
+def metric_name(args: argparse.Namespace, val: VocSplit) -> str:
+    """The key of the validation mAP in a checkpoint card's ``training["metric"]``."""
+    return f"{val.name} mAP@0.5 ({args.val_metric})"
+
+
 def model_card(args, class_names, train: VocSplit, val: VocSplit | None, iteration: int, val_map: float | None):
     """The card written into checkpoints: what the model is and how it was trained."""
     metric = None
     if val is not None and val_map is not None:
-        metric = {f"{val.name} mAP@0.5 ({args.val_metric})": val_map}
+        metric = {metric_name(args, val): val_map}
     return ModelCard.for_architecture(
         args.architecture,
         class_names,
@@ -542,8 +577,24 @@ def _resume(run: _Run, path: Path) -> None:
     else:
         run.scaler.load_state_dict(state["scaler"])
     run.guard.load_state_dict(state["guard"])
-    run.start_iteration, run.best_map = int(state["iteration"]), float(state["best_map"])
+    # last.pt holds the best as of its own save; best.pt may hold a better one found after it (or the last.pt
+    # of a run that crashed during a later save): a resumed run must not replace that with a worse model.
+    run.start_iteration = int(state["iteration"])
+    run.best_map = max(float(state["best_map"]), _saved_best_map(run))
     run.rng_states = state["rng"]
+
+
+def _saved_best_map(run: _Run) -> float:
+    """The validation mAP recorded in ``--output-dir``'s ``best.pt`` for this run's metric, or -inf if none."""
+    path = run.args.output_dir / "best.pt"
+    if run.val_split is None or not path.is_file():
+        return -math.inf
+    try:
+        metrics = read_checkpoint_payload(path).card.training.get("metric") or {}
+    except CheckpointError:  # unreadable: nothing worth keeping, the next validation replaces it
+        return -math.inf
+    value = metrics.get(metric_name(run.args, run.val_split))
+    return float(value) if isinstance(value, (int, float)) else -math.inf
 
 
 def _training_batches(run: _Run):
@@ -578,6 +629,9 @@ def _open_logs(run: _Run) -> _Logs:
     args, start = run.args, run.start_iteration
     # Only now: data, classes, weights and --resume are checked, so a mistake leaves no empty folder.
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.overwrite:  # no checkpoint of the old run may sit beside the new run's logs, nor be resumed by mistake
+        for name in RUN_OUTPUTS:
+            (args.output_dir / name).unlink(missing_ok=True)
     logs = _Logs(
         train=engine.CsvLog(args.output_dir / "train_log.csv", TRAIN_LOG_FIELDS),
         val=engine.CsvLog(args.output_dir / "val_log.csv", VAL_LOG_FIELDS),
@@ -629,11 +683,14 @@ def _validate_and_save(run: _Run, done: int, logs: _Logs | None) -> bool:
     if (validate or checkpoint) and args.precise_bn_batches > 0:
         _recompute_bn(run, done)
     validate = validate and logs is not None
+    rng = None
+    if checkpoint:  # before validating: a validation that fails (a broken image, out of memory) keeps the training
+        rng = _save_last(run, done)
+        barrier()
     if validate:
         _validate(run, done, logs)
-    if checkpoint:
-        _save_last(run, done)
-        barrier()
+        if rng is not None:  # again, so that last.pt's card and best mAP include this validation (RNG untouched)
+            _save_last(run, done, rng)
     return validate or checkpoint
 
 
@@ -684,11 +741,16 @@ def _validate(run: _Run, done: int, logs: _Logs) -> None:
     )
 
 
-def _save_last(run: _Run, iteration: int) -> None:
-    """``last.pt``: weights, card and the full training state, every rank's RNG states included."""
-    rng = gather_rng_states(run.context)
+def _save_last(run: _Run, iteration: int, rng: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """``last.pt``: weights, card and the full training state, every rank's RNG states included.
+
+    ``rng``: the states gathered by an earlier save of the same iteration (no collective call then). Returns the
+    RNG states saved.
+    """
+    if rng is None:
+        rng = gather_rng_states(run.context)
     if not run.context.is_main:
-        return
+        return rng
     args = run.args
     state = {
         "iteration": iteration,
@@ -702,11 +764,37 @@ def _save_last(run: _Run, iteration: int) -> None:
     }
     card = model_card(args, run.class_names, run.train_split, run.val_split, iteration, run.last_val_map)
     save_checkpoint(args.output_dir / "last.pt", run.model_without_ddp, card, extra={"training_state": state})
+    return rng
 
 
 def train_folders(args: argparse.Namespace) -> list[Path]:
     """The VOC-format folders the command line names (training and validation)."""
     return [*(args.train_folder or []), *([args.val_folder] if args.val_folder else [])]
+
+
+def output_dir_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--output-dir`` cannot take this run (a file; a run's checkpoints, unless resumed or overwritten)."""
+    out = args.output_dir
+    if out.exists() and not out.is_dir():
+        return f"--output-dir {out} is a file, not a folder"
+    held = [name for name in ("last.pt", "best.pt") if (out / name).exists()]
+    if not held or args.resume is not None or args.overwrite:
+        return None
+    way = f"continue it with --resume {out / 'last.pt'}" if "last.pt" in held else "give another --output-dir"
+    return (
+        f"--output-dir {out} already holds a run ({', '.join(held)}): {way}, "
+        "or start over there with --overwrite (replaces its checkpoints and logs)"
+    )
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """Where a stopped run can be continued from: the newest checkpoint there is, or that there is none."""
+    last = args.output_dir / "last.pt"
+    if last.is_file():
+        return f"resume with --resume {last}"
+    if args.resume is not None:
+        return f"no newer checkpoint was written: resume with --resume {args.resume}"
+    return f"stopped before the first checkpoint ({last} not written): nothing to resume"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -717,14 +805,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: --device: {error}", file=sys.stderr)
         return 2
-    if args.output_dir.exists() and not args.output_dir.is_dir():
-        print(f"error: --output-dir {args.output_dir} is a file, not a folder", file=sys.stderr)
+    problem = output_dir_problem(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         summary = train(args)
     except (VocFormatError, ImageDecodeError, CheckpointError) as error:  # the data, classes or --resume checkpoint
-        hint = mixup_hint("--data-root", args.data_root, "--train-folder", train_folders(args))
-        print(f"error: {data_error_message(error)}{hint if isinstance(error, VocFormatError) else ''}", file=sys.stderr)
+        if isinstance(error, VocFormatError):
+            hint = mixup_hint("--data-root", args.data_root, "--train-folder", train_folders(args))
+        elif isinstance(error, ImageDecodeError):  # found while training or validating: what is kept of the run
+            hint = f" (fix or remove the image; {resume_hint(args)})"
+        else:
+            hint = ""
+        print(f"error: {data_error_message(error)}{hint}", file=sys.stderr)
         return 2
     except engine.NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -734,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         if is_main_process():
-            print("interrupted: resume with --resume <output-dir>/last.pt", file=sys.stderr)
+            print(f"interrupted: {resume_hint(args)}", file=sys.stderr)
         return 130
     if not is_main_process():  # under torchrun: rank 0 reports
         return 0
