@@ -54,7 +54,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=("auto", *BACKENDS),
         default="auto",
-        help="what runs the network (default auto: torch for a .pt, openvino for a .xml, onnxruntime for a .onnx)",
+        help="what runs the network (default auto: torch for a .pt, openvino for a .xml, onnxruntime for a .onnx "
+        "except an int8 SSD300 on x86; openvino for fp16 and an export's bf16)",
     )
     group.add_argument(
         "--precision",

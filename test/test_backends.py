@@ -151,6 +151,24 @@ def test_batches_through_an_exported_file(checkpoints, tmp_path):
             assert_same_detections(single, batched, box_px=0.01, score=1e-5)
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")
+def test_default_threads_are_the_cores_this_process_may_use(checkpoints, tmp_path):
+    out = write_export(
+        export_onnx_bytes(*load_checkpoint(checkpoints["ssdlite320_mobilenet_v3"])), tmp_path / "m.onnx", "onnx"
+    )
+    reference = Detector.from_checkpoint(checkpoints["ssdlite320_mobilenet_v3"], backend="torch", device="cpu",
+                                         num_threads=2, warmup_runs=0)  # fmt: skip
+    allowed = os.sched_getaffinity(0)
+    try:
+        # As taskset or a one-core container would. (OpenVINO reads the affinity itself, once, as it loads.)
+        os.sched_setaffinity(0, {min(allowed)})
+        assert Detector.from_checkpoint(out, backend="onnxruntime", warmup_runs=0).num_threads == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    # torch's threads are process-wide: the runtimes' detectors set them to 1, and the torch detector says so.
+    assert reference.num_threads == torch.get_num_threads() == 1
+
+
 @pytest.mark.parametrize("export_format", ["onnx", "openvino"])
 def test_runtimes_decode_every_default_box_as_torchvision(tmp_path, export_format):
     """The boxes the runtimes decode in their graph equal torchvision's box coder on all default boxes.
@@ -445,6 +463,18 @@ def test_corrupted_and_foreign_files_are_clear_errors(checkpoints, tmp_path):
         Detector.from_checkpoint(foreign, backend="openvino")
     with pytest.raises(CheckpointError, match="no such file"):
         Detector.from_checkpoint(tmp_path / "missing.xml", backend="openvino")
+    # OpenVINO IR: the .bin left behind, or cut short. The error names the cause, not where OpenVINO raised it.
+    ir = write_export(onnx_bytes, tmp_path / "ir" / "g.xml", "openvino")
+    alone = tmp_path / "alone.xml"
+    shutil.copy(ir, alone)
+    with pytest.raises(CheckpointError, match=r"alone\.xml: its weights alone\.bin are missing beside it"):
+        Detector.from_checkpoint(alone)
+    shutil.copy(ir, tmp_path / "short.xml")
+    (tmp_path / "short.bin").write_bytes(ir.with_suffix(".bin").read_bytes()[:1000])
+    with pytest.raises(
+        CheckpointError, match=r"short\.xml: is not a readable \.xml file \(RuntimeError: Incorrect weights"
+    ):
+        Detector.from_checkpoint(tmp_path / "short.xml")
     with pytest.raises(ValueError, match="exported model: run it with backend onnxruntime or openvino"):
         Detector.from_checkpoint(good, backend="torch")
     with pytest.raises(ValueError, match="int8 needs a calibrated int8 export"):
@@ -455,9 +485,14 @@ def test_corrupted_and_foreign_files_are_clear_errors(checkpoints, tmp_path):
         Detector.from_checkpoint(good, backend="onnxruntime", precision="bf16")
     with pytest.raises(ValueError, match="no fp16 CPU path for SSD; use backend openvino"):
         Detector.from_checkpoint(good, backend="onnxruntime", precision="fp16")
+    with warnings.catch_warnings():  # a CPU without fp16 arithmetic says what OpenVINO runs instead
+        warnings.simplefilter("ignore")
+        assert Detector.from_checkpoint(good, precision="fp16", warmup_runs=0).backend == "openvino"  # auto
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
         Detector.from_checkpoint(good, backend="tensorrt")
-    with pytest.raises(ValueError, match="runs on the CPU"):
+    with pytest.raises(
+        ValueError, match=r"g\.onnx is an exported model, which runs on the CPU: .* its \.pt checkpoint"
+    ):
         Detector.from_checkpoint(good, backend="openvino", device="cuda")
 
 

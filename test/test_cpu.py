@@ -200,6 +200,23 @@ def test_auto_backend_per_file_and_cpu(suffix, precision, architecture, profile,
     assert choose_backend(suffix, precision, architecture, cpu=cpu, installed=installed) == expected
 
 
+@pytest.mark.parametrize(
+    ("suffix", "requested", "installed", "expected"),
+    [
+        (".onnx", "fp16", BOTH, "openvino"),  # ONNX Runtime has no fp16 or bf16 CPU kernels for SSD
+        (".onnx", "bf16", BOTH, "openvino"),
+        (".pt", "fp16", BOTH, "openvino"),  # exported in memory
+        (".pt", "bf16", BOTH, "torch"),  # torch runs a checkpoint's bf16 itself
+        (".onnx", "fp32", BOTH, "onnxruntime"),
+        (".onnx", "fp16", {"onnxruntime"}.__contains__, "onnxruntime"),  # then onnxruntime says what is missing
+        (".pt", "fp16", {"openvino"}.__contains__, "torch"),  # no onnx to export with: torch says what is missing
+    ],
+)
+def test_auto_backend_runs_the_precision_asked_for(suffix, requested, installed, expected):
+    cpu = PROFILES["x86_vnni"]
+    assert choose_backend(suffix, "fp32", "ssd300_vgg16", cpu=cpu, precision=requested, installed=installed) == expected
+
+
 def test_a_missing_runtime_is_one_line_naming_the_package():
     nothing = frozenset().__contains__
     with pytest.raises(ValueError) as error:

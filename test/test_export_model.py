@@ -6,6 +6,8 @@ cache of the test's own under a hash-checked name (``plant_coco_weights``), so t
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import pytest
 from conftest import assert_same_detections, plant_coco_weights, shared_data, torchvision_coco_model
 
@@ -145,3 +147,14 @@ def test_coco_export_refuses_bad_weight_files_with_one_line(torch_hub_cache, mon
     planted = plant_coco_weights(monkeypatch, LITE, weights["ssd300_vgg16"])
     err = refused()
     assert f"the cached torchvision COCO SSDlite320 weights {planted} do not fit torchvision's COCO {LITE}" in err
+
+
+def test_calibration_frames_spread_over_the_whole_drive(tmp_path):
+    frame = np.zeros((8, 8, 3), np.uint8)
+    for i in range(500):  # a drive's frames, sorted in time by name
+        cv2.imwrite(str(tmp_path / f"f{i:03d}.png"), frame)
+    chosen = [int(p.stem[1:]) for p in export_model._calibration_images(tmp_path, 300)]
+    assert len(chosen) == len(set(chosen)) == 300
+    assert chosen[0] == 0 and chosen[-1] >= 498  # the drive's end too, not its first 300 frames
+    assert max(np.diff(chosen)) <= 2
+    assert len(export_model._calibration_images(tmp_path, 1000)) == 500

@@ -113,9 +113,8 @@ def _calibration_images(folder: Path, limit: int) -> list[Path]:
         files = image_files(folder)
     except ImageFolderError as error:
         raise ExportInputError(f"--calibration: {error}") from error
-    # Spread over the whole folder (frames of a drive are sorted in time): every n-th file.
-    step = max(1, len(files) // limit)
-    return files[::step][:limit]
+    # Spread evenly over the whole folder (frames of a drive are sorted in time), its end included.
+    return [files[i * len(files) // limit] for i in range(min(limit, len(files)))]
 
 
 def export(args: argparse.Namespace) -> Path:

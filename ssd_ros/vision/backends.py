@@ -116,9 +116,13 @@ class TorchNetwork:
             torch.set_num_threads(num_threads)
         self.device = device
         self.precision = precision
-        self.num_threads = torch.get_num_threads()
         self.network = SSDNetwork(model.to(device)).eval()
         self.spec = spec_of_model(model, self.network)
+
+    @property
+    def num_threads(self) -> int:
+        """The intra-op threads torch has now: process-wide, so a runtime's Detector built later lowers them to 1."""
+        return torch.get_num_threads()
 
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the network on a preprocessed batch: decoded boxes and class scores."""
@@ -128,6 +132,14 @@ class TorchNetwork:
                 regression, logits = self.network(tensor)
             boxes = decode_boxes(regression, self.spec.anchors_on(self.device), self.spec.input_size)
             return boxes, torch.softmax(logits.float(), dim=-1)
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's or taskset's limit), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity call outside Linux
+        return os.cpu_count() or 1
 
 
 def _post_processing_threads() -> None:
@@ -166,7 +178,7 @@ class OnnxRuntimeNetwork:
         if precision in ("bf16", "fp16"):
             raise ValueError(f"onnxruntime has no {precision} CPU path for SSD; use backend openvino for {precision}")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads if num_threads > 0 else os.cpu_count() or 1
+        options.intra_op_num_threads = num_threads if num_threads > 0 else _usable_cores()
         options.inter_op_num_threads = 1
         level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.graph_optimization_level = level
@@ -425,7 +437,7 @@ class OpenVinoNetwork:
         self.request = self.compiled.create_infer_request()
         self._outputs = [self.compiled.output(name) for name in (BOXES_NAME, SCORES_NAME)]
         self.spec = spec
-        self.num_threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or (os.cpu_count() or 1)
+        self.num_threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) or _usable_cores()
 
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the network on a preprocessed batch: decoded boxes and class scores."""

@@ -240,18 +240,21 @@ def choose_backend(
     architecture: str,
     *,
     cpu: CpuInfo,
+    precision: str = "auto",
     installed: Callable[[str], bool] = _installed,
 ) -> str:
-    """The backend for a model file of ``suffix`` (``.pt``, ``.onnx``, ``.xml``): ``backend auto``.
+    """The backend for a model file of ``suffix`` (``.pt``, ``.onnx``, ``.xml``) run at ``precision``: ``backend auto``.
 
     A checkpoint runs on torch (the reference) and OpenVINO IR on OpenVINO. An ONNX export runs on ONNX
     Runtime (on aarch64 its MLAS kernels use the dot-product extension where the CPU has it), except an int8
     SSD300 on x86-64 when OpenVINO is installed, which was faster there: with VNNI (docs/benchmarks/inference.md)
     and without (an AVX2-only Zen 3, 1 thread, calls interleaved: 2.10x fp32 against ONNX Runtime's 1.59x,
-    docs/benchmarks/int8_speed.md); the other runtime when only that one is installed. Raises ValueError naming
-    the package to install when neither is.
+    docs/benchmarks/int8_speed.md); the other runtime when only that one is installed. A precision only OpenVINO
+    runs goes to OpenVINO where it is installed: fp16 for any file, bf16 for an export (ONNX Runtime has neither
+    kernel; torch runs a checkpoint's bf16). Raises ValueError naming the package to install when no runtime is.
     """
-    if suffix == ".xml":
+    only_openvino = precision == "fp16" or (precision == "bf16" and suffix != ".pt")
+    if suffix == ".xml" or (only_openvino and installed("openvino") and (suffix != ".pt" or installed("onnx"))):
         return "openvino"
     if suffix != ".onnx":
         return "torch"

@@ -53,13 +53,14 @@ class DetectorSettings(Settings):
     )
     backend: str = setting(
         "auto",
-        "what runs the network: auto (from the file and the CPU: torch for a .pt, openvino for a .xml, onnxruntime "
-        "for a .onnx) | torch (reference) | onnxruntime | openvino (restart required)",
+        "what runs the network: auto (from the file, the precision and the CPU: torch for a .pt, openvino for a "
+        ".xml, a .onnx on onnxruntime or, for an int8 SSD300 on x86, openvino; fp16, and an export's bf16, on "
+        "openvino) | torch (reference) | onnxruntime | openvino (restart required)",
         read_only=True,
     )
     precision: str = setting(
         "auto",
-        "network arithmetic: auto (the file's: int8 for an int8 export, else fp32) | fp32 | bf16 | int8 "
+        "network arithmetic: auto (the file's: int8 for an int8 export, else fp32) | fp32 | bf16 | fp16 | int8 "
         "(restart required)",
         read_only=True,
     )
@@ -245,7 +246,8 @@ class Detector:
         _check_choice(precision, ("auto", *PRECISIONS), "precision")
         suffix = Path(path).suffix
         if suffix not in EXPORTED_SUFFIXES:
-            backend = "torch" if backend == "auto" else backend
+            if backend == "auto":
+                backend = choose_backend(".pt", "fp32", "", cpu=this_cpu(), precision=precision)
             if backend != "torch":
                 require_runtime("onnx")  # the in-memory export
                 require_runtime(backend)
@@ -260,9 +262,11 @@ class Detector:
 
         exported = read_exported(path)
         check_card(path, exported.card, expect_architecture, expect_classes)
-        _cpu_only(backend, device)
+        _cpu_only(backend, device, exported=Path(path))
         if backend == "auto":
-            backend = choose_backend(suffix, exported.precision, exported.card.architecture, cpu=this_cpu())
+            backend = choose_backend(
+                suffix, exported.precision, exported.card.architecture, cpu=this_cpu(), precision=precision
+            )
         if backend == "torch":
             raise ValueError(f"{path} is an exported model: run it with backend onnxruntime or openvino")
         if backend == "onnxruntime" and suffix != ".onnx":
@@ -300,7 +304,8 @@ class Detector:
         :class:`~ssd_ros.vision.model.WeightsUnavailableError` when offline or when the cached file is not the
         published one, saying what to do, and ValueError for an unknown architecture, backend or precision.
         ``backend``, ``precision`` and ``num_threads`` as for a ``.pt`` checkpoint in :meth:`from_checkpoint`
-        (``auto`` is torch; int8 needs an int8 export: ``export_model --coco ARCH --int8 --calibration DIR``).
+        (``auto`` is torch, or OpenVINO for fp16; int8 needs an int8 export: ``export_model --coco ARCH --int8
+        --calibration DIR``).
         """
         _check_choice(architecture, ARCHITECTURES, "architecture")
         _check_choice(backend, BACKEND_CHOICES, "backend")
@@ -310,7 +315,8 @@ class Detector:
                 f"int8 needs a calibrated int8 export: export_model --coco {architecture} --int8 --calibration "
                 "FRAMES_DIR --format openvino --out coco_int8.xml, then run that file"
             )
-        backend = "torch" if backend == "auto" else backend  # the weights are a torch checkpoint
+        if backend == "auto":  # the weights are a torch checkpoint
+            backend = choose_backend(".pt", "fp32", architecture, cpu=this_cpu(), precision=precision)
         if backend != "torch":  # before the download: the model is exported in memory and run there
             require_runtime("onnx")
             require_runtime(backend)
@@ -484,9 +490,14 @@ def _chosen_precision(
     return choice.precision
 
 
-def _cpu_only(backend: str, device: str | torch.device) -> torch.device:
-    """The CPU, for a backend that runs there only; ValueError when another device was asked for."""
+def _cpu_only(backend: str, device: str | torch.device, exported: Path | None = None) -> torch.device:
+    """The CPU, for a backend (or an ``exported`` file) that runs there only; ValueError for another device."""
     if str(device).strip().lower() not in ("auto", "cpu"):
+        if exported is not None:  # torch cannot run an export: the way to the GPU is the checkpoint
+            raise ValueError(
+                f"{exported} is an exported model, which runs on the CPU: use device auto or cpu, or run its .pt "
+                f"checkpoint on {device}"
+            )
         raise ValueError(f"backend {backend} runs on the CPU; device {device!r} needs backend torch")
     return torch.device("cpu")
 

@@ -570,6 +570,11 @@ def read_exported(path: str | os.PathLike) -> ExportedModel:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such file")
+    if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+        raise CheckpointError(
+            path,
+            f"its weights {path.with_suffix('.bin').name} are missing beside it (copy the .xml and the .bin together)",
+        )
     try:
         if path.suffix == ".xml":
             import openvino as ov
@@ -587,9 +592,8 @@ def read_exported(path: str | os.PathLike) -> ExportedModel:
     except CheckpointError:
         raise
     except Exception as error:  # onnx's DecodeError, OpenVINO's RuntimeError: the file is not a model
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise CheckpointError(
-            path, f"is not a readable {path.suffix or 'model'} file ({type(error).__name__}: {first[:200]})"
+            path, f"is not a readable {path.suffix or 'model'} file ({type(error).__name__}: {_cause(error)[:200]})"
         ) from error
     try:
         data = json.loads(raw)
@@ -603,3 +607,14 @@ def read_exported(path: str | os.PathLike) -> ExportedModel:
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(path, f"has a malformed ssd_ros model card ({error})") from error
     return ExportedModel(path, card, sizes, precision, data.get("int8"))
+
+
+def _cause(error: Exception) -> str:
+    """The line of a reader's error that says what is wrong with the file.
+
+    OpenVINO's messages start with where they were raised ("Exception from src/...", "Check '...' failed at
+    ...") and end with the cause ("Incorrect weights in bin file!"): the last line that is not a location.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return (causes or lines or [""])[-1]

@@ -80,9 +80,10 @@ def _check_header_size(raw: bytes, what: str) -> None:
     """Refuse an image whose header asks for too many pixels; Pillow reads only the header, not the pixels."""
     try:
         # Pillow warns between its two limits; ours is lower and says it once per frame as an error instead.
-        with warnings.catch_warnings(), Image.open(io.BytesIO(raw)) as image:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            size = image.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Image.open itself warns
+            with Image.open(io.BytesIO(raw)) as image:
+                size = image.size
     except Image.DecompressionBombError as error:  # beyond Pillow's own limit, which is above ours
         raise ImageDecodeError(f"{what} exceeds the {MAX_PIXELS:,}-pixel limit ({error})") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # unknown or broken header: cv2 decides
