@@ -9,6 +9,7 @@ match >= 95% of its detections (same class, IoU >= 0.5).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -461,6 +462,16 @@ def test_corrupted_and_foreign_files_are_clear_errors(checkpoints, tmp_path):
     onnx.save(proto, str(foreign))
     with pytest.raises(CheckpointError, match="foreign.onnx: is an ONNX model without an ssd_ros model card"):
         Detector.from_checkpoint(foreign, backend="openvino")
+    # A newer ssd_ros's export is not malformed: this code is too old for it.
+    newer = "has model card version 99; this code reads up to 1 .update ssd_ros."
+    malformed = "has a malformed ssd_ros model card .unsupported metadata version 'one'."
+    for version, problem in ((99, newer), ("one", malformed)):
+        proto = onnx.load(str(good))
+        entry = next(e for e in proto.metadata_props if e.key == "ssd_ros")
+        entry.value = json.dumps({**json.loads(entry.value), "format_version": version})
+        onnx.save(proto, str(tmp_path / "versioned.onnx"))
+        with pytest.raises(CheckpointError, match=f"versioned.onnx: {problem}"):
+            Detector.from_checkpoint(tmp_path / "versioned.onnx")
     with pytest.raises(CheckpointError, match="no such file"):
         Detector.from_checkpoint(tmp_path / "missing.xml", backend="openvino")
     # OpenVINO IR: the .bin left behind, or cut short. The error names the cause, not where OpenVINO raised it.

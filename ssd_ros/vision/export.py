@@ -597,8 +597,13 @@ def read_exported(path: str | os.PathLike) -> ExportedModel:
         ) from error
     try:
         data = json.loads(raw)
-        if data.get("format_version") != _METADATA_VERSION:
-            raise ValueError(f"unsupported metadata version {data.get('format_version')!r}")
+        version = data.get("format_version")
+        if isinstance(version, int) and version > _METADATA_VERSION:  # a sound file this code is too old for
+            raise CheckpointError(
+                path, f"has model card version {version}; this code reads up to {_METADATA_VERSION} (update ssd_ros)"
+            )
+        if version != _METADATA_VERSION:
+            raise ValueError(f"unsupported metadata version {version!r}")
         card = ModelCard.from_dict(data["card"])
         sizes = tuple(tuple(int(v) for v in s) for s in data["feature_map_sizes"])
         precision = data["precision"]
