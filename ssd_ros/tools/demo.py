@@ -52,7 +52,11 @@ def _executable(name: str) -> str:
 
 
 def _start(name: str, params_file: str, overrides: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    args = [sys.executable, _executable(name), "--ros-args", "--params-file", str(REPO_ROOT / "config" / params_file)]
+    # The rover's geometry first, then the node's own file, as rover.launch.py loads them: the demo drives the
+    # calibrated rover, not the nodes' built-in defaults.
+    config = REPO_ROOT / "config"
+    args = [sys.executable, _executable(name), "--ros-args"]
+    args += ["--params-file", str(config / "rover.yaml"), "--params-file", str(config / params_file)]
     for override in overrides:
         args += ["-p", override]
     return subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
