@@ -397,12 +397,15 @@ def test_bad_options_fail_before_any_output(tmp_path, camera_bags, checkpoint, c
     # The bag is checked before the model is loaded: a wrong path is named, not the (also missing) checkpoint.
     status, _, stderr = run_eval([tmp_path / "no_bag", "--checkpoint", tmp_path / "none.pt", "--out", out], capsys)
     assert status == 2 and "no_bag does not exist" in stderr and "none.pt" not in stderr
-    out.mkdir()
-    status, _, stderr = run_eval(base, capsys)
-    assert status == 2 and "exists already" in stderr
     # The follower's default target "person" is not a picar class ("Person"): said, not silently idle.
+    status, _, stderr = run_eval([*base, "--track-param", "no_such=1"], capsys)
+    assert status == 2 and "no_such" in stderr and not out.exists()
     assert "target_classes ['person'] are not among the checkpoint's classes ['Person', " in stderr
     assert "did you mean 'Person' for 'person'?" in stderr
+    # An output that exists already is refused before the model loads (the missing checkpoint is not reached).
+    out.mkdir()
+    status, _, stderr = run_eval([source, "--checkpoint", tmp_path / "none.pt", "--out", out], capsys)
+    assert status == 2 and "exists already" in stderr and "none.pt" not in stderr
 
 
 def test_the_typestore_is_built_once():

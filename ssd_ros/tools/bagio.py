@@ -91,6 +91,12 @@ def deserialize(raw: bytes, msgtype: str):
     return deserialize_message(bytes(raw), message_class(msgtype))
 
 
+def check_new_bag(path: Path) -> None:
+    """Refuse an output bag path that exists already (BagToolError): rosbag2 bags are never overwritten."""
+    if path.exists():
+        raise BagToolError(f"output {path} exists already; rosbag2 bags are never overwritten")
+
+
 @contextmanager
 def open_writer(path: Path, storage: str) -> Iterator[Writer]:
     """A rosbag2 writer (format version 9) that is closed, with its metadata, even when the caller fails.
@@ -99,8 +105,7 @@ def open_writer(path: Path, storage: str) -> Iterator[Writer]:
     """
     if storage not in STORAGE_PLUGINS:
         raise BagToolError(f"unknown storage {storage!r}; choose one of {sorted(STORAGE_PLUGINS)}")
-    if path.exists():
-        raise BagToolError(f"output {path} exists already; rosbag2 bags are never overwritten")
+    check_new_bag(path)
     writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=STORAGE_PLUGINS[storage])
     writer.open()
     try:

@@ -28,7 +28,7 @@ from ssd_ros.tools.bag_eval.config import EvalConfig, follower_options, load_det
 from ssd_ros.tools.bag_eval.ground_truth import check_ground_truth, check_stamps, load_ground_truth
 from ssd_ros.tools.bag_eval.replay import ANNOTATED_TOPIC, Evaluation, find_camera_info, find_image_topic, stream
 from ssd_ros.tools.bag_eval.report import format_report, make_report
-from ssd_ros.tools.bagio import STORAGE_PLUGINS, BagToolError, open_bag, open_writer
+from ssd_ros.tools.bagio import STORAGE_PLUGINS, BagToolError, check_new_bag, open_bag, open_writer
 from ssd_ros.vision.detector import LIVE_SETTINGS
 
 REPORT_NAME = "bag_eval_report.json"
@@ -64,6 +64,7 @@ def run(config: EvalConfig) -> tuple[dict, int]:
         image_conn = find_image_topic(reader.connections, config.topic)
         camera_info_conn = find_camera_info(reader.connections, config.camera_info_topic, image_conn.topic)
         check_stamps(config, truth, reader, image_conn)
+        check_new_bag(config.out_bag)
         detector = load_detector(config)
         follower = follower_options(config, detector.class_names)
         tracker = make_tracker(config)  # a bad --track-param fails before any output
