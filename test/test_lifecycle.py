@@ -7,14 +7,19 @@ state offers on the graph (an inactive node has no subscription, so DDS delivers
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
+import rclpy
 from conftest import RosProbe, make_checkpoint, start_executable, stop_process
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
 from rcl_interfaces.srv import SetParameters
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -31,6 +36,18 @@ START_TIMEOUT_S = 120.0
 TRANSITION_TIMEOUT_S = 120.0
 WARN = DiagnosticStatus.WARN
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+# The state each transition ends in when it succeeds (a failed one leaves the node where it was).
+GOALS = {
+    Transition.TRANSITION_CONFIGURE: "inactive",
+    Transition.TRANSITION_ACTIVATE: "active",
+    Transition.TRANSITION_DEACTIVATE: "inactive",
+    Transition.TRANSITION_CLEANUP: "unconfigured",
+    Transition.TRANSITION_UNCONFIGURED_SHUTDOWN: "finalized",
+    Transition.TRANSITION_INACTIVE_SHUTDOWN: "finalized",
+    Transition.TRANSITION_ACTIVE_SHUTDOWN: "finalized",
+}
+# Diagnostics reports a finalized node must keep publishing, without an error, to show its timer survives.
+FINALIZED_REPORTS = 3
 
 
 @pytest.fixture
@@ -50,21 +67,75 @@ def transitions(probe, node: str) -> set[str]:
 
 
 def change(probe, node: str, transition: int) -> bool:
-    request = ChangeState.Request(transition=Transition(id=transition))
-    return probe.call(ChangeState, f"{node}/change_state", request, timeout_s=TRANSITION_TIMEOUT_S, attempts=1).success
+    """Ask for ``transition`` once (a second request would be a second transition); whether it succeeded.
+
+    Under load Fast DDS can drop the reply to a brand-new client whose reader the server has not matched yet
+    (see ``RosProbe.call``): without a reply, ``get_state`` (safe to ask again) says whether the node reached the
+    transition's goal state.
+    """
+    client = probe.node.create_client(ChangeState, f"{node}/change_state")
+    try:
+        probe.spin_until(client.service_is_ready, START_TIMEOUT_S, f"service {node}/change_state")
+        future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        deadline = time.monotonic() + TRANSITION_TIMEOUT_S
+        while not future.done() and time.monotonic() < deadline:
+            probe.spin_once()
+        if future.done():
+            return future.result().success
+        client.remove_pending_request(future)
+    finally:
+        probe.node.destroy_client(client)
+    return state(probe, node) == GOALS[transition]
 
 
 def latest_status(statuses, node: str):
     return next((s for s in reversed(statuses) if s.name.startswith(node)), None)
 
 
+def assert_finalized_reports_without_errors(probe, statuses, node: str, log) -> None:
+    """After a shutdown transition the process lives on: its diagnostics say finalized, and nothing raises."""
+    seen = len(statuses)
+
+    def finalized_reports():
+        return [s for s in statuses[seen:] if s.name.startswith(node) and "finalized" in s.message]
+
+    probe.spin_until(lambda: len(finalized_reports()) >= FINALIZED_REPORTS, 30.0, "diagnostics saying finalized")
+    assert all(s.level == WARN for s in finalized_reports())
+    text = log.read_text()
+    errors = [line for line in text.splitlines() if line.startswith(("[ERROR]", "[FATAL]"))]
+    assert not errors and "Traceback" not in text, text
+
+
 def test_follower_goes_through_every_transition_and_stops_with_one_zero_on_deactivate(probe, tmp_path):
     log = tmp_path / "follower.log"
     process = start_executable("follower", "-p", "autostart:=false", "-r", "__ns:=/managed", log_path=log)
     node = "/managed/follower"
-    commands = []
+    commands, statuses = [], []
     probe.node.create_subscription(Twist, "/managed/cmd_vel", commands.append, RELIABLE)
+    probe.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(m.status), 50)
     detections = probe.node.create_publisher(Detection2DArray, "/managed/detections", RELIABLE)
+
+    def person():  # centred, a quarter of the image high: the follower drives towards it
+        header = Header(frame_id="camera", stamp=probe.node.get_clock().now().to_msg())
+        boxes, scores = np.array([[300.0, 180.0, 340.0, 300.0]]), np.array([0.9])
+        return detections_to_msg(Detections.from_named(boxes, scores, ["person"]), header)
+
+    def drive_then_deactivate(what: str) -> None:
+        """Detections stream (as from a camera) until the deactivate reply: the follower never runs out of them."""
+        start = len(commands)
+        feed = probe.node.create_timer(0.05, lambda: detections.publish(person()))
+        try:
+            probe.spin_until(lambda: len(commands) > start and commands[-1].linear.x > 0.2, 30.0, what)
+            assert change(probe, node, Transition.TRANSITION_DEACTIVATE)
+        finally:
+            probe.node.destroy_timer(feed)
+        # The zero was delivered to this reliable reader before the reply; then the publisher is gone.
+        probe.spin_until(lambda: commands[-1].linear.x == 0.0, 10.0, "the zero command")
+        probe.spin_until(lambda: probe.node.count_publishers("/managed/cmd_vel") == 0, 30.0, "cmd_vel to go")
+        last, before = commands[-1], commands[-2]
+        assert last.linear.x == 0.0 and last.angular.z == 0.0 and before.linear.x > 0.2  # exactly one zero
+        assert state(probe, node) == "inactive"
+
     try:
         assert state(probe, node) == "unconfigured"
         assert transitions(probe, node) == {"configure", "shutdown"}
@@ -75,37 +146,23 @@ def test_follower_goes_through_every_transition_and_stops_with_one_zero_on_deact
 
         assert change(probe, node, Transition.TRANSITION_ACTIVATE)
         assert state(probe, node) == "active"
-        probe.spin_until(lambda: probe.node.count_subscribers("/managed/detections"), 30.0, "the detections reader")
-
-        def person():  # centred, a quarter of the image high: the follower drives towards it
-            header = Header(frame_id="camera", stamp=probe.node.get_clock().now().to_msg())
-            boxes, scores = np.array([[300.0, 180.0, 340.0, 300.0]]), np.array([0.9])
-            return detections_to_msg(Detections.from_named(boxes, scores, ["person"]), header)
-
-        def driving():
-            detections.publish(person())
-            probe.spin_for(0.05)
-            return commands and commands[-1].linear.x > 0.2
-
-        probe.spin_until(driving, 30.0, "the follower to drive")
-        assert change(probe, node, Transition.TRANSITION_DEACTIVATE)
-        # The zero was delivered to this reliable reader before the reply; then the publisher is gone.
-        probe.spin_until(lambda: commands[-1].linear.x == 0.0, 10.0, "the zero command")
-        probe.spin_until(lambda: probe.node.count_publishers("/managed/cmd_vel") == 0, 30.0, "cmd_vel to go")
-        last, before = commands[-1], commands[-2]
-        assert last.linear.x == 0.0 and last.angular.z == 0.0 and before.linear.x > 0.2  # exactly one zero
-        assert state(probe, node) == "inactive"
+        drive_then_deactivate("the follower to drive")
+        # Deactivation disabled the controller for its zero; activated again it follows as start_enabled says.
+        assert change(probe, node, Transition.TRANSITION_ACTIVATE)
+        drive_then_deactivate("the follower to drive again after deactivate and activate")
 
         assert change(probe, node, Transition.TRANSITION_CLEANUP)
         assert state(probe, node) == "unconfigured"
         assert change(probe, node, Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
         assert state(probe, node) == "finalized"
+        assert_finalized_reports_without_errors(probe, statuses, node, log)
         text = log.read_text()
         for step in (
             "configure -> inactive",
             "activate -> active",
             "deactivate -> inactive",
             "cleanup -> unconfigured",
+            "shutdown -> finalized",
         ):
             assert f"lifecycle: {step}" in text, text
     finally:
@@ -189,8 +246,35 @@ def test_detector_subscribes_only_while_active_and_releases_its_model_on_cleanup
         assert change(probe, node, Transition.TRANSITION_CONFIGURE)
         assert log.read_text().count("lifecycle: configure -> inactive") == 2
         assert state(probe, node) == "inactive"
+        # Shut down with the process going on: no model, no worker, and diagnostics still say where it stands.
+        assert change(probe, node, Transition.TRANSITION_INACTIVE_SHUTDOWN)
+        assert_finalized_reports_without_errors(probe, statuses, node, log)
     finally:
         assert stop_process(process) == 0, log.read_text()
+
+
+def test_detector_whose_activate_fails_leaves_no_inference_worker_behind(tmp_path):
+    """An image_topic rclpy refuses fails activate after the publishers exist; each retry fails the same way.
+
+    In this process (the worker is a thread): after three failed activations no worker is left waiting.
+    """
+    from ssd_ros.ros.detector_node import DetectorNode
+
+    checkpoint = make_checkpoint(tmp_path / "ssdlite.pt")
+    params = ("autostart:=false", f"model_path:={checkpoint}", "device:=cpu", "image_topic:=bad topic!")
+    rclpy.init(args=["--ros-args", "-r", "__ns:=/refused", *(arg for p in params for arg in ("-p", p))])
+    try:
+        node = DetectorNode()
+        try:
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            for _ in range(3):
+                assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
+                assert node.state_label == "inactive" and node.problem.startswith("activate failed:"), node.problem
+            assert [t for t in threading.enumerate() if t.name == "detector-worker"] == []
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
 
 
 def test_follower_with_a_bad_value_stays_unconfigured_until_it_is_mended_and_configured_again(probe, tmp_path):

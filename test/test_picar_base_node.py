@@ -3,11 +3,13 @@
 import dataclasses
 import math
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 import rclpy
-from conftest import REPO_ROOT, RosProbe, start_executable, stop_process
+from conftest import REPO_ROOT, RosProbe, ros_env, start_executable, stop_process
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.srv import DescribeParameters, SetParameters
@@ -132,6 +134,15 @@ def assert_stop_and_centre(state):
     assert state["servo_pulse_us"] == pytest.approx(300 * TICK_US, abs=0.01)
 
 
+def watchdog_stops_shown(harness):
+    """Stops in the state stream: a driving motor that reads stopped, while only driving commands are sent.
+
+    So only in a test that never sends a zero: there each such stop is the watchdog's.
+    """
+    duties = [state["motor_duty"] for _, state in harness.states]
+    return sum(1 for before, after in zip(duties, duties[1:]) if before != 0.0 and after == 0.0)
+
+
 def assert_watchdog_stop(harness):
     """Single commands, then silence: the state must show the stop after TIMEOUT_S and within a bound.
 
@@ -203,10 +214,16 @@ def test_twist_to_servo_and_motor_with_watchdog_bad_input_and_sigint(tmp_path):
             harness.send(0.2, math.inf)
             harness.spin(0.05)
         assert_stop_and_centre(harness.last)
+        # Both phases above end in a watchdog stop; a stall of the machine longer than the timeout between two
+        # commands adds one, which the state shows as well: diagnostics count what the state showed.
+        assert watchdog_stops_shown(harness) >= 2
         harness.wait_for(
-            lambda: harness.counter("watchdog_stops") == 2 and (harness.counter("rejected_nonfinite") or 0) >= 15,
+            lambda: (
+                harness.counter("watchdog_stops") == watchdog_stops_shown(harness)
+                and (harness.counter("rejected_nonfinite") or 0) >= 15
+            ),
             timeout=30.0,
-            what="diagnostics counting both watchdog stops and the garbage",
+            what="diagnostics counting every watchdog stop and the garbage",
         )
         assert harness.counter("speed_clamped") >= 1 and harness.counter("yaw_rate_limited") >= 1
         assert proc.poll() is None, "bad input must not kill the node"
@@ -327,6 +344,59 @@ def test_twist_stamped_b2_motor_on_pca9685_read_only_limits_and_calibration_aid(
     finally:
         stop_process(proc)
         harness.close()
+
+
+# The installed driver's main() with one simulated hardware fault added: SIGUSR1 takes the PCA9685 off its bus
+# (a loose cable) at the moment the test chooses.
+UNPLUGGABLE_BASE = """
+import signal, sys
+from ssd_ros.ros import picar_base_node
+
+
+class UnpluggableBase(picar_base_node.PicarBaseNode):
+    def __init__(self):
+        super().__init__()
+        devices = self._hardware.pca.bus.devices
+        signal.signal(signal.SIGUSR1, lambda signum, frame: devices.clear())
+
+
+picar_base_node.PicarBaseNode = UnpluggableBase
+sys.exit(picar_base_node.main())
+"""
+
+
+@pytest.mark.parametrize(
+    "motor_driver, what",
+    [("pca9685", "the motor may still run"), ("gpio", "the motor stopped but the steering is not centred")],
+)
+def test_final_stop_the_hardware_cannot_confirm_exits_1(tmp_path, motor_driver, what):
+    """The PCA9685 drops off the bus while driving; Ctrl-C retries the stop, logs why it failed and exits 1.
+
+    A non-zero exit is what makes a launch (and systemd) report the car as failed. On the B2 the motor bridge is
+    on the silent chip; on the PiCar-B the GPIO motor stops, the steering cannot be centred.
+    """
+    log = tmp_path / "picar_base.log"
+    args = ["--params-file", str(CONFIG), "-p", "hardware:=sim", "-p", f"motor_driver:={motor_driver}"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", UNPLUGGABLE_BASE, "--ros-args", *args, "-p", f"cmd_timeout_s:={TIMEOUT_S}"],
+            env=ros_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    harness = Harness()
+    try:
+        harness.wait_for(lambda: harness.last is not None, what="startup state")
+        harness.drive(0.25, 0.0, until=lambda s: s["motor_duty"] > 0)
+        proc.send_signal(signal.SIGUSR1)  # driving, so spinning: the node and its SIGUSR1 handler are up
+        # The periodic readback (or the next command) finds the chip silent: its servo reads back unknown.
+        harness.drive(0.25, 0.0, until=lambda s: math.isnan(s["servo_ticks"]))
+        assert stop_process(proc) == 1
+    finally:
+        stop_process(proc)
+        harness.close()
+    text = log.read_text()
+    assert f"final stop not confirmed after 2.0 s, {what}" in text and "Traceback" not in text, text
 
 
 @pytest.mark.parametrize(

@@ -165,7 +165,7 @@ class DetectorNode(ManagedNode):
         self._publish_annotated = values["publish_annotated"]
 
     def activate(self) -> None:
-        """Publishers, the watched image subscription and the inference worker."""
+        """Publishers, the watched image subscription and, once they all exist, the inference worker."""
         values = self._values
         self._detections_pub = self.own(self.create_publisher(Detection2DArray, "detections", 10))
         self._annotated_pub = self.own(self.create_publisher(Image, "image_annotated", 1))
@@ -176,9 +176,6 @@ class DetectorNode(ManagedNode):
         self.own(self.create_subscription(String, "follow_state", self._on_follow_state, LATCHED_QOS))
         self.own(self.create_subscription(Detection2D, "follow_target", self._on_follow_target, 10))
 
-        self._stopping = False
-        self._worker = threading.Thread(target=self._run_worker, name="detector-worker", daemon=True)
-        self._worker.start()
         qos = QoSProfile(depth=values["qos_depth"], reliability=_RELIABILITY[values["qos_reliability"]])
         topic, compressed = values["image_topic"], values["compressed"]
         self._watch = self.own(_image_watcher(self, topic, compressed))
@@ -197,6 +194,11 @@ class DetectorNode(ManagedNode):
             f"{values['qos_depth']}) -> {self.resolve_topic_name('detections')}, "
             f"{len(self._detector.class_names)} classes, score_threshold {self._detector.score_threshold}"
         )
+        # Last: a step above that raises (an image_topic rclpy refuses) fails the activation, which destroys
+        # what was created; a worker started before it would stay parked on the condition, one more per retry.
+        self._stopping = False
+        self._worker = threading.Thread(target=self._run_worker, name="detector-worker", daemon=True)
+        self._worker.start()
 
     def deactivate(self) -> None:
         """Stop the worker (after its current frame) before its publishers go."""

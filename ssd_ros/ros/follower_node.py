@@ -81,7 +81,8 @@ class FollowerNode(ManagedNode):
         """Build the controller from the parameters (``ValueError`` naming a bad one)."""
         self.loop = FollowLoop(settings_from_mapping(FollowParams, values))  # ignores the node's own parameters
         settings = settings_from_mapping(FollowerSettings, values)
-        self.controller.set_enabled(settings.start_enabled)
+        self._start_enabled = settings.start_enabled
+        self.controller.set_enabled(self._start_enabled)
         self._stamped = settings.twist_stamped
         self.period_s = 1.0 / settings.rate_hz
         self.malformed_detections = 0
@@ -94,7 +95,12 @@ class FollowerNode(ManagedNode):
         self._detections_watch = self._camera_watch = None
 
     def activate(self) -> None:
-        """Publisher, subscriptions (watched), the enable service and the control timer."""
+        """Publisher, subscriptions (watched), the enable service and the control timer; enabled per start_enabled.
+
+        Deactivation disabled the controller for its final zero, so every activation starts from ``start_enabled``
+        again, as the first one did.
+        """
+        self.controller.set_enabled(self._start_enabled)
         self.cmd_pub = self.own(self.create_publisher(TwistStamped if self._stamped else Twist, "cmd_vel", 10))
         self.target_pub = self.own(self.create_publisher(Detection2D, "follow_target", 10))
         self._detections_watch = self.own(

@@ -98,7 +98,8 @@ class ManagedNode(LifecycleNode):
         """Diagnostics level and message while the node does not do its job (None while active and well).
 
         ERROR with the reason after a failed transition (a configure that could not load the model); WARN while
-        unconfigured or inactive, saying what it waits for.
+        unconfigured or inactive, saying what it waits for, and once finalized (a shutdown transition while the
+        process goes on), when only a new process can bring it back.
         """
         if self.problem:
             return DiagnosticStatus.ERROR, f"{self.state_label}: {self.problem}"
@@ -106,6 +107,8 @@ class ManagedNode(LifecycleNode):
             return DiagnosticStatus.WARN, "unconfigured: waiting for a lifecycle manager's configure"
         if self.state_label == "inactive":
             return DiagnosticStatus.WARN, "inactive: waiting for a lifecycle manager's activate"
+        if self.state_label == "finalized":
+            return DiagnosticStatus.WARN, "finalized: shut down by a lifecycle manager; restart the process to use it"
         return None
 
     @property

@@ -287,10 +287,14 @@ class PicarBaseNode(Node):
         return f": {self._watch.problem}" if self._watch.problem else ""
 
     # --- shutdown ----------------------------------------------------------------------------------------
-    def stop_safely(self) -> None:
-        """Stop + centre (retried until the hardware confirms it, for up to a few seconds), release, publish."""
+    def stop_safely(self) -> bool:
+        """Stop + centre (retried until the hardware confirms it, for up to a few seconds), release, publish.
+
+        Returns whether the hardware confirmed it (a later call: the first call's answer). False makes ``main``
+        exit 1, so launch and systemd see a car whose motor or steering may not have stopped.
+        """
         if self._hardware is None:
-            return
+            return self._confirmed
         final = self._controller.safe_output("shutdown")
         deadline = self._now_s() + SHUTDOWN_RETRY_S
         while not self._apply(final) and self._now_s() < deadline:
@@ -307,10 +311,14 @@ class PicarBaseNode(Node):
         self._state_pub.wait_for_all_acked(Duration(seconds=1.0))
         if self._confirmed:
             self.get_logger().info("stopped: motor off, steering centred")
+        return self._confirmed
 
 
 def main(args=None) -> int:
-    """Run the base driver until Ctrl-C/SIGTERM; always end with stop + centre. Exit code 1 if it cannot start."""
+    """Run the base driver until Ctrl-C/SIGTERM; always end with stop + centre.
+
+    Exit code 1 if it cannot start, or when the hardware did not confirm the final stop + centre.
+    """
     return run_node("picar_base", PicarBaseNode, on_stop=PicarBaseNode.stop_safely, args=args, parameters=PARAMETERS)
 
 

@@ -69,7 +69,7 @@ def format_help(name: str, summary: str, parameters: ParameterTable) -> str:
 def run_node(
     name: str,
     factory: Callable[[], NodeT],
-    on_stop: Callable[[NodeT], None] | None = None,
+    on_stop: Callable[[NodeT], bool] | None = None,
     args: list[str] | None = None,
     parameters: ParameterTable | None = None,
 ) -> int:
@@ -84,7 +84,8 @@ def run_node(
     for a lifecycle manager.
 
     ``on_stop`` runs once after spinning ends (a final zero command, stop + centre) with further stop
-    signals ignored, so a second Ctrl-C or launch's follow-up SIGTERM cannot cut it short; a lifecycle node
+    signals ignored, so a second Ctrl-C or launch's follow-up SIGTERM cannot cut it short, and returns whether
+    that final action was confirmed (False: the process exits 1, so launch and systemd see it); a lifecycle node
     then takes its shutdown transition (deactivate, cleanup). An exception escaping a callback (a bug, or
     input nobody foresaw) is logged and the node keeps running.
 
@@ -93,7 +94,8 @@ def run_node(
 
     Returns:
         0 after a clean stop or ``--help``; 1 when the node cannot start (``StartupError``, ``ValueError``, an invalid
-        parameter, a failed autostart), after one ``cannot start: <reason>`` log line and no traceback.
+        parameter, a failed autostart), after one ``cannot start: <reason>`` log line and no traceback, or when
+        ``on_stop`` could not confirm the final safe action (it logs why).
     """
     logger = rclpy.logging.get_logger(name)
     try:
@@ -117,8 +119,7 @@ def run_node(
         node.destroy_node()
         rclpy.try_shutdown()
         return status
-    _spin_until_stopped(node, on_stop, logger, executor)
-    return 0
+    return _spin_until_stopped(node, on_stop, logger, executor)
 
 
 def _start_node(factory: Callable[[], NodeT], args: list[str] | None, logger) -> tuple[NodeT | None, int]:
@@ -188,8 +189,11 @@ def make_executor(choice: str = "events"):
     return SingleThreadedExecutor()
 
 
-def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], None] | None, logger, executor_kind: str) -> None:
-    """Spin until a stop signal, then run ``on_stop`` with further signals ignored and release everything."""
+def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], bool] | None, logger, executor_kind: str) -> int:
+    """Spin until a stop signal, run ``on_stop`` with further signals ignored and release everything.
+
+    Returns the exit status: 0, or 1 when ``on_stop`` could not confirm the final safe action.
+    """
     # While spinning, a signal only raises a flag: an exception injected into rclpy's C++ bindings (in the
     # middle of taking a message) would surface there as an unrelated RuntimeError and a traceback.
     stop = []
@@ -198,6 +202,7 @@ def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], None] | None, lo
     executor = make_executor(executor_kind)
     logger.info(f"spinning with rclpy's {type(executor).__name__} ({EXECUTOR_ENV}=events | single)")
     executor.add_node(node)
+    status = 0
     try:
         while rclpy.ok() and not stop:
             try:
@@ -213,11 +218,13 @@ def _spin_until_stopped(node: NodeT, on_stop: Callable[[NodeT], None] | None, lo
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         try:
-            if on_stop is not None:
-                on_stop(node)  # handles the faults it expects itself: anything raised here is a bug, shown as one
+            # on_stop handles the faults it expects itself: anything raised here is a bug, shown as one.
+            if on_stop is not None and not on_stop(node):
+                status = 1
             if isinstance(node, LifecycleNode) and node.state_label != "finalized" and rclpy.ok():
                 node.trigger_shutdown()
         finally:
             executor.shutdown()
             node.destroy_node()
             rclpy.try_shutdown()
+    return status
