@@ -256,6 +256,41 @@ class RosProbe:
         finally:
             self.node.destroy_client(client)
 
+    def change_state(self, node: str, transition: int, timeout_s: float) -> bool:
+        """Ask ``node`` for lifecycle ``transition`` once (a second request would be a second transition).
+
+        Returns whether it succeeded. Without a reply (see :meth:`call`: Fast DDS can drop the reply to a
+        brand-new client), ``get_state``, which is safe to ask again, says whether the node reached the
+        transition's goal state.
+        """
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        client = self.node.create_client(ChangeState, f"{node}/change_state")
+        try:
+            self.spin_until(client.service_is_ready, timeout_s, f"service {node}/change_state")
+            future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+            deadline = time.monotonic() + timeout_s
+            while not future.done() and time.monotonic() < deadline:
+                self.spin_once()
+            if future.done():
+                return future.result().success
+            client.remove_pending_request(future)
+        finally:
+            self.node.destroy_client(client)
+        # The state each transition ends in when it succeeds (a failed one leaves the node where it was).
+        goals = {
+            Transition.TRANSITION_CONFIGURE: "inactive",
+            Transition.TRANSITION_ACTIVATE: "active",
+            Transition.TRANSITION_DEACTIVATE: "inactive",
+            Transition.TRANSITION_CLEANUP: "unconfigured",
+            Transition.TRANSITION_UNCONFIGURED_SHUTDOWN: "finalized",
+            Transition.TRANSITION_INACTIVE_SHUTDOWN: "finalized",
+            Transition.TRANSITION_ACTIVE_SHUTDOWN: "finalized",
+        }
+        reached = self.call(GetState, f"{node}/get_state", GetState.Request(), timeout_s).current_state.label
+        return reached == goals[transition]
+
 
 def make_checkpoint(
     path: Path,

@@ -33,7 +33,7 @@ from conftest import (
     torchvision_coco_model,
 )
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState, GetState
+from lifecycle_msgs.srv import GetState
 from rcl_interfaces.srv import GetParameters
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.parameter import parameter_value_to_python
@@ -466,8 +466,7 @@ def test_autostart_false_leaves_detector_and_follower_to_a_lifecycle_manager(rov
         assert state == "unconfigured", name
         assert not topics(probe, name, "/", "subscriber"), f"{name} subscribes before it is active"
     for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-        request = ChangeState.Request(transition=Transition(id=transition))
-        assert probe.call(ChangeState, "/detector/change_state", request, START_TIMEOUT_S, attempts=1).success
+        assert probe.change_state("/detector", transition, START_TIMEOUT_S)
     wait_for_detector(probe, launch)
     assert launch.interrupt() == 0
     launch.assert_nothing_left()

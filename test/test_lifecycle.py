@@ -8,7 +8,6 @@ state offers on the graph (an inactive node has no subscription, so DDS delivers
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from conftest import RosProbe, make_checkpoint, start_executable, stop_process
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
+from lifecycle_msgs.srv import GetAvailableTransitions, GetState
 from rcl_interfaces.srv import SetParameters
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -36,16 +35,6 @@ START_TIMEOUT_S = 120.0
 TRANSITION_TIMEOUT_S = 120.0
 WARN = DiagnosticStatus.WARN
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-# The state each transition ends in when it succeeds (a failed one leaves the node where it was).
-GOALS = {
-    Transition.TRANSITION_CONFIGURE: "inactive",
-    Transition.TRANSITION_ACTIVATE: "active",
-    Transition.TRANSITION_DEACTIVATE: "inactive",
-    Transition.TRANSITION_CLEANUP: "unconfigured",
-    Transition.TRANSITION_UNCONFIGURED_SHUTDOWN: "finalized",
-    Transition.TRANSITION_INACTIVE_SHUTDOWN: "finalized",
-    Transition.TRANSITION_ACTIVE_SHUTDOWN: "finalized",
-}
 # Diagnostics reports a finalized node must keep publishing, without an error, to show its timer survives.
 FINALIZED_REPORTS = 3
 
@@ -67,25 +56,8 @@ def transitions(probe, node: str) -> set[str]:
 
 
 def change(probe, node: str, transition: int) -> bool:
-    """Ask for ``transition`` once (a second request would be a second transition); whether it succeeded.
-
-    Under load Fast DDS can drop the reply to a brand-new client whose reader the server has not matched yet
-    (see ``RosProbe.call``): without a reply, ``get_state`` (safe to ask again) says whether the node reached the
-    transition's goal state.
-    """
-    client = probe.node.create_client(ChangeState, f"{node}/change_state")
-    try:
-        probe.spin_until(client.service_is_ready, START_TIMEOUT_S, f"service {node}/change_state")
-        future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
-        deadline = time.monotonic() + TRANSITION_TIMEOUT_S
-        while not future.done() and time.monotonic() < deadline:
-            probe.spin_once()
-        if future.done():
-            return future.result().success
-        client.remove_pending_request(future)
-    finally:
-        probe.node.destroy_client(client)
-    return state(probe, node) == GOALS[transition]
+    """Ask for ``transition`` once; whether it succeeded (``RosProbe.change_state``)."""
+    return probe.change_state(node, transition, TRANSITION_TIMEOUT_S)
 
 
 def latest_status(statuses, node: str):
