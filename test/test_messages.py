@@ -95,3 +95,6 @@ def test_camera_info_round_trip_binning_roi_and_uncalibrated():
     uncalibrated = CameraInfo(width=640, height=480)  # what an uncalibrated driver publishes: K all zero
     with pytest.raises(ValueError, match="without a calibration"):
         camera_from_info(uncalibrated)
+    msg.binning_x = 2000  # more than the region's 1080 columns
+    with pytest.raises(ValueError, match="binning 2000x2 leaves no pixel of its 1080x720 image"):
+        camera_from_info(msg)

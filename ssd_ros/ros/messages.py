@@ -143,6 +143,11 @@ def camera_from_info(msg: CameraInfo) -> PinholeCamera:
     binning_x, binning_y = max(msg.binning_x, 1), max(msg.binning_y, 1)
     roi = msg.roi
     width, height = (roi.width or msg.width) // binning_x, (roi.height or msg.height) // binning_y
+    if width < 1 or height < 1:  # a binning larger than the region: no image a detection could lie in
+        raise ValueError(
+            f"CameraInfo whose binning {binning_x}x{binning_y} leaves no pixel of its {roi.width or msg.width}x"
+            f"{roi.height or msg.height} image"
+        )
     return PinholeCamera(width, height, fx / binning_x, (cx - roi.x_offset) / binning_x)
 
 
