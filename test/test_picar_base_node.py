@@ -530,6 +530,18 @@ def base_in_process(request):
         base.close()
 
 
+def test_diagnostics_tell_driving_from_a_stream_of_zero_commands(base_in_process):
+    """A disabled follower streams zeros: the base says it stands still as asked, not that it is driving."""
+    base = base_in_process("gpio")
+
+    def message(text):
+        return lambda: (base.diagnostics() or (None, ""))[1] == text
+
+    base.drive(0.25, 0.3, until=message("driving"), what="diagnostics saying driving")
+    base.drive(0.0, 0.3, until=message("standing still, as cmd_vel asks"), what="diagnostics saying standing still")
+    assert base.motor_duty() == 0.0
+
+
 @pytest.mark.parametrize("motor_driver", ["gpio", "pca9685"])
 def test_i2c_fault_when_the_watchdog_fires_stops_the_motor_once_possible(base_in_process, motor_driver):
     """The PCA9685 stops answering for a while exactly when the watchdog fires (transient fault)."""

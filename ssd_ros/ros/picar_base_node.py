@@ -256,10 +256,11 @@ class PicarBaseNode(Node):
         elif self._values["calibration_servo_ticks"] >= 0:
             level, message = DiagnosticStatus.WARN, "calibration mode: cmd_vel ignored"
         else:
-            level, message = (
-                DiagnosticStatus.OK,
-                "driving" if last_command is not None else f"stopped (no recent cmd_vel{self._silence()})",
-            )
+            if last_command is None:
+                message = f"stopped (no recent cmd_vel{self._silence()})"
+            else:  # a disabled follower streams zeros: commanded, but not driving
+                message = "driving" if wanted.motor_duty != 0.0 else "standing still, as cmd_vel asks"
+            level = DiagnosticStatus.OK
 
         def shown(value: float | None, fmt: str) -> str:
             return format(value, fmt) if value is not None else "n/a"
