@@ -143,6 +143,23 @@ def test_stale_and_future_detections_are_ignored():
     assert controller.update(far, 102.0, 102.0 + 0.1).linear_mps > 0  # a fresh frame is used at once
 
 
+def test_a_clock_that_goes_back_stops_the_rover_and_the_new_timeline_is_followed():
+    # A looping bag replay or a restarted simulator sets the clock back: the last sighting's stamp then lies in the
+    # future, and must neither be steered on as fresh nor make every new frame look older than the last one.
+    controller = FollowController(PARAMS)
+    left = frame((person_box(10, 0.25), 0.9, "person"))
+    for k in range(20):
+        now = 100.0 + k * PERIOD
+        command = controller.update(left, now, now)
+    assert command.linear_mps > 0 and command.angular_radps > 0 and controller.state == "tracking"
+    command = controller.update(None, None, 0.0)
+    assert command == ZERO and controller.state == "searching"
+    right = frame((person_box(-10, 0.25), 0.9, "person"))
+    for k in range(1, 20):
+        command = controller.update(right, k * PERIOD, k * PERIOD)
+    assert command.linear_mps > 0 and command.angular_radps < 0 and controller.counters["stale_frames"] == 0
+
+
 def test_nan_boxes_foreign_classes_and_low_scores_never_become_the_target():
     controller = FollowController(PARAMS)
     junk = frame(

@@ -241,3 +241,16 @@ def test_a_lost_track_is_recovered_where_it_was_last_seen_after_its_prediction_d
     for k in range(8, 23):  # hidden 1.5 s: the prediction walked on 300 px
         tracker.update(frame(), k * PERIOD)
     assert tracker.update(frame((last, 0.9)), 23 * PERIOD).track_ids == ("1",)
+
+
+def test_when_the_clock_goes_back_the_old_tracks_are_removed_and_their_ids_never_given_again():
+    """A looping bag replay or a restarted simulator: stamps restart far below the newest one seen."""
+    tracker = Tracker(TrackerParams(track_max_age_s=1.0))
+    run(tracker, [frame((box(300, 240), 0.9)) for _ in range(5)], start=1000)
+    # A frame a little out of order is still the same timeline: the track goes on.
+    assert tracker.update(frame((box(300, 240), 0.9)), 1000 * PERIOD).track_ids == ("1",)
+    # The clock restarts at 0 and the person has left: its track is removed (ages count from the newest stamp, so
+    # otherwise it would stay lost until the stamps passed the old ones), and the next person there is a new one.
+    run(tracker, [frame() for _ in range(12)])
+    assert tracker.state("1") == "removed"
+    assert run(tracker, [frame((box(300, 240), 0.9)) for _ in range(2)], start=12) == [[""], ["2"]]

@@ -243,6 +243,11 @@ class Tracker:
     def __init__(self, params: TrackerParams = TrackerParams()):
         """A tracker with no tracks, tuned by ``params`` (validated when they were made)."""
         self.params = params
+        self._next_id = 1
+        self._drop_tracks()
+
+    def _drop_tracks(self) -> None:
+        """No tracks and no stamp seen; ``_next_id`` is kept, so an id is never given twice."""
         self._filter = BoxFilter()
         self._observed = np.zeros((0, 4))
         self._names: list[str] = []
@@ -251,7 +256,6 @@ class Tracker:
         self._hits = np.zeros(0, np.int64)
         self._seen_s = np.zeros(0)
         self._stamp_s: float | None = None
-        self._next_id = 1
 
     def state(self, track_id: str) -> str | None:
         """``"tracked"``, ``"lost"`` or ``"removed"`` for an id this tracker gave; None for any other string."""
@@ -264,10 +268,16 @@ class Tracker:
         """Track one frame taken at ``stamp_s`` (seconds); the same detections with ``track_ids`` set.
 
         A stamp not newer than the previous frame's (or not finite) is taken as that stamp: no motion predicted.
+        A stamp older than that by more than ``track_max_age_s`` means the clock went back (a looping bag replay, a
+        restarted simulator): every track is dropped, and the ids go on from the next unused one.
         """
         p = self.params
         if not math.isfinite(stamp_s):
             stamp_s = 0.0 if self._stamp_s is None else self._stamp_s
+        if self._stamp_s is not None and stamp_s < self._stamp_s - p.track_max_age_s:
+            # Ages count from the newest stamp, so tracks of the old timeline would never be removed, and a lost one
+            # would give its id to whoever appeared where it was last seen.
+            self._drop_tracks()
         dt = 0.0 if self._stamp_s is None or not stamp_s > self._stamp_s else stamp_s - self._stamp_s
         self._stamp_s = stamp_s if self._stamp_s is None else max(self._stamp_s, stamp_s)
         self._filter.predict(dt)
