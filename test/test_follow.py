@@ -306,6 +306,23 @@ def test_one_implausible_box_is_noise_and_the_id_is_kept():
     assert controller.counters["id_jumps"] == 0
 
 
+def test_one_implausible_box_right_after_a_swap_is_noise_and_the_new_id_is_kept():
+    controller = FollowController(PARAMS)
+    list(cross_and_swap(controller, frames=7))  # the swap at the last frame: A re-found under "2"
+    assert controller.target.track_id == "2" and controller.counters["id_jumps"] == 1
+    k = 7
+    b = person_box(10 - 1.1 * k, 0.35 * 1.25)
+    controller.update(
+        tracked((b, 0.9, "person", "1"), (person_box(20, 0.35), 0.9, "person", "2")), k * PERIOD, k * PERIOD
+    )
+    assert controller.target.stamp_s == 6 * PERIOD  # one bad box of "2": not taken, and "2" not dropped ...
+    k = 8
+    a = person_box(-8 + 0.9 * k, 0.35)
+    controller.update(tracked((b, 0.9, "person", "1"), (a, 0.9, "person", "2")), k * PERIOD, k * PERIOD)
+    assert controller.target.track_id == "2" and np.array_equal(controller.target.box, np.float32(a))  # ... A is "2"
+    assert controller.counters["id_jumps"] == 1
+
+
 def test_an_id_on_a_box_of_another_size_does_not_switch_the_target():
     """A detector that writes its per-frame index into Detection2D.id: "0" is whichever box comes first."""
     controller = FollowController(PARAMS)

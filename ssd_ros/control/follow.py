@@ -389,7 +389,6 @@ class FollowController:
             if plausible[i]:
                 measured = max(distance[i] * target.noise_scale / 4, MIN_NOISE_SCALE)  # 4: the expected chi-square
                 target.noise_scale += NOISE_SCALE_RATE * (measured - target.noise_scale)
-                target.suspect_frames = 0
                 self._see(target, motion, i, boxes, scores, ids, stamp_s)
                 return
             target.suspect_frames += 1
@@ -418,10 +417,14 @@ class FollowController:
 
     @staticmethod
     def _see(target: Target, motion: BoxFilter, i: int, boxes, scores, ids, stamp_s: float) -> None:
-        """Candidate ``i`` is the target, seen at ``stamp_s``: its box, id and motion from now on."""
+        """Candidate ``i`` is the target, seen at ``stamp_s``: its box, id and motion from now on.
+
+        Its box is plausible, so the count of implausible frames starts again, also for an id just re-found: one
+        bad box of it right after must be noise as for any id, not a second jump that drops it for good.
+        """
         motion.correct(np.array([0]), boxes[i : i + 1])
         target.box, target.score, target.stamp_s = boxes[i], float(scores[i]), stamp_s
-        target.track_id, target.motion = ids[i], motion
+        target.track_id, target.motion, target.suspect_frames = ids[i], motion, 0
 
     def _candidates(self, detections: Detections) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
         """Boxes / scores / names / track ids of the detections that may be followed; the rest are counted.
