@@ -322,3 +322,43 @@ def test_image_set_ids_that_leave_the_dataset_are_refused(tmp_path, bad_id):
     assert [item.image_id for item in VocSplit.from_folder(dataset, "train")] == ["a"]
     with pytest.raises(VocFormatError, match="is not a plain name"):
         VocSplit.from_folder(dataset, "../ImageSets/Main/train")
+
+
+@pytest.mark.parametrize(
+    ("flag", "difficult"),
+    [
+        ("0", False),
+        ("1", True),
+        ("0.0", False),
+        ("1.0", True),
+        ("false", False),
+        ("False", False),
+        ("TRUE", True),
+        (" 1 ", True),
+        ("", False),
+    ],
+)
+def test_difficult_flags_as_other_tools_write_them(tmp_path, flag, difficult):
+    # "0.0" or "False" read as difficult would silently take the object out of the recall's denominator.
+    ann = parse_annotation(write_xml(tmp_path / "a.xml", [("cat", (1, 1, 5, 5), flag)]))
+    assert ann.difficult.tolist() == [difficult]
+
+
+@pytest.mark.parametrize("flag", ["maybe", "nan"])
+def test_unreadable_difficult_flag_names_file_and_object(tmp_path, flag):
+    xml = write_xml(tmp_path / "odd.xml", [("cat", (1, 1, 5, 5), 0), ("dog", (1, 1, 5, 5), flag)])
+    with pytest.raises(VocFormatError, match=rf"odd\.xml: <difficult> in <object> #2 \(dog\) is not 0/1 .*'{flag}'"):
+        parse_annotation(xml)
+
+
+def test_image_set_list_with_a_byte_order_mark(tmp_path):
+    # Windows editors save UTF-8 lists with a BOM (and CRLF); the first id must still name its files.
+    src = shared_data("voc2012_sample", "VOC2012")
+    ids = (src / "ImageSets" / "Main" / "val.txt").read_text().split()[:2]
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (tmp_path / sub).mkdir(parents=True)
+    for image_id in ids:
+        shutil.copy(src / "Annotations" / f"{image_id}.xml", tmp_path / "Annotations")
+        shutil.copy(src / "JPEGImages" / f"{image_id}.jpg", tmp_path / "JPEGImages")
+    (tmp_path / "ImageSets" / "Main" / "test.txt").write_bytes(("\ufeff" + "\r\n".join(ids) + "\r\n").encode())
+    assert [item.image_id for item in VocSplit.from_folder(tmp_path, "test")] == ids

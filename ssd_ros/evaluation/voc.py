@@ -68,7 +68,8 @@ class VocAnnotation:
         height: image height in pixels from ``<size>``.
         boxes: (N, 4) float32 ``x_min, y_min, x_max, y_max``, clamped into the image, all with positive area.
         names: the N class names (surrounding whitespace stripped; inner spaces kept).
-        difficult: (N,) bool ``<difficult>`` flags (absent element = not difficult).
+        difficult: (N,) bool ``<difficult>`` flags (absent or empty element = not difficult, a number is
+            difficult when non-zero, ``true``/``false`` in any letter case).
         dropped: number of degenerate boxes removed while parsing.
     """
 
@@ -113,12 +114,33 @@ def _number(element: ET.Element, tag: str, xml_path: Path, what: str) -> float:
     return value
 
 
+def _difficult(flag: ET.Element | None, xml_path: Path, what: str) -> bool:
+    """An object's ``<difficult>`` flag: absent or empty is not difficult, a number is difficult when non-zero.
+
+    The devkit writes ``0``/``1``; other tools write ``0.0`` or ``false``, which must not read as difficult (a
+    difficult object leaves the recall's denominator and its detections are ignored). Anything else is refused
+    rather than guessed.
+    """
+    text = (flag.text or "").strip().lower() if flag is not None else ""
+    if text in ("", "false"):
+        return False
+    if text == "true":
+        return True
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise VocFormatError(f"{xml_path}: <difficult> in {what} is not 0/1 or true/false: {flag.text.strip()!r}")
+    return value != 0.0
+
+
 def parse_annotation(xml_path: str | Path) -> VocAnnotation:
     """Read one VOC XML annotation file.
 
     Raises:
         VocFormatError: the file is missing, not XML, lacks ``<size>``, an object lacks ``<name>`` or
-            ``<bndbox>``, or a number is malformed; the message names the file and the problem.
+            ``<bndbox>``, a number or a ``<difficult>`` flag is malformed; the message names the file and the problem.
     """
     xml_path = Path(xml_path)
     try:
@@ -152,10 +174,9 @@ def parse_annotation(xml_path: str | Path) -> VocAnnotation:
         if box[2] <= box[0] or box[3] <= box[1]:
             dropped += 1
             continue
-        flag = obj.find("difficult")
         boxes.append(box)
         names.append(name)
-        difficult.append(flag is not None and (flag.text or "0").strip() not in ("0", ""))
+        difficult.append(_difficult(obj.find("difficult"), xml_path, f"{what} ({name})"))
     filename_element = root.find("filename")
     filename = (filename_element.text or "").strip() if filename_element is not None else ""
     return VocAnnotation(
@@ -209,7 +230,8 @@ def _read_image_set(list_file: Path) -> list[str]:
     if not list_file.is_file():
         raise VocFormatError(f"{list_file}: image set list not found")
     ids = []
-    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+    # utf-8-sig: a list saved by a Windows editor starts with a byte-order mark, which would join the first id.
+    for number, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         image_id = line.split()[0]
