@@ -339,3 +339,20 @@ def test_matched_fraction_pairs_detections_one_to_one_by_class_and_iou():
     assert matched_fraction([twice], [dets([[0, 0, 10, 10]], [0.9], [0])]) == 0.5
     assert matched_fraction([twice], [twice]) == 1.0
     assert matched_fraction([Detections.empty(names)], [twice]) == 1.0
+
+
+def test_matched_fraction_compares_class_names_not_label_indices():
+    # Detections.from_named lists classes in the order they arrive, so "dog" is label 1 on one side and 0 on
+    # the other: the same box of the same class must match, and the same label index of another class must not.
+    reference = Detections.from_named([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8], ["cat", "dog"])
+    assert matched_fraction([reference], [Detections.from_named([[20, 20, 30, 30]], [0.7], ["dog"])]) == 0.5
+    swapped = Detections.from_named([[0, 0, 10, 10], [20, 20, 30, 30]], [0.7, 0.6], ["dog", "cat"])
+    assert matched_fraction([reference], [swapped]) == 0.0
+    # At iou=0 a same-class partner without overlap counts, one of another class (same class list) does not.
+    names = ("cat", "dog")
+    cat = Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32), np.array([0]), names)
+    for label, expected in ((0, 1.0), (1, 0.0)):
+        apart = Detections(
+            np.array([[50, 50, 60, 60]], np.float32), np.array([0.5], np.float32), np.array([label]), names
+        )
+        assert matched_fraction([cat], [apart], iou=0.0) == expected

@@ -190,14 +190,17 @@ def matched_fraction(reference: Sequence[Detections], other: Sequence[Detections
 
     Matched one to one per image, reference detections in score order, each taking its best free partner
     (how two models or two backends are compared when neither is ground truth). 1.0 when there is nothing
-    to match.
+    to match. Classes are compared by name: the two sides' labels may index different class lists (a
+    Detection2DArray's names arrive in any order).
     """
     matched = total = 0
     for ref, oth in zip(reference, other, strict=True):
         total += len(ref)
         if not len(ref) or not len(oth):
             continue
-        overlaps = iou_matrix(ref.boxes, oth.boxes) * (ref.labels[:, None] == oth.labels[None, :])
+        same_class = np.asarray(ref.names, object)[:, None] == np.asarray(oth.names, object)[None, :]
+        # -1, below any threshold: a partner of another class never matches, even at iou=0.
+        overlaps = np.where(same_class, iou_matrix(ref.boxes, oth.boxes), -1.0)
         free = np.ones(len(oth), bool)
         for row in overlaps[np.argsort(-ref.scores, kind="stable")]:
             best = int(np.argmax(np.where(free, row, -1.0)))
