@@ -388,6 +388,26 @@ def test_acceleration_and_steering_rate_limits():
     assert steering_sign_changes(steers) == 0
 
 
+def test_from_reverse_to_forward_the_forward_speed_grows_at_the_acceleration_limit():
+    # Reversing from a target too close; the desired distance is lowered at runtime, so at once it is too far.
+    params = replace(PARAMS, allow_reverse=True, smoothing_time_constant_s=0.0)
+    controller = FollowController(params)
+    target = frame((person_box(0, 0.7), 0.9, "person"))
+    previous = 0.0
+    for k in range(40):
+        if k == 20:
+            assert previous == pytest.approx(-params.max_reverse_mps)
+            controller.set_params(replace(params, desired_height_fraction=1.0))
+        command = controller.update(target, k * PERIOD, k * PERIOD)
+        # Braking (at the braking limit) until stopped, and only then, in the time left, speeding up the other way.
+        stopping_s = max(-previous, 0.0) / params.max_linear_decel_mps2
+        forward_gain = max(command.linear_mps, 0.0) - max(previous, 0.0)
+        assert forward_gain <= params.max_linear_accel_mps2 * max(PERIOD - stopping_s, 0.0) + 1e-9
+        assert abs(command.linear_mps - previous) <= params.max_linear_decel_mps2 * PERIOD + 1e-9
+        previous = command.linear_mps
+    assert command.linear_mps > 0.2
+
+
 def test_search_arc_is_slow_bounded_and_times_out():
     params = settings_from_mapping(FollowParams, {"search": "arc", "search_timeout_s": 3.0})
     controller = FollowController(params)

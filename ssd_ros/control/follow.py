@@ -500,11 +500,20 @@ class FollowController:
         """Apply acceleration and steering-rate limits; derive the yaw rate from the bicycle model."""
         p = self.params
         previous = self.last_command.linear_mps
-        speeding_up = abs(linear) > abs(previous) and linear * previous >= 0
-        accel = p.max_linear_accel_mps2 if speeding_up else p.max_linear_decel_mps2
+        if linear * previous < 0:
+            # Through zero: brake to a stop, then speed up the other way only in the time left, at the lower limit.
+            braking_s = abs(previous) / p.max_linear_decel_mps2
+            if braking_s >= dt:
+                linear = _approach(previous, 0.0, p.max_linear_decel_mps2 * dt)
+            else:
+                linear = _approach(0.0, linear, p.max_linear_accel_mps2 * (dt - braking_s))
+        else:
+            speeding_up = abs(linear) > abs(previous)
+            accel = p.max_linear_accel_mps2 if speeding_up else p.max_linear_decel_mps2
+            linear = _approach(previous, linear, accel * dt)
         # The caps hold even when lowered at runtime while faster (then braking is immediate).
         lower = -p.max_reverse_mps if p.allow_reverse else 0.0
-        linear = min(max(_approach(previous, linear, accel * dt), lower), p.max_linear_mps)
+        linear = min(max(linear, lower), p.max_linear_mps)
         max_steering = math.radians(p.max_steering_deg)
         # Stopped wheels cannot turn the car; the base centres the servo then, so do we.
         desired_angle = steering_angle(linear, angular, p.wheelbase_m, max_steering)
