@@ -304,3 +304,22 @@ def test_runs_as_a_script():
     )
     assert result.returncode == 0, result.stderr
     assert "--checkpoint" in result.stdout and "--metric {11point,allpoint}" in result.stdout
+
+
+def test_boxes_dropped_by_the_parser_are_reported(checkpoints, tmp_path):
+    # An inverted box and one beyond the image: the devkit would count both as missed objects, we cannot score them.
+    folder = tmp_path / "data"
+    shutil.copytree(shared_data("picar_camera", "detection", "test"), folder)
+    xml = sorted(folder.glob("*.xml"))[0]
+    bad = "".join(
+        f"<object><name>Stop Sign</name><bndbox><xmin>{a}</xmin><ymin>10</ymin><xmax>{b}</xmax><ymax>20</ymax>"
+        "</bndbox></object>"
+        for a, b in ((50, 40), (700, 720))
+    )
+    xml.write_text(xml.read_text().replace("</annotation>", bad + "</annotation>"))
+    out = tmp_path / "out"
+    status, _, stderr = run("--checkpoint", checkpoints["picar"], "--folder", folder, "--limit", "1", "--out", out)
+    assert status == 0, stderr
+    assert json.loads((out / "results.json").read_text())["dropped_boxes"] == {xml.stem: 2}
+    assert "warning: 2 annotated boxes in 1 images are empty or outside their image and are not scored" in stderr
+    assert xml.stem in stderr
