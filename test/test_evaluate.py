@@ -183,7 +183,8 @@ def test_custom_classes_with_spaces(checkpoints, tmp_path):
     rows = table_rows(stdout)
     assert list(rows) == [*PICAR_CLASSES, "mAP"]
     assert all(v == "n/a" or 0.0 <= float(v) <= 1.0 for v in rows.values())
-    assert json.loads((tmp_path / "o" / "results.json").read_text())["num_images"] == 3
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert results["num_images"] == 3 and results["unannotated_images"] == [] and results["dropped_boxes"] == {}
 
 
 # --- errors: exit status 2 before any work ---------------------------------------------------------------------
@@ -323,3 +324,17 @@ def test_boxes_dropped_by_the_parser_are_reported(checkpoints, tmp_path):
     assert json.loads((out / "results.json").read_text())["dropped_boxes"] == {xml.stem: 2}
     assert "warning: 2 annotated boxes in 1 images are empty or outside their image and are not scored" in stderr
     assert xml.stem in stderr
+
+
+def test_images_without_xml_in_a_folder_are_named(checkpoints, tmp_path):
+    # labelImg saves no XML for an image without boxes: such a negative image is left out of the split, and its
+    # false positives with it, so the run says which images it did not evaluate.
+    folder = tmp_path / "data"
+    shutil.copytree(shared_data("picar_camera", "detection", "test"), folder)
+    negative = sorted(folder.glob("*.jpg"))[-1]
+    negative.with_suffix(".xml").unlink()
+    out = tmp_path / "out"
+    status, _, stderr = run("--checkpoint", checkpoints["picar"], "--folder", folder, "--limit", "1", "--out", out)
+    assert status == 0, stderr
+    assert json.loads((out / "results.json").read_text())["unannotated_images"] == [negative.name]
+    assert "warning: 1 images have no XML annotation and were not evaluated" in stderr and negative.name in stderr

@@ -42,7 +42,7 @@ from ssd_ros.evaluation.voc_report import format_ap_table, plot_pr_curves
 from ssd_ros.vision.checkpoint import CheckpointError
 from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.detector import EVALUATION_SETTINGS, Detector
-from ssd_ros.vision.image_codec import ImageDecodeError, read_image_file
+from ssd_ros.vision.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
 from training.detect import detect_split
 
 __all__ = ["main", "parse_args"]
@@ -142,6 +142,25 @@ def _load_split(args: argparse.Namespace) -> VocSplit:
         raise UsageError(f"{error}{mixup_hint('--data', args.data, '--folder', folders)}") from error
 
 
+def _unannotated_images(args: argparse.Namespace) -> list[str]:
+    """Images a ``--folder`` without ``--image-set`` leaves out because they have no XML (sorted file names).
+
+    Such a split is the XML files, so a negative image saved without one would silently not be evaluated
+    (its false positives never counted); with a list (``--image-set``, ``--data``) a missing XML is an error.
+    """
+    if args.folder is None or args.image_set is not None:
+        return []
+    folder = Path(args.folder)
+    images, annotations = (
+        (folder / "JPEGImages", folder / "Annotations") if (folder / "Annotations").is_dir() else (folder, folder)
+    )
+    return sorted(
+        p.name
+        for p in images.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not (annotations / f"{p.stem}.xml").is_file()
+    )
+
+
 def _default_out(args: argparse.Namespace, split: VocSplit) -> Path:
     dataset = split.name if args.data is not None else Path(args.folder).name
     tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset)
@@ -198,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Boxes empty or outside the image after clamping are not scored; the devkit counts them as objects never
     # found, so the AP here can be higher than its: they are listed and warned about.
     dropped = {item.image_id: a.dropped for item, a in zip(items, annotations) if a.dropped}
+    unannotated = _unannotated_images(args)
     print(f"{split.name}: {len(items)} images, {sum(len(a) for a in annotations)} objects; device {device}")
     start = time.perf_counter()
     try:
@@ -235,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "detections": int(sum(len(d) for d in detections)),
         "annotation_size_mismatches": sorted(size_mismatches),
         "dropped_boxes": dropped,
+        "unannotated_images": unannotated,
     }
     out = args.out if args.out is not None else _default_out(args, split)
     try:
@@ -258,6 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"warning: {sum(dropped.values())} annotated boxes in {len(dropped)} images are empty or outside their "
             f"image and are not scored (the devkit counts them, missed unless difficult): {sorted(dropped)[:5]}",
+            file=sys.stderr,
+        )
+    if unannotated:
+        print(
+            f"warning: {len(unannotated)} images have no XML annotation and were not evaluated (give a negative "
+            f"image an XML with no <object>): {unannotated[:5]}",
             file=sys.stderr,
         )
     print(f"results written to {out}/")
