@@ -498,6 +498,15 @@ def test_follow_loop_hands_the_newest_frame_to_one_tick_only():
     assert command.angular_radps < 0  # the person is on the right: turn right
 
 
+def test_follow_loop_keeps_the_newest_frame_when_an_older_one_arrives_after_it():
+    loop = FollowLoop(PARAMS)
+    left, right = frame((person_box(15, 0.25), 0.9, "person")), frame((person_box(-15, 0.25), 0.9, "person"))
+    loop.offer(right, 0.01)
+    loop.offer(left, 0.0)  # out of order: older than the frame waiting
+    loop.tick(0.02)
+    assert loop.controller.target.stamp_s == 0.01 and loop.controller.target.box[0] == pytest.approx(right.boxes[0][0])
+
+
 def test_class_mismatch_names_both_lists_and_suggests_the_case_insensitive_match():
     model = ("Person", "Stop Sign")
     assert class_mismatch(("Person",), model, "the model's classes") is None

@@ -552,8 +552,9 @@ class FollowLoop:
     given to :meth:`offer` as they arrive, and every :meth:`tick` of the fixed-rate timer hands the controller
     the newest frame not yet given to it (or None: the controller decides on every tick, so a silent
     detector still stops the robot). An older frame that was never ticked on is dropped, as a live
-    follower would drop it. ``offer`` is the single entry point of frames: a frame without any track id (a
-    detector with ``tracking`` off, another detector) goes through the loop's own
+    follower would drop it, and so is one that arrives after a newer one still waiting. ``offer`` is the single
+    entry point of frames: a frame without any track id (a detector with ``tracking`` off, another detector) goes
+    through the loop's own
     :class:`~ssd_ros.control.tracking.Tracker` there, whose ids carry :data:`OWN_ID_PREFIX` so that they can never
     be taken for the source's ids. The camera model they are measured in is ``controller.measured_camera``
     (from CameraInfo).
@@ -577,7 +578,11 @@ class FollowLoop:
         if detections.track_ids is None:
             own = self.tracker.update(detections, math.nan if stamp_s is None else stamp_s).ids
             detections = replace(detections, track_ids=tuple(OWN_ID_PREFIX + i if i else "" for i in own))
-        self._pending = (detections, stamp_s)
+        pending_stamp_s = None if self._pending is None else self._pending[1]
+        # Frames may arrive out of order (best-effort transport): one older than the frame waiting must not replace
+        # it, or the newest frame would never be used.
+        if stamp_s is None or pending_stamp_s is None or stamp_s >= pending_stamp_s:
+            self._pending = (detections, stamp_s)
         self.last_stamp_s = stamp_s
         self.seen_classes.update(detections.names)
         return detections
