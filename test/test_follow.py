@@ -10,6 +10,7 @@ from ssd_ros.control import follow
 from ssd_ros.control.camera import PinholeCamera
 from ssd_ros.control.follow import OWN_ID_PREFIX, ZERO, FollowController, FollowLoop, FollowParams, class_mismatch
 from ssd_ros.control.geometry import PERSON_HEIGHT_M
+from ssd_ros.control.tracking import TrackerParams
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.simulation.simulator import (
     SWAPS,
@@ -342,6 +343,19 @@ def test_frames_without_ids_are_tracked_by_the_loop_in_its_own_id_space():
     # loop's own, which can never be taken for the detector's "1".
     assert loop.offer(tracked((person_box(0, 0.4), 0.9, "person", "1")), 3 * PERIOD).track_ids == ("1",)
     assert loop.offer(untracked((person_box(0, 0.4), 0.9, "person")), 4 * PERIOD).track_ids[0].startswith(OWN_ID_PREFIX)
+
+
+def test_frames_without_ids_or_stamps_age_the_loops_tracks_on_its_clock():
+    loop = FollowLoop(PARAMS)
+    person = untracked((person_box(0, 0.3), 0.9, "person"))
+    for k in range(10):
+        loop.offer(person, None)  # no stamp: taken now
+        loop.tick(k * PERIOD)
+    assert loop.controller.target.track_id == OWN_ID_PREFIX + "1"
+    for k in range(10, 10 + round(2 * TrackerParams().track_max_age_s / PERIOD)):  # nobody, for twice the max age
+        loop.offer(untracked(), None)
+        loop.tick(k * PERIOD)
+    assert loop.tracker.state("1") == "removed"
 
 
 def test_never_turns_in_place_and_stops_when_too_close():

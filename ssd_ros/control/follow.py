@@ -572,11 +572,14 @@ class FollowLoop:
         self.model_classes: tuple[str, ...] | None = None  # the detector's classes, once known
         self.seen_classes: set[str] = set()
         self._pending: tuple[Detections, float | None] | None = None
+        # The clock at the last tick: a frame offered without a stamp ("now") arrived at most a period after it.
+        self._last_tick_s = math.nan
 
     def offer(self, detections: Detections, stamp_s: float | None) -> Detections:
         """A frame arrived: its detections and when the image was taken (None: now); returns them with track ids."""
         if detections.track_ids is None:
-            own = self.tracker.update(detections, math.nan if stamp_s is None else stamp_s).ids
+            # Not the tracker's "no stamp" (NaN: its last one), under which its tracks would never age out.
+            own = self.tracker.update(detections, self._last_tick_s if stamp_s is None else stamp_s).ids
             detections = replace(detections, track_ids=tuple(OWN_ID_PREFIX + i if i else "" for i in own))
         pending_stamp_s = None if self._pending is None else self._pending[1]
         # Frames may arrive out of order (best-effort transport): one older than the frame waiting must not replace
@@ -605,6 +608,7 @@ class FollowLoop:
         """One timer tick at ``now_s`` (the clock of the stamps): the command to publish."""
         detections, stamp_s = self._pending if self._pending is not None else (None, None)
         self._pending = None
+        self._last_tick_s = now_s
         return self.controller.update(detections, stamp_s, now_s)
 
 
