@@ -50,6 +50,18 @@ def test_velocity_prediction_bridges_a_jump_iou_alone_would_miss():
     assert tracker.update(frame((predicted, 0.9)), 13 * PERIOD).track_ids == ("1",)
 
 
+def test_a_frame_delivered_late_gets_ids_and_leaves_the_tracks_as_they_were():
+    tracker = Tracker()
+    run(tracker, [frame((box(100 + 30 * k, 240), 0.9)) for k in range(10)])
+    # Frame 8 again, after frame 9: its id, but its past box must not drag the track back and cut its velocity ...
+    late = frame((box(100 + 30 * 8, 240), 0.9))
+    assert tracker.update(late, 8 * PERIOD).track_ids == ("1",)
+    # ... which the prediction needs to bridge three missed frames at 300 px/s, as without the late frame.
+    for k in range(10, 13):
+        tracker.update(frame(), k * PERIOD)
+    assert tracker.update(frame((box(100 + 30 * 13, 240), 0.9)), 13 * PERIOD).track_ids == ("1",)
+
+
 def test_id_kept_through_missed_frames_up_to_max_age_then_new_id():
     params = TrackerParams(track_max_age_s=1.0)
     tracker = Tracker(params)

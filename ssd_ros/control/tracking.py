@@ -267,9 +267,10 @@ class Tracker:
     def update(self, detections: Detections, stamp_s: float) -> Detections:
         """Track one frame taken at ``stamp_s`` (seconds); the same detections with ``track_ids`` set.
 
-        A stamp not newer than the previous frame's (or not finite) is taken as that stamp: no motion predicted.
-        A stamp older than that by more than ``track_max_age_s`` means the clock went back (a looping bag replay, a
-        restarted simulator): every track is dropped, and the ids go on from the next unused one.
+        A stamp equal to the newest seen (or not finite) is taken as that stamp: no motion predicted. A frame older
+        than the newest (delivered out of order) gets the ids of the tracks it matches, and changes or starts none. A
+        stamp older than the newest by more than ``track_max_age_s`` means the clock went back (a looping bag
+        replay, a restarted simulator): every track is dropped, and the ids go on from the next unused one.
         """
         p = self.params
         if not math.isfinite(stamp_s):
@@ -278,9 +279,10 @@ class Tracker:
             # Ages count from the newest stamp, so tracks of the old timeline would never be removed, and a lost one
             # would give its id to whoever appeared where it was last seen.
             self._drop_tracks()
-        dt = 0.0 if self._stamp_s is None or not stamp_s > self._stamp_s else stamp_s - self._stamp_s
-        self._stamp_s = stamp_s if self._stamp_s is None else max(self._stamp_s, stamp_s)
-        self._filter.predict(dt)
+        late = self._stamp_s is not None and stamp_s < self._stamp_s
+        if not late:
+            self._filter.predict(0.0 if self._stamp_s is None else stamp_s - self._stamp_s)
+            self._stamp_s = stamp_s
         boxes = np.asarray(detections.boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(detections.scores, np.float64).reshape(-1)
         names = detections.names
@@ -300,10 +302,15 @@ class Tracker:
         taken = set(matches.values())
         left = np.array([d for d in high if d not in taken], np.int64)
         matches.update(self._match(self._observed, lost, boxes, names, left, p.track_match_iou))
-        self._correct(matches, boxes)
+        # A late frame's boxes are of the past: correcting the tracks' present state with them would drag them back
+        # and cut their velocity (a gap after it would then break the track), and would mark them seen now.
+        if not late:
+            self._correct(matches, boxes)
         ids = [""] * len(scores)
         for k, d in matches.items():
             ids[d] = self._ids[k]
+        if late:
+            return replace(detections, track_ids=tuple(ids))
         taken = set(matches.values())
         births = [int(d) for d in high if d not in taken]
         self._age(matches)  # renumbers the rows: the ids were read before
