@@ -73,8 +73,11 @@ def test_truncated_image_is_one_line_naming_it(tmp_path, capsys, workers):
     argv = ["--train-folder", folder, *SMALL, "--workers", workers, "--iterations", "4", "--batch-size", "5"]
     status, err = run(capsys, *argv, "--output-dir", tmp_path / "run")
     assert status == 2
+    # The one line also says what of the run is kept: here nothing, it stopped before its first checkpoint.
+    last = tmp_path / "run" / "last.pt"
     assert err.splitlines() == [f"error: {broken}: truncated JPEG: no end-of-image marker after its image data "
-                                f"({len(data) // 2} bytes)"]  # fmt: skip
+                                f"({len(data) // 2} bytes) (fix or remove the image; stopped before the first "
+                                f"checkpoint ({last} not written): nothing to resume)"]  # fmt: skip
 
 
 def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
