@@ -159,6 +159,10 @@ def test_a_clock_that_goes_back_stops_the_rover_and_the_new_timeline_is_followed
     for k in range(1, 20):
         command = controller.update(right, k * PERIOD, k * PERIOD)
     assert command.linear_mps > 0 and command.angular_radps < 0 and controller.counters["stale_frames"] == 0
+    # A step back smaller than max_detection_age_s (an NTP correction) is no new timeline: the target is kept.
+    now = 19 * PERIOD - PARAMS.max_detection_age_s / 2
+    command = controller.update(right, now, now)
+    assert command.linear_mps > 0 and command.angular_radps < 0 and controller.state == "tracking"
 
 
 def test_nan_boxes_foreign_classes_and_low_scores_never_become_the_target():

@@ -311,12 +311,13 @@ class FollowController:
             now_s: the current time on the same clock as the stamps.
         """
         p = self.params
-        if self._last_now is not None and now_s < self._last_now:
+        if self._last_now is not None and now_s < self._last_now - p.max_detection_age_s:
             # The clock went back (a looping bag replay, a restarted simulator, system time set back): the target's
             # stamp would lie in the future, so it would be steered on as fresh for as long as the jump, while every
             # new frame were refused as older than the last one. Every stamp held is void: start from standstill.
+            # A smaller step back (an NTP correction) is within the future stamps the freshness checks accept.
             self.reset()
-        dt = 0.0 if self._last_now is None else min(now_s - self._last_now, self._MAX_DT_S)
+        dt = 0.0 if self._last_now is None else min(max(now_s - self._last_now, 0.0), self._MAX_DT_S)
         if self._last_now is not None and dt > 0.0:
             self._yaw_history.append((now_s - dt, now_s, self.last_command.angular_radps))
         self._last_now = now_s
