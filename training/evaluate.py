@@ -142,22 +142,21 @@ def _load_split(args: argparse.Namespace) -> VocSplit:
         raise UsageError(f"{error}{mixup_hint('--data', args.data, '--folder', folders)}") from error
 
 
-def _unannotated_images(args: argparse.Namespace) -> list[str]:
+def _unannotated_images(args: argparse.Namespace, split: VocSplit) -> list[str]:
     """Images a ``--folder`` without ``--image-set`` leaves out because they have no XML (sorted file names).
 
     Such a split is the XML files, so a negative image saved without one would silently not be evaluated
     (its false positives never counted); with a list (``--image-set``, ``--data``) a missing XML is an error.
+    The folders looked in are those the split found its images in.
     """
     if args.folder is None or args.image_set is not None:
         return []
-    folder = Path(args.folder)
-    images, annotations = (
-        (folder / "JPEGImages", folder / "Annotations") if (folder / "Annotations").is_dir() else (folder, folder)
-    )
+    listed = {item.image_path for item in split}
     return sorted(
-        p.name
-        for p in images.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not (annotations / f"{p.stem}.xml").is_file()
+        path.name
+        for folder in {image.parent for image in listed}
+        for path in folder.iterdir()
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and path not in listed
     )
 
 
@@ -217,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Boxes empty or outside the image after clamping are not scored; the devkit counts them as objects never
     # found, so the AP here can be higher than its: they are listed and warned about.
     dropped = {item.image_id: a.dropped for item, a in zip(items, annotations) if a.dropped}
-    unannotated = _unannotated_images(args)
+    unannotated = _unannotated_images(args, split)
     print(f"{split.name}: {len(items)} images, {sum(len(a) for a in annotations)} objects; device {device}")
     start = time.perf_counter()
     try:
