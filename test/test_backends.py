@@ -53,6 +53,7 @@ from ssd_ros.vision.image_codec import read_image_file
 from ssd_ros.vision.inference import preprocess
 from ssd_ros.vision.model import VOC_CLASSES, build_model
 from ssd_ros.vision.model_card import ModelCard, coco_model_card
+from ssd_ros.vision.model_file import ModelFileError, check_model_file
 from training import train
 
 FAST = ("onnxruntime", "openvino")
@@ -411,6 +412,30 @@ def test_int8_export_without_nncf_tries_onnxruntime_schemes_and_says_so(checkpoi
     assert set(measured) == {name for name, scheme in INT8_SCHEMES.items() if scheme.quantizer == "onnxruntime"}
 
 
+def test_int8_export_goes_on_without_an_nncf_scheme_that_fails(checkpoints, monkeypatch, tmp_path):
+    """NNCF's graph passes do not know every network: its failure skips its scheme, named, and the export goes on."""
+    from ssd_ros.tools.export_model import int8_report
+    from ssd_ros.vision.export import _import_nncf
+
+    def quantize(*_args, **_kwargs):  # what NNCF raises on a graph it cannot transform
+        raise RuntimeError("Exception from src/core.cpp:1:\nunsupported pattern in node /backbone/Conv")
+
+    monkeypatch.setattr(_import_nncf(), "quantize", quantize)
+    rover = sorted(shared_data("picar_camera", "detection", "train").glob("*.jpg"))[8:12]
+    model, card = load_checkpoint(checkpoints["ssdlite320_mobilenet_v3"])
+    fp32 = export_onnx_bytes(model, card)
+    images = [read_image_file(p) for p in rover]
+    by_nncf = [name for name, scheme in INT8_SCHEMES.items() if scheme.quantizer == "nncf"]
+    with pytest.warns(UserWarning, match=f"int8 scheme '{by_nncf[0]}' failed and is skipped .RuntimeError: unsuppo"):
+        int8 = quantize_int8(fp32, images, progress=False)
+    exported = read_exported(write_export(int8, tmp_path / "int8.onnx", "onnx"))
+    assert set(exported.int8["measured"]) == set(INT8_SCHEMES) - set(by_nncf)
+    assert exported.int8["failed"] == {by_nncf[0]: "RuntimeError: unsupported pattern in node /backbone/Conv"}
+    assert f"int8 scheme '{by_nncf[0]}' failed: RuntimeError: unsupported pattern" in "\n".join(int8_report(exported))
+    with pytest.raises(ValueError, match="every int8 scheme asked for failed"), pytest.warns(UserWarning):
+        quantize_int8(fp32, images, schemes=by_nncf, progress=False)
+
+
 def test_nncf_sends_no_telemetry_from_an_export():
     """NNCF sends usage telemetry by default, without asking (openvino_telemetry); the export switches it off.
 
@@ -488,6 +513,11 @@ def test_corrupted_and_foreign_files_are_clear_errors(checkpoints, tmp_path):
         Detector.from_checkpoint(tmp_path / "short.xml")
     with pytest.raises(ValueError, match="exported model: run it with backend onnxruntime or openvino"):
         Detector.from_checkpoint(good, backend="torch")
+    shutil.copy(good, tmp_path / "upper.ONNX")  # not "is not a checkpoint": the name is what is wrong
+    with pytest.raises(CheckpointError, match=r"upper\.ONNX: exports are named in lower case: rename it to \*\.onnx"):
+        Detector.from_checkpoint(tmp_path / "upper.ONNX")
+    with pytest.raises(ModelFileError, match=r"or an OpenVINO IR \(\.xml\) \(in lower case\)"):
+        check_model_file(tmp_path / "upper.ONNX")
     with pytest.raises(ValueError, match="int8 needs a calibrated int8 export"):
         Detector.from_checkpoint(checkpoints["ssdlite320_mobilenet_v3"], backend="onnxruntime", precision="int8")
     with pytest.raises(ValueError, match="fp32 export; precision int8 needs an int8 export"):
@@ -537,7 +567,7 @@ def test_export_command_refuses_bad_input_with_one_line(checkpoints, tmp_path, c
     (cut / "frame.JPG").write_bytes(frame[: len(frame) // 2])  # any letter case is an image
     good = str(checkpoints["ssdlite320_mobilenet_v3"])
     cases = {
-        "random.pt": ["--checkpoint", str(not_ours), "--out", str(tmp_path / "a.onnx")],
+        "random.pt": ["--checkpoint", str(not_ours), "--out", str(tmp_path / "new" / "folders" / "a.onnx")],
         "no images": ["--checkpoint", good, "--int8", "--calibration", str(empty), "--out", str(tmp_path / "b.onnx")],
         f"--calibration: {cut / 'frame.JPG'}: truncated JPEG": [
             *("--checkpoint", good, "--int8", "--calibration", str(cut), "--out", str(tmp_path / "e.onnx"))
@@ -549,5 +579,6 @@ def test_export_command_refuses_bad_input_with_one_line(checkpoints, tmp_path, c
         assert export_model.main(argv) == 2, expected
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err and err.startswith("export_model: error:"), err
+    # Nothing written, not even the folders a refused --out would have needed.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "cut", "empty", "random.pt"]
     assert (EXECUTABLES / "export_model").exists()

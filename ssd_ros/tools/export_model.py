@@ -99,13 +99,15 @@ def _check_output(out: Path, export_format: str) -> None:
     suffix = SUFFIXES[export_format]
     if out.suffix != suffix:
         raise ExportInputError(f"--out {out}: a {export_format} export is a {suffix} file")
-    parent = out.parent if str(out.parent) else Path(".")
+    # The folders --out needs are made only when the export is written: a refused input leaves none behind.
+    existing = out.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=parent):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise ExportInputError(f"--out {out}: cannot write in {parent} ({error.strerror or error})") from error
+        raise ExportInputError(f"--out {out}: cannot write in {existing} ({error.strerror or error})") from error
 
 
 def _calibration_images(folder: Path, limit: int) -> list[Path]:
@@ -162,6 +164,7 @@ def int8_report(exported: ExportedModel) -> list[str]:
             f"  {runtime}: kept {agreement['live_pairs_kept']:.1%} of fp32's {agreement['live_pairs']} candidates "
             f"above {threshold:g}, p95 score error {agreement['score_error_p95']:.3f}"
         )
+    lines += [f"int8 scheme '{scheme}' failed: {reason}" for scheme, reason in info.get("failed", {}).items()]
     unfaithful = [runtime for runtime, agreement in measured.items() if agreement["live_pairs_kept"] < FAITHFUL_INT8]
     if unfaithful:
         lines.append(

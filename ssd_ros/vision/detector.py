@@ -26,7 +26,7 @@ from torch import nn
 
 from ssd_ros.settings import Settings, setting
 from ssd_ros.vision.backends import PRECISIONS, OnnxRuntimeNetwork, OpenVinoNetwork, TorchNetwork
-from ssd_ros.vision.checkpoint import check_card, load_checkpoint, load_coco_pretrained
+from ssd_ros.vision.checkpoint import CheckpointError, check_card, load_checkpoint, load_coco_pretrained
 from ssd_ros.vision.cpu import choose_backend, choose_precision, require_runtime, this_cpu
 from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.image_codec import validate_image
@@ -245,6 +245,9 @@ class Detector:
         _check_choice(backend, BACKEND_CHOICES, "backend")
         _check_choice(precision, ("auto", *PRECISIONS), "precision")
         suffix = Path(path).suffix
+        if suffix.lower() in EXPORTED_SUFFIXES and suffix not in EXPORTED_SUFFIXES:
+            # Read as a checkpoint it would only be "not a checkpoint"; OpenVINO looks for the .bin in lower case.
+            raise CheckpointError(path, f"exports are named in lower case: rename it to *{suffix.lower()}")
         if suffix not in EXPORTED_SUFFIXES:
             if backend == "auto":
                 backend = choose_backend(".pt", "fp32", "", cpu=this_cpu(), precision=precision)

@@ -314,14 +314,25 @@ def quantize_int8(
             return _quantize_nncf(fp32_onnx, scheme.options, fp32_nodes, on, spec, weight_bits == 7, progress)
         return _quantize_onnxruntime(fp32_onnx, scheme.options, fp32_nodes, on, spec, weight_bits == 7, progress)
 
-    measured, files = {}, {}
+    measured, files, failed = {}, {}, {}
     for scheme in tqdm(schemes, desc="int8 schemes", unit="scheme", disable=not progress):
-        files[scheme] = quantize(scheme, calibration)
+        try:
+            files[scheme] = quantize(scheme, calibration)
+        except Exception as error:  # noqa: BLE001 - NNCF's errors have no common type; ONNX Runtime's below do
+            if INT8_SCHEMES[scheme].quantizer != "nncf":
+                raise
+            # NNCF is an optional extra whose graph passes do not know every network: the export goes on with
+            # the schemes that worked, saying which one failed and why, rather than losing the export.
+            failed[scheme] = f"{type(error).__name__}: {_cause(error)[:200]}"
+            warnings.warn(f"int8 scheme '{scheme}' failed and is skipped ({failed[scheme]})", stacklevel=2)
+            continue
         as_run_here = fit_int8_weights(files[scheme], this_cpu())  # as the backends load it on this CPU
         measured[scheme] = {
             runtime: _agreement(reference, _class_scores(runtime, as_run_here, batches))
             for runtime in ("onnxruntime", "openvino")
         }
+    if not measured:
+        raise ValueError(f"every int8 scheme asked for failed: {failed}")
     best = min(measured, key=lambda name: max(m["score_error_p95"] for m in measured[name].values()))
     if held_out:
         # The kept file is calibrated again on every image, as any quantiser would: MinMax ranges come from the
@@ -342,6 +353,7 @@ def quantize_int8(
         "agreement_images": len(checks),
         "agreement_images_held_out": held_out,
         "measured": measured,
+        **({"failed": failed} if failed else {}),
     }
     _set_onnx_metadata(proto, json.dumps(metadata))
     return proto.SerializeToString()

@@ -96,8 +96,9 @@ def check_model_file(path: str | os.PathLike, backend: str = "auto", precision: 
     """
     path = Path(os.path.expanduser(path))
     if path.suffix not in MODEL_SUFFIXES:
+        lower = " (in lower case)" if path.suffix.lower() in MODEL_SUFFIXES else ""
         raise ModelFileError(
-            f"model_path:={path}: expected a checkpoint (.pt), an ONNX export (.onnx) or an OpenVINO IR (.xml)"
+            f"model_path:={path}: expected a checkpoint (.pt), an ONNX export (.onnx) or an OpenVINO IR (.xml){lower}"
         )
     if not path.is_file():
         raise ModelFileError(f"model_path:={path}: no such file")
