@@ -339,6 +339,15 @@ def test_rerun_without_resume_keeps_the_run_and_overwrite_starts_over(picar_smal
     assert f"--resume {out / 'last.pt'}" in error and "--overwrite" in error
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
+    elsewhere = tmp_path / "elsewhere"  # another run's last.pt, resumed into this run's folder
+    elsewhere.mkdir()
+    shutil.copy(out / "last.pt", elsewhere / "last.pt")
+    assert train.main([*argv, "--iterations", "2", "--resume", str(elsewhere / "last.pt")]) == 2
+    assert f"--output-dir {out} holds another run (last.pt) than --resume {elsewhere / 'last.pt'}" in (
+        capsys.readouterr().err
+    )
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
     (out / "last.pt").rename(out / "best.pt")  # a best.pt alone is a run too, but not one to resume
     assert train.main([*argv, "--iterations", "1"]) == 2
     assert "holds a run (best.pt): give another --output-dir, or start over there with --overwrite" in (

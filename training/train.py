@@ -778,6 +778,12 @@ def output_dir_problem(args: argparse.Namespace) -> str | None:
     if out.exists() and not out.is_dir():
         return f"--output-dir {out} is a file, not a folder"
     held = [name for name in ("last.pt", "best.pt") if (out / name).exists()]
+    if held and args.resume is not None and args.resume.absolute().parent != out.absolute():
+        # Continuing run A in run B's folder would replace B's last.pt and weigh A's validations against B's best.pt.
+        return (
+            f"--output-dir {out} holds another run ({', '.join(held)}) than --resume {args.resume}: "
+            "give an empty --output-dir to continue that run there"
+        )
     if not held or args.resume is not None or args.overwrite:
         return None
     way = f"continue it with --resume {out / 'last.pt'}" if "last.pt" in held else "give another --output-dir"
