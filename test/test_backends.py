@@ -473,6 +473,32 @@ def test_exported_file_round_trips_its_card(checkpoints, tmp_path):
         Detector.from_checkpoint(tmp_path / "m.xml", backend="onnxruntime")
 
 
+def test_an_interrupted_ir_export_never_pairs_an_xml_with_other_weights(checkpoints, tmp_path, monkeypatch):
+    """Re-exporting an IR over an older one, interrupted between its two renames: the old .xml is not left to be
+    read with the new weights (same size: the same network trained further), it is gone, a clear error."""
+    model, card = load_checkpoint(checkpoints["ssdlite320_mobilenet_v3"])
+    out = write_export(export_onnx_bytes(model, card), tmp_path / "m.xml", "openvino")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01)  # trained further: the same sizes, other weights
+    replaced = []
+
+    def replace_once(source, target):
+        if replaced:
+            raise OSError(28, "No space left on device")
+        replaced.append(Path(target).name)
+        os.rename(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_once)
+    with pytest.raises(OSError, match="No space left"):
+        write_export(export_onnx_bytes(model, card), out, "openvino")
+    monkeypatch.undo()
+    assert replaced == ["m.bin"] and not out.exists() and not list(tmp_path.glob(".*tmp*"))
+    with pytest.raises(CheckpointError, match=r"m\.xml: no such file"):
+        Detector.from_checkpoint(out)
+    assert read_exported(write_export(export_onnx_bytes(model, card), out, "openvino")).card == card
+
+
 def test_corrupted_and_foreign_files_are_clear_errors(checkpoints, tmp_path):
     onnx_bytes = export_onnx_bytes(*load_checkpoint(checkpoints["ssdlite320_mobilenet_v3"]))
     good = write_export(onnx_bytes, tmp_path / "g.onnx", "onnx")

@@ -546,7 +546,8 @@ def write_export(onnx_bytes: bytes, out: str | os.PathLike, export_format: str) 
     """Write an export to ``out`` (``.onnx``, or ``.xml`` + ``.bin`` for OpenVINO IR) atomically.
 
     Everything is written into a temporary folder beside ``out`` and renamed into place at the end, so a
-    failure (disk full, a bad path) leaves nothing half-written behind.
+    failure (disk full, a bad path) leaves nothing half-written behind; an IR's ``.xml`` is renamed after its
+    ``.bin``, and an older ``.xml`` removed before, so no ``.xml`` is ever read with another export's weights.
     """
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
@@ -569,7 +570,10 @@ def write_export(onnx_bytes: bytes, out: str | os.PathLike, export_format: str) 
             model.set_rt_info(metadata, [_METADATA_KEY])
             # Weights stay fp32 in the file: the runtime precision is chosen at load, not baked in.
             ov.save_model(model, os.fspath(staged), compress_to_fp16=False)
-            files = [staged, staged.with_suffix(".bin")]
+            # Two files cannot be renamed at once: the old .xml goes first and the new one comes last, so an
+            # interruption leaves no .xml (a clear "no such file"), never an .xml beside another export's weights.
+            out.unlink(missing_ok=True)
+            files = [staged.with_suffix(".bin"), staged]
         for file in files:
             os.replace(file, out.parent / file.name)
     finally:
