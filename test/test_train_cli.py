@@ -45,8 +45,14 @@ def test_unknown_config_key_is_one_line(tmp_path, capsys):
         (["--data-root", "{picar}"], "is a VOC-format folder, not a VOCdevkit: give it as --train-folder {picar}"),
         (["--train-folder", "{devkit}"], "is a VOCdevkit (VOC2012), not a VOC-format folder: give it as --data-root"),
         (["--train-folder", "{picar}", "--resume", "{tmp}/notes.txt"], "notes.txt: is not a checkpoint"),
+        # torch would raise mid-step: SSDlite's 1x1 maps give training BatchNorm one value per channel.
+        (
+            ["--train-folder", "{picar}", "--batch-size", "1"],
+            "--batch-size 1 gives each of 1 process(es) 1 image: ssdlite320_mobilenet_v3's BatchNorm layers need "
+            "at least 2 per process while training",
+        ),
     ],
-    ids=["missing-folder", "folder-as-devkit", "devkit-as-folder", "resume-not-a-checkpoint"],
+    ids=["missing-folder", "folder-as-devkit", "devkit-as-folder", "resume-not-a-checkpoint", "batch-of-one"],
 )
 def test_data_errors_exit_2_before_the_output_folder_exists(tmp_path, capsys, source, message):
     paths = {

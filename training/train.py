@@ -25,9 +25,10 @@ checkpoints are ssd_ros checkpoints (weights + model card): the detector node an
 An ``--output-dir`` that already holds a run (``last.pt`` or ``best.pt``) is refused unless ``--resume`` continues
 it or ``--overwrite`` starts over there: rerunning a command after a crash must not replace the run's checkpoints.
 
-Exit status: 0 done; 2 a usage or data error (options, ``--config``, dataset, classes, ``--resume``
-checkpoint, an ``--output-dir`` holding a run), reported in one line before ``--output-dir`` is created; 1 a run
-that failed (the loss diverged, pretrained weights unavailable); 130 interrupted (resume with ``--resume``).
+Exit status: 0 done; 2 a usage or data error (options, a ``--batch-size`` that does not fit the processes or the
+network, ``--config``, dataset, classes, ``--resume`` checkpoint, an ``--output-dir`` holding a run), reported in
+one line before ``--output-dir`` is created; 1 a run that failed (the loss diverged, pretrained weights
+unavailable); 130 interrupted (resume with ``--resume``).
 """
 
 from __future__ import annotations
@@ -503,6 +504,10 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+class BatchSizeError(ValueError):
+    """``--batch-size`` does not fit the processes or the network (a usage error, found once they are known)."""
+
+
 def _build(args: argparse.Namespace) -> _Run:
     """Device, processes, data, model and optimisation of a fresh run (nothing written yet)."""
     device = resolve_device(args.device)  # the detector core's checks: a clear error for a device not here
@@ -510,11 +515,18 @@ def _build(args: argparse.Namespace) -> _Run:
     if device.type == "cuda" and context.distributed:  # one GPU per process under torchrun
         device = torch.device("cuda", context.local_rank)
     if args.batch_size % context.world_size:
-        raise ValueError(f"--batch-size {args.batch_size} is not divisible by {context.world_size} processes")
+        raise BatchSizeError(f"--batch-size {args.batch_size} is not divisible by {context.world_size} processes")
     torch.manual_seed(args.seed)
 
     train_split, val_split, class_names = build_splits(args)
     model = build_model(args.architecture, len(class_names) + 1, pretrained_backbone=args.pretrained)
+    if args.batch_size // context.world_size < 2 and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        # SSDlite's last feature maps are 1x1: with one image, training BatchNorm sees one value per channel and
+        # torch raises mid-step; said before any work instead.
+        raise BatchSizeError(
+            f"--batch-size {args.batch_size} gives each of {context.world_size} process(es) 1 image: "
+            f"{args.architecture}'s BatchNorm layers need at least 2 per process while training"
+        )
     # Zoom-out canvas = the model's mean colour, so it normalises to zero as in Caffe's expand.
     fill = [255.0 * m for m in model.transform.image_mean]
     size = input_size(args.architecture)
@@ -825,6 +837,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             hint = ""
         print(f"error: {data_error_message(error)}{hint}", file=sys.stderr)
+        return 2
+    except BatchSizeError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except engine.NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
