@@ -4,7 +4,9 @@
 the project's player: it reads with the pure-Python ``rosbags`` library and publishes the stored
 CDR bytes unchanged (rclpy publishes serialized messages directly), at the recorded pace.
 With ``--clock`` it publishes bag time on ``/clock`` so nodes run with ``use_sim_time:=true``
-judge message age against bag time, exactly as with ``ros2 bag play --clock``.
+judge message age against bag time, exactly as with ``ros2 bag play --clock``: at every message and, between
+messages, at ``--clock-hz`` (40 by default, as ``ros2 bag play``), so a node's timers (the follower's control
+loop) tick at their own rate rather than once per camera frame.
 """
 
 from __future__ import annotations
@@ -34,8 +36,31 @@ def _wait_for_discovery(publishers: list, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
-def play(bag: Path, *, topics: list[str] | None, rate: float, clock: bool, loop: bool, start_delay_s: float) -> int:
-    """Publish the bag's messages; returns the number published."""
+class _Clock:
+    """Bag time on ``/clock``, published at a steady wall rate while playback waits for the next message."""
+
+    def __init__(self, node, clock_hz: float) -> None:
+        self._publisher = node.create_publisher(Clock, "/clock", 10)
+        self._period_s = 1.0 / clock_hz
+
+    def publish(self, stamp_ns: int) -> None:
+        """Publish ``stamp_ns`` as the current bag time."""
+        msg = Clock()
+        msg.clock.sec, msg.clock.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+        self._publisher.publish(msg)
+
+    def wait_until(self, wall_s: float, wall_start: float, bag_start_ns: int, rate: float) -> None:
+        """Sleep until monotonic time ``wall_s``, publishing the bag time of each tick on the way."""
+        while (now := time.monotonic()) < wall_s:
+            # Always before the next message's stamp (now < wall_s): bag time never goes back at the message.
+            self.publish(bag_start_ns + (now - wall_start) * rate * 1e9)
+            time.sleep(min(self._period_s, wall_s - now))
+
+
+def play(
+    bag: Path, *, topics: list[str] | None, rate: float, clock_hz: float | None, loop: bool, start_delay_s: float
+) -> int:
+    """Publish the bag's messages (and bag time on ``/clock`` at ``clock_hz``, if given); returns how many."""
     node = rclpy.create_node("bag_player")
     published = 0
     try:
@@ -59,19 +84,18 @@ def play(bag: Path, *, topics: list[str] | None, rate: float, clock: bool, loop:
             if not publishers:
                 raise SystemExit(f"bag_play: no topic of {bag} has an installed message type")
             connections = [c for c in connections if c.id in publishers]
-            clock_pub = node.create_publisher(Clock, "/clock", 10) if clock else None
+            bag_clock = _Clock(node, clock_hz) if clock_hz else None
             _wait_for_discovery(list(publishers.values()), start_delay_s)
             while True:
                 wall_start, bag_start = time.monotonic(), None
                 for connection, stamp_ns, raw in reader.messages(connections=connections):
                     bag_start = stamp_ns if bag_start is None else bag_start
-                    wait = (stamp_ns - bag_start) / 1e9 / rate - (time.monotonic() - wall_start)
-                    if wait > 0:
-                        time.sleep(wait)
-                    if clock_pub is not None:
-                        msg = Clock()
-                        msg.clock.sec, msg.clock.nanosec = divmod(stamp_ns, 1_000_000_000)
-                        clock_pub.publish(msg)
+                    due = wall_start + (stamp_ns - bag_start) / 1e9 / rate
+                    if bag_clock is not None:
+                        bag_clock.wait_until(due, wall_start, bag_start, rate)
+                        bag_clock.publish(stamp_ns)
+                    elif due > time.monotonic():
+                        time.sleep(due - time.monotonic())
                     publishers[connection.id].publish(bytes(raw))
                     published += 1
                 if not loop:
@@ -91,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topics", nargs="*", help="topics to play (default: all)")
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
     parser.add_argument("--clock", action="store_true", help="publish bag time on /clock (for use_sim_time)")
+    parser.add_argument(
+        "--clock-hz",
+        type=float,
+        default=40.0,
+        help="with --clock: bag time is published at every message and this often between them (default 40, as "
+        "ros2 bag play's)",
+    )
     parser.add_argument("--loop", action="store_true", help="start over at the end")
     parser.add_argument(
         "--start-delay",
@@ -101,11 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rclpy.utilities.remove_ros_args(argv if argv is not None else sys.argv)[1:])
     if args.rate <= 0:
         parser.error("--rate must be positive")
+    if args.clock_hz <= 0:
+        parser.error("--clock-hz must be positive")
     if not args.bag.exists():  # a usage error (exit 2, like the other tools), found before DDS starts
         parser.error(f"bag {args.bag}: no such file or directory")
     rclpy.init(args=argv)
     try:
-        options = dict(topics=args.topics, rate=args.rate, clock=args.clock, loop=args.loop)
+        options = dict(
+            topics=args.topics, rate=args.rate, clock_hz=args.clock_hz if args.clock else None, loop=args.loop
+        )
         count = play(args.bag, start_delay_s=args.start_delay, **options)
         print(f"bag_play: published {count} messages from {args.bag}")
         return 0
