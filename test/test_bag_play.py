@@ -8,7 +8,7 @@ import pytest
 from conftest import EXECUTABLES, RosProbe, ros_env
 from std_msgs.msg import String
 
-from ssd_ros.tools.bagio import BagToolError, add_topic, message_class, open_writer, serialize
+from ssd_ros.tools.bagio import BagToolError, add_topic, message_class, open_writer, serialize, typestore
 
 
 def test_unknown_message_types_are_skipped_and_the_rest_is_played(tmp_path):
@@ -124,3 +124,35 @@ def test_clock_ticks_between_messages_and_never_goes_back(tmp_path):
     between = [t for t in ticks if stamps[0] < t < stamps[1]]
     # 40 ticks at 20 Hz over the 2 s; a loaded machine may run the player late, never leave it without ticks.
     assert len(between) >= 5, ticks
+
+
+def test_a_latched_topic_is_offered_as_recorded_so_transient_local_readers_match(tmp_path):
+    """/tf_static-like topics: readers ask for transient local durability, which a volatile writer does not match."""
+    from rclpy.qos import QoSDurabilityPolicy, QoSProfile
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    never = QosTime(sec=0, nsec=0)
+    latched = Qos(
+        QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL,
+        never, never, QosLiveliness.AUTOMATIC, never, False,
+    )  # fmt: skip
+    bag = tmp_path / "latched_bag"
+    with open_writer(bag, "mcap") as writer:
+        static = writer.add_connection(
+            "/static_note", "std_msgs/msg/String", typestore=typestore(), offered_qos_profiles=[latched]
+        )
+        writer.write(static, 10**9, serialize(String(data="recorded once")))
+    received = []
+    reader_qos = QoSProfile(depth=1, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+    with RosProbe("bag_play_latched_listener", background=True) as probe:
+        probe.node.create_subscription(String, "/static_note", lambda msg: received.append(msg.data), reader_qos)
+        result = subprocess.run(
+            [str(EXECUTABLES / "bag_play"), str(bag), "--start-delay", "30"],  # returns once the reader matched
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=ros_env(),
+        )
+        probe.spin_until(lambda: received, 30, "the latched message")
+    assert result.returncode == 0, result.stderr
+    assert received == ["recorded once"]

@@ -19,10 +19,24 @@ from pathlib import Path
 import rclpy
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
-from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
 from ssd_ros.tools.bagio import BagToolError, message_class, open_bag
+
+
+def _qos(connection) -> QoSProfile:
+    """Reliable, depth 10 (matches reliable and best-effort readers); transient local where it was recorded so.
+
+    A latched topic (``/tf_static``, a map) has readers that ask for transient local durability, which a
+    volatile writer does not match: as ``ros2 bag play`` does, its recorded durability is offered again.
+    """
+    from rosbags.interfaces import QosDurability
+
+    offered = getattr(connection.ext, "offered_qos_profiles", None) or []
+    latched = any(profile.durability == QosDurability.TRANSIENT_LOCAL for profile in offered)
+    durability = QoSDurabilityPolicy.TRANSIENT_LOCAL if latched else QoSDurabilityPolicy.VOLATILE
+    return QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=durability)
 
 
 def _wait_for_discovery(publishers: list, timeout_s: float) -> None:
@@ -71,7 +85,6 @@ def play(
             if not connections:
                 available = sorted({c.topic for c in reader.connections})
                 raise SystemExit(f"bag_play: none of {topics} in {bag}; topics there: {available}")
-            qos = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
             publishers = {}
             for connection in connections:
                 try:
@@ -80,7 +93,7 @@ def play(
                     # Robot bags often hold custom types: play the rest rather than nothing.
                     node.get_logger().warning(f"skipping {connection.topic}: {error}")
                     continue
-                publishers[connection.id] = node.create_publisher(msg_class, connection.topic, qos)
+                publishers[connection.id] = node.create_publisher(msg_class, connection.topic, _qos(connection))
             if not publishers:
                 raise SystemExit(f"bag_play: no topic of {bag} has an installed message type")
             connections = [c for c in connections if c.id in publishers]
