@@ -309,3 +309,45 @@ def test_check_running_names_each_mode1_fault(rig):
     with pytest.raises(p.Pca9685NotRunning, match="auto-increment off"):
         driver.check_running()
     assert p.mode1_fault(p.MODE1_AI | p.MODE1_ALLCALL) is None
+
+
+def net_drive(chip, forward, reverse):
+    """Signed drive a scope across the motor shows for the driver's slow-decay outputs (both start at tick 0)."""
+    return (chip.high_ticks(forward) - chip.high_ticks(reverse)) / p.TICKS_PER_PERIOD
+
+
+@pytest.mark.parametrize(("before", "after"), [(0.0, 0.2), (0.2, 0.0), (0.2, -0.2), (-0.6, 0.0), (0.1, 0.7)])
+def test_pca9685_motor_i2c_failure_mid_update_never_drives_the_other_way_or_faster(rig, before, after):
+    """B2: the bridge inputs change in one I2C transaction, so a bus error leaves the old drive or the new one.
+
+    Written one channel at a time, a stop from forward 0.2 left the motor in reverse at 0.8 when the second
+    write failed (and a start from standstill did the same), until a later write got through.
+    """
+    _, chip, bus, driver = rig
+    driver.configure(50.0)
+    motor = Pca9685Motor(driver, forward_channel=15, reverse_channel=14)
+    motor.drive(before)
+    block_write = bus.write_i2c_block_data
+    for failing in range(2):  # the update's first, then its second I2C write fails
+        motor.drive(before)
+        writes = []
+
+        def flaky(address, register, data, writes=writes, failing=failing):
+            writes.append(register)
+            if len(writes) == failing + 1:
+                raise OSError(121, "Remote I/O error")
+            block_write(address, register, data)
+
+        bus.write_i2c_block_data = flaky
+        try:
+            motor.drive(after)
+        except OSError:
+            pass
+        finally:
+            bus.write_i2c_block_data = block_write
+        drive = net_drive(chip, 15, 14)
+        assert any(drive == pytest.approx(duty, abs=1 / 4096) for duty in (before, after)), (
+            f"{before} -> {after} with write {failing + 1} failing drives the motor at {drive}"
+        )
+    motor.drive(after)
+    assert net_drive(chip, 15, 14) == pytest.approx(after, abs=1 / 4096) == motor.readback()

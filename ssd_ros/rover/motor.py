@@ -89,6 +89,11 @@ class Pca9685Motor:
     Slow decay, as Adeept's code configures ``adafruit_motor``: forward holds ``forward_channel`` fully on and
     PWMs ``reverse_channel`` with ``1 - duty`` (and the mirror image for reverse), so the average bridge
     voltage is proportional to ``duty``. Zero duty turns both channels fully off (coast).
+
+    Both channels change in one I2C write when they are neighbours (every Adeept motor port: M1 is 15/14):
+    written one after the other, the state in between (one channel new, the other old) drives the motor the
+    wrong way or at full duty, for example reverse at 0.8 between forward 0.2 and a stop, and stays so when the
+    second write fails. Channels that are not neighbours cannot be changed together and keep that risk.
     """
 
     def __init__(self, pca: Pca9685, forward_channel: int, reverse_channel: int):
@@ -104,14 +109,15 @@ class Pca9685Motor:
         """Set the signed duty (quantised to the chip's 12-bit ticks)."""
         duty = _check_duty(duty)
         if duty == 0.0:
-            self.pca.set_pulse_ticks(self.forward_channel, 0)
-            self.pca.set_pulse_ticks(self.reverse_channel, 0)
+            self.pca.set_pulse_ticks_together({self.forward_channel: 0, self.reverse_channel: 0})
             return
         held, chopped = (
             (self.forward_channel, self.reverse_channel) if duty > 0 else (self.reverse_channel, self.forward_channel)
         )
-        self.pca.set_pulse_ticks(chopped, TICKS_PER_PERIOD - round(abs(duty) * TICKS_PER_PERIOD))
-        self.pca.set_pulse_ticks(held, TICKS_PER_PERIOD)
+        # One write for neighbouring channels (see the class docstring).
+        self.pca.set_pulse_ticks_together(
+            {chopped: TICKS_PER_PERIOD - round(abs(duty) * TICKS_PER_PERIOD), held: TICKS_PER_PERIOD}
+        )
 
     def readback(self) -> float:
         """Signed duty from the two channels' registers: the difference of their high times."""

@@ -192,16 +192,35 @@ class Pca9685:
 
     def set_pulse_ticks(self, channel: int, ticks: int) -> None:
         """High for ``ticks`` of the 4096-tick period from the start of the period; 0 = off, 4096 = always on."""
-        _check_channel(channel)
-        if not 0 <= ticks <= TICKS_PER_PERIOD:
-            raise ValueError(f"pulse ticks must be 0..4096, got {ticks}")
-        base = LED0_ON_L + 4 * channel
-        if ticks == 0:
-            self._write_led(base, 0, 0, full_off=True)
-        elif ticks == TICKS_PER_PERIOD:
-            self._write_led(base, 0, 0, full_on=True)
-        else:
-            self._write_led(base, 0, ticks)
+        self.set_pulse_ticks_together({channel: ticks})
+
+    def set_pulse_ticks_together(self, ticks: dict[int, int]) -> None:
+        """``set_pulse_ticks`` for several channels, neighbouring channels in one I2C write.
+
+        The four LEDn registers of consecutive channels are consecutive, so one auto-increment block updates
+        them all, and with MODE2.OCH = 0 (``configure``'s MODE2) the chip changes those outputs together at
+        the transaction's STOP: a bus error then leaves all of them old or all new, never a mix (what an
+        H-bridge on two channels needs). Channels that are not neighbours take one write per run, in
+        ascending order. Every value is checked before anything is written.
+        """
+        data: dict[int, list[int]] = {}
+        for channel, value in ticks.items():
+            _check_channel(channel)
+            if not 0 <= value <= TICKS_PER_PERIOD:
+                raise ValueError(f"pulse ticks must be 0..4096, got {value}")
+            if value == 0:
+                data[channel] = _led_bytes(0, 0, full_off=True)
+            elif value == TICKS_PER_PERIOD:
+                data[channel] = _led_bytes(0, 0, full_on=True)
+            else:
+                data[channel] = _led_bytes(0, value)
+        channels = sorted(data)
+        while channels:
+            run = [channels.pop(0)]
+            while channels and channels[0] == run[-1] + 1:
+                run.append(channels.pop(0))
+            block = [byte for channel in run for byte in data[channel]]
+            self.bus.write_i2c_block_data(self.address, LED0_ON_L + 4 * run[0], block)
 
     def set_duty(self, channel: int, duty: float) -> None:
         """Duty cycle 0..1 (rounded to the nearest tick)."""
@@ -219,14 +238,18 @@ class Pca9685:
         """Full-off on every channel at once through the ALL_LED registers."""
         self.bus.write_i2c_block_data(self.address, ALL_LED_ON_L, [0, 0, 0, LED_FULL])
 
-    def _write_led(self, register: int, on: int, off: int, *, full_on: bool = False, full_off: bool = False):
-        data = [
-            on & 0xFF,
-            (on >> 8) | (LED_FULL if full_on else 0),
-            off & 0xFF,
-            (off >> 8) | (LED_FULL if full_off else 0),
-        ]
-        self.bus.write_i2c_block_data(self.address, register, data)
+    def _write_led(self, register: int, on: int, off: int) -> None:
+        self.bus.write_i2c_block_data(self.address, register, _led_bytes(on, off))
+
+
+def _led_bytes(on: int, off: int, *, full_on: bool = False, full_off: bool = False) -> list[int]:
+    """LEDn_ON_L, ON_H, OFF_L, OFF_H for an output high from tick ``on`` to tick ``off`` (or full on / off)."""
+    return [
+        on & 0xFF,
+        (on >> 8) | (LED_FULL if full_on else 0),
+        off & 0xFF,
+        (off >> 8) | (LED_FULL if full_off else 0),
+    ]
 
 
 def _high_ticks(on_l: int, on_h: int, off_l: int, off_h: int) -> int:
