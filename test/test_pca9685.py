@@ -351,3 +351,27 @@ def test_pca9685_motor_i2c_failure_mid_update_never_drives_the_other_way_or_fast
         )
     motor.drive(after)
     assert net_drive(chip, 15, 14) == pytest.approx(after, abs=1 / 4096) == motor.readback()
+
+
+@pytest.mark.parametrize("then", [0.0, 0.3, -0.3])
+def test_gpio_motor_reads_back_what_its_pins_do_after_a_failed_write(monkeypatch, then):
+    """A GPIO error after the enable PWM went to 0 leaves the motor stopped; the readback must say so.
+
+    It used to report the previous duty, so a stop that had reached the motor read as "may still run".
+    """
+    gpio = SimulatedGpio()
+    motor = GpioMotor(4, 15, 14, 1000.0, gpio=gpio)
+    motor.drive(0.6)
+    output = gpio.output
+
+    def broken_output(pin, level):
+        raise RuntimeError("The GPIO channel has not been set up as an OUTPUT")
+
+    monkeypatch.setattr(gpio, "output", broken_output)
+    with pytest.raises(RuntimeError):
+        motor.drive(then)
+    assert simulated_motor_duty(gpio, motor) == 0.0, "the enable PWM went to 0 before the direction pins"
+    assert motor.readback() == 0.0
+    monkeypatch.setattr(gpio, "output", output)
+    motor.drive(then)
+    assert motor.readback() == pytest.approx(then) == simulated_motor_duty(gpio, motor)

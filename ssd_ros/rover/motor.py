@@ -66,6 +66,9 @@ class GpioMotor:
         duty = _check_duty(duty)
         gpio = self.gpio
         self._pwm.ChangeDutyCycle(0)
+        # The motor is stopped from here on: a pin write that fails below must not leave ``readback`` saying
+        # it still runs at the old duty (a confirmed stop would read as "may still run").
+        self._duty = 0.0
         gpio.output(self.forward_pin, gpio.HIGH if duty > 0 else gpio.LOW)
         gpio.output(self.reverse_pin, gpio.HIGH if duty < 0 else gpio.LOW)
         self._pwm.ChangeDutyCycle(abs(duty) * 100.0)
