@@ -93,7 +93,7 @@ class Pca9685Motor:
     PWMs ``reverse_channel`` with ``1 - duty`` (and the mirror image for reverse), so the average bridge
     voltage is proportional to ``duty``. Zero duty turns both channels fully off (coast).
 
-    Both channels change in one I2C write when they are neighbours (every Adeept motor port: M1 is 15/14):
+    Both channels change in one I2C write when they are neighbours (the B2's motor M1: 15 and 14):
     written one after the other, the state in between (one channel new, the other old) drives the motor the
     wrong way or at full duty, for example reverse at 0.8 between forward 0.2 and a stop, and stays so when the
     second write fails. Channels that are not neighbours cannot be changed together and keep that risk.
