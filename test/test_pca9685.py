@@ -375,3 +375,15 @@ def test_gpio_motor_reads_back_what_its_pins_do_after_a_failed_write(monkeypatch
     monkeypatch.setattr(gpio, "output", output)
     motor.drive(then)
     assert motor.readback() == pytest.approx(then) == simulated_motor_duty(gpio, motor)
+
+
+def test_block_transfers_respect_the_smbus_32_byte_limit(rig):
+    """Linux SMBus block transfers carry at most 32 bytes (I2C_SMBUS_BLOCK_MAX); smbus2 refuses longer ones."""
+    _, chip, bus, driver = rig
+    with pytest.raises(ValueError):
+        bus.write_i2c_block_data(0x40, p.LED0_ON_L, [0] * 33)
+    with pytest.raises(ValueError):
+        bus.read_i2c_block_data(0x40, p.LED0_ON_L, 33)
+    driver.configure(50.0)
+    driver.set_pulse_ticks_together({channel: 100 + channel for channel in range(p.CHANNELS)})
+    assert [chip.high_ticks(channel) for channel in range(p.CHANNELS)] == [100 + c for c in range(p.CHANNELS)]

@@ -43,6 +43,7 @@ OSCILLATOR_HZ = 25_000_000.0
 PRESCALE_MIN = 3
 PRESCALE_MAX = 255
 OSCILLATOR_SETTLE_S = 500e-6  # SLEEP must be 0 this long before RESTART may be written
+SMBUS_BLOCK_MAX = 32  # Linux I2C_SMBUS_BLOCK_MAX: the most bytes one SMBus block transfer carries (8 channels)
 
 # Power-on register values (PCA9685 product data sheet Rev. 4: table 5 MODE1 0001 0001 = SLEEP | ALLCALL;
 # table 6 MODE2 0000 0100 = OUTDRV; table 7 LEDn_ON_L/ON_H/OFF_L 0000 0000 and LEDn_OFF_H 0001 0000 (bit 4,
@@ -201,7 +202,8 @@ class Pca9685:
         them all, and with MODE2.OCH = 0 (``configure``'s MODE2) the chip changes those outputs together at
         the transaction's STOP: a bus error then leaves all of them old or all new, never a mix (what an
         H-bridge on two channels needs). Channels that are not neighbours take one write per run, in
-        ascending order. Every value is checked before anything is written.
+        ascending order, at most 8 channels (``SMBUS_BLOCK_MAX`` bytes) per write. Every value is checked
+        before anything is written.
         """
         data: dict[int, list[int]] = {}
         for channel, value in ticks.items():
@@ -217,7 +219,7 @@ class Pca9685:
         channels = sorted(data)
         while channels:
             run = [channels.pop(0)]
-            while channels and channels[0] == run[-1] + 1:
+            while channels and channels[0] == run[-1] + 1 and 4 * (len(run) + 1) <= SMBUS_BLOCK_MAX:
                 run.append(channels.pop(0))
             block = [byte for channel in run for byte in data[channel]]
             self.bus.write_i2c_block_data(self.address, LED0_ON_L + 4 * run[0], block)
@@ -420,14 +422,21 @@ class SimulatedI2cBus:
         return self._device(i2c_addr).read(register)
 
     def write_i2c_block_data(self, i2c_addr: int, register: int, data: Sequence[int]) -> None:
-        """Block write; the register pointer advances only with MODE1.AI set, as on the chip."""
+        """Block write; the register pointer advances only with MODE1.AI set, as on the chip.
+
+        At most ``SMBUS_BLOCK_MAX`` bytes, refused with smbus2's ValueError as on the Pi.
+        """
+        if len(data) > SMBUS_BLOCK_MAX:
+            raise ValueError(f"Data length cannot exceed {SMBUS_BLOCK_MAX} bytes")
         device = self._device(i2c_addr)
         step = 1 if device.read(MODE1) & MODE1_AI else 0
         for offset, value in enumerate(data):
             device.write(register + offset * step, value)
 
     def read_i2c_block_data(self, i2c_addr: int, register: int, length: int) -> list[int]:
-        """Block read; the register pointer advances only with MODE1.AI set, as on the chip."""
+        """Block read; the register pointer advances only with MODE1.AI set, as on the chip (32 bytes at most)."""
+        if length > SMBUS_BLOCK_MAX:
+            raise ValueError(f"Desired block length over {SMBUS_BLOCK_MAX} bytes")
         device = self._device(i2c_addr)
         step = 1 if device.read(MODE1) & MODE1_AI else 0
         return [device.read(register + offset * step) for offset in range(length)]
