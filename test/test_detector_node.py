@@ -9,14 +9,25 @@ and go through the real checkpoint file; with ``score_threshold`` 0 a random hea
 
 from __future__ import annotations
 
+import array
 import re
 import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, RosProbe, forged_png, make_checkpoint, start_executable, stop_process, wait_until
+from conftest import (
+    REPO_ROOT,
+    RosProbe,
+    forged_png,
+    make_checkpoint,
+    shared_data,
+    start_executable,
+    stop_process,
+    wait_until,
+)
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.parameter import Parameter, parameter_value_to_python
@@ -31,7 +42,7 @@ from ssd_ros.ros.messages import LATCHED_QOS, msg_to_detections
 from ssd_ros.tools import export_model
 from ssd_ros.vision.detector import Detector
 from ssd_ros.vision.drawing import FOLLOW_COLORS, OTHER_COLOR
-from ssd_ros.vision.image_codec import decode_compressed, encode_compressed
+from ssd_ros.vision.image_codec import decode_compressed, encode_compressed, read_image_file
 from ssd_ros.vision.model import VOC_CLASSES
 
 PARAMS_FILE = REPO_ROOT / "config" / "detector.yaml"
@@ -245,6 +256,60 @@ def test_compressed_input(comp, reference):
     assert_same_detections(msg, reference(decoded))
     png = comp.answer(comp.send(rgb_to_compressed_msg(rgb, comp.header(), "png")))
     assert_same_detections(png, reference(rgb))
+
+
+def camera_frame() -> np.ndarray:
+    """A real rover camera frame (640x480 RGB)."""
+    return read_image_file(sorted(shared_data("picar_camera", "detection", "test").glob("*.jpg"))[0])
+
+
+# The raw encodings a camera driver sends: how the test writes RGB in them and reads the pixels back (cv2 colour
+# conversions; None: no YUV, see camera_image_msg).
+YUYV = ("COLOR_RGB2YUV_YUY2", "COLOR_YUV2RGB_YUY2")
+UYVY = ("COLOR_RGB2YUV_UYVY", "COLOR_YUV2RGB_UYVY")
+CAMERA_ENCODINGS = {
+    **dict.fromkeys(["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16"]),
+    "yuv422_yuy2": YUYV,
+    "yuv422": UYVY,
+    # Jazzy's sensor_msgs names YUV 4:2:2 by fourcc ("yuv422*" are deprecated there): camera_ros on a Pi sends these.
+    "yuyv": YUYV,
+    "uyvy": UYVY,
+}
+
+
+def camera_image_msg(rgb: np.ndarray, encoding: str, header: Header, *, padding: int) -> tuple[Image, np.ndarray]:
+    """An Image as a driver sends it (``padding`` bytes after each row, big-endian flag set) and the RGB it holds.
+
+    The flag matters to mono16 only (written big-endian here); the 8-bit encodings must ignore it.
+    """
+    rgb = np.ascontiguousarray(rgb)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if CAMERA_ENCODINGS[encoding] is not None:
+        to_yuv, to_rgb = (getattr(cv2, name) for name in CAMERA_ENCODINGS[encoding])
+        pixels = cv2.cvtColor(rgb, to_yuv)
+        expected = cv2.cvtColor(pixels, to_rgb)  # chroma is shared by two pixels: not the RGB sent
+    elif encoding == "mono16":
+        pixels, expected = (grey.astype(np.uint16) * 257).astype(">u2"), cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+    else:
+        pixels = np.frombuffer(rgb_to_image_msg(rgb, encoding=encoding).data, np.uint8)
+        expected = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB) if encoding == "mono8" else rgb
+    rows = pixels.reshape(rgb.shape[0], -1).view(np.uint8)
+    rows = np.concatenate([rows, np.full((rows.shape[0], padding), 0xAB, np.uint8)], axis=1)
+    msg = Image(header=header, height=rgb.shape[0], width=rgb.shape[1], encoding=encoding, step=rows.shape[1])
+    msg.is_bigendian = 1
+    msg.data = array.array("B", rows.tobytes())  # the setter takes an array as is (bytes: checked one by one)
+    return msg, expected
+
+
+@pytest.mark.parametrize("encoding", sorted(CAMERA_ENCODINGS))
+def test_every_camera_encoding_is_detected_with_padded_rows_and_odd_size(raw, reference, encoding):
+    """A real frame in each raw encoding a camera sends (odd height, padded rows, big-endian flag set) is answered
+    with the core's detections on the same pixels, not dropped as a bad frame."""
+    rgb = camera_frame()[:479, :638]  # odd height; width even for YUV 4:2:2 (pixels come in pairs)
+    msg, expected = camera_image_msg(rgb, encoding, raw.header(f"{encoding}_camera"), padding=6)
+    answer = raw.answer(raw.send(msg))
+    assert answer.header.frame_id == f"{encoding}_camera"
+    assert_same_detections(answer, reference(expected))
 
 
 def test_runtime_parameter_changes_take_effect(raw):

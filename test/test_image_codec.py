@@ -22,7 +22,18 @@ from ssd_ros.vision.image_codec import (
     read_image_file,
 )
 
-BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "yuv422_yuy2": 2, "yuv422": 2, "mono16": 2}
+BYTES_PER_PIXEL = {
+    "rgb8": 3,
+    "bgr8": 3,
+    "rgba8": 4,
+    "bgra8": 4,
+    "mono8": 1,
+    "yuv422_yuy2": 2,
+    "yuyv": 2,
+    "yuv422": 2,
+    "uyvy": 2,
+    "mono16": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +51,12 @@ def real_rgb() -> np.ndarray:
     return cv2.cvtColor(bgr[:, : bgr.shape[1] // 2 * 2], cv2.COLOR_BGR2RGB)
 
 
-_YUV422 = {"yuv422_yuy2": cv2.COLOR_RGB2YUV_YUY2, "yuv422": cv2.COLOR_RGB2YUV_UYVY}
+_YUV422 = {
+    "yuv422_yuy2": cv2.COLOR_RGB2YUV_YUY2,
+    "yuyv": cv2.COLOR_RGB2YUV_YUY2,
+    "yuv422": cv2.COLOR_RGB2YUV_UYVY,
+    "uyvy": cv2.COLOR_RGB2YUV_UYVY,
+}
 
 
 def encode_any(rgb: np.ndarray, encoding: str, *, row_padding: int = 0, is_bigendian: bool = False):
@@ -100,6 +116,9 @@ def test_mono8_replicates_grey(rgb):
         # Two pixel pairs, (black, white) then (white, black), neutral chroma U = V = 128, video-range Y.
         ("yuv422_yuy2", bytes([16, 128, 235, 128, 235, 128, 16, 128])),  # Y0 U Y1 V
         ("yuv422", bytes([128, 16, 128, 235, 128, 235, 128, 16])),  # U Y0 V Y1
+        # Jazzy's sensor_msgs names them by fourcc (image_encodings.hpp: the yuv422 names are deprecated).
+        ("yuyv", bytes([16, 128, 235, 128, 235, 128, 16, 128])),
+        ("uyvy", bytes([128, 16, 128, 235, 128, 235, 128, 16])),
     ],
 )
 def test_yuv422_byte_order(encoding, data):
@@ -107,6 +126,17 @@ def test_yuv422_byte_order(encoding, data):
     assert out.shape == (1, 4, 3)
     np.testing.assert_allclose(out[0, :, 0], [0, 255, 255, 0], atol=2)
     assert (np.ptp(out[0], axis=1) <= 2).all(), "neutral chroma must decode to grey"
+
+
+@pytest.mark.parametrize(("fourcc", "deprecated"), [("yuyv", "yuv422_yuy2"), ("uyvy", "yuv422")])
+def test_fourcc_yuv_names_decode_like_the_deprecated_ones(real_rgb, fourcc, deprecated):
+    """Cameras on Jazzy (camera_ros on a Pi) send "yuyv"/"uyvy"; the same bytes as the older names."""
+    data, step = encode_any(real_rgb, fourcc)
+    height, width = real_rgb.shape[:2]
+    out = decode_raw(fourcc, width, height, step, False, data)
+    np.testing.assert_array_equal(out, decode_raw(deprecated, width, height, step, False, data))
+    with pytest.raises(ImageDecodeError, match=rf"{fourcc} needs an even width"):
+        decode_raw(fourcc, 3, 1, 6, False, bytes(6))
 
 
 def test_yuy2_real_image_close_to_original(real_rgb):

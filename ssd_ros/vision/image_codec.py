@@ -15,10 +15,15 @@ encoding        bytes / pixel  notes
 ``rgba8``       4              alpha dropped
 ``bgra8``       4              alpha dropped
 ``mono8``       1              grey replicated to three channels
-``yuv422_yuy2`` 2              YUYV byte order (Y0 U Y1 V); width must be even
-``yuv422``      2              UYVY byte order (U Y0 V Y1), as ``sensor_msgs`` defines it; width even
+``yuyv``        2              YUYV byte order (Y0 U Y1 V); width must be even
+``yuv422_yuy2`` 2              the same as ``yuyv`` (its older name)
+``uyvy``        2              UYVY byte order (U Y0 V Y1); width must be even
+``yuv422``      2              the same as ``uyvy`` (its older name)
 ``mono16``      2              scaled to 8 bits (high byte); ``is_bigendian`` selects the byte order
 =============== ============== ===================================================================
+
+Jazzy's ``sensor_msgs`` names the YUV 4:2:2 layouts by their fourcc (``yuyv``, ``uyvy``: what camera_ros
+sends) and keeps ``yuv422_yuy2`` and ``yuv422`` as deprecated aliases (usb_cam, v4l2_camera): both are read.
 
 ``is_bigendian`` only matters for encodings whose channels are wider than one byte (``mono16`` here);
 for the 8-bit encodings there is no byte order to honour, so it is accepted and ignored.
@@ -98,12 +103,16 @@ _RAW: dict[str, tuple[int, int | None]] = {
     "rgba8": (4, cv2.COLOR_RGBA2RGB),
     "bgra8": (4, cv2.COLOR_BGRA2RGB),
     "mono8": (1, cv2.COLOR_GRAY2RGB),
+    "yuyv": (2, cv2.COLOR_YUV2RGB_YUY2),
     "yuv422_yuy2": (2, cv2.COLOR_YUV2RGB_YUY2),
+    "uyvy": (2, cv2.COLOR_YUV2RGB_UYVY),
     "yuv422": (2, cv2.COLOR_YUV2RGB_UYVY),
     "mono16": (2, cv2.COLOR_GRAY2RGB),
 }
 RAW_ENCODINGS: tuple[str, ...] = tuple(_RAW)
 """Encodings :func:`decode_raw` accepts."""
+# Two bytes per pixel, a chroma pair shared by two neighbouring pixels.
+_YUV422 = frozenset(("yuyv", "yuv422_yuy2", "uyvy", "yuv422"))
 
 # The 8-bit encodings encode_raw writes (RGB -> encoding); the nodes and tools publish rgb8 or bgr8.
 _FROM_RGB: dict[str, int | None] = {
@@ -201,7 +210,7 @@ def decode_raw(
         raise ImageDecodeError(f"invalid image size {width}x{height}: width and height must be > 0")
     _check_pixel_count(width, height, "image")
     bytes_per_pixel, conversion = _RAW[encoding]
-    if encoding.startswith("yuv422") and width % 2:
+    if encoding in _YUV422 and width % 2:
         raise ImageDecodeError(f"{encoding} needs an even width (pixels come in pairs), got {width}")
     row_bytes = width * bytes_per_pixel
     if step < row_bytes:
@@ -224,7 +233,7 @@ def decode_raw(
         # The high byte of each sample is the 8-bit value; which byte that is depends on the byte order.
         pixels = rows.reshape(height, width, 2)[:, :, 0 if is_bigendian else 1]
         return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
-    channels = 2 if encoding.startswith("yuv422") else bytes_per_pixel
+    channels = 2 if encoding in _YUV422 else bytes_per_pixel
     pixels = rows.reshape(height, width, channels)
     if conversion is None:
         # By default a copy: the caller's buffer may be read-only or reused by the middleware.
