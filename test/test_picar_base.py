@@ -161,6 +161,9 @@ def test_hardware_settings_validation():
         HardwareSettings(hardware="turbo")
     with pytest.raises(ValueError):
         HardwareSettings(motor_driver="pca9685", steering_channel=15)
+    with pytest.raises(ValueError, match="three different pins"):
+        HardwareSettings(motor_driver="gpio", motor_forward_pin=14)
+    HardwareSettings(motor_driver="pca9685", motor_forward_pin=14)  # the pins mean nothing on the B2
 
 
 @pytest.mark.parametrize("motor_driver", ["gpio", "pca9685"])

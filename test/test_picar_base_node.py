@@ -403,6 +403,10 @@ def test_final_stop_the_hardware_cannot_confirm_exits_1(tmp_path, motor_driver, 
     ("params", "reason"),
     [
         (["servo_centre_ticks:=100"], "centre_ticks"),
+        # A pin given twice (a typo moving the motor to port B): the enable PWM and a direction level would fight
+        # on one pin, and the readback (forward level minus reverse level) would show a stop whatever the motor does.
+        (["motor_enable_pin:=15"], "three different pins"),
+        (["motor_reverse_pin:=15"], "three different pins"),
         # No PCA9685 (and no /dev/i2c-1) on this machine: the real hardware path must say so and exit.
         (["hardware:=picar_b", "i2c_bus:=99"], "cannot open picar_b hardware"),
     ],

@@ -305,12 +305,20 @@ class HardwareSettings(Settings):
     )
 
     def check(self) -> None:
-        """Reject channel clashes before touching any hardware."""
+        """Reject channel and pin clashes before touching any hardware."""
         if self.motor_driver == "pca9685" and self.steering_channel in (
             self.motor_forward_channel,
             self.motor_reverse_channel,
         ):
             raise ValueError("the steering channel must not be one of the motor channels")
+        pins = (self.motor_enable_pin, self.motor_forward_pin, self.motor_reverse_pin)
+        if self.motor_driver == "gpio" and len(set(pins)) != len(pins):
+            # One pin in two roles: the enable PWM and a direction level fight over it, and the readback (forward
+            # level minus reverse level) can show a stop whatever the motor does.
+            raise ValueError(
+                "motor_enable_pin, motor_forward_pin and motor_reverse_pin must be three different pins, got "
+                f"{self.motor_enable_pin}, {self.motor_forward_pin}, {self.motor_reverse_pin}"
+            )
 
 
 @dataclass
