@@ -10,6 +10,7 @@ and go through the real checkpoint file; with ``score_threshold`` 0 a random hea
 from __future__ import annotations
 
 import array
+import io
 import re
 import threading
 import time
@@ -29,6 +30,7 @@ from conftest import (
     wait_until,
 )
 from diagnostic_msgs.msg import DiagnosticArray
+from PIL import Image as PILImage
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -310,6 +312,21 @@ def test_every_camera_encoding_is_detected_with_padded_rows_and_odd_size(raw, re
     answer = raw.answer(raw.send(msg))
     assert answer.header.frame_id == f"{encoding}_camera"
     assert_same_detections(answer, reference(expected))
+
+
+def test_jpeg_with_exif_orientation_is_detected_in_the_cameras_pixels(comp, reference):
+    """An IP or phone camera's JPEG says "turn me" in EXIF: the boxes stay in the pixels as sent (those of RViz,
+    image_transport and the CameraInfo), not in a turned 480x640 image."""
+    rgb = camera_frame()
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # Orientation: shown turned 90 degrees clockwise
+    out = io.BytesIO()
+    PILImage.fromarray(rgb).save(out, "JPEG", quality=95, exif=exif.tobytes())
+    msg = CompressedImage(header=comp.header("exif_camera"), format="jpeg")
+    msg.data = array.array("B", out.getvalue())
+    as_sent = cv2.imdecode(np.frombuffer(out.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)[:, :, ::-1]
+    answer = comp.answer(comp.send(msg))
+    assert_same_detections(answer, reference(np.ascontiguousarray(as_sent)))
 
 
 def test_runtime_parameter_changes_take_effect(raw):

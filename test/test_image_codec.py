@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import array
+import io
 import struct
 
 import cv2
 import numpy as np
 import pytest
 from conftest import forged_png, shared_data
+from PIL import Image
 
 from ssd_ros.vision.image_codec import (
     IMAGE_SUFFIXES,
@@ -274,6 +276,31 @@ def test_jpeg_decodes_in_rgb_order(fmt):
     for stripe, channel in ((slice(4, 28), 0), (slice(36, 60), 1), (slice(68, 92), 2)):
         means = out[:, stripe].reshape(-1, 3).mean(0)
         assert means.argmax() == channel and means[channel] > 200, means
+
+
+def jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of ``rgb`` whose EXIF says to show it turned (6: 90 degrees clockwise), as phones and IP cameras write."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, "JPEG", quality=95, exif=exif.tobytes())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_camera_frames_keep_the_sensors_pixel_grid_whatever_their_exif_orientation(orientation):
+    """Detections are in the pixels of the camera's image: the frame is not turned by its EXIF orientation.
+
+    image_transport's compressed subscriber (OpenCV's IMREAD_UNCHANGED), RViz and the CameraInfo all use the
+    pixels as sent; a turned frame would give boxes in another grid (and 480x640 for a 640x480 camera).
+    """
+    path = sorted(shared_data("picar_camera", "detection", "test").glob("*.jpg"))[0]
+    rgb = cv2.imread(str(path))[:, :, ::-1]
+    data = jpeg_with_orientation(rgb, orientation)
+    as_sent = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)[:, :, ::-1]
+    out = decode_compressed("jpeg", data)
+    assert out.shape == (480, 640, 3)
+    np.testing.assert_array_equal(out, as_sent)
 
 
 def test_real_jpeg_file_decodes_like_opencv():

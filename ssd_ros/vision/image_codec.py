@@ -262,6 +262,8 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
             An empty format is accepted (some drivers leave it blank); the codec is then read from the bytes.
         data: the compressed bytes.
 
+    The image is the pixels as sent: a JPEG's EXIF orientation is not applied (as in image_transport).
+
     Raises:
         ImageDecodeError: unsupported format, empty data, a JPEG without its end-of-image marker
             (truncated in transit: libjpeg would silently fill the rest with grey), or bytes OpenCV
@@ -271,7 +273,9 @@ def decode_compressed(fmt: str, data) -> np.ndarray:
     buffer = np.frombuffer(data, dtype=np.uint8)
     if buffer.size == 0:
         raise ImageDecodeError(f"empty {fmt or 'compressed'} data (0 bytes)")
-    return _decode(buffer, codec or "compressed")
+    # The pixels as sent, never turned by an EXIF orientation (phones, IP cameras): image_transport's compressed
+    # subscriber (IMREAD_UNCHANGED), RViz and the camera's CameraInfo all use them, so the boxes must too.
+    return _decode(buffer, codec or "compressed", cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
 
 
 def read_image_file(path: str | os.PathLike) -> np.ndarray:
@@ -300,14 +304,17 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
         raise ImageDecodeError(f"{path}: {error}") from None
 
 
-def _decode(buffer: np.ndarray, what: str) -> np.ndarray:
-    """RGB image from non-empty encoded bytes; ``what`` names them in messages (codec, "compressed", "image")."""
+def _decode(buffer: np.ndarray, what: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """RGB image from non-empty encoded bytes; ``what`` names them in messages (codec, "compressed", "image").
+
+    ``flags``: OpenCV's read flags; the default turns an image file by its EXIF orientation, as ``cv2.imread`` does.
+    """
     raw = buffer.tobytes()
     if raw[:2] == _JPEG_START and _jpeg_truncated(raw):
         raise ImageDecodeError(f"truncated JPEG: no end-of-image marker after its image data ({buffer.size} bytes)")
     _check_header_size(raw, f"{what} image header" if what != "image" else "image header")
     try:
-        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        bgr = cv2.imdecode(buffer, flags)
     except cv2.error as error:  # e.g. a header beyond OpenCV's own size limit in a format Pillow cannot read
         raise ImageDecodeError(f"undecodable {what} data ({buffer.size} bytes): {error}") from error
     if bgr is None:
