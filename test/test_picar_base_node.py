@@ -630,3 +630,19 @@ def test_pca9685_reset_while_driving_is_reported_and_recovered(base_in_process, 
     base.spin_until(lambda: base.diagnostics()[2]["pca9685_reconfigurations"] == "1", 30.0, "reconfiguration count")
     base.spin_until(lambda: base.harness.last["servo_ticks"] == 300, 30.0, "state with the servo read back")
     assert base.node._confirmed
+
+
+def test_setting_another_parameter_is_no_calibration_step(ros):
+    """``use_sim_time`` (writable on every node) must not rewrite the outputs as a "calibration" stop."""
+    from ssd_ros.ros.picar_base_node import PicarBaseNode
+
+    node = PicarBaseNode()
+    try:
+        before = node._wanted
+        assert node.set_parameters([Parameter("use_sim_time", value=True)])[0].successful
+        assert node._wanted == before and node._wanted.reason == "startup"
+        assert node.set_parameters([Parameter("calibration_servo_ticks", value=320)])[0].successful
+        assert node._wanted.servo_ticks == 320 and node._wanted.reason == "calibration"
+    finally:
+        node.stop_safely()
+        node.destroy_node()

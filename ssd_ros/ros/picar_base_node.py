@@ -227,9 +227,12 @@ class PicarBaseNode(Node):
 
     # --- parameters --------------------------------------------------------------------------------------
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        # rclpy refuses read-only parameters before this callback runs: only calibration_servo_ticks gets here.
+        # rclpy refuses read-only parameters before this callback runs: only calibration_servo_ticks and rclpy's
+        # own writable ones (use_sim_time) get here; those must not rewrite the outputs as a calibration step.
         for parameter in parameters:
             self._values[parameter.name] = parameter.value
+        if not any(parameter.name == "calibration_servo_ticks" for parameter in parameters):
+            return SetParametersResult(successful=True)
         ticks = self._values["calibration_servo_ticks"]
         if ticks >= 0:
             self._controller.last_command_s = None
