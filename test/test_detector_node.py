@@ -30,6 +30,7 @@ from conftest import (
     wait_until,
 )
 from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
 from PIL import Image as PILImage
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.parameter import Parameter, parameter_value_to_python
@@ -472,6 +473,76 @@ def test_diagnostics_report_rates_times_and_device(raw):
 
     # The last frame may still be in the worker when the input stops: a report once it is through must balance.
     raw.fresh_diagnostics(lambda d: float(d["input_rate_hz"]) == 0.0 and accounted(d))
+
+
+def test_rates_after_a_reactivation_count_only_time_since_the_last_report(raw, ros):
+    """The first report after deactivate/activate gives the input rate of its own period, not the frames of that
+    period spread over the time the node was inactive (a 10 Hz camera reported at a fraction of it)."""
+    reports: list[tuple[float, dict[str, str]]] = []  # (stamp in s, values) of /raw/detector, in order
+    lock = threading.Lock()
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            if status.name == "/raw/detector: inference":
+                with lock:
+                    reports.append((msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, dict(kv_pairs(status))))
+
+    def kv_pairs(status):
+        return ((kv.key, kv.value) for kv in status.values)
+
+    def reports_since(start: int) -> list[tuple[float, dict[str, str]]]:
+        with lock:
+            return reports[start:]
+
+    sub = ros.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 50)
+    stop, streaming = threading.Event(), threading.Event()
+
+    def stream():  # ~10 Hz while streaming is set
+        while not stop.is_set():
+            if streaming.is_set():
+                raw.send(rgb_to_image_msg(test_image(6), raw.header()))
+            stop.wait(0.1)
+
+    def idle_report_since(start: int) -> bool:
+        return any(v.get("input_rate_hz") == "0.00" for _, v in reports_since(start))
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    checked = None
+    try:
+        # The first active report may fall before the first frame (nothing to check): then go round again.
+        for _ in range(5):
+            # No frame arrives between the last active report and the deactivation: every frame the first
+            # report after activation counts came in its own period.
+            mark = len(reports_since(0))
+            wait_until(lambda m=mark: idle_report_since(m), TIMEOUT_S, "an idle active report")
+            assert ros.change_state("/raw/detector", Transition.TRANSITION_DEACTIVATE, TIMEOUT_S)
+            start = len(reports_since(0))
+            # Two inactive seconds at least: a rate spread over them would be a third of the truth or less.
+            wait_until(lambda s=start: len(reports_since(s)) >= 3, TIMEOUT_S, "inactive reports")
+            streaming.set()
+            assert ros.change_state("/raw/detector", Transition.TRANSITION_ACTIVATE, TIMEOUT_S)
+            after = len(reports_since(0))
+            first = wait_until(
+                lambda a=after: next((i for i, (_, v) in enumerate(reports_since(a), a) if "received" in v), None),
+                TIMEOUT_S,
+                "the first active report",
+            )
+            streaming.clear()
+            with lock:
+                previous_active = next(v for _, v in reversed(reports[:first]) if "received" in v)
+                (stamp, values), (previous_stamp, _) = reports[first], reports[first - 1]
+            frames = int(values["received"]) - int(previous_active["received"])
+            if frames >= 3:
+                checked = (float(values["input_rate_hz"]), frames / (stamp - previous_stamp), frames)
+                break
+    finally:
+        stop.set()
+        thread.join()
+        ros.node.destroy_subscription(sub)
+    assert checked is not None, "no report right after an activation had frames in five tries"
+    reported, true_rate, frames = checked
+    assert reported == pytest.approx(true_rate, rel=0.3), f"{frames} frames: {reported} Hz reported, {true_rate} true"
 
 
 def test_annotated_image_only_while_enabled(raw, ros):

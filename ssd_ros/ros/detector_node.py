@@ -357,6 +357,10 @@ class DetectorNode(ManagedNode):
 
     def _publish_diagnostics(self) -> None:
         if (status := self.lifecycle_status()) is not None:
+            # Rates count active time only: the first report after an activation starts from this one, not from
+            # the last active report (its frames spread over the inactive time would say a fraction of the rate).
+            with self._lock:
+                self._window = (time.monotonic(), self._received, self._processed, self._bad, self._failed)
             level, message = status
             values = {"lifecycle_state": self.state_label, "model": self._model_name}
             self._diagnostics_pub.publish(diagnostics_msg(self, "inference", level, message, "", values))
