@@ -577,3 +577,24 @@ def test_follow_target_is_the_person_it_follows_when_the_ids_swap_sides(probe, l
     assert ids.count("3") >= 10 and ids.count("7") >= 5
     assert probe.call(SetBool, "/enable", SetBool.Request(data=False)).success
     probe.spin_until(lambda: sequence()[-1] == "disabled", 10.0, "follow_state disabled")
+
+
+def test_simulator_takes_a_best_effort_command_stream_as_the_base_does(probe, launch):
+    """picar_base takes cmd_vel best effort; the simulator standing in for it must take the same publishers."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    rover = Recorder(probe, PoseStamped, "sim/rover_pose")
+    launch("follower_sim", scenario="static", detections_enabled=False)
+    teleop = probe.node.create_publisher(
+        Twist, "cmd_vel", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+    )
+    forward = Twist()
+    forward.linear.x = 0.5
+    probe.spin_until(lambda: rover.messages, 30.0, "the simulator's first rover pose")
+    start_x = rover.messages[-1][1].pose.position.x
+
+    def moved():
+        teleop.publish(forward)
+        return rover.messages[-1][1].pose.position.x > start_x + 0.05
+
+    probe.spin_until(moved, 30.0, "the simulated rover to drive on a best-effort cmd_vel")

@@ -23,6 +23,7 @@ from geometry_msgs.msg import Pose, PoseArray, PoseStamped, Twist, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
@@ -130,7 +131,10 @@ class SimNode(Node):
         self.rover_pub = self.create_publisher(PoseStamped, "sim/rover_pose", 10)
         self.targets_pub = self.create_publisher(PoseArray, "sim/target_poses", 10)
         twist_type = TwistStamped if get("twist_stamped") else Twist
-        self.create_subscription(twist_type, "cmd_vel", self._on_cmd_vel, 10)
+        # As picar_base subscribes (best effort, the latest only): a command stream the base takes drives the
+        # simulated rover too, and one it would not match does not drive it here either.
+        commands = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self.create_subscription(twist_type, "cmd_vel", self._on_cmd_vel, commands)
         # The physics runs on the steady clock: in publish_clock mode this node *is* the time source.
         self.create_timer(wall_period, self._on_step, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(
