@@ -201,9 +201,11 @@ class DetectorNode(ManagedNode):
         self._worker.start()
 
     def deactivate(self) -> None:
-        """Stop the worker (after its current frame) before its publishers go."""
+        """Stop the worker (after its current frame) before its publishers go; a frame still waiting is dropped."""
         self.stop_worker()
         with self._lock:
+            if self._pending is not None:  # never processed: counted, or the totals would no longer add up
+                self._dropped += 1
             self._pending = None
 
     def cleanup(self) -> None:
@@ -272,6 +274,11 @@ class DetectorNode(ManagedNode):
 
     def _on_image(self, msg, decode) -> None:
         """Decode and keep only the newest frame; the worker picks it up."""
+        if self._stopping:
+            # Deactivated: the executor may still hand over messages it took for the subscription that deactivate
+            # destroyed (up to qos_depth). Kept, the newest would be processed at the next activate, answering a
+            # frame from before it, maybe minutes old; an inactive node takes no frame.
+            return
         received_ns = self.get_clock().now().nanoseconds
         try:
             rgb = decode(msg)
