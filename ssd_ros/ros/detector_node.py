@@ -196,7 +196,11 @@ class DetectorNode(ManagedNode):
         )
         # Last: a step above that raises (an image_topic rclpy refuses) fails the activation, which destroys
         # what was created; a worker started before it would stay parked on the condition, one more per retry.
-        self._stopping = False
+        with self._lock:
+            self._stopping = False
+            # Rates count active time only: the first report after an activation starts here, not at the last
+            # active report (its frames spread over the inactive time would say a fraction of the rate).
+            self._window = (time.monotonic(), self._received, self._processed, self._bad, self._failed)
         self._worker = threading.Thread(target=self._run_worker, name="detector-worker", daemon=True)
         self._worker.start()
 
@@ -364,10 +368,6 @@ class DetectorNode(ManagedNode):
 
     def _publish_diagnostics(self) -> None:
         if (status := self.lifecycle_status()) is not None:
-            # Rates count active time only: the first report after an activation starts from this one, not from
-            # the last active report (its frames spread over the inactive time would say a fraction of the rate).
-            with self._lock:
-                self._window = (time.monotonic(), self._received, self._processed, self._bad, self._failed)
             level, message = status
             values = {"lifecycle_state": self.state_label, "model": self._model_name}
             self._diagnostics_pub.publish(diagnostics_msg(self, "inference", level, message, "", values))
