@@ -489,8 +489,10 @@ def test_rates_after_a_reactivation_count_only_the_time_since_it(raw, ros):
             stop.wait(0.1)
 
     def balanced_idle(d) -> bool:  # every frame received is through (the next test must not see one)
-        received = int(d.get("received", -1))
-        return d.get("input_rate_hz") == "0.00" and received == int(d["processed"]) + int(d["dropped_frames"])
+        if d.get("input_rate_hz") != "0.00":
+            return False
+        through = ("processed", "dropped_frames", "bad_frames", "failed_frames")
+        return int(d["received"]) == sum(int(d[key]) for key in through)
 
     thread = threading.Thread(target=stream)
     thread.start()
