@@ -181,6 +181,8 @@ def test_detector_without_a_publisher_names_the_compressed_topic_and_the_paramet
         "no Image publisher on /quiet/image_raw",
         "/camera/image_raw/compressed (CompressedImage): set -p compressed:=true -p image_topic:=/camera/image_raw",
     )
+    advice = [line for line in log.read_text().splitlines() if "topics that would do" in line]
+    assert not any("image_annotated" in line for line in advice), "the node offered its own output as its input"
     probe.spin_until(
         lambda: diagnostics.with_text("no input images", "compressed:=true"), EXPLAIN_TIMEOUT_S, "the diagnostics"
     )

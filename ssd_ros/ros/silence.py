@@ -237,13 +237,18 @@ class InputWatcher:
         self._problems.clear()
 
     def _published(self) -> list[tuple[str, str]]:
-        """(topic, type) of every publisher of the watched type or its other forms."""
+        """(topic, type) of every publisher of the watched type or its other forms, this node's own left out.
+
+        The detector's own ``image_annotated`` is an Image too: offered as its input it would read its output.
+        """
         wanted = {self._type_name, *self._other_forms}
+        me = (self._node.get_name(), self._node.get_namespace())
         return [
             (name, info.topic_type)
             for name, types in self._node.get_topic_names_and_types()
             if wanted.intersection(types)
             for info in self._node.get_publishers_info_by_topic(name)
+            if (info.node_name, info.node_namespace) != me
         ]
 
     def _on_incompatible_qos(self, event: QoSRequestedIncompatibleQoSInfo) -> None:
