@@ -249,6 +249,39 @@ def test_detector_whose_activate_fails_leaves_no_inference_worker_behind(tmp_pat
         rclpy.try_shutdown()
 
 
+def test_follower_deactivated_under_a_stream_of_detections_runs_no_callback_of_what_it_destroyed(probe, tmp_path):
+    """rclpy's EventsExecutor may run callbacks it queued for a timer or subscription that deactivate destroyed:
+    the control tick then published on the destroyed cmd_vel, logged as FATAL on most of these deactivations."""
+    log = tmp_path / "follower.log"
+    process = start_executable("follower", "-p", "autostart:=false", "-r", "__ns:=/churn", log_path=log)
+    node = "/churn/follower"
+    detections = probe.node.create_publisher(Detection2DArray, "/churn/detections", RELIABLE)
+    stop = threading.Event()
+
+    def feed():  # as fast as this process publishes: a flood that keeps events queued while the node deactivates
+        boxes, scores = np.array([[300.0, 180.0, 340.0, 300.0]]), np.array([0.9])
+        while not stop.is_set():
+            header = Header(frame_id="camera", stamp=probe.node.get_clock().now().to_msg())
+            detections.publish(detections_to_msg(Detections.from_named(boxes, scores, ["person"]), header))
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        for _ in range(6):
+            for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+                assert change(probe, node, transition)
+            probe.spin_for(0.5)  # a dwell, not a bound: the flood is what queues the executor's events
+            for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP):
+                assert change(probe, node, transition)
+    finally:
+        stop.set()
+        feeder.join()
+        assert stop_process(process) == 0, log.read_text()
+    text = log.read_text()
+    assert text.count("lifecycle: deactivate -> inactive") == 6
+    assert "FATAL" not in text and "Exception in" not in text, text
+
+
 def test_follower_with_a_bad_value_stays_unconfigured_until_it_is_mended_and_configured_again(probe, tmp_path):
     """autostart:=false: a configure failure leaves the node running, and a runtime parameter can mend it."""
     log = tmp_path / "follower.log"

@@ -108,17 +108,19 @@ class FollowerNode(ManagedNode):
         )
         # Best effort accepts both reliable and best-effort detector publishers.
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
-        self._detections_watch.subscribe(Detection2DArray, "detections", self._on_detections, qos)
+        self._detections_watch.subscribe(Detection2DArray, "detections", self.while_active(self._on_detections), qos)
         # The detector's class map (latched, so it arrives whenever this node starts).
-        self.own(self.create_subscription(LabelInfo, "label_info", self._on_label_info, LATCHED_QOS))
+        self.own(self.create_subscription(LabelInfo, "label_info", self.while_active(self._on_label_info), LATCHED_QOS))
         # Best effort, newest only: cameras publish it with every frame, reliable or not.
         self._camera_watch = self.own(
             InputWatcher(self, "camera_info", topic_fix=lambda topic: f"set -p camera_info_topic:={topic}")
         )
         latest = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-        self._camera_watch.subscribe(CameraInfo, self._camera_info_topic, self._on_camera_info, latest)
+        self._camera_watch.subscribe(
+            CameraInfo, self._camera_info_topic, self.while_active(self._on_camera_info), latest
+        )
         self.own(self.create_service(SetBool, "enable", self._on_enable))
-        self.own(self.create_timer(self.period_s, self._on_timer))
+        self.own(self.create_timer(self.period_s, self.while_active(self._on_timer)))
         params = self.controller.params
         self.get_logger().info(
             f"following {list(params.target_classes)} at {1.0 / self.period_s:.0f} Hz on "

@@ -15,6 +15,8 @@ start-up and exits non-zero when either step fails.
 
 from __future__ import annotations
 
+import functools
+
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
@@ -93,6 +95,21 @@ class ManagedNode(LifecycleNode):
     def active(self) -> bool:
         """In the active state."""
         return self.state_label == "active"
+
+    def while_active(self, callback):
+        """``callback`` for an owned timer or subscription, run only while the node is active.
+
+        rclpy's EventsExecutor may still run callbacks it queued for a timer or subscription that deactivate
+        has destroyed: the follower's control tick then published on its destroyed ``cmd_vel`` and the executor
+        logged it as FATAL, on most deactivations under a stream of detections.
+        """
+
+        @functools.wraps(callback)
+        def if_active(*args):
+            if self.active:
+                callback(*args)
+
+        return if_active
 
     def lifecycle_status(self) -> tuple[bytes, str] | None:
         """Diagnostics level and message while the node does not do its job (None while active and well).
