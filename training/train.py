@@ -790,7 +790,7 @@ def output_dir_problem(args: argparse.Namespace) -> str | None:
     if out.exists() and not out.is_dir():
         return f"--output-dir {out} is a file, not a folder"
     held = [name for name in ("last.pt", "best.pt") if (out / name).exists()]
-    if held and args.resume is not None and args.resume.absolute().parent != out.absolute():
+    if held and args.resume is not None and args.resume.resolve().parent != out.resolve():
         # Continuing run A in run B's folder would replace B's last.pt and weigh A's validations against B's best.pt.
         return (
             f"--output-dir {out} holds another run ({', '.join(held)}) than --resume {args.resume}: "

@@ -63,11 +63,11 @@ class _Clock:
         msg.clock.sec, msg.clock.nanosec = divmod(int(stamp_ns), 1_000_000_000)
         self._publisher.publish(msg)
 
-    def wait_until(self, wall_s: float, wall_start: float, bag_start_ns: int, rate: float) -> None:
-        """Sleep until monotonic time ``wall_s``, publishing the bag time of each tick on the way."""
+    def wait_until(self, wall_s: float, stamp_ns: int, wall_start: float, bag_start_ns: int, rate: float) -> None:
+        """Sleep until monotonic time ``wall_s`` (bag time ``stamp_ns``), publishing the bag time of each tick."""
         while (now := time.monotonic()) < wall_s:
-            # Always before the next message's stamp (now < wall_s): bag time never goes back at the message.
-            self.publish(bag_start_ns + (now - wall_start) * rate * 1e9)
+            # Never past the next message's stamp: bag time does not go back when that message comes.
+            self.publish(min(stamp_ns, bag_start_ns + (now - wall_start) * rate * 1e9))
             time.sleep(min(self._period_s, wall_s - now))
 
 
@@ -105,7 +105,7 @@ def play(
                     bag_start = stamp_ns if bag_start is None else bag_start
                     due = wall_start + (stamp_ns - bag_start) / 1e9 / rate
                     if bag_clock is not None:
-                        bag_clock.wait_until(due, wall_start, bag_start, rate)
+                        bag_clock.wait_until(due, stamp_ns, wall_start, bag_start, rate)
                         bag_clock.publish(stamp_ns)
                     elif due > time.monotonic():
                         time.sleep(due - time.monotonic())
