@@ -508,24 +508,23 @@ def test_rates_after_a_reactivation_count_only_the_time_since_it(raw, ros):
             streaming.set()
             activating_s = time.time()
             assert ros.change_state("/raw/detector", Transition.TRANSITION_ACTIVATE, TIMEOUT_S)
-            active_s = time.time()
             first = raw.fresh_diagnostics(lambda d, t=activating_s: "received" in d and d["_stamp_s"] > t)
             streaming.clear()
             frames = int(first["received"]) - int(before["received"])
-            if frames >= 3:  # received since the activation (the subscription is made there), during active_s
-                # at least and activating_s at most before the report
-                since_activation = (first["_stamp_s"] - active_s, first["_stamp_s"] - activating_s)
-                checked = (float(first["input_rate_hz"]), frames, since_activation)
+            if frames >= 3:  # received since the activation (the subscription is made there), at most this long ago
+                checked = (float(first["input_rate_hz"]), frames, first["_stamp_s"] - activating_s)
                 break
         raw.fresh_diagnostics(balanced_idle)
     finally:
         stop.set()
         thread.join()
     assert checked is not None, "no report right after an activation had frames in five tries"
-    reported, frames, (shortest, longest) = checked
-    # The bounds are the test's clock before and after the activate call; 5% for the two decimals printed and
-    # the report's clock read a moment before its stamp.
-    assert 0.95 * frames / longest <= reported <= 1.05 * frames / max(shortest, 1e-3), (reported, frames, checked)
+    reported, frames, longest = checked
+    # The window began at the activate call or later and ended before the report's stamp, so it is at most
+    # `longest`: a rate spread over the inactive seconds before it falls below. 5% for the two decimals printed.
+    # (No upper bound: the node stamps the report a moment after it reads its clock, by as much as a loaded
+    # machine delays it, which would make any fixed margin fail under load.)
+    assert reported >= 0.95 * frames / longest, (reported, frames, checked)
 
 
 def test_annotated_image_only_while_enabled(raw, ros):
