@@ -117,7 +117,12 @@ def test_clock_ticks_between_messages_and_never_goes_back(tmp_path):
             timeout=60,
             env=ros_env(),
         )
-        probe.spin_until(lambda: len(received) == 2, 30, "the two /chatter messages", detail=lambda: f"{ticks}")
+        probe.spin_until(
+            lambda: len(received) == 2 and ticks and ticks[-1] == stamps[1],
+            30,
+            "the two /chatter messages and the last message's bag time",
+            detail=lambda: f"{ticks}",
+        )
     assert result.returncode == 0, result.stderr
     assert ticks == sorted(ticks), "bag time went back"
     assert ticks[0] == stamps[0] and ticks[-1] == stamps[1]

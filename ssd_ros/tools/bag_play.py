@@ -54,14 +54,14 @@ class _Clock:
     """Bag time on ``/clock``, published at a steady wall rate while playback waits for the next message."""
 
     def __init__(self, node, clock_hz: float) -> None:
-        self._publisher = node.create_publisher(Clock, "/clock", 10)
+        self.publisher = node.create_publisher(Clock, "/clock", 10)
         self._period_s = 1.0 / clock_hz
 
     def publish(self, stamp_ns: int) -> None:
         """Publish ``stamp_ns`` as the current bag time."""
         msg = Clock()
         msg.clock.sec, msg.clock.nanosec = divmod(int(stamp_ns), 1_000_000_000)
-        self._publisher.publish(msg)
+        self.publisher.publish(msg)
 
     def wait_until(self, wall_s: float, stamp_ns: int, wall_start: float, bag_start_ns: int, rate: float) -> None:
         """Sleep until monotonic time ``wall_s`` (bag time ``stamp_ns``), publishing the bag time of each tick."""
@@ -98,7 +98,9 @@ def play(
                 raise SystemExit(f"bag_play: no topic of {bag} has an installed message type")
             connections = [c for c in connections if c.id in publishers]
             bag_clock = _Clock(node, clock_hz) if clock_hz else None
-            _wait_for_discovery(list(publishers.values()), start_delay_s)
+            # /clock too: a use_sim_time node that has not matched it yet would miss the bag's first instants.
+            writers = [*publishers.values(), *([bag_clock.publisher] if bag_clock else [])]
+            _wait_for_discovery(writers, start_delay_s)
             while True:
                 wall_start, bag_start = time.monotonic(), None
                 for connection, stamp_ns, raw in reader.messages(connections=connections):
@@ -114,8 +116,8 @@ def play(
                 if not loop:
                     break
             # Reliable readers must have the last messages before the writers go away with the process.
-            for publisher in publishers.values():
-                publisher.wait_for_all_acked(Duration(seconds=2))
+            for writer in writers:
+                writer.wait_for_all_acked(Duration(seconds=2))
     finally:
         node.destroy_node()
     return published
