@@ -42,7 +42,7 @@ from ssd_ros.evaluation.voc_report import format_ap_table, plot_pr_curves
 from ssd_ros.vision.checkpoint import CheckpointError
 from ssd_ros.vision.detections import Detections
 from ssd_ros.vision.detector import EVALUATION_SETTINGS, Detector
-from ssd_ros.vision.image_codec import IMAGE_SUFFIXES, ImageDecodeError, read_image_file
+from ssd_ros.vision.image_codec import ImageDecodeError, image_files, read_image_file
 from training.detect import detect_split
 
 __all__ = ["main", "parse_args"]
@@ -152,12 +152,8 @@ def _unannotated_images(args: argparse.Namespace, split: VocSplit) -> list[str]:
     if args.folder is None or args.image_set is not None:
         return []
     listed = {item.image_path for item in split}
-    return sorted(
-        path.name
-        for folder in {image.parent for image in listed}
-        for path in folder.iterdir()
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and path not in listed
-    )
+    folders = {image.parent for image in listed}  # each holds a listed image: image_files finds one at least
+    return sorted(path.name for folder in folders for path in image_files(folder) if path not in listed)
 
 
 def _default_out(args: argparse.Namespace, split: VocSplit) -> Path:

@@ -100,8 +100,8 @@ class ManagedNode(LifecycleNode):
         """``callback`` for an owned timer or subscription, run only while the node is active.
 
         rclpy's EventsExecutor may still run callbacks it queued for a timer or subscription that deactivate
-        has destroyed: the follower's control tick then published on its destroyed ``cmd_vel`` and the executor
-        logged it as FATAL, on most deactivations under a stream of detections.
+        has destroyed: the follower's control tick then published on its destroyed ``cmd_vel`` (logged FATAL on
+        most deactivations under a stream of detections), and the detector kept a frame from before it.
         """
 
         @functools.wraps(callback)

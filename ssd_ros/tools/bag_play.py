@@ -20,6 +20,7 @@ import rclpy
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+from rosbags.interfaces import QosDurability
 from rosgraph_msgs.msg import Clock
 
 from ssd_ros.tools.bagio import BagToolError, message_class, open_bag
@@ -31,8 +32,6 @@ def _qos(connection) -> QoSProfile:
     A latched topic (``/tf_static``, a map) has readers that ask for transient local durability, which a
     volatile writer does not match: as ``ros2 bag play`` does, its recorded durability is offered again.
     """
-    from rosbags.interfaces import QosDurability
-
     offered = getattr(connection.ext, "offered_qos_profiles", None) or []
     latched = any(profile.durability == QosDurability.TRANSIENT_LOCAL for profile in offered)
     durability = QoSDurabilityPolicy.TRANSIENT_LOCAL if latched else QoSDurabilityPolicy.VOLATILE
