@@ -387,3 +387,82 @@ def test_block_transfers_respect_the_smbus_32_byte_limit(rig):
     driver.configure(50.0)
     driver.set_pulse_ticks_together({channel: 100 + channel for channel in range(p.CHANNELS)})
     assert [chip.high_ticks(channel) for channel in range(p.CHANNELS)] == [100 + c for c in range(p.CHANNELS)]
+
+
+@pytest.mark.parametrize(
+    ("mode2", "bits"),
+    [
+        (p.MODE2_OUTDRV | p.MODE2_INVRT, ["INVRT set"]),
+        (0x00, ["OUTDRV clear"]),
+        (p.MODE2_OUTDRV | p.MODE2_OCH, ["OCH set"]),
+        (p.MODE2_OUTDRV | 0x02, ["OUTNE 10"]),
+        (p.MODE2_INVRT | p.MODE2_OCH, ["INVRT set", "OUTDRV clear", "OCH set"]),
+    ],
+)
+def test_check_running_names_each_mode2_fault_and_configure_repairs_it(rig, mode2, bits):
+    """Another program on the bus rewrites MODE2: the pins no longer do what the channel registers say.
+
+    The readback used to read MODE1 only and called such a chip running.
+    """
+    _, chip, bus, driver = rig
+    driver.configure(50.0)
+    driver.set_pulse_ticks(2, 300)
+    driver.check_running()
+    bus.write_byte_data(0x40, p.MODE2, mode2)
+    assert driver.read_channel(2) == 300, "the registers still say 300"
+    with pytest.raises(p.Pca9685NotRunning) as fault:
+        driver.check_running()
+    message = str(fault.value)
+    assert f"MODE2 0x{mode2:02X}, configured 0x04" in message
+    assert all(bit in message for bit in bits)
+    for bit in ("INVRT", "OUTDRV", "OCH", "OUTNE"):
+        assert (bit in message) == any(found.startswith(bit) for found in bits), f"{bit} named only when changed"
+    driver.configure(50.0)
+    driver.set_pulse_ticks(2, 300)
+    driver.check_running()
+    assert chip.read(p.MODE2) == p.CONFIGURED_MODE2 and chip.high_ticks(2) == 300
+
+
+def test_mode2_faults_change_the_pins_as_on_the_chip(rig):
+    """What each MODE2 bit does to a 300-tick servo pulse, and MODE2's reserved bits reading 0."""
+    _, chip, bus, driver = rig
+    driver.configure(50.0)
+    driver.set_pulse_ticks(2, 300)
+    assert chip.high_ticks(2) == 300
+    bus.write_byte_data(0x40, p.MODE2, p.MODE2_OUTDRV | p.MODE2_INVRT)
+    assert chip.high_ticks(2) == 4096 - 300, "inverted: a 19.5 ms pulse, the servo at full lock"
+    bus.write_byte_data(0x40, p.MODE2, p.MODE2_INVRT)
+    assert chip.high_ticks(2) == 0, "open-drain: never driven high"
+    bus.write_byte_data(0x40, p.MODE2, 0xE0 | p.MODE2_OUTDRV | p.MODE2_OUTNE)
+    assert chip.read(p.MODE2) == p.MODE2_OUTDRV | p.MODE2_OUTNE, "bits 7..5 are read-only zeros"
+    assert chip.high_ticks(2) == 300, "OUTNE only matters while /OE is high"
+    assert p.mode2_fault(0xE0 | p.CONFIGURED_MODE2).startswith(
+        "PCA9685 MODE2 rewritten (by another program?): reserved"
+    )
+    assert p.mode2_fault(p.CONFIGURED_MODE2) is None
+
+
+@pytest.mark.parametrize(("och", "passes_through"), [(False, set()), (True, {1.0})])
+def test_och_decides_whether_a_two_channel_motor_update_changes_both_pins_together(rig, och, passes_through):
+    """B2 motor: forward 0.2 -> stop in one block write over channels 14 and 15.
+
+    With OCH clear (``configure``'s MODE2) both pins change at the STOP; with OCH set channel 14 changes at its
+    last ACK, before channel 15's bytes arrive, and the motor runs at full forward duty in between.
+    """
+    _, chip, bus, driver = rig
+    driver.configure(50.0)
+    motor = Pca9685Motor(driver, forward_channel=15, reverse_channel=14)
+    motor.drive(0.2)
+    if och:
+        bus.write_byte_data(0x40, p.MODE2, p.MODE2_OUTDRV | p.MODE2_OCH)
+    seen = []
+    receive = chip.receive
+
+    def scoped(register, value):
+        receive(register, value)
+        seen.append(round(net_drive(chip, 15, 14), 3))
+
+    chip.receive = scoped
+    motor.drive(0.0)
+    assert net_drive(chip, 15, 14) == 0.0
+    assert set(seen) - {0.2, 0.0} == passes_through

@@ -6,7 +6,16 @@ import pytest
 
 from ssd_ros.control.ackermann import steering_angle
 from ssd_ros.rover.motor import simulated_motor_duty
-from ssd_ros.rover.pca9685 import PRE_SCALE, output_frequency_hz, prescale_for
+from ssd_ros.rover.pca9685 import (
+    CONFIGURED_MODE2,
+    MODE2,
+    MODE2_INVRT,
+    MODE2_OCH,
+    MODE2_OUTDRV,
+    PRE_SCALE,
+    output_frequency_hz,
+    prescale_for,
+)
 from ssd_ros.rover.picar_base import (
     ActuatorError,
     DriveCalibration,
@@ -338,6 +347,44 @@ def test_chip_reset_while_driving_is_not_confirmed_and_the_next_apply_recovers(m
     calls.clear()
     hardware.apply(wanted)
     assert "configure" not in calls, "configured once per reset, not on every write"
+
+
+@pytest.mark.parametrize("motor_driver", ["gpio", "pca9685"])
+@pytest.mark.parametrize(
+    ("mode2", "bit"),
+    [(MODE2_OUTDRV | MODE2_INVRT, "INVRT set"), (0x00, "OUTDRV clear"), (MODE2_OUTDRV | MODE2_OCH, "OCH set")],
+)
+def test_mode2_rewritten_while_driving_is_not_confirmed_and_the_next_apply_recovers(
+    monkeypatch, motor_driver, mode2, bit
+):
+    """Another program rewrites MODE2: reported like a reset (naming MODE2 and the bit), repaired by the next apply.
+
+    The readback read MODE1 only and confirmed the drive while, with INVRT, the servo pin held full lock.
+    """
+    hardware = open_hardware(HardwareSettings(hardware="sim", motor_driver=motor_driver))
+    chip = hardware.simulation.chip
+    base = controller()
+    drive = base.command(0.25, 0.0, now_s=0.0)
+    hardware.apply(drive)
+    assert hardware.readback().shows(drive)
+
+    hardware.pca.bus.write_byte_data(hardware.pca.address, MODE2, mode2)
+    readback = hardware.readback()
+    assert not readback.shows(drive) and readback.servo_ticks is None
+    assert (
+        readback.errors[0].startswith("servo: Pca9685NotRunning: PCA9685 MODE2 rewritten") and bit in readback.errors[0]
+    )
+    if motor_driver == "pca9685":  # the bridge inputs are on that chip's pins too
+        assert readback.motor_duty is None and "MODE2" in readback.errors[1]
+    else:
+        assert readback.motor_duty == pytest.approx(0.5) and len(readback.errors) == 1
+    assert hardware.chip_fault is not None
+
+    calls = record_writes(monkeypatch, hardware)
+    hardware.apply(drive)
+    assert calls == ["configure", f"servo {drive.servo_ticks}", f"motor {drive.motor_duty}"]
+    assert chip.read(MODE2) == CONFIGURED_MODE2 and chip.high_ticks(2) == drive.servo_ticks == 300
+    assert hardware.readback().shows(drive) and hardware.chip_fault is None and hardware.reconfigurations == 1
 
 
 def test_failed_reconfiguration_writes_no_steering_and_stops_the_gpio_motor():

@@ -20,7 +20,15 @@ from std_msgs.msg import Float32MultiArray
 from ssd_ros.cli import EXECUTOR_ENV
 from ssd_ros.ros.picar_base_node import STATE_FIELDS
 from ssd_ros.rover.motor import simulated_motor_duty
-from ssd_ros.rover.pca9685 import PRE_SCALE, output_frequency_hz, prescale_for
+from ssd_ros.rover.pca9685 import (
+    CONFIGURED_MODE2,
+    MODE2,
+    MODE2_INVRT,
+    MODE2_OUTDRV,
+    PRE_SCALE,
+    output_frequency_hz,
+    prescale_for,
+)
 from ssd_ros.rover.picar_base import Calibration, HardwareSettings
 
 CONFIG = REPO_ROOT / "config" / "picar_base.yaml"
@@ -629,6 +637,34 @@ def test_pca9685_reset_while_driving_is_reported_and_recovered(base_in_process, 
     assert "PCA9685 asleep (reset or brown-out?): outputs off" in message
     base.spin_until(lambda: base.diagnostics()[2]["pca9685_reconfigurations"] == "1", 30.0, "reconfiguration count")
     base.spin_until(lambda: base.harness.last["servo_ticks"] == 300, 30.0, "state with the servo read back")
+    assert base.node._confirmed
+
+
+@pytest.mark.parametrize("motor_driver", ["gpio", "pca9685"])
+def test_pca9685_mode2_rewritten_while_driving_is_reported_and_recovered(base_in_process, motor_driver):
+    """Another program sets MODE2.INVRT while driving: the servo pin holds full lock although its registers say
+    centre. ERROR naming MODE2 and the bit, then configured again by the next command, as after a brown-out.
+
+    The readback read MODE1 only, so the base confirmed the drive and kept the wheels at full lock.
+    """
+    base = base_in_process(motor_driver)
+    base.drive(0.25, 0.3, until=lambda: base.motor_duty() == pytest.approx(0.5, abs=1 / 4096), what="driving")
+    counters = base.node._controller.counters
+    errors = counters.hardware_errors
+    base.bus.write_byte_data(base.hardware.pca.address, MODE2, MODE2_OUTDRV | MODE2_INVRT)
+    assert base.chip.high_ticks(2) == 4096 - 300
+    base.drive(
+        0.25,
+        0.3,
+        until=lambda: base.hardware.reconfigurations == 1 and base.chip.high_ticks(2) == 300,
+        what="the chip configured again",
+    )
+    assert counters.hardware_errors > errors and base.chip.read(MODE2) == CONFIGURED_MODE2
+    assert base.motor_duty() == pytest.approx(0.5, abs=1 / 4096)
+    base.spin_until(base.in_error, 30.0, "diagnostics ERROR")
+    message = base.diagnostics()[1]
+    assert "PCA9685 MODE2 rewritten" in message and "INVRT set" in message and "MODE2 0x14" in message
+    base.spin_until(lambda: base.diagnostics()[2]["pca9685_reconfigurations"] == "1", 30.0, "reconfiguration count")
     assert base.node._confirmed
 
 

@@ -14,8 +14,9 @@ Subscribes ``cmd_vel`` (``geometry_msgs/Twist``, or ``TwistStamped`` with ``twis
 Stops (watchdog, calibration mode, a zero command, shutdown) reach the motor first and are written again
 every watchdog period until the hardware reads the motor back as stopped, so an I2C/GPIO fault at the
 moment of a stop delays it only as long as the fault lasts. Between writes the hardware is read back every
-``VERIFY_PERIOD_S``, so a PCA9685 that reset (brown-out: asleep, outputs off) is noticed without a new
-command; the next write configures the chip again (``PicarHardware.apply``).
+``VERIFY_PERIOD_S``, so a PCA9685 that reset (brown-out: asleep, outputs off) or whose MODE2 another program
+rewrote (outputs inverted, open-drain) is noticed without a new command; the next write configures the chip
+again (``PicarHardware.apply``).
 
 The watchdog runs on a steady clock, not ROS time: with ``use_sim_time`` and no ``/clock`` (or a paused
 bag) it must still stop the car. Commands are judged by arrival time, not header stamps, so clock skew
@@ -61,7 +62,7 @@ from ssd_ros.settings import settings_from_mapping
 STATE_FIELDS = ("steering_angle_rad", "servo_ticks", "servo_pulse_us", "motor_duty")
 DIAGNOSTICS_PERIOD_S = 1.0
 WARNING_INTERVAL_S = 5.0
-# How often a confirmed output is read back again while nothing is written (MODE1 + one channel + the motor).
+# How often a confirmed output is read back again while nothing is written (MODE1, MODE2, one channel, the motor).
 VERIFY_PERIOD_S = 0.2
 # How long shutdown keeps writing the final stop while the hardware does not confirm it (a loose I2C cable
 # may come back); bounded, because systemd/launch escalate to SIGKILL after their own timeouts.

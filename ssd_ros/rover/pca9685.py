@@ -32,9 +32,14 @@ MODE1_EXTCLK = 0x40
 MODE1_AI = 0x20  # register auto-increment
 MODE1_SLEEP = 0x10
 MODE1_ALLCALL = 0x01
-# MODE2 bits
+# MODE2 bits (bits 7..5 are reserved: read-only zeros)
 MODE2_INVRT = 0x10
+MODE2_OCH = 0x08  # outputs change on each channel's last ACK instead of together at the STOP
 MODE2_OUTDRV = 0x04  # totem-pole outputs (servo signal lines need push-pull)
+MODE2_OUTNE = 0x03  # what the outputs do while the /OE pin is high
+MODE2_WRITABLE = MODE2_INVRT | MODE2_OCH | MODE2_OUTDRV | MODE2_OUTNE
+# What ``configure`` writes: not inverted, change at the STOP, totem pole, outputs 0 while /OE is high.
+CONFIGURED_MODE2 = MODE2_OUTDRV
 
 LED_FULL = 0x10  # bit 4 of LEDn_ON_H / LEDn_OFF_H: full on / full off (full off wins)
 TICKS_PER_PERIOD = 4096
@@ -90,7 +95,7 @@ def ticks_to_us(ticks: float, frequency_hz: float) -> float:
 
 
 class Pca9685NotRunning(Exception):
-    """MODE1 says the chip is not producing what its channel registers hold (reset, brown-out, other program)."""
+    """MODE1 or MODE2 says the pins do not produce what the channel registers hold (reset, brown-out, other program)."""
 
 
 def mode1_fault(mode1: int) -> str | None:
@@ -114,6 +119,33 @@ def mode1_fault(mode1: int) -> str | None:
             f"unreliable (MODE1 0x{mode1:02X})"
         )
     return None
+
+
+def mode2_fault(mode2: int) -> str | None:
+    """Why a chip with this MODE2 value does not drive its pins as ``configure`` set them up, or None if it does.
+
+    MODE2 survives everything but a power-on reset, which puts back ``configure``'s own value (0x04), so only
+    another program on the bus changes it, and then the channel registers no longer say what the pins do.
+    Every bit that differs from :data:`CONFIGURED_MODE2` is named with what it does to the car.
+    """
+    changed = (mode2 ^ CONFIGURED_MODE2) & 0xFF
+    if not changed:
+        return None
+    found = []
+    if changed & MODE2_INVRT:
+        found.append("INVRT set: every output inverted (the servo pulse becomes the period minus the pulse: full lock)")
+    if changed & MODE2_OUTDRV:
+        found.append("OUTDRV clear: open-drain outputs, the servo and bridge input lines are never driven high")
+    if changed & MODE2_OCH:
+        found.append("OCH set: outputs change on each channel's ACK, a two-channel motor update passes a mixed state")
+    if changed & MODE2_OUTNE:
+        found.append(f"OUTNE {mode2 & MODE2_OUTNE:02b}: other outputs while /OE is high")
+    if changed & ~MODE2_WRITABLE:
+        found.append("reserved bits set (read-only zeros on the chip): the read is corrupt")
+    return (
+        f"PCA9685 MODE2 rewritten (by another program?): {'; '.join(found)} "
+        f"(MODE2 0x{mode2:02X}, configured 0x{CONFIGURED_MODE2:02X})"
+    )
 
 
 def _check_channel(channel: int) -> None:
@@ -151,7 +183,7 @@ class Pca9685:
         # writes below reach all four registers; set_frequency then wakes and restarts the chip.
         self.bus.write_byte_data(self.address, MODE1, MODE1_AI | MODE1_SLEEP | MODE1_ALLCALL)
         self.all_off()
-        self.bus.write_byte_data(self.address, MODE2, MODE2_OUTDRV)
+        self.bus.write_byte_data(self.address, MODE2, CONFIGURED_MODE2)
         return self.set_frequency(frequency_hz)
 
     def set_frequency(self, frequency_hz: float) -> float:
@@ -171,12 +203,16 @@ class Pca9685:
         return self.frequency_hz()
 
     def check_running(self) -> None:
-        """Read MODE1 (one byte) and raise ``Pca9685NotRunning`` unless the chip runs as ``configure`` left it.
+        """Read MODE1 and MODE2 and raise ``Pca9685NotRunning`` unless both are as ``configure`` left them.
 
         Channel registers alone cannot tell: after a reset the driver's writes land in the registers, but
-        the sleeping chip outputs nothing (see :func:`mode1_fault`). Bus errors propagate as ``OSError``.
+        the sleeping chip outputs nothing (see :func:`mode1_fault`); with MODE2 rewritten the pins are inverted,
+        not driven high, or no longer change together (see :func:`mode2_fault`). A MODE1 fault is reported
+        without reading MODE2: the chip must be configured again either way. Bus errors propagate as ``OSError``.
         """
-        fault = mode1_fault(self.bus.read_byte_data(self.address, MODE1))
+        fault = mode1_fault(self.bus.read_byte_data(self.address, MODE1)) or mode2_fault(
+            self.bus.read_byte_data(self.address, MODE2)
+        )
         if fault:
             raise Pca9685NotRunning(fault)
 
@@ -272,8 +308,15 @@ class SimulatedPca9685:
     auto-increment for block access (without it every byte hits the same register, as on the chip); PRE_SCALE
     writes ignored unless SLEEP is set and values below 3 read back as 3; outputs off while asleep; the RESTART
     flag set by sleeping with active channels and cleared only by writing 1 to it at least 500 us after SLEEP
-    was cleared; ALL_LED registers writing every channel and reading back 0. Rule violations a real chip would
-    silently ignore are counted in ``ignored_writes`` so tests can assert a driver never relies on them.
+    was cleared; ALL_LED registers writing every channel and reading back 0; MODE2 (reserved bits 7..5 read 0):
+    INVRT inverts every pin, OUTDRV clear makes the pins open-drain, OCH decides when written channel
+    registers reach the pins (at the write transaction's STOP, or at the ACK that completes a channel's four
+    registers). The /OE pin is taken as tied low, as on the PiCar-B boards, so OUTNE changes no pin. Rule
+    violations a real chip would silently ignore are counted in ``ignored_writes`` so tests can assert a
+    driver never relies on them.
+
+    ``write`` is one byte in a transaction of its own; a bus carrying several bytes in one transaction calls
+    ``receive`` for each and then ``stop``.
     """
 
     def __init__(self, oscillator_hz: float = OSCILLATOR_HZ, clock: Callable[[], float] = time.monotonic):
@@ -301,12 +344,21 @@ class SimulatedPca9685:
             self.registers[register] = value
         for channel in range(CHANNELS):
             self.registers[LED0_ON_L + 4 * channel + 3] = LED_FULL
+        # What the pins follow: the channel registers as of their last output change (see ``stop``), and
+        # per channel the registers written since then.
+        self._outputs = bytearray(self.registers[LED0_ON_L : LED0_ON_L + 4 * CHANNELS])
+        self._loaded: list[set[int]] = [set() for _ in range(CHANNELS)]
         self._awake_since: float | None = None
         self._running = False  # PWM counters running (awake and restarted or never slept with outputs)
 
     # --- bus side -------------------------------------------------------------------------------------
     def write(self, register: int, value: int) -> None:
-        """One byte written to ``register`` over I2C."""
+        """One byte written to ``register`` over I2C in a transaction of its own (``receive`` then ``stop``)."""
+        self.receive(register, value)
+        self.stop()
+
+    def receive(self, register: int, value: int) -> None:
+        """One data byte the chip acknowledges inside a write transaction, stored in ``register``."""
         self.write_count += 1
         value &= 0xFF
         if register == MODE1:
@@ -318,11 +370,40 @@ class SimulatedPca9685:
                 self.ignored_writes.append("PRE_SCALE written while awake (SLEEP=0)")
         elif ALL_LED_ON_L <= register <= ALL_LED_ON_L + 3:
             for channel in range(CHANNELS):
-                self.registers[LED0_ON_L + 4 * channel + register - ALL_LED_ON_L] = value
-        elif register in (MODE2,) or LED0_ON_L <= register < LED0_ON_L + 4 * CHANNELS:
-            self.registers[register] = value
+                self._load(channel, register - ALL_LED_ON_L, value)
+        elif LED0_ON_L <= register < LED0_ON_L + 4 * CHANNELS:
+            self._load((register - LED0_ON_L) // 4, (register - LED0_ON_L) % 4, value)
+        elif register == MODE2:
+            self.registers[MODE2] = value & MODE2_WRITABLE
         else:
             self.ignored_writes.append(f"write to unsupported register 0x{register:02X}")
+
+    def stop(self) -> None:
+        """The STOP that ends a write transaction: with MODE2.OCH clear, every channel written in it changes now.
+
+        So channels written in one transaction change their outputs together, whatever order their bytes came in
+        (data sheet 7.3.2: "1 or more registers can be written, in any order, before STOP").
+        """
+        if not self.registers[MODE2] & MODE2_OCH:
+            for channel in range(CHANNELS):
+                if self._loaded[channel]:
+                    self._change_output(channel)
+
+    def _load(self, channel: int, offset: int, value: int) -> None:
+        """A byte into one of a channel's four registers; with MODE2.OCH set the fourth one changes the output.
+
+        Data sheet 7.3.2: "Update on ACK requires all 4 PWM channel registers to be loaded before outputs will
+        change on the last ACK".
+        """
+        self.registers[LED0_ON_L + 4 * channel + offset] = value
+        self._loaded[channel].add(offset)
+        if self.registers[MODE2] & MODE2_OCH and len(self._loaded[channel]) == 4:
+            self._change_output(channel)
+
+    def _change_output(self, channel: int) -> None:
+        base = 4 * channel
+        self._outputs[base : base + 4] = self.registers[LED0_ON_L + base : LED0_ON_L + base + 4]
+        self._loaded[channel].clear()
 
     def read(self, register: int) -> int:
         """One byte read from ``register`` over I2C (ALL_LED registers are write-only and read 0)."""
@@ -356,11 +437,11 @@ class SimulatedPca9685:
         self.registers[MODE1] = (value & ~MODE1_RESTART & 0xFF) | restart
 
     def _any_channel_active(self) -> bool:
-        return any(self._register_ticks(channel) for channel in range(CHANNELS))
+        return any(self._output_ticks(channel) for channel in range(CHANNELS))
 
-    def _register_ticks(self, channel: int) -> int:
-        base = LED0_ON_L + 4 * channel
-        return _high_ticks(*self.registers[base : base + 4])
+    def _output_ticks(self, channel: int) -> int:
+        """High ticks of the PWM logic behind a pin, before MODE2's inversion and output stage."""
+        return _high_ticks(*self._outputs[4 * channel : 4 * channel + 4])
 
     # --- observation side (what an oscilloscope on the pins would show) ------------------------------
     @property
@@ -380,15 +461,19 @@ class SimulatedPca9685:
         return output_frequency_hz(self.registers[PRE_SCALE], self.oscillator_hz)
 
     def high_ticks(self, channel: int) -> int:
-        """High ticks per 4096-tick period on a pin, honouring sleep, pending restart and MODE2.INVRT."""
+        """Ticks per 4096-tick period a pin is driven high, honouring sleep, pending restart and MODE2.
+
+        INVRT inverts the logic; with OUTDRV clear (open-drain) the pin only ever pulls low and is
+        high-impedance otherwise, so a line without a pull-up (a servo signal, a bridge input) sees no high.
+        """
         _check_channel(channel)
         if self.sleeping or not self._running:
             ticks = 0
         else:
-            ticks = self._register_ticks(channel)
+            ticks = self._output_ticks(channel)
         if self.registers[MODE2] & MODE2_INVRT:
             ticks = TICKS_PER_PERIOD - ticks
-        return ticks
+        return ticks if self.registers[MODE2] & MODE2_OUTDRV else 0
 
     def pulse_width_us(self, channel: int) -> float:
         """High time per period on a pin in microseconds at the actual output frequency."""
@@ -422,7 +507,7 @@ class SimulatedI2cBus:
         return self._device(i2c_addr).read(register)
 
     def write_i2c_block_data(self, i2c_addr: int, register: int, data: Sequence[int]) -> None:
-        """Block write; the register pointer advances only with MODE1.AI set, as on the chip.
+        """Block write in one transaction; the register pointer advances only with MODE1.AI set, as on the chip.
 
         At most ``SMBUS_BLOCK_MAX`` bytes, refused with smbus2's ValueError as on the Pi.
         """
@@ -431,7 +516,8 @@ class SimulatedI2cBus:
         device = self._device(i2c_addr)
         step = 1 if device.read(MODE1) & MODE1_AI else 0
         for offset, value in enumerate(data):
-            device.write(register + offset * step, value)
+            device.receive(register + offset * step, value)
+        device.stop()
 
     def read_i2c_block_data(self, i2c_addr: int, register: int, length: int) -> list[int]:
         """Block read; the register pointer advances only with MODE1.AI set, as on the chip (32 bytes at most)."""

@@ -326,8 +326,9 @@ class Readback:
     """What the actuators report: servo ticks and pulse width from the chip's registers, motor duty.
 
     A part that could not be read is None, and ``errors`` says why (one entry per failed part). A part on a
-    PCA9685 whose MODE1 says it is not producing its outputs (asleep after a reset or brown-out, see
-    :func:`ssd_ros.rover.pca9685.mode1_fault`) is None too: its registers are not what the pins do.
+    PCA9685 whose MODE1 or MODE2 says its pins do not produce its registers (asleep after a reset or brown-out,
+    outputs inverted or open-drain; see :func:`ssd_ros.rover.pca9685.mode1_fault` and
+    :func:`~ssd_ros.rover.pca9685.mode2_fault`) is None too: its registers are not what the pins do.
     """
 
     servo_ticks: int | None
@@ -384,8 +385,8 @@ class PicarHardware:
         self.motor = motor
         self.frequency_hz = frequency_hz
         self.simulation = simulation
-        # Set by a readback whose MODE1 shows the chip not running (reset, brown-out): the next apply
-        # configures the chip again before it writes the channels.
+        # Set by a readback whose MODE1 or MODE2 is not as configured (reset, brown-out, another program): the
+        # next apply configures the chip again before it writes the channels.
         self.chip_fault: str | None = None
         self.reconfigurations = 0
 
@@ -437,11 +438,11 @@ class PicarHardware:
     def readback(self) -> Readback:
         """Read the actuators back (the servo from the chip registers, so a lost write shows up); never raises.
 
-        The chip's MODE1 (one byte; the prescaler is not read, it is set at start and after a reset only), then
-        one read per actuator: the servo's channel registers and the motor; either may fail without losing the
-        other. A chip that does not run (``Pca9685.check_running``: asleep after a reset or brown-out) produces
-        nothing whatever its registers hold, so the servo, and the motor when it is on the chip, read as
-        None with the cause; the next ``apply`` configures the chip again.
+        The chip's MODE1 and MODE2 (one byte each; the prescaler is not read, it is set at start and after a reset
+        only), then one read per actuator: the servo's channel registers and the motor; either may fail without
+        losing the other. On a chip that does not run as configured (``Pca9685.check_running``: asleep after a
+        reset or brown-out, MODE2 rewritten) the pins do not show the registers, so the servo, and the motor when
+        it is on the chip, read as None with the cause; the next ``apply`` configures the chip again.
         """
         errors: dict[str, Exception] = {}
         chip = _attempt(errors, "servo", lambda: self.pca.check_running() or True)
