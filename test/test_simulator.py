@@ -78,6 +78,18 @@ def test_bicycle_model_turns_on_the_ackermann_radius_and_never_in_place():
     assert slow.rover.steering_rad == pytest.approx(math.radians(5.0))
 
 
+@pytest.mark.parametrize(("linear", "angular"), [(math.nan, 0.0), (0.2, math.inf), (-math.inf, math.nan)])
+def test_a_non_finite_command_is_refused_not_taken_as_a_stop(linear, angular):
+    """The base keeps its last good command on a non-finite one (picar_base.finite_command); the core used to
+    brake the simulated rover instead. Callers apply the base's rule (follower_sim does, on arrival)."""
+    sim = sim_with([])
+    sim.step(0.3, 0.0, 0.05)
+    before = (sim.time, sim.rover.x, sim.rover.speed_mps)
+    with pytest.raises(ValueError, match="non-finite command"):
+        sim.step(linear, angular, 0.05)
+    assert (sim.time, sim.rover.x, sim.rover.speed_mps) == before
+
+
 def test_detections_arrive_after_the_latency_with_the_capture_stamp_at_the_frame_rate():
     p = SimParams(
         latency_s=0.15, detection_rate_hz=10, box_noise_px=0.0, miss_probability=0.0, frame_drop_probability=0.0

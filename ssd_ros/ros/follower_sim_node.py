@@ -1,6 +1,7 @@
 """``follower_sim`` node: the simulator of :mod:`ssd_ros.simulation.simulator` behind the detector interface.
 
-Consumes ``cmd_vel`` (Twist or TwistStamped) like the base driver; publishes ``detections``
+Consumes ``cmd_vel`` (Twist or TwistStamped) like the base driver (a non-finite command is ignored by the base's
+rule and counted; the last good one drives on until ``cmd_timeout_s``); publishes ``detections``
 (vision_msgs/Detection2DArray exactly as the detector node does: class names in ``class_id``, the
 tracker's id in ``id`` with ``tracking``, header = the simulated image's header with ``camera_frame_id``
 and its capture stamp), the simulated
@@ -34,6 +35,7 @@ from ssd_ros.control.geometry import PERSON_HEIGHT_M
 from ssd_ros.ros.messages import camera_info_msg, detections_to_msg, stamp_msg, twist_to_command
 from ssd_ros.ros.params import ParameterTable, dataclass_table, declare_all, param
 from ssd_ros.ros.runner import run_node
+from ssd_ros.rover.picar_base import finite_command
 from ssd_ros.settings import settings_from_mapping
 from ssd_ros.simulation.simulator import SCENARIOS, SimParams, Simulator, desired_distance_m, make_scenario
 
@@ -79,6 +81,10 @@ PARAMETERS: ParameterTable = {
 }
 
 
+# As picar_base: a sender of garbage is named at most this often (the count says how many).
+REJECTED_WARNING_INTERVAL_S = 5.0
+
+
 def _pose(x: float, y: float, yaw: float = 0.0) -> Pose:
     pose = Pose()
     pose.position.x, pose.position.y = float(x), float(y)
@@ -110,6 +116,7 @@ class SimNode(Node):
         self._cmd_timeout_s = get("cmd_timeout_s")
         self._command = (0.0, 0.0)
         self._command_time_s = -math.inf
+        self.rejected_nonfinite = 0  # cmd_vel messages with NaN or inf, ignored as picar_base ignores them
         self._paused = get("paused")
 
         self._publish_clock = get("publish_clock")
@@ -158,6 +165,15 @@ class SimNode(Node):
 
     def _on_cmd_vel(self, msg) -> None:
         command = twist_to_command(msg)
+        if not finite_command(command.linear_mps, command.angular_radps):
+            # The base's rule: the last good command keeps driving until its timeout, which this does not refresh.
+            self.rejected_nonfinite += 1
+            self.get_logger().warning(
+                f"rejected cmd_vel with non-finite values (linear.x={command.linear_mps}, "
+                f"angular.z={command.angular_radps}); {self.rejected_nonfinite} so far",
+                throttle_duration_sec=REJECTED_WARNING_INTERVAL_S,
+            )
+            return
         self._command = (command.linear_mps, command.angular_radps)
         self._command_time_s = self._sim_now_s()
 

@@ -187,6 +187,17 @@ class Calibration(RoverGeometry):
         return PicarConfig(self.wheelbase_m, steering, drive, self.cmd_timeout_s)
 
 
+def finite_command(linear_mps: float, angular_radps: float) -> bool:
+    """Whether the base takes a velocity command: only when both values are finite.
+
+    A command with NaN or inf is counted and otherwise ignored: the last good command stays in force and the
+    command timeout is not refreshed, so a sender of nothing but garbage is stopped after ``cmd_timeout_s``
+    like a silent one. ``PicarController.command`` applies this rule, and the follower simulator standing in
+    for the base applies the same.
+    """
+    return math.isfinite(linear_mps) and math.isfinite(angular_radps)
+
+
 @dataclass(frozen=True)
 class PicarOutput:
     """What the hardware is told: wheel angle (rad, left positive), servo ticks, signed motor duty, and why."""
@@ -234,7 +245,7 @@ class PicarController:
         after ``cmd_timeout_s`` like a silent one.
         """
         self.counters.received += 1
-        if not (math.isfinite(linear_mps) and math.isfinite(angular_radps)):
+        if not finite_command(linear_mps, angular_radps):
             self.counters.rejected_nonfinite += 1
             return None
         config = self.config

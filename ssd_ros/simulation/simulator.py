@@ -235,10 +235,15 @@ class Simulator:
         self._swapped: dict[str, str] = {}  # the tracker's id -> the id published, once the scripted swap happened
 
     def step(self, linear_mps: float, angular_radps: float, dt: float) -> None:
-        """Advance ``dt`` seconds with the given Twist command, mapped to wheels like the base driver."""
-        p, r = self.params, self.rover
+        """Advance ``dt`` seconds with the given Twist command, mapped to wheels like the base driver.
+
+        The command must be finite: the base never drives on a non-finite one but keeps the last good command
+        until its timeout (``ssd_ros.rover.picar_base.finite_command``), which ``follower_sim`` does as each
+        ``cmd_vel`` arrives; stopping here instead would make the simulator react unlike the car.
+        """
         if not (math.isfinite(linear_mps) and math.isfinite(angular_radps)):
-            linear_mps = angular_radps = 0.0
+            raise ValueError(f"non-finite command (linear {linear_mps} m/s, angular {angular_radps} rad/s)")
+        p, r = self.params, self.rover
         max_steering = math.radians(p.max_steering_deg)
         target_steering = steering_angle(linear_mps, angular_radps, p.wheelbase_m, max_steering)
         max_step = math.radians(p.servo_rate_degps) * dt
