@@ -466,3 +466,22 @@ def test_och_decides_whether_a_two_channel_motor_update_changes_both_pins_togeth
     motor.drive(0.0)
     assert net_drive(chip, 15, 14) == 0.0
     assert set(seen) - {0.2, 0.0} == passes_through
+
+
+def test_gpio_motor_close_stops_the_pwm_even_when_the_coast_write_fails(monkeypatch):
+    """Shutdown's release: the duty change to 0 fails (a GPIO library error), the PWM stop must still be tried.
+
+    ``close`` used to raise at the failed coast write, never stopping the PWM: the motor ran on at 0.6.
+    """
+    gpio = SimulatedGpio()
+    motor = GpioMotor(4, 15, 14, 1000.0, gpio=gpio)
+    motor.drive(0.6)
+
+    def broken_duty(duty_percent):
+        raise RuntimeError("lgpio error")
+
+    monkeypatch.setattr(gpio.pwms[4], "ChangeDutyCycle", broken_duty)
+    pwm = gpio.pwms[4]
+    with pytest.raises(RuntimeError, match="lgpio error"):
+        motor.close()
+    assert not pwm.running and gpio.levels == {}, "PWM stopped (enable low) and the pins released"

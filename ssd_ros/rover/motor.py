@@ -80,10 +80,18 @@ class GpioMotor:
         return direction * self._duty
 
     def close(self) -> None:
-        """Coast, stop the PWM and release only this motor's pins."""
-        self.drive(0.0)
-        self._pwm.stop()
-        self.gpio.cleanup(list(self.pins))
+        """Coast, stop the PWM and release only this motor's pins; each step is tried even when one before fails.
+
+        Stopping the PWM is a second way to take the enable pin low: a coast write that failed must not leave it
+        running at the last duty.
+        """
+        try:
+            self.drive(0.0)
+        finally:
+            try:
+                self._pwm.stop()
+            finally:
+                self.gpio.cleanup(list(self.pins))
 
 
 class Pca9685Motor:
