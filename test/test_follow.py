@@ -3,6 +3,7 @@
 import math
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -33,9 +34,14 @@ DESIRED = desired_distance_m(PERSON_HEIGHT_M, PARAMS.desired_height_fraction, SI
 PERIOD = 1.0 / 20.0
 
 
+def column_of(camera: PinholeCamera, bearing_rad: float) -> float:
+    """The column where a distortion-free camera sees a point at ``bearing_rad`` (positive = left)."""
+    return camera.project(math.cos(bearing_rad), math.sin(bearing_rad), 0.0)[0]
+
+
 def person_box(bearing_deg: float, height_fraction: float, p: FollowParams = PARAMS) -> list[float]:
     """A person-shaped box at a bearing (positive = left) filling ``height_fraction`` of the image."""
-    cx = p.camera.column_px(math.radians(bearing_deg))
+    cx = column_of(p.camera, math.radians(bearing_deg))
     h = height_fraction * p.image_height
     return [cx - 0.15 * h, 240 - h / 2, cx + 0.15 * h, 240 + h / 2]
 
@@ -491,14 +497,14 @@ def test_the_controller_camera_is_built_once_per_configuration():
 
 def test_pinhole_bearing_is_positive_left_and_inverts():
     camera = PARAMS.camera
-    assert camera.bearing_rad(camera.cx_px) == 0.0
-    assert camera.bearing_rad(0.0) == pytest.approx(math.radians(PARAMS.camera_hfov_deg / 2))  # image left edge
-    assert camera.bearing_rad(PARAMS.image_width) == pytest.approx(-math.radians(PARAMS.camera_hfov_deg / 2))
+    assert camera.bearing_rad(camera.cx_px, 240.0) == 0.0
+    assert camera.bearing_rad(0.0, 240.0) == pytest.approx(math.radians(PARAMS.camera_hfov_deg / 2))  # left edge
+    assert camera.bearing_rad(PARAMS.image_width, 0.0) == pytest.approx(-math.radians(PARAMS.camera_hfov_deg / 2))
     for bearing in (-0.4, 0.1, 0.5):
-        assert camera.bearing_rad(camera.column_px(bearing)) == pytest.approx(bearing)
+        assert camera.bearing_rad(column_of(camera, bearing), 100.0) == pytest.approx(bearing)
     # A point (forward, left, up) in the camera frame lands on its bearing's column; up is above the middle row.
     column, row = camera.project(4.0, 1.0, 0.5)
-    assert column == pytest.approx(camera.column_px(math.atan2(1.0, 4.0))) and column < camera.cx_px
+    assert column == pytest.approx(column_of(camera, math.atan2(1.0, 4.0))) and column < camera.cx_px
     assert row == pytest.approx(240 - camera.fx_px * 0.5 / 4.0)
     assert camera.project(2.0, 0.0, 0.0) == (camera.cx_px, 240.0)
 
@@ -566,7 +572,7 @@ def test_a_calibrated_1280x720_camera_gives_the_640x480_commands_for_the_same_sc
         reference, calibrated = FollowController(PARAMS), FollowController(PARAMS)
         calibrated.measured_camera = measured
         small = person_box(bearing_deg, height_fraction)
-        cx, h = measured.column_px(math.radians(bearing_deg)), height_fraction * 720
+        cx, h = column_of(measured, math.radians(bearing_deg)), height_fraction * 720
         large = [cx - 0.15 * h, 360 - h / 2, cx + 0.15 * h, 360 + h / 2]
         for k in range(40):
             t = k * PERIOD
@@ -627,3 +633,50 @@ def test_without_the_jump_check_the_swapped_id_takes_the_follower_to_the_other_p
     monkeypatch.setattr(follow, "JUMP_CHI2", math.inf)
     result = outcome("crossing_swap_front", 0)
     assert result.taken_over and not result.kept_target
+
+
+def test_a_wide_angle_camera_steers_on_the_true_bearing_of_a_box_at_the_image_edge():
+    """Boxes seen through a barrel-distorted lens give the commands of the same scene through the configured camera.
+
+    The box centre is where OpenCV's model of the lens puts the person's direction; the pinhole bearing of that
+    pixel would be degrees short.
+    """
+    wide = PinholeCamera(640, 480, 330.0, 322.5, 328.0, 241.0, "plumb_bob", (-0.3, 0.09, 0.001, -0.0005, -0.012))
+    matrix = np.array([[330.0, 0.0, 322.5], [0.0, 328.0, 241.0], [0.0, 0.0, 1.0]])
+    for bearing_deg, down in [(28.0, 0.35), (-29.0, -0.35)]:
+        bearing = math.radians(bearing_deg)
+        ray = np.array([[[-math.sin(bearing), down, math.cos(bearing)]]])
+        pixel, _ = cv2.projectPoints(ray, np.zeros(3), np.zeros(3), matrix, np.array(wide.distortion))
+        u, v = pixel.reshape(2)
+        assert abs(math.degrees(math.atan2(322.5 - u, 330.0)) - bearing_deg) > 2.0  # the pinhole error it fixes
+        reference, calibrated = FollowController(PARAMS), FollowController(PARAMS)
+        calibrated.measured_camera = wide
+        h = 0.25 * 480
+        box = [u - 0.15 * h, v - h / 2, u + 0.15 * h, v + h / 2]
+        for k in range(40):
+            t = k * PERIOD
+            expected = reference.update(frame((person_box(bearing_deg, 0.25), 0.9, "person")), t, t)
+            got = calibrated.update(frame((box, 0.9, "person")), t, t)
+            assert got.angular_radps == pytest.approx(expected.angular_radps, abs=1e-6)
+            assert got.linear_mps == pytest.approx(expected.linear_mps, abs=1e-6)
+        assert calibrated.counters["outside_image"] == calibrated.counters["centres_outside_image"] == 0
+
+
+def test_a_box_centre_outside_the_calibrated_image_is_kept_as_evidence_until_the_camera_changes():
+    """CameraInfo for 320x240 while the detector sees 640x480: a centre beyond 320 px proves the mismatch."""
+    controller = FollowController(PARAMS)
+    controller.measured_camera = PinholeCamera(320, 240, 260.0, 160.0)
+    inside = frame(([140.0, 60.0, 180.0, 180.0], 0.9, "person"))
+    controller.update(inside, 0.0, 0.0)
+    assert controller.outside_centre_px is None and controller.counters["centres_outside_image"] == 0
+    right_half = frame(([310.0, 60.0, 350.0, 180.0], 0.9, "person"), ([500.0, 100.0, 540.0, 300.0], 0.8, "chair"))
+    for k in range(1, 4):
+        controller.update(right_half, k * PERIOD, k * PERIOD)
+    # Every class counts: all boxes come from the same image. The first centre seen is the evidence.
+    assert controller.counters["centres_outside_image"] == 6 and controller.outside_centre_px == (330.0, 120.0)
+    controller.measured_camera = PinholeCamera(320, 240, 260.0, 160.0)  # the same calibration again: still proven
+    assert controller.outside_centre_px == (330.0, 120.0)
+    controller.measured_camera = PinholeCamera(640, 480, 520.0, 320.0)  # the camera's new calibration
+    assert controller.outside_centre_px is None
+    controller.update(right_half, 4 * PERIOD, 4 * PERIOD)
+    assert controller.outside_centre_px is None and controller.counters["centres_outside_image"] == 6

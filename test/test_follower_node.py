@@ -26,14 +26,22 @@ from geometry_msgs.msg import PoseArray, PoseStamped, Twist, TwistStamped  # noq
 from rcl_interfaces.srv import DescribeParameters, SetParameters  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.time import Time  # noqa: E402
+from sensor_msgs.msg import CameraInfo  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo  # noqa: E402
 
+from ssd_ros.control.camera import PinholeCamera  # noqa: E402
 from ssd_ros.control.follow import FollowParams  # noqa: E402
 from ssd_ros.control.geometry import PERSON_HEIGHT_M  # noqa: E402
 from ssd_ros.ros.follower_node import PARAMETERS  # noqa: E402
-from ssd_ros.ros.messages import LATCHED_QOS, detections_to_msg, label_info_msg, stamp_ns  # noqa: E402
+from ssd_ros.ros.messages import (  # noqa: E402
+    LATCHED_QOS,
+    camera_info_msg,
+    detections_to_msg,
+    label_info_msg,
+    stamp_ns,
+)
 from ssd_ros.settings import settings_from_mapping  # noqa: E402
 from ssd_ros.simulation.simulator import RoverState, SimParams, bearing_and_distance, desired_distance_m  # noqa: E402
 from ssd_ros.vision.detections import Detections  # noqa: E402
@@ -414,6 +422,57 @@ def test_stale_nan_and_foreign_detections_are_ignored_and_params_are_validated(p
     t0 = time.time()
     publish_for(probe, publisher, lambda: detections_msg(probe, [far_person]), 2.5)
     assert zero_since(t0 + FOLLOW.lost_timeout_s + 2 * PERIOD)
+
+
+def test_takes_the_lens_distortion_refuses_an_unknown_model_and_says_when_boxes_lie_beyond_the_image(
+    probe, launch, tmp_path
+):
+    diagnostics = Recorder(probe, DiagnosticArray, "/diagnostics")
+    detections_pub = probe.node.create_publisher(Detection2DArray, "detections", 10)
+    info_pub = probe.node.create_publisher(CameraInfo, "camera/camera_info", 10)
+    launch("follower")
+    probe.spin_until(
+        lambda: probe.node.count_subscribers("camera/camera_info") and probe.node.count_subscribers("detections"),
+        20.0,
+        "the follower's subscriptions",
+    )
+    log = tmp_path / "follower.log"
+
+    def stream(info: CameraInfo, box: list[float], seconds: float) -> None:
+        """A camera and its detector: the calibration with every frame, as camera drivers publish it."""
+        publish_for(probe, info_pub, lambda: info, seconds)  # the calibration first: no fallback warning
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            info_pub.publish(info)
+            detections_pub.publish(detections_msg(probe, [(box, 0.9, "person")]))
+            probe.spin_for(0.1)
+
+    def reported(predicate, what):
+        probe.spin_until(lambda: diagnostics.messages and predicate(diagnostics.messages[-1][1].status[0]), 5.0, what)
+        return latest_diagnostics(diagnostics)
+
+    wide = PinholeCamera(640, 480, 330.0, 322.5, 328.0, 241.0, "plumb_bob", (-0.3, 0.09, 0.001, -0.0005, -0.012))
+    described = "CameraInfo: 640x480 px, fx 330.0 px, cx 322.5 px, plumb_bob distortion [-0.3, 0.09, 0.001, -0.0005"
+    stream(camera_info_msg(wide, Header(frame_id="camera")), [280.0, 180.0, 320.0, 300.0], 1.0)
+    values = reported(lambda s: any(kv.value.startswith(described) for kv in s.values), "the distorted calibration")
+    assert values["camera_problem"] == "" and f"bearing from /camera/camera_info, {described}" in log.read_text()
+
+    # An unknown model: said, ignored, the calibration before it kept.
+    unknown = camera_info_msg(wide, Header(frame_id="camera"))
+    unknown.distortion_model = "kannala_brandt"
+    stream(unknown, [280.0, 180.0, 320.0, 300.0], 1.0)
+    probe.spin_until(lambda: "unknown distortion model 'kannala_brandt'" in log.read_text(), 5.0, "the refusal")
+    assert latest_diagnostics(diagnostics)["camera"].startswith(described)
+
+    # A calibration for 320x240 while the detector sees 640x480: a box centre at (440, 240) proves it, said once.
+    small = camera_info_msg(PinholeCamera(320, 240, 260.0, 160.0), Header(frame_id="camera"))
+    stream(small, [420.0, 180.0, 460.0, 300.0], 2.0)
+    problem = "a box centre at (440, 240) px lies outside the image of CameraInfo: 320x240 px"
+    values = reported(lambda s: problem in s.message, "the size mismatch")
+    assert values["camera_problem"].startswith(problem) and "stream at 320x240" in values["camera_problem"]
+    assert diagnostics.messages[-1][1].status[0].level == DiagnosticStatus.WARN
+    assert int(values["centres_outside_image"]) >= 10
+    assert log.read_text().count(problem) == 1
 
 
 def test_declarations_come_from_the_core_fields(probe, launch):

@@ -98,3 +98,61 @@ def test_camera_info_round_trip_binning_roi_and_uncalibrated():
     msg.binning_x = 2000  # more than the region's 1080 columns
     with pytest.raises(ValueError, match="binning 2000x2 leaves no pixel of its 1080x720 image"):
         camera_from_info(msg)
+
+
+def calibration_msg(model: str, d: list[float]) -> CameraInfo:
+    """A CameraInfo as camera_calibration writes it for a 640x480 Pi camera."""
+    return CameraInfo(
+        width=640,
+        height=480,
+        distortion_model=model,
+        d=d,
+        k=[330.0, 0.0, 322.5, 0.0, 328.0, 241.0, 0.0, 0.0, 1.0],
+        r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        p=[300.0, 0.0, 320.0, 0.0, 0.0, 300.0, 240.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+    )
+
+
+@pytest.mark.parametrize(
+    "model,d",
+    [
+        ("plumb_bob", [-0.3, 0.09, 0.001, -0.0005, -0.012]),
+        ("rational_polynomial", [0.2, 0.01, 0.0008, 0.0004, 0.0, 0.5, 0.05, 0.0]),
+        ("equidistant", [0.05, -0.01, 0.002, -0.0005]),
+    ],
+)
+def test_camera_info_distortion_is_taken_and_round_trips(model, d):
+    camera = camera_from_info(calibration_msg(model, d))
+    assert camera == PinholeCamera(640, 480, 330.0, 322.5, 328.0, 241.0, model, tuple(d))
+    assert camera_from_info(camera_info_msg(camera, Header())) == camera
+    # The corner pixel's bearing is not the pinhole one (the lens bends it), whatever binning and ROI publish.
+    assert abs(camera.bearing_rad(20.0, 30.0) - math.atan2(322.5 - 20.0, 330.0)) > math.radians(3.0)
+    binned = calibration_msg(model, d)
+    binned.binning_x = binned.binning_y = 2
+    binned.roi.x_offset, binned.roi.y_offset, binned.roi.width, binned.roi.height = 10, 20, 600, 440
+    part = camera_from_info(binned)
+    assert (part.width_px, part.height_px, part.distortion) == (300, 220, tuple(d))
+    # Published pixel (u, v) is the calibrated image's (2u + 10, 2v + 20): the same ray, the same bearing.
+    for u, v in [(5.0, 5.0), (150.0, 110.0), (290.0, 200.0)]:
+        assert part.bearing_rad(u, v) == pytest.approx(camera.bearing_rad(2 * u + 10, 2 * v + 20), abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "model,d,message",
+    [
+        ("kannala_brandt", [0.1, 0.0, 0.0, 0.0], "unknown distortion model 'kannala_brandt'"),
+        ("plumb_bob", [-0.3, 0.09, 0.001, -0.0005], "'plumb_bob' takes 5 finite coefficients, got 4"),
+        ("equidistant", [0.05, -0.01, 0.002, -0.0005, 0.0], "'equidistant' takes 4 finite coefficients, got 5"),
+    ],
+)
+def test_camera_info_with_an_unknown_model_or_wrong_coefficient_count_is_refused(model, d, message):
+    with pytest.raises(ValueError, match=message):
+        camera_from_info(calibration_msg(model, d))
+
+
+def test_camera_info_without_distortion_is_the_pinhole_camera_as_before():
+    """Drivers that publish no lens model (empty d, any name) or zeros: the plain pinhole camera, unchanged."""
+    plain = PinholeCamera(640, 480, 330.0, 322.5, 328.0, 241.0)
+    for model, d in [("", []), ("plumb_bob", [0.0] * 5), ("equidistant", [0.0] * 4)]:
+        camera = camera_from_info(calibration_msg(model, d))
+        assert camera == plain and camera.bearing_rad(20.0, 30.0) == math.atan2(322.5 - 20.0, 330.0)

@@ -15,9 +15,10 @@ silent. Pipeline of one tick:
    nearest plausible one, from then on by its id), never the dropped id. After ``lost_timeout_s`` the
    robot stops, but only the target's id is re-acquired for ``reacquire_window_s``; only then may
    another object be acquired.
-3. Errors: bearing from the box centre through a pinhole model of the camera's horizontal field of
-   view, corrected for the yaw the rover has turned since the image was taken (latency compensation);
-   relative distance from the box height against ``desired_height_fraction`` (height ~ 1 / distance).
+3. Errors: bearing from the box centre (column and row) through the camera model, its lens distortion
+   undone (:mod:`ssd_ros.control.camera`), corrected for the yaw the rover has turned since the image was taken
+   (latency compensation); relative distance from the box height against ``desired_height_fraction``
+   (height ~ 1 / distance).
 4. Command: soft dead-bands, proportional laws, first-order smoothing, acceleration limits, and a
    steering *angle* state with a rate limit. The yaw rate is always derived from the speed and that
    steering angle through the bicycle model, so it respects the minimum turning radius and is zero
@@ -243,13 +244,17 @@ class FollowController:
     def __init__(self, params: FollowParams):
         """Create a controller for ``params`` (validated when they were made)."""
         self.params = params
-        self.measured_camera: PinholeCamera | None = None  # from the camera's calibration (CameraInfo), if known
+        self._measured_camera: PinholeCamera | None = None
+        # A box centre outside the camera model's image, the first since the model was set: the detections come
+        # from another (larger) image than the model describes, or their publisher is broken.
+        self.outside_centre_px: tuple[float, float] | None = None
         self.enabled = True
         self.counters = {
             "frames": 0,
             "stale_frames": 0,
             "rejected_candidates": 0,
             "outside_image": 0,
+            "centres_outside_image": 0,
             "untracked_candidates": 0,
             "id_jumps": 0,
             "non_finite_commands": 0,
@@ -274,6 +279,20 @@ class FollowController:
     def set_params(self, params: FollowParams) -> None:
         """Swap in new tuning at runtime (the target and motion state are kept)."""
         self.params = params
+
+    @property
+    def measured_camera(self) -> PinholeCamera | None:
+        """The camera model from the camera's calibration (CameraInfo), if known.
+
+        Setting another one forgets :attr:`outside_centre_px`, the evidence against the previous one.
+        """
+        return self._measured_camera
+
+    @measured_camera.setter
+    def measured_camera(self, camera: PinholeCamera | None) -> None:
+        if camera != self._measured_camera:
+            self.outside_centre_px = None
+        self._measured_camera = camera
 
     @property
     def camera(self) -> PinholeCamera:
@@ -411,9 +430,9 @@ class FollowController:
         motion = copy.deepcopy(target.motion)
         motion.predict(stamp_s - target.stamp_s)
         if self.params.compensate_yaw:
-            camera, turned = self.camera, self._yaw_between(target.stamp_s, stamp_s)
-            centre = float(motion.x[0, 0])
-            motion.shift_x(np.array([0]), camera.column_px(camera.bearing_rad(centre) - turned) - centre)
+            turned = self._yaw_between(target.stamp_s, stamp_s)
+            column, row = float(motion.x[0, 0]), float(motion.x[0, 1])
+            motion.shift_x(np.array([0]), self.camera.turned_column_px(column, row, turned) - column)
         return motion
 
     @staticmethod
@@ -432,6 +451,8 @@ class FollowController:
 
         A finite box far outside the image (beyond ``OUTSIDE_MARGIN`` of its size) is malformed: its
         bearing would be nonsense (a centre at 1e7 px is full lock), so it is counted and never steers.
+        Any box whose centre lies outside the image is counted, the first one kept (:attr:`outside_centre_px`): no
+        detector sees an object's centre beyond its image, so the camera model describes another image.
         A detection without a track id (the tracker's tentative ones) is counted and never followed.
         """
         p, camera = self.params, self.camera
@@ -446,7 +467,13 @@ class FollowController:
         with np.errstate(invalid="ignore"):
             keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             outside = finite & ((boxes[:, :2] < -margin) | (boxes[:, 2:] > size + margin)).any(axis=1)
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+            beyond = finite & ((centres < 0) | (centres > size)).any(axis=1)
         self.counters["outside_image"] += int(outside.sum())
+        self.counters["centres_outside_image"] += int(beyond.sum())
+        if beyond.any() and self.outside_centre_px is None:
+            column, row = centres[np.argmax(beyond)]
+            self.outside_centre_px = (float(column), float(row))
         keep &= ~outside
         self.counters["rejected_candidates"] += int(len(keep) - keep.sum())
         ids = detections.ids
@@ -459,7 +486,7 @@ class FollowController:
     def _tracking_command(self, target: Target, now_s: float, dt: float) -> Command:
         p = self.params
         x1, y1, x2, y2 = target.box
-        bearing = self.camera.bearing_rad((x1 + x2) / 2.0)
+        bearing = self.camera.bearing_rad((x1 + x2) / 2.0, (y1 + y2) / 2.0)
         if p.compensate_yaw:
             bearing -= self._yaw_between(target.stamp_s, now_s)
         self._last_bearing = bearing

@@ -90,6 +90,7 @@ class FollowerNode(ManagedNode):
         self._frames_seen = 0
         self._class_problem: str | None = None  # why the target classes are never followed, if they are not
         self._outside_reported = 0
+        self._camera_problem = ""  # why the camera model is not the detections' image, as last logged
         self._detection_messages = 0
         self._camera_info_topic = self.resolve_topic_name(settings.camera_info_topic)
         self._detections_watch = self._camera_watch = None
@@ -238,6 +239,11 @@ class FollowerNode(ManagedNode):
                 f"check {self._camera_info_topic} or image_width / image_height",
                 throttle_duration_sec=5.0,
             )
+        problem = self._camera_problem_now()
+        if problem != self._camera_problem:  # once per camera model
+            if problem:
+                self.get_logger().warning(problem)
+            self._camera_problem = problem
         self.publish(command)
 
     def _publish_target(self, header) -> None:
@@ -289,12 +295,15 @@ class FollowerNode(ManagedNode):
             "lifecycle_state": self.state_label,
             "detections_problem": (self._detections_watch and self._detections_watch.problem) or "",
             "camera_info_problem": (self._camera_watch and self._camera_watch.problem) or "",
+            "camera_problem": self._camera_problem_now(),
         }
         message, level = controller.state, DiagnosticStatus.OK
         if controller.state == "lost" or controller.counters["non_finite_commands"] > 0:
             level = DiagnosticStatus.WARN
         if values["detections_problem"]:  # the usual reason for "lost" or "searching": say it
             message, level = f"{controller.state}: {values['detections_problem']}", DiagnosticStatus.WARN
+        elif values["camera_problem"]:  # it steers on a geometry that is not the image's
+            message, level = f"{controller.state}: {values['camera_problem']}", DiagnosticStatus.WARN
         if (status := self.lifecycle_status()) is not None:
             level, message = status
         if self._class_problem is not None:  # it will never move: that outranks any state
@@ -306,8 +315,34 @@ class FollowerNode(ManagedNode):
         camera, p = self.controller.measured_camera, self.controller.params
         if camera is None:
             return f"the configured camera_hfov_deg {p.camera_hfov_deg:g} over {p.image_width}x{p.image_height} px"
+        lens = (
+            f"{camera.distortion_model} distortion {list(camera.distortion)}" if camera.distortion else "no distortion"
+        )
         return (
-            f"CameraInfo: {camera.width_px}x{camera.height_px} px, fx {camera.fx_px:.1f} px, cx {camera.cx_px:.1f} px"
+            f"CameraInfo: {camera.width_px}x{camera.height_px} px, fx {camera.fx_px:.1f} px, cx {camera.cx_px:.1f} px, "
+            f"{lens}"
+        )
+
+    def _camera_problem_now(self) -> str:
+        """Why the camera model cannot describe the detections' image ("" as far as is known).
+
+        A box centre outside its image proves the detections come from a larger image (a camera streaming at another
+        size than it was calibrated at, or image_width / image_height not the detector's) or a broken publisher. An
+        image smaller than the model's leaves no such trace in boxes: that mismatch cannot be seen here.
+        """
+        centre = self.controller.outside_centre_px
+        if centre is None:
+            return ""
+        camera = self.controller.camera
+        if self.controller.measured_camera is None:
+            fix = "set image_width / image_height to the detector's image, or publish its CameraInfo on "
+            fix += self._camera_info_topic
+        else:
+            fix = f"calibrate the camera at the size it streams, or stream at {camera.width_px}x{camera.height_px}"
+        return (
+            f"a box centre at ({centre[0]:.0f}, {centre[1]:.0f}) px lies outside the image of "
+            f"{self._camera_description()}: the detections come from a larger image (or a broken publisher), so "
+            f"bearing and distance are wrong; {fix}"
         )
 
     def _publish_final_zero(self) -> None:

@@ -116,30 +116,33 @@ def label_info_msg(class_names: tuple[str, ...], threshold: float, header: Heade
 
 
 def camera_info_msg(camera: PinholeCamera, header: Header) -> CameraInfo:
-    """A distortion-free calibration of ``camera``: square pixels, principal point row at the image centre."""
-    fx, cx, cy = float(camera.fx_px), float(camera.cx_px), camera.height_px / 2.0
+    """The calibration of ``camera``: its camera matrix and its distortion (``plumb_bob`` with zeros: none)."""
+    fx, fy, cx, cy = float(camera.fx_px), float(camera.fy_px), float(camera.cx_px), float(camera.cy_px)
     return CameraInfo(
         header=header,
         width=camera.width_px,
         height=camera.height_px,
-        distortion_model="plumb_bob",
-        d=[0.0] * 5,
-        k=[fx, 0.0, cx, 0.0, fx, cy, 0.0, 0.0, 1.0],
+        distortion_model=camera.distortion_model or "plumb_bob",
+        d=list(camera.distortion) or [0.0] * 5,
+        k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
         r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-        p=[fx, 0.0, cx, 0.0, 0.0, fx, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+        p=[fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
     )
 
 
 def camera_from_info(msg: CameraInfo) -> PinholeCamera:
-    """The pinhole model of the image a CameraInfo describes; ``ValueError`` when it holds no calibration.
+    """The camera model of the image a CameraInfo describes; ``ValueError`` when it holds no usable calibration.
 
-    Uses the raw camera matrix K (the detector sees the unrectified ``image_raw``); distortion is ignored
-    (see :mod:`ssd_ros.control.camera`). Binning and a region of interest make the published image a part of the
-    calibrated one, scaled down (REP 104): the intrinsics are mapped into that image.
+    Uses the raw camera matrix K and the distortion (the detector sees the unrectified ``image_raw``); an unknown
+    ``distortion_model`` or a wrong number of coefficients in ``d`` is a ``ValueError`` naming them (see
+    :class:`~ssd_ros.control.camera.PinholeCamera`). Binning and a region of interest make the published image a
+    part of the calibrated one, scaled down (REP 104): the intrinsics are mapped into that image; the distortion,
+    in normalised coordinates, stays as it is.
     """
-    fx, cx = msg.k[0], msg.k[2]
-    if not (math.isfinite(fx) and math.isfinite(cx) and fx > 0 and msg.width > 0 and msg.height > 0):
-        raise ValueError(f"CameraInfo without a calibration (K[0] = {fx}, size {msg.width}x{msg.height})")
+    fx, cx, fy, cy = msg.k[0], msg.k[2], msg.k[4], msg.k[5]
+    calibrated = all(math.isfinite(v) for v in (fx, cx, fy, cy)) and fx > 0 and fy > 0
+    if not (calibrated and msg.width > 0 and msg.height > 0):
+        raise ValueError(f"CameraInfo without a calibration (K = {list(msg.k)}, size {msg.width}x{msg.height})")
     binning_x, binning_y = max(msg.binning_x, 1), max(msg.binning_y, 1)
     roi = msg.roi
     width, height = (roi.width or msg.width) // binning_x, (roi.height or msg.height) // binning_y
@@ -148,7 +151,16 @@ def camera_from_info(msg: CameraInfo) -> PinholeCamera:
             f"CameraInfo whose binning {binning_x}x{binning_y} leaves no pixel of its {roi.width or msg.width}x"
             f"{roi.height or msg.height} image"
         )
-    return PinholeCamera(width, height, fx / binning_x, (cx - roi.x_offset) / binning_x)
+    return PinholeCamera(
+        width,
+        height,
+        fx / binning_x,
+        (cx - roi.x_offset) / binning_x,
+        fy / binning_y,
+        (cy - roi.y_offset) / binning_y,
+        msg.distortion_model,
+        tuple(msg.d),
+    )
 
 
 def diagnostics_msg(
