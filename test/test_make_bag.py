@@ -11,6 +11,7 @@ from conftest import shared_data
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import CompressedImage, Image
+from tool_interrupt import interrupt_after
 
 from ssd_ros.tools import make_bag
 from ssd_ros.tools.bagio import open_bag, recover_mcap
@@ -150,3 +151,64 @@ def test_a_truncated_image_stops_with_its_name_and_keeps_the_frames_before_it(tm
     assert "Traceback" not in err
     with open_bag(out) as (reader, salvage_note):
         assert salvage_note is None and sum(1 for _ in reader.messages()) == 2
+
+
+def test_start_times_a_header_stamp_cannot_hold_are_refused(tmp_path, capsys):
+    """A stamp's seconds are an int32 >= 0 here: nan crashed, -1 left a bag without metadata, 3e9 wrapped negative."""
+    video = shared_data("picar_camera", "video", "lane_drive.avi")
+    for start in ("nan", "-1", "3e9", "inf"):
+        out = tmp_path / f"bag_{start}"
+        with pytest.raises(SystemExit):
+            make_bag.main(["--video", str(video), "--out", str(out), "--max-frames", "2", f"--start-time-s={start}"])
+        assert f"--start-time-s: must be in [0, 2**31) s, the range of a ROS header stamp, got {start}" in (
+            capsys.readouterr().err
+        )
+        assert not out.exists()
+    # The last second a stamp holds is fine for the first frame; a later frame past it stops the bag there.
+    out = tmp_path / "late"
+    argv = ["--video", str(video), "--out", str(out), "--max-frames", "3", "--start-time-s", str(2**31 - 0.06)]
+    assert make_bag.main(argv) == 2
+    assert "frame 2 would be stamped" in capsys.readouterr().err
+    with Reader(out) as reader:
+        stamps = [t for _, t, _ in reader.messages()]
+    assert stamps == [2**31 * 10**9 - 60_000_000, 2**31 * 10**9 - 10_000_000]
+
+
+def test_a_labels_folder_that_cannot_take_this_runs_labels_is_refused_before_the_bag(tmp_path, capsys):
+    """--labels-out used to be made after the bag: a file there crashed with a traceback, a bag already written."""
+    folder = shared_data("picar_camera", "detection", "test")
+    blocker = tmp_path / "labels_file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "bag"
+    assert make_bag.main(["--images", str(folder), "--out", str(out), "--labels-out", str(blocker)]) == 2
+    assert f"make_bag: error: --labels-out {blocker} is a file" in capsys.readouterr().err
+    assert not out.exists()
+    # An earlier run's labels (stamped from its own start time) would mix with this run's as its ground truth.
+    labels = tmp_path / "labels"
+    assert make_bag.main(["--images", str(folder), "--out", str(tmp_path / "first"), "--labels-out", str(labels)]) == 0
+    assert make_bag.main(["--images", str(folder), "--out", str(out), "--labels-out", str(labels)]) == 2
+    assert f"--labels-out {labels} holds XML files already" in capsys.readouterr().err
+    assert not out.exists() and len(list(labels.glob("*.xml"))) == 5
+
+
+def test_ctrl_c_leaves_a_readable_bag_said_to_be_partial_with_its_labels(tmp_path):
+    """Ctrl-C used to end in a traceback, the bag closed as if complete and none of its frames' labels copied."""
+    source = shared_data("picar_camera", "detection", "test")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    jpgs = sorted(source.glob("*.jpg"))
+    for i in range(2000):  # far more frames than can be written between the progress seen and the signal
+        jpg = jpgs[i % len(jpgs)]
+        (folder / f"{i:05d}.jpg").symlink_to(jpg)
+        (folder / f"{i:05d}.xml").symlink_to(jpg.with_suffix(".xml"))
+    out, labels = tmp_path / "bag", tmp_path / "labels"
+    argv = ["--images", str(folder), "--out", str(out), "--labels-out", str(labels), "--start-time-s", "10"]
+    status, stderr = interrupt_after("ssd_ros.tools.make_bag", argv, frames=3)
+    assert status == 130, stderr
+    assert "Traceback" not in stderr
+    with open_bag(out) as (reader, salvage_note):
+        stamps = [t for _, t, _ in reader.messages()]
+    assert salvage_note is None and 3 <= len(stamps) < 2000
+    assert f"make_bag: interrupted: {out} holds only the first {len(stamps)} frames" in stderr
+    assert stamps == [10 * 10**9 + i * 100_000_000 for i in range(len(stamps))]
+    assert sorted(int(p.stem) for p in labels.glob("*.xml")) == stamps

@@ -3,6 +3,7 @@
 For users whose recordings come from other tools, and for tests: every frame becomes a
 ``sensor_msgs/Image`` on ``--topic`` (or a JPEG ``sensor_msgs/CompressedImage`` on ``<topic>/compressed``
 with ``--compressed``), stamped ``start + index / rate``; the bag's receive time equals the header stamp.
+Ctrl-C closes the bag with the frames written so far (and their labels) and exits with status 130.
 
 Ground truth: with ``--labels-out DIR`` each image of an ``--images`` folder that has a VOC XML beside
 it (same stem) has that XML copied to ``DIR/<stamp_ns>.xml``, the naming ``bag_eval --gt-match stamp``
@@ -42,6 +43,16 @@ from ssd_ros.tools.bagio import (
 from ssd_ros.vision.image_codec import ImageDecodeError, ImageFolderError, image_files, read_image_file
 
 DEFAULT_IMAGE_RATE_HZ = 10.0
+# A header stamp's seconds are an int32: frames past 2038-01-19 would wrap to negative stamps.
+MAX_STAMP_NS = 2**31 * 1_000_000_000
+
+
+class Interrupted(Exception):
+    """Ctrl-C while writing: the bag was closed, readable, with the frames stamped ``stamps`` (not the whole source)."""
+
+    def __init__(self, stamps: list[int]):
+        super().__init__(f"interrupted after {len(stamps)} frames")
+        self.stamps = stamps
 
 
 def video_frames(path: Path) -> tuple[Iterator[np.ndarray], float, int]:
@@ -78,7 +89,11 @@ def make_bag(
     frame_id: str = "camera_link",
     total: int | None = None,
 ) -> list[int]:
-    """Write ``frames`` as a camera bag at ``out``; returns each written frame's stamp in nanoseconds."""
+    """Write ``frames`` as a camera bag at ``out``; returns each written frame's stamp in nanoseconds.
+
+    ``BagToolError`` for a frame that cannot be read or stamped, :class:`Interrupted` on Ctrl-C; either way the
+    frames before it stay in ``out`` as a readable bag.
+    """
     if rate_hz <= 0:
         raise BagToolError(f"rate must be > 0 Hz, got {rate_hz}")
     stamps = []
@@ -91,6 +106,8 @@ def make_bag(
             for index, rgb in enumerate(tqdm(frames, total=total, unit="frame", desc=f"writing {out.name}")):
                 # Integer nanoseconds from the index (not accumulated floats): stamps never drift.
                 stamp = start_ns + round(index * 1e9 / rate_hz)
+                if not 0 <= stamp < MAX_STAMP_NS:
+                    raise BagToolError(f"frame {index} would be stamped {stamp} ns, outside a ROS stamp's [0, 2**31) s")
                 header = Header(frame_id=frame_id)
                 header.stamp.sec, header.stamp.nanosec = divmod(stamp, 1_000_000_000)
                 msg = rgb_to_compressed_msg(rgb, header) if compressed else rgb_to_image_msg(rgb, header, encoding)
@@ -98,7 +115,33 @@ def make_bag(
                 stamps.append(stamp)
         except (BagToolError, ImageDecodeError) as error:  # a frame that cannot be read or written
             raise BagToolError(f"{error} (the {len(stamps)} frames before it are in {out}, a readable bag)") from error
+        except KeyboardInterrupt:
+            raise Interrupted(stamps) from None
     return stamps
+
+
+def copy_labels(images: list[Path], stamps: list[int], labels_out: Path) -> int:
+    """Copy the VOC XML beside each written image to ``labels_out/<stamp_ns>.xml``; returns how many were copied."""
+    labels_out.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for path, stamp in zip(images, stamps):
+        xml = path.with_suffix(".xml")
+        if xml.exists():
+            shutil.copyfile(xml, labels_out / f"{stamp}.xml")
+            copied += 1
+    return copied
+
+
+def check_labels_out(labels_out: Path) -> None:
+    """Refuse a ``--labels-out`` that is a file or already holds VOC XML files, before the bag is written.
+
+    Labels of an earlier run (stamped from its own start time) mixed into this run's would be scored as this
+    bag's ground truth.
+    """
+    if labels_out.exists() and not labels_out.is_dir():
+        raise BagToolError(f"--labels-out {labels_out} is a file, not a folder")
+    if labels_out.is_dir() and any(labels_out.glob("*.xml")):
+        raise BagToolError(f"--labels-out {labels_out} holds XML files already (another run's labels?)")
 
 
 def positive_rate(text: str) -> float:
@@ -113,6 +156,17 @@ def positive_rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of frames per second, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite rate > 0 Hz (leave it out for the video's fps), got {text}")
+    return value
+
+
+def start_time(text: str) -> float:
+    """Argparse type of ``--start-time-s``: seconds since the epoch that a ROS header stamp can hold."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds since the epoch, got {text!r}") from None
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**31) s, the range of a ROS header stamp, got {text}")
     return value
 
 
@@ -135,7 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"frame rate for the stamps (default: the video's fps, {DEFAULT_IMAGE_RATE_HZ:g} for images)",
     )
     parser.add_argument(
-        "--start-time-s", type=float, help="stamp of the first frame, seconds since the epoch (default: now)"
+        "--start-time-s", type=start_time, help="stamp of the first frame, seconds since the epoch (default: now)"
     )
     parser.add_argument("--frame-id", default="camera_link", help="header frame_id (default: %(default)s)")
     parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
@@ -153,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start_ns = round((time.time() if args.start_time_s is None else args.start_time_s) * 1e9)
     try:
+        if args.labels_out:
+            check_labels_out(args.labels_out)
         if args.video:
             frames, fps, count = video_frames(args.video)
             rate_hz = fps if args.rate_hz is None else args.rate_hz
-            if not rate_hz:
-                raise BagToolError(f"{args.video} does not state its frame rate: pass --rate-hz")
+            if not (math.isfinite(rate_hz) and rate_hz > 0):
+                raise BagToolError(f"{args.video} does not state a usable frame rate ({rate_hz}): pass --rate-hz")
             files = []
         else:
             try:
@@ -169,26 +225,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_frames is not None:
             frames = (frame for _, frame in zip(range(args.max_frames), frames))
             count = min(count, args.max_frames) if count else args.max_frames
-        stamps = make_bag(
-            frames,
-            args.out,
-            storage=args.storage,
-            topic=args.topic,
-            compressed=args.compressed,
-            encoding=args.encoding,
-            rate_hz=rate_hz,
-            start_ns=start_ns,
-            frame_id=args.frame_id,
-            total=count or None,
-        )
-        labels = 0
-        if args.labels_out:
-            args.labels_out.mkdir(parents=True, exist_ok=True)
-            for path, stamp in zip(files, stamps):
-                xml = path.with_suffix(".xml")
-                if xml.exists():
-                    shutil.copyfile(xml, args.labels_out / f"{stamp}.xml")
-                    labels += 1
+        try:
+            stamps = make_bag(
+                frames,
+                args.out,
+                storage=args.storage,
+                topic=args.topic,
+                compressed=args.compressed,
+                encoding=args.encoding,
+                rate_hz=rate_hz,
+                start_ns=start_ns,
+                frame_id=args.frame_id,
+                total=count or None,
+            )
+        except Interrupted as stop:
+            if args.labels_out:  # the written frames keep their labels: bag and labels still belong together
+                copy_labels(files, stop.stamps, args.labels_out)
+            print(
+                f"make_bag: interrupted: {args.out} holds only the first {len(stop.stamps)} frames (a readable bag)",
+                file=sys.stderr,
+            )
+            return 130
+        labels = copy_labels(files, stamps, args.labels_out) if args.labels_out else 0
     except BagToolError as exc:  # make_bag turns an unreadable image into one, naming the file
         print(f"make_bag: error: {exc}", file=sys.stderr)
         return 2

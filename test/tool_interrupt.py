@@ -1,0 +1,42 @@
+"""Ctrl-C for the offline tools, as a user gives it: a real SIGINT to the tool's own process once it is under way."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+# tqdm's "12/2000" (or "12frame" without a total): the frames done so far.
+_PROGRESS = re.compile(rb"(\d+)(?:/\d+|frame)")
+
+
+def interrupt_after(module: str, argv: list[str], frames: int, deadline_s: float = 600.0) -> tuple[int, str]:
+    """Run ``python -m module argv``, send SIGINT once its progress bar counts ``frames``; ``(status, stderr)``.
+
+    The child gets the default SIGINT disposition back: a shell without job control starts background jobs with
+    SIGINT ignored, which Python would inherit and never turn into KeyboardInterrupt.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    seen, deadline = b"", time.monotonic() + deadline_s
+    try:
+        while not any(int(n) >= frames for n in _PROGRESS.findall(seen)):
+            chunk = os.read(process.stderr.fileno(), 4096)
+            if not chunk or time.monotonic() > deadline:
+                raise AssertionError(f"{module} ended or stalled before {frames} frames: {seen.decode()[-2000:]}")
+            seen += chunk
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        status = process.wait(timeout=deadline_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return status, (seen + rest).decode()
