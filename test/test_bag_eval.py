@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from ament_index_python.packages import get_package_share_directory
 from conftest import make_checkpoint, shared_data
 from geometry_msgs.msg import Twist, TwistStamped
@@ -310,6 +311,63 @@ def test_truncated_mcap_keeps_frames_before_the_cut(tmp_path, checkpoint, capsys
     assert len(messages["/detections"]) == kept
     report = json.loads((out / "bag_eval_report.json").read_text())
     assert report["frames"] == kept and "damaged" in report["fault"]
+
+
+def split_bag(root, parts, frames):
+    """lane_drive.avi as one MCAP bag split into ``parts`` files (``ros2 bag record --max-bag-size``'s layout).
+
+    Part k holds ``frames`` frames stamped on from the end of part k - 1; metadata.yaml lists them all.
+    """
+    video = shared_data("picar_camera", "video", "lane_drive.avi")
+    bag = root / "split"
+    bag.mkdir()
+    files, counts = [], 0
+    for k in range(parts):
+        part = root / f"part{k}"
+        start = START_S + k * frames / 20  # the video is 20 fps
+        argv = ["--video", video, "--out", part, "--max-frames", frames, "--start-time-s", start]
+        assert make_bag.main([str(a) for a in argv]) == 0
+        info = yaml.safe_load((part / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        (part / f"part{k}.mcap").rename(bag / f"split_{k}.mcap")
+        files += [dict(f, path=f"split_{k}.mcap") for f in info["files"]]
+        counts += info["message_count"]
+    info.update(files=files, relative_file_paths=[f["path"] for f in files], message_count=counts)
+    info["topics_with_message_count"][0]["message_count"] = counts
+    info["starting_time"] = files[0]["starting_time"]
+    (bag / "metadata.yaml").write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}))
+    return bag
+
+
+def test_a_split_bag_whose_last_file_was_cut_keeps_the_files_before_it(tmp_path, checkpoint, capsys):
+    """The robot's battery died while recording a split bag: its last file has no footer.
+
+    The whole bag used to be refused (exit 2, nothing evaluated); the intact files and the cut file's complete
+    records are evaluated, and the report's fault names the file and how much of it was read.
+    """
+    frames = 12
+    bag = split_bag(tmp_path, 2, frames)
+    common = ["--checkpoint", checkpoint, *DETECTOR_ARGS, "--no-annotated", "--no-tracking"]
+    status, _, _ = run_eval([bag, "--out", tmp_path / "whole", *common], capsys)
+    assert status == 0
+    report = json.loads((tmp_path / "whole" / "bag_eval_report.json").read_text())
+    assert report["frames"] == 2 * frames and report["fault"] is None
+
+    last = bag / "split_1.mcap"
+    size = last.stat().st_size
+    with last.open("r+b") as f:
+        f.truncate(size * 2 // 3)
+    out = tmp_path / "cut"
+    status, _, stderr = run_eval([bag, "--out", out, *common], capsys)
+    assert status == 1
+    assert f"of {size * 2 // 3} bytes of split_1.mcap" in stderr and str(bag) in stderr
+    _, messages = read_bag(out)
+    stamps = [t for t, _ in messages["/camera/image_raw"]]
+    # The first file whole, then the cut file's complete chunks (about 1 MiB, 230 KB per raw frame) in order.
+    assert frames < len(stamps) < 2 * frames
+    assert stamps == [round(START_S * 1e9) + i * 50_000_000 for i in range(len(stamps))]
+    report = json.loads((out / "bag_eval_report.json").read_text())
+    assert report["frames"] == len(stamps) == len(messages["/detections"])
+    assert "split_1.mcap" in report["fault"]
 
 
 def test_truncated_sqlite3_is_a_clear_error(tmp_path, camera_bags, checkpoint, capsys):

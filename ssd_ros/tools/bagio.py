@@ -15,11 +15,13 @@ import functools
 import importlib
 import importlib.util
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+import yaml
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from rclpy.serialization import deserialize_message, serialize_message
 from rosbags.interfaces import Connection
@@ -172,25 +174,45 @@ def recover_mcap(source: Path, target: Path) -> int:
     return end
 
 
-def _single_mcap(path: Path) -> Path | None:
-    """The MCAP file a bag path stands for: the path itself, or a folder's only ``.mcap`` file."""
+def _mcap_files(path: Path) -> list[Path]:
+    """The MCAP files a bag path stands for: the path itself, the files its metadata.yaml lists, or its only one.
+
+    Empty when the bag is not (only) MCAP: a sqlite3 bag, a folder of several MCAP files and no metadata.
+    """
     if path.is_file():
-        return path if path.suffix == ".mcap" else None
+        return [path] if path.suffix == ".mcap" else []
+    try:
+        info = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        listed = [path / name for name in info["relative_file_paths"]]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        listed = []
+    if listed:
+        return listed if all(p.suffix == ".mcap" and p.is_file() for p in listed) else []
     files = sorted(path.glob("*.mcap")) if path.is_dir() else []
-    return files[0] if len(files) == 1 else None
+    return files if len(files) == 1 else []
+
+
+def _mcap_intact(path: Path) -> bool:
+    """Whether an MCAP file ends with its closing magic, as one the recorder closed does."""
+    size = path.stat().st_size
+    if size < 2 * len(MCAP_MAGIC):
+        return False
+    with path.open("rb") as file:
+        file.seek(size - len(MCAP_MAGIC))
+        return file.read() == MCAP_MAGIC
 
 
 @contextmanager
 def open_bag(path: Path) -> Iterator[tuple[Reader, str | None]]:
     """An open ``rosbags`` reader for a bag folder or a single ``.mcap``/``.db3`` file, and a salvage note.
 
-    A damaged single-file MCAP bag (no footer, no metadata.yaml: the recorder died, a copy was cut) is
-    read through :func:`recover_mcap`; the note then says what was lost. Anything else unreadable
+    A damaged MCAP bag (no footer: the recorder died, a copy was cut), single-file or split into several files,
+    has each cut file read through :func:`recover_mcap`; the note then says what was lost. Anything else unreadable
     raises :class:`BagToolError` naming the bag and the reader's complaint.
     """
     if not path.exists():
         raise BagToolError(f"input bag {path} does not exist")
-    if path.is_dir() and not (path / "metadata.yaml").exists() and _single_mcap(path) is None:
+    if path.is_dir() and not (path / "metadata.yaml").exists() and not _mcap_files(path):
         # rosbags would say "Expected metadata file ... does not exist", which reads like a damaged bag.
         raise BagToolError(
             f"{path} is not a rosbag2 bag: the folder has no metadata.yaml (a bag folder holds metadata.yaml "
@@ -200,21 +222,33 @@ def open_bag(path: Path) -> Iterator[tuple[Reader, str | None]]:
         reader = Reader(path)
         reader.open()
     except Exception as exc:  # rosbags/apsw raise assorted exception types on damaged files
-        mcap = _single_mcap(path)
-        if mcap is None:
+        files = _mcap_files(path)
+        if not files:
             raise BagToolError(f"cannot read bag {path}: {exc}") from exc
         with TemporaryDirectory(prefix="ssd_ros_recover_") as tmp:
-            recovered = Path(tmp) / mcap.name
-            kept = recover_mcap(mcap, recovered)
+            # The bag rebuilt beside: intact files linked, each damaged one (the last of a split bag, usually)
+            # salvaged, so a cut file costs its own lost records, not the whole recording.
+            losses = []
+            damaged = [file for file in files if not _mcap_intact(file)] or files
+            for file in files:
+                if file not in damaged:
+                    (Path(tmp) / file.name).symlink_to(file.absolute())
+                else:
+                    kept = recover_mcap(file, Path(tmp) / file.name)
+                    losses.append(
+                        f"read the complete records in the first {kept} of {file.stat().st_size} bytes of {file.name}"
+                    )
+            if path.is_dir() and len(files) > 1:
+                shutil.copyfile(path / "metadata.yaml", Path(tmp) / "metadata.yaml")
+                recovered = Path(tmp)
+            else:
+                recovered = Path(tmp) / files[0].name
             try:
                 reader = Reader(recovered)
                 reader.open()
             except Exception as second:  # the salvage failed too: report the original problem
                 raise BagToolError(f"cannot read bag {path}: {exc} (recovery failed: {second})") from exc
-            note = (
-                f"bag {path} is damaged ({exc}); read the complete records in its first {kept} of "
-                f"{mcap.stat().st_size} bytes, the rest is lost"
-            )
+            note = f"bag {path} is damaged ({exc}); {'; '.join(losses)}, the rest is lost"
             try:
                 yield reader, note
             finally:
