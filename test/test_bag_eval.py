@@ -22,6 +22,7 @@ from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
+from tool_interrupt import interrupt_after
 from vision_msgs.msg import Detection2DArray
 
 from ssd_ros.control.camera import PinholeCamera
@@ -698,3 +699,32 @@ def test_the_current_folder_as_the_bag_writes_its_output_beside_it(
     # The filesystem root has no name to derive one from: said before anything runs.
     status, _, stderr = run_eval(["/", "--checkpoint", checkpoint, "--quiet"], capsys)
     assert status == 2 and "input bag / has no folder name for the default output: give --out" in stderr
+
+
+def test_ctrl_c_writes_a_report_that_says_the_run_was_cut_short(tmp_path, checkpoint):
+    """Ctrl-C used to end in a traceback with the output bag closed as if complete and no report at all."""
+    video = shared_data("picar_camera", "video", "lane_drive.avi")
+    bag, out = tmp_path / "drive", tmp_path / "eval"
+    assert make_bag.main(["--video", str(video), "--out", str(bag), "--compressed", "--start-time-s", "5"]) == 0
+    argv = [str(bag), "--checkpoint", str(checkpoint), "--out", str(out), "--threads", "1"]
+    argv += ["--score-threshold", "0.1", "--device", "cpu", "--follow-classes", "Person"]
+    status, stderr = interrupt_after("ssd_ros.tools.bag_eval", argv, frames=3)
+    assert status == 130, stderr
+    assert "Traceback" not in stderr
+    report = json.loads((out / "bag_eval_report.json").read_text())
+    _, messages = read_bag(out)
+    written = len(messages["/camera/image_raw/compressed"])
+    assert 2 <= written < 222 and report["frames"] == written == len(messages["/detections"])
+    expected = f"interrupted (Ctrl-C) after {written} frames of /camera/image_raw/compressed"
+    assert report["fault"].startswith(expected) and f"bag_eval: error: {expected}" in stderr
+    # The follower's ticks run to the last written frame, as at the end of a whole bag.
+    assert messages["/cmd_vel"][-1][0] == messages["/camera/image_raw/compressed"][-1][0]
+
+
+def test_a_control_rate_of_zero_or_infinity_is_refused(tmp_path, camera_bags, checkpoint, capsys):
+    """0 Hz silently ran at the config's rate; inf made a timer period of 0 ns and never returned."""
+    base = [camera_bags["raw", "mcap"], "--checkpoint", checkpoint, "--out", tmp_path / "eval", *DETECTOR_ARGS]
+    for rate in ("0", "inf", "nan", "-20"):
+        status, _, stderr = run_eval([*base, "--control-rate-hz", rate], capsys)
+        assert status == 2 and f"the follower's rate must be a finite number > 0 Hz, got {float(rate)}" in stderr
+        assert not (tmp_path / "eval").exists()

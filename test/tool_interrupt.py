@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-# tqdm's "12/2000" (or "12frame" without a total): the frames done so far.
-_PROGRESS = re.compile(rb"(\d+)(?:/\d+|frame)")
+# tqdm's "| 12/2000 [00:01<...": the frames done so far (the tools know their totals here).
+_PROGRESS = re.compile(rb"\| *(\d+)/\d+ \[")
 
 
 def interrupt_after(module: str, argv: list[str], frames: int, deadline_s: float = 600.0) -> tuple[int, str]:

@@ -11,7 +11,8 @@ frames, processing rate, per-frame model latency percentiles, detections per cla
 and, with ``--ground-truth``, the PASCAL VOC AP table. See ``docs/bags.md``.
 
 Exit status: 0 done; 1 the bag is damaged (what was read before the fault is evaluated and written);
-2 bad input (missing bag or topic, ambiguous topic, bad checkpoint or ground truth).
+2 bad input (missing bag or topic, ambiguous topic, bad checkpoint or ground truth); 130 Ctrl-C during the run
+(the frames evaluated so far are written, with a report that says it was interrupted).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ssd_ros.tools.bagio import STORAGE_PLUGINS, BagToolError, check_new_bag, op
 from ssd_ros.vision.detector import LIVE_SETTINGS
 
 REPORT_NAME = "bag_eval_report.json"
+INTERRUPTED = 130  # the shell's status of a program ended by SIGINT
 
 
 def report_path(config: EvalConfig) -> Path:
@@ -69,13 +71,14 @@ def run(config: EvalConfig) -> tuple[dict, int]:
         follower = follower_options(config, detector.class_names)
         tracker = make_tracker(config)  # a bad --track-param fails before any output
         check_ground_truth(config, truth, detector.class_names, image_conn, bool(salvage_note))
+        detector.warmup()  # one-time set-up cost stays out of the latency figures
         with open_writer(config.out_bag, config.storage) as writer:
-            detector.warmup()  # one-time set-up cost stays out of the latency figures
             inputs = (image_conn, camera_info_conn)
             evaluation = Evaluation(config, follower, reader, writer, detector, inputs, truth, tracker)
-            wall_s, fault = stream(config, evaluation, reader, image_conn)
+            wall_s, fault, interrupted = stream(config, evaluation, reader, image_conn)
     fault = "; ".join(note for note in (salvage_note, fault) if note) or None
-    return make_report(config, detector, image_conn, evaluation, wall_s, fault), 1 if fault else 0
+    status = INTERRUPTED if interrupted else 1 if fault else 0
+    return make_report(config, detector, image_conn, evaluation, wall_s, fault), status
 
 
 def parse_args(argv: list[str] | None) -> EvalConfig:

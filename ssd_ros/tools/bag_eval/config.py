@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -132,12 +133,12 @@ def follower_options(config: EvalConfig, class_names) -> FollowerOptions:
         raise BagToolError(f"follower parameters: {exc}") from exc
     follower = FollowerOptions(
         config=node_config,
-        rate_hz=config.control_rate_hz or node.rate_hz,
+        rate_hz=node.rate_hz if config.control_rate_hz is None else config.control_rate_hz,
         twist_stamped=config.twist_stamped or node.twist_stamped,
         frame_id=node.cmd_frame_id,
     )
-    if not follower.rate_hz > 0:
-        raise BagToolError(f"the follower's rate must be > 0 Hz, got {follower.rate_hz}")
+    if not (math.isfinite(follower.rate_hz) and follower.rate_hz > 0):  # 0 or inf: a timer that never ends a tick
+        raise BagToolError(f"the follower's rate must be a finite number > 0 Hz, got {follower.rate_hz}")
     # The real image size is known only at the first frame; any size checks the rest now.
     targets = follow_params(config, class_names, (480, 640), node_config)
     problem = class_mismatch(targets.target_classes, class_names, "the checkpoint's classes")

@@ -169,7 +169,6 @@ class Evaluation:
                 self.writer.write(self.copies[connection.id], bag_ns, raw)
 
     def _decode(self, frame: Frame) -> None:
-        self.stats.frames += 1
         try:
             msg = deserialize(frame.raw, self.image_conn.msgtype)
         except Exception as exc:  # rclpy raises assorted types on malformed CDR; one bad frame must not stop the run
@@ -180,10 +179,6 @@ class Evaluation:
                 frame.rgb = self.decode(msg)
             except ImageDecodeError as exc:
                 frame.error = str(exc)
-        if frame.error is not None:
-            self.stats.bad_frame_count += 1
-            if len(self.stats.bad_frames) < MAX_LISTED_BAD_FRAMES:
-                self.stats.bad_frames.append({"index": frame.index, "bag_ns": frame.bag_ns, "error": frame.error})
 
     def _detect(self, good: list[Frame]) -> None:
         """One model call for the decoded frames (the node's own per-frame call for one), timed per frame."""
@@ -213,7 +208,12 @@ class Evaluation:
         self._ticks_before(frame.bag_ns)
         self.writer.write(self.copies[self.image_conn.id], frame.bag_ns, frame.raw)
         self.last_image_ns = frame.bag_ns
-        if frame.detections is None:  # a bad frame: the live node drops it, so no outputs
+        # Counted once written: the report covers exactly the output bag, also when Ctrl-C cut a batch short.
+        self.stats.frames += 1
+        if frame.error is not None:  # a bad frame: the live node drops it, so no outputs
+            self.stats.bad_frame_count += 1
+            if len(self.stats.bad_frames) < MAX_LISTED_BAD_FRAMES:
+                self.stats.bad_frames.append({"index": frame.index, "bag_ns": frame.bag_ns, "error": frame.error})
             return
         if self.tracker is not None:
             self._track(frame)
@@ -289,35 +289,46 @@ class Evaluation:
             self._draw()
 
 
-def stream(config: EvalConfig, evaluation: Evaluation, reader, image_conn) -> tuple[float, str | None]:
-    """Feed the bag through ``evaluation`` in batches; returns the wall time and the fault that ended it early."""
+def stream(config: EvalConfig, evaluation: Evaluation, reader, image_conn) -> tuple[float, str | None, bool]:
+    """Feed the bag through ``evaluation`` in batches.
+
+    Returns the wall time, the fault that ended it early and whether that was Ctrl-C: an interrupted run still
+    finishes the follower's ticks and closes the output bag, and its report says how far it got.
+    """
     total = image_conn.msgcount or None
     if config.max_frames:
         total = min(total or config.max_frames, config.max_frames)
     progress = tqdm(total=total, unit="frame", desc="bag_eval", disable=config.quiet)
     start = time.perf_counter()
     messages = reader.messages(connections=[c for c in reader.connections if c.id in evaluation.copies])
-    buffered, images, fault = [], 0, None
-    while True:
-        try:
-            connection, bag_ns, raw = next(messages)
-        except StopIteration:
-            break
-        except Exception as exc:  # rosbags/apsw raise assorted types on damaged data mid-file
-            fault = f"bag {config.bag} is damaged after {images} frames: {type(exc).__name__}: {exc}"
-            break
-        if connection.id == image_conn.id:
-            if config.max_frames and images >= config.max_frames:
+    buffered, images, fault, interrupted = [], 0, None, False
+    try:
+        while True:
+            try:
+                connection, bag_ns, raw = next(messages)
+            except StopIteration:
                 break
-            buffered.append(Frame(images, bag_ns, raw))
-            images += 1
-            progress.update()
-            if images % config.batch_size == 0:
-                evaluation.flush(buffered)
-                buffered = []
-        else:
-            buffered.append((connection, bag_ns, raw))
-    evaluation.flush(buffered)
+            except Exception as exc:  # rosbags/apsw raise assorted types on damaged data mid-file
+                fault = f"bag {config.bag} is damaged after {images} frames: {type(exc).__name__}: {exc}"
+                break
+            if connection.id == image_conn.id:
+                if config.max_frames and images >= config.max_frames:
+                    break
+                buffered.append(Frame(images, bag_ns, raw))
+                images += 1
+                progress.update()
+                if images % config.batch_size == 0:
+                    evaluation.flush(buffered)
+                    buffered = []
+            else:
+                buffered.append((connection, bag_ns, raw))
+        evaluation.flush(buffered)
+    except KeyboardInterrupt:
+        interrupted = True
+        fault = (
+            f"interrupted (Ctrl-C) after {evaluation.stats.frames} frames of {image_conn.topic}: the output bag and "
+            "this report cover only those"
+        )
     evaluation.finish()
     progress.close()
-    return time.perf_counter() - start, fault
+    return time.perf_counter() - start, fault, interrupted
