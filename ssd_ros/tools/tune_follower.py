@@ -217,6 +217,11 @@ def main(argv=None) -> int:
         help="run the scenarios with a second person over this many seeds and report who was followed",
     )
     args = parser.parse_args(argv)
+    # 0 used to mean the file's rate and a negative one the simulator's physics rate, both without a word.
+    if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
+        parser.error(f"--rate must be a finite number > 0 Hz, got {args.rate:g}")
+    if args.trials < 0:
+        parser.error(f"--trials must be >= 0 (0: the scripted paths), got {args.trials}")
     try:
         config = read_params_files(args.params, "follower")
         follow_params = settings_from_mapping(FollowParams, config)
@@ -224,11 +229,15 @@ def main(argv=None) -> int:
     except (TypeError, ValueError) as error:
         print(f"tune_follower: cannot use {' '.join(map(str, args.params))}: {error}", file=sys.stderr)
         return 2
-    sim_params = SimParams(
-        **geometry_of(follow_params),
-        latency_s=args.latency,
-        detection_rate_hz=args.detection_rate,
-    )
+    try:
+        sim_params = SimParams(
+            **geometry_of(follow_params),
+            latency_s=args.latency,
+            detection_rate_hz=args.detection_rate,
+        )
+    except ValueError as error:  # --latency / --detection-rate out of the simulator's range
+        print(f"tune_follower: error: --latency / --detection-rate: {error}", file=sys.stderr)
+        return 2
     if args.trials > 0:
         runs = simulate(
             args.paths or MULTI_PERSON_SCENARIOS, follow_params, sim_params, range(args.trials), rate_hz, progress=True
