@@ -16,6 +16,8 @@ import importlib
 import importlib.util
 import re
 import shutil
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,6 +116,32 @@ def open_writer(path: Path, storage: str) -> Iterator[Writer]:
         yield writer
     finally:
         writer.close()
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[threading.Event]:
+    """Ctrl-C as a request the caller checks between messages (an event it sets), not a KeyboardInterrupt mid-write.
+
+    A KeyboardInterrupt can land between writing a message and counting it, so what a tool says it wrote would
+    differ from its output; the caller stops at its next message instead. A second Ctrl-C raises KeyboardInterrupt
+    (a stop that cannot wait). Where SIGINT is ignored (a background job) or cannot be handled (not the main
+    thread), the event is never set.
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield requested
+        return
+
+    def request(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous = signal.signal(signal.SIGINT, request)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def add_topic(writer: Writer, topic: str, msgtype: str) -> Connection:

@@ -37,6 +37,7 @@ from ssd_ros.tools.bagio import (
     STORAGE_PLUGINS,
     BagToolError,
     add_topic,
+    deferred_interrupt,
     open_writer,
     serialize,
 )
@@ -97,13 +98,15 @@ def make_bag(
     if rate_hz <= 0:
         raise BagToolError(f"rate must be > 0 Hz, got {rate_hz}")
     stamps = []
-    with open_writer(out, storage) as writer:
+    with open_writer(out, storage) as writer, deferred_interrupt() as interrupt:
         if compressed:
             connection = add_topic(writer, topic.rstrip("/") + "/compressed", COMPRESSED_IMAGE_TYPE)
         else:
             connection = add_topic(writer, topic, IMAGE_TYPE)
         try:
             for index, rgb in enumerate(tqdm(frames, total=total, unit="frame", desc=f"writing {out.name}")):
+                if interrupt.is_set():
+                    raise Interrupted(stamps)
                 # Integer nanoseconds from the index (not accumulated floats): stamps never drift.
                 stamp = start_ns + round(index * 1e9 / rate_hz)
                 if not 0 <= stamp < MAX_STAMP_NS:
@@ -115,8 +118,6 @@ def make_bag(
                 stamps.append(stamp)
         except (BagToolError, ImageDecodeError) as error:  # a frame that cannot be read or written
             raise BagToolError(f"{error} (the {len(stamps)} frames before it are in {out}, a readable bag)") from error
-        except KeyboardInterrupt:
-            raise Interrupted(stamps) from None
     return stamps
 
 

@@ -33,6 +33,7 @@ from ssd_ros.tools.bagio import (
     BagToolError,
     add_topic,
     copy_connection,
+    deferred_interrupt,
     deserialize,
     serialize,
 )
@@ -292,8 +293,8 @@ class Evaluation:
 def stream(config: EvalConfig, evaluation: Evaluation, reader, image_conn) -> tuple[float, str | None, bool]:
     """Feed the bag through ``evaluation`` in batches.
 
-    Returns the wall time, the fault that ended it early and whether that was Ctrl-C: an interrupted run still
-    finishes the follower's ticks and closes the output bag, and its report says how far it got.
+    Returns the wall time, the fault that ended it early and whether that was Ctrl-C: an interrupted run finishes
+    the batch at hand and the follower's ticks and closes the output bag, and its report says how far it got.
     """
     total = image_conn.msgcount or None
     if config.max_frames:
@@ -302,8 +303,11 @@ def stream(config: EvalConfig, evaluation: Evaluation, reader, image_conn) -> tu
     start = time.perf_counter()
     messages = reader.messages(connections=[c for c in reader.connections if c.id in evaluation.copies])
     buffered, images, fault, interrupted = [], 0, None, False
-    try:
+    with deferred_interrupt() as interrupt:
         while True:
+            if interrupt.is_set():
+                interrupted = True
+                break
             try:
                 connection, bag_ns, raw = next(messages)
             except StopIteration:
@@ -323,8 +327,7 @@ def stream(config: EvalConfig, evaluation: Evaluation, reader, image_conn) -> tu
             else:
                 buffered.append((connection, bag_ns, raw))
         evaluation.flush(buffered)
-    except KeyboardInterrupt:
-        interrupted = True
+    if interrupted:
         fault = (
             f"interrupted (Ctrl-C) after {evaluation.stats.frames} frames of {image_conn.topic}: the output bag and "
             "this report cover only those"
