@@ -84,6 +84,23 @@ def test_a_folder_that_is_no_bag_is_named_as_such(tmp_path):
             pass
 
 
+def test_a_split_recording_without_metadata_is_pointed_at_reindex(tmp_path):
+    """rosbag2 writes metadata.yaml when the recorder closes: a split recording cut by a power loss has none."""
+    import shutil
+
+    from ssd_ros.tools.bagio import open_bag
+
+    with open_writer(tmp_path / "one", "mcap") as writer:
+        writer.write(add_topic(writer, "/chatter", "std_msgs/msg/String"), 1, serialize(String(data="hi")))
+    cut = tmp_path / "rosbag2_cut"
+    cut.mkdir()
+    for i in range(2):
+        shutil.copyfile(next((tmp_path / "one").glob("*.mcap")), cut / f"rosbag2_cut_{i}.mcap")
+    with pytest.raises(BagToolError, match=rf"no metadata.yaml .*`ros2 bag reindex {cut}` writes one$"):
+        with open_bag(cut):
+            pass
+
+
 def test_a_bag_that_is_not_there_is_a_usage_error(tmp_path):
     """Exit status 2 and one line naming the path, as the other tools; DDS never starts."""
     result = subprocess.run(

@@ -242,9 +242,12 @@ def open_bag(path: Path) -> Iterator[tuple[Reader, str | None]]:
         raise BagToolError(f"input bag {path} does not exist")
     if path.is_dir() and not (path / "metadata.yaml").exists() and not _mcap_files(path):
         # rosbags would say "Expected metadata file ... does not exist", which reads like a damaged bag.
+        # rosbag2 writes metadata.yaml when the recorder closes: a split recording cut by a power loss has none.
+        split = len(list(path.glob("*.mcap"))) + len(list(path.glob("*.db3"))) > 1
         raise BagToolError(
             f"{path} is not a rosbag2 bag: the folder has no metadata.yaml (a bag folder holds metadata.yaml "
             "and its .mcap or .db3 files)"
+            + (f"; for a split recording cut before it closed, `ros2 bag reindex {path}` writes one" if split else "")
         )
     try:
         reader = Reader(path)
