@@ -142,7 +142,10 @@ def test_truncated_image_names_the_file_also_from_a_worker_process(tmp_path):
         dataset[1]
     assert data_error_message(direct.value) == str(direct.value) == message
     # A DataLoader worker's error arrives wrapped in its traceback; the user gets the one line back.
-    loader = DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=collate_detection)
+    # Spawned, not forked from the suite's process, which earlier tests left with DDS threads (a fork can abort).
+    loader = DataLoader(
+        dataset, batch_size=2, num_workers=1, collate_fn=collate_detection, multiprocessing_context="spawn"
+    )
     with pytest.raises(ImageDecodeError, match="Original Traceback") as wrapped:
         next(iter(loader))
     assert data_error_message(wrapped.value) == message
