@@ -4,14 +4,11 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
-import rclpy
 from ament_index_python.packages import get_package_share_directory
 from conftest import ros_env
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
 # Upstream vision_msgs 4.1.1 built with the same Jazzy wheels (issue 2): interoperability with a
 # robot that has the apt package depends on these being identical.
@@ -79,29 +76,38 @@ PUBLISHER = textwrap.dedent(
 )
 
 
-def test_detection2darray_crosses_processes_over_dds():
+SUBSCRIBER = textwrap.dedent(
+    """
+    import json, time, rclpy
+    from rclpy.qos import QoSProfile, QoSReliabilityPolicy, QoSDurabilityPolicy
     from vision_msgs.msg import Detection2DArray
-
-    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER], env=ros_env(), stdout=subprocess.PIPE, text=True)
-    received = []
     rclpy.init()
+    node = rclpy.create_node("vision_msgs_subscriber")
+    qos = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
+                     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+    received = []
+    node.create_subscription(Detection2DArray, "exchange_test", received.append, qos)
+    deadline = time.monotonic() + 20
+    while not received and time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    if received:
+        msg = received[0]
+        hypothesis = msg.detections[0].results[0].hypothesis
+        print(json.dumps([msg.header.frame_id, msg.header.stamp.sec, hypothesis.class_id, hypothesis.score,
+                          msg.detections[0].bbox.center.position.x]))
+    """
+)
+
+
+def test_detection2darray_crosses_processes_over_dds():
+    """Publisher and subscriber in processes of their own, as two nodes on a robot."""
+    publisher = subprocess.Popen([sys.executable, "-c", PUBLISHER], env=ros_env(), stdout=subprocess.PIPE, text=True)
     try:
-        node = rclpy.create_node("vision_msgs_subscriber")
-        qos = QoSProfile(
-            depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
+        subscriber = subprocess.run(
+            [sys.executable, "-c", SUBSCRIBER], env=ros_env(), capture_output=True, text=True, timeout=60
         )
-        node.create_subscription(Detection2DArray, "exchange_test", received.append, qos)
-        deadline = time.monotonic() + 20
-        while not received and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        node.destroy_node()
     finally:
-        rclpy.shutdown()
-        proc.kill()
-        proc.wait()
-    assert received, "no Detection2DArray arrived from the publisher process"
-    msg = received[0]
-    assert msg.header.frame_id == "camera_link" and msg.header.stamp.sec == 1234
-    hypothesis = msg.detections[0].results[0].hypothesis
-    assert (hypothesis.class_id, hypothesis.score) == ("Stop Sign", 0.875)
-    assert msg.detections[0].bbox.center.position.x == 320.5
+        publisher.kill()
+        publisher.wait()
+    assert subscriber.stdout.strip(), f"no Detection2DArray arrived from the publisher process: {subscriber.stderr}"
+    assert json.loads(subscriber.stdout) == ["camera_link", 1234, "Stop Sign", 0.875, 320.5]
