@@ -7,6 +7,7 @@ loads no torch (``make_bag`` uses it too).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,20 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_rate(text: str) -> float:
+    """Argparse type of the tools' rates (``--rate-hz``, ``--rate``): a finite number of hertz above 0.
+
+    0 or a negative rate is refused rather than read as "the default" (leaving the option out means that).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate in Hz, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite rate > 0 Hz (leave it out for the default), got {text}")
     return value
 
 

@@ -108,7 +108,7 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     for rate in ("0", "-5", "nan", "inf"):
         with pytest.raises(SystemExit):
             make_bag.main(["--video", str(video), "--out", str(tmp_path / "e"), "--rate-hz", rate])
-        assert f"--rate-hz: must be a finite rate > 0 Hz (leave it out for the video's fps), got {rate}" in (
+        assert f"--rate-hz: must be a finite rate > 0 Hz (leave it out for the default), got {rate}" in (
             capsys.readouterr().err
         )
     assert not (tmp_path / "e").exists()

@@ -14,7 +14,7 @@ def test_a_control_rate_that_is_not_a_finite_positive_number_is_refused(tmp_path
     with pytest.raises(SystemExit) as exit_info:
         tune_follower.main(["--paths", "static", "--rate", rate, "--plot", str(plot)])
     assert exit_info.value.code == 2
-    assert f"--rate must be a finite number > 0 Hz, got {float(rate):g}" in capsys.readouterr().err
+    assert f"--rate: must be a finite rate > 0 Hz (leave it out for the default), got {rate}" in capsys.readouterr().err
     assert not plot.exists()
 
 

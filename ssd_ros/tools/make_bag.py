@@ -29,7 +29,7 @@ import numpy as np
 from std_msgs.msg import Header
 from tqdm import tqdm
 
-from ssd_ros.cli import positive_int
+from ssd_ros.cli import positive_int, positive_rate
 from ssd_ros.ros.images import rgb_to_compressed_msg, rgb_to_image_msg
 from ssd_ros.tools.bagio import (
     COMPRESSED_IMAGE_TYPE,
@@ -143,21 +143,6 @@ def check_labels_out(labels_out: Path) -> None:
         raise BagToolError(f"--labels-out {labels_out} is a file, not a folder")
     if labels_out.is_dir() and any(labels_out.glob("*.xml")):
         raise BagToolError(f"--labels-out {labels_out} holds XML files already (another run's labels?)")
-
-
-def positive_rate(text: str) -> float:
-    """Argparse type of ``--rate-hz``: a finite number of frames per second above 0.
-
-    Leaving the option out means the video's own rate; 0 would stamp every frame alike, so it is refused rather
-    than read as that.
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of frames per second, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite rate > 0 Hz (leave it out for the video's fps), got {text}")
-    return value
 
 
 def start_time(text: str) -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ssd_ros.cli import read_params_files
+from ssd_ros.cli import positive_rate, read_params_files
 from ssd_ros.control.follow import FollowerSettings, FollowLoop, FollowParams
 from ssd_ros.control.geometry import geometry_of
 from ssd_ros.settings import settings_from_mapping
@@ -203,7 +203,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument(
-        "--rate", type=float, help=f"control rate (Hz; default: the file's rate_hz, else {FollowerSettings.rate_hz:g})"
+        "--rate",
+        type=positive_rate,
+        help=f"control rate (Hz; default: the file's rate_hz, else {FollowerSettings.rate_hz:g})",
     )
     parser.add_argument("--latency", type=float, default=SimParams.latency_s, help="detector latency (s)")
     parser.add_argument(
@@ -217,9 +219,6 @@ def main(argv=None) -> int:
         help="run the scenarios with a second person over this many seeds and report who was followed",
     )
     args = parser.parse_args(argv)
-    # 0 used to mean the file's rate and a negative one the simulator's physics rate, both without a word.
-    if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
-        parser.error(f"--rate must be a finite number > 0 Hz, got {args.rate:g}")
     if args.trials < 0:
         parser.error(f"--trials must be >= 0 (0: the scripted paths), got {args.trials}")
     try:
