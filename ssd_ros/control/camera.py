@@ -11,6 +11,7 @@ formulas are used as they are.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -103,8 +104,14 @@ class PinholeCamera:
             return self._distort(-left_m / forward_m, -up_m / forward_m)
         return self.cx_px - self.fx_px * left_m / forward_m, self.cy_px - self.fy_px * up_m / forward_m
 
+    @functools.cached_property
     def _matrix(self) -> np.ndarray:
+        # Built once: an undistortion projects a point a dozen times, every control tick.
         return np.array([[self.fx_px, 0.0, self.cx_px], [0.0, self.fy_px, self.cy_px], [0.0, 0.0, 1.0]])
+
+    @functools.cached_property
+    def _coefficients(self) -> np.ndarray:
+        return np.array(self.distortion)
 
     def _undistort(self, column_px: float, row_px: float) -> tuple[float, float]:
         """Normalised image coordinates (x right, y down, at unit depth) of a distorted pixel.
@@ -115,9 +122,8 @@ class PinholeCamera:
         to a millionth of a pixel, the same on every OpenCV version.
         """
         pixel = np.array([[[column_px, row_px]]], np.float64)
-        d = np.array(self.distortion)
         undistort = cv2.fisheye.undistortPoints if self.distortion_model == "equidistant" else cv2.undistortPoints
-        point = start = undistort(pixel, self._matrix(), d).reshape(2)
+        point = start = undistort(pixel, self._matrix, self._coefficients).reshape(2)
         target, step = np.array([column_px, row_px]), 1e-7
         for _ in range(_UNDISTORT_STEPS):
             error = np.array(self._distort(*point)) - target
@@ -140,10 +146,7 @@ class PinholeCamera:
     def _distort(self, x: float, y: float) -> tuple[float, float]:
         """The pixel of normalised image coordinates (x right, y down, at unit depth), lens distortion applied."""
         point, zero = np.array([[[x, y, 1.0]]], np.float64), np.zeros(3)
-        d = np.array(self.distortion)
-        if self.distortion_model == "equidistant":
-            pixel, _ = cv2.fisheye.projectPoints(point, zero, zero, self._matrix(), d)
-        else:
-            pixel, _ = cv2.projectPoints(point, zero, zero, self._matrix(), d)
+        project = cv2.fisheye.projectPoints if self.distortion_model == "equidistant" else cv2.projectPoints
+        pixel, _ = project(point, zero, zero, self._matrix, self._coefficients)
         column, row = pixel.reshape(2)
         return float(column), float(row)
