@@ -16,15 +16,16 @@ _PROGRESS = re.compile(rb"\| *(\d+)/\d+ \[")
 def interrupt_after(module: str, argv: list[str], frames: int, deadline_s: float = 600.0) -> tuple[int, str]:
     """Run ``python -m module argv``, send SIGINT once its progress bar counts ``frames``; ``(status, stderr)``.
 
-    The child gets the default SIGINT disposition back: a shell without job control starts background jobs with
+    The child gets Python's SIGINT handler back: a shell without job control starts background jobs with
     SIGINT ignored, which Python would inherit and never turn into KeyboardInterrupt.
     """
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    # Restored in the child's own Python, not with a preexec_fn: that runs Python between fork and exec in the
+    # suite's process, which the node tests leave with DDS threads.
+    start = (
+        "import signal, runpy; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
     )
+    process = subprocess.Popen([sys.executable, "-c", start, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen, deadline = b"", time.monotonic() + deadline_s
     try:
         while not any(int(n) >= frames for n in _PROGRESS.findall(seen)):
