@@ -55,8 +55,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval copy of ``model`` with each BatchNorm2d that follows a Conv2d in a Sequential folded into it.
 
     As the ONNX exporter folds it: the int8 file quantises the folded weights. Every convolution gets a bias (a
-    zero one where it had none) to tune. Raises ValueError for a BatchNorm that does
-    not follow a convolution.
+    zero one where it had none) to tune. Raises ValueError for a BatchNorm that does not follow a convolution.
     """
     folded = copy.deepcopy(model).eval()
     for sequential in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
@@ -111,20 +110,23 @@ class _Int8Conv(nn.Module):
         return F.conv2d(x, self.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
+def _run_hooked(network: nn.Module, modules: Sequence[nn.Module], hook: Callable, batches: Sequence[torch.Tensor]):
+    """Run ``network`` on ``batches`` with ``hook`` a forward pre-hook of ``modules`` (removed after)."""
+    hooks = [module.register_forward_pre_hook(hook) for module in modules]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                network(batch)
+    finally:
+        for handle in hooks:
+            handle.remove()
+
+
 def _called_convolutions(network: nn.Module, batch: torch.Tensor) -> list[nn.Conv2d]:
     """The network's Conv2d modules in the order one forward pass calls them."""
     called: list[nn.Conv2d] = []
-    hooks = [
-        m.register_forward_pre_hook(lambda module, _: called.append(module))
-        for m in network.modules()
-        if isinstance(m, nn.Conv2d)
-    ]
-    try:
-        with torch.no_grad():
-            network(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    _run_hooked(network, convs, lambda module, _: called.append(module), [batch])
     return list(dict.fromkeys(called))
 
 
@@ -143,13 +145,7 @@ def _sharing_modules(network: nn.Module, convs: list[nn.Conv2d], batch: torch.Te
         if args and isinstance(args[0], torch.Tensor):
             seen.append((module, args[0], (id(args[0]), args[0]._version)))
 
-    hooks = [m.register_forward_pre_hook(record) for m in network.modules()]
-    try:
-        with torch.no_grad():
-            network(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    _run_hooked(network, list(network.modules()), record, [batch])
     quantised = set(convs)
     taken_by = {key: module for module, _, key in seen if module in quantised}
     return {module: taken_by[key] for module, _, key in seen if module not in quantised and key in taken_by}
@@ -163,14 +159,7 @@ def _input_ranges(network: nn.Module, convs: list[nn.Conv2d], batches: list[torc
         low, high = ranges[module]
         ranges[module] = (min(low, float(inputs[0].min())), max(high, float(inputs[0].max())))
 
-    hooks = [conv.register_forward_pre_hook(record) for conv in convs]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                network(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    _run_hooked(network, convs, record, batches)
     return ranges
 
 
