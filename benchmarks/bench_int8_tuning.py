@@ -8,9 +8,10 @@ int8 arithmetic simulated in torch, is the lever the quantisers lack. This measu
 * the simulation reproduces the export's "conv inputs, squeeze-excitation fp32" QDQ file: BatchNorm folded,
   weights symmetric int8 per output channel, each convolution's input one uint8 range (the calibration's min and
   max), biases int32, and a tensor quantised for every module that reads it (an inverted residual block adds its
-  quantised input back, as the file does). Checked against the file in exact int8 arithmetic: bit-identical
-  through the first six convolutions; after that, sums that land on a rounding boundary round one way in torch and
-  the other in ONNX Runtime, and such flips multiply layer by layer, so the two end as two draws of the same noise;
+  quantised input back, as the file does). The table's first two rows compare them; compared layer by layer while
+  this was written, they were bit-identical through the first six convolutions; after that, sums that land on a
+  rounding boundary round one way in torch and the other in ONNX Runtime, and such flips multiply with depth, so
+  the two end as two draws of the same noise;
 * the biases are tuned with Adam on the calibration frames, against fp32's class logits and box regressions
   (``logits``) or its class scores (``scores``);
 * each configuration's detections are compared with torch fp32's (same class, IoU >= 0.5) on the held-out
@@ -269,12 +270,12 @@ def main() -> int:
         "",
     ]
     for checkpoint in args.checkpoints:
-        lines += checkpoint_section(checkpoint, frames, args.steps, args.lr)
+        lines += checkpoint_section(checkpoint, frames, args.steps, args.lr, workdir)
     write_report([*lines, ""], args.out)
     return 0
 
 
-def checkpoint_section(checkpoint: Path, frames: dict, steps: int, lr: float) -> list[str]:
+def checkpoint_section(checkpoint: Path, frames: dict, steps: int, lr: float, workdir: Path) -> list[str]:
     """The table for one checkpoint: the export's file and each simulation against torch fp32."""
     from ssd_ros.evaluation.voc_metric import matched_fraction
     from ssd_ros.vision.backends import OnnxRuntimeNetwork
@@ -311,7 +312,7 @@ def checkpoint_section(checkpoint: Path, frames: dict, steps: int, lr: float) ->
         return make
 
     excitation = lambda name: name.rsplit(".", 1)[-1] in ("fc1", "fc2")  # noqa: E731 - torchvision's SE convs
-    file = Path(tempfile.mkdtemp(prefix="int8_")) / "int8.onnx"
+    file = workdir / f"{checkpoint.parent.name}_int8.onnx"
     file.write_bytes(quantize_int8(fp32, images, schemes=[UNTUNED_SCHEME], progress=False))
     reference = detections(detector)
     configurations = {

@@ -223,8 +223,8 @@ INT8_SCHEMES = {
     # torch simulation of this scheme's file (a tensor quantised for every module that reads it, residual
     # connections too), tuning the convolutions' biases against fp32's outputs on the calibration frames lowered the
     # loss by 8-14% and kept as many of the benchmark SSDlite's detections as before (above 0.1: 92.6% of 22135 on
-    # the footage before, 92.5-92.7% after). The 97.0% an earlier run had measured came from a simulation that left
-    # the residual connections unquantised, on one model, by 1 detection of 133.
+    # the footage before, 92.5-92.7% after). The 97.0% an earlier run had measured (1 detection of 133 over 97%,
+    # one model) did not come back with a simulation faithful to the file.
     # Keeping the heads' convolutions fp32 (and the first one, which sees the image) was measured too and is not
     # offered: on an SSD300 trained to a loss of 0.66 on rover frames, int8 kept 97.8% of its 139 fp32
     # detections on the lane footage with and without them (both runtimes), and OpenVINO ran 11% slower.
