@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 if [ -n "$SSD_ROS_TEST_DOMAIN_ID" ]; then export ROS_DOMAIN_ID=$SSD_ROS_TEST_DOMAIN_ID; else unset ROS_DOMAIN_ID; fi
 if [ $# -gt 0 ]; then exec scripts/run.sh python -m pytest "$@"; fi
 # The whole suite in two pytest processes, by file: one process through all of it segfaulted near its end
-# (at test_vision_msgs, three runs out of three on 2026-12-07, with no Python frame to show; not root-caused:
-# each file passes after any single other one). Both halves always run; the status fails if either does.
+# (at test_vision_msgs' last test, five runs out of five on 2026-12-07/08; each file passes after any single other
+# one). A core dump shows a SIGSEGV the kernel forces when it cannot deliver a signal: a child's SIGCHLD, to the
+# Python handler torch's DataLoader installs process-wide, on the alternate signal stack, which something earlier in
+# the run left unusable (not found yet). Both halves always run; the status fails if either does.
 files=(test/test_*.py)
 half=$((${#files[@]} / 2))
 status=0
